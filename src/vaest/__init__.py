@@ -1,0 +1,3 @@
+"""vaest: continuous valence/arousal estimation from face, behavior and voice."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,137 @@
+"""Aff-Wild2 / ABAW valence-arousal layout: annotation files, video lookup, face-crop folders.
+
+Layout (any of the annotation roots below ``ROOT`` is accepted)::
+
+    ROOT/annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set,Test_Set}/<name>.txt
+    ROOT/<videos folder>/<name>.mp4|.avi|...        (one or more folders, searched recursively)
+    ROOT/cropped_aligned/<name>/00001.jpg ...       (optional; 1-based frame numbers)
+
+An annotation file has the header ``valence,arousal`` and line k (1-based) holds frame k; ``-5`` marks an
+invalid frame. ``<name>_left`` / ``<name>_right`` label files both belong to video ``<name>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from vaest.errors import LabelError
+
+log = logging.getLogger(__name__)
+
+INVALID = -5.0
+HEADER = "valence,arousal"
+SPLIT_DIRS = {"Train_Set": "train", "Validation_Set": "val", "Test_Set": "test"}
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".webm", ".m4v", ".mpg")
+_SIDE_RE = re.compile(r"^(?P<base>.+?)_(?P<side>left|right)$")
+
+
+def read_va_file(path: str | os.PathLike) -> np.ndarray:
+    """Read one VA annotation file.
+
+    Returns:
+        float32 array (n_frames, 2) of (valence, arousal); invalid frames (``-5``, values outside
+        [-1, 1], NaN or unparsable numbers) are NaN in both columns.
+
+    Raises:
+        LabelError: the file is missing, empty, or has a header other than ``valence,arousal``.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise LabelError(f"{p}: annotation file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LabelError(f"{p}: cannot read annotation file ({e})") from None
+    lines = text.splitlines()
+    if not lines:
+        raise LabelError(f"{p}: annotation file is empty (expected header '{HEADER}')")
+    header = lines[0].strip().replace(" ", "").lower()
+    if header != HEADER:
+        raise LabelError(f"{p}: unexpected header {lines[0].strip()!r}, expected '{HEADER}'")
+    body = lines[1:]
+    while body and not body[-1].strip():
+        body.pop()
+    out = np.full((len(body), 2), np.nan, dtype=np.float32)
+    bad = 0
+    for k, line in enumerate(body):
+        parts = line.strip().split(",")
+        if len(parts) != 2:
+            bad += 1
+            continue
+        try:
+            v, a = float(parts[0]), float(parts[1])
+        except ValueError:
+            bad += 1
+            continue
+        if v == INVALID or a == INVALID:
+            continue
+        if not (math.isfinite(v) and math.isfinite(a)) or abs(v) > 1.0 or abs(a) > 1.0:
+            bad += 1
+            continue
+        out[k] = (v, a)
+    if bad:
+        log.warning("%s: %d malformed or out-of-range line(s) treated as invalid frames", p, bad)
+    return out
+
+
+def write_va_file(path: str | os.PathLike, va: np.ndarray) -> None:
+    """Write a VA annotation file (NaN rows become ``-5,-5``), atomically."""
+    va = np.asarray(va, dtype=np.float64)
+    if va.ndim != 2 or va.shape[1] != 2:
+        raise ValueError(f"expected (n, 2) valence/arousal array, got shape {va.shape}")
+    rows = [HEADER]
+    for v, a in va:
+        if not (np.isfinite(v) and np.isfinite(a)):
+            rows.append("-5,-5")
+        else:
+            rows.append(f"{v:.3f},{a:.3f}")
+    from vaest.io import atomic_write_text
+
+    atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+def split_side(name: str) -> tuple[str, str | None]:
+    """``'135-24-1920x1080_left'`` -> (``'135-24-1920x1080'``, ``'left'``); other names -> (name, None)."""
+    m = _SIDE_RE.match(name)
+    if m:
+        return m.group("base"), m.group("side")
+    return name, None
+
+
+def find_annotation_dirs(root: Path) -> dict[str, Path]:
+    """Locate the split folders (Train_Set, Validation_Set, Test_Set) below ``root``.
+
+    Returns a mapping split -> folder for the splits present. ``root`` may be the corpus root, the
+    ``annotations`` folder, ``VA_Estimation_Challenge`` itself, or a folder holding the split folders.
+    """
+    root = Path(root)
+    candidates = [
+        root / "annotations" / "VA_Estimation_Challenge",
+        root / "VA_Estimation_Challenge",
+        root,
+    ]
+    for c in candidates:
+        found = {SPLIT_DIRS[d.name]: d for d in sorted(c.glob("*")) if d.is_dir() and d.name in SPLIT_DIRS}
+        if found:
+            return found
+    return {}
+
+
+def index_videos(root: Path) -> dict[str, Path]:
+    """Map video stem -> path for every video file below ``root`` (first found wins, sorted order)."""
+    out: dict[str, Path] = {}
+    root = Path(root)
+    if not root.exists():
+        return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("cropped_aligned", "annotations") and not d.startswith("."))
+        for f in sorted(filenames):
+            if f.lower().endswith(VIDEO_EXTS):
+                out.setdefault(Path(f).stem, Path(dirpath) / f)
+    return out
