@@ -135,3 +135,53 @@ def index_videos(root: Path) -> dict[str, Path]:
             if f.lower().endswith(VIDEO_EXTS):
                 out.setdefault(Path(f).stem, Path(dirpath) / f)
     return out
+
+
+def read_fps_table(path: Path) -> dict[str, float]:
+    """Read a ``video_name,fps`` CSV (the organisers' ``videos_fps.csv``) into stem -> fps."""
+    import csv
+
+    out: dict[str, float] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                out[Path(row["video_name"]).stem] = float(row["fps"])
+            except (KeyError, ValueError, TypeError):
+                continue
+    return out
+
+
+def load_affwild2(root: str | os.PathLike, video_dirs: list[Path] | None = None):
+    """Read an ABAW VA corpus into a :class:`vaest.corpus.Corpus`.
+
+    Videos are looked up by name below ``root`` (or in ``video_dirs``); a label file whose video is not
+    found still yields a record (``media=None``), so statistics work on an annotation folder alone.
+    The frame rate comes from a ``videos_fps.csv`` found below the root, else from the video when probed.
+    """
+    from vaest.corpus import Corpus, Video
+
+    root = Path(root)
+    splits = find_annotation_dirs(root)
+    vids: dict[str, Path] = {}
+    for d in (video_dirs or [root]):
+        for k, v in index_videos(Path(d)).items():
+            vids.setdefault(k, v)
+    fps_table: dict[str, float] = {}
+    for cand in sorted(root.rglob("videos_fps.csv"))[:1]:
+        fps_table = read_fps_table(cand)
+    crop_root = next((p for p in [root / "cropped_aligned", root.parent / "cropped_aligned"] if p.is_dir()), None)
+    videos = []
+    for split, folder in splits.items():
+        for f in sorted(folder.glob("*.txt")):
+            name = f.stem
+            base, side = split_side(name)
+            media = vids.get(base) or vids.get(name)
+            face_dir = None
+            if crop_root is not None:
+                for cand in (crop_root / name, crop_root / base):
+                    if cand.is_dir():
+                        face_dir = cand
+                        break
+            videos.append(Video(id=name, media=media, split=split, fps=fps_table.get(base) or fps_table.get(name),
+                                label_path=f, face_dir=face_dir, side=side))
+    return Corpus(videos=videos, root=root, kind="affwild2")

@@ -1,0 +1,76 @@
+"""Bring-your-own data: a CSV manifest, one row per media file.
+
+Columns (header required; only ``path`` is mandatory):
+
+``path``      media file (video, or audio-only: wav/mp3/flac/...), relative to the manifest's folder or absolute
+``split``     train / val / test (default ``train``)
+``id``        unique name (default: the file stem)
+``labels``    per-frame label file in ABAW format (``valence,arousal`` header, line k = frame k, ``-5`` invalid)
+``valence``, ``arousal``   one pair for the whole clip (used when ``labels`` is empty)
+``fps``       rate of the label grid; needed for audio-only files with a per-frame label file
+              (e.g. 25 for RECOLA's 40 ms annotations); videos default to their own frame rate
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from vaest.corpus import AUDIO_EXTS, Corpus, Video
+from vaest.errors import CorpusError
+
+VALID_SPLITS = ("train", "val", "test", "predict")
+
+
+def load_manifest(path: str | Path) -> Corpus:
+    """Read a manifest CSV into a corpus; raises CorpusError naming the file and row on bad rows."""
+    path = Path(path)
+    base = path.parent
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot open manifest ({e})") from None
+    videos: list[Video] = []
+    ids: set[str] = set()
+    with f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in [c.strip() for c in reader.fieldnames]:
+            raise CorpusError(f"{path}: manifest needs a header with at least a 'path' column")
+        for line_no, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            if not row.get("path"):
+                raise CorpusError(f"{path}:{line_no}: empty 'path'")
+            media = Path(row["path"])
+            media = media if media.is_absolute() else base / media
+            split = row.get("split") or "train"
+            if split not in VALID_SPLITS:
+                raise CorpusError(f"{path}:{line_no}: split {split!r} is not one of {VALID_SPLITS}")
+            vid = row.get("id") or media.stem
+            if vid in ids:
+                raise CorpusError(f"{path}:{line_no}: duplicate id {vid!r}")
+            ids.add(vid)
+            label_path = None
+            if row.get("labels"):
+                lp = Path(row["labels"])
+                label_path = lp if lp.is_absolute() else base / lp
+            clip = None
+            if row.get("valence") or row.get("arousal"):
+                try:
+                    clip = (float(row["valence"]), float(row["arousal"]))
+                except (KeyError, ValueError):
+                    raise CorpusError(f"{path}:{line_no}: valence/arousal must both be numbers") from None
+                if not all(math.isfinite(x) and -1 <= x <= 1 for x in clip):
+                    raise CorpusError(f"{path}:{line_no}: valence/arousal must lie in [-1, 1], got {clip}")
+            fps = None
+            if row.get("fps"):
+                try:
+                    fps = float(row["fps"])
+                except ValueError:
+                    raise CorpusError(f"{path}:{line_no}: fps {row['fps']!r} is not a number") from None
+            audio_only = media.suffix.lower() in AUDIO_EXTS
+            if audio_only and label_path is not None and fps is None:
+                raise CorpusError(f"{path}:{line_no}: audio-only file with a per-frame label file needs an 'fps' column")
+            videos.append(Video(id=vid, media=media, split=split, fps=fps, label_path=label_path,
+                                clip_label=clip, audio_only=audio_only))
+    return Corpus(videos=videos, root=base, kind="manifest")

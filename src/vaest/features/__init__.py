@@ -1,0 +1,1 @@
+"""Per-modality feature extractors and the feature store."""

@@ -1,0 +1,224 @@
+"""Decoding: video frames with their timestamps, and the audio track as 16 kHz mono float32.
+
+Media is decoded once per video and streamed in batches to every extractor that needs frames.
+Tolerated with a warning: no audio track, variable frame rate, a corrupt tail (frames up to the damage are
+returned). An unreadable file raises :class:`vaest.errors.MediaError` naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from vaest.errors import MediaError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class MediaInfo:
+    """What a container says about itself (frame count may be an estimate; decoding is the truth)."""
+
+    path: Path
+    has_video: bool
+    has_audio: bool
+    fps: float | None
+    n_frames: int
+    duration: float
+    width: int = 0
+    height: int = 0
+    audio_rate: int = 0
+
+
+@dataclass
+class FrameBatch:
+    """Consecutive decoded frames.
+
+    Attributes:
+        frames: (B, H, W, 3) uint8 RGB.
+        index: (B,) int64 0-based frame numbers.
+        times: (B,) float64 presentation times (seconds) of the frame starts, relative to the first frame.
+    """
+
+    frames: np.ndarray
+    index: np.ndarray
+    times: np.ndarray
+
+
+def _open(path: Path):
+    import av
+
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"{p}: no such file")
+    if p.is_dir():
+        raise MediaError(f"{p}: is a folder, not a media file")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p}: file is empty")
+    try:
+        return av.open(str(p))
+    except Exception as e:  # av raises several error types for unreadable input
+        raise MediaError(f"{p}: cannot open as media ({type(e).__name__}: {e})") from None
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Read container metadata; raises MediaError when the file cannot be opened."""
+    p = Path(path)
+    with _open(p) as c:
+        vs = c.streams.video[0] if c.streams.video else None
+        aus = c.streams.audio[0] if c.streams.audio else None
+        duration = float(c.duration / 1e6) if c.duration else 0.0
+        fps = None
+        n = 0
+        w = h = 0
+        if vs is not None:
+            rate = vs.average_rate or vs.base_rate or vs.guessed_rate
+            fps = float(rate) if rate else None
+            n = int(vs.frames or 0)
+            if vs.duration and vs.time_base:
+                duration = max(duration, float(vs.duration * vs.time_base))
+            if n == 0 and fps and duration:
+                n = int(round(duration * fps))
+            w, h = int(vs.codec_context.width or 0), int(vs.codec_context.height or 0)
+        return MediaInfo(p, vs is not None, aus is not None, fps, n, duration, w, h,
+                         int(aus.codec_context.sample_rate or 0) if aus is not None else 0)
+
+
+def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = None) -> Iterator[FrameBatch]:
+    """Decode video frames in order, in batches.
+
+    Args:
+        path: media file.
+        batch_size: frames per batch.
+        max_side: if given, frames larger than this are downscaled (keeping aspect) while decoding.
+    Yields:
+        :class:`FrameBatch` objects; a corrupt tail ends the stream with a warning.
+    Raises:
+        MediaError: unreadable file, or no video stream.
+    """
+    p = Path(path)
+    c = _open(p)
+    try:
+        if not c.streams.video:
+            raise MediaError(f"{p}: has no video stream")
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        tb = float(vs.time_base) if vs.time_base else None
+        rate = vs.average_rate or vs.guessed_rate
+        fps = float(rate) if rate else 30.0
+        scale = None
+        W, H = vs.codec_context.width or 0, vs.codec_context.height or 0
+        if max_side and max(W, H) > max_side:
+            s = max_side / max(W, H)
+            scale = (max(2, int(round(W * s / 2)) * 2), max(2, int(round(H * s / 2)) * 2))
+        frames: list[np.ndarray] = []
+        idx: list[int] = []
+        times: list[float] = []
+        t0 = None
+        k = 0
+        gaps: list[float] = []
+        try:
+            for fr in c.decode(vs):
+                if fr.pts is not None and tb is not None:
+                    t = fr.pts * tb
+                else:
+                    t = k / fps
+                if t0 is None:
+                    t0 = t
+                if scale is not None:
+                    arr = fr.to_ndarray(format="rgb24", width=scale[0], height=scale[1])
+                else:
+                    arr = fr.to_ndarray(format="rgb24")
+                if times:
+                    gaps.append(t - t0 - times[-1])
+                frames.append(arr)
+                idx.append(k)
+                times.append(t - t0)
+                k += 1
+                if len(frames) >= batch_size:
+                    yield FrameBatch(np.stack(frames), np.asarray(idx, np.int64), np.asarray(times))
+                    frames, idx, times = [], [], []
+        except MediaError:
+            raise
+        except Exception as e:
+            log.warning("%s: decoding stopped at frame %d (%s: %s); using the %d frames read",
+                        p, k, type(e).__name__, e, k)
+        if frames:
+            yield FrameBatch(np.stack(frames), np.asarray(idx, np.int64), np.asarray(times))
+        if k == 0:
+            raise MediaError(f"{p}: no decodable video frame")
+        if gaps:
+            g = np.asarray(gaps)
+            if g.size > 2 and (np.abs(g - 1.0 / fps) > 0.5 / fps).mean() > 0.01:
+                log.warning("%s: variable frame rate (frame gaps %.4f..%.4f s); timestamps are used for alignment",
+                            p, float(g.min()), float(g.max()))
+    finally:
+        c.close()
+
+
+def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio track as mono float32 at ``sr`` Hz, shape (N,).
+
+    A file without an audio track returns an empty array and logs a warning; a corrupt tail returns what was
+    decoded before it. Raises MediaError when the file cannot be opened.
+    """
+    import av
+
+    p = Path(path)
+    c = _open(p)
+    try:
+        if not c.streams.audio:
+            log.warning("%s: no audio track; the audio modality is skipped for it", p)
+            return np.zeros(0, dtype=np.float32)
+        st = c.streams.audio[0]
+        res = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        chunks: list[np.ndarray] = []
+        try:
+            for fr in c.decode(st):
+                for out in res.resample(fr):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in res.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except Exception as e:
+            log.warning("%s: audio decoding stopped early (%s: %s); using %.1f s read", p, type(e).__name__, e,
+                        sum(len(x) for x in chunks) / sr)
+        wav = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+        bad = ~np.isfinite(wav)
+        if bad.any():
+            log.warning("%s: %d non-finite audio samples set to 0", p, int(bad.sum()))
+            wav[bad] = 0.0
+        return wav
+    finally:
+        c.close()
+
+
+def count_frames(path: str | Path) -> int:
+    """Number of decodable video frames (decodes the whole stream without converting pixels)."""
+    p = Path(path)
+    c = _open(p)
+    n = 0
+    try:
+        if not c.streams.video:
+            raise MediaError(f"{p}: has no video stream")
+        try:
+            for _ in c.decode(c.streams.video[0]):
+                n += 1
+        except Exception as e:
+            log.warning("%s: counting stopped at frame %d (%s)", p, n, e)
+    finally:
+        c.close()
+    return n
+
+
+def fps_or_default(fps: float | None, default: float = 30.0) -> float:
+    """A usable frame rate (``default`` when unknown or not finite)."""
+    if fps is None or not math.isfinite(fps) or fps <= 0:
+        return default
+    return float(fps)

@@ -1,0 +1,328 @@
+"""The one training loop of the project, used by every model (face, behavior, audio, fusion).
+
+A *task* owns the data, the sampling of training batches, the loss and the validation metric; the model knows
+nothing about the data (as in pyannote.audio). :func:`fit` runs AdamW with optional parameter groups,
+ReduceLROnPlateau on the validation CCC, early stopping, gradient clipping, an EMA of the weights, and keeps
+the best checkpoint by validation CCC (computed over all concatenated validation frames). A run killed at any
+moment resumes from its last finished epoch when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from vaest.io import atomic_path, atomic_write_json
+from vaest.metrics import ccc_loss, va_ccc
+from vaest.progress import make_progress
+from vaest.timebase import TimeBase, TimeSeries, fill_nearest, to_frames
+from vaest.windows import overlap_average, take_window, window_starts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by all models (defaults: the reference face model)."""
+
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    early_stop: int = 15
+    grad_clip: float | None = None
+    ema: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    max_batches_per_epoch: int | None = None
+    loss_weights: tuple[float, float] = (0.5, 0.5)
+    mse_weight: float = 0.0
+
+
+class Task(Protocol):
+    """What :func:`fit` needs from a task."""
+
+    def train_batches(self, rng: np.random.Generator, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
+        """One epoch of batches: model inputs plus ``target`` (B, ..., 2) and ``target_mask`` (B, ...)."""
+
+    def validate(self, model: nn.Module, device: str) -> dict[str, float]:
+        """Validation CCC (``valence``, ``arousal``, ``mean``) over all concatenated frames."""
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Everything in a batch that is not a target is passed to the model as keyword arguments."""
+    return {k: v for k, v in batch.items() if not k.startswith("target")}
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for s, p in zip(self.shadow.state_dict().values(), model.state_dict().values()):
+            if s.dtype.is_floating_point:
+                s.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+            else:
+                s.copy_(p)
+
+
+def save_checkpoint(path: Path, model: nn.Module, **extra: Any) -> None:
+    """Atomically save a model with its registry name and config (so it can be rebuilt with no code edits)."""
+    payload = {
+        "name": getattr(model, "registry_name", type(model).__name__),
+        "config": dataclasses.asdict(model.config) if dataclasses.is_dataclass(getattr(model, "config", None)) else {},
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+    with atomic_path(path, suffix=".tmp.pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
+        param_groups: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> FitResult:
+    """Train ``model`` on ``task``; write ``out_dir/model.pt`` (best), ``last.pt`` (resume) and ``history.json``.
+
+    Args:
+        model: any module whose forward takes the task's batch inputs as keyword arguments and returns a dict
+            with ``va`` shaped like the batch's ``target``.
+        task: see :class:`Task`.
+        cfg: optimisation settings.
+        out_dir: run folder.
+        param_groups: optional AdamW groups (each a dict with ``params`` and ``lr``); every trainable parameter
+            must be in exactly one group (checked).
+        extra: saved into the checkpoints (feature normalisation, data settings, ...).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = cfg.device
+    model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if param_groups is None:
+        param_groups = [{"params": trainable, "lr": cfg.lr}]
+    grouped = [p for g in param_groups for p in g["params"]]
+    if len({id(p) for p in grouped}) != len(grouped) or {id(p) for p in grouped} != {id(p) for p in trainable}:
+        raise ValueError("param_groups must hold every trainable parameter exactly once")
+    opt = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
+                                                       patience=cfg.plateau_patience)
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    rng = np.random.default_rng(cfg.seed)
+    history: list[dict[str, Any]] = []
+    best = {"valence": -math.inf, "arousal": -math.inf, "mean": -math.inf}
+    best_epoch, start_epoch, stale = -1, 0, 0
+    extra = dict(extra or {})
+    train_cfg = dataclasses.asdict(cfg)
+    last = out / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location=device, weights_only=False)
+        if ck.get("train_config") == train_cfg and ck.get("config") == (dataclasses.asdict(model.config) if dataclasses.is_dataclass(getattr(model, "config", None)) else {}):
+            model.load_state_dict(ck["state_dict"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            if ema is not None and ck.get("ema_state") is not None:
+                ema.shadow.load_state_dict(ck["ema_state"])
+            rng.bit_generator.state = ck["rng"]
+            torch.set_rng_state(ck["torch_rng"])
+            history, best, best_epoch, stale = ck["history"], ck["best"], ck["best_epoch"], ck["stale"]
+            start_epoch = ck["epoch"] + 1
+            log.info("resuming %s at epoch %d (best mean CCC %.4f at epoch %d)", out, start_epoch, best["mean"], best_epoch)
+        else:
+            log.warning("%s: settings changed since the interrupted run; starting afresh", last)
+    t0 = time.time()
+    with make_progress() as prog:
+        ep_task = prog.add_task(f"train {out.name}", total=cfg.epochs, completed=start_epoch)
+        for epoch in range(start_epoch, cfg.epochs):
+            if stale >= cfg.early_stop:
+                break
+            model.train()
+            losses = []
+            for b, batch in enumerate(task.train_batches(rng, cfg.batch_size)):
+                if cfg.max_batches_per_epoch and b >= cfg.max_batches_per_epoch:
+                    break
+                batch = _to_device(batch, device)
+                pred = model(**model_inputs(batch))["va"]
+                loss = ccc_loss(pred, batch["target"], batch.get("target_mask"), cfg.loss_weights, cfg.mse_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                opt.step()
+                if ema is not None:
+                    ema.update(model)
+                losses.append(float(loss.detach()))
+            eval_model = ema.shadow if ema is not None else model
+            eval_model.eval()
+            with torch.no_grad():
+                scores = task.validate(eval_model, device)
+            m = scores["mean"] if math.isfinite(scores["mean"]) else -math.inf
+            sched.step(m)
+            rec = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else math.nan, **scores,
+                   "lr": opt.param_groups[0]["lr"]}
+            history.append(rec)
+            if m > best["mean"]:
+                best, best_epoch, stale = dict(scores), epoch, 0
+                save_checkpoint(out / "model.pt", eval_model, train_config=train_cfg, epoch=epoch, metrics=scores, **extra)
+            else:
+                stale += 1
+            log.info("epoch %d loss %.4f val CCC v %.3f a %.3f mean %.3f%s", epoch, rec["loss"], scores["valence"],
+                     scores["arousal"], scores["mean"], " *" if best_epoch == epoch else "")
+            save_checkpoint(last, model, train_config=train_cfg, epoch=epoch, optimizer=opt.state_dict(),
+                            scheduler=sched.state_dict(), ema_state=ema.shadow.state_dict() if ema else None,
+                            rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), history=history,
+                            best=best, best_epoch=best_epoch, stale=stale)
+            prog.advance(ep_task)
+    secs = time.time() - t0
+    atomic_write_json(out / "history.json", {"best_epoch": best_epoch, "best": best, "history": history, "seconds": secs})
+    return FitResult(best_epoch, best, history, secs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sequence tasks: per-step features on a time base -> per-step VA (face frames, behavior segments, fusion)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sequence:
+    """One video's model inputs on a time base, with frame-level labels for validation.
+
+    Attributes:
+        id: video id.
+        inputs: name -> (T, ...) arrays on ``base`` (all with the same T).
+        target: (T, 2) step targets (NaN invalid) for training.
+        base: time base of the T steps.
+        n_frames, fps: the video's frame grid.
+        frame_labels: (n_frames, 2) labels on the frame grid (NaN invalid), for the frame-level metric.
+    """
+
+    id: str
+    inputs: dict[str, np.ndarray]
+    target: np.ndarray
+    base: TimeBase
+    n_frames: int
+    fps: float
+    frame_labels: np.ndarray | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.target)
+
+
+def predict_sequence(model: nn.Module, inputs: dict[str, np.ndarray], win: int, hop: int, device: str = "cpu",
+                     batch_size: int = 16, keys: tuple[str, ...] = ("va", "emb")) -> dict[str, np.ndarray]:
+    """Sliding-window inference over one sequence with overlap-averaging.
+
+    Args:
+        inputs: name -> (T, ...) arrays.
+        win, hop: window and hop in steps (reference face model: 400 / 150).
+    Returns:
+        name -> (T, D) float32 for each requested model output present (``va`` (T, 2), ``emb`` (T, H)).
+    """
+    T = len(next(iter(inputs.values())))
+    starts = window_starts(T, win, hop)
+    outs: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(starts), batch_size):
+            chunk = starts[i : i + batch_size]
+            batch = {k: torch.from_numpy(np.stack([take_window(v, s, win)[0] for s in chunk])).to(device)
+                     for k, v in inputs.items()}
+            res = model(**batch)
+            for k in keys:
+                if k in res:
+                    outs[k].extend(res[k].float().cpu().numpy())
+    return {k: overlap_average(T, starts, v)[0] for k, v in outs.items() if v}
+
+
+def frames_from_steps(values: np.ndarray, base: TimeBase, n_frames: int, fps: float) -> np.ndarray:
+    """Expand per-step predictions to the frame grid (overlaps averaged) and fill holes from the nearest frame."""
+    vals, mask = to_frames(TimeSeries(values, base), n_frames, fps)
+    return fill_nearest(vals, mask)
+
+
+def concat_frame_ccc(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """CCC over all concatenated frames of (prediction (n, 2), labels (n, 2) with NaN invalid) pairs."""
+    preds, labs = [], []
+    for p, y in pairs:
+        preds.append(p)
+        labs.append(y)
+    if not preds:
+        return {"valence": math.nan, "arousal": math.nan, "mean": math.nan}
+    return va_ccc(np.concatenate(preds), np.concatenate(labs))
+
+
+class SequenceTask:
+    """Windows of ``win`` steps with hop ``hop`` from training sequences; frame-level CCC on validation."""
+
+    def __init__(self, train: list[Sequence], val: list[Sequence], win: int, hop: int, val_batch: int = 16):
+        self.train, self.val, self.win, self.hop, self.val_batch = train, val, win, hop, val_batch
+        self.index = [(i, s) for i, seq in enumerate(train) for s in window_starts(seq.length, win, hop)
+                      if np.isfinite(seq.target[s : s + win]).all(-1).any()]
+        if not self.index:
+            raise ValueError("no training window has a valid label")
+
+    def train_batches(self, rng: np.random.Generator, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
+        order = rng.permutation(len(self.index))
+        for i in range(0, len(order), batch_size):
+            items = [self.index[j] for j in order[i : i + batch_size]]
+            batch: dict[str, list[np.ndarray]] = {}
+            tgt, msk = [], []
+            for si, s in items:
+                seq = self.train[si]
+                for k, v in seq.inputs.items():
+                    batch.setdefault(k, []).append(take_window(v, s, self.win)[0])
+                y, valid = take_window(seq.target, s, self.win)
+                tgt.append(y)
+                msk.append(valid & np.isfinite(y).all(-1))
+            out = {k: torch.from_numpy(np.stack(v)) for k, v in batch.items()}
+            out["target"] = torch.from_numpy(np.nan_to_num(np.stack(tgt)).astype(np.float32))
+            out["target_mask"] = torch.from_numpy(np.stack(msk))
+            yield out
+
+    def predict_frames(self, model: nn.Module, seq: Sequence, device: str) -> dict[str, np.ndarray]:
+        """Per-frame outputs for one sequence (``va`` (n_frames, 2), ``emb`` (n_frames, H))."""
+        res = predict_sequence(model, seq.inputs, self.win, self.hop, device, self.val_batch)
+        return {k: frames_from_steps(v, seq.base, seq.n_frames, seq.fps) for k, v in res.items()}
+
+    def validate(self, model: nn.Module, device: str) -> dict[str, float]:
+        return concat_frame_ccc((self.predict_frames(model, s, device)["va"], s.frame_labels) for s in self.val
+                                if s.frame_labels is not None)
