@@ -1,0 +1,240 @@
+"""The extractor interface and registry, and the one extraction driver (decode once, feed every extractor).
+
+An extractor is a small class with a config dataclass, a ``name`` (its key in the feature store), the records
+it writes (``outputs``), and what it consumes:
+
+- frame extractors get the decoded frames of a media file in batches (``begin`` / ``update`` / ``end``);
+  they can read what an earlier extractor put into the per-batch ``shared`` dict (the face tracker puts
+  its per-frame boxes and landmarks there, which the face encoder, the mouth and the behavior descriptors use);
+- audio extractors get the 16 kHz mono track once (``extract_audio``).
+
+A media file may carry several label tracks (``<video>_left`` / ``_right``); ``begin`` receives all of them and
+``end`` returns one record per (output, video id). Records are written atomically as soon as a media file is
+done, so a killed job loses at most the file in progress, and a rerun skips what is stored with the same config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable
+
+import numpy as np
+
+from vaest.corpus import Video
+from vaest.errors import VaestError
+from vaest.features.store import FeatureRecord, FeatureStore, config_hash
+from vaest.media import FrameBatch, MediaInfo, iter_frames, probe, read_audio, SAMPLE_RATE
+from vaest.progress import make_progress
+
+log = logging.getLogger(__name__)
+
+_EXTRACTORS: dict[str, type["Extractor"]] = {}
+
+
+def register_extractor(name: str) -> Callable[[type], type]:
+    """Class decorator: make an extractor creatable by ``name`` (e.g. ``face``, ``mouth``, ``audio-lmfb``)."""
+
+    def deco(cls: type) -> type:
+        _EXTRACTORS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return deco
+
+
+def _import_all() -> None:
+    import importlib
+
+    for mod in ("face", "mouth", "audio", "behavior"):
+        try:
+            importlib.import_module(f"vaest.features.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("vaest.features"):
+                continue
+            raise
+
+
+def list_extractors() -> list[str]:
+    _import_all()
+    return sorted(_EXTRACTORS)
+
+
+def create_extractor(name: str, **config: Any) -> "Extractor":
+    """Build a registered extractor from config keyword arguments."""
+    _import_all()
+    if name not in _EXTRACTORS:
+        raise VaestError(f"unknown extractor {name!r}; registered: {', '.join(sorted(_EXTRACTORS))}")
+    cls = _EXTRACTORS[name]
+    return cls(cls.Config(**config))
+
+
+class Extractor:
+    """Base class. Subclasses set ``Config`` (a dataclass), ``kind`` (``frames`` or ``audio``) and implement
+    the methods of their kind. ``outputs()`` names the store keys written (default: ``[self.name]``)."""
+
+    Config: ClassVar[type] = object
+    kind: ClassVar[str] = "frames"
+    registry_name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()  # frame extractors that must run before this one (by registry name)
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.Config()
+
+    @property
+    def name(self) -> str:
+        return self.registry_name
+
+    def outputs(self) -> list[str]:
+        return [self.name]
+
+    def config_hash(self) -> str:
+        cfg = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+        # settings that do not change results (device, batch size, workers) are excluded from the hash
+        for k in ("device", "batch_size", "num_threads", "workers"):
+            cfg.pop(k, None)
+        return config_hash({"name": self.name, **cfg})
+
+    # frame extractors
+    def begin(self, videos: list[Video], info: MediaInfo) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def end(self) -> dict[tuple[str, str], FeatureRecord]:  # pragma: no cover - interface
+        """Records keyed by (output name, video id)."""
+        raise NotImplementedError
+
+    # audio extractors
+    def extract_audio(self, videos: list[Video], wav: np.ndarray, sr: int,
+                      info: MediaInfo) -> dict[tuple[str, str], FeatureRecord]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class ExtractionReport:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    frames: int = 0
+
+    def summary(self) -> str:
+        s = f"{len(self.done)} media extracted, {len(self.skipped)} already stored, {len(self.failed)} failed"
+        if self.frames and self.seconds:
+            s += f" ({self.frames / self.seconds:.0f} frames/s)"
+        return s
+
+
+def _with_requirements(extractors: list[Extractor]) -> list[Extractor]:
+    """Add missing required frame extractors (default config) and order them so requirements run first."""
+    by_name = {e.name: e for e in extractors}
+    ordered: list[Extractor] = []
+
+    def visit(e: Extractor) -> None:
+        for r in e.requires:
+            if r not in by_name:
+                by_name[r] = create_extractor(r)
+            visit(by_name[r])
+        if e not in ordered:
+            ordered.append(e)
+
+    for e in extractors:
+        visit(e)
+    return ordered
+
+
+def pending(store: FeatureStore, extractors: list[Extractor], videos: list[Video]) -> list[Extractor]:
+    """The extractors that still have an output to write for these videos (stale or missing)."""
+    out = []
+    for e in extractors:
+        h = e.config_hash()
+        if any(not store.has(o, v.id, h) for o in e.outputs() for v in videos):
+            out.append(e)
+    return out
+
+
+def _stamp(e: Extractor, recs: dict[tuple[str, str], FeatureRecord]) -> dict[tuple[str, str], FeatureRecord]:
+    h = e.config_hash()
+    for rec in recs.values():
+        rec.config_hash = h
+        rec.meta.setdefault("extractor", e.name)
+        rec.meta.setdefault("config", dataclasses.asdict(e.config) if dataclasses.is_dataclass(e.config) else {})
+    return recs
+
+
+def process_media(media: Path, videos: list[Video], extractors: list[Extractor], batch_size: int = 32,
+                  max_side: int | None = None) -> tuple[dict[tuple[str, str], FeatureRecord], int]:
+    """Run extractors on one media file, decoding frames once. Returns records and the number of frames."""
+    info = probe(media)
+    records: dict[tuple[str, str], FeatureRecord] = {}
+    frame_ex = [e for e in extractors if e.kind == "frames"]
+    audio_ex = [e for e in extractors if e.kind == "audio"]
+    n = 0
+    if frame_ex:
+        if not info.has_video:
+            raise VaestError(f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})")
+        for e in frame_ex:
+            e.begin(videos, info)
+        for batch in iter_frames(media, batch_size=batch_size, max_side=max_side):
+            shared: dict[str, Any] = {}
+            for e in frame_ex:
+                e.update(batch, shared)
+            n += len(batch.index)
+        for e in frame_ex:
+            records.update(_stamp(e, e.end()))
+    if audio_ex:
+        wav = read_audio(media, SAMPLE_RATE)
+        for e in audio_ex:
+            records.update(_stamp(e, e.extract_audio(videos, wav, SAMPLE_RATE, info)))
+    return records, n
+
+
+def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Iterable[Video],
+                   batch_size: int = 32, max_side: int | None = None, force: bool = False) -> ExtractionReport:
+    """Extract features for every media file of ``videos`` with the local engine (see :mod:`vaest.scale`
+    for Ray). Finished media are skipped; a failing media file is recorded and the job goes on."""
+    extractors = _with_requirements(list(extractors))
+    groups: dict[Path, list[Video]] = {}
+    for v in videos:
+        if v.media is not None:
+            groups.setdefault(v.media, []).append(v)
+        else:
+            log.warning("%s: no media file found; skipped", v.id)
+    rep = ExtractionReport()
+    t0 = time.time()
+    with make_progress() as prog:
+        task = prog.add_task(f"extract {'+'.join(e.name for e in extractors)}", total=len(groups))
+        for media, vids in groups.items():
+            todo = extractors if force else pending(store, extractors, vids)
+            if todo and not force:
+                # a required extractor that is already stored still has to run to feed its dependants
+                todo = [e for e in extractors if e in todo or any(e.name in d.requires for d in todo)]
+            if not todo:
+                rep.skipped.append(str(media))
+                prog.advance(task)
+                continue
+            try:
+                recs, n = process_media(media, vids, todo, batch_size, max_side)
+                for (key, vid), rec in recs.items():
+                    store.save(key, vid, rec)
+                rep.done.append(str(media))
+                rep.frames += n
+            except Exception as e:  # one bad file must not stop a batch job
+                msg = f"{type(e).__name__}: {e}" if not isinstance(e, VaestError) else str(e)
+                log.error("%s: extraction failed: %s", media, msg)
+                rep.failed[str(media)] = msg
+                for ex in todo:
+                    for o in ex.outputs():
+                        for v in vids:
+                            store.record_failure(o, v.id, msg)
+            prog.advance(task)
+    rep.seconds = time.time() - t0
+    log.info("extraction: %s", rep.summary())
+    for m, err in rep.failed.items():
+        log.error("failed: %s: %s", m, err)
+    return rep

@@ -1,0 +1,97 @@
+"""Per-frame predictions of a trained run, their evaluation, and the run folder conventions.
+
+A run folder (``vaest train ... --out RUN``) holds ``model.pt`` (best checkpoint), ``config.yaml`` and
+``versions.yaml`` (resolved settings), ``run.json`` (modality, corpus and feature paths), ``metrics.json``
+(validation CCC) and ``preds/<video>.npz``: per-frame predictions of every video of every split in the
+feature-store format (key ``pred``: ``values`` (n_frames, 2) VA on the frame grid, ``mask`` frames where the
+modality had data, extra ``emb`` (n_frames, H) the exported embedding). Fusion and evaluation read only these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaest.corpus import Corpus, Video
+from vaest.errors import VaestError
+from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.io import atomic_write_json
+from vaest.metrics import va_ccc
+from vaest.timebase import TimeBase, TimeSeries
+
+log = logging.getLogger(__name__)
+
+PRED_KEY = "preds"
+
+
+def pred_store(run_dir: str | Path) -> FeatureStore:
+    return FeatureStore(Path(run_dir))
+
+
+def save_predictions(run_dir: str | Path, video_id: str, va: np.ndarray, fps: float, emb: np.ndarray | None = None,
+                     mask: np.ndarray | None = None, extras: dict[str, np.ndarray] | None = None,
+                     meta: dict[str, Any] | None = None) -> None:
+    """Store per-frame predictions of one video.
+
+    Args:
+        va: (n_frames, 2) valence/arousal on the video's frame grid.
+        fps: the frame rate of that grid.
+        emb: (n_frames, H) embedding exported for fusion, optional.
+        mask: (n_frames,) True where the modality had real input (False where filled or missing).
+        extras: further per-frame arrays (fusion weights, reliabilities).
+    """
+    ex = dict(extras or {})
+    if emb is not None:
+        ex["emb"] = np.asarray(emb, dtype=np.float32)
+    rec = FeatureRecord(TimeSeries(np.asarray(va, dtype=np.float32), TimeBase.frames(fps), mask), ex, dict(meta or {}))
+    pred_store(run_dir).save(PRED_KEY, video_id, rec)
+
+
+def load_predictions(run_dir: str | Path, video_id: str) -> FeatureRecord:
+    return pred_store(run_dir).load(PRED_KEY, video_id)
+
+
+def write_run_json(run_dir: str | Path, **info: Any) -> None:
+    atomic_write_json(Path(run_dir) / "run.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in info.items()})
+
+
+def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / "run.json"
+    if not p.exists():
+        raise VaestError(f"{run_dir}: not a vaest run folder (no run.json)")
+    return json.loads(p.read_text())
+
+
+def evaluate_predictions(run_dir: str | Path, corpus: Corpus, split: str = "val",
+                         smooth: Any = None) -> dict[str, float]:
+    """CCC over all concatenated labelled frames of ``split`` (valence, arousal, mean).
+
+    ``smooth`` optionally post-processes each video's (n, 2) predictions before scoring.
+    """
+    preds, labs = [], []
+    missing = 0
+    for v in corpus.split(split):
+        if not v.has_labels:
+            continue
+        try:
+            rec = load_predictions(run_dir, v.id)
+        except VaestError:
+            missing += 1
+            continue
+        p = rec.values
+        if smooth is not None:
+            p = smooth(p)
+        preds.append(p)
+        labs.append(v.labels_for(len(p)))
+    if missing:
+        log.warning("%s: %d %s videos have no predictions", run_dir, missing, split)
+    if not preds:
+        return {"valence": math.nan, "arousal": math.nan, "mean": math.nan, "frames": 0}
+    out: dict[str, float] = va_ccc(np.concatenate(preds), np.concatenate(labs))
+    out["frames"] = int(np.isfinite(np.concatenate(labs)).all(1).sum())
+    return out
