@@ -107,6 +107,38 @@ def features_ls(store: Annotated[Path, typer.Argument(help="Feature store folder
         console.print(f"[red]failed[/red] {f['extractor']} {f['video']}: {f['error']}")
 
 
+@app.command()
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="Run folder(s) written by `vaest train`.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="Corpus root (default: the one recorded in the run).")] = None,
+    split: Annotated[str, typer.Option(help="Split to score.")] = "val",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write all scores as JSON.")] = None,
+) -> None:
+    """Print the CCC table of one or more runs and write RUN/metrics.json for each."""
+    from vaest.corpus import load_corpus
+    from vaest.inference import evaluate_predictions, read_run_json
+    from vaest.io import atomic_write_json
+
+    t = Table(title=f"{split} CCC")
+    for c in ("run", "modality", "valence", "arousal", "mean", "frames"):
+        t.add_column(c, justify="left" if c in ("run", "modality") else "right")
+    allscores = {}
+    cache: dict[str, object] = {}
+    for run in runs:
+        info = read_run_json(run)
+        root = str(corpus or info.get("corpus"))
+        if root not in cache:
+            cache[root] = load_corpus(root)
+        scores = evaluate_predictions(run, cache[root], split)  # type: ignore[arg-type]
+        atomic_write_json(Path(run) / "metrics.json", {k: scores[k] for k in ("valence", "arousal", "mean")})
+        allscores[str(run)] = {"modality": info.get("modality"), **scores}
+        t.add_row(str(run), str(info.get("modality", "?")), _fmt(scores["valence"]), _fmt(scores["arousal"]),
+                  _fmt(scores["mean"]), _fmt(int(scores.get("frames", 0))))
+    console.print(t)
+    if json_out:
+        atomic_write_json(json_out, allscores)
+
+
 # --- modality commands are registered below by their modules (keep this marker) ---
 
 
