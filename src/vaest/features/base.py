@@ -158,6 +158,32 @@ def pending(store: FeatureStore, extractors: list[Extractor], videos: list[Video
     return out
 
 
+def media_todo(store: FeatureStore, extractors: list[Extractor], videos: list[Video],
+               force: bool = False) -> list[Extractor]:
+    """The extractors to run on one media file (shared by the local and the Ray engine): those with a missing
+    or stale output, plus the already stored ones that feed them (``requires``), in run order; all with ``force``."""
+    if force:
+        return list(extractors)
+    todo = pending(store, extractors, videos)
+    if todo:
+        # a required extractor that is already stored still has to run to feed its dependants
+        todo = [e for e in extractors if e in todo or any(e.name in d.requires for d in todo)]
+    return todo
+
+
+def save_records(store: FeatureStore, records: dict[tuple[str, str], FeatureRecord], force: bool = False) -> int:
+    """Write the records of one media file (atomically, one file each); a record already stored with the
+    same config hash is left untouched unless ``force`` (finished files are never rewritten). Returns the
+    number of files written."""
+    n = 0
+    for (key, vid), rec in records.items():
+        if not force and store.has(key, vid, rec.config_hash):
+            continue
+        store.save(key, vid, rec)
+        n += 1
+    return n
+
+
 def _stamp(e: Extractor, recs: dict[tuple[str, str], FeatureRecord]) -> dict[tuple[str, str], FeatureRecord]:
     h = e.config_hash()
     for rec in recs.values():
@@ -210,18 +236,14 @@ def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Ite
     with make_progress() as prog:
         task = prog.add_task(f"extract {'+'.join(e.name for e in extractors)}", total=len(groups))
         for media, vids in groups.items():
-            todo = extractors if force else pending(store, extractors, vids)
-            if todo and not force:
-                # a required extractor that is already stored still has to run to feed its dependants
-                todo = [e for e in extractors if e in todo or any(e.name in d.requires for d in todo)]
+            todo = media_todo(store, extractors, vids, force)
             if not todo:
                 rep.skipped.append(str(media))
                 prog.advance(task)
                 continue
             try:
                 recs, n = process_media(media, vids, todo, batch_size, max_side)
-                for (key, vid), rec in recs.items():
-                    store.save(key, vid, rec)
+                save_records(store, recs, force)
                 rep.done.append(str(media))
                 rep.frames += n
             except Exception as e:  # one bad file must not stop a batch job

@@ -1,0 +1,285 @@
+"""Scale-out extraction: the same job as :func:`vaest.features.base.run_extraction`, spread over a Ray cluster.
+
+Engines:
+
+- ``local``: :func:`vaest.features.base.run_extraction` in this process (decode once, feed every extractor).
+- ``ray``: a pool of Ray actors, one per worker (one CPU each by default, or one GPU each when an extractor's
+  config asks for ``cuda``; Ray sets ``CUDA_VISIBLE_DEVICES`` so ``cuda`` means the worker's own GPU). Each actor
+  builds every extractor once from its (registry name, config) spec and keeps it for all the media it is given;
+  it processes whole media files with :func:`vaest.features.base.process_media` and sends the records back.
+
+Who writes the store: **the driver**. Records travel back to the driver, which writes them with
+:meth:`FeatureStore.save` (atomic) as results arrive, so the store needs no shared file system and a record on
+disk is always complete; only the media files must be readable by the workers at the same paths (one machine,
+or a shared file system for a multi-node cluster). The driver plans the work exactly like the local engine
+(:func:`vaest.features.base.media_todo`: stored work with the same config hash is skipped), records a failing
+media file with :meth:`FeatureStore.record_failure` and goes on (an actor that dies, e.g. a native crash or
+out of memory, is replaced and its media file recorded as failed), and reports the failures at the end.
+Killing the driver at any moment loses at most the media files in flight; rerunning the command finishes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from vaest.corpus import Video
+from vaest.errors import VaestError
+from vaest.features.base import (
+    ExtractionReport,
+    Extractor,
+    _with_requirements,
+    media_todo,
+    process_media,
+    save_records,
+)
+from vaest.features.base import run_extraction as run_local
+from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.progress import make_progress
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """What a worker needs to rebuild an extractor: its registry name, class and config (pickled to the worker;
+    the class travels by reference to its module, so workers import the same registered extractors)."""
+
+    name: str
+    cls: type
+    config: Any
+
+    @classmethod
+    def of(cls, e: Extractor) -> "ExtractorSpec":
+        return cls(e.registry_name or e.name, type(e), e.config)
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.name, f"{self.cls.__module__}.{self.cls.__qualname__}", repr(self.config))
+
+    def build(self) -> Extractor:
+        return self.cls(self.config)
+
+
+def wants_cuda(extractors: Iterable[Extractor]) -> bool:
+    """True when any extractor's config asks for a CUDA device (``device: cuda`` / ``cuda:1``)."""
+    return any(str(getattr(e.config, "device", "") or "").startswith("cuda") for e in extractors)
+
+
+def _error_text(e: BaseException) -> str:
+    return str(e) if isinstance(e, VaestError) else f"{type(e).__name__}: {e}"
+
+
+class ExtractionWorker:
+    """A Ray actor body: keeps built extractors across calls and processes one media file per call."""
+
+    def __init__(self) -> None:
+        # Ray sets OMP_NUM_THREADS to the actor's CPUs, so torch in a worker uses only its share of the cores
+        self._built: dict[tuple[str, str, str], Extractor] = {}
+
+    def _get(self, spec: ExtractorSpec) -> Extractor:
+        k = spec.key()
+        if k not in self._built:
+            self._built[k] = spec.build()
+        return self._built[k]
+
+    def run(self, media: Path, videos: list[Video], specs: list[ExtractorSpec], batch_size: int,
+            max_side: int | None) -> tuple[bool, dict[tuple[str, str], FeatureRecord] | str, int, float]:
+        """Extract one media file. Returns (ok, records or error message, frames decoded, seconds)."""
+        t0 = time.time()
+        try:
+            extractors = [self._get(s) for s in specs]
+            recs, n = process_media(media, videos, extractors, batch_size, max_side)
+        except Exception as e:  # reported to the driver, which records the failure and goes on
+            return False, _error_text(e), 0, time.time() - t0
+        return True, recs, n, time.time() - t0
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _group(videos: Iterable[Video]) -> dict[Path, list[Video]]:
+    groups: dict[Path, list[Video]] = {}
+    for v in videos:
+        if v.media is not None:
+            groups.setdefault(v.media, []).append(v)
+        else:
+            log.warning("%s: no media file found; skipped", v.id)
+    return groups
+
+
+def _record_failure(store: FeatureStore, rep: ExtractionReport, media: Path, vids: list[Video],
+                    todo: list[Extractor], msg: str) -> None:
+    log.error("%s: extraction failed: %s", media, msg)
+    rep.failed[str(media)] = msg
+    for ex in todo:
+        for o in ex.outputs():
+            for v in vids:
+                store.record_failure(o, v.id, msg)
+
+
+def connect_ray(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None) -> bool:
+    """Connect to the Ray cluster at ``address`` or start a local one (``num_cpus`` CPUs, no dashboard).
+
+    Returns True when this call started or connected Ray (the caller then shuts it down), False when Ray was
+    already initialised in this process (it is reused and left running).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise VaestError("the Ray engine needs Ray: pip install 'vaest[scale]'") from None
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if runtime_env:
+        kw["runtime_env"] = runtime_env
+    if address:
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise VaestError(f"cannot connect to the Ray cluster at {address!r} ({e})") from None
+        log.info("connected to Ray at %s: %s", address, ray.cluster_resources())
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+        log.info("started a local Ray: %s", ray.cluster_resources())
+    return True
+
+
+def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Iterable[Video],
+                   engine: str = "local", address: str | None = None, num_workers: int | None = None,
+                   batch_size: int = 32, max_side: int | None = None, force: bool = False,
+                   cpus_per_worker: float = 1.0, gpus_per_worker: float | None = None,
+                   runtime_env: dict | None = None) -> ExtractionReport:
+    """Extract features for every media file of ``videos`` with the ``local`` or ``ray`` engine.
+
+    Both engines store identical records, skip what is stored with the same config, record failing media and go
+    on, and return an :class:`ExtractionReport`.
+
+    Args:
+        store: the feature store (written by this process only).
+        extractors: built extractors (their required extractors are added as in the local engine).
+        videos: the videos (label tracks sharing a media file are processed together).
+        engine: ``local`` or ``ray``.
+        address: Ray cluster address (``ray://host:10001``, ``host:6379`` or ``auto``); None starts a local Ray.
+        num_workers: Ray actors (default: as many as the cluster's CPUs / ``cpus_per_worker``, or its GPUs /
+            ``gpus_per_worker`` when an extractor asks for cuda; never more than the media files to do). With a
+            local Ray it also sets the CPUs the local Ray gets.
+        batch_size, max_side: decoding settings passed to :func:`vaest.features.base.process_media`.
+        force: recompute and rewrite everything.
+        cpus_per_worker: CPUs each actor reserves (Ray limits its OpenMP/torch threads to them).
+        gpus_per_worker: GPUs each actor reserves (default 1 when an extractor's device is cuda, else 0).
+        runtime_env: Ray runtime environment for the job (e.g. ``{"working_dir": ...}``).
+    """
+    if engine not in ENGINES:
+        raise VaestError(f"unknown extraction engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "local":
+        if address:
+            log.warning("--address %s is ignored by the local engine", address)
+        return run_local(store, extractors, videos, batch_size=batch_size, max_side=max_side, force=force)
+    return _run_ray(store, extractors, videos, address, num_workers, batch_size, max_side, force,
+                    cpus_per_worker, gpus_per_worker, runtime_env)
+
+
+def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[Video], address: str | None,
+             num_workers: int | None, batch_size: int, max_side: int | None, force: bool,
+             cpus_per_worker: float, gpus_per_worker: float | None, runtime_env: dict | None) -> ExtractionReport:
+    extractors = _with_requirements(list(extractors))
+    groups = _group(videos)
+    rep = ExtractionReport()
+    t0 = time.time()
+    # plan in the driver, exactly as the local engine does
+    jobs: list[tuple[Path, list[Video], list[Extractor]]] = []
+    for media, vids in groups.items():
+        todo = media_todo(store, extractors, vids, force)
+        if todo:
+            jobs.append((media, vids, todo))
+        else:
+            rep.skipped.append(str(media))
+    label = f"extract {'+'.join(e.name for e in extractors)} (ray)"
+    if not jobs:
+        rep.seconds = time.time() - t0
+        log.info("extraction: %s", rep.summary())
+        return rep
+
+    import ray
+    from ray.exceptions import RayActorError
+
+    cuda = wants_cuda(extractors)
+    gpus = float(gpus_per_worker if gpus_per_worker is not None else (1.0 if cuda else 0.0))
+    started = connect_ray(address, num_cpus=None if num_workers is None else max(1, int(num_workers * cpus_per_worker)),
+                          runtime_env=runtime_env)
+    actors: list[Any] = []
+    try:
+        res = ray.cluster_resources()
+        if num_workers is None:
+            if gpus > 0:
+                num_workers = int(res.get("GPU", 0) // gpus)
+                if num_workers < 1:
+                    raise VaestError(f"an extractor asks for cuda but the Ray cluster has no GPU ({res}); "
+                                     "set device: cpu or connect to a cluster with GPUs")
+            else:
+                num_workers = max(1, int(res.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
+        num_workers = max(1, min(num_workers, len(jobs)))
+        remote_cls = ray.remote(ExtractionWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus)
+
+        def new_actor() -> Any:
+            return remote_cls.remote()
+
+        actors = [new_actor() for _ in range(num_workers)]
+        log.info("ray engine: %d media files on %d workers (%g CPU%s each)", len(jobs), num_workers,
+                 cpus_per_worker, f", {gpus:g} GPU" if gpus else "")
+        specs_of = {id(e): ExtractorSpec.of(e) for e in extractors}
+        queue = list(jobs)
+        inflight: dict[Any, tuple[int, Path, list[Video], list[Extractor]]] = {}
+
+        def submit(slot: int) -> None:
+            if not queue:
+                return
+            media, vids, todo = queue.pop(0)
+            ref = actors[slot].run.remote(media, vids, [specs_of[id(e)] for e in todo], batch_size, max_side)
+            inflight[ref] = (slot, media, vids, todo)
+
+        with make_progress() as prog:
+            task = prog.add_task(label, total=len(groups), completed=len(rep.skipped))
+            for slot in range(len(actors)):
+                submit(slot)
+            while inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                ref = ready[0]
+                slot, media, vids, todo = inflight.pop(ref)
+                try:
+                    ok, out, n, secs = ray.get(ref)
+                except RayActorError as e:  # the worker process died: replace it, record this media file
+                    ok, out, n = False, f"worker died while extracting ({type(e).__name__}: {e})", 0
+                    ray.kill(actors[slot], no_restart=True)
+                    actors[slot] = new_actor()
+                if ok:
+                    try:
+                        save_records(store, out, force)  # type: ignore[arg-type]
+                        rep.done.append(str(media))
+                        rep.frames += n
+                    except Exception as e:  # e.g. disk full: recorded like any failure
+                        _record_failure(store, rep, media, vids, todo, _error_text(e))
+                else:
+                    _record_failure(store, rep, media, vids, todo, str(out))
+                prog.advance(task)
+                submit(slot)
+    finally:
+        for a in actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # already gone
+                pass
+        if started:
+            ray.shutdown()
+    rep.seconds = time.time() - t0
+    log.info("extraction: %s", rep.summary())
+    for m, err in rep.failed.items():
+        log.error("failed: %s: %s", m, err)
+    return rep
+

@@ -1,0 +1,202 @@
+"""The Ray extraction engine gives the same store as the local engine, skips stored work, survives failures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mediautil import make_video, make_wav
+from vaest.corpus import Video
+from vaest.errors import VaestError
+from vaest.features.base import Extractor
+from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.timebase import TimeBase, TimeSeries
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vaest[scale]')")
+
+from vaest import scale  # noqa: E402
+
+
+@dataclass
+class BrightConfig:
+    gain: float = 1.0
+    device: str = "cpu"
+    crash_on: str = ""  # a media file name that makes the worker process exit (tests a dying worker)
+
+
+class Bright(Extractor):
+    """Per-frame mean brightness; puts it into ``shared`` for :class:`Dark`."""
+
+    Config = BrightConfig
+    kind = "frames"
+    registry_name = "test-bright"
+
+    def begin(self, videos, info):
+        if self.config.crash_on and self.config.crash_on == Path(info.path).name:
+            os._exit(3)
+        self.videos, self.fps, self.vals = videos, info.fps, []
+
+    def update(self, batch, shared):
+        v = batch.frames.reshape(len(batch.index), -1).mean(1).astype(np.float32) * self.config.gain
+        self.vals.append(v)
+        shared["bright"] = v
+
+    def end(self):
+        vals = np.concatenate(self.vals)[:, None]
+        return {(self.name, v.id): FeatureRecord(TimeSeries(vals, TimeBase.frames(self.fps)),
+                                                 {"pid": np.array(os.getpid())}, {"side": v.side})
+                for v in self.videos}
+
+
+@dataclass
+class DarkConfig:
+    offset: float = 255.0
+
+
+class Dark(Extractor):
+    """Depends on :class:`Bright` through ``shared`` (a required extractor)."""
+
+    Config = DarkConfig
+    kind = "frames"
+    registry_name = "test-dark"
+    requires = ("test-bright",)
+
+    def begin(self, videos, info):
+        self.videos, self.fps, self.vals = videos, info.fps, []
+
+    def update(self, batch, shared):
+        self.vals.append(self.config.offset - shared["bright"])
+
+    def end(self):
+        vals = np.concatenate(self.vals)[:, None]
+        return {(self.name, v.id): FeatureRecord(TimeSeries(vals, TimeBase.frames(self.fps))) for v in self.videos}
+
+
+@dataclass
+class RmsConfig:
+    hop: float = 0.5
+
+
+class Rms(Extractor):
+    """RMS of the 16 kHz audio per ``hop`` seconds (masked out when the file has no audio)."""
+
+    Config = RmsConfig
+    kind = "audio"
+    registry_name = "test-rms"
+
+    def extract_audio(self, videos, wav, sr, info):
+        step = int(self.config.hop * sr)
+        n = max(1, len(wav) // step)
+        vals = np.array([np.sqrt(np.mean(wav[i * step:(i + 1) * step] ** 2)) if len(wav) else 0.0
+                         for i in range(n)], np.float32)[:, None]
+        mask = np.full(n, len(wav) > 0)
+        return {(self.name, v.id): FeatureRecord(TimeSeries(vals, TimeBase(self.config.hop, self.config.hop), mask))
+                for v in videos}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (the engine reuses an initialised Ray and leaves it running)."""
+    # classes defined in this test module are shipped to the workers by value (workers cannot import tests/)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """Four label tracks on three media files (one two-person video) plus one empty file that must fail."""
+    d = tmp_path_factory.mktemp("media")
+    a = make_video(d / "a.mp4", n_frames=20, size=(32, 24))
+    b = make_video(d / "b.mp4", n_frames=33, size=(48, 32), tone_hz=880.0)
+    c = make_video(d / "c.mp4", n_frames=12, size=(32, 32), audio=False)
+    bad = d / "empty.mp4"
+    bad.write_bytes(b"")
+    return [Video("a", a, "train"), Video("b_left", b, "train", side="left"), Video("b_right", b, "train", side="right"),
+            Video("c", c, "val"), Video("empty", bad, "val")]
+
+
+def _snapshot(root: Path) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for p in sorted(root.rglob("*.npz")):
+        with np.load(p) as z:
+            out[str(p.relative_to(root))] = {k: z[k] for k in z.files if k != "x_pid"}
+    return out
+
+
+def _extractors(**bright):
+    return [Bright(BrightConfig(**bright)), Dark(), Rms()]
+
+
+def test_ray_matches_local_and_skips_stored_work(tmp_path, media, local_ray):
+    rep_local = scale.run_extraction(FeatureStore(tmp_path / "local"), _extractors(), media, engine="local")
+    store = FeatureStore(tmp_path / "ray")
+    rep = scale.run_extraction(store, _extractors(), media, engine="ray", num_workers=2)
+    assert sorted(rep.done) == sorted(rep_local.done) and len(rep.done) == 3
+    assert list(rep.failed) == list(rep_local.failed) == [str(media[-1].media)]
+    assert "file is empty" in rep.failed[str(media[-1].media)]
+    # byte-for-byte the same arrays, time bases, masks, config hashes and meta
+    loc, dist = _snapshot(tmp_path / "local"), _snapshot(tmp_path / "ray")
+    assert sorted(loc) == sorted(dist) and len(loc) == 3 * 4
+    for k in loc:
+        assert sorted(loc[k]) == sorted(dist[k]), k
+        for a in loc[k]:
+            np.testing.assert_array_equal(loc[k][a], dist[k][a], err_msg=f"{k}:{a}")
+    # the work really ran in Ray worker processes, not in the driver
+    assert int(store.load("test-bright", "a").extras["pid"]) != os.getpid()
+    assert {f["video"] for f in store.failures()} == {"empty"}
+    assert store.load("test-bright", "b_left").meta["side"] == "left"
+    # a rerun skips every stored media file and rewrites nothing
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*.npz")}
+    rep2 = scale.run_extraction(store, _extractors(), media, engine="ray")
+    assert len(rep2.skipped) == 3 and rep2.done == [] and list(rep2.failed) == [str(media[-1].media)]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*.npz")} == mtimes
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_redoes_only_missing_or_stale(tmp_path, media, local_ray, engine):
+    store = FeatureStore(tmp_path)
+    good = media[:4]
+    scale.run_extraction(store, _extractors(), good, engine=engine)
+    store.path("test-dark", "c").unlink()  # one missing output: c is redone (test-bright reruns to feed test-dark)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npz")}
+    rep = scale.run_extraction(store, _extractors(), good, engine=engine)
+    assert rep.done == [str(media[3].media)] and len(rep.skipped) == 2
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npz")}
+    changed = {p.relative_to(tmp_path).as_posix() for p in after if before.get(p) != after[p]}
+    assert changed == {"test-dark/c.npz"}  # the stored test-bright/c.npz is not rewritten
+    # a changed config makes the records of that extractor stale everywhere
+    rep = scale.run_extraction(store, _extractors(gain=2.0), good, engine=engine)
+    assert len(rep.done) == 3
+    np.testing.assert_allclose(store.load("test-bright", "a").values[:, 0],
+                               2 * (255.0 - store.load("test-dark", "a").values[:, 0]), rtol=1e-5)
+
+
+def test_dying_worker_is_replaced_and_recorded(tmp_path, media, local_ray):
+    store = FeatureStore(tmp_path)
+    rep = scale.run_extraction(store, _extractors(crash_on="b.mp4"), media[:4], engine="ray", num_workers=1)
+    assert list(rep.failed) == [str(media[1].media)] and "worker died" in rep.failed[str(media[1].media)]
+    assert sorted(rep.done) == sorted(str(v.media) for v in (media[0], media[3]))
+    assert store.has("test-bright", "c") and not store.has("test-bright", "b_left")
+    assert {f["video"] for f in store.failures("test-bright")} == {"b_left", "b_right"}
+
+
+def test_engine_errors(tmp_path, local_ray):
+    vid = Video("w", make_wav(tmp_path / "w.wav"), "train", audio_only=True)
+    with pytest.raises(VaestError, match="unknown extraction engine"):
+        scale.run_extraction(FeatureStore(tmp_path), [Rms()], [vid], engine="spark")
+    with pytest.raises(VaestError, match="no GPU"):
+        scale.run_extraction(FeatureStore(tmp_path), [Bright(BrightConfig(device="cuda"))],
+                             [Video("a", make_video(tmp_path / "a.mp4", 4), "train")], engine="ray")
+    assert scale.wants_cuda([Bright(BrightConfig(device="cuda:1"))]) and not scale.wants_cuda([Rms(), Bright()])
+    # an audio-only item runs its audio extractors on Ray; a frame extractor reports the missing video stream
+    rep = scale.run_extraction(FeatureStore(tmp_path / "s"), [Rms()], [vid], engine="ray")
+    assert rep.done == [str(vid.media)]
+    rep = scale.run_extraction(FeatureStore(tmp_path / "s"), [Bright()], [vid], engine="ray")
+    assert "no video stream" in rep.failed[str(vid.media)]
