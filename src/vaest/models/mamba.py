@@ -1,0 +1,186 @@
+"""Selective state-space (Mamba) regressor for behavior segment sequences, in pure PyTorch.
+
+The reference behavior model: per-segment features -> Linear to ``d_model`` (256) -> 12 residual Mamba blocks
+(pre-norm, RMSNorm or LayerNorm) -> final norm -> MLP head (256 -> 512 -> 2). Each block is the Mamba-1 mixer
+(Gu & Dao 2023): input projection to ``2 * expand * d_model`` (signal and gate), a causal depthwise convolution
+(kernel 5), and a selective scan whose step ``dt`` and matrices ``B``, ``C`` depend on the input::
+
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t,      y_t = C_t . h_t + D * x_t,      out = y * silu(z)
+
+Parameter names follow ``mamba_ssm`` / ``transformers.MambaMixer`` (``in_proj``, ``conv1d``, ``x_proj``,
+``dt_proj``, ``A_log``, ``D``, ``out_proj``), so the scan can be checked against either. When the CUDA kernels of
+``mamba-ssm`` are importable and the tensors are on a GPU, ``selective_scan_fn`` replaces the Python scan (same
+outputs up to float rounding); everywhere else the scan is a short loop over time (sequences here are 16 steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaest.models import register_model
+
+log = logging.getLogger(__name__)
+
+_KERNEL: Callable[..., torch.Tensor] | None | bool = False  # False: not looked up yet; None: unavailable
+
+
+def selective_scan_kernel() -> Callable[..., torch.Tensor] | None:
+    """``mamba_ssm``'s CUDA ``selective_scan_fn`` when installed, else None (looked up once, lazily)."""
+    global _KERNEL
+    if _KERNEL is False:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+            _KERNEL = selective_scan_fn
+        except Exception:  # ImportError, or a broken CUDA build
+            _KERNEL = None
+    return _KERNEL  # type: ignore[return-value]
+
+
+def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    """Selective scan in plain PyTorch (float32 state), same layout as ``mamba_ssm.selective_scan_fn``.
+
+    Args:
+        u: (b, d, l) input signal.
+        delta: (b, d, l) positive step sizes (softplus already applied).
+        A: (d, n) negative state matrix (diagonal per channel).
+        B, C: (b, n, l) input-dependent input and output matrices.
+        D: (d,) skip connection.
+        z: (b, d, l) gate; the output is multiplied by ``silu(z)`` when given.
+    Returns:
+        y: (b, d, l) in ``u``'s dtype.
+    """
+    dtype = u.dtype
+    u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
+    dA = torch.exp(delta.unsqueeze(-1) * A.float()[None, :, None, :])  # (b, d, l, n)
+    dBu = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (b, d, l, n)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for t in range(u.shape[2]):
+        h = dA[:, :, t] * h + dBu[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    y = torch.stack(ys, dim=-1) + D.float()[None, :, None] * u
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation with a learned scale (no centring), as in Mamba."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
+
+
+class MambaMixer(nn.Module):
+    """One Mamba-1 mixer: (B, L, d_model) -> (B, L, d_model), causal in L."""
+
+    def __init__(self, d_model: int, d_state: int = 8, d_conv: int = 5, expand: int = 2, dt_rank: int | None = None,
+                 dt_min: float = 1e-3, dt_max: float = 0.1, use_kernel: bool = True):
+        super().__init__()
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.use_kernel = use_kernel
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        # S4D-real initialisation of A, unit skip D, dt initialised log-uniformly in [dt_min, dt_max]
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        with torch.no_grad():
+            std = self.dt_rank ** -0.5
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+            dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=1e-4)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        L = x.shape[1]
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2*d_inner, L)
+        u, z = xz.chunk(2, dim=1)
+        u = F.silu(self.conv1d(u)[..., :L])  # causal: keep the first L outputs of the left-padded conv
+        dt, B, C = torch.split(self.x_proj(u.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # (B, d_inner, L)
+        A = -torch.exp(self.A_log.float())
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (B, n, L)
+        kernel = selective_scan_kernel() if (self.use_kernel and x.is_cuda) else None
+        if kernel is not None:
+            y = kernel(u.contiguous(), delta.contiguous(), A, B, C, self.D.float(), z=z.contiguous(),
+                       delta_bias=None, delta_softplus=False)
+        else:
+            y = selective_scan_ref(u, delta, A, B, C, self.D, z)
+        return self.out_proj(y.transpose(1, 2).to(x.dtype))
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: x + dropout(mixer(norm(x)))."""
+
+    def __init__(self, d_model: int, norm: str, dropout: float, **mixer_kw: Any):
+        super().__init__()
+        self.norm = RMSNorm(d_model) if norm == "rms" else nn.LayerNorm(d_model)
+        self.mixer = MambaMixer(d_model, **mixer_kw)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(self.mixer(self.norm(x)))
+
+
+@register_model("behavior-mamba")
+class BehaviorMamba(nn.Module):
+    """Segment features (B, S, input_dim) -> ``va`` (B, S, 2) in [-1, 1] and ``emb`` (B, S, d_model)."""
+
+    @dataclass
+    class Config:
+        input_dim: int = 64
+        d_model: int = 256
+        n_layers: int = 12
+        d_state: int = 8
+        d_conv: int = 5
+        expand: int = 2
+        dt_rank: int = 0  # 0: ceil(d_model / 16)
+        dropout: float = 0.2
+        head_hidden: int = 512
+        norm: str = "rms"  # "rms" or "layer"
+        use_kernel: bool = True  # mamba-ssm's CUDA scan when importable and on GPU
+
+    def __init__(self, config: "BehaviorMamba.Config | None" = None):
+        super().__init__()
+        cfg = config or self.Config()
+        if cfg.norm not in ("rms", "layer"):
+            raise ValueError(f"norm must be 'rms' or 'layer', got {cfg.norm!r}")
+        self.config = cfg
+        self.inp = nn.Sequential(nn.Linear(cfg.input_dim, cfg.d_model), nn.Dropout(cfg.dropout))
+        self.blocks = nn.ModuleList(
+            MambaBlock(cfg.d_model, cfg.norm, cfg.dropout, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+                       dt_rank=cfg.dt_rank or None, use_kernel=cfg.use_kernel)
+            for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model) if cfg.norm == "rms" else nn.LayerNorm(cfg.d_model)
+        self.head = nn.Sequential(nn.Linear(cfg.d_model, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(cfg.head_hidden, 2))
+
+    def forward(self, x: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
+        """x: (B, S, input_dim) -> {"va": (B, S, 2), "emb": (B, S, d_model)}."""
+        h = self.inp(x.float())
+        for blk in self.blocks:
+            h = blk(h)
+        emb = self.norm(h)
+        return {"va": torch.tanh(self.head(emb)), "emb": emb}
