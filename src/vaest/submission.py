@@ -48,7 +48,7 @@ def read_template(path: str | Path, n_frames: dict[str, int] | None = None) -> l
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8-sig")
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise SubmissionError(f"{p}: cannot read template ({e})") from None
     rows: list[tuple[str, int]] = []
     for i, line in enumerate(text.splitlines(), start=1):
@@ -133,7 +133,7 @@ def read_submission(path: str | Path) -> dict[str, np.ndarray]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8-sig")
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise SubmissionError(f"{p}: cannot read submission ({e})") from None
     lines = text.splitlines()
     if not lines or tuple(c.strip() for c in lines[0].split(",")) != HEADER:

@@ -48,8 +48,10 @@ def read_va_file(path: str | os.PathLike) -> np.ndarray:
         raise LabelError(f"{p}: annotation file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise LabelError(f"{p}: cannot read annotation file ({e})") from None
-    lines = text.splitlines()
-    if not lines:
+    # split on line ends only: str.splitlines also breaks at \x0c, \x1c-\x1e, \x85, \u2028..., which would
+    # shift every later frame by one
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if not text.strip():
         raise LabelError(f"{p}: annotation file is empty (expected header '{HEADER}')")
     header = lines[0].strip().replace(" ", "").lower()
     if header != HEADER:
