@@ -1,0 +1,233 @@
+"""Audio valence/arousal models: one VA pair per second of a 4 s window.
+
+Both registered models share the reference head: the window's hidden frames are split into ``n_chunks`` (4)
+consecutive one-second chunks, each pooled by attentive statistics pooling (:class:`AttentiveStatsPool`:
+Linear(H, 128) -> tanh -> Linear(128, 1) -> softmax over the chunk's frames; weighted mean and std), then
+LayerNorm(2H) -> Linear(2H, 256) -> GELU -> Linear(256, 2). The 256-d activation is the exported audio token.
+
+- ``audio-wavlm``: a transformers speech backbone (WavLM / wav2vec2 / HuBERT, by local path or hub id, via
+  ``AutoModel``) on the z-normalised waveform, last hidden state, top ``trainable_layers`` encoder layers trainable
+  and the rest frozen. Input ``wav`` (B, S) at 16 kHz.
+- ``audio-frames``: the offline path for cached frame features (``lmfb`` log-mel, ``egemaps`` LLDs): per-dimension
+  normalisation (statistics of the training set, stored as buffers so they travel with the weights), a light
+  Conv1d(D, 128, 5) + GELU frame projection, then the same pooling and head. Input ``feats`` (B, T, D).
+
+Forward returns ``va`` (B, 4, 2) and ``emb`` (B, 4, 256); ``weights`` (B, 4, T) when ``return_weights=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vaest.errors import ModelError
+from vaest.models import register_model
+
+log = logging.getLogger(__name__)
+
+
+class AttentiveStatsPool(nn.Module):
+    """Attentive statistics pooling over consecutive chunks of a frame sequence.
+
+    Frame ``t`` of ``T`` belongs to chunk ``floor(t * C / T)``; attention logits come from
+    Linear(H, att_dim) -> tanh -> Linear(att_dim, 1) and are soft-maxed within each chunk.
+    """
+
+    def __init__(self, dim: int, att_dim: int = 128):
+        super().__init__()
+        self.att = nn.Sequential(nn.Linear(dim, att_dim), nn.Tanh(), nn.Linear(att_dim, 1))
+
+    def forward(self, x: torch.Tensor, n_chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool ``x`` (B, T, H) into (B, C, 2H) statistics [weighted mean, weighted std] and weights (B, C, T).
+
+        Each row of the weights sums to one over its chunk's frames and is zero elsewhere.
+        """
+        b, t, h = x.shape
+        if t < n_chunks:
+            raise ModelError(f"attentive pooling got {t} frames for {n_chunks} chunks")
+        logits = self.att(x).squeeze(-1)  # (B, T)
+        chunk_of = torch.div(torch.arange(t, device=x.device) * n_chunks, t, rounding_mode="floor")
+        member = chunk_of[None, :] == torch.arange(n_chunks, device=x.device)[:, None]  # (C, T)
+        scores = logits[:, None, :].masked_fill(~member[None], float("-inf"))
+        w = torch.softmax(scores.float(), dim=-1).to(x.dtype)  # (B, C, T)
+        mu = torch.bmm(w, x)  # (B, C, H)
+        var = torch.einsum("bct,bcth->bch", w, (x[:, None] - mu[:, :, None]) ** 2)
+        std = torch.sqrt(var.clamp_min(1e-6))
+        return torch.cat([mu, std], dim=-1), w
+
+
+class ChunkHead(nn.Module):
+    """LayerNorm(2H) -> Linear(2H, emb) -> GELU -> [Dropout] -> Linear(emb, 2); returns (va, emb)."""
+
+    def __init__(self, stat_dim: int, emb_dim: int = 256, dropout: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(stat_dim)
+        self.proj = nn.Linear(stat_dim, emb_dim)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(emb_dim, 2)
+
+    def forward(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.act(self.proj(self.norm(stats)))
+        return self.out(self.drop(emb)), emb
+
+
+def znorm(wav: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Zero mean, unit variance per row of (B, S) waveforms (what speech backbones are trained on)."""
+    mu = wav.mean(dim=-1, keepdim=True)
+    var = wav.var(dim=-1, keepdim=True, unbiased=False)
+    return (wav - mu) / torch.sqrt(var + eps)
+
+
+def load_backbone(path_or_id: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """A transformers speech encoder from a local folder / hub id, or built from a saved config (no weights).
+
+    Raises:
+        ModelError: the checkpoint cannot be found or loaded (with no network, give a local folder).
+    """
+    try:
+        from transformers import AutoConfig, AutoModel
+    except ImportError:
+        raise ModelError("the WavLM audio model needs 'transformers' (pip install 'vaest[audio]')") from None
+    if config is not None:
+        cfg = dict(config)
+        model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise ModelError(f"saved backbone config for {path_or_id!r} has no 'model_type'")
+        return AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
+    try:
+        return AutoModel.from_pretrained(path_or_id)
+    except Exception as e:
+        raise ModelError(f"{path_or_id}: cannot load a speech backbone ({type(e).__name__}: {e}); "
+                         "give a local folder written by save_pretrained (no model hub is reachable offline)") from None
+
+
+@dataclass
+class WavLMAudioConfig:
+    """Settings of ``audio-wavlm`` (reference: WavLM-Large, top 4 layers fine-tuned).
+
+    ``backbone_config`` is filled when the backbone is loaded, so a checkpoint rebuilds without the original
+    folder or any download.
+    """
+
+    backbone: str = "microsoft/wavlm-large"
+    trainable_layers: int = 4
+    att_dim: int = 128
+    emb_dim: int = 256
+    n_chunks: int = 4
+    dropout: float = 0.0
+    backbone_config: dict | None = None
+
+
+@register_model("audio-wavlm")
+class WavLMAudioModel(nn.Module):
+    """Speech backbone -> 4 x attentive statistics pooling -> head: ``wav`` (B, S) -> ``va`` (B, 4, 2)."""
+
+    Config = WavLMAudioConfig
+
+    def __init__(self, config: WavLMAudioConfig | None = None):
+        super().__init__()
+        self.config = config or WavLMAudioConfig()
+        self.backbone = load_backbone(self.config.backbone, self.config.backbone_config)
+        if self.config.backbone_config is None:
+            self.config.backbone_config = self.backbone.config.to_dict()
+        layers = getattr(getattr(self.backbone, "encoder", None), "layers", None)
+        if layers is None:
+            raise ModelError(f"{self.config.backbone}: not a WavLM/wav2vec2/HuBERT-style encoder (no encoder.layers)")
+        hidden = int(self.backbone.config.hidden_size)
+        self.pool = AttentiveStatsPool(hidden, self.config.att_dim)
+        self.head = ChunkHead(2 * hidden, self.config.emb_dim, self.config.dropout)
+        self.set_trainable(self.config.trainable_layers)
+
+    def set_trainable(self, k: int) -> None:
+        """Freeze the backbone except its top ``k`` encoder layers (and the final LayerNorm that follows them in
+        stable-layer-norm encoders such as WavLM-Large)."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        enc = self.backbone.encoder
+        if k > 0:
+            for layer in list(enc.layers)[-k:]:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+            if getattr(self.backbone.config, "do_stable_layer_norm", False) and hasattr(enc, "layer_norm"):
+                for p in enc.layer_norm.parameters():
+                    p.requires_grad_(True)
+
+    def forward(self, wav: torch.Tensor, return_weights: bool = False) -> dict[str, torch.Tensor]:
+        """``wav`` (B, S) 16 kHz windows -> ``va`` (B, C, 2), ``emb`` (B, C, emb_dim)."""
+        hidden = self.backbone(input_values=znorm(wav.float())).last_hidden_state  # (B, T, H)
+        stats, w = self.pool(hidden, self.config.n_chunks)
+        va, emb = self.head(stats)
+        out = {"va": va, "emb": emb}
+        if return_weights:
+            out["weights"] = w
+        return out
+
+
+@dataclass
+class FrameAudioConfig:
+    """Settings of ``audio-frames`` (cached lmfb / eGeMAPS frames)."""
+
+    in_dim: int = 64
+    proj_dim: int = 128
+    kernel: int = 5
+    att_dim: int = 128
+    emb_dim: int = 256
+    n_chunks: int = 4
+    dropout: float = 0.0
+
+
+@register_model("audio-frames")
+class FrameAudioModel(nn.Module):
+    """Normalised frame features -> Conv1d + GELU -> 4 x attentive statistics pooling -> head."""
+
+    Config = FrameAudioConfig
+
+    def __init__(self, config: FrameAudioConfig | None = None):
+        super().__init__()
+        self.config = config or FrameAudioConfig()
+        c = self.config
+        self.register_buffer("feat_mean", torch.zeros(c.in_dim))
+        self.register_buffer("feat_std", torch.ones(c.in_dim))
+        self.proj = nn.Conv1d(c.in_dim, c.proj_dim, c.kernel, padding=c.kernel // 2)
+        self.act = nn.GELU()
+        self.pool = AttentiveStatsPool(c.proj_dim, c.att_dim)
+        self.head = ChunkHead(2 * c.proj_dim, c.emb_dim, c.dropout)
+
+    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Per-dimension input statistics (D,), from the training set; a zero std is treated as one."""
+        std = np.where(np.asarray(std) > 1e-8, std, 1.0)
+        self.feat_mean.copy_(torch.as_tensor(np.asarray(mean), dtype=torch.float32))
+        self.feat_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, feats: torch.Tensor, return_weights: bool = False) -> dict[str, torch.Tensor]:
+        """``feats`` (B, T, D) -> ``va`` (B, C, 2), ``emb`` (B, C, emb_dim)."""
+        x = (feats.float() - self.feat_mean) / self.feat_std
+        h = self.act(self.proj(x.transpose(1, 2))).transpose(1, 2)  # (B, T, proj_dim)
+        stats, w = self.pool(h, self.config.n_chunks)
+        va, emb = self.head(stats)
+        out = {"va": va, "emb": emb}
+        if return_weights:
+            out["weights"] = w
+        return out
+
+
+def audio_param_groups(model: nn.Module, backbone_lr: float = 5e-6, head_lr: float = 2e-4) -> list[dict[str, Any]]:
+    """AdamW groups: trainable backbone parameters at ``backbone_lr``; every other trainable parameter (frame
+    projection, attentive pooling, head) at ``head_lr``. Together they hold every trainable parameter once."""
+    bb, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (bb if name.startswith("backbone.") else rest).append(p)
+    groups = []
+    if bb:
+        groups.append({"params": bb, "lr": backbone_lr, "name": "backbone"})
+    if rest:
+        groups.append({"params": rest, "lr": head_lr, "name": "head"})
+    return groups
