@@ -1,0 +1,763 @@
+"""Fusion of modality run folders: learned fusion (RAAV, DCMMoE) and late fusion (searched weighted averages).
+
+Inputs are run folders of modality models (``vaest train face|behavior|audio``): each holds
+``preds/<video>.npz`` with per-frame ``va`` (n_frames, 2), ``mask`` (frames where the modality had real input)
+and extras ``emb`` (n_frames, H) (audio also ``reliability``). Everything meets on the video's frame grid.
+
+Learned fusion (:func:`train_fusion`) builds one :class:`~vaest.training.Sequence` per video whose per-frame
+inputs are, for every frame modality m (all runs except ``audio``), ``m`` = ``[emb, va]`` (n, H+2) and
+``m_mask`` (n,). Audio enters in one of two forms:
+
+- RAAV: windows of 4 one-second tokens (4 s windows every 2 s). They come from the audio run's store record
+  ``audio-tokens`` when it exists (values (W, 4*H) or extra ``tokens`` (W, 4, H); mask = the window is reliable;
+  optional extra ``token_mask`` (W, 4)), otherwise from the per-frame audio ``emb`` averaged over each second.
+  A window is reliable when the fusion rule of :func:`vaest.features.audio.window_reliability` keeps it
+  (>= 1 s mouth open and face coverage >= 0.8), read from the feature store recorded in the audio run.
+  Each frame refers to the (up to two) windows covering it by a global row index (``audio_index`` (n, 2));
+  :class:`FusionTask` turns those rows into the batch's ``audio_tokens`` / ``audio_token_mask``.
+- DCMMoE: per-frame audio ``[emb, va]`` with mask = audio input present and covered by a reliable window.
+
+Frames where a modality has no real input are masked, never zero-filled as if real.
+
+Late fusion (:func:`late_fusion`) averages prediction sets with per-dimension weights searched on the
+validation split (grid for few sets, seeded Dirichlet sampling otherwise); at a frame where some sets have no
+real input the weights are renormalised over the sets present (see :func:`combine_sets`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence as Seq
+
+import numpy as np
+import torch
+from torch import nn
+
+from vaest.config import write_run_info
+from vaest.corpus import Corpus, Video, load_corpus
+from vaest.errors import FeatureError, ModelError, VaestError
+from vaest.features.store import FeatureStore
+from vaest.inference import (evaluate_predictions, load_predictions, read_run_json, save_predictions,
+                             write_run_json)
+from vaest.io import atomic_write_json
+from vaest.metrics import DIMS
+from vaest.models import create_model, load_checkpoint
+from vaest.progress import track
+from vaest.timebase import TimeBase, TimeSeries, frame_midpoints
+from vaest.training import Sequence, SequenceTask, TrainConfig, fit, predict_sequence
+from vaest.windows import window_starts
+
+log = logging.getLogger(__name__)
+
+AUDIO = "audio"
+FRAME_ORDER = ("face", "behavior")
+METHODS = ("raav", "dcmmoe")
+LATE_METHODS = ("dirichlet", "grid")
+AUDIO_TOKEN_KEY = "audio-tokens"
+N_TOKENS = 4
+AUDIO_WIN_BASE = TimeBase(hop=2.0, win=4.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading modality runs
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Track:
+    """One modality's per-frame predictions of one video (from a run folder).
+
+    Attributes:
+        va: (n, 2) float32; mask: (n,) bool, real input; emb: (n, H) float32 or None; fps: frame rate;
+        extras: other per-frame arrays of the record (``reliability``, ``weights``, ...).
+    """
+
+    va: np.ndarray
+    mask: np.ndarray
+    emb: np.ndarray | None
+    fps: float
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.va)
+
+    def resized(self, n: int) -> "Track":
+        """The track cut or padded (masked, NaN) to ``n`` frames."""
+        if n == len(self):
+            return self
+
+        def fit_len(a: np.ndarray | None, fill: Any) -> np.ndarray | None:
+            if a is None:
+                return None
+            if len(a) >= n:
+                return a[:n]
+            pad = np.full((n - len(a),) + a.shape[1:], fill, dtype=a.dtype)
+            return np.concatenate([a, pad])
+
+        ex = {k: fit_len(v, 0) for k, v in self.extras.items() if np.ndim(v) >= 1 and len(v) == len(self)}
+        return Track(fit_len(self.va, np.nan), fit_len(self.mask, False), fit_len(self.emb, 0), self.fps, ex)
+
+
+def load_track(run: str | Path, video_id: str) -> Track | None:
+    """The predictions of ``video_id`` in run folder ``run``; None when the run has none for that video."""
+    try:
+        rec = load_predictions(run, video_id)
+    except FeatureError:
+        return None
+    va = np.asarray(rec.values, dtype=np.float32)
+    mask = np.asarray(rec.mask, dtype=bool) & np.isfinite(va).all(1)
+    extras = dict(rec.extras)
+    emb = extras.pop("emb", None)
+    if emb is not None:
+        emb = np.asarray(emb, dtype=np.float32)
+    return Track(va, mask, emb, 1.0 / rec.base.hop, extras)
+
+
+def _check_runs(runs: dict[str, str | Path]) -> dict[str, Path]:
+    if not runs:
+        raise VaestError("fusion needs at least one modality run (--runs NAME=RUN)")
+    out = {}
+    for name, r in runs.items():
+        p = Path(r)
+        if not (p / "preds").is_dir():
+            raise VaestError(f"{p}: run folder of '{name}' has no preds/ folder (train that modality first)")
+        out[name] = p
+    return out
+
+
+def _run_info(run: Path) -> dict[str, Any]:
+    try:
+        return read_run_json(run)
+    except VaestError:
+        return {}
+
+
+def frame_modalities(names: Iterable[str]) -> list[str]:
+    """Frame modalities (all but audio), face and behavior first, then the others in name order."""
+    names = [n for n in names if n != AUDIO]
+    return [n for n in FRAME_ORDER if n in names] + sorted(n for n in names if n not in FRAME_ORDER)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Audio windows and their reliability
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AudioWindows:
+    """The audio tokens of one video: ``tokens`` (W, K, H), ``token_mask`` (W, K), ``ok`` (W,) reliable windows."""
+
+    tokens: np.ndarray
+    token_mask: np.ndarray
+    ok: np.ndarray
+    base: TimeBase = AUDIO_WIN_BASE
+
+
+def _window_ok_from_features(features_root: Path | None, video: Video | None, starts: np.ndarray,
+                             win: float) -> np.ndarray | None:
+    """Fusion rule per window from the feature store's mouth / face / vad records (None when unavailable)."""
+    if features_root is None or video is None:
+        return None
+    try:
+        from vaest.features.audio import reliability_from_store
+    except ImportError:  # pragma: no cover - audio features not installed
+        return None
+    store = FeatureStore(features_root)
+    if not (store.has("mouth", video.id) or store.has("vad", video.id)):
+        return None
+    stats = reliability_from_store(store, video, starts, win=win)
+    return np.asarray(stats.fuse_ok, dtype=bool)
+
+
+def audio_windows(run: Path, video_id: str, track: Track, features_root: Path | None = None,
+                  video: Video | None = None) -> AudioWindows:
+    """The 4 s audio windows of one video with their 4 one-second tokens and masks (see module docstring)."""
+    store = FeatureStore(run)
+    if store.has(AUDIO_TOKEN_KEY, video_id):
+        rec = store.load(AUDIO_TOKEN_KEY, video_id)
+        tok = rec.extras.get("tokens")
+        if tok is None:
+            v = np.asarray(rec.values, dtype=np.float32)
+            if v.shape[1] % N_TOKENS:
+                raise FeatureError(f"{store.path(AUDIO_TOKEN_KEY, video_id)}: values of width {v.shape[1]} "
+                                   f"are not {N_TOKENS} tokens")
+            tok = v.reshape(len(v), N_TOKENS, -1)
+        tok = np.asarray(tok, dtype=np.float32)
+        ok = np.asarray(rec.mask, dtype=bool)
+        tm = rec.extras.get("token_mask")
+        tm = np.ones(tok.shape[:2], bool) if tm is None else np.asarray(tm, dtype=bool)
+        tm = tm & ok[:, None] & np.isfinite(tok).all(-1)
+        return AudioWindows(tok, tm, ok, rec.base)
+    # fallback: one token per second from the per-frame audio embedding
+    emb = track.emb if track.emb is not None else track.va
+    n = len(track)
+    mids = frame_midpoints(n, track.fps)
+    n_sec = max(1, int(math.ceil(n / track.fps - 1e-6)))
+    sec = np.minimum((mids // 1.0).astype(np.int64), n_sec - 1)
+    use = track.mask & np.isfinite(emb).all(1)
+    acc = np.zeros((n_sec, emb.shape[1]), dtype=np.float64)
+    cnt = np.zeros(n_sec, dtype=np.int64)
+    np.add.at(acc, sec[use], emb[use])
+    np.add.at(cnt, sec[use], 1)
+    sec_tok = (acc / np.maximum(cnt, 1)[:, None]).astype(np.float32)
+    hop, win = int(AUDIO_WIN_BASE.hop), int(AUDIO_WIN_BASE.win)
+    starts = window_starts(n_sec, win, hop)
+    W = len(starts)
+    tokens = np.zeros((W, N_TOKENS, emb.shape[1]), dtype=np.float32)
+    present = np.zeros((W, N_TOKENS), dtype=bool)
+    for w, s in enumerate(starts):
+        for k in range(N_TOKENS):
+            j = s + k
+            if j < n_sec and cnt[j] > 0:
+                tokens[w, k] = sec_tok[j]
+                present[w, k] = True
+    ok = _window_ok_from_features(features_root, video, np.asarray(starts, float), AUDIO_WIN_BASE.win)
+    if ok is None and "reliability" in track.extras:
+        # per-frame reliability exported by the audio run: a window is kept when its frames average >= 0.5
+        rel = np.nan_to_num(np.asarray(track.extras["reliability"], dtype=np.float64).reshape(-1))
+        ok = np.array([rel[(mids >= s) & (mids < s + win)].mean() >= 0.5 if ((mids >= s) & (mids < s + win)).any()
+                       else False for s in starts])
+    if ok is None:
+        ok = np.ones(W, dtype=bool)
+    return AudioWindows(tokens, present & ok[:, None], ok, AUDIO_WIN_BASE)
+
+
+def frame_window_index(n: int, fps: float, base: TimeBase, n_windows: int, slots: int = 2) -> np.ndarray:
+    """For each frame, the windows whose span holds its midpoint: (n, slots) int64, -1 where fewer."""
+    mids = frame_midpoints(n, fps)
+    out = np.full((n, slots), -1, dtype=np.int64)
+    if n_windows == 0:
+        return out
+    hi = np.floor((mids - base.start) / base.hop).astype(np.int64)  # last window starting at or before mid
+    for j in range(slots):
+        k = hi - j
+        s = base.start + k * base.hop
+        ok = (k >= 0) & (k < n_windows) & (mids >= s) & (mids < s + base.win)
+        out[ok, j] = k[ok]
+    return out
+
+
+def covered_by(index: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """(n,) True where a frame lies in at least one window flagged ``ok`` (index from :func:`frame_window_index`)."""
+    if len(ok) == 0:
+        return np.zeros(len(index), dtype=bool)
+    return ((index >= 0) & ok[np.clip(index, 0, None)]).any(1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fusion sequences
+# ---------------------------------------------------------------------------------------------------------
+
+
+class AudioTable:
+    """All audio tokens of a set of videos; turns global window rows into per-batch token tensors."""
+
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray):
+        self.tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32))
+        self.mask = torch.from_numpy(np.asarray(mask, dtype=bool))
+
+    def resolve(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Replace ``audio_index`` (B, T, 2) global rows by batch rows and add ``audio_tokens`` (U, K, H) and
+        ``audio_token_mask`` (U, K) for the U distinct windows the batch refers to."""
+        idx = batch.get("audio_index")
+        if idx is None:
+            return batch
+        idx = torch.as_tensor(idx)
+        valid = idx >= 0
+        uniq, inv = torch.unique(idx[valid], return_inverse=True)
+        local = torch.full_like(idx, -1)
+        local[valid] = inv
+        out = dict(batch)
+        u = uniq.cpu()
+        out["audio_index"] = local
+        out["audio_tokens"] = self.tokens[u].to(idx.device)
+        out["audio_token_mask"] = self.mask[u].to(idx.device)
+        return out
+
+
+class _Resolved(nn.Module):
+    """Inference adapter: resolves audio window rows of each batch before calling the fusion model."""
+
+    def __init__(self, model: nn.Module, table: AudioTable):
+        super().__init__()
+        self.model = model
+        self.table = table
+
+    def forward(self, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(**self.table.resolve(batch))
+
+
+@dataclass
+class FusionData:
+    """Fusion inputs of a set of videos.
+
+    Attributes:
+        sequences: one per video (inputs on the frame grid, labels as targets).
+        available: video id -> modality name -> (n,) bool real input (audio: present and reliable).
+        dims: modality -> input width (H + 2).
+        table: the audio tokens (RAAV with an audio run), else None.
+        audio_dim: token width H (0 without audio tokens).
+        split: video id -> split.
+    """
+
+    sequences: list[Sequence]
+    available: dict[str, dict[str, np.ndarray]]
+    dims: dict[str, int]
+    table: AudioTable | None = None
+    audio_dim: int = 0
+    split: dict[str, str] = field(default_factory=dict)
+
+
+def _modality_input(t: Track | None, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[emb, va]`` (n, width) float32 and mask (n,); zeros and all-False when the modality has no track."""
+    if t is None:
+        return np.zeros((n, width), dtype=np.float32), np.zeros(n, dtype=bool)
+    parts = ([t.emb] if t.emb is not None else []) + [t.va]
+    x = np.nan_to_num(np.concatenate(parts, 1).astype(np.float32))
+    if x.shape[1] != width:
+        raise FeatureError(f"modality input width {x.shape[1]} differs from {width} in other videos of the run")
+    return x, t.mask.copy()
+
+
+def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = "raav",
+                      features_root: Path | None = None) -> FusionData:
+    """Read the modality runs for ``videos`` and build the per-video fusion sequences (see module docstring).
+
+    Videos that no frame modality covers are skipped with a warning.
+    """
+    if method not in METHODS:
+        raise VaestError(f"unknown fusion method {method!r}; choose one of {', '.join(METHODS)}")
+    names = frame_modalities(runs)
+    if not names:
+        raise VaestError("fusion needs at least one frame modality run (face or behavior), not only audio")
+    audio_run = runs.get(AUDIO)
+    if audio_run is not None and features_root is None:
+        feats = _run_info(audio_run).get("features")
+        features_root = Path(feats) if isinstance(feats, str) and Path(feats).is_dir() else None
+    tracks: dict[str, dict[str, Track | None]] = {}
+    widths: dict[str, int] = {}
+    for v in track(videos, "read modality predictions"):
+        tr = {m: load_track(r, v.id) for m, r in runs.items()}
+        if all(tr[m] is None for m in names):
+            log.warning("%s: no frame-modality predictions in %s; skipped", v.id, ", ".join(map(str, runs.values())))
+            continue
+        tracks[v.id] = tr
+        for m, t in tr.items():
+            if t is not None and m not in widths:
+                widths[m] = (t.emb.shape[1] if t.emb is not None else 0) + 2
+    seqs: list[Sequence] = []
+    available: dict[str, dict[str, np.ndarray]] = {}
+    tok_rows: list[np.ndarray] = []
+    tok_masks: list[np.ndarray] = []
+    offset = 0
+    by_id = {v.id: v for v in videos}
+    for vid, tr in tracks.items():
+        ref = next(tr[m] for m in names if tr[m] is not None)
+        n, fps = len(ref), ref.fps
+        for m, t in tr.items():
+            if t is not None and len(t) != n:
+                log.warning("%s: %s predictions have %d frames, %s has %d; aligned to %d", vid, m, len(t),
+                            names[0], n, n)
+                tr[m] = t.resized(n)
+        inputs: dict[str, np.ndarray] = {}
+        avail: dict[str, np.ndarray] = {}
+        for m in names:
+            inputs[m], inputs[f"{m}_mask"] = _modality_input(tr[m], n, widths[m])
+            avail[m] = inputs[f"{m}_mask"]
+        at = tr.get(AUDIO)
+        if audio_run is not None and AUDIO in widths:
+            if at is None:
+                avail[AUDIO] = np.zeros(n, dtype=bool)
+                if method == "raav":
+                    inputs["audio_index"] = np.full((n, 2), -1, dtype=np.int64)
+                else:
+                    inputs[AUDIO], inputs["audio_mask"] = _modality_input(None, n, widths[AUDIO])
+            else:
+                aw = audio_windows(audio_run, vid, at, features_root, by_id.get(vid))
+                index = frame_window_index(n, fps, aw.base, len(aw.tokens))
+                avail[AUDIO] = at.mask & covered_by(index, aw.token_mask.any(1))
+                if method == "raav":
+                    inputs["audio_index"] = np.where(index >= 0, index + offset, -1)
+                    tok_rows.append(aw.tokens)
+                    tok_masks.append(aw.token_mask)
+                    offset += len(aw.tokens)
+                else:
+                    inputs[AUDIO], _ = _modality_input(at, n, widths[AUDIO])
+                    inputs["audio_mask"] = avail[AUDIO]
+        v = by_id[vid]
+        labels = v.labels_for(n) if v.has_labels else np.full((n, 2), np.nan, dtype=np.float32)
+        seqs.append(Sequence(vid, inputs, labels.astype(np.float32), TimeBase.frames(fps), n, fps,
+                             labels if v.has_labels else None))
+        available[vid] = avail
+    table = None
+    audio_dim = 0
+    if tok_rows:
+        tokens = np.concatenate(tok_rows)
+        table = AudioTable(tokens, np.concatenate(tok_masks))
+        audio_dim = int(tokens.shape[-1])
+    elif method == "raav" and audio_run is not None:
+        for s in seqs:
+            s.inputs.pop("audio_index", None)
+    dims = {m: widths[m] for m in names}
+    if method == "dcmmoe" and audio_run is not None and AUDIO in widths:
+        dims[AUDIO] = widths[AUDIO]
+    return FusionData(seqs, available, dims, table, audio_dim, {v.id: v.split for v in videos})
+
+
+class FusionTask(SequenceTask):
+    """:class:`~vaest.training.SequenceTask` over fusion sequences that also resolves audio window tokens."""
+
+    def __init__(self, train: list[Sequence], val: list[Sequence], win: int, hop: int,
+                 table: AudioTable | None = None, val_batch: int = 16):
+        super().__init__(train, val, win, hop, val_batch)
+        self.table = table
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model as the windows' batches must call it (audio rows resolved when there is a table)."""
+        return _Resolved(model, self.table) if self.table is not None else model
+
+    def train_batches(self, rng: np.random.Generator, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
+        for b in super().train_batches(rng, batch_size):
+            yield self.table.resolve(b) if self.table is not None else b
+
+    def predict_frames(self, model: nn.Module, seq: Sequence, device: str) -> dict[str, np.ndarray]:
+        return super().predict_frames(self.wrap(model), seq, device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training and export
+# ---------------------------------------------------------------------------------------------------------
+
+
+def default_train_config(method: str) -> TrainConfig:
+    """Reference optimisation: RAAV AdamW 5e-5, loss 0.7/0.3 CCC + 0.01 MSE; DCMMoE AdamW 1e-4, mean CCC + 0.01 MSE."""
+    if method == "raav":
+        return TrainConfig(lr=5e-5, loss_weights=(0.7, 0.3), mse_weight=0.01)
+    return TrainConfig(lr=1e-4, loss_weights=(0.5, 0.5), mse_weight=0.01)
+
+
+def model_config(method: str, data: FusionData, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Model settings that follow from the data (modalities, input widths, priors, audio width) plus overrides."""
+    from vaest.models.fusion import DEFAULT_PRIORS
+
+    names = [m for m in data.dims if m != AUDIO]
+    cfg: dict[str, Any]
+    if method == "raav":
+        cfg = {"modalities": tuple(names), "in_dims": tuple(data.dims[m] for m in names),
+               "priors": tuple(DEFAULT_PRIORS.get(m, 0.15) for m in names), "audio_dim": data.audio_dim}
+    else:
+        mods = names + ([AUDIO] if AUDIO in data.dims else [])
+        cfg = {"modalities": tuple(mods), "in_dims": tuple(data.dims[m] for m in mods)}
+    cfg.update(overrides or {})
+    return cfg
+
+
+def weight_names(model: nn.Module) -> list[str]:
+    """Names of the columns of a fusion model's ``weights`` output."""
+    if hasattr(model, "expert_names"):
+        return list(model.expert_names)
+    return list(model.config.modalities)
+
+
+def export_fusion(model: nn.Module, data: FusionData, out: Path, win: int, hop: int, device: str = "cpu",
+                  batch_size: int = 16) -> None:
+    """Write ``out/preds/<video>.npz`` for every sequence: ``va``, ``emb``, extras ``weights`` (n, M) and, for
+    RAAV, ``fallback`` (n,) frames where no frame modality was available; mask = any modality available."""
+    runner = _Resolved(model, data.table) if data.table is not None else model
+    model.to(device).eval()
+    for seq in track(data.sequences, f"export {out.name}"):
+        res = predict_sequence(runner, seq.inputs, win, hop, device, batch_size, keys=("va", "emb", "weights"))
+        avail = data.available[seq.id]
+        frame_any = np.any([a for m, a in avail.items() if m != AUDIO], axis=0)
+        any_mod = np.any(list(avail.values()), axis=0)
+        extras = {"weights": res["weights"].astype(np.float32)}
+        if getattr(model, "registry_name", "") == "raav":
+            extras["fallback"] = ~frame_any
+        save_predictions(out, seq.id, res["va"], seq.fps, emb=res.get("emb"), mask=any_mod, extras=extras,
+                         meta={"weight_names": weight_names(model)})
+
+
+@dataclass
+class FusionSettings:
+    """Everything :func:`train_fusion` was run with (written to config.yaml)."""
+
+    method: str = "raav"
+    runs: dict[str, str] = field(default_factory=dict)
+    corpus: str = ""
+    win: int = 400
+    hop: int = 150
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str | Path, method: str = "raav",
+                 train_cfg: TrainConfig | None = None, model_cfg: dict[str, Any] | None = None, win: int = 400,
+                 hop: int = 150, features_root: str | Path | None = None) -> dict[str, float]:
+    """Train a learned fusion model on the modality runs' train-split predictions and export every video.
+
+    Args:
+        runs: modality name (``face``, ``behavior``, ``audio``, ...) -> run folder.
+        corpus_root: corpus with the labels (train / val splits).
+        out: run folder to write (model.pt, preds/, run.json, metrics.json, config.yaml, versions.yaml).
+        method: ``raav`` or ``dcmmoe``.
+        train_cfg: optimisation (default :func:`default_train_config`).
+        model_cfg: model settings overriding the defaults (e.g. ``d_model``).
+        win, hop: frame windows (reference 400 / 150).
+        features_root: feature store with ``mouth`` / ``vad`` records for audio reliability (default: the one
+            recorded in the audio run).
+    Returns:
+        validation CCC (valence, arousal, mean) of the exported predictions.
+    """
+    out = Path(out)
+    runs_p = _check_runs(runs)
+    corpus = load_corpus(corpus_root)
+    cfg = train_cfg or default_train_config(method)
+    data = build_fusion_data(runs_p, corpus.videos, method, Path(features_root) if features_root else None)
+    train = [s for s in data.sequences if data.split[s.id] == "train" and s.frame_labels is not None]
+    val = [s for s in data.sequences if data.split[s.id] == "val" and s.frame_labels is not None]
+    if not train or not val:
+        raise VaestError(f"{corpus_root}: fusion needs labelled train and val videos with modality predictions "
+                         f"(found {len(train)} train, {len(val)} val)")
+    mcfg = model_config(method, data, model_cfg)
+    model = create_model(method, **mcfg)
+    settings = FusionSettings(method, {k: str(v) for k, v in runs_p.items()}, str(corpus_root), win, hop, mcfg, cfg)
+    write_run_info(out, f"vaest train fusion --method {method}", settings)
+    log.info("fusion %s: %d train / %d val videos, modalities %s", method, len(train), len(val), list(data.dims))
+    task = FusionTask(train, val, win, hop, data.table)
+    fit(model, task, cfg, out, extra={"fusion": {"method": method, "win": win, "hop": hop,
+                                                 "runs": settings.runs}})
+    best, _ = load_checkpoint(out / "model.pt", cfg.device)
+    export_fusion(best, data, out, win, hop, cfg.device)
+    scores = evaluate_predictions(out, corpus, "val")
+    metrics = {k: scores[k] for k in ("valence", "arousal", "mean")}
+    atomic_write_json(out / "metrics.json", metrics)
+    write_run_json(out, modality="fusion", method=method, corpus=str(corpus_root), features=settings.runs,
+                   runs=settings.runs, win=win, hop=hop, weight_names=weight_names(best),
+                   features_root=str(features_root) if features_root else None)
+    log.info("fusion %s validation CCC v %.4f a %.4f mean %.4f", method, *(metrics[k] for k in (*DIMS, "mean")))
+    return metrics
+
+
+def apply_fusion(fusion_run: str | Path, videos: list[Video], out: str | Path | None = None,
+                 runs: dict[str, str | Path] | None = None, device: str = "cpu") -> None:
+    """Run a trained fusion run (learned or late) on ``videos`` and write ``out/preds/<video>.npz``.
+
+    Args:
+        fusion_run: run folder written by :func:`train_fusion` or :func:`late_fusion`.
+        videos: the videos to fuse (their modality predictions must exist in the modality runs).
+        out: where to write predictions (default: the fusion run itself).
+        runs: modality runs to read (default: those recorded in the fusion run's run.json).
+    """
+    fusion_run = Path(fusion_run)
+    info = read_run_json(fusion_run)
+    out = Path(out) if out is not None else fusion_run
+    runs_p = _check_runs(runs or info.get("runs") or {})
+    if info.get("modality") == "late":
+        weights = {k: np.asarray(v, dtype=np.float64) for k, v in info["weights"].items()}
+        _export_late(runs_p, weights, videos, out)
+        return
+    model, ck = load_checkpoint(fusion_run / "model.pt", device)
+    method = ck["name"]
+    fr = info.get("features_root")
+    data = build_fusion_data(runs_p, videos, method, Path(fr) if fr else None)
+    export_fusion(model, data, out, int(info.get("win", 400)), int(info.get("hop", 150)), device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Late fusion
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _presence(preds: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Sets that count at each frame: those with real input; where none has, those with a finite value."""
+    fin = np.isfinite(preds).all(-1)
+    pres = np.asarray(present, dtype=bool) & fin
+    none = ~pres.any(1)
+    pres[none] = fin[none]
+    return pres
+
+
+def combine_sets(preds: np.ndarray, present: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted average of S prediction sets with weights renormalised over the sets present at each frame.
+
+    Args:
+        preds: (n, S, 2) predictions (NaN where a set has none).
+        present: (n, S) bool, the set had real input at that frame.
+        weights: (S, 2) per-set, per-dimension weights (>= 0).
+    Returns:
+        va (n, 2) (NaN where no set has a value) and the effective weights (n, S, 2) (each frame's sum 1 or 0).
+        A frame where no set has real input uses every set with a finite value; a frame where the present sets
+        all have weight 0 averages them equally.
+    """
+    preds = np.asarray(preds, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    pres = _presence(preds, present)
+    eff = pres[..., None] * w[None]  # (n, S, 2)
+    den = eff.sum(1, keepdims=True)
+    eq = pres[..., None] / np.maximum(pres.sum(1), 1)[:, None, None]
+    eff = np.where(den > 0, eff / np.where(den > 0, den, 1), eq)
+    va = (eff * np.nan_to_num(preds)).sum(1)
+    va[~pres.any(1)] = np.nan
+    return va.astype(np.float32), eff.astype(np.float32)
+
+
+def simplex_grid(n_sets: int, step: float = 0.05) -> np.ndarray:
+    """All weight vectors on the simplex with entries that are multiples of ``step``: (K, n_sets)."""
+    k = int(round(1.0 / step))
+    if abs(k * step - 1.0) > 1e-9:
+        raise ValueError(f"grid step {step} does not divide 1")
+    rows = [c for c in itertools.product(range(k + 1), repeat=n_sets - 1) if sum(c) <= k]
+    return np.array([list(c) + [k - sum(c)] for c in rows], dtype=np.float64) / k
+
+
+def candidate_weights(n_sets: int, method: str = "dirichlet", n_samples: int = 8000, seed: int = 0,
+                      step: float = 0.05) -> np.ndarray:
+    """Weight vectors to try (K, n_sets): a simplex grid, or the uniform vector, each single set and
+    ``n_samples`` seeded Dirichlet(1, ..., 1) samples (the same seed gives the same candidates)."""
+    if method == "grid":
+        if n_sets > 3:
+            log.warning("grid search over %d sets tries %d weightings; consider --method dirichlet", n_sets,
+                        math.comb(int(round(1 / step)) + n_sets - 1, n_sets - 1))
+        return simplex_grid(n_sets, step)
+    if method != "dirichlet":
+        raise VaestError(f"unknown late-fusion method {method!r}; choose one of {', '.join(LATE_METHODS)}")
+    rng = np.random.default_rng(seed)
+    samples = rng.dirichlet(np.ones(n_sets), size=n_samples)
+    return np.vstack([np.full((1, n_sets), 1.0 / n_sets), np.eye(n_sets), samples])
+
+
+def _ccc_columns(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """CCC of each column of x (N, K) with y (N,) (population moments, as :func:`vaest.metrics.ccc`)."""
+    mx, my = x.mean(0), y.mean()
+    dx, dy = x - mx, y - my
+    vx, vy = (dx**2).mean(0), (dy**2).mean()
+    cov = (dx * dy[:, None]).mean(0)
+    den = vx + vy + (mx - my) ** 2
+    return np.where(den > 1e-15, 2 * cov / np.where(den > 1e-15, den, 1), 1.0)
+
+
+def search_weights(preds: np.ndarray, present: np.ndarray, labels: np.ndarray, method: str = "dirichlet",
+                   n_samples: int = 8000, seed: int = 0, step: float = 0.05,
+                   chunk_elems: int = 20_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Per dimension, the weights among :func:`candidate_weights` maximising CCC of :func:`combine_sets`.
+
+    Args:
+        preds: (N, S, 2) predictions of S sets on N concatenated validation frames.
+        present: (N, S) bool real input; labels: (N, 2) with NaN invalid.
+    Returns:
+        weights (S, 2) and the best CCC per dimension (2,).
+    """
+    preds = np.asarray(preds, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    S = preds.shape[1]
+    cands = candidate_weights(S, method, n_samples, seed, step)
+    pres = _presence(preds, present)
+    best_w = np.zeros((S, 2))
+    best_s = np.full(2, -np.inf)
+    for d in range(2):
+        ok = np.isfinite(labels[:, d]) & pres.any(1)
+        P = np.nan_to_num(preds[ok, :, d])
+        M = pres[ok].astype(np.float64)
+        y = labels[ok, d]
+        if len(y) == 0:
+            raise VaestError("late fusion: no validation frame has both a label and a prediction")
+        eq = (M * P).sum(1) / np.maximum(M.sum(1), 1)
+        step_k = max(1, chunk_elems // max(len(y), 1))
+        for i in range(0, len(cands), step_k):
+            W = cands[i : i + step_k]
+            den = M @ W.T
+            x = np.where(den > 0, ((M * P) @ W.T) / np.where(den > 0, den, 1), eq[:, None])
+            s = _ccc_columns(x, y)
+            j = int(np.argmax(s))
+            if s[j] > best_s[d]:
+                best_s[d], best_w[:, d] = s[j], W[j]
+    return best_w, best_s
+
+
+def _late_inputs(runs: dict[str, Path], video: Video) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(n, S, 2) predictions, (n, S) presence and fps of one video over the sets (None when no set has it)."""
+    tr = {m: load_track(r, video.id) for m, r in runs.items()}
+    ref = next((t for t in tr.values() if t is not None), None)
+    if ref is None:
+        return None
+    n = len(ref)
+    P = np.full((n, len(runs), 2), np.nan, dtype=np.float32)
+    M = np.zeros((n, len(runs)), dtype=bool)
+    for i, (m, t) in enumerate(tr.items()):
+        if t is None:
+            continue
+        t = t.resized(n)
+        P[:, i] = t.va
+        M[:, i] = t.mask
+    return P, M, ref.fps
+
+
+def _export_late(runs: dict[str, Path], weights: dict[str, np.ndarray], videos: list[Video], out: Path) -> None:
+    names = list(runs)
+    W = np.stack([np.asarray(weights[m], dtype=np.float64) for m in names])
+    for v in track(videos, f"late fusion {out.name}"):
+        got = _late_inputs(runs, v)
+        if got is None:
+            log.warning("%s: no predictions in any of the runs; skipped", v.id)
+            continue
+        P, M, fps = got
+        va, eff = combine_sets(P, M, W)
+        ok = np.isfinite(va).all(1)
+        if not ok.all() and ok.any():
+            from vaest.timebase import fill_nearest
+
+            va = fill_nearest(va, ok)
+        save_predictions(out, v.id, va, fps, mask=M.any(1), extras={"weights": eff},
+                         meta={"weight_names": names})
+
+
+def late_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str | Path, method: str = "dirichlet",
+                n_samples: int = 8000, seed: int = 0, step: float = 0.05) -> dict[str, Any]:
+    """Search per-dimension late-fusion weights on the validation split and write a run folder.
+
+    Args:
+        runs: set name -> run folder (modality or fusion runs).
+        corpus_root: corpus with validation labels.
+        out: run folder: preds/ for every video of every split (extras ``weights`` (n, S, 2), the effective
+            per-frame weights), run.json (``modality: "late"``, ``weights`` {set: [w_valence, w_arousal]}),
+            metrics.json, config.yaml, versions.yaml.
+        method: ``dirichlet`` (``n_samples`` seeded samples) or ``grid`` (simplex step ``step``).
+    Returns:
+        {"weights": {set: [w_v, w_a]}, "metrics": validation CCC}.
+    """
+    out = Path(out)
+    runs_p = _check_runs(runs)
+    corpus = load_corpus(corpus_root)
+    settings = {"method": method, "runs": {k: str(v) for k, v in runs_p.items()}, "corpus": str(corpus_root),
+                "n_samples": n_samples, "seed": seed, "step": step}
+    write_run_info(out, f"vaest train late --method {method}", settings)
+    Ps, Ms, Ys = [], [], []
+    for v in corpus.split("val"):
+        if not v.has_labels:
+            continue
+        got = _late_inputs(runs_p, v)
+        if got is None:
+            continue
+        P, M, _ = got
+        Ps.append(P)
+        Ms.append(M)
+        Ys.append(v.labels_for(len(P)))
+    if not Ps:
+        raise VaestError(f"{corpus_root}: no labelled validation video has predictions in the runs")
+    W, best = search_weights(np.concatenate(Ps), np.concatenate(Ms), np.concatenate(Ys), method, n_samples, seed,
+                             step)
+    weights = {m: [float(W[i, 0]), float(W[i, 1])] for i, m in enumerate(runs_p)}
+    log.info("late fusion weights (valence, arousal): %s", {m: [round(x, 3) for x in w] for m, w in weights.items()})
+    _export_late(runs_p, {m: np.asarray(w) for m, w in weights.items()}, corpus.videos, out)
+    scores = evaluate_predictions(out, corpus, "val")
+    metrics = {k: scores[k] for k in ("valence", "arousal", "mean")}
+    atomic_write_json(out / "metrics.json", metrics)
+    write_run_json(out, modality="late", method=method, corpus=str(corpus_root), features=settings["runs"],
+                   runs=settings["runs"], weights=weights, weight_names=list(runs_p),
+                   search_ccc={"valence": float(best[0]), "arousal": float(best[1])})
+    return {"weights": weights, "metrics": metrics}

@@ -1,0 +1,407 @@
+"""Fusion models (RAAV, DCMMoE), fusion training from run folders, late fusion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaest.corpus.affwild2 import write_va_file
+from vaest.inference import load_predictions, save_predictions, write_run_json
+from vaest.models import create_model
+from vaest.training import TrainConfig, predict_sequence
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic modality runs (also used by the fusion dev script and tests/test_report.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def smooth_noise(rng: np.random.Generator, n: int, width: float) -> np.ndarray:
+    """A smooth random process (n,) with unit-ish scale (white noise through a Gaussian kernel)."""
+    k = np.exp(-0.5 * (np.arange(-3 * width, 3 * width + 1) / width) ** 2)
+    x = np.convolve(rng.normal(size=n + len(k)), k / np.sqrt((k**2).sum()), mode="same")[: n]
+    return x / (x.std() + 1e-9)
+
+
+def stretches(rng: np.random.Generator, n: int, share: float, min_len: int, max_len: int) -> np.ndarray:
+    """(n,) bool with random runs covering about ``share`` of the frames."""
+    m = np.zeros(n, dtype=bool)
+    while m.mean() < share:
+        L = int(rng.integers(min_len, max_len))
+        s = int(rng.integers(0, max(1, n - L)))
+        m[s : s + L] = True
+    return m
+
+
+def make_synthetic_runs(root: Path, n_train: int = 8, n_val: int = 4, n_frames: int = 600, fps: float = 30.0,
+                        emb_dim: int = 16, seed: int = 0) -> dict:
+    """An ABAW-layout label corpus and three modality run folders with known reliability structure.
+
+    face: truth + noise where the face is visible (mask False and stale values in hidden stretches);
+    audio: truth (per second) + small noise while speaking, uninformative in silence; mask True throughout,
+    extra ``reliability`` = speaking; behavior: weak (valence through posture, arousal barely).
+    Returns {"corpus": root, "runs": {name: run}, "truth": {vid: dict}}.
+    """
+    rng = np.random.default_rng(seed)
+    corpus = root / "corpus"
+    ann = corpus / "annotations" / "VA_Estimation_Challenge"
+    runs = {m: root / "runs" / m for m in ("face", "behavior", "audio")}
+    proj = {m: rng.normal(size=(2, emb_dim)).astype(np.float32) for m in runs}
+    truth = {}
+    for i in range(n_train + n_val):
+        split = "Train_Set" if i < n_train else "Validation_Set"
+        vid = f"vid{i:02d}"
+        n = n_frames
+        y = np.stack([0.6 * np.tanh(smooth_noise(rng, n, 40)), 0.5 * np.tanh(smooth_noise(rng, n, 25))], 1)
+        y = y.astype(np.float32)
+        labels = y.copy()
+        labels[:5] = np.nan
+        write_va_file(ann / split / f"{vid}.txt", labels)
+        hidden = stretches(rng, n, 0.3, n // 8, n // 4)
+        speaking = stretches(rng, n, 0.45, int(2 * fps), int(5 * fps))
+        # face: accurate where visible, stale (last value) where hidden
+        f = y + rng.normal(scale=0.12, size=y.shape).astype(np.float32)
+        f[:, 1] = 0.7 * f[:, 1]  # the face under-estimates arousal a little
+        vis_idx = np.flatnonzero(~hidden)
+        last = vis_idx[np.clip(np.searchsorted(vis_idx, np.arange(n), side="right") - 1, 0, None)]
+        f = f[last]
+        # audio: one value per second; informative only while speaking
+        sec = (np.arange(n) / fps).astype(int)
+        a = np.zeros_like(y)
+        for s in np.unique(sec):
+            fr = sec == s
+            if speaking[fr].mean() > 0.5:
+                a[fr] = y[fr].mean(0) + rng.normal(scale=0.05, size=2)
+            else:
+                a[fr] = rng.normal(scale=0.3, size=2)
+        # behavior: weak and slow
+        b = np.stack([0.5 * y[:, 0] + 0.25 * smooth_noise(rng, n, 30), 0.2 * y[:, 1] + 0.2 * smooth_noise(rng, n, 30)], 1)
+        masks = {"face": ~hidden, "behavior": np.ones(n, bool), "audio": np.ones(n, bool)}
+        for m, p in (("face", f), ("behavior", b.astype(np.float32)), ("audio", a)):
+            emb = np.tanh(p @ proj[m] + rng.normal(scale=0.1, size=(n, emb_dim))).astype(np.float32)
+            extras = {"reliability": speaking.astype(np.float32)} if m == "audio" else None
+            save_predictions(runs[m], vid, p, fps, emb=emb, mask=masks[m], extras=extras)
+        truth[vid] = {"va": y, "hidden": hidden, "speaking": speaking, "split": split}
+    for m, r in runs.items():
+        write_run_json(r, modality=m, corpus=str(corpus), features=str(root / "features"))
+    return {"corpus": corpus, "runs": runs, "truth": truth}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synth_runs(tmp_path_factory) -> dict:
+    return make_synthetic_runs(tmp_path_factory.mktemp("fusion"), n_train=6, n_val=3, n_frames=360, emb_dim=8)
+
+
+def _raav(**kw):
+    cfg = dict(modalities=("face", "behavior"), in_dims=(10, 6), d_model=32, heads=4, ffn=64, dropout=0.0)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return create_model("raav", **cfg).eval()
+
+
+def _inputs(B=2, T=40, seed=0, audio=False):
+    g = torch.Generator().manual_seed(seed)
+    x = {"face": torch.randn(B, T, 10, generator=g), "face_mask": torch.rand(B, T, generator=g) > 0.3,
+         "behavior": torch.randn(B, T, 6, generator=g), "behavior_mask": torch.rand(B, T, generator=g) > 0.3}
+    if audio:
+        U = 6
+        x["audio_tokens"] = torch.randn(U, 4, 8, generator=g)
+        tm = torch.rand(U, 4, generator=g) > 0.4
+        tm[2] = False  # a window with no valid token
+        tm[3] = True
+        x["audio_token_mask"] = tm
+        x["audio_index"] = torch.randint(-1, U, (B, T, 2), generator=g)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RAAV
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_gate_log_priors_and_masked_modalities_get_zero_weight():
+    m = _raav()
+    with torch.no_grad():  # a gate that scores every modality 0: the weights are the priors renormalised
+        m.gate[-1].weight.zero_()
+        m.gate[-1].bias.zero_()
+    x = _inputs()
+    w = m(**x)["weights"]
+    both = x["face_mask"] & x["behavior_mask"]
+    torch.testing.assert_close(w[both], torch.tensor([0.85, 0.15]).expand(int(both.sum()), 2))
+    only_b = ~x["face_mask"] & x["behavior_mask"]
+    assert only_b.any()
+    assert torch.equal(w[only_b], torch.tensor([0.0, 1.0]).expand(int(only_b.sum()), 2))
+    # priors enter as log-priors: scaling both priors leaves the weights unchanged
+    m2 = _raav(priors=(8.5, 1.5))
+    m2.load_state_dict({k: v for k, v in m.state_dict().items() if k != "log_prior"}, strict=False)
+    torch.testing.assert_close(m2(**x)["weights"], w)
+
+
+def test_masked_modality_has_exactly_zero_weight_and_no_influence():
+    m = _raav()
+    x = _inputs(seed=1)
+    out = m(**x)
+    w = out["weights"]
+    assert torch.all(w[..., 0][~x["face_mask"]] == 0) and torch.all(w[..., 1][~x["behavior_mask"]] == 0)
+    avail = x["face_mask"] | x["behavior_mask"]
+    torch.testing.assert_close(w.sum(-1)[avail], torch.ones(int(avail.sum())))
+    # what a masked frame holds cannot matter
+    y = dict(x)
+    y["face"] = torch.where(x["face_mask"][..., None], x["face"], torch.full_like(x["face"], 1e3))
+    y["face"][~x["face_mask"]] = float("nan")
+    assert torch.equal(m(**y)["va"], out["va"])
+
+
+def test_frame_with_no_modality_is_finite_and_flagged():
+    m = _raav()
+    x = _inputs(seed=2)
+    x["face_mask"][0, :10] = False
+    x["behavior_mask"][0, :10] = False
+    x["face"][0, :10] = float("nan")
+    out = m(**x)
+    assert torch.isfinite(out["va"]).all() and torch.isfinite(out["emb"]).all()
+    assert out["fallback"][0, :10].all()
+    assert torch.equal(out["fallback"], ~(x["face_mask"] | x["behavior_mask"]))
+    assert torch.all(out["weights"][0, :10] == 0)
+    # gradients stay finite with such frames in the batch
+    m.train()
+    m(**x)["va"].sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_masked_audio_tokens_cannot_change_the_output():
+    m = _raav(audio_dim=8)
+    x = _inputs(seed=3, audio=True)
+    ref = m(**x)["va"]
+    y = dict(x)
+    tok = x["audio_tokens"].clone()
+    tok[~x["audio_token_mask"]] = torch.randn(int((~x["audio_token_mask"]).sum()), 8) * 100
+    y["audio_tokens"] = tok
+    assert torch.equal(m(**y)["va"], ref)
+    # a valid token does matter (the audio path is live)
+    z = dict(x)
+    tok2 = x["audio_tokens"].clone()
+    tok2[3] = torch.randn(4, 8)
+    z["audio_tokens"] = tok2
+    assert not torch.allclose(m(**z)["va"], ref)
+    # frames whose windows are all invalid (or none) get nothing from audio: same as a model run without audio
+    none = torch.full_like(x["audio_index"], -1)
+    w = dict(x, audio_index=none)
+    no_audio = {k: v for k, v in x.items() if not k.startswith("audio")}
+    torch.testing.assert_close(m(**w)["va"], m(**no_audio)["va"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DCMMoE
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _dcm(**kw):
+    cfg = dict(modalities=("face", "behavior", "audio"), in_dims=(10, 6, 8), d_model=32, heads=8, layers=5,
+               ffn=64, dropout=0.0)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return create_model("dcmmoe", **cfg).eval()
+
+
+def test_dcmmoe_shapes_experts_and_masks():
+    m = _dcm()
+    assert len(m.blocks) == 5 and m.blocks[0].attn.h == 8
+    x = _inputs(B=3, T=50, seed=4)
+    x["audio"] = torch.randn(3, 50, 8)
+    x["audio_mask"] = torch.rand(3, 50) > 0.5
+    out = m(**x)
+    assert out["va"].shape == (3, 50, 2) and out["emb"].shape == (3, 50, 32) and out["weights"].shape == (3, 50, 4)
+    w = out["weights"]
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, 50))
+    assert torch.all(w[..., 1][~x["behavior_mask"]] == 0) and torch.all(w[..., 2][~x["audio_mask"]] == 0)
+    assert m.expert_names == ("face", "behavior", "audio", "cross")
+    y = dict(x)
+    y["audio"] = torch.where(x["audio_mask"][..., None], x["audio"], torch.full_like(x["audio"], 50.0))
+    assert torch.equal(m(**y)["va"], out["va"])
+
+
+@pytest.mark.parametrize("T", [50, 400, 1000])
+def test_dcmmoe_windowed_inference_covers_every_frame(T):
+    m = _dcm(modalities=("face", "behavior"), in_dims=(10, 6))
+    rng = np.random.default_rng(0)
+    inputs = {"face": rng.normal(size=(T, 10)).astype(np.float32), "face_mask": rng.random(T) > 0.2,
+              "behavior": rng.normal(size=(T, 6)).astype(np.float32), "behavior_mask": np.ones(T, bool)}
+    res = predict_sequence(m, inputs, win=400, hop=150, keys=("va", "emb", "weights"))
+    assert res["va"].shape == (T, 2) and res["weights"].shape == (T, 3) and np.isfinite(res["va"]).all()
+    # with one window the overlap average is the plain forward pass
+    if T <= 400:
+        with torch.no_grad():
+            direct = m(**{k: torch.from_numpy(v)[None] for k, v in inputs.items()})["va"][0].numpy()
+        if T == 400:
+            np.testing.assert_allclose(res["va"], direct, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training from run folders
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_build_fusion_data_aligns_audio_windows(synth_runs):
+    from vaest.corpus import load_corpus
+    from vaest.tasks.fusion import build_fusion_data, frame_window_index
+
+    idx = frame_window_index(150, 30.0, __import__("vaest.tasks.fusion", fromlist=["x"]).AUDIO_WIN_BASE, 3)
+    assert tuple(idx[0]) == (0, -1) and tuple(idx[59]) == (0, -1) and tuple(idx[60]) == (1, 0)
+    assert tuple(idx[149]) == (2, 1)
+    c = load_corpus(synth_runs["corpus"])
+    data = build_fusion_data(synth_runs["runs"], c.videos, "raav")
+    seq = data.sequences[0]
+    t = synth_runs["truth"][seq.id]
+    assert seq.inputs["face"].shape == (360, 10) and np.array_equal(seq.inputs["face_mask"], ~t["hidden"])
+    assert data.audio_dim == 8 and data.table is not None
+    # audio windows where the speaker is silent are unreliable: their frames are not 'available'
+    spk = t["speaking"]
+    assert data.available[seq.id]["audio"][spk].mean() > data.available[seq.id]["audio"][~spk].mean()
+
+
+@pytest.mark.parametrize("method", ["raav", "dcmmoe"])
+def test_train_fusion_writes_a_run_folder(synth_runs, tmp_path, method):
+    from vaest.inference import read_run_json
+    from vaest.tasks.fusion import apply_fusion, train_fusion
+
+    out = tmp_path / method
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=4, loss_weights=(0.7, 0.3), mse_weight=0.01)
+    small = {"d_model": 16, "ffn": 32, "heads": 4} if method == "raav" else {"d_model": 16, "ffn": 32, "layers": 2}
+    metrics = train_fusion(synth_runs["runs"], synth_runs["corpus"], out, method=method, train_cfg=cfg,
+                           model_cfg=small, win=120, hop=60)
+    assert set(metrics) == {"valence", "arousal", "mean"} and np.isfinite(metrics["mean"])
+    for f in ("model.pt", "run.json", "metrics.json", "config.yaml", "versions.yaml"):
+        assert (out / f).exists(), f
+    info = read_run_json(out)
+    assert info["modality"] == "fusion" and info["method"] == method and set(info["runs"]) == {"face", "behavior", "audio"}
+    assert json.loads((out / "metrics.json").read_text())["mean"] == pytest.approx(metrics["mean"])
+    for vid in synth_runs["truth"]:
+        rec = load_predictions(out, vid)
+        M = len(info["weight_names"])
+        assert rec.values.shape == (360, 2) and rec.extras["emb"].shape == (360, 16)
+        assert rec.extras["weights"].shape == (360, M)
+    if method == "raav":
+        assert info["weight_names"] == ["face", "behavior"]
+        rec = load_predictions(out, "vid00")
+        hidden = synth_runs["truth"]["vid00"]["hidden"]
+        assert np.all(rec.extras["weights"][hidden, 0] == 0)
+    # applying the trained run to videos writes the same predictions elsewhere
+    from vaest.corpus import load_corpus
+
+    vids = load_corpus(synth_runs["corpus"]).split("val")[:1]
+    apply_fusion(out, vids, tmp_path / "applied")
+    np.testing.assert_allclose(load_predictions(tmp_path / "applied", vids[0].id).values,
+                               load_predictions(out, vids[0].id).values, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Late fusion
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_combine_sets_renormalises_over_present_sets():
+    from vaest.tasks.fusion import combine_sets
+
+    P = np.array([[[0.2, 0.4], [0.6, 0.0], [1.0, -1.0]]] * 3, dtype=np.float32)
+    M = np.array([[True, True, True], [True, False, True], [False, False, False]])
+    W = np.array([[0.5, 0.2], [0.3, 0.3], [0.2, 0.5]])
+    va, eff = combine_sets(P, M, W)
+    np.testing.assert_allclose(va[0], [0.5 * 0.2 + 0.3 * 0.6 + 0.2 * 1.0, 0.2 * 0.4 + 0.3 * 0.0 - 0.5], atol=1e-6)
+    np.testing.assert_allclose(va[1], [(0.5 * 0.2 + 0.2 * 1.0) / 0.7, (0.2 * 0.4 - 0.5) / 0.7], atol=1e-6)
+    assert np.all(eff[1, 1] == 0) and np.allclose(eff.sum(1), 1)
+    # no set with real input: every set with a value counts
+    np.testing.assert_allclose(va[2], va[0], atol=1e-6)
+    # a set with no value at all (NaN) is skipped
+    P2 = P.copy()
+    P2[1, 0] = np.nan
+    va2, _ = combine_sets(P2, np.ones((3, 3), bool), W)
+    np.testing.assert_allclose(va2[1], [(0.3 * 0.6 + 0.2 * 1.0) / 0.5, (0.3 * 0.0 - 0.5) / 0.8], atol=1e-6)
+
+
+def _known_weight_data(seed=0, N=1500):
+    rng = np.random.default_rng(seed)
+    P = rng.normal(size=(N, 3, 2)) * 0.3
+    W = np.array([[0.6, 0.1], [0.3, 0.25], [0.1, 0.65]])
+    y = np.einsum("nsd,sd->nd", P, W)
+    return P, np.ones((N, 3), bool), y, W
+
+
+def test_grid_search_recovers_known_weights():
+    from vaest.tasks.fusion import search_weights
+
+    P, M, y, W = _known_weight_data()
+    got, best = search_weights(P, M, y, "grid", step=0.05)
+    np.testing.assert_allclose(got, W, atol=1e-9)
+    np.testing.assert_allclose(best, [1.0, 1.0])
+
+
+def test_dirichlet_search_is_seeded_and_close():
+    from vaest.tasks.fusion import candidate_weights, search_weights
+
+    P, M, y, W = _known_weight_data(1)
+    a, _ = search_weights(P, M, y, "dirichlet", n_samples=8000, seed=3)
+    b, _ = search_weights(P, M, y, "dirichlet", n_samples=8000, seed=3)
+    assert np.array_equal(a, b)
+    assert np.abs(a - W).max() < 0.06
+    assert np.array_equal(candidate_weights(3, seed=5), candidate_weights(3, seed=5))
+    assert not np.array_equal(candidate_weights(3, seed=5), candidate_weights(3, seed=6))
+    assert candidate_weights(3, n_samples=8000).shape == (8004, 3)
+
+
+def test_search_uses_renormalised_frames():
+    """Weights searched with missing frames reproduce the renormalised combination of combine_sets."""
+    from vaest.metrics import va_ccc
+    from vaest.tasks.fusion import combine_sets, search_weights
+
+    P, M, y, W = _known_weight_data(2)
+    M[::3, 0] = False
+    w, best = search_weights(P, M, y, "grid", step=0.05)
+    va, _ = combine_sets(P, M, w)
+    s = va_ccc(va, y)
+    np.testing.assert_allclose([s["valence"], s["arousal"]], best, atol=1e-5)
+
+
+def test_late_fusion_run_beats_single_sets(synth_runs, tmp_path):
+    from vaest.corpus import load_corpus
+    from vaest.inference import evaluate_predictions, read_run_json
+    from vaest.tasks.fusion import late_fusion
+
+    out = tmp_path / "late"
+    res = late_fusion(synth_runs["runs"], synth_runs["corpus"], out, method="dirichlet", n_samples=500)
+    info = read_run_json(out)
+    assert info["modality"] == "late" and set(info["weights"]) == {"face", "behavior", "audio"}
+    assert all(len(w) == 2 for w in info["weights"].values())
+    np.testing.assert_allclose(np.sum(list(info["weights"].values()), 0), [1, 1], atol=1e-9)
+    c = load_corpus(synth_runs["corpus"])
+    singles = [evaluate_predictions(r, c, "val")["mean"] for r in synth_runs["runs"].values()]
+    assert res["metrics"]["mean"] >= max(singles) - 1e-6
+    rec = load_predictions(out, "vid00")
+    assert rec.extras["weights"].shape == (360, 3, 2) and len(rec.values) == 360
+
+
+def test_cli_train_late(synth_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaest.cli import app
+
+    r = synth_runs["runs"]
+    out = tmp_path / "late_cli"
+    res = CliRunner().invoke(app, ["train", "late", "--runs", f"face={r['face']}", "--runs", f"audio={r['audio']}",
+                                   "--corpus", str(synth_runs["corpus"]), "--out", str(out), "--method", "grid"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "run.json").read_text())["method"] == "grid"
+    res = CliRunner().invoke(app, ["train", "late", "--runs", "face", "--out", str(out)])
+    assert res.exit_code != 0
