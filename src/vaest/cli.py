@@ -113,6 +113,9 @@ def evaluate(
     corpus: Annotated[Optional[Path], typer.Option(help="Corpus root (default: the one recorded in the run).")] = None,
     split: Annotated[str, typer.Option(help="Split to score.")] = "val",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write all scores as JSON.")] = None,
+    stages: Annotated[bool, typer.Option(help="Also score the post-processing stages (raw, filled, smoothed).")] = True,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write DIR/report.md with the stage table and "
+                                                   "PNG plots (curves, fusion weights).")] = None,
 ) -> None:
     """Print the CCC table of one or more runs and write RUN/metrics.json for each."""
     from vaest.corpus import load_corpus
@@ -135,17 +138,93 @@ def evaluate(
         t.add_row(str(run), str(info.get("modality", "?")), _fmt(scores["valence"]), _fmt(scores["arousal"]),
                   _fmt(scores["mean"]), _fmt(int(scores.get("frames", 0))))
     console.print(t)
+    if stages or report:
+        from vaest.report import evaluate_runs, rich_table, write_report
+
+        rows = evaluate_runs(runs, corpus, split)
+        console.print(rich_table(rows, f"{split} CCC by post-processing stage"))
+        for r in rows:
+            allscores[r["run"]].setdefault("stages", {})[r["stage"]] = {
+                k: r[k] for k in ("valence", "arousal", "mean", "kernels")}
+        if report:
+            console.print(f"report: {write_report(rows, runs, report, corpus, split)}")
     if json_out:
         atomic_write_json(json_out, allscores)
 
 
-# --- extraction engine options (vaest.scale.run_extraction), shared by every `vaest extract` command ---
-EngineOpt = Annotated[str, typer.Option("--engine", help="local: this process; ray: spread the media files over a "
-                                        "Ray cluster (same results, skips stored work, resumable).")]
-AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (ray://head:10001, "
-                                                   "head:6379 or auto); default: start a local Ray.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Ray workers (default: one per CPU, or one per "
-                                                   "GPU when the extractor runs on cuda).")]
+# --- fusion (vaest.tasks.fusion): `vaest train fusion`, `vaest train late` ---
+RunsOpt = Annotated[list[str], typer.Option("--runs", help="NAME=RUN_FOLDER, repeated (face=..., behavior=..., "
+                                            "audio=...; late fusion takes any prediction runs).")]
+
+
+def _parse_runs(items: list[str], corpus: Optional[Path]) -> tuple[dict[str, Path], Path]:
+    from vaest.inference import read_run_json
+
+    runs: dict[str, Path] = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep or not name or not path:
+            raise VaestError(f"--runs {it!r}: expected NAME=RUN_FOLDER, e.g. face=runs/face")
+        runs[name.strip()] = Path(path)
+    if corpus is None:
+        recorded = read_run_json(next(iter(runs.values()))).get("corpus") if runs else None
+        if not recorded:
+            raise VaestError("no --corpus given and the first run records none")
+        corpus = Path(recorded)
+    return runs, corpus
+
+
+@train_app.command("fusion")
+def train_fusion_cmd(
+    runs: RunsOpt,
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="Corpus root with train/val labels (default: from the runs).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="raav (reliability-aware, default) or dcmmoe (directed cross-modal).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (reference RAAV 5e-5).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train a fusion model on modality run folders and write its run folder (preds with per-frame weights)."""
+    import dataclasses
+
+    from vaest.config import build, load_config
+    from vaest.tasks.fusion import default_train_config, train_fusion
+    from vaest.training import TrainConfig
+
+    file_cfg = load_config(config)
+    runs_p, root = _parse_runs(runs, corpus)
+    method = method or file_cfg.get("method", "raav")
+    cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)), file_cfg.get("train"),
+                {"epochs": epochs, "lr": lr, "device": device, "seed": seed})
+    m = train_fusion(runs_p, root, out, method=method, train_cfg=cfg, model_cfg=file_cfg.get("model"),
+                     win=int(file_cfg.get("win", 400)), hop=int(file_cfg.get("hop", 150)),
+                     features_root=file_cfg.get("features_root"))
+    console.print(f"fusion {method}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
+                  f"mean {m['mean']:.4f} -> {out}")
+
+
+@train_app.command("late")
+def train_late_cmd(
+    runs: RunsOpt,
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="Corpus root with validation labels (default: from the runs).")] = None,
+    method: Annotated[str, typer.Option(help="dirichlet (seeded random search) or grid (simplex grid).")] = "dirichlet",
+    samples: Annotated[int, typer.Option(help="Dirichlet samples.")] = 8000,
+    step: Annotated[float, typer.Option(help="Grid step.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Random seed of the Dirichlet search.")] = 0,
+) -> None:
+    """Late fusion: per-dimension weights of prediction runs searched on validation CCC; writes a run folder."""
+    from vaest.tasks.fusion import late_fusion
+
+    runs_p, root = _parse_runs(runs, corpus)
+    res = late_fusion(runs_p, root, out, method=method, n_samples=samples, seed=seed, step=step)
+    m = res["metrics"]
+    for name, w in res["weights"].items():
+        console.print(f"  {name}: valence {w[0]:.3f} arousal {w[1]:.3f}")
+    console.print(f"late {method}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
+                  f"mean {m['mean']:.4f} -> {out}")
 
 
 # --- modality commands are registered below by their modules (keep this marker) ---
