@@ -152,6 +152,15 @@ def evaluate(
         atomic_write_json(json_out, allscores)
 
 
+# --- extraction engine options (vaest.scale.run_extraction), shared by every `vaest extract` command ---
+EngineOpt = Annotated[str, typer.Option("--engine", help="local: this process; ray: spread the media files over a "
+                                        "Ray cluster (same results, skips stored work, resumable).")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (ray://head:10001, "
+                                                   "head:6379 or auto); default: start a local Ray.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Ray workers (default: one per CPU, or one per "
+                                                   "GPU when the extractor runs on cuda).")]
+
+
 # --- fusion (vaest.tasks.fusion): `vaest train fusion`, `vaest train late` ---
 RunsOpt = Annotated[list[str], typer.Option("--runs", help="NAME=RUN_FOLDER, repeated (face=..., behavior=..., "
                                             "audio=...; late fusion takes any prediction runs).")]
