@@ -63,11 +63,13 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     dA = torch.exp(delta.unsqueeze(-1) * A.float()[None, :, None, :])  # (b, d, l, n)
     dBu = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (b, d, l, n)
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for t in range(u.shape[2]):
-        h = dA[:, :, t] * h + dBu[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
-    y = torch.stack(ys, dim=-1) + D.float()[None, :, None] * u
+    hs = []
+    # unbind (not indexing) so that backward stacks the step gradients instead of zero-filling a full tensor each
+    for dA_t, dBu_t in zip(dA.unbind(2), dBu.unbind(2)):
+        h = torch.addcmul(dBu_t, dA_t, h)
+        hs.append(h)
+    y = (torch.stack(hs, dim=2) * C.transpose(1, 2).unsqueeze(1)).sum(-1)  # (b, d, l)
+    y = y + D.float()[None, :, None] * u
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(dtype)

@@ -1,0 +1,236 @@
+"""Behavior task: a temporal model over 4 s segment features (VLM or offline descriptors); export a run folder.
+
+Each video is a sequence of segments (hop 2 s, win 4 s). Inputs per segment come from the feature store
+(``behavior-desc``, ``behavior-vlm`` with a chosen branch and pooling, ``behavior-text``, or a ``+``
+combination), standardised with train-split statistics (saved in the checkpoint, ``extra["norm"]``); a missing
+value becomes the train mean. The target of a segment is the mean of its valid frame labels. Training uses
+sequences of 16 consecutive segments with stride 8 (:class:`vaest.training.SequenceTask`), loss
+0.5(1-CCC_v) + 0.5(1-CCC_a), AdamW 3e-4 / weight decay 1e-3; the best epoch is chosen by frame-level validation
+CCC, segment predictions being expanded onto the frames and averaged where segments overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaest.corpus import Corpus, Video, load_corpus
+from vaest.errors import FeatureError, VaestError
+from vaest.features.behavior import ENCODER_KEYS, Segment, encoder_parts, load_segment_features, segment_targets
+from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.timebase import TimeSeries, frame_midpoints, to_frames
+from vaest.training import Sequence, SequenceTask, TrainConfig, concat_frame_ccc, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BehaviorTrainSettings:
+    """What the behavior task trains on and with which model (optimisation settings are in ``TrainConfig``).
+
+    Attributes:
+        encoder: ``desc`` (offline descriptors), ``vlm``, ``text`` (description embeddings) or a ``+`` combination.
+        branch, pool: the VLM feature (``multimodal``/``text``/``visual`` x ``mean``/``std``/``last``).
+        model: registered model (``behavior-mamba`` or the per-step baseline ``frame-mlp``).
+        win, hop: sequences of ``win`` consecutive segments every ``hop`` segments (reference 16 / 8).
+        model_config: model settings other than ``input_dim``.
+        train_split, val_split: corpus splits to train on and to select the best epoch on.
+    """
+
+    encoder: str = "desc"
+    branch: str = "multimodal"
+    pool: str = "last"
+    model: str = "behavior-mamba"
+    win: int = 16
+    hop: int = 8
+    model_config: dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+def behavior_train_config(**overrides: Any) -> TrainConfig:
+    """The reference optimisation settings of the behavior model (AdamW 3e-4, weight decay 1e-3)."""
+    base = dict(lr=3e-4, weight_decay=1e-3, batch_size=8, epochs=100, early_stop=15, plateau_patience=5)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@dataclass
+class BehaviorItem:
+    """One video's segment inputs (raw), validity, segment spans and frame grid."""
+
+    video: Video
+    x: np.ndarray  # (S, D) unstandardised, NaN where missing
+    valid: np.ndarray  # (S,) bool
+    record: FeatureRecord
+    segments: list[Segment]
+    n_frames: int
+    fps: float
+
+
+def record_segments(rec: FeatureRecord, n_frames: int, fps: float) -> list[Segment]:
+    """Segment spans of a stored record: true ``start``/``end`` (extras), frames by midpoint (``first:stop``)."""
+    n = len(rec.values)
+    starts, ends = rec.base.spans(n)
+    if "start" in rec.extras and "end" in rec.extras:
+        starts, ends = np.asarray(rec.extras["start"], float), np.asarray(rec.extras["end"], float)
+    mids = frame_midpoints(n_frames, fps)
+    out = []
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        first, stop = int(np.searchsorted(mids, a, "left")), int(np.searchsorted(mids, b, "left"))
+        out.append(Segment(i, float(a), float(b), first, stop, ()))
+    return out
+
+
+def load_items(videos: list[Video], store: FeatureStore, st: BehaviorTrainSettings
+               ) -> tuple[list[BehaviorItem], list[str]]:
+    """Segment inputs of every video with stored features, and the ids of those without."""
+    keys = [ENCODER_KEYS[p] for p in encoder_parts(st.encoder)]
+    items, missing = [], []
+    for v in videos:
+        if not all(store.has(k, v.id) for k in keys):
+            missing.append(v.id)
+            continue
+        x, valid, rec = load_segment_features(store, v.id, st.encoder, st.branch, st.pool)
+        fps = float(rec.meta.get("fps") or 0.0)
+        n_frames = int(rec.meta.get("n_frames") or 0)
+        if fps <= 0 or n_frames <= 0:
+            raise FeatureError(f"{store.path(keys[0], v.id)}: record has no frame grid (meta n_frames/fps); re-extract it")
+        items.append(BehaviorItem(v, x, valid, rec, record_segments(rec, n_frames, fps), n_frames, fps))
+    return items, missing
+
+
+def fit_norm(items: list[BehaviorItem]) -> dict[str, list[float]]:
+    """Per-column mean and std over the valid training segments (NaN values ignored; std floored at 1e-6)."""
+    rows = [it.x[it.valid] for it in items if it.valid.any()]
+    if not rows:
+        raise FeatureError("no valid training segment: cannot fit the feature normalisation")
+    allx = np.concatenate(rows).astype(np.float64)
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(np.where(np.isfinite(allx), allx, np.nan), 0)
+        std = np.nanstd(np.where(np.isfinite(allx), allx, np.nan), 0)
+    mean = np.nan_to_num(mean)
+    std = np.maximum(np.nan_to_num(std), 1e-6)
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def apply_norm(x: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
+    """Standardise (S, D) inputs; missing values become 0 (the train mean)."""
+    z = (x - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+    return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def to_sequence(it: BehaviorItem, norm: dict[str, list[float]]) -> Sequence:
+    """Segment sequence with per-segment targets (mean valid frame label) and frame labels for validation."""
+    labels = it.video.labels_for(it.n_frames) if it.video.has_labels else None
+    target = segment_targets(labels, it.segments) if labels is not None else np.full((len(it.x), 2), np.nan, np.float32)
+    target[~it.valid] = np.nan
+    return Sequence(id=it.video.id, inputs={"x": apply_norm(it.x, norm)}, target=target, base=it.record.base,
+                    n_frames=it.n_frames, fps=it.fps, frame_labels=labels)
+
+
+def frame_mask(it: BehaviorItem) -> np.ndarray:
+    """(n_frames,) True where a valid segment covers the frame."""
+    _, m = to_frames(TimeSeries(it.valid.astype(np.float32), it.record.base, it.valid), it.n_frames, it.fps)
+    return m
+
+
+def train_behavior(corpus_root: str | Path, features: str | Path, out: str | Path, encoder: str = "desc",
+                   model: str = "behavior-mamba", branch: str | None = None, pool: str | None = None,
+                   train_cfg: TrainConfig | None = None, settings: BehaviorTrainSettings | None = None,
+                   command: str = "vaest train behavior") -> dict[str, Any]:
+    """Train the behavior temporal model (or the ``frame-mlp`` baseline) and write the run folder.
+
+    Args:
+        corpus_root: corpus with train/val labels.
+        features: feature store with the encoder's ``behavior-*`` records.
+        out: run folder (``model.pt``, ``preds/``, ``metrics.json``, ``run.json``, ``config.yaml``).
+        encoder, model, branch, pool: override the corresponding ``settings`` fields (None keeps them).
+        train_cfg: optimisation settings (default :func:`behavior_train_config`).
+    Returns:
+        ``{"metrics": {valence, arousal, mean}, "best_epoch", "seconds", "run", "videos": {split: n}}``.
+    """
+    from vaest.config import write_run_info
+    from vaest.inference import save_predictions, write_run_json
+    from vaest.io import atomic_write_json
+    from vaest.models import create_model, load_checkpoint
+
+    st = settings or BehaviorTrainSettings()
+    st = dataclasses.replace(st, encoder=encoder or st.encoder, model=model or st.model,
+                             branch=branch or st.branch, pool=pool or st.pool)
+    cfg = train_cfg or behavior_train_config()
+    out = Path(out)
+    corpus: Corpus = load_corpus(corpus_root)
+    store = FeatureStore(features)
+    items, missing = load_items(list(corpus), store, st)
+    keys = "+".join(ENCODER_KEYS[p] for p in encoder_parts(st.encoder))
+    if missing:
+        log.warning("%d videos have no %s features in %s (skipped): %s", len(missing), keys, features,
+                    ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    train = [it for it in items if it.video.split == st.train_split and it.video.has_labels]
+    val = [it for it in items if it.video.split == st.val_split and it.video.has_labels]
+    hint = f"(run `vaest extract behavior --encoder {encoder_parts(st.encoder)[0]}` first)"
+    if not train:
+        raise VaestError(f"{corpus_root}: no labelled '{st.train_split}' video has {keys} features in {features} {hint}")
+    if not val:
+        raise VaestError(f"{corpus_root}: no labelled '{st.val_split}' video has {keys} features in {features} {hint}")
+    norm = fit_norm(train)
+    seq = {it.video.id: to_sequence(it, norm) for it in items}
+    task = SequenceTask([seq[it.video.id] for it in train], [seq[it.video.id] for it in val], st.win, st.hop)
+    input_dim = int(train[0].x.shape[1])
+    net = create_model(st.model, input_dim=input_dim, **st.model_config)
+    log.info("behavior %s on %s (%d inputs, %d parameters): %d train / %d val videos, %d train windows", st.model,
+             keys, input_dim, sum(p.numel() for p in net.parameters()), len(train), len(val), len(task.index))
+    write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
+                                  "corpus": str(corpus_root), "features": str(features)})
+    extra = {"norm": norm, "inputs": {"store_keys": keys, "encoder": st.encoder, "branch": st.branch,
+                                      "pool": st.pool, "dim": input_dim}, "win": st.win, "hop": st.hop}
+    res = fit(net, task, cfg, out, extra=extra)
+    best, _ = load_checkpoint(out / "model.pt", cfg.device)
+    pairs = []
+    for it in items:
+        s = seq[it.video.id]
+        pred = task.predict_frames(best, s, cfg.device)
+        save_predictions(out, it.video.id, pred["va"], it.fps, emb=pred.get("emb"), mask=frame_mask(it),
+                         meta={"modality": "behavior", "encoder": st.encoder, "model": st.model,
+                               "split": it.video.split, "segments": len(it.x)})
+        if it.video.split == st.val_split and s.frame_labels is not None:
+            pairs.append((pred["va"], s.frame_labels))
+    metrics = concat_frame_ccc(pairs)
+    atomic_write_json(out / "metrics.json", metrics)
+    write_run_json(out, modality="behavior", corpus=Path(corpus_root), features=Path(features), encoder=st.encoder,
+                   branch=st.branch, pool=st.pool, model=st.model, store_key=keys, val_split=st.val_split)
+    log.info("behavior %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,
+             metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)
+    return {"metrics": metrics, "best_epoch": res.best_epoch, "seconds": res.seconds, "run": str(out),
+            "videos": {s: sum(1 for it in items if it.video.split == s) for s in corpus.splits}}
+
+
+def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[BehaviorTrainSettings, TrainConfig]:
+    """Split a run config (YAML mapping, then CLI flags; None flags ignored) into behavior settings and training
+    settings (reference behavior defaults). Keys may be flat or grouped under ``settings:`` / ``train:``."""
+    from vaest.config import build
+
+    s_names = {f.name for f in dataclasses.fields(BehaviorTrainSettings)}
+    t_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    s_src: dict[str, Any] = dict(file_cfg.get("settings") or {})
+    t_src: dict[str, Any] = dataclasses.asdict(behavior_train_config())
+    t_src.update(file_cfg.get("train") or {})
+    for src in (file_cfg, flags):
+        for k, v in src.items():
+            if k in ("settings", "train") or v is None:
+                continue
+            key = k.replace("-", "_")
+            if key in s_names:
+                s_src[key] = v
+            elif key in t_names:
+                t_src[key] = v
+            else:
+                raise VaestError(f"unknown setting {k!r} for behavior training; known: "
+                                 f"{', '.join(sorted(s_names | t_names))}")
+    return build(BehaviorTrainSettings, s_src), build(TrainConfig, t_src)
