@@ -37,12 +37,15 @@ def stretches(rng: np.random.Generator, n: int, share: float, min_len: int, max_
 
 
 def make_synthetic_runs(root: Path, n_train: int = 8, n_val: int = 4, n_frames: int = 600, fps: float = 30.0,
-                        emb_dim: int = 16, seed: int = 0) -> dict:
+                        emb_dim: int = 16, seed: int = 0, audio_tokens: bool = False) -> dict:
     """An ABAW-layout label corpus and three modality run folders with known reliability structure.
 
     face: truth + noise where the face is visible (mask False and stale values in hidden stretches);
     audio: truth (per second) + small noise while speaking, uninformative in silence; mask True throughout,
     extra ``reliability`` = speaking; behavior: weak (valence through posture, arousal barely).
+    ``audio_tokens`` also writes the audio run's ``audio-tokens`` records as the audio task does (values
+    (W, 4, H) per-second embeddings of 4 s / 2 s windows, mask = window with >= 1 s of speech, extra
+    ``has_audio`` (W, 4)).
     Returns {"corpus": root, "runs": {name: run}, "truth": {vid: dict}}.
     """
     rng = np.random.default_rng(seed)
@@ -84,10 +87,33 @@ def make_synthetic_runs(root: Path, n_train: int = 8, n_val: int = 4, n_frames: 
             emb = np.tanh(p @ proj[m] + rng.normal(scale=0.1, size=(n, emb_dim))).astype(np.float32)
             extras = {"reliability": speaking.astype(np.float32)} if m == "audio" else None
             save_predictions(runs[m], vid, p, fps, emb=emb, mask=masks[m], extras=extras)
+            if m == "audio" and audio_tokens:
+                _save_tokens(runs[m], vid, emb, speaking, fps)
         truth[vid] = {"va": y, "hidden": hidden, "speaking": speaking, "split": split}
     for m, r in runs.items():
         write_run_json(r, modality=m, corpus=str(corpus), features=str(root / "features"))
     return {"corpus": corpus, "runs": runs, "truth": truth}
+
+
+def _save_tokens(run: Path, vid: str, emb: np.ndarray, speaking: np.ndarray, fps: float) -> None:
+    from vaest.features.store import FeatureRecord, FeatureStore
+    from vaest.timebase import TimeBase, TimeSeries
+    from vaest.windows import window_starts
+
+    sec = (np.arange(len(emb)) / fps).astype(int)
+    n_sec = int(sec.max()) + 1
+    per_sec = np.stack([emb[sec == j].mean(0) for j in range(n_sec)])
+    spk_sec = np.array([speaking[sec == j].mean() for j in range(n_sec)])
+    starts = window_starts(n_sec, 4, 2)
+    tok = np.zeros((len(starts), 4, emb.shape[1]), np.float32)
+    has = np.zeros((len(starts), 4), bool)
+    for w, s0 in enumerate(starts):
+        for k in range(4):
+            if s0 + k < n_sec:
+                tok[w, k], has[w, k] = per_sec[s0 + k], True
+    ok = np.array([spk_sec[s0 : s0 + 4].sum() >= 1.0 for s0 in starts])
+    FeatureStore(run).save("audio-tokens", vid, FeatureRecord(TimeSeries(tok, TimeBase(2.0, 4.0), ok),
+                                                              {"has_audio": has}))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -270,6 +296,27 @@ def test_build_fusion_data_aligns_audio_windows(synth_runs):
     # audio windows where the speaker is silent are unreliable: their frames are not 'available'
     spk = t["speaking"]
     assert data.available[seq.id]["audio"][spk].mean() > data.available[seq.id]["audio"][~spk].mean()
+
+
+def test_build_fusion_data_reads_audio_token_records(tmp_path):
+    from vaest.corpus import load_corpus
+    from vaest.features.store import FeatureStore
+    from vaest.tasks.fusion import audio_windows, build_fusion_data, load_track
+
+    s = make_synthetic_runs(tmp_path, n_train=1, n_val=1, n_frames=330, emb_dim=6, audio_tokens=True)
+    rec = FeatureStore(s["runs"]["audio"]).load("audio-tokens", "vid00")
+    aw = audio_windows(s["runs"]["audio"], "vid00", load_track(s["runs"]["audio"], "vid00"))
+    assert aw.tokens.shape == (5, 4, 6) and np.array_equal(aw.tokens, rec.values)
+    # 11 s of audio: the last window holds 3 seconds; unusable windows mask all their tokens
+    assert np.array_equal(aw.token_mask, rec.extras["has_audio"] & rec.mask[:, None])
+    assert not aw.token_mask[-1, 3]
+    data = build_fusion_data(s["runs"], load_corpus(s["corpus"]).videos, "raav")
+    seq = next(q for q in data.sequences if q.id == "vid00")
+    idx = seq.inputs["audio_index"]
+    rows = np.unique(idx[idx >= 0])
+    np.testing.assert_array_equal(data.table.tokens[torch.from_numpy(rows)].numpy(), rec.values[rows - rows.min()])
+    # the frame at 5.5 s lies in windows 1 ([2, 6)) and 2 ([4, 8))
+    assert set(idx[int(5.5 * 30)] - rows.min()) == {1, 2}
 
 
 @pytest.mark.parametrize("method", ["raav", "dcmmoe"])

@@ -9,8 +9,9 @@ inputs are, for every frame modality m (all runs except ``audio``), ``m`` = ``[e
 ``m_mask`` (n,). Audio enters in one of two forms:
 
 - RAAV: windows of 4 one-second tokens (4 s windows every 2 s). They come from the audio run's store record
-  ``audio-tokens`` when it exists (values (W, 4*H) or extra ``tokens`` (W, 4, H); mask = the window is reliable;
-  optional extra ``token_mask`` (W, 4)), otherwise from the per-frame audio ``emb`` averaged over each second.
+  ``audio-tokens`` when it exists (values (W, 4, H) or (W, 4*H), or extra ``tokens``; mask = the window is
+  usable (audio and the fusion rule); per-token mask from extra ``token_mask`` or ``has_audio`` (W, 4)),
+  otherwise from the per-frame audio ``emb`` averaged over each second.
   A window is reliable when the fusion rule of :func:`vaest.features.audio.window_reliability` keeps it
   (>= 1 s mouth open and face coverage >= 0.8), read from the feature store recorded in the audio run.
   Each frame refers to the (up to two) windows covering it by a global row index (``audio_index`` (n, 2));
@@ -182,15 +183,20 @@ def audio_windows(run: Path, video_id: str, track: Track, features_root: Path | 
         rec = store.load(AUDIO_TOKEN_KEY, video_id)
         tok = rec.extras.get("tokens")
         if tok is None:
-            v = np.asarray(rec.values, dtype=np.float32)
-            if v.shape[1] % N_TOKENS:
-                raise FeatureError(f"{store.path(AUDIO_TOKEN_KEY, video_id)}: values of width {v.shape[1]} "
-                                   f"are not {N_TOKENS} tokens")
-            tok = v.reshape(len(v), N_TOKENS, -1)
+            tok = np.asarray(rec.values, dtype=np.float32)
+            if tok.ndim == 2:  # (W, K*H) flattened
+                if tok.shape[1] % N_TOKENS:
+                    raise FeatureError(f"{store.path(AUDIO_TOKEN_KEY, video_id)}: values of width {tok.shape[1]} "
+                                       f"are not {N_TOKENS} tokens")
+                tok = tok.reshape(len(tok), N_TOKENS, -1)
         tok = np.asarray(tok, dtype=np.float32)
+        if tok.ndim != 3:
+            raise FeatureError(f"{store.path(AUDIO_TOKEN_KEY, video_id)}: tokens of shape {tok.shape}, "
+                               "expected (windows, tokens, dim)")
         ok = np.asarray(rec.mask, dtype=bool)
-        tm = rec.extras.get("token_mask")
-        tm = np.ones(tok.shape[:2], bool) if tm is None else np.asarray(tm, dtype=bool)
+        # per-token mask: an explicit token_mask, else the seconds that have audio (has_audio), else all
+        tm = next((np.asarray(rec.extras[k], dtype=bool) for k in ("token_mask", "has_audio")
+                   if k in rec.extras and np.shape(rec.extras[k]) == tok.shape[:2]), np.ones(tok.shape[:2], bool))
         tm = tm & ok[:, None] & np.isfinite(tok).all(-1)
         return AudioWindows(tok, tm, ok, rec.base)
     # fallback: one token per second from the per-frame audio embedding
