@@ -200,3 +200,17 @@ def test_engine_errors(tmp_path, local_ray):
     assert rep.done == [str(vid.media)]
     rep = scale.run_extraction(FeatureStore(tmp_path / "s"), [Bright()], [vid], engine="ray")
     assert "no video stream" in rep.failed[str(vid.media)]
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_audio_only_item_in_a_job_with_frame_extractors(tmp_path, local_ray, engine):
+    """The frame extractors fail for it (named), its audio extractors still run and are stored."""
+    vid = Video("w", make_wav(tmp_path / "w.wav"), "train", audio_only=True)
+    store = FeatureStore(tmp_path / "s")
+    rep = scale.run_extraction(store, [Bright(), Rms()], [vid], engine=engine)
+    assert rep.done == [] and "w.wav: has no video stream (needed by test-bright)" in rep.failed[str(vid.media)]
+    assert store.has("test-rms", "w") and not store.has("test-bright", "w")
+    assert [f["extractor"] for f in store.failures()] == ["test-bright"]
+    # a rerun retries only what is missing (the frame extractor) and fails the same way
+    rep = scale.run_extraction(store, [Bright(), Rms()], [vid], engine=engine)
+    assert list(rep.failed) == [str(vid.media)]

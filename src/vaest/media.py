@@ -20,6 +20,7 @@ from vaest.errors import MediaError
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+MAX_BATCH_BYTES = 256 * 2**20  # decoded frames held per batch; very large frames get smaller batches
 
 
 @dataclass
@@ -68,12 +69,21 @@ def _open(path: Path):
         raise MediaError(f"{p}: cannot open as media ({type(e).__name__}: {e})") from None
 
 
+def _check_codec(p: Path, vs) -> None:
+    if vs is not None and vs.codec_context is None:
+        raise MediaError(f"{p}: the video stream has no known codec (damaged header or unsupported format)")
+
+
 def probe(path: str | Path) -> MediaInfo:
     """Read container metadata; raises MediaError when the file cannot be opened."""
     p = Path(path)
     with _open(p) as c:
         vs = c.streams.video[0] if c.streams.video else None
         aus = c.streams.audio[0] if c.streams.audio else None
+        _check_codec(p, vs)
+        if aus is not None and aus.codec_context is None:
+            log.warning("%s: the audio stream has no known codec (damaged header?); treated as no audio", p)
+            aus = None
         duration = float(c.duration / 1e6) if c.duration else 0.0
         fps = None
         n = 0
@@ -91,12 +101,27 @@ def probe(path: str | Path) -> MediaInfo:
                          int(aus.codec_context.sample_rate or 0) if aus is not None else 0)
 
 
+def _announced_frames(vs, fps: float) -> int:
+    """Frame count the video stream's header announces (0 when unknown), to notice a silently truncated file."""
+    if vs.frames:
+        return int(vs.frames)
+    secs = float(vs.duration * vs.time_base) if vs.duration and vs.time_base else 0.0
+    tag = (vs.metadata or {}).get("DURATION", "")  # Matroska keeps the stream duration as a tag
+    if not secs and tag.count(":") == 2:
+        try:
+            h, m, sec = tag.split(":")
+            secs = int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            secs = 0.0
+    return int(round(secs * fps))
+
+
 def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = None) -> Iterator[FrameBatch]:
     """Decode video frames in order, in batches.
 
     Args:
         path: media file.
-        batch_size: frames per batch.
+        batch_size: frames per batch (fewer for very large frames: at most ``MAX_BATCH_BYTES`` per batch).
         max_side: if given, frames larger than this are downscaled (keeping aspect) while decoding.
     Yields:
         :class:`FrameBatch` objects; a corrupt tail ends the stream with a warning.
@@ -109,6 +134,7 @@ def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = N
         if not c.streams.video:
             raise MediaError(f"{p}: has no video stream")
         vs = c.streams.video[0]
+        _check_codec(p, vs)
         vs.thread_type = "AUTO"
         tb = float(vs.time_base) if vs.time_base else None
         rate = vs.average_rate or vs.guessed_rate
@@ -118,12 +144,16 @@ def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = N
         if max_side and max(W, H) > max_side:
             s = max_side / max(W, H)
             scale = (max(2, int(round(W * s / 2)) * 2), max(2, int(round(H * s / 2)) * 2))
+        out_w, out_h = scale or (W, H)
+        if out_w * out_h:  # a 32-frame batch of 4K frames would hold 0.8 GB (twice, while stacking)
+            batch_size = max(1, min(batch_size, MAX_BATCH_BYTES // (out_w * out_h * 3)))
         frames: list[np.ndarray] = []
         idx: list[int] = []
         times: list[float] = []
         t0 = None
         k = 0
         gaps: list[float] = []
+        stopped = False
         try:
             for fr in c.decode(vs):
                 if fr.pts is not None and tb is not None:
@@ -148,12 +178,17 @@ def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = N
         except MediaError:
             raise
         except Exception as e:
+            stopped = True
             log.warning("%s: decoding stopped at frame %d (%s: %s); using the %d frames read",
                         p, k, type(e).__name__, e, k)
         if frames:
             yield FrameBatch(np.stack(frames), np.asarray(idx, np.int64), np.asarray(times))
         if k == 0:
             raise MediaError(f"{p}: no decodable video frame")
+        announced = _announced_frames(vs, fps)
+        if not stopped and announced and k < announced - max(1, 0.01 * announced):
+            log.warning("%s: %d frames decoded but the stream announces %d; the file looks truncated (the frames "
+                        "read are used, the missing ones count as absent)", p, k, announced)
         if gaps:
             g = np.asarray(gaps)
             if g.size > 2 and (np.abs(g - 1.0 / fps) > 0.5 / fps).mean() > 0.01:

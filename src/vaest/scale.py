@@ -6,7 +6,8 @@ Engines:
 - ``ray``: a pool of Ray actors, one per worker (one CPU each by default, or one GPU each when an extractor's
   config asks for ``cuda``; Ray sets ``CUDA_VISIBLE_DEVICES`` so ``cuda`` means the worker's own GPU). Each actor
   builds every extractor once from its (registry name, config) spec and keeps it for all the media it is given;
-  it processes whole media files with :func:`vaest.features.base.process_media` and sends the records back.
+  it processes whole media files with :func:`vaest.features.base.process_media` (through ``extract_media``,
+  which also runs the audio extractors of a file without a video stream) and sends the records back.
 
 Who writes the store: **the driver**. Records travel back to the driver, which writes them with
 :meth:`FeatureStore.save` (atomic) as results arrive, so the store needs no shared file system and a record on
@@ -33,8 +34,9 @@ from vaest.features.base import (
     ExtractionReport,
     Extractor,
     _with_requirements,
+    extract_media,
     media_todo,
-    process_media,
+    record_media_failure,
     save_records,
 )
 from vaest.features.base import run_extraction as run_local
@@ -89,15 +91,18 @@ class ExtractionWorker:
         return self._built[k]
 
     def run(self, media: Path, videos: list[Video], specs: list[ExtractorSpec], batch_size: int,
-            max_side: int | None) -> tuple[bool, dict[tuple[str, str], FeatureRecord] | str, int, float]:
-        """Extract one media file. Returns (ok, records or error message, frames decoded, seconds)."""
-        t0 = time.time()
+            max_side: int | None) -> tuple[bool, dict[tuple[str, str], FeatureRecord] | str, int, list[int], str]:
+        """Extract one media file.
+
+        Returns (ok, records or error message, frames decoded, positions in ``specs`` of the extractors that
+        could not run on this file, why).
+        """
         try:
             extractors = [self._get(s) for s in specs]
-            recs, n = process_media(media, videos, extractors, batch_size, max_side)
+            recs, n, unfed, why = extract_media(media, videos, extractors, batch_size, max_side)
         except Exception as e:  # reported to the driver, which records the failure and goes on
-            return False, _error_text(e), 0, time.time() - t0
-        return True, recs, n, time.time() - t0
+            return False, _error_text(e), 0, [], ""
+        return True, recs, n, [extractors.index(e) for e in unfed], why
 
     def pid(self) -> int:
         return os.getpid()
@@ -111,16 +116,6 @@ def _group(videos: Iterable[Video]) -> dict[Path, list[Video]]:
         else:
             log.warning("%s: no media file found; skipped", v.id)
     return groups
-
-
-def _record_failure(store: FeatureStore, rep: ExtractionReport, media: Path, vids: list[Video],
-                    todo: list[Extractor], msg: str) -> None:
-    log.error("%s: extraction failed: %s", media, msg)
-    rep.failed[str(media)] = msg
-    for ex in todo:
-        for o in ex.outputs():
-            for v in vids:
-                store.record_failure(o, v.id, msg)
 
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None) -> bool:
@@ -253,20 +248,23 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
                 ref = ready[0]
                 slot, media, vids, todo = inflight.pop(ref)
                 try:
-                    ok, out, n, secs = ray.get(ref)
+                    ok, out, n, unfed, why = ray.get(ref)
                 except RayActorError as e:  # the worker process died: replace it, record this media file
-                    ok, out, n = False, f"worker died while extracting ({type(e).__name__}: {e})", 0
+                    ok, out, n, unfed, why = False, f"worker died while extracting ({type(e).__name__}: {e})", 0, [], ""
                     ray.kill(actors[slot], no_restart=True)
                     actors[slot] = new_actor()
                 if ok:
                     try:
                         save_records(store, out, force)  # type: ignore[arg-type]
-                        rep.done.append(str(media))
                         rep.frames += n
+                        if unfed:
+                            record_media_failure(store, rep, media, vids, [todo[i] for i in unfed], why)
+                        else:
+                            rep.done.append(str(media))
                     except Exception as e:  # e.g. disk full: recorded like any failure
-                        _record_failure(store, rep, media, vids, todo, _error_text(e))
+                        record_media_failure(store, rep, media, vids, todo, _error_text(e))
                 else:
-                    _record_failure(store, rep, media, vids, todo, str(out))
+                    record_media_failure(store, rep, media, vids, todo, str(out))
                 prog.advance(task)
                 submit(slot)
     finally:

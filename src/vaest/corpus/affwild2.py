@@ -125,8 +125,15 @@ def find_annotation_dirs(root: Path) -> dict[str, Path]:
     return {}
 
 
+def _nfc(name: str) -> str:
+    """Unicode NFC form: file names copied from macOS are NFD, annotation names usually NFC."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name)
+
+
 def index_videos(root: Path) -> dict[str, Path]:
-    """Map video stem -> path for every video file below ``root`` (first found wins, sorted order)."""
+    """Map video stem (NFC) -> path for every video file below ``root`` (first found wins, sorted order)."""
     out: dict[str, Path] = {}
     root = Path(root)
     if not root.exists():
@@ -135,7 +142,7 @@ def index_videos(root: Path) -> dict[str, Path]:
         dirnames[:] = sorted(d for d in dirnames if d not in ("cropped_aligned", "annotations") and not d.startswith("."))
         for f in sorted(filenames):
             if f.lower().endswith(VIDEO_EXTS):
-                out.setdefault(Path(f).stem, Path(dirpath) / f)
+                out.setdefault(_nfc(Path(f).stem), Path(dirpath) / f)
     return out
 
 
@@ -177,7 +184,7 @@ def load_affwild2(root: str | os.PathLike, video_dirs: list[Path] | None = None)
         for f in sorted(folder.glob("*.txt")):
             name = f.stem
             base, side = split_side(name)
-            media = vids.get(base) or vids.get(name)
+            media = vids.get(_nfc(base)) or vids.get(_nfc(name))
             face_dir = None
             if crop_root is not None:
                 for cand in (crop_root / name, crop_root / base):

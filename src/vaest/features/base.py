@@ -220,6 +220,34 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
     return records, n
 
 
+def extract_media(media: Path, videos: list[Video], extractors: list[Extractor], batch_size: int = 32,
+                  max_side: int | None = None) -> tuple[dict[tuple[str, str], FeatureRecord], int, list[Extractor], str]:
+    """:func:`process_media` as the extraction engines call it: a file with no video stream (an audio-only item)
+    still gets its audio extractors run in a job that also has frame extractors.
+
+    Returns (records, frames decoded, the extractors that could not run, why) - the last two empty when all ran.
+    """
+    frame_ex = [e for e in extractors if e.kind == "frames"]
+    audio_ex = [e for e in extractors if e.kind == "audio"]
+    if frame_ex and audio_ex and not probe(media).has_video:
+        msg = f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})"
+        recs, n = process_media(media, videos, audio_ex, batch_size, max_side)
+        return recs, n, frame_ex, msg
+    recs, n = process_media(media, videos, extractors, batch_size, max_side)
+    return recs, n, [], ""
+
+
+def record_media_failure(store: FeatureStore, rep: ExtractionReport, media: Path, videos: list[Video],
+                         extractors: list[Extractor], msg: str) -> None:
+    """Log a failed media file, add it to the report and leave a failure marker for each output not written."""
+    log.error("%s: extraction failed: %s", media, msg)
+    rep.failed[str(media)] = msg
+    for ex in extractors:
+        for o in ex.outputs():
+            for v in videos:
+                store.record_failure(o, v.id, msg)
+
+
 def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Iterable[Video],
                    batch_size: int = 32, max_side: int | None = None, force: bool = False) -> ExtractionReport:
     """Extract features for every media file of ``videos`` with the local engine (see :mod:`vaest.scale`
@@ -242,18 +270,16 @@ def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Ite
                 prog.advance(task)
                 continue
             try:
-                recs, n = process_media(media, vids, todo, batch_size, max_side)
+                recs, n, unfed, why = extract_media(media, vids, todo, batch_size, max_side)
                 save_records(store, recs, force)
-                rep.done.append(str(media))
                 rep.frames += n
+                if unfed:
+                    record_media_failure(store, rep, media, vids, unfed, why)
+                else:
+                    rep.done.append(str(media))
             except Exception as e:  # one bad file must not stop a batch job
                 msg = f"{type(e).__name__}: {e}" if not isinstance(e, VaestError) else str(e)
-                log.error("%s: extraction failed: %s", media, msg)
-                rep.failed[str(media)] = msg
-                for ex in todo:
-                    for o in ex.outputs():
-                        for v in vids:
-                            store.record_failure(o, v.id, msg)
+                record_media_failure(store, rep, media, vids, todo, msg)
             prog.advance(task)
     rep.seconds = time.time() - t0
     log.info("extraction: %s", rep.summary())
