@@ -236,6 +236,217 @@ def train_late_cmd(
                   f"mean {m['mean']:.4f} -> {out}")
 
 
+@extract_app.command("face")
+def extract_face_cmd(
+    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
+    out: Annotated[Path, typer.Option(help="Feature store folder.")],
+    encoder: Annotated[str, typer.Option(help="Frame encoder: fer (offline default), grada (needs --weights), tiny.")] = "fer",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file (grada: affective_static_efficientNet_b1.pth).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Face crops per encoder forward.")] = 64,
+    force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Face track (facetrack) and per-frame face features (store key face-<encoder>)."""
+    from vaest.features.face import extract_face_features
+
+    rep = extract_face_features(corpus, out, encoder=encoder, device=device, weights=weights, batch_size=batch_size,
+                                force=force, engine=engine, address=address, num_workers=workers)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@extract_app.command("mouth")
+def extract_mouth_cmd(
+    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
+    out: Annotated[Path, typer.Option(help="Feature store folder.")],
+    force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
+    from vaest.features.mouth import extract_mouth
+
+    rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@train_app.command("face")
+def train_face_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store with face-<encoder> records.")],
+    corpus: Annotated[Path, typer.Option(help="Corpus root with train/val labels.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    encoder: Annotated[Optional[str], typer.Option(help="Encoder whose features to use (default fer).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="face-transformer or frame-mlp (per-frame baseline).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train the face temporal model (or the per-frame baseline) and write its run folder."""
+    from vaest.config import load_config
+    from vaest.tasks.face import settings_from, train_face
+
+    st, cfg = settings_from(load_config(config), {"encoder": encoder, "model": model, "epochs": epochs,
+                                                  "device": device, "seed": seed})
+    res = train_face(corpus, features, out, encoder=st.encoder, model=st.model, train_cfg=cfg, settings=st)
+    m = res["metrics"]
+    console.print(f"face {st.model}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
+                  f"mean {m['mean']:.4f} -> {out}")
+
+
+# --- extraction engine options (vaest.scale.run_extraction), shared by every `vaest extract` command ---
+EngineOpt = Annotated[str, typer.Option("--engine", help="local: this process; ray: spread the media files over a "
+                                        "Ray cluster (same results, skips stored work, resumable).")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (ray://head:10001, "
+                                                   "head:6379 or auto); default: start a local Ray.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Ray workers (default: one per CPU, or one per "
+                                                   "GPU when the extractor runs on cuda).")]
+
+
+# --- fusion (vaest.tasks.fusion): `vaest train fusion`, `vaest train late` ---
+RunsOpt = Annotated[list[str], typer.Option("--runs", help="NAME=RUN_FOLDER, repeated (face=..., behavior=..., "
+                                            "audio=...; late fusion takes any prediction runs).")]
+
+
+def _parse_runs(items: list[str], corpus: Optional[Path]) -> tuple[dict[str, Path], Path]:
+    from vaest.inference import read_run_json
+
+    runs: dict[str, Path] = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep or not name or not path:
+            raise VaestError(f"--runs {it!r}: expected NAME=RUN_FOLDER, e.g. face=runs/face")
+        runs[name.strip()] = Path(path)
+    if corpus is None:
+        recorded = read_run_json(next(iter(runs.values()))).get("corpus") if runs else None
+        if not recorded:
+            raise VaestError("no --corpus given and the first run records none")
+        corpus = Path(recorded)
+    return runs, corpus
+
+
+@train_app.command("fusion")
+def train_fusion_cmd(
+    runs: RunsOpt,
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="Corpus root with train/val labels (default: from the runs).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="raav (reliability-aware, default) or dcmmoe (directed cross-modal).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (reference RAAV 5e-5).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train a fusion model on modality run folders and write its run folder (preds with per-frame weights)."""
+    import dataclasses
+
+    from vaest.config import build, load_config
+    from vaest.tasks.fusion import default_train_config, train_fusion
+    from vaest.training import TrainConfig
+
+    file_cfg = load_config(config)
+    runs_p, root = _parse_runs(runs, corpus)
+    method = method or file_cfg.get("method", "raav")
+    cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)), file_cfg.get("train"),
+                {"epochs": epochs, "lr": lr, "device": device, "seed": seed})
+    m = train_fusion(runs_p, root, out, method=method, train_cfg=cfg, model_cfg=file_cfg.get("model"),
+                     win=int(file_cfg.get("win", 400)), hop=int(file_cfg.get("hop", 150)),
+                     features_root=file_cfg.get("features_root"))
+    console.print(f"fusion {method}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
+                  f"mean {m['mean']:.4f} -> {out}")
+
+
+@train_app.command("late")
+def train_late_cmd(
+    runs: RunsOpt,
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="Corpus root with validation labels (default: from the runs).")] = None,
+    method: Annotated[str, typer.Option(help="dirichlet (seeded random search) or grid (simplex grid).")] = "dirichlet",
+    samples: Annotated[int, typer.Option(help="Dirichlet samples.")] = 8000,
+    step: Annotated[float, typer.Option(help="Grid step.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Random seed of the Dirichlet search.")] = 0,
+) -> None:
+    """Late fusion: per-dimension weights of prediction runs searched on validation CCC; writes a run folder."""
+    from vaest.tasks.fusion import late_fusion
+
+    runs_p, root = _parse_runs(runs, corpus)
+    res = late_fusion(runs_p, root, out, method=method, n_samples=samples, seed=seed, step=step)
+    m = res["metrics"]
+    for name, w in res["weights"].items():
+        console.print(f"  {name}: valence {w[0]:.3f} arousal {w[1]:.3f}")
+    console.print(f"late {method}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
+                  f"mean {m['mean']:.4f} -> {out}")
+
+
+@extract_app.command("behavior")
+def extract_behavior_cmd(
+    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
+    out: Annotated[Path, typer.Option(help="Feature store folder.")],
+    encoder: Annotated[str, typer.Option(help="desc: offline behavior descriptors (CPU, runs facetrack); "
+                                              "vlm: Qwen3-VL hidden states + descriptions.")] = "desc",
+    backend: Annotated[Optional[str], typer.Option(help="vlm: transformers (default) or vllm (GPU).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="vlm: Qwen3-VL folder or hub id "
+                                                      "(default Qwen/Qwen3-VL-4B-Instruct).")] = None,
+    vllm_url: Annotated[Optional[str], typer.Option("--vllm-url", help="vlm: descriptions from a `vllm serve` "
+                                                    "OpenAI-compatible server, e.g. http://localhost:8000.")] = None,
+    branch: Annotated[Optional[list[str]], typer.Option(help="vlm: token branches to store (repeatable: "
+                                                        "multimodal, text, visual; default all).")] = None,
+    no_text: Annotated[bool, typer.Option("--no-text", help="vlm: features only, no descriptions.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="vlm: auto, cpu or cuda.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="vlm: segments per forward pass.")] = None,
+    force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Per-segment behavior features (4 s clips, 2 s hop): behavior-desc, or behavior-vlm + behavior-text."""
+    from vaest.config import load_config
+    from vaest.features.behavior import extract_behavior
+
+    flags = {"backend": backend, "model": model, "vllm_url": vllm_url, "branches": branch or None,
+             "generate": False if no_text else None, "device": device, "batch_size": batch_size}
+    settings = {**load_config(config), **{k: v for k, v in flags.items() if v is not None}}
+    rep = extract_behavior(corpus, out, encoder, settings, force=force, engine=engine, address=address,
+                           num_workers=workers)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@train_app.command("behavior")
+def train_behavior_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store with behavior-* records.")],
+    corpus: Annotated[Path, typer.Option(help="Corpus root with train/val labels.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    encoder: Annotated[Optional[str], typer.Option(help="desc (default), vlm, text or a '+' combination.")] = None,
+    branch: Annotated[Optional[str], typer.Option(help="vlm: multimodal (default), text or visual.")] = None,
+    pool: Annotated[Optional[str], typer.Option(help="vlm: last (default), mean or std.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="behavior-mamba (default) or frame-mlp (baseline).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train the behavior Mamba (or the per-segment baseline) and write its run folder."""
+    from vaest.config import load_config
+    from vaest.tasks.behavior import settings_from, train_behavior
+
+    st, cfg = settings_from(load_config(config), {"encoder": encoder, "branch": branch, "pool": pool, "model": model,
+                                                  "epochs": epochs, "batch_size": batch_size, "device": device,
+                                                  "seed": seed})
+    res = train_behavior(corpus, features, out, train_cfg=cfg, settings=st,
+                         encoder=st.encoder, model=st.model, branch=st.branch, pool=st.pool)
+    m = res["metrics"]
+    console.print(f"behavior {st.model} ({st.encoder}): validation CCC valence {m['valence']:.4f} "
+                  f"arousal {m['arousal']:.4f} mean {m['mean']:.4f} -> {out}")
+
+
 # --- modality commands are registered below by their modules (keep this marker) ---
 
 
