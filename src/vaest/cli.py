@@ -299,6 +299,70 @@ def train_face_cmd(
                   f"mean {m['mean']:.4f} -> {out}")
 
 
+@extract_app.command("behavior")
+def extract_behavior_cmd(
+    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
+    out: Annotated[Path, typer.Option(help="Feature store folder.")],
+    encoder: Annotated[str, typer.Option(help="desc: offline behavior descriptors (CPU, runs facetrack); "
+                                              "vlm: Qwen3-VL hidden states + descriptions.")] = "desc",
+    backend: Annotated[Optional[str], typer.Option(help="vlm: transformers (default) or vllm (GPU).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="vlm: Qwen3-VL folder or hub id "
+                                                      "(default Qwen/Qwen3-VL-4B-Instruct).")] = None,
+    vllm_url: Annotated[Optional[str], typer.Option("--vllm-url", help="vlm: descriptions from a `vllm serve` "
+                                                    "OpenAI-compatible server, e.g. http://localhost:8000.")] = None,
+    branch: Annotated[Optional[list[str]], typer.Option(help="vlm: token branches to store (repeatable: "
+                                                        "multimodal, text, visual; default all).")] = None,
+    no_text: Annotated[bool, typer.Option("--no-text", help="vlm: features only, no descriptions.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="vlm: auto, cpu or cuda.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="vlm: segments per forward pass.")] = None,
+    force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Per-segment behavior features (4 s clips, 2 s hop): behavior-desc, or behavior-vlm + behavior-text."""
+    from vaest.config import load_config
+    from vaest.features.behavior import extract_behavior
+
+    flags = {"backend": backend, "model": model, "vllm_url": vllm_url, "branches": branch or None,
+             "generate": False if no_text else None, "device": device, "batch_size": batch_size}
+    settings = {**load_config(config), **{k: v for k, v in flags.items() if v is not None}}
+    rep = extract_behavior(corpus, out, encoder, settings, force=force, engine=engine, address=address,
+                           num_workers=workers)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@train_app.command("behavior")
+def train_behavior_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store with behavior-* records.")],
+    corpus: Annotated[Path, typer.Option(help="Corpus root with train/val labels.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    encoder: Annotated[Optional[str], typer.Option(help="desc (default), vlm, text or a '+' combination.")] = None,
+    branch: Annotated[Optional[str], typer.Option(help="vlm: multimodal (default), text or visual.")] = None,
+    pool: Annotated[Optional[str], typer.Option(help="vlm: last (default), mean or std.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="behavior-mamba (default) or frame-mlp (baseline).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train the behavior Mamba (or the per-segment baseline) and write its run folder."""
+    from vaest.config import load_config
+    from vaest.tasks.behavior import settings_from, train_behavior
+
+    st, cfg = settings_from(load_config(config), {"encoder": encoder, "branch": branch, "pool": pool, "model": model,
+                                                  "epochs": epochs, "batch_size": batch_size, "device": device,
+                                                  "seed": seed})
+    res = train_behavior(corpus, features, out, train_cfg=cfg, settings=st,
+                         encoder=st.encoder, model=st.model, branch=st.branch, pool=st.pool)
+    m = res["metrics"]
+    console.print(f"behavior {st.model} ({st.encoder}): validation CCC valence {m['valence']:.4f} "
+                  f"arousal {m['arousal']:.4f} mean {m['mean']:.4f} -> {out}")
+
+
 # --- modality commands are registered below by their modules (keep this marker) ---
 
 

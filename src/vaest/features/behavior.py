@@ -94,7 +94,7 @@ def media_duration(n_frames: int, fps: float, frame_times: np.ndarray | None = N
     """End of the last frame in seconds (its start plus ``1/fps``)."""
     if n_frames == 0:
         return 0.0
-    return float(_frame_times(n_frames, fps, frame_times)[-1] + 1.0 / fps)
+    return round(float(_frame_times(n_frames, fps, frame_times)[-1] + 1.0 / fps), 9)
 
 
 def sample_frames(times: np.ndarray, start: float, end: float, n: int) -> tuple[int, ...]:
@@ -632,3 +632,42 @@ def load_segment_features(store: FeatureStore, video_id: str, encoder: str = "de
         xs.append(x)
         masks.append(np.asarray(rec.mask, bool))
     return np.concatenate(xs, 1), np.logical_and.reduce(masks), first  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Extraction entry point (used by `vaest extract behavior`)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def behavior_extractor(encoder: str = "desc", settings: dict[str, Any] | None = None) -> Extractor:
+    """The extractor of one behavior encoder (``desc`` or ``vlm``) built from a settings mapping (keys of
+    :class:`BehaviorDescConfig` or :class:`BehaviorVLMConfig`; None values ignored)."""
+    from vaest.config import build
+
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    if encoder == "desc":
+        return BehaviorDescExtractor(build(BehaviorDescConfig, settings))
+    if encoder == "vlm":
+        return BehaviorVLMExtractor(build(BehaviorVLMConfig, settings))
+    raise FeatureError(f"unknown behavior encoder {encoder!r} for extraction; use desc or vlm "
+                       "(text embeddings are written with the vlm descriptions)")
+
+
+def extract_behavior(corpus_root: Any, out: Any, encoder: str = "desc", settings: dict[str, Any] | None = None,
+                     splits: Sequence[str] | None = None, force: bool = False, engine: str = "local",
+                     address: str | None = None, num_workers: int | None = None) -> Any:
+    """Extract behavior features for a corpus into the feature store at ``out``.
+
+    ``desc`` also runs ``facetrack`` (stored too); ``vlm`` loads the model once, before decoding. Returns the
+    :class:`vaest.features.base.ExtractionReport` (see :func:`vaest.scale.run_extraction` for the engines).
+    """
+    from vaest.corpus import load_corpus
+    from vaest.scale import run_extraction
+
+    corpus = load_corpus(corpus_root)
+    videos = corpus.split(*splits) if splits else list(corpus)
+    ex = behavior_extractor(encoder, settings)
+    if isinstance(ex, BehaviorVLMExtractor) and engine == "local":
+        _ = ex.vlm  # fail early (bad model path, no vLLM) before decoding anything
+    return run_extraction(FeatureStore(out), [ex], videos, force=force, engine=engine, address=address,
+                          num_workers=num_workers)
