@@ -56,7 +56,8 @@ class AttentiveStatsPool(nn.Module):
         scores = logits[:, None, :].masked_fill(~member[None], float("-inf"))
         w = torch.softmax(scores.float(), dim=-1).to(x.dtype)  # (B, C, T)
         mu = torch.bmm(w, x)  # (B, C, H)
-        var = torch.einsum("bct,bcth->bch", w, (x[:, None] - mu[:, :, None]) ** 2)
+        dev = (x - mu[:, chunk_of]) ** 2  # each frame against its own chunk's mean, (B, T, H)
+        var = torch.bmm(w, dev)
         std = torch.sqrt(var.clamp_min(1e-6))
         return torch.cat([mu, std], dim=-1), w
 
