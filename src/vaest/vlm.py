@@ -82,6 +82,7 @@ class VLMConfig:
     vllm_features: str = "last"  # "last": pooled last token (cheap); "all": every token -> all branches
     gpu_memory_utilization: float = 0.85
     max_model_len: int = 8192
+    vllm_load_format: str = "auto"  # "dummy": random weights from the config (speed tests)
     request_timeout: float = 300.0
 
 
@@ -232,8 +233,9 @@ def video_timestamps(n_frames: int, duration: float, temporal_patch: int = 2) ->
 class TransformersVLM:
     """Qwen3-VL through transformers: batched prefill features + greedy descriptions."""
 
-    def __init__(self, cfg: VLMConfig):
-        import torch
+    def __init__(self, cfg: VLMConfig, model: Any = None):
+        """Load tokenizer, video processor and weights from ``cfg.model``; ``model`` (an already built
+        Qwen3-VL module, e.g. random weights for a speed test) replaces the weights."""
         from transformers import AutoModelForImageTextToText, AutoTokenizer
 
         self.cfg = cfg
@@ -242,10 +244,11 @@ class TransformersVLM:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
             self.video_processor = load_video_processor(cfg.model)
-            self.model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=self.dtype)
+            if model is None:
+                model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=self.dtype)
         except (OSError, ValueError) as e:
             raise ModelError(f"{cfg.model}: cannot load a Qwen3-VL model, tokenizer and video processor ({e})") from None
-        self.model.to(self.device).eval()
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
         tok = self.tokenizer
         self.video_token_id = tok.convert_tokens_to_ids(_VIDEO_PAD)
         unk = getattr(tok, "unk_token_id", None)
@@ -371,7 +374,8 @@ class VLLMVLM:
         want_gen = cfg.generate and cfg.max_new_tokens > 0 and not cfg.vllm_url
         share = cfg.gpu_memory_utilization / (2 if want_gen else 1)
         common = dict(model=cfg.model, max_model_len=cfg.max_model_len, gpu_memory_utilization=share,
-                      limit_mm_per_prompt={"video": 1}, dtype="bfloat16" if cfg.dtype == "auto" else cfg.dtype)
+                      limit_mm_per_prompt={"video": 1}, dtype="bfloat16" if cfg.dtype == "auto" else cfg.dtype,
+                      load_format=cfg.vllm_load_format)
         pooler = {"pooling_type": "LAST", "normalize": False}  # raw last-layer hidden state
         try:
             self.pool_llm = vllm.LLM(runner="pooling", convert="embed", pooler_config=pooler, **common)
@@ -513,12 +517,31 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def save_random_qwen3vl(out: str, preset: str = "tiny", seed: int = 0) -> str:
+def random_qwen3vl_config(preset: str = "tiny", vocab_size: int | None = None) -> Any:
+    """A ``Qwen3VLConfig`` of the preset's shapes (``tiny`` for tests, ``4b`` = Qwen3-VL-4B-Instruct) whose
+    special-token ids match the tokenizer :func:`save_random_qwen3vl` writes."""
+    from transformers import Qwen3VLConfig
+
+    if preset not in _PRESETS:
+        raise ModelError(f"unknown preset {preset!r}; known: {', '.join(_PRESETS)}")
+    p = _PRESETS[preset]
+    ids = {t: i for i, t in enumerate(QWEN_SPECIAL_TOKENS)}
+    return Qwen3VLConfig(
+        text_config=dict(vocab_size=vocab_size or p["vocab"], pad_token_id=ids["<|endoftext|>"], **p["text"]),
+        vision_config=dict(patch_size=16, spatial_merge_size=2, temporal_patch_size=2, **p["vision"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=p["tie"])
+
+
+def save_random_qwen3vl(out: str, preset: str = "tiny", seed: int = 0, weights: bool = True) -> str:
     """Write a randomly initialised Qwen3-VL checkpoint (model, word-level tokenizer with the Qwen special
-    tokens, video processor) that :class:`TransformersVLM` loads like a real one. Returns ``out``."""
+    tokens, video processor) that :class:`TransformersVLM` loads like a real one. With ``weights=False`` only
+    the config, tokenizer and processor are written (build the model in memory, or let vLLM use
+    ``load_format="dummy"``). Returns ``out``."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import PreTrainedTokenizerFast, Qwen3VLForConditionalGeneration
 
     if preset not in _PRESETS:
         raise ModelError(f"unknown preset {preset!r}; known: {', '.join(_PRESETS)}")
@@ -535,14 +558,12 @@ def save_random_qwen3vl(out: str, preset: str = "tiny", seed: int = 0) -> str:
 
     lo, hi = p["video_pixels"]
     Qwen3VLVideoProcessor(size={"shortest_edge": lo, "longest_edge": hi}).save_pretrained(out)
-    cfg = Qwen3VLConfig(
-        text_config=dict(vocab_size=len(vocab), pad_token_id=vocab["<|endoftext|>"], **p["text"]),
-        vision_config=dict(patch_size=16, spatial_merge_size=2, temporal_patch_size=2, **p["vision"]),
-        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
-        tie_word_embeddings=p["tie"])
-    torch.manual_seed(seed)
-    Qwen3VLForConditionalGeneration(cfg).save_pretrained(out)
+    cfg = random_qwen3vl_config(preset, len(vocab))
+    if weights:
+        torch.manual_seed(seed)
+        Qwen3VLForConditionalGeneration(cfg).save_pretrained(out)
+    else:
+        cfg.save_pretrained(out)
     return out
 
 
