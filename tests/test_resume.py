@@ -245,3 +245,34 @@ def test_training_killed_then_resumed(tmp_path):
     assert [h["epoch"] for h in hb["history"]] == list(range(epochs))
     assert [{k: v for k, v in h.items()} for h in ha["history"]] == hb["history"]
     assert "resuming" in (tmp_path / "p3.log").read_text()
+
+
+@pytest.mark.slow
+def test_train_cli_killed_then_resumed(corpus, uninterrupted, tmp_path):
+    """`vaest train face` (per-frame baseline, to stay short) killed twice mid-training, then rerun: the same run
+    folder as an uninterrupted run (best checkpoint, history, predictions of every video, metrics)."""
+    import json
+
+    import torch
+
+    def cmd(out: Path) -> list[str]:
+        return CLI + ["train", "face", "--features", str(uninterrupted), "--corpus", str(corpus), "--out", str(out),
+                      "--encoder", "tiny", "--model", "frame-mlp", "--epochs", "12", "--seed", "3"]
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _run(cmd(full), tmp_path / "full.log") == 0, (tmp_path / "full.log").read_text()[-3000:]
+    assert _run(cmd(part), tmp_path / "p1.log", until=lambda: _epoch(part) >= 1) == -9
+    k1 = _epoch(part)
+    assert _run(cmd(part), tmp_path / "p2.log", until=lambda: _epoch(part) >= k1 + 2) == -9
+    assert _epoch(part) < 11 and not (part / "metrics.json").exists()
+    assert _run(cmd(part), tmp_path / "p3.log") == 0
+    a, b = (torch.load(r / "model.pt", weights_only=False) for r in (full, part))
+    assert a["epoch"] == b["epoch"] and a["metrics"] == b["metrics"]
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0)
+    ha, hb = (json.loads((r / "history.json").read_text())["history"] for r in (full, part))
+    assert ha == hb
+    for name in ("metrics.json", "run.json", "versions.yaml"):
+        assert (full / name).read_text() == (part / name).read_text(), name
+    _assert_same(_snapshot(full / "preds"), _snapshot(part / "preds"))
+    assert len(_visible(part / "preds")) == len(_visible(uninterrupted / "face-tiny"))

@@ -195,6 +195,14 @@ def test_engine_errors(tmp_path, local_ray):
         scale.run_extraction(FeatureStore(tmp_path), [Bright(BrightConfig(device="cuda"))],
                              [Video("a", make_video(tmp_path / "a.mp4", 4), "train")], engine="ray")
     assert scale.wants_cuda([Bright(BrightConfig(device="cuda:1"))]) and not scale.wants_cuda([Rms(), Bright()])
+    nested = Rms(RmsConfig())
+    nested.config = {"vlm": {"device": "auto"}, "hop": 0.5}  # nested settings are found too
+    assert scale.extractor_devices([nested, Bright()]) == {"auto", "cpu"}
+    # "auto" takes a GPU only where the cluster has one: here it runs on CPU workers; too many workers are capped
+    v = Video("a", tmp_path / "a.mp4", "train")
+    rep = scale.run_extraction(FeatureStore(tmp_path / "auto"), [Bright(BrightConfig(device="auto"))], [v],
+                               engine="ray", num_workers=64)
+    assert rep.done == [str(v.media)]
     # an audio-only item runs its audio extractors on Ray; a frame extractor reports the missing video stream
     rep = scale.run_extraction(FeatureStore(tmp_path / "s"), [Rms()], [vid], engine="ray")
     assert rep.done == [str(vid.media)]
@@ -214,3 +222,29 @@ def test_audio_only_item_in_a_job_with_frame_extractors(tmp_path, local_ray, eng
     # a rerun retries only what is missing (the frame extractor) and fails the same way
     rep = scale.run_extraction(store, [Bright(), Rms()], [vid], engine=engine)
     assert list(rep.failed) == [str(vid.media)]
+
+
+def test_cli_engine_options(tmp_path, media, local_ray):
+    """`vaest extract audio --engine ray` stores what `--engine local` stores; a bad engine name is a clear error."""
+    from typer.testing import CliRunner
+
+    from vaest.cli import app
+    from vaest.features.base import list_extractors
+
+    if "audio-lmfb" not in list_extractors():
+        pytest.skip("the audio extractors are not available")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for v in media[:2]:
+        (folder / v.media.name).write_bytes(v.media.read_bytes())
+    common = ["extract", "audio", "--corpus", str(folder), "--no-vad"]
+    r1 = CliRunner().invoke(app, common + ["--out", str(tmp_path / "local")])
+    r2 = CliRunner().invoke(app, common + ["--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"])
+    assert r1.exit_code == 0 and r2.exit_code == 0, (r1.output, r2.output)
+    loc, dist = _snapshot(tmp_path / "local"), _snapshot(tmp_path / "ray")
+    assert sorted(loc) == sorted(dist) == ["audio-lmfb/a.npz", "audio-lmfb/b.npz"]
+    for k in loc:
+        for a in loc[k]:
+            np.testing.assert_array_equal(loc[k][a], dist[k][a], err_msg=f"{k}:{a}")
+    r3 = CliRunner().invoke(app, common + ["--out", str(tmp_path / "x"), "--engine", "spark"])
+    assert r3.exit_code != 0 and isinstance(r3.exception, VaestError) and "spark" in str(r3.exception)

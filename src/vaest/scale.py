@@ -4,7 +4,8 @@ Engines:
 
 - ``local``: :func:`vaest.features.base.run_extraction` in this process (decode once, feed every extractor).
 - ``ray``: a pool of Ray actors, one per worker (one CPU each by default, or one GPU each when an extractor's
-  config asks for ``cuda``; Ray sets ``CUDA_VISIBLE_DEVICES`` so ``cuda`` means the worker's own GPU). Each actor
+  config asks for ``cuda``, or for ``auto`` on a cluster with GPUs; Ray sets ``CUDA_VISIBLE_DEVICES`` so
+  ``cuda`` means the worker's own GPU). Workers are capped to what the cluster can place now. Each actor
   builds every extractor once from its (registry name, config) spec and keeps it for all the media it is given;
   it processes whole media files with :func:`vaest.features.base.process_media` (through ``extract_media``,
   which also runs the audio extractors of a file without a video stream) and sends the records back.
@@ -21,6 +22,7 @@ Killing the driver at any moment loses at most the media files in flight; rerunn
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -68,9 +70,32 @@ class ExtractorSpec:
         return self.cls(self.config)
 
 
+def extractor_devices(extractors: Iterable[Extractor]) -> set[str]:
+    """Every ``device`` setting in the extractors' configs (nested config dataclasses included)."""
+    found: set[str] = set()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k == "device" and isinstance(v, str):
+                    found.add(v)
+                else:
+                    walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    for e in extractors:
+        cfg = e.config
+        if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+            cfg = dataclasses.asdict(cfg)
+        walk(cfg if isinstance(cfg, dict) else getattr(cfg, "__dict__", {}))
+    return found
+
+
 def wants_cuda(extractors: Iterable[Extractor]) -> bool:
     """True when any extractor's config asks for a CUDA device (``device: cuda`` / ``cuda:1``)."""
-    return any(str(getattr(e.config, "device", "") or "").startswith("cuda") for e in extractors)
+    return any(d.startswith("cuda") for d in extractor_devices(extractors))
 
 
 def _error_text(e: BaseException) -> str:
@@ -167,7 +192,8 @@ def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Ite
         batch_size, max_side: decoding settings passed to :func:`vaest.features.base.process_media`.
         force: recompute and rewrite everything.
         cpus_per_worker: CPUs each actor reserves (Ray limits its OpenMP/torch threads to them).
-        gpus_per_worker: GPUs each actor reserves (default 1 when an extractor's device is cuda, else 0).
+        gpus_per_worker: GPUs each actor reserves (default 1 when an extractor's device is cuda, or is auto and
+            the cluster has GPUs; else 0).
         runtime_env: Ray runtime environment for the job (e.g. ``{"working_dir": ...}``).
     """
     if engine not in ENGINES:
@@ -204,21 +230,28 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
     import ray
     from ray.exceptions import RayActorError
 
-    cuda = wants_cuda(extractors)
-    gpus = float(gpus_per_worker if gpus_per_worker is not None else (1.0 if cuda else 0.0))
+    devices = extractor_devices(extractors)
     started = connect_ray(address, num_cpus=None if num_workers is None else max(1, int(num_workers * cpus_per_worker)),
                           runtime_env=runtime_env)
     actors: list[Any] = []
     try:
         res = ray.cluster_resources()
+        if gpus_per_worker is None:  # cuda asks for a GPU; "auto" takes one where the cluster has them
+            want = any(d.startswith("cuda") for d in devices) or ("auto" in devices and res.get("GPU", 0) > 0)
+            gpus_per_worker = 1.0 if want else 0.0
+        gpus = float(gpus_per_worker)
+        if gpus > 0:
+            room = int(res.get("GPU", 0) // gpus)
+            if room < 1:
+                raise VaestError(f"an extractor asks for cuda but the Ray cluster has no GPU ({res}); "
+                                 "set device: cpu or connect to a cluster with GPUs")
+        else:
+            room = max(1, int(res.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
         if num_workers is None:
-            if gpus > 0:
-                num_workers = int(res.get("GPU", 0) // gpus)
-                if num_workers < 1:
-                    raise VaestError(f"an extractor asks for cuda but the Ray cluster has no GPU ({res}); "
-                                     "set device: cpu or connect to a cluster with GPUs")
-            else:
-                num_workers = max(1, int(res.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
+            num_workers = room
+        elif num_workers > room:  # actors the cluster cannot place would hold their media files forever
+            log.warning("the Ray cluster has room for %d workers (%s); using %d, not %d", room, res, room, num_workers)
+            num_workers = room
         num_workers = max(1, min(num_workers, len(jobs)))
         remote_cls = ray.remote(ExtractionWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus)
 

@@ -514,7 +514,9 @@ def build_model(cfg: AudioTrainConfig, items: list[AudioItem], store: FeatureSto
     """The registered model for the encoder: ``audio-wavlm`` on waveforms, ``audio-frames`` on cached frames
     (with input normalisation from the training items)."""
     from vaest.models import create_model
+    from vaest.training import seed_everything
 
+    seed_everything(cfg.seed)  # same seed, same initial weights: a rerun reproduces the run
     if cfg.encoder == "wavlm":
         backbone = cfg.backbone
         if backbone is None:

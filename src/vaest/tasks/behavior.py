@@ -183,6 +183,9 @@ def train_behavior(corpus_root: str | Path, features: str | Path, out: str | Pat
     seq = {it.video.id: to_sequence(it, norm) for it in items}
     task = SequenceTask([seq[it.video.id] for it in train], [seq[it.video.id] for it in val], st.win, st.hop)
     input_dim = int(train[0].x.shape[1])
+    from vaest.training import seed_everything
+
+    seed_everything(cfg.seed)  # same seed, same initial weights: a rerun reproduces the run
     net = create_model(st.model, input_dim=input_dim, **st.model_config)
     log.info("behavior %s on %s (%d inputs, %d parameters): %d train / %d val videos, %d train windows", st.model,
              keys, input_dim, sum(p.numel() for p in net.parameters()), len(train), len(val), len(task.index))

@@ -141,6 +141,9 @@ def train_face(corpus_root: str | Path, features: str | Path, out: str | Path, e
     seq = {t[0].id: to_sequence(t[0], apply_norm(t[1], norm), t[3]) for t in loaded}
     task = SequenceTask([seq[t[0].id] for t in train], [seq[t[0].id] for t in val], st.win, st.hop)
     input_dim = int(next(iter(seq.values())).inputs["x"].shape[1])
+    from vaest.training import seed_everything
+
+    seed_everything(cfg.seed)  # same seed, same initial weights: a rerun reproduces the run
     net = create_model(st.model, input_dim=input_dim, **st.model_config)
     n_params = sum(p.numel() for p in net.parameters())
     log.info("face %s on face-%s (%d inputs, %d parameters): %d train / %d val videos, %d train windows",

@@ -530,6 +530,9 @@ def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str 
         raise VaestError(f"{corpus_root}: fusion needs labelled train and val videos with modality predictions "
                          f"(found {len(train)} train, {len(val)} val)")
     mcfg = model_config(method, data, model_cfg)
+    from vaest.training import seed_everything
+
+    seed_everything(cfg.seed)  # same seed, same initial weights: a rerun reproduces the run
     model = create_model(method, **mcfg)
     settings = FusionSettings(method, {k: str(v) for k, v in runs_p.items()}, str(corpus_root), win, hop, mcfg, cfg)
     write_run_info(out, f"vaest train fusion --method {method}", settings)
