@@ -267,12 +267,17 @@ def test_dcmmoe_windowed_inference_covers_every_frame(T):
               "behavior": rng.normal(size=(T, 6)).astype(np.float32), "behavior_mask": np.ones(T, bool)}
     res = predict_sequence(m, inputs, win=400, hop=150, keys=("va", "emb", "weights"))
     assert res["va"].shape == (T, 2) and res["weights"].shape == (T, 3) and np.isfinite(res["va"]).all()
-    # with one window the overlap average is the plain forward pass
-    if T <= 400:
+    # with exactly one window the overlap average is the plain forward pass
+    if T == 400:
         with torch.no_grad():
             direct = m(**{k: torch.from_numpy(v)[None] for k, v in inputs.items()})["va"][0].numpy()
-        if T == 400:
-            np.testing.assert_allclose(res["va"], direct, atol=1e-6)
+        np.testing.assert_allclose(res["va"], direct, atol=1e-6)
+    # windows 400 / hop 150: frame 200 is covered by the windows starting at 0 and 150 only, and averages them
+    if T == 1000:
+        with torch.no_grad():
+            w = [m(**{k: torch.from_numpy(v[s : s + 400])[None] for k, v in inputs.items()})["va"][0].numpy()
+                 for s in (0, 150)]
+        np.testing.assert_allclose(res["va"][200], 0.5 * (w[0][200] + w[1][50]), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -282,9 +287,9 @@ def test_dcmmoe_windowed_inference_covers_every_frame(T):
 
 def test_build_fusion_data_aligns_audio_windows(synth_runs):
     from vaest.corpus import load_corpus
-    from vaest.tasks.fusion import build_fusion_data, frame_window_index
+    from vaest.tasks.fusion import AUDIO_WIN_BASE, build_fusion_data, frame_window_index
 
-    idx = frame_window_index(150, 30.0, __import__("vaest.tasks.fusion", fromlist=["x"]).AUDIO_WIN_BASE, 3)
+    idx = frame_window_index(150, 30.0, AUDIO_WIN_BASE, 3)
     assert tuple(idx[0]) == (0, -1) and tuple(idx[59]) == (0, -1) and tuple(idx[60]) == (1, 0)
     assert tuple(idx[149]) == (2, 1)
     c = load_corpus(synth_runs["corpus"])
@@ -452,3 +457,24 @@ def test_cli_train_late(synth_runs, tmp_path):
     assert json.loads((out / "run.json").read_text())["method"] == "grid"
     res = CliRunner().invoke(app, ["train", "late", "--runs", "face", "--out", str(out)])
     assert res.exit_code != 0
+
+
+def test_cli_train_fusion_with_config(synth_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaest.cli import app
+
+    r = synth_runs["runs"]
+    cfg = tmp_path / "fusion.yaml"
+    cfg.write_text("win: 120\nhop: 60\nmodel: {d_model: 16, ffn: 32}\ntrain: {batch_size: 4, max_batches_per_epoch: 2}\n")
+    out = tmp_path / "raav_cli"
+    res = CliRunner().invoke(app, ["train", "fusion", "--runs", f"face={r['face']}", "--runs", f"behavior={r['behavior']}",
+                                   "--runs", f"audio={r['audio']}", "--out", str(out), "--epochs", "1",
+                                   "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["method"] == "raav" and info["win"] == 120 and info["corpus"] == str(synth_runs["corpus"])
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())["config"]
+    assert saved["train"]["lr"] == 5e-5 and saved["train"]["loss_weights"] == [0.7, 0.3] and saved["train"]["epochs"] == 1
