@@ -254,13 +254,6 @@ def _markov_bouts(rng: np.random.Generator, n: int, fps: float, mean_on_s: float
     return out
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) index pairs of the True runs of a bool array."""
-    m = np.concatenate([[False], mask.astype(bool), [False]])
-    d = np.diff(m.astype(np.int8))
-    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
-
-
 def _row_grid(h: int, w: int) -> np.ndarray:
     """Row index grid (h, w) float32."""
     return np.repeat(np.arange(h, dtype=np.float32)[:, None], w, axis=1)
