@@ -301,3 +301,30 @@ def test_cli_trains_behavior(tmp_path):
                                  str(tmp_path / "run"), "--epochs", "1", "--config", str(cfg)])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "preds").is_dir() and "validation CCC" in r.output
+
+
+def test_expression_statistics_join_the_segments(tmp_path):
+    from vaest.errors import FeatureError
+    from vaest.features.behavior import expression_stats
+    from vaest.timebase import TimeBase
+
+    root, feats, ids, n = _fake_corpus(tmp_path, n_train=1, n_val=0)
+    store = FeatureStore(feats)
+    with pytest.raises(FeatureError, match="vaest extract face"):
+        load_segment_features(store, ids[0], "desc+expr")
+    with pytest.raises(FeatureError, match="adds to"):
+        load_segment_features(store, ids[0], "expr")
+    probs = np.zeros((n, 3), np.float32)
+    probs[:, 0] = 1.0
+    probs[600:, :] = [0.0, 0.5, 0.5]
+    found = np.ones(n, bool)
+    found[:120] = False  # no face in the first 4 s
+    store.save("face-fer", ids[0], FeatureRecord(TimeSeries(np.zeros((n, 2), np.float32), TimeBase.frames(30.0), found),
+                                                 {"probs": probs}, {}))
+    x, ok, rec = load_segment_features(store, ids[0], "desc+expr")
+    assert x.shape == (len(rec.values), 5 + 6)
+    e = x[:, 5:]
+    assert np.isnan(e[0]).all()  # segment 0-4 s has no face frame
+    assert np.allclose(e[1, :3], [1, 0, 0]) and np.allclose(e[-1, :3], [0, 0.5, 0.5]) and np.allclose(e[-1, 3:], 0)
+    segs = plan_segments(n, 30.0)
+    assert np.allclose(expression_stats(probs, found, segs)[9, :3], [0.5, 0.25, 0.25])  # 18-22 s straddles 20 s

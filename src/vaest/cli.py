@@ -339,7 +339,8 @@ def train_behavior_cmd(
     features: Annotated[Path, typer.Option(help="Feature store with behavior-* records.")],
     corpus: Annotated[Path, typer.Option(help="Corpus root with train/val labels.")],
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
-    encoder: Annotated[Optional[str], typer.Option(help="desc (default), vlm, text or a '+' combination.")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="desc (default), vlm, text or a '+' combination; "
+                                                        "+expr adds face expression statistics.")] = None,
     branch: Annotated[Optional[str], typer.Option(help="vlm: multimodal (default), text or visual.")] = None,
     pool: Annotated[Optional[str], typer.Option(help="vlm: last (default), mean or std.")] = None,
     model: Annotated[Optional[str], typer.Option(help="behavior-mamba (default) or frame-mlp (baseline).")] = None,

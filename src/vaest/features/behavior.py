@@ -594,16 +594,58 @@ class BehaviorVLMExtractor(Extractor):
 # Reading stored behavior features for training
 # ---------------------------------------------------------------------------------------------------------
 
-ENCODER_KEYS = {"desc": "behavior-desc", "vlm": "behavior-vlm", "text": "behavior-text"}
+ENCODER_KEYS = {"desc": "behavior-desc", "vlm": "behavior-vlm", "text": "behavior-text", "expr": "face-*"}
 
 
 def encoder_parts(encoder: str) -> list[str]:
-    """``desc``, ``vlm``, ``text`` or a ``+`` combination (e.g. ``vlm+text``): the parts, validated."""
+    """``desc``, ``vlm``, ``text`` or a ``+`` combination (e.g. ``vlm+text``, ``desc+expr``): the parts, validated.
+
+    ``expr`` adds the face encoder's expression probabilities (``face-<encoder>`` extra ``probs``) as per-segment
+    mean and std over the face frames; it needs another part first (it borrows that part's segments).
+    """
     parts = [p.strip() for p in encoder.split("+") if p.strip()]
     bad = [p for p in parts if p not in ENCODER_KEYS]
     if not parts or bad:
-        raise FeatureError(f"unknown behavior encoder {encoder!r}; use desc, vlm, text or a '+' combination")
+        raise FeatureError(f"unknown behavior encoder {encoder!r}; use desc, vlm, text or a '+' combination "
+                           "(optionally with expr)")
+    if parts[0] == "expr":
+        raise FeatureError(f"behavior encoder {encoder!r}: expr adds to desc, vlm or text (e.g. desc+expr)")
     return parts
+
+
+def record_segments(rec: FeatureRecord, n_frames: int, fps: float) -> list[Segment]:
+    """Segment spans of a stored record: true ``start``/``end`` (extras), frames by midpoint (``first:stop``)."""
+    n = len(rec.values)
+    starts, ends = rec.base.spans(n)
+    if "start" in rec.extras and "end" in rec.extras:
+        starts, ends = np.asarray(rec.extras["start"], float), np.asarray(rec.extras["end"], float)
+    mids = frame_midpoints(n_frames, fps)
+    out = []
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        first, stop = int(np.searchsorted(mids, a, "left")), int(np.searchsorted(mids, b, "left"))
+        out.append(Segment(i, float(a), float(b), first, stop, ()))
+    return out
+
+
+def expression_key(store: FeatureStore, video_id: str) -> str | None:
+    """The stored ``face-<encoder>`` record of a video that has expression probabilities (``face-fer`` first)."""
+    cands = sorted((k for k in store.extractors() if k.startswith("face-")), key=lambda k: (k != "face-fer", k))
+    for k in cands:
+        if store.has(k, video_id):
+            return k
+    return None
+
+
+def expression_stats(probs: np.ndarray, found: np.ndarray, segments: Sequence[Segment]) -> np.ndarray:
+    """(S, 2C) mean and std of per-frame expression probabilities (n_frames, C) over each segment's face
+    frames; NaN where a segment has no face frame."""
+    C = probs.shape[1]
+    out = np.full((len(segments), 2 * C), np.nan, np.float32)
+    for k, s in enumerate(segments):
+        sel = probs[s.first : s.stop][found[s.first : s.stop]]
+        if len(sel):
+            out[k, :C], out[k, C:] = sel.mean(0), sel.std(0)
+    return out
 
 
 def load_segment_features(store: FeatureStore, video_id: str, encoder: str = "desc", branch: str = "multimodal",
@@ -612,6 +654,18 @@ def load_segment_features(store: FeatureStore, video_id: str, encoder: str = "de
     and the first part's record (time base, segment meta). ``branch``/``pool`` pick the VLM feature."""
     xs, masks, first = [], [], None
     for part in encoder_parts(encoder):
+        if part == "expr":
+            key = expression_key(store, video_id)
+            if key is None:
+                raise FeatureError(f"{store.root}: no face-<encoder> features for video '{video_id}' "
+                                   "(run `vaest extract face` first, or drop +expr)")
+            face = store.load(key, video_id)
+            if "probs" not in face.extras:
+                raise FeatureError(f"{store.path(key, video_id)}: no expression probabilities (extra 'probs')")
+            meta = first.meta  # type: ignore[union-attr]
+            segs = record_segments(first, int(meta["n_frames"]), float(meta["fps"]))  # type: ignore[arg-type]
+            xs.append(expression_stats(np.asarray(face.extras["probs"], np.float32), np.asarray(face.mask, bool), segs))
+            continue
         key = ENCODER_KEYS[part]
         rec = store.load(key, video_id)
         if part == "vlm":

@@ -21,9 +21,10 @@ import numpy as np
 
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
-from vaest.features.behavior import ENCODER_KEYS, Segment, encoder_parts, load_segment_features, segment_targets
+from vaest.features.behavior import (ENCODER_KEYS, Segment, encoder_parts, expression_key, load_segment_features,
+                                     record_segments, segment_targets)
 from vaest.features.store import FeatureRecord, FeatureStore
-from vaest.timebase import TimeSeries, frame_midpoints, to_frames
+from vaest.timebase import TimeSeries, to_frames
 from vaest.training import Sequence, SequenceTask, TrainConfig, concat_frame_ccc, fit
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class BehaviorTrainSettings:
     """What the behavior task trains on and with which model (optimisation settings are in ``TrainConfig``).
 
     Attributes:
-        encoder: ``desc`` (offline descriptors), ``vlm``, ``text`` (description embeddings) or a ``+`` combination.
+        encoder: ``desc`` (offline descriptors), ``vlm``, ``text`` (description embeddings) or a ``+`` combination;
+            ``+expr`` adds per-segment statistics of the face encoder's expression probabilities.
         branch, pool: the VLM feature (``multimodal``/``text``/``visual`` x ``mean``/``std``/``last``).
         model: registered model (``behavior-mamba`` or the per-step baseline ``frame-mlp``).
         win, hop: sequences of ``win`` consecutive segments every ``hop`` segments (reference 16 / 8).
@@ -73,27 +75,14 @@ class BehaviorItem:
     fps: float
 
 
-def record_segments(rec: FeatureRecord, n_frames: int, fps: float) -> list[Segment]:
-    """Segment spans of a stored record: true ``start``/``end`` (extras), frames by midpoint (``first:stop``)."""
-    n = len(rec.values)
-    starts, ends = rec.base.spans(n)
-    if "start" in rec.extras and "end" in rec.extras:
-        starts, ends = np.asarray(rec.extras["start"], float), np.asarray(rec.extras["end"], float)
-    mids = frame_midpoints(n_frames, fps)
-    out = []
-    for i, (a, b) in enumerate(zip(starts, ends)):
-        first, stop = int(np.searchsorted(mids, a, "left")), int(np.searchsorted(mids, b, "left"))
-        out.append(Segment(i, float(a), float(b), first, stop, ()))
-    return out
-
-
 def load_items(videos: list[Video], store: FeatureStore, st: BehaviorTrainSettings
                ) -> tuple[list[BehaviorItem], list[str]]:
     """Segment inputs of every video with stored features, and the ids of those without."""
-    keys = [ENCODER_KEYS[p] for p in encoder_parts(st.encoder)]
+    keys = [ENCODER_KEYS[p] for p in encoder_parts(st.encoder) if p != "expr"]
     items, missing = [], []
     for v in videos:
-        if not all(store.has(k, v.id) for k in keys):
+        need_expr = "expr" in encoder_parts(st.encoder)
+        if not all(store.has(k, v.id) for k in keys) or (need_expr and expression_key(store, v.id) is None):
             missing.append(v.id)
             continue
         x, valid, rec = load_segment_features(store, v.id, st.encoder, st.branch, st.pool)
@@ -168,7 +157,7 @@ def train_behavior(corpus_root: str | Path, features: str | Path, out: str | Pat
     corpus: Corpus = load_corpus(corpus_root)
     store = FeatureStore(features)
     items, missing = load_items(list(corpus), store, st)
-    keys = "+".join(ENCODER_KEYS[p] for p in encoder_parts(st.encoder))
+    keys = "+".join(ENCODER_KEYS[p] for p in encoder_parts(st.encoder))  # "face-*" stands for the expression part
     if missing:
         log.warning("%d videos have no %s features in %s (skipped): %s", len(missing), keys, features,
                     ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
