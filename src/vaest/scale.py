@@ -286,6 +286,8 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
                     ok, out, n, unfed, why = False, f"worker died while extracting ({type(e).__name__}: {e})", 0, [], ""
                     ray.kill(actors[slot], no_restart=True)
                     actors[slot] = new_actor()
+                except Exception as e:  # a lost or unreadable result: recorded, the job goes on
+                    ok, out, n, unfed, why = False, f"result lost ({type(e).__name__}: {e})", 0, [], ""
                 if ok:
                     try:
                         save_records(store, out, force)  # type: ignore[arg-type]
