@@ -185,7 +185,6 @@ _NOSE_TIP, _CHIN, _LIP_UP, _LIP_LO, _MOUTH_R, _MOUTH_L = 1, 152, 13, 14, 61, 291
 FRAME_FEATURES = ("face", "yaw", "pitch", "roll", "head_motion", "ear", "mouth_open", "mouth_width", "mouth_lift",
                   "brow_raise", "face_size", "face_x", "face_y", "body_motion", "side_motion", "total_motion",
                   "posture_y", "posture_x", "posture_energy", "motion_y")
-_FACE_COLS = slice(1, 13)  # columns that need a face (NaN without)
 
 
 def landmark_descriptors(lm: np.ndarray) -> np.ndarray:
@@ -235,6 +234,53 @@ def landmark_descriptors(lm: np.ndarray) -> np.ndarray:
 def _centroid(weights: np.ndarray, coords: np.ndarray) -> float:
     tot = float(weights.sum())
     return float((weights * coords).sum() / tot) if tot > 1e-9 else math.nan
+
+
+def body_descriptors(diff: np.ndarray, edge: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """Motion and posture descriptors of one small grey frame around a face.
+
+    Args:
+        diff: (h, w) absolute difference to the previous frame, in [0, 1].
+        edge: (h, w) gradient magnitude, in [0, 1].
+        box: face box [x0, y0, x1, y1] in this frame's pixels, or None (then the body is taken to be the lower
+            two thirds of the frame).
+    Returns:
+        (7,) in the order of ``FRAME_FEATURES[13:]``: body_motion (mean motion below the face, within 1.5 face
+        widths either side), side_motion (beside the face, where gestures near the face happen), total_motion
+        (everywhere but the face), posture_y (vertical centre of the edge energy below the face, 0 = chin line,
+        1 = frame bottom), posture_x (horizontal offset of that energy from the face centre, in face widths:
+        leaning), posture_energy (mean edge magnitude below the face), motion_y (vertical centre of the motion
+        below the face).
+    """
+    h, w = diff.shape
+    if box is not None:
+        x0, y0, x1, y1 = (float(c) for c in box)
+        bw = max(x1 - x0, 1.0)
+        fx0, fx1 = int(max(0, math.floor(x0))), int(min(w, math.ceil(x1)))
+        fy0, fy1 = int(max(0, math.floor(y0))), int(min(h, math.ceil(y1)))
+        lo_x, hi_x = int(max(0, math.floor(x0 - 1.5 * bw))), int(min(w, math.ceil(x1 + 1.5 * bw)))
+        by0, ccx = min(h, fy1), 0.5 * (x0 + x1)
+        band = diff[max(0, fy0 - (fy1 - fy0) // 2) : fy1, lo_x:hi_x].copy()
+        if band.size:
+            band[:, max(0, fx0 - lo_x) : max(0, fx1 - lo_x)] = 0.0  # the face itself is not a gesture
+    else:
+        fx0 = fx1 = fy0 = fy1 = 0
+        lo_x, hi_x, by0, bw, ccx = 0, w, h // 3, w / 4.0, w / 2.0
+        band = diff[:by0]
+    out = np.full(7, np.nan, np.float32)
+    body_d, body_e = diff[by0:, lo_x:hi_x], edge[by0:, lo_x:hi_x]
+    out[0] = float(body_d.mean()) if body_d.size else 0.0
+    out[1] = float(band.mean()) if band.size else 0.0
+    face_area = diff[fy0:fy1, fx0:fx1]
+    out[2] = float(diff.sum() - face_area.sum()) / max(diff.size - face_area.size, 1)
+    if body_e.size:
+        ys = np.arange(by0, h, dtype=np.float64)
+        span = max(h - by0, 1)
+        out[3] = (_centroid(body_e.sum(1), ys) - by0) / span
+        out[4] = (_centroid(body_e.sum(0), np.arange(lo_x, hi_x, dtype=np.float64)) - ccx) / bw
+        out[5] = float(body_e.mean())
+        out[6] = (_centroid(body_d.sum(1), ys) - by0) / span
+    return out
 
 
 @dataclass
@@ -299,8 +345,6 @@ class BehaviorDescExtractor(Extractor):
             gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
             gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
             edges[i] = np.sqrt(gx * gx + gy * gy) / 255.0
-        sh, sw = grey.shape[1:]
-        ys, xs = np.arange(sh, dtype=np.float64), np.arange(sw, dtype=np.float64)
         track = shared.get("facetrack")
         if track is None and not self._warned:
             log.warning("behavior-desc: no facetrack observations in this run; face descriptors are missing")
@@ -332,33 +376,7 @@ class BehaviorDescExtractor(Extractor):
             rows[:, 4] = np.hypot(step[:, 0], step[:, 1]) + np.nan_to_num(step[:, 2:]).sum(1)
             self.prev_pose[v.id] = pose[-1]
             for i in range(B):
-                d, e = diffs[i], edges[i]
-                if found[i]:
-                    x0, y0, x1, y1 = boxes[i] * scale
-                    bw = max(x1 - x0, 1.0)
-                    fx0, fx1 = int(max(0, np.floor(x0))), int(min(sw, np.ceil(x1)))
-                    fy0, fy1 = int(max(0, np.floor(y0))), int(min(sh, np.ceil(y1)))
-                    lo_x, hi_x = int(max(0, np.floor(x0 - 1.5 * bw))), int(min(sw, np.ceil(x1 + 1.5 * bw)))
-                    by0 = min(sh, fy1)
-                    ccx = 0.5 * (x0 + x1)
-                else:
-                    fx0 = fx1 = fy0 = fy1 = 0
-                    lo_x, hi_x, by0, bw, ccx = 0, sw, sh // 3, sw / 4.0, sw / 2.0
-                body_d = d[by0:, lo_x:hi_x]
-                body_e = e[by0:, lo_x:hi_x]
-                rows[i, 13] = float(body_d.mean()) if body_d.size else 0.0
-                band = d[max(0, fy0 - (fy1 - fy0) // 2) : fy1, lo_x:hi_x].copy() if found[i] else d[: by0, :]
-                if found[i] and band.size:
-                    band[:, max(0, fx0 - lo_x) : max(0, fx1 - lo_x)] = 0.0  # the face itself is not a gesture
-                rows[i, 14] = float(band.mean()) if band.size else 0.0
-                tot = float(d.sum() - d[fy0:fy1, fx0:fx1].sum())
-                rows[i, 15] = tot / max(d.size - d[fy0:fy1, fx0:fx1].size, 1)
-                if body_e.size:
-                    span = max(sh - by0, 1)
-                    rows[i, 16] = (_centroid(body_e.sum(1), ys[by0:]) - by0) / span
-                    rows[i, 17] = (_centroid(body_e.sum(0), xs[lo_x:hi_x]) - ccx) / bw
-                    rows[i, 18] = float(body_e.mean())
-                    rows[i, 19] = (_centroid(body_d.sum(1), ys[by0:]) - by0) / span
+                rows[i, 13:20] = body_descriptors(diffs[i], edges[i], boxes[i] * scale if found[i] else None)
             self.rows[v.id].append(rows)
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
