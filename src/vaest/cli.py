@@ -152,6 +152,116 @@ def evaluate(
         atomic_write_json(json_out, allscores)
 
 
+@extract_app.command("audio")
+def extract_audio_cmd(
+    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
+    out: Annotated[Path, typer.Option(help="Feature store folder.")],
+    encoder: Annotated[str, typer.Option(help="lmfb (log-mel), egemaps (openSMILE LLDs) or wavlm (waveform).")] = "lmfb",
+    model: Annotated[Optional[str], typer.Option(help="wavlm: backbone path or hub id recorded for training.")] = None,
+    vad: Annotated[bool, typer.Option(help="Also store silero-vad speech probability (key 'vad').")] = True,
+    force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Audio features per video (store key audio-<encoder>) and voice activity (vad)."""
+    from vaest.corpus import load_corpus
+    from vaest.features.audio import audio_extractors
+    from vaest.features.store import FeatureStore
+    from vaest.scale import run_extraction
+
+    rep = run_extraction(FeatureStore(out), audio_extractors(encoder, model, vad), load_corpus(corpus).videos,
+                         force=force, engine=engine, address=address, num_workers=workers)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@train_app.command("audio")
+def train_audio_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store with audio-<encoder> (and mouth, facetrack, vad).")],
+    corpus: Annotated[Path, typer.Option(help="Corpus root with train/val labels.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    encoder: Annotated[Optional[str], typer.Option(help="lmfb, egemaps or wavlm.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="wavlm: WavLM/wav2vec2/HuBERT path or hub id.")] = None,
+    no_filter: Annotated[bool, typer.Option("--no-filter", help="Train on every labelled window (no cross-modal filter).")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Windows per batch.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train the audio model (4 s windows, one VA pair per second) and write its run folder."""
+    from vaest.config import load_config
+    from vaest.tasks.audio import config_from, train_audio
+
+    flags = {"encoder": encoder, "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "device": device,
+             "seed": seed, "filter": False if no_filter else None}
+    train_audio(features, corpus, out, config_from(load_config(config), flags))
+
+
+@extract_app.command("face")
+def extract_face_cmd(
+    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
+    out: Annotated[Path, typer.Option(help="Feature store folder.")],
+    encoder: Annotated[str, typer.Option(help="Frame encoder: fer (offline default), grada (needs --weights), tiny.")] = "fer",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file (grada: affective_static_efficientNet_b1.pth).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Face crops per encoder forward.")] = 64,
+    force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Face track (facetrack) and per-frame face features (store key face-<encoder>)."""
+    from vaest.features.face import extract_face_features
+
+    rep = extract_face_features(corpus, out, encoder=encoder, device=device, weights=weights, batch_size=batch_size,
+                                force=force, engine=engine, address=address, num_workers=workers)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@extract_app.command("mouth")
+def extract_mouth_cmd(
+    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
+    out: Annotated[Path, typer.Option(help="Feature store folder.")],
+    force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
+    from vaest.features.mouth import extract_mouth
+
+    rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@train_app.command("face")
+def train_face_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store with face-<encoder> records.")],
+    corpus: Annotated[Path, typer.Option(help="Corpus root with train/val labels.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    encoder: Annotated[Optional[str], typer.Option(help="Encoder whose features to use (default fer).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="face-transformer or frame-mlp (per-frame baseline).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train the face temporal model (or the per-frame baseline) and write its run folder."""
+    from vaest.config import load_config
+    from vaest.tasks.face import settings_from, train_face
+
+    st, cfg = settings_from(load_config(config), {"encoder": encoder, "model": model, "epochs": epochs,
+                                                  "device": device, "seed": seed})
+    res = train_face(corpus, features, out, encoder=st.encoder, model=st.model, train_cfg=cfg, settings=st)
+    m = res["metrics"]
+    console.print(f"face {st.model}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
+                  f"mean {m['mean']:.4f} -> {out}")
+
+
 # --- extraction engine options (vaest.scale.run_extraction), shared by every `vaest extract` command ---
 EngineOpt = Annotated[str, typer.Option("--engine", help="local: this process; ray: spread the media files over a "
                                         "Ray cluster (same results, skips stored work, resumable).")]
@@ -236,69 +346,6 @@ def train_late_cmd(
                   f"mean {m['mean']:.4f} -> {out}")
 
 
-@extract_app.command("face")
-def extract_face_cmd(
-    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
-    out: Annotated[Path, typer.Option(help="Feature store folder.")],
-    encoder: Annotated[str, typer.Option(help="Frame encoder: fer (offline default), grada (needs --weights), tiny.")] = "fer",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file (grada: affective_static_efficientNet_b1.pth).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Face crops per encoder forward.")] = 64,
-    force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
-    engine: EngineOpt = "local",
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
-) -> None:
-    """Face track (facetrack) and per-frame face features (store key face-<encoder>)."""
-    from vaest.features.face import extract_face_features
-
-    rep = extract_face_features(corpus, out, encoder=encoder, device=device, weights=weights, batch_size=batch_size,
-                                force=force, engine=engine, address=address, num_workers=workers)
-    if rep.failed:
-        raise typer.Exit(1)
-
-
-@extract_app.command("mouth")
-def extract_mouth_cmd(
-    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
-    out: Annotated[Path, typer.Option(help="Feature store folder.")],
-    force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
-    engine: EngineOpt = "local",
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
-) -> None:
-    """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
-    from vaest.features.mouth import extract_mouth
-
-    rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers)
-    if rep.failed:
-        raise typer.Exit(1)
-
-
-@train_app.command("face")
-def train_face_cmd(
-    features: Annotated[Path, typer.Option(help="Feature store with face-<encoder> records.")],
-    corpus: Annotated[Path, typer.Option(help="Corpus root with train/val labels.")],
-    out: Annotated[Path, typer.Option(help="Run folder to write.")],
-    encoder: Annotated[Optional[str], typer.Option(help="Encoder whose features to use (default fer).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="face-transformer or frame-mlp (per-frame baseline).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Train the face temporal model (or the per-frame baseline) and write its run folder."""
-    from vaest.config import load_config
-    from vaest.tasks.face import settings_from, train_face
-
-    st, cfg = settings_from(load_config(config), {"encoder": encoder, "model": model, "epochs": epochs,
-                                                  "device": device, "seed": seed})
-    res = train_face(corpus, features, out, encoder=st.encoder, model=st.model, train_cfg=cfg, settings=st)
-    m = res["metrics"]
-    console.print(f"face {st.model}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
-                  f"mean {m['mean']:.4f} -> {out}")
-
-
 @extract_app.command("behavior")
 def extract_behavior_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
@@ -362,6 +409,111 @@ def train_behavior_cmd(
     m = res["metrics"]
     console.print(f"behavior {st.model} ({st.encoder}): validation CCC valence {m['valence']:.4f} "
                   f"arousal {m['arousal']:.4f} mean {m['mean']:.4f} -> {out}")
+
+
+@extract_app.command("all")
+def extract_all_cmd(
+    corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
+    out: Annotated[Path, typer.Option(help="Feature store folder.")],
+    face_encoder: Annotated[str, typer.Option(help="Face frame encoder (fer, grada, tiny).")] = "fer",
+    audio_encoder: Annotated[str, typer.Option(help="Audio encoder (lmfb, egemaps).")] = "lmfb",
+    device: Annotated[str, typer.Option(help="cpu or cuda for the face encoder.")] = "cpu",
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Every offline default modality in one decoding pass: facetrack, face, mouth, behavior-desc, audio, vad."""
+    from vaest.corpus import load_corpus
+    from vaest.features.store import FeatureStore
+    from vaest.pipeline import default_extractors, extract_all
+
+    rep = extract_all(load_corpus(corpus).videos, FeatureStore(out),
+                      default_extractors(face_encoder, audio_encoder, device=device), engine, address, workers)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def predict(
+    media: Annotated[list[Path], typer.Argument(help="Video or audio file(s).")],
+    out: Annotated[Path, typer.Option(help="Folder for <name>.csv and <name>.png.")] = Path("vaest_out"),
+    model: Annotated[Optional[Path], typer.Option(help="Model bundle (bundle.json, e.g. demo_out/model) or one run folder; none = zero-shot face.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Per-frame valence/arousal for any media file(s): CSV (frame,time,valence,arousal,...) and a plot."""
+    from vaest.pipeline import predict as run_predict
+
+    written = run_predict(media, out, model, device)
+    if len(written) < len(media):
+        raise typer.Exit(1)
+
+
+@app.command()
+def submit(
+    run: Annotated[Path, typer.Argument(help="Run folder whose predictions to submit (a fusion or late run).")],
+    out: Annotated[Path, typer.Option(help="Submission file to write.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="Corpus root (default: the run's).")] = None,
+    split: Annotated[str, typer.Option(help="Split to submit.")] = "test",
+    template: Annotated[Optional[Path], typer.Option(help="Organisers' template: rows are written in its order.")] = None,
+    kernels: Annotated[Optional[str], typer.Option(help="Smoothing kernels 'V,A' (default: chosen on validation).")] = None,
+) -> None:
+    """Write an ABAW challenge file (image_location,valence,arousal), post-processed and validated."""
+    from vaest.corpus import load_corpus
+    from vaest.errors import VaestError
+    from vaest.inference import load_predictions, read_run_json
+    from vaest.postprocess import REFERENCE_KERNELS, choose_kernels, fill, postprocess
+    from vaest.submission import write_submission
+
+    c = load_corpus(corpus or read_run_json(run)["corpus"])
+    if kernels:
+        k = tuple(int(x) for x in kernels.split(","))
+    else:
+        P, Y = [], []
+        for v in c.split("val"):
+            if v.has_labels:
+                try:
+                    rec = load_predictions(run, v.id)
+                except VaestError:
+                    continue
+                P.append(fill(rec.values, rec.mask))
+                Y.append(v.labels_for(len(rec.values)))
+        k = choose_kernels(P, Y) if P else REFERENCE_KERNELS
+    preds = {}
+    for v in c.split(split):
+        try:
+            rec = load_predictions(run, v.id)
+        except VaestError as e:
+            log.error("%s", e)
+            continue
+        preds[v.id] = postprocess(rec.values, rec.mask, k)
+    if not preds:
+        raise VaestError(f"{run}: no predictions for any '{split}' video")
+    n = write_submission(out, preds, template)
+    log.info("wrote %s: %d rows for %d videos (smoothing kernels %s)", out, n, len(preds), k)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("demo_out"),
+    videos: Annotated[int, typer.Option(help="Synthetic videos.")] = 12,
+    seconds: Annotated[float, typer.Option(help="Seconds per video.")] = 40.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    config: ConfigOpt = None,
+) -> None:
+    """The whole method on a fresh synthetic corpus: synth, extract, train, fuse, evaluate, submit, predict."""
+    from vaest.config import build, load_config
+    from vaest.pipeline import DemoConfig, demo as run_demo
+
+    cfg = build(DemoConfig, load_config(config), {"videos": videos, "seconds": seconds, "seed": seed})
+    m = run_demo(out, cfg)
+    t = Table(title="demo: validation CCC (smoothed)")
+    for col in ("run", "valence", "arousal", "mean"):
+        t.add_column(col)
+    for name, r in m["runs"].items():
+        sm = r["smoothed"]
+        t.add_row(name, _fmt(sm["valence"]), _fmt(sm["arousal"]), _fmt(sm["mean"]))
+    console.print(t)
+    console.print(f"report: {out / 'report.md'}")
 
 
 # --- modality commands are registered below by their modules (keep this marker) ---
