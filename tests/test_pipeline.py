@@ -1,0 +1,79 @@
+"""End to end: `vaest predict` (zero-shot and with a trained bundle) and `vaest demo` in a tiny configuration."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mediautil import make_video, make_wav
+from vaest.cli import app
+
+pytest.importorskip("mediapipe", reason="the face path needs mediapipe (vaest[face])")
+
+
+def _rows(p: Path) -> list[dict]:
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_zero_shot_mixed_inputs(synth_corpus, tmp_path):
+    from vaest.corpus import load_corpus
+    from vaest.media import count_frames
+
+    v = load_corpus(synth_corpus).split("train")[0]
+    silent = make_video(tmp_path / "no_audio.mp4", n_frames=20, audio=False)
+    wav = make_wav(tmp_path / "speech.wav", seconds=2.0)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    out = tmp_path / "preds"
+    r = CliRunner().invoke(app, ["predict", str(v.media), str(silent), str(wav), str(bad), "--out", str(out)])
+    assert r.exit_code == 1  # one file failed, the others were written
+    rows = _rows(out / f"{v.media.stem}.csv")
+    assert len(rows) == count_frames(v.media)
+    assert list(rows[0])[:4] == ["frame", "time", "valence", "arousal"] and "face_valence" in rows[0]
+    va = np.array([[float(x["valence"]), float(x["arousal"])] for x in rows])
+    assert np.isfinite(va).all() and np.abs(va).max() <= 1 and va.std(0).max() > 0
+    assert rows[1]["frame"] == "2" and float(rows[30]["time"]) == pytest.approx(1.0, abs=1e-3)
+    assert (out / f"{v.media.stem}.png").stat().st_size > 10_000
+    # a video without audio still gets its face path; a flat grey frame has no face: zeros, not a crash
+    assert len(_rows(out / "no_audio.csv")) == 20
+    a = _rows(out / "speech.csv")
+    assert len(a) == pytest.approx(60, abs=2) and a[0]["audio_valence"] == ""
+    assert not (out / "broken.csv").exists()
+
+
+@pytest.mark.slow
+def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
+    """The whole method (synth -> ... -> predict) with one or two epochs per model: every artefact exists and
+    is consistent; a rerun of the same command recomputes nothing."""
+    import shutil
+
+    out = tmp_path / "demo"
+    # reuse the session corpus (generation is tested elsewhere): the demo skips synthesis when it exists
+    shutil.copytree(synth_corpus, out / "corpus")
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("face_epochs: 2\naudio_epochs: 1\nbehavior_epochs: 2\nfusion_epochs: 1\n")
+    r = CliRunner().invoke(app, ["demo", str(out), "--videos", "4", "--seconds", "8", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["runs"]) == {"face", "audio", "behavior", "raav", "dcmmoe", "late", "average"}
+    for name, run in m["runs"].items():
+        for stage in ("raw", "filled", "smoothed"):
+            assert -1 <= run[stage]["mean"] <= 1, (name, stage)
+    report = (out / "report.md").read_text()
+    assert "| raav |" in report and "val_predictions.csv" in report
+    sub = out / "submission" / "val_predictions.csv"
+    assert sub.read_text().startswith("image_location,valence,arousal\n")
+    bundle = json.loads((out / "model" / "bundle.json").read_text())
+    assert set(bundle["modalities"]) == {"face", "audio", "behavior"} and bundle["fusion"]
+    pred_csv = next((out / "predict").glob("*.csv"))
+    rows = _rows(pred_csv)
+    assert {"face_valence", "audio_arousal", "behavior_valence"} <= set(rows[0])
+    assert any(k.startswith("weight_") for k in rows[0])
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("model.pt")}
+    r2 = CliRunner().invoke(app, ["demo", str(out), "--videos", "4", "--seconds", "8", "--config", str(cfg)])
+    assert r2.exit_code == 0, r2.output
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("model.pt")}
