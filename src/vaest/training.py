@@ -46,6 +46,7 @@ class TrainConfig:
     early_stop: int = 15
     grad_clip: float | None = None
     ema: float | None = None
+    ema_warmup: bool = False  # decay min(ema, (1 + n) / (10 + n)) after n updates, so short runs are not stuck at init
     seed: int = 0
     device: str = "cpu"
     max_batches_per_epoch: int | None = None
@@ -90,17 +91,21 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 class EMA:
     """Exponential moving average of a model's floating-point parameters and buffers."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
         self.decay = decay
+        self.warmup = warmup
+        self.updates = 0
         self.shadow = copy.deepcopy(model).eval()
         for p in self.shadow.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        self.updates += 1
         for s, p in zip(self.shadow.state_dict().values(), model.state_dict().values()):
             if s.dtype.is_floating_point:
-                s.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+                s.mul_(d).add_(p.detach(), alpha=1 - d)
             else:
                 s.copy_(p)
 
@@ -145,7 +150,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
     opt = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
                                                        patience=cfg.plateau_patience)
-    ema = EMA(model, cfg.ema) if cfg.ema else None
+    ema = EMA(model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
     rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, Any]] = []
     best = {"valence": -math.inf, "arousal": -math.inf, "mean": -math.inf}
@@ -161,6 +166,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
             sched.load_state_dict(ck["scheduler"])
             if ema is not None and ck.get("ema_state") is not None:
                 ema.shadow.load_state_dict(ck["ema_state"])
+                ema.updates = int(ck.get("ema_updates", 0))
             rng.bit_generator.state = ck["rng"]
             torch.set_rng_state(ck["torch_rng"])
             history, best, best_epoch, stale = ck["history"], ck["best"], ck["best_epoch"], ck["stale"]
@@ -208,6 +214,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
                      scores["arousal"], scores["mean"], " *" if best_epoch == epoch else "")
             save_checkpoint(last, model, train_config=train_cfg, epoch=epoch, optimizer=opt.state_dict(),
                             scheduler=sched.state_dict(), ema_state=ema.shadow.state_dict() if ema else None,
+                            ema_updates=ema.updates if ema else 0,
                             rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), history=history,
                             best=best, best_epoch=best_epoch, stale=stale)
             prog.advance(ep_task)
