@@ -181,9 +181,11 @@ def cremad_checks(data_dir: Path | None = None, work: Path | None = None) -> dic
 # ---------------------------------------------------------------------------------------------------------
 
 
-def loudness_baseline(corpus_root: Path, features: Path, encoder: str = "lmfb") -> dict[str, Any]:
+def loudness_baseline(corpus_root: Path, features: Path, encoder: str = "lmfb",
+                      per_video: bool = False) -> dict[str, Any]:
     """Constant-loudness baseline: per-second RMS level (dB) -> linear least squares to each of valence/arousal
-    on the training seconds; validation CCC over all frames, exactly as the audio model is scored."""
+    on the training seconds; validation CCC over all frames, exactly as the audio model is scored.
+    ``per_video`` z-scores the levels within each video first (as ``feature_norm="video"`` does for features)."""
     from vaest.corpus import load_corpus
     from vaest.features.store import FeatureStore
     from vaest.media import read_audio
@@ -204,6 +206,8 @@ def loudness_baseline(corpus_root: Path, features: Path, encoder: str = "lmfb") 
         for s in range(n):
             x = wav[s * SR : (s + 1) * SR]
             seg[s] = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) + 1e-10) if len(x) else np.nan
+        if per_video:
+            seg = (seg - np.nanmean(seg)) / max(float(np.nanstd(seg)), 1e-6)
         rows[v.split].append((it, seg, second_targets(it.frame_labels, it.fps, n)))
     X = np.concatenate([s for _, s, _ in rows["train"]])
     Y = np.concatenate([t for _, _, t in rows["train"]])
@@ -255,6 +259,7 @@ def synthetic_eval(corpus_root: Path, features: Path, out: Path, encoder: str = 
         m["wall_seconds"] = time.perf_counter() - t0
         res["filter" if filt else "no_filter"] = m
     res["loudness_baseline"] = loudness_baseline(corpus_root, features, encoder)
+    res["loudness_baseline_per_video"] = loudness_baseline(corpus_root, features, encoder, per_video=True)
     if check_mouth:
         res["mouth_vs_synth_truth"] = mouth_vs_truth(corpus_root, features)
     return res

@@ -484,3 +484,22 @@ def test_cremad_mouth_opening_agrees_with_speech(tmp_path):
         m = ok & mouth.extras["coverage"]
         agree.append(np.mean(mouth.extras["open"][m] == (sp[m, 0] > 0.5)))
     assert np.mean(agree) > 0.6, agree
+
+
+def test_ema_warmup_follows_early_updates():
+    from torch import nn
+
+    from vaest.training import EMA
+
+    m = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(m.weight)
+    slow, warm = EMA(m, 0.998), EMA(m, 0.998, warmup=True)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    slow.update(m)
+    warm.update(m)
+    assert abs(float(slow.shadow.weight) - 0.002) < 1e-6  # plain EMA: still at the initial weights
+    assert abs(float(warm.shadow.weight) - 0.9) < 1e-6  # first update uses decay 1/10
+    for _ in range(5000):
+        warm.update(m)
+    assert warm.updates == 5001 and min(warm.decay, (1 + warm.updates) / (10 + warm.updates)) == 0.998
