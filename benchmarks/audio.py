@@ -50,7 +50,10 @@ def _best_time(fn, repeats: int) -> float:
 
 
 def extraction_speed(seconds: float = 60.0, repeats: int = 3, threads: int = 2) -> dict[str, Any]:
-    """Real-time factor (compute seconds per audio second; lower is faster) of each offline audio extractor."""
+    """Real-time factor (compute seconds per audio second; lower is faster) of each offline audio extractor.
+
+    Returns ``{extractor: rtf}`` (floats) plus ``details`` (seconds, x real time, threads, load average).
+    """
     import torch
 
     from vaest.features.audio import egemaps_lld, log_mel_spectrogram
@@ -60,15 +63,18 @@ def extraction_speed(seconds: float = 60.0, repeats: int = 3, threads: int = 2) 
     wav = _speechlike(seconds)
     speech_probability(wav[:SR])  # load the model outside the timing
     egemaps_lld(wav[:SR])
-    out: dict[str, Any] = {"audio_seconds": seconds, "threads": threads, "cpu_count": os.cpu_count()}
+    out: dict[str, Any] = {}
+    details: dict[str, Any] = {"audio_seconds": seconds, "threads": threads, "cpu_count": os.cpu_count()}
     for name, fn in {"lmfb": lambda: log_mel_spectrogram(wav), "egemaps": lambda: egemaps_lld(wav),
-                     "vad": lambda: speech_probability(wav), "wavlm_cache": lambda: wav.astype(np.float16)}.items():
+                     "vad": lambda: speech_probability(wav), "wavlm (waveform cache)": lambda: wav.astype(np.float16)}.items():
         t = _best_time(fn, repeats)
-        out[name] = {"seconds": t, "rtf": t / seconds, "x_realtime": seconds / t if t > 0 else float("inf")}
+        out[name] = t / seconds
+        details[name] = {"seconds": t, "x_realtime": seconds / t if t > 0 else float("inf")}
     try:
-        out["load_avg_1min"] = os.getloadavg()[0]
+        details["load_avg_1min"] = os.getloadavg()[0]
     except OSError:
         pass
+    out["details"] = details
     return out
 
 

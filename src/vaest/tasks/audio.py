@@ -305,10 +305,20 @@ def frame_grid(store: FeatureStore, video: Video, audio_meta: dict[str, Any]) ->
 
 
 def load_item(store: FeatureStore, video: Video, encoder: str, filt: FilterConfig | None = None,
-              min_valid_seconds: int = 2) -> AudioItem:
-    """Build the :class:`AudioItem` of one video from the feature store (audio record, mouth/face/vad records)."""
+              min_valid_seconds: int = 2, feature_norm: str = "video") -> AudioItem:
+    """Build the :class:`AudioItem` of one video from the feature store (audio record, mouth/face/vad records).
+
+    ``feature_norm="video"`` z-scores each dimension of cached frame features within the video (not waveforms);
+    inference must use the setting the model was trained with (saved in its checkpoint as ``feature_norm``).
+    """
+    if feature_norm not in ("global", "video"):
+        raise FeatureError(f"feature_norm must be 'global' or 'video', got {feature_norm!r}")
     rec = store.load(audio_key(encoder), video.id)
     meta = rec.meta
+    x = rec.values
+    if feature_norm == "video" and encoder != "wavlm" and len(x):
+        x = x.astype(np.float32)
+        x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-5)
     n_frames, fps = frame_grid(store, video, meta)
     labels = video.labels_for(n_frames) if video.has_labels else None
     audio_s = float(meta.get("duration") or len(rec.values) * rec.base.hop)
@@ -322,7 +332,7 @@ def load_item(store: FeatureStore, video: Video, encoder: str, filt: FilterConfi
     sec = starts[:, None] + np.arange(N_CHUNKS)[None, :]
     has_audio = (sec + 0.5 <= audio_s + 1e-9) & (sec < n_sec)
     stats = reliability_from_store(store, video, starts.astype(np.float64), WIN_S, filt)
-    return AudioItem(video.id, video.split, rec.values, 1.0 / rec.base.hop, rec.base.start, starts, n_sec, targets,
+    return AudioItem(video.id, video.split, x, 1.0 / rec.base.hop, rec.base.start, starts, n_sec, targets,
                      has_audio, label_rule(targets, min_valid_seconds), stats, n_frames, fps, labels, audio_s)
 
 
@@ -507,13 +517,7 @@ def load_items(store: FeatureStore, corpus: Corpus, cfg: AudioTrainConfig) -> tu
         if v.media is None or not store.has(key, v.id):
             missing.append(v)
             continue
-        it = load_item(store, v, cfg.encoder, filt, cfg.min_valid_seconds)
-        if cfg.feature_norm == "video" and cfg.encoder != "wavlm" and len(it.x):
-            # per-video mean/variance normalisation of each feature dimension (removes channel and speaker offsets)
-            x = it.x.astype(np.float32)
-            it.x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-5)
-        elif cfg.feature_norm not in ("global", "video"):
-            raise FeatureError(f"feature_norm must be 'global' or 'video', got {cfg.feature_norm!r}")
+        it = load_item(store, v, cfg.encoder, filt, cfg.min_valid_seconds, cfg.feature_norm)
         if it.stats.source != "mouth" and not v.audio_only:
             no_mouth += 1
         items.append(it)
@@ -651,7 +655,8 @@ def train_audio(features: str | Path, corpus: str | Path, out: str | Path,
     groups = audio_param_groups(model, cfg.backbone_lr, cfg.head_lr)
     write_run_info(run, "vaest train audio", cfg)
     res = fit(model, task, cfg.train_config(), run, param_groups=groups,
-              extra={"encoder": cfg.encoder, "features": str(features), "filter": cfg.filter})
+              extra={"encoder": cfg.encoder, "features": str(features), "filter": cfg.filter,
+                     "feature_norm": cfg.feature_norm})
     best, _ = load_checkpoint(run / "model.pt", cfg.device)
     export_run(best, items, missing, store, run, cfg, cfg.device)
     write_run_json(run, modality="audio", corpus=str(corpus), features=str(features), encoder=cfg.encoder,
