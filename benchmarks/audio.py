@@ -65,8 +65,9 @@ def extraction_speed(seconds: float = 60.0, repeats: int = 3, threads: int = 2) 
     egemaps_lld(wav[:SR])
     out: dict[str, Any] = {}
     details: dict[str, Any] = {"audio_seconds": seconds, "threads": threads, "cpu_count": os.cpu_count()}
-    for name, fn in {"lmfb": lambda: log_mel_spectrogram(wav), "egemaps": lambda: egemaps_lld(wav),
-                     "vad": lambda: speech_probability(wav), "wavlm (waveform cache)": lambda: wav.astype(np.float16)}.items():
+    runs = {"lmfb": lambda: log_mel_spectrogram(wav), "egemaps": lambda: egemaps_lld(wav),
+            "vad": lambda: speech_probability(wav), "wavlm (waveform cache)": lambda: wav.astype(np.float16)}
+    for name, fn in runs.items():
         t = _best_time(fn, repeats)
         out[name] = t / seconds
         details[name] = {"seconds": t, "x_realtime": seconds / t if t > 0 else float("inf")}
@@ -249,7 +250,8 @@ def mouth_vs_truth(corpus_root: Path, features: Path) -> dict[str, Any]:
         cov += int(np.sum(m.extras["coverage"][:k] == vis))
         n += k
         n_vis += int(vis.sum())
-    return {"frames": n, "coverage_agreement": cov / max(n, 1), "open_vs_truth_speaking_on_visible_frames": agree / max(n_vis, 1)}
+    return {"frames": n, "coverage_agreement": cov / max(n, 1),
+            "open_vs_truth_speaking_on_visible_frames": agree / max(n_vis, 1)}
 
 
 def synthetic_eval(corpus_root: Path, features: Path, out: Path, encoder: str = "lmfb", epochs: int = 30,

@@ -348,7 +348,8 @@ class WindowStats:
         starts: window start (seconds).
         open_seconds: seconds of mouth opening in the window (for ``source == "vad"``: seconds of speech).
         coverage: share of the window's frames with a face (1.0 when the media has no video: ``source == "vad"``).
-        speech_ratio: share of the window's 32 ms chunks with speech (silero-vad, smoothed; NaN without a ``vad`` record).
+        speech_ratio: share of the window's 32 ms chunks with speech (silero-vad, smoothed; NaN without a
+            ``vad`` record).
         reliability: ``min(1, open_seconds / fuse_min_open_s) * min(1, coverage / min_coverage)`` in [0, 1]:
             1 exactly when the fusion rule keeps the window, falling linearly to 0 as opening or coverage vanish.
         train_ok: the training rule (open >= 0.25 x window and coverage >= 0.8).

@@ -49,7 +49,8 @@ def _load_model() -> Any:
             try:
                 from silero_vad import load_silero_vad
             except ImportError:
-                raise FeatureError("voice activity needs the 'silero-vad' package (pip install 'vaest[audio]')") from None
+                raise FeatureError("voice activity needs the 'silero-vad' package "
+                                   "(pip install 'vaest[audio]')") from None
             finally:
                 torch.set_num_threads(threads)
             _MODEL = load_silero_vad()

@@ -290,14 +290,14 @@ def frame_grid(store: FeatureStore, video: Video, audio_meta: dict[str, Any]) ->
     dur = float(audio_meta.get("duration") or 0.0)
     if video.audio_only or not audio_meta.get("has_video", True):
         fps = fps_or_default(video.fps)
-        n = video.n_label_frames if video.label_path is not None else None
+        n = video.n_label_frames
         return int(n if n else max(1, math.ceil(dur * fps))), fps
     got = _record_grid(store, video)
     if got is not None:
         return got
     fps = fps_or_default(audio_meta.get("fps") or video.fps)
     n = int(audio_meta.get("n_frames") or 0)
-    if n <= 0 and video.label_path is not None:
+    if n <= 0:
         n = int(video.n_label_frames or 0)
     if n <= 0:
         n = max(1, math.ceil(max(dur, float(audio_meta.get("media_duration") or 0.0)) * fps))
@@ -649,8 +649,8 @@ def train_audio(features: str | Path, corpus: str | Path, out: str | Path,
     augment = AugmentConfig() if (cfg.augment and cfg.encoder == "wavlm") else None
     task = AudioTask(train, val, cfg.filter, augment)
     kept, cand = len(task.index), task.n_candidates
-    log.info("audio windows: %d of %d labelled training windows kept (%.1f%%)%s", kept, cand, 100.0 * kept / max(cand, 1),
-             "" if cfg.filter else " (filter off)")
+    log.info("audio windows: %d of %d labelled training windows kept (%.1f%%)%s", kept, cand,
+             100.0 * kept / max(cand, 1), "" if cfg.filter else " (filter off)")
     model = build_model(cfg, items, store)
     groups = audio_param_groups(model, cfg.backbone_lr, cfg.head_lr)
     write_run_info(run, "vaest train audio", cfg)
