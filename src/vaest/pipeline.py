@@ -130,13 +130,14 @@ def apply_audio(run: str | Path, store: FeatureStore, videos: Sequence[Video], o
     from vaest.tasks.audio import AudioTrainConfig, export_run, load_item
 
     model, ck = _checkpoint(Path(run), device)
-    cfg = AudioTrainConfig(encoder=ck.get("encoder", "lmfb"), filter=bool(ck.get("filter", True)), device=device)
+    cfg = AudioTrainConfig(encoder=ck.get("encoder", "lmfb"), filter=bool(ck.get("filter", True)), device=device,
+                           feature_norm=ck.get("feature_norm", "video"))
     items, missing = [], []
     for v in videos:
         if v.media is None or not store.has(audio_key(cfg.encoder), v.id):
             missing.append(v)
             continue
-        it = load_item(store, v, cfg.encoder, cfg.filter_config(), cfg.min_valid_seconds)
+        it = load_item(store, v, cfg.encoder, cfg.filter_config(), cfg.min_valid_seconds, cfg.feature_norm)
         if it.audio_seconds <= 0:
             missing.append(v)
             continue
