@@ -94,7 +94,11 @@ def apply_face(run: str | Path, store: FeatureStore, videos: Sequence[Video], ou
 
     model, ck = _checkpoint(Path(run), device)
     encoder = ck["inputs"]["store_key"].split("face-", 1)[1]
-    loaded, missing = load_face_sequences(list(videos), store, encoder)
+    motion = bool(ck["inputs"].get("motion", False))  # face-track kinematics appended at training time
+    if motion:
+        loaded, missing = load_face_sequences(list(videos), store, encoder, motion=True)
+    else:
+        loaded, missing = load_face_sequences(list(videos), store, encoder)
     for v, x, found, fps in loaded:
         res = predict_sequence(model, {"x": apply_norm(x, ck["norm"])}, int(ck.get("win", 400)),
                                int(ck.get("hop", 150)), device)
