@@ -495,8 +495,8 @@ def submit(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("demo_out"),
-    videos: Annotated[int, typer.Option(help="Synthetic videos.")] = 12,
-    seconds: Annotated[float, typer.Option(help="Seconds per video.")] = 40.0,
+    videos: Annotated[int, typer.Option(help="Synthetic videos.")] = 10,
+    seconds: Annotated[float, typer.Option(help="Seconds per video.")] = 30.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     config: ConfigOpt = None,
 ) -> None:
