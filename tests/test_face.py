@@ -36,6 +36,15 @@ from vaest.timebase import TimeBase, TimeSeries
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Small CPU models run fastest on one thread (and a shared 2-core machine makes OpenMP barriers costly)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Generated faces: skimage's astronaut photo, optionally with the lower lip pulled down
 # ---------------------------------------------------------------------------------------------------------
@@ -98,7 +107,8 @@ def test_every_encoder_forward_random_weights(name):
     from vaest.features import face
 
     assert name in list_encoders()
-    enc = face._ENCODERS[name]().eval()  # random weights, no download
+    cfg = face._ENCODERS[name].Config(**({"input_size": 64} if name == "grada" else {}))  # grada: same net, small input
+    enc = face._ENCODERS[name](cfg).eval()  # random weights, no download
     crops = [np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8), np.zeros((30, 60, 3), np.uint8)]
     res = enc.encode(crops, batch_size=1)
     assert res["emb"].shape == (2, enc.feature_dim)
@@ -143,7 +153,8 @@ def test_efficientnet_b1_matches_torchvision_layout():
 
 def test_grada_checkpoint_formats_round_trip(tmp_path):
     torch.manual_seed(0)
-    g = GradaEncoder().eval()
+    small = {"input_size": 64}  # the same network on a smaller input keeps the test fast
+    g = GradaEncoder(GradaEncoder.Config(**small)).eval()
     with torch.no_grad():  # non-trivial batch-norm statistics, so a wrong load would show
         for m in g.modules():
             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
@@ -163,17 +174,17 @@ def test_grada_checkpoint_formats_round_trip(tmp_path):
     }
     for name, obj in variants.items():
         torch.save(obj, tmp_path / name)
-        enc = create_encoder("grada", weights=tmp_path / name)
+        enc = create_encoder("grada", weights=tmp_path / name, **small)
         out = enc.encode(crop)
         for k in ("emb", "probs", "va"):
             np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-5, err_msg=f"{name}: {k}")
-    fresh = GradaEncoder()
+    fresh = GradaEncoder(GradaEncoder.Config(**small))
     fresh.load_state_dict(torch.load(tmp_path / "affective_static_efficientNet_b1.pth"), strict=True)
     bad = dict(sd)
     bad.pop("regression.bias")
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(ModelError, match="bad.pth"):
-        create_encoder("grada", weights=tmp_path / "bad.pth")
+        create_encoder("grada", weights=tmp_path / "bad.pth", **small)
     with pytest.raises(ModelError, match="--weights"):
         create_encoder("grada")
     with pytest.raises(ModelError, match="not found"):
@@ -323,6 +334,12 @@ def test_detect_every_frame_and_tracking_agree(tmp_path):
     # between detections the landmark-driven box stays on the moving face
     assert np.abs(res[4][0] - res[1][0]).max() < 12
     np.testing.assert_allclose(res[4][2][:, 13, :2], res[1][2][:, 13, :2], atol=6)
+    # without FaceMesh the detector runs on every frame: same boxes, no landmarks
+    tr = FaceTracker(FaceTrackConfig(detect_every=4, mesh=False), [None])
+    boxes, conf, lms = tr.process(frames)[None]
+    tr.close()
+    np.testing.assert_allclose(boxes, res[1][0], atol=1e-3)
+    assert (conf > 0.5).all() and np.isnan(lms).all()
 
 
 def test_left_right_faces_of_a_two_person_video(tmp_path):
@@ -447,6 +464,25 @@ def test_face_transformer_and_frame_mlp_shapes():
     assert out["va"].shape == (2, 30, 2) and out["emb"].shape == (2, 30, 16)
 
 
+def test_attention_span_limits_the_receptive_field():
+    from vaest.models import create_model
+
+    torch.manual_seed(0)
+    kw = dict(input_dim=4, d_model=16, heads=2, ffn=16, layers=2, dropout=0.0)
+    local = create_model("face-transformer", attn_span=3, **kw).eval()
+    full = create_model("face-transformer", **kw).eval()
+    full.load_state_dict(local.state_dict())
+    x = torch.randn(1, 40, 4)
+    y = x.clone()
+    y[0, 30:] += 5.0  # change frames 30.. only
+    with torch.no_grad():
+        a, b = local(x=x)["va"], local(x=y)["va"]
+        # 2 layers x 3 frames: frames up to 23 cannot see frame 30
+        torch.testing.assert_close(a[0, :24], b[0, :24])
+        assert not torch.allclose(a[0, 24:30], b[0, 24:30])
+        assert not torch.allclose(full(x=x)["va"][0, :24], full(x=y)["va"][0, :24])
+
+
 def test_window_padding_and_per_frame_baseline_has_no_context():
     from vaest.models import create_model
     from vaest.training import predict_sequence
@@ -503,9 +539,10 @@ def test_train_face_improves_ccc_and_writes_the_run(tmp_path):
 
     root = _toy_face_corpus(tmp_path / "corpus")
     run = tmp_path / "run"
-    st = FaceTrainSettings(win=60, hop=30, model_config={"d_model": 32, "heads": 2, "ffn": 32, "layers": 1, "dropout": 0.0})
+    st = FaceTrainSettings(win=60, hop=30, motion=False,
+                           model_config={"d_model": 32, "heads": 2, "ffn": 32, "layers": 1, "dropout": 0.0})
     res = train_face(root, root / "feats", run, encoder="toy", model="face-transformer",
-                     train_cfg=TrainConfig(epochs=25, lr=3e-3, batch_size=8, early_stop=25), settings=st)
+                     train_cfg=TrainConfig(epochs=15, lr=3e-3, batch_size=8, early_stop=15), settings=st)
     hist = json.loads((run / "history.json").read_text())["history"]
     first = hist[0]["mean"]
     assert res["metrics"]["mean"] > max(first + 0.2, 0.5), (first, res["metrics"])
@@ -532,11 +569,64 @@ def test_frame_mlp_baseline_trains_on_the_same_task(tmp_path):
 
     root = _toy_face_corpus(tmp_path / "corpus", n_train=2, n_val=1, n=120)
     res = train_face(root, root / "feats", tmp_path / "run", encoder="toy", model="frame-mlp",
-                     train_cfg=TrainConfig(epochs=3, lr=1e-3), settings=FaceTrainSettings(win=60, hop=30,
+                     train_cfg=TrainConfig(epochs=3, lr=1e-3), settings=FaceTrainSettings(win=60, hop=30, motion=False,
                                                                                           model_config={"hidden": 16}))
     assert np.isfinite(res["metrics"]["mean"])
     with pytest.raises(VaestError, match="extract face"):
         train_face(root, root / "feats", tmp_path / "run2", encoder="nothing-stored")
+    with pytest.raises(VaestError, match="facetrack"):  # motion inputs need the facetrack records
+        train_face(root, root / "feats", tmp_path / "run3", encoder="toy", settings=FaceTrainSettings(motion=True))
+
+
+def test_face_motion_from_a_hand_made_track():
+    from vaest.features.face import LANDMARK_IDS
+    from vaest.tasks.face import MOTION_FEATURES, face_motion
+
+    n, fps = 6, 30.0
+    x0 = np.array([0, 3, 6, 9, 12, 15], np.float64)  # 3 px per frame to the right
+    w = np.array([100, 100, 100, 100, 110, 121], np.float64)  # frame 5 is 10 % larger than frame 4
+    boxes = np.stack([x0, np.zeros(n), x0 + w, w], 1).astype(np.float32)
+    found = np.array([True, True, True, False, True, True])
+    boxes[~found] = np.nan
+    lms = np.full((n, len(LANDMARK_IDS), 2), np.nan, np.float32)
+    pos = {k: j for j, k in enumerate(LANDMARK_IDS)}
+    for k in (0, 1, 2, 4, 5):
+        ang = 0.1 * k  # roll grows by 0.1 rad per frame
+        lms[k, pos[33]] = (0, 0)
+        lms[k, pos[263]] = (np.cos(ang), np.sin(ang))
+    rec = FeatureRecord(TimeSeries(boxes, TimeBase.frames(fps), found), {"landmarks": lms},
+                        {"landmark_ids": list(LANDMARK_IDS)})
+    m = face_motion(rec, fps)
+    assert m.shape == (n, len(MOTION_FEATURES))
+    # frames 1, 2: the centre moves 3 px at width 100 -> 0.9 widths/s; frame 3 has no face and frame 4
+    # follows it -> 0; frame 5: centre x 67 -> 75.5 and y 55 -> 60.5 at the previous width 110
+    np.testing.assert_allclose(m[:, 0], [0, 0.9, 0.9, 0, 0, 8.5 / 110 * 30], atol=1e-5)
+    np.testing.assert_allclose(m[:, 1], [0, 0, 0, 0, 0, 5.5 / 110 * 30], atol=1e-5)
+    np.testing.assert_allclose(m[:, 2], [0, 0, 0, 0, 0, np.log(1.1) * 30], atol=1e-4)
+    np.testing.assert_allclose(m[:, 3], [0, 0.1, 0.2, 0, 0.4, 0.5], atol=1e-5)
+    np.testing.assert_allclose(m[:, 4], [0, 3.0, 3.0, 0, 0, 3.0], atol=1e-4)
+
+
+def test_jittered_windows_shift_within_a_hop():
+    from vaest.tasks.face import JitteredSequenceTask
+    from vaest.training import Sequence
+
+    T = 1000
+    x = np.arange(T, dtype=np.float32)[:, None]
+    seq = Sequence("a", {"x": x}, np.zeros((T, 2), np.float32), TimeBase.frames(30.0), T, 30.0)
+    task = JitteredSequenceTask([seq], [], win=400, hop=150)
+    grid = list(task.index)
+    starts = []
+    for seed in (0, 1):
+        batches = list(task.train_batches(np.random.default_rng(seed), 4))
+        starts.append(sorted(int(b) for bt in batches for b in bt["x"][:, 0, 0]))
+    assert task.index == grid  # the grid is restored after the epoch
+    for got in starts:
+        assert len(got) == len(grid)
+        assert all(0 <= g - s < 150 for g, (_, s) in zip(got, sorted(grid)))
+    assert starts[0] != starts[1]
+    again = sorted(int(b) for bt in task.train_batches(np.random.default_rng(0), 4) for b in bt["x"][:, 0, 0])
+    assert again == starts[0]  # reproducible from the generator
 
 
 def test_settings_from_config_and_flags():

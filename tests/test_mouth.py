@@ -26,6 +26,16 @@ from vaest.features.mouth import (
 from vaest.features.store import FeatureStore
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def B(s: str) -> np.ndarray:
     """'0110' -> bool array."""
     return np.array([c == "1" for c in s])

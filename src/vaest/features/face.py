@@ -285,7 +285,8 @@ class FaceTracker:
         for b in range(B):
             frame = frames[b]
             lost = any(t.box is None or t.age > 0 for t in self.tracks.values())
-            detect = lost or self.frame_no % max(1, cfg.detect_every) == 0
+            # without FaceMesh nothing follows the face between detections: detect on every frame
+            detect = lost or not cfg.mesh or self.frame_no % max(1, cfg.detect_every) == 0
             assigned: dict[str | None, tuple[np.ndarray, float] | None] = {}
             if detect:
                 boxes, scores = self.detect(frame)
@@ -346,6 +347,7 @@ class FaceTrackExtractor(Extractor):
         self.tracker = FaceTracker(self.config, [_track_key(v) for v in videos])
         self.parts: dict[str | None, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in self.tracker.sides}
         self.n = 0
+        self.size = [info.width, info.height]
 
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
         res = self.tracker.process(batch.frames)
@@ -357,6 +359,7 @@ class FaceTrackExtractor(Extractor):
         for s, (boxes, conf, lms) in res.items():
             self.parts[s].append((boxes, conf, lms[:, _LM_INDEX, :2]))
         self.n += len(batch.index)
+        self.size = [int(batch.frames.shape[2]), int(batch.frames.shape[1])]  # box coordinates are in these pixels
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
         self.tracker.close()
@@ -370,7 +373,7 @@ class FaceTrackExtractor(Extractor):
             found = np.isfinite(boxes).all(1)
             meta = {"landmark_ids": list(LANDMARK_IDS), "landmark_groups": {k: list(v_) for k, v_ in LANDMARK_GROUPS.items()},
                     "face_rate": float(found.mean()) if len(found) else 0.0, "side": v.side,
-                    "frame_size": [self.info.width, self.info.height]}
+                    "frame_size": self.size}
             out[("facetrack", v.id)] = FeatureRecord(TimeSeries(boxes, TimeBase.frames(fps), found),
                                                      {"conf": conf, "landmarks": lms}, meta)
             log.debug("%s: face found in %.1f%% of %d frames", v.id, 100 * meta["face_rate"], len(found))

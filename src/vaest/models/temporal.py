@@ -3,6 +3,11 @@
 Projection of the input features to 256 + LayerNorm, sinusoidal positions, 5 Transformer encoder layers
 (8 heads, FFN 256, GELU), and a head Linear -> LayerNorm -> GELU -> Linear(2). Windows of 400 frames with hop
 150 are cut, padded and overlap-averaged by :class:`vaest.training.SequenceTask` / ``predict_sequence``.
+
+``attn_span`` (not in the reference, off by default) limits each layer's self-attention to frames at most
+that far away; stacked layers still reach ``layers x attn_span`` frames. Full attention over 400-frame windows
+overfits small training sets (a dozen videos): it learns window-level shortcuts that do not carry over to new
+people, while local attention keeps the per-frame evidence in front and still pools over seconds.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class FaceTransformerConfig:
     heads: int = 8
     ffn: int = 256
     dropout: float = 0.1
+    attn_span: int | None = None  # frames each layer may attend to on either side (None: the whole window)
 
 
 @register_model("face-transformer")
@@ -67,5 +73,9 @@ class FaceTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.norm(self.proj(x.float()))
         h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device)
-        h = self.encoder(h)
+        mask = None
+        if self.config.attn_span is not None:
+            t = torch.arange(h.shape[1], device=h.device)
+            mask = (t[None, :] - t[:, None]).abs() > self.config.attn_span  # True = may not attend
+        h = self.encoder(h, mask=mask)
         return {"va": self.head(h), "emb": h}

@@ -2,9 +2,16 @@
 
 Inputs per frame: the encoder's embedding, its expression probabilities and the detector confidence
 (``face-<encoder>`` record). Frames with no face take the nearest face frame's embedding and probabilities
-(the reference rule) and keep confidence 0, so the model can tell filled frames from seen ones. Inputs are
-standardised with train-split statistics, which travel in the checkpoint (``extra["norm"]``). Frames labelled
--5 are masked out of the loss. The run folder follows :mod:`vaest.inference`.
+(the reference rule) and keep confidence 0, so the model can tell filled frames from seen ones.
+
+Optionally (``motion``, on by default; not part of the reference inputs) five face-track kinematics from the
+``facetrack`` record are appended: horizontal and vertical velocity of the box centre and the rate of change
+of the log box size (face widths per second), the eye-line roll angle and its rate. They do not depend on the
+camera framing, and only a model with temporal context can turn them into what carries affect (head-motion
+energy over a second or more goes with arousal); aligned face crops remove this information.
+
+Inputs are standardised with train-split statistics, which travel in the checkpoint (``extra["norm"]``).
+Frames labelled -5 are masked out of the loss. The run folder follows :mod:`vaest.inference`.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
@@ -36,6 +44,13 @@ class FaceTrainSettings:
         win, hop: training/inference windows in frames (reference: 400 / 150).
         model_config: model settings other than ``input_dim`` (which comes from the features).
         train_split, val_split: corpus splits to train on and to select the best epoch on.
+        motion: append the face-track kinematics (see the module docstring) to the inputs.
+        attn_span: for models with that setting (``face-transformer``): frames each attention layer may look
+            at on either side (30 = 1 s at 30 fps, 5 s through the 5 layers); None = full windows (the
+            reference). ``model_config`` wins when it sets it.
+        jitter: each epoch, shift every training window by a random offset in [0, hop) frames, so the model
+            does not see the same 400-frame windows at the same positions every epoch (a cheap augmentation
+            for small corpora). Inference windows are unchanged.
     """
 
     encoder: str = "fer"
@@ -45,6 +60,24 @@ class FaceTrainSettings:
     model_config: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"
     val_split: str = "val"
+    jitter: bool = True
+    motion: bool = True
+    attn_span: int | None = 30
+
+
+class JitteredSequenceTask(SequenceTask):
+    """:class:`vaest.training.SequenceTask` whose training windows start at a random offset in [0, hop) past
+    their grid position each epoch (drawn from the epoch's generator, so runs stay reproducible); validation
+    and inference use the windows on the grid."""
+
+    def train_batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        grid = self.index
+        shift = rng.integers(0, self.hop, size=len(grid))
+        self.index = [(i, int(min(s + d, self.train[i].length - 1))) for (i, s), d in zip(grid, shift)]
+        try:
+            yield from super().train_batches(rng, batch_size)
+        finally:
+            self.index = grid
 
 
 def face_inputs(rec: FeatureRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +98,45 @@ def face_inputs(rec: FeatureRecord) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([feats, conf], axis=1).astype(np.float32), found
 
 
+MOTION_FEATURES = ("vx", "vy", "vscale", "roll", "vroll")
+
+
+def face_motion(track: FeatureRecord, fps: float) -> np.ndarray:
+    """Face-track kinematics per frame from a ``facetrack`` record, shape (n_frames, 5) float32.
+
+    Columns: box-centre velocity x and y and log box-size rate (face widths per second), the roll of the line
+    through the outer eye corners (radians, 0 = level) and its rate (radians per second). Velocities are 0
+    where this frame or the previous one has no face; roll is 0 where there are no landmarks.
+    """
+    from vaest.features.face import EYE_OUTER
+
+    boxes = np.asarray(track.values, np.float64)
+    n = len(boxes)
+    found = np.asarray(track.mask, bool) & np.isfinite(boxes).all(1)
+    out = np.zeros((n, len(MOTION_FEATURES)), np.float32)
+    if n == 0:
+        return out
+    w = np.where(found, np.maximum(boxes[:, 2] - boxes[:, 0], 1.0), np.nan)
+    cx, cy = 0.5 * (boxes[:, 0] + boxes[:, 2]), 0.5 * (boxes[:, 1] + boxes[:, 3])
+    both = found & np.concatenate([[False], found[:-1]])
+    scale = np.where(both, np.concatenate([[np.nan], w[:-1]]), np.nan)  # previous frame's face width
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, 0] = np.nan_to_num(np.diff(cx, prepend=np.nan) / scale * fps)
+        out[:, 1] = np.nan_to_num(np.diff(cy, prepend=np.nan) / scale * fps)
+        out[:, 2] = np.nan_to_num(np.where(both, np.diff(np.log(w), prepend=np.nan), np.nan) * fps)
+    lms, ids = track.extras.get("landmarks"), track.meta.get("landmark_ids")
+    if lms is not None and ids is not None:
+        pos = {int(k): j for j, k in enumerate(ids)}
+        if all(k in pos for k in EYE_OUTER):
+            e = lms[:, pos[EYE_OUTER[1]]] - lms[:, pos[EYE_OUTER[0]]]
+            roll = np.arctan2(e[:, 1], e[:, 0])
+            ok = np.isfinite(roll)
+            prev_ok = np.concatenate([[False], ok[:-1]])
+            out[:, 3] = np.where(ok, roll, 0.0)
+            out[:, 4] = np.where(ok & prev_ok, np.diff(np.where(ok, roll, 0.0), prepend=0.0) * fps, 0.0)
+    return out
+
+
 def fit_norm(xs: list[np.ndarray], founds: list[np.ndarray]) -> dict[str, list[float]]:
     """Per-column mean and std over the face frames of the given videos (std floored at 1e-6)."""
     rows = [x[f] for x, f in zip(xs, founds) if f.any()]
@@ -80,9 +152,12 @@ def apply_norm(x: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
     return np.nan_to_num(z, nan=0.0).astype(np.float32)
 
 
-def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str
+def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, motion: bool = False
                         ) -> tuple[list[tuple[Video, np.ndarray, np.ndarray, float]], list[str]]:
-    """(video, raw inputs, face mask, fps) for every video with stored features, and the ids without."""
+    """(video, raw inputs, face mask, fps) for every video with stored features, and the ids without.
+
+    ``motion`` appends :func:`face_motion` from the video's ``facetrack`` record (required then).
+    """
     key = f"face-{encoder}"
     out, missing = [], []
     for v in videos:
@@ -91,7 +166,16 @@ def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str
             continue
         rec = store.load(key, v.id)
         x, found = face_inputs(rec)
-        out.append((v, x, found, float(rec.base.rate)))
+        fps = float(rec.base.rate)
+        if motion:
+            if not store.has("facetrack", v.id):
+                raise FeatureError(f"{store.path('facetrack', v.id)}: no facetrack record for '{v.id}' (needed by the "
+                                   "motion inputs; run `vaest extract face`, or train with motion: false)")
+            mot = face_motion(store.load("facetrack", v.id), fps)
+            if len(mot) != len(x):
+                raise FeatureError(f"{store.path('facetrack', v.id)}: {len(mot)} frames, but {key} has {len(x)}")
+            x = np.concatenate([x, mot], axis=1)
+        out.append((v, x, found, fps))
     return out, missing
 
 
@@ -119,14 +203,14 @@ def train_face(corpus_root: str | Path, features: str | Path, out: str | Path, e
     from vaest.config import write_run_info
     from vaest.inference import save_predictions, write_run_json
     from vaest.io import atomic_write_json
-    from vaest.models import create_model, load_checkpoint
+    from vaest.models import create_model, list_models, load_checkpoint
 
     st = dataclasses.replace(settings or FaceTrainSettings(), encoder=encoder, model=model)
     cfg = train_cfg or TrainConfig()
     out = Path(out)
     corpus: Corpus = load_corpus(corpus_root)
     store = FeatureStore(features)
-    loaded, missing = load_face_sequences(list(corpus), store, st.encoder)
+    loaded, missing = load_face_sequences(list(corpus), store, st.encoder, motion=st.motion)
     if missing:
         log.warning("%d videos have no face-%s features in %s (skipped): %s", len(missing), st.encoder, features,
                     ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
@@ -139,19 +223,24 @@ def train_face(corpus_root: str | Path, features: str | Path, out: str | Path, e
         raise VaestError(f"{corpus_root}: no labelled '{st.val_split}' video has face-{st.encoder} features in {features}")
     norm = fit_norm([t[1] for t in train], [t[2] for t in train])
     seq = {t[0].id: to_sequence(t[0], apply_norm(t[1], norm), t[3]) for t in loaded}
-    task = SequenceTask([seq[t[0].id] for t in train], [seq[t[0].id] for t in val], st.win, st.hop)
+    task_cls = JitteredSequenceTask if st.jitter else SequenceTask
+    task = task_cls([seq[t[0].id] for t in train], [seq[t[0].id] for t in val], st.win, st.hop)
     input_dim = int(next(iter(seq.values())).inputs["x"].shape[1])
     from vaest.training import seed_everything
 
     seed_everything(cfg.seed)  # same seed, same initial weights: a rerun reproduces the run
-    net = create_model(st.model, input_dim=input_dim, **st.model_config)
+    model_cfg = dict(st.model_config)
+    if st.model in list_models() and "attn_span" in _config_fields(st.model):
+        model_cfg.setdefault("attn_span", st.attn_span)
+    net = create_model(st.model, input_dim=input_dim, **model_cfg)
     n_params = sum(p.numel() for p in net.parameters())
     log.info("face %s on face-%s (%d inputs, %d parameters): %d train / %d val videos, %d train windows",
              st.model, st.encoder, input_dim, n_params, len(train), len(val), len(task.index))
     write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
                                   "corpus": str(corpus_root), "features": str(features)})
-    extra = {"norm": norm, "inputs": {"store_key": f"face-{st.encoder}", "layout": ["emb", "probs", "conf"],
-                                      "dim": input_dim}, "win": st.win, "hop": st.hop}
+    layout = ["emb", "probs", "conf"] + (list(MOTION_FEATURES) if st.motion else [])
+    extra = {"norm": norm, "inputs": {"store_key": f"face-{st.encoder}", "layout": layout, "dim": input_dim,
+                                      "motion": st.motion}, "win": st.win, "hop": st.hop}
     res = fit(net, task, cfg, out, extra=extra)
     best, _ = load_checkpoint(out / "model.pt", cfg.device)
     pairs = []
@@ -170,6 +259,14 @@ def train_face(corpus_root: str | Path, features: str | Path, out: str | Path, e
              metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)
     return {"metrics": metrics, "best_epoch": res.best_epoch, "seconds": res.seconds, "run": str(out),
             "videos": {s: sum(1 for t in loaded if t[0].split == s) for s in corpus.splits}}
+
+
+def _config_fields(model: str) -> set[str]:
+    """Setting names of a registered model's config dataclass."""
+    from vaest.models import _REGISTRY, list_models
+
+    list_models()
+    return {f.name for f in dataclasses.fields(_REGISTRY[model].Config)}
 
 
 def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[FaceTrainSettings, TrainConfig]:
