@@ -61,6 +61,33 @@ def build(cls: type[C], *sources: dict[str, Any] | None) -> C:
     return cls(**merged)
 
 
+def split_settings(settings_cls: type[C], file_cfg: dict[str, Any], flags: dict[str, Any], what: str,
+                   train_defaults: dict[str, Any] | None = None) -> tuple[C, Any]:
+    """Split a run config (YAML mapping, then CLI flags; None flags ignored) into a task's settings dataclass and
+    a :class:`vaest.training.TrainConfig`. Keys may be flat or grouped under ``settings:`` / ``train:``;
+    ``train_defaults`` are the task's own optimisation defaults (flags and the file override them)."""
+    from vaest.training import TrainConfig
+
+    s_names = {f.name for f in dataclasses.fields(settings_cls)}  # type: ignore[arg-type]
+    t_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    s_src: dict[str, Any] = dict(file_cfg.get("settings") or {})
+    t_src: dict[str, Any] = dict(train_defaults or {})
+    t_src.update(file_cfg.get("train") or {})
+    for src in (file_cfg, flags):
+        for k, v in src.items():
+            if k in ("settings", "train") or v is None:
+                continue
+            key = k.replace("-", "_")
+            if key in s_names:
+                s_src[key] = v
+            elif key in t_names:
+                t_src[key] = v
+            else:
+                raise VaestError(f"unknown setting {k!r} for {what} training; known: "
+                                 f"{', '.join(sorted(s_names | t_names))}")
+    return build(settings_cls, s_src), build(TrainConfig, t_src)
+
+
 def versions() -> dict[str, str]:
     """Installed versions of the libraries that shape results."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}

@@ -204,25 +204,9 @@ def train_behavior(corpus_root: str | Path, features: str | Path, out: str | Pat
 
 
 def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[BehaviorTrainSettings, TrainConfig]:
-    """Split a run config (YAML mapping, then CLI flags; None flags ignored) into behavior settings and training
-    settings (reference behavior defaults). Keys may be flat or grouped under ``settings:`` / ``train:``."""
-    from vaest.config import build
+    """Behavior settings and training settings (reference behavior defaults) from a run config and CLI flags
+    (see :func:`vaest.config.split_settings`)."""
+    from vaest.config import split_settings
 
-    s_names = {f.name for f in dataclasses.fields(BehaviorTrainSettings)}
-    t_names = {f.name for f in dataclasses.fields(TrainConfig)}
-    s_src: dict[str, Any] = dict(file_cfg.get("settings") or {})
-    t_src: dict[str, Any] = dataclasses.asdict(behavior_train_config())
-    t_src.update(file_cfg.get("train") or {})
-    for src in (file_cfg, flags):
-        for k, v in src.items():
-            if k in ("settings", "train") or v is None:
-                continue
-            key = k.replace("-", "_")
-            if key in s_names:
-                s_src[key] = v
-            elif key in t_names:
-                t_src[key] = v
-            else:
-                raise VaestError(f"unknown setting {k!r} for behavior training; known: "
-                                 f"{', '.join(sorted(s_names | t_names))}")
-    return build(BehaviorTrainSettings, s_src), build(TrainConfig, t_src)
+    return split_settings(BehaviorTrainSettings, file_cfg, flags, "behavior",
+                          dataclasses.asdict(behavior_train_config()))

@@ -270,23 +270,8 @@ def _config_fields(model: str) -> set[str]:
 
 
 def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[FaceTrainSettings, TrainConfig]:
-    """Split a run config (YAML mapping, then CLI flags; None flags ignored) into face settings and training
-    settings. Keys may be flat or grouped under ``settings:`` / ``train:``."""
-    from vaest.config import build
+    """Face settings and training settings from a run config and CLI flags (see
+    :func:`vaest.config.split_settings`)."""
+    from vaest.config import split_settings
 
-    s_names = {f.name for f in dataclasses.fields(FaceTrainSettings)}
-    t_names = {f.name for f in dataclasses.fields(TrainConfig)}
-    s_src: dict[str, Any] = dict(file_cfg.get("settings") or {})
-    t_src: dict[str, Any] = dict(file_cfg.get("train") or {})
-    for src in (file_cfg, flags):
-        for k, v in src.items():
-            if k in ("settings", "train") or v is None:
-                continue
-            key = k.replace("-", "_")
-            if key in s_names:
-                s_src[key] = v
-            elif key in t_names:
-                t_src[key] = v
-            else:
-                raise VaestError(f"unknown setting {k!r} for face training; known: {', '.join(sorted(s_names | t_names))}")
-    return build(FaceTrainSettings, s_src), build(TrainConfig, t_src)
+    return split_settings(FaceTrainSettings, file_cfg, flags, "face")
