@@ -1,10 +1,12 @@
 """Synthetic corpus: ABAW layout, determinism, label statistics, and media that really carry the labels.
 
-One small corpus (3 videos x 6 s, one of them two-person) is generated once per module.
+One small corpus (3 videos x 6 s, one of them two-person) is generated once per module with the default
+annotation lag, and once more without it to check that the lag moves the labels and nothing else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -14,7 +16,14 @@ import numpy as np
 import pytest
 
 from vaest.corpus.affwild2 import read_va_file, split_side
-from vaest.corpus.synthetic import REAL_LABEL_STATS, sample_invalid_mask, sample_trajectory, synthesize
+from vaest.corpus.synthetic import (
+    REAL_LABEL_STATS,
+    delay_labels,
+    draw_annotation_lag,
+    sample_invalid_mask,
+    sample_trajectory,
+    synthesize,
+)
 from vaest.errors import VaestError
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,16 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         pytest.skip("espeak-ng is not installed (run `bash scripts/setup.sh`)")
     out = tmp_path_factory.mktemp("synth")
     summary = synthesize(out, n_videos=N_VIDEOS, seconds=SECONDS, seed=SEED, fps=FPS, workers=2)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def corpus_no_lag(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The module corpus again with ``annotation_lag=0`` (labels equal the rendered affect)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (run `bash scripts/setup.sh`)")
+    out = tmp_path_factory.mktemp("synth0")
+    summary = synthesize(out, n_videos=N_VIDEOS, seconds=SECONDS, seed=SEED, fps=FPS, workers=2, annotation_lag=0.0)
     return out, summary
 
 
@@ -88,7 +107,7 @@ def test_layout_and_labels(corpus, decoded) -> None:
         if (~ok).any():
             invalid_in.add(_split_dir(summary, label))
         t = _truth(out, label)
-        for key in ("valence", "arousal", "mouth_open"):
+        for key in ("valence", "arousal", "affect_valence", "affect_arousal", "mouth_open"):
             assert t[key].dtype == np.float32 and t[key].shape == (N_FRAMES,)
         for key in ("face_visible", "speaking"):
             assert t[key].dtype == bool and t[key].shape == (N_FRAMES,)
@@ -164,11 +183,15 @@ def test_deterministic_for_a_seed(corpus, decoded, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- statistics
-def test_trajectory_statistics_match_real_labels() -> None:
+@pytest.mark.parametrize("lag_s", [0.0, 1.0])
+def test_trajectory_statistics_match_real_labels(lag_s: float) -> None:
+    """The label statistics match real Aff-Wild2 labels, also once delayed by the raters' reaction lag."""
     rng = np.random.default_rng(2024)
     n, fps = int(REAL_LABEL_STATS["video_frames_median"]), 30.0
     x = np.stack([sample_trajectory(n, fps, rng) for _ in range(160)])  # (videos, frames, 2)
     assert x.dtype == np.float32 and x.shape == (160, n, 2)
+    if lag_s:
+        x = np.stack([delay_labels(v, round(draw_annotation_lag(lag_s, 0, i) * fps)) for i, v in enumerate(x)])
     assert np.all(np.abs(x) <= 1.0)
     for d, dim in enumerate(("valence", "arousal")):
         v = x[..., d]
@@ -264,7 +287,7 @@ def test_mediapipe_detects_faces_and_follows_the_mouth(corpus, decoded) -> None:
                 elif t["mouth_open"][i] == 0.0:
                     gap_lo.append(gap)
                     corner.append((0.5 * (p[13, 1] + p[14, 1]) - 0.5 * (p[61, 1] + p[291, 1])) / fw)
-                    val.append(t["valence"][i])
+                    val.append(t["affect_valence"][i])  # the face shows the affect; labels trail it
     rate = float(np.mean(hits_vis))
     r_v = np.corrcoef(corner, val)[0, 1]
     log.info(
@@ -342,3 +365,106 @@ def test_behavior_latents_follow_the_labels() -> None:
     log.info("hand speed~arousal r=%.2f, posture~valence r=%.2f", r_a, r_v)
     assert r_a > 0.3
     assert r_v > 0.6
+
+
+# --------------------------------------------------------------------------------- annotation reaction lag
+# sha256 (first 16 hex digits) of the label files that the generator wrote for this module's settings
+# (seed 7, 3 videos x 6 s, 30 fps) before the annotation lag existed: lag 0 must reproduce them exactly.
+LABELS_BEFORE_LAG = {
+    "Train_Set/synth-000.txt": "cb338b1a4adb99b7",
+    "Train_Set/synth-001.txt": "d834084f49b619cc",
+    "Validation_Set/synth-002_left.txt": "aad6289bd4923ef0",
+    "Validation_Set/synth-002_right.txt": "3cbe1e1e9f7da580",
+}
+
+
+def test_delay_labels() -> None:
+    x = np.arange(6, dtype=np.float32)[:, None] * np.array([[1.0, -1.0]], np.float32)
+    np.testing.assert_array_equal(delay_labels(x, 2)[:, 0], [0, 0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(delay_labels(x, 0), x)
+    np.testing.assert_array_equal(delay_labels(x, 9)[:, 1], np.zeros(6))
+    assert delay_labels(x, 2).dtype == np.float32
+    with pytest.raises(ValueError):
+        delay_labels(x, -1)
+    lags = [draw_annotation_lag(2.0, 5, i) for i in range(50)]
+    assert all(1.4 <= v <= 2.6 for v in lags) and np.std(lags) > 0.1, "0.7-1.3 x the mean, varying per video"
+    assert draw_annotation_lag(0.0, 5, 3) == 0.0
+
+
+def test_lag_zero_reproduces_the_labels_from_before_the_lag(corpus_no_lag) -> None:
+    out, summary = corpus_no_lag
+    got = {}
+    for label in _labels(summary):
+        rel = f"{_split_dir(summary, label)}/{label}.txt"
+        got[rel] = hashlib.sha256((out / ANN / rel).read_bytes()).hexdigest()[:16]
+        t = _truth(out, label)
+        np.testing.assert_array_equal(t["valence"], t["affect_valence"])
+        np.testing.assert_array_equal(t["arousal"], t["affect_arousal"])
+        assert int(t["annotation_lag_frames"]) == 0
+    assert got == LABELS_BEFORE_LAG
+    meta = json.loads((out / "synth.json").read_text())
+    assert meta["settings"]["annotation_lag"] == 0.0
+    assert all(v["annotation_lag_s"] == 0.0 and v["annotation_lag_frames"] == 0 for v in meta["videos"])
+
+
+def test_lag_delays_the_labels_and_leaves_the_media(corpus, corpus_no_lag) -> None:
+    (out, summary), (out0, summary0) = corpus, corpus_no_lag
+    assert summary["train"] == summary0["train"] and summary["val"] == summary0["val"]
+    meta = json.loads((out / "synth.json").read_text())
+    assert meta["settings"]["annotation_lag"] == 1.0
+    facts = {v["name"]: v for v in meta["videos"]}
+    shifts = set()
+    for i, video in enumerate(summary["videos"]):
+        lag_s = facts[video]["annotation_lag_s"]
+        shift = facts[video]["annotation_lag_frames"]
+        assert 0.7 <= lag_s <= 1.3 and lag_s == pytest.approx(draw_annotation_lag(1.0, SEED, i), abs=1e-4)
+        assert shift == round(lag_s * FPS) and shift > 0
+        shifts.add(shift)
+        # the media are the same files, byte for byte
+        assert (out / "videos" / f"{video}.mp4").read_bytes() == (out0 / "videos" / f"{video}.mp4").read_bytes()
+    assert len(shifts) > 1, "the lag varies between videos"
+    for label in _labels(summary):
+        shift = facts[split_side(label)[0]]["annotation_lag_frames"]
+        t, t0 = _truth(out, label), _truth(out0, label)
+        for key in ("face_visible", "speaking", "mouth_open", "face_box", "hand_speed", "head_motion", "utt_arousal"):
+            np.testing.assert_array_equal(t[key], t0[key], err_msg=key)
+        crops = sorted(p.name for p in (out / "cropped_aligned" / label).glob("*.jpg"))
+        assert crops == sorted(p.name for p in (out0 / "cropped_aligned" / label).glob("*.jpg"))
+        for name in crops[:: max(1, len(crops) // 5)]:
+            assert (out / "cropped_aligned" / label / name).read_bytes() == \
+                (out0 / "cropped_aligned" / label / name).read_bytes()
+        # the affect is what the lag-0 corpus labels; the labels are it `shift` frames late
+        affect = np.stack([t["affect_valence"], t["affect_arousal"]], 1)
+        np.testing.assert_array_equal(affect, np.stack([t0["valence"], t0["arousal"]], 1))
+        want = np.concatenate([np.repeat(affect[:1], shift, axis=0), affect[: N_FRAMES - shift]])
+        np.testing.assert_array_equal(np.stack([t["valence"], t["arousal"]], 1), want)
+        rel = ANN / _split_dir(summary, label) / f"{label}.txt"
+        va, va0 = read_va_file(out / rel), read_va_file(out0 / rel)
+        ok = np.isfinite(va[:, 0])
+        np.testing.assert_array_equal(ok, np.isfinite(va0[:, 0]), err_msg="invalid runs stay on the label timeline")
+        np.testing.assert_allclose(va[ok], want[ok], atol=6e-4)
+        later = ok.copy()
+        later[:shift] = False
+        later[shift:] &= ok[: N_FRAMES - shift]
+        np.testing.assert_array_equal(va[later], va0[np.flatnonzero(later) - shift])
+        assert not np.allclose(va[ok], va0[ok], atol=1e-3), "the labels did move"
+
+
+def test_annotation_lag_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(VaestError, match="annotation_lag"):
+        synthesize(tmp_path / "x", n_videos=2, seconds=4.0, annotation_lag=-0.5)
+    with pytest.raises(VaestError, match="annotation_lag"):
+        synthesize(tmp_path / "x", n_videos=2, seconds=4.0, annotation_lag=3.0)
+    from typer.testing import CliRunner
+
+    import vaest.corpus.synthetic as synth
+    from vaest.cli import app
+
+    seen = {}
+    monkeypatch.setattr(synth, "synthesize", lambda out, **kw: seen.update(kw) or {"seconds": 0.0})
+    r = CliRunner().invoke(app, ["synth", str(tmp_path / "y"), "--annotation-lag", "2.5"])
+    assert r.exit_code == 0, r.output
+    assert seen["annotation_lag"] == 2.5
+    r = CliRunner().invoke(app, ["synth", str(tmp_path / "y")])
+    assert r.exit_code == 0, r.output
+    assert seen["annotation_lag"] == 1.0

@@ -62,11 +62,15 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same corpus).")] = 0,
     fps: Annotated[float, typer.Option(help="Frame rate.")] = 30.0,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 2,
+    annotation_lag: Annotated[float, typer.Option(
+        help="Raters' mean reaction lag in seconds: labels trail the rendered affect by 0.7-1.3x this per video "
+             "(0 = labels equal the affect shown).")] = 1.0,
 ) -> None:
     """Write a synthetic corpus in the Aff-Wild2 layout whose faces, voices and gestures carry VA labels."""
     from vaest.corpus.synthetic import synthesize
 
-    summary = synthesize(out, n_videos=videos, seconds=seconds, seed=seed, fps=fps, workers=workers)
+    summary = synthesize(out, n_videos=videos, seconds=seconds, seed=seed, fps=fps, workers=workers,
+                         annotation_lag=annotation_lag)
     log.info("synthetic corpus written to %s in %.1f s", out, summary.get("seconds", float("nan")))
 
 

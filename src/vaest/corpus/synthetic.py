@@ -16,12 +16,24 @@ the real Aff-Wild2 train labels, and whose video and audio are rendered from tho
 No modality carries both dimensions all the time (the face is hidden for stretches, the voice is silent
 between turns, the hands rest out of view between gesture bouts, posture only follows slow valence).
 
+Annotation reaction lag: the media are rendered from each person's *affect* trajectory, but the label files
+hold that trajectory delayed by a per-video lag ``L`` seconds, ``label[t] = affect[t - L]`` (the first ``L``
+seconds repeat ``affect[0]``). Why: human raters of continuous valence/arousal react late; published
+estimates are of the order of 1-3 s (Mariooryad & Busso, IEEE TAC 2015), and the AVEC baselines shift
+features by a few seconds to compensate. Without a lag, the face of frame ``t`` alone explains the label of
+frame ``t`` and a temporal model has nothing to gain over a per-frame one; with it, a model must look back
+about ``L`` seconds, as on real data. ``annotation_lag`` (seconds, default 1.0; 0 = labels equal the
+rendered affect) sets the mean; each video draws ``L`` uniformly in [0.7, 1.3] x the mean from a random
+stream of its own, so changing the lag changes only the label files and the truth's label fields, never
+the media or any other random draw. ``L`` is recorded per video in ``synth.json``; the truth keeps the
+undelayed trajectory as ``affect_valence`` / ``affect_arousal`` (``valence`` / ``arousal`` are the labels).
+
 Layout written below ``OUT``::
 
     videos/<name>.mp4                                        H.264 yuv420p + AAC mono 16 kHz
     annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set}/<label>.txt
     cropped_aligned/<label>/%05d.jpg                         112x112 aligned crops, 1-based, visible faces only
-    synth_truth/<label>.npz                                  per-frame ground truth and latent signals
+    synth_truth/<label>.npz                                  per-frame labels, rendered affect and latent signals
     videos_fps.csv                                           ``video_name,fps`` as the organisers ship it
     synth.json                                               settings, seed and per-video facts
 
@@ -221,6 +233,56 @@ def sample_invalid_mask(n_frames: int, fps: float, rng: np.random.Generator, for
         start = int(rng.integers(0, max(1, n - length)))
         mask[start : start + length] = True
     return mask
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Annotation reaction lag
+# ---------------------------------------------------------------------------------------------------------
+_LAG_SPREAD = (0.7, 1.3)  # a video's lag is uniform in this range times the mean lag
+_LAG_STREAM = 4  # random stream of a video reserved for its lag (0-3 draw the media)
+
+
+def draw_annotation_lag(mean_s: float, seed: int, index: int) -> float:
+    """Reaction lag (seconds) of the raters of video ``index``: uniform in [0.7, 1.3] x ``mean_s``.
+
+    Drawn from a stream of its own (``[seed, index, 4]``), so it never shifts the media's random draws;
+    ``mean_s == 0`` gives 0 (labels equal the rendered affect).
+    """
+    if mean_s <= 0.0:
+        return 0.0
+    return float(mean_s * np.random.default_rng([int(seed), int(index), _LAG_STREAM]).uniform(*_LAG_SPREAD))
+
+
+def lag_frames(lag_s: float, fps: float) -> int:
+    """Whole frames of a lag of ``lag_s`` seconds at ``fps`` (rounded)."""
+    return int(round(lag_s * fps))
+
+
+def delay_labels(affect: np.ndarray, shift: int) -> np.ndarray:
+    """Labels as late raters write them: ``out[t] = affect[t - shift]``, ``affect[0]`` for ``t < shift``.
+
+    Args:
+        affect: (n, ...) per-frame trajectory the media were rendered from.
+        shift: lag in frames (>= 0).
+
+    Returns:
+        array of the same shape and dtype.
+    """
+    if shift < 0:
+        raise ValueError(f"lag must be >= 0 frames, got {shift}")
+    affect = np.asarray(affect)
+    if shift == 0 or len(affect) == 0:
+        return affect.copy()
+    idx = np.maximum(np.arange(len(affect)) - shift, 0)
+    return affect[idx]
+
+
+def annotation_from_affect(affect: np.ndarray, invalid: np.ndarray, shift: int) -> np.ndarray:
+    """The values a label file holds: ``affect`` (n, 2) delayed by ``shift`` frames, NaN (``-5``) where
+    ``invalid`` (n,) bool; float64 (n, 2). Invalid runs live on the label timeline and are not shifted."""
+    va = delay_labels(np.asarray(affect), shift).astype(np.float64)
+    va[np.asarray(invalid, bool)] = np.nan
+    return va
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -628,7 +690,7 @@ class _Person:
     """One person of a video: labels, latent signals and appearance (arrays are per frame)."""
 
     label: str
-    va: np.ndarray  # (n, 2) float32 true valence/arousal
+    va: np.ndarray  # (n, 2) float32 affect valence/arousal the media show (labels are it delayed)
     invalid: np.ndarray  # (n,) bool: label written as -5
     hidden: np.ndarray  # (n,) int8: 0 face visible, 1 occluded by a board, 2 turned away
     posture: np.ndarray  # (n,) float32 in [-1, 1]: slow valence
@@ -901,6 +963,7 @@ class _VideoJob:
     two_person: bool
     force_invalid: bool
     threads: int
+    annotation_lag: float = 0.0  # mean raters' lag, seconds
 
 
 def _rng(job: _VideoJob, part: int) -> np.random.Generator:
@@ -1005,16 +1068,22 @@ def _build_video(job: _VideoJob) -> dict[str, Any]:
         with atomic_path(video_path, suffix=".mp4.tmp") as tmp:
             _encode(tmp, renderer, n, fps, audio.track, job.threads, on_frame)
 
+        lag_s = draw_annotation_lag(job.annotation_lag, job.seed, job.index)
+        shift = lag_frames(lag_s, fps)
         labels = []
         for k, p in enumerate(persons):
-            va = p.va.astype(np.float64).copy()
-            va[p.invalid] = np.nan
+            # the media above show p.va (the affect); raters write it down `shift` frames late
+            va = annotation_from_affect(p.va, p.invalid, shift)
             write_va_file(out / "annotations" / "VA_Estimation_Challenge" / job.split / f"{p.label}.txt", va)
+            label_va = delay_labels(p.va, shift)
             utts = [u for u in audio.utterances if u.person == k]
             speed = np.linalg.norm(np.diff(hand_xy[k], axis=0, prepend=hand_xy[k][:1]), axis=-1).mean(axis=1)
             truth = {
-                "valence": p.va[:, 0].astype(np.float32),
-                "arousal": p.va[:, 1].astype(np.float32),
+                "valence": label_va[:, 0].astype(np.float32),
+                "arousal": label_va[:, 1].astype(np.float32),
+                "affect_valence": p.va[:, 0].astype(np.float32),
+                "affect_arousal": p.va[:, 1].astype(np.float32),
+                "annotation_lag_frames": np.int64(shift),
                 "face_visible": p.hidden == 0,
                 "speaking": p.speaking.astype(bool),
                 "mouth_open": p.mouth_open.astype(np.float32),
@@ -1057,6 +1126,8 @@ def _build_video(job: _VideoJob) -> dict[str, Any]:
             "frames": n,
             "size": [width, height],
             "two_person": job.two_person,
+            "annotation_lag_s": round(lag_s, 4),
+            "annotation_lag_frames": shift,
             "labels": labels,
             "snr_db": round(audio.snr_db, 2),
             "quiet_stretch_s": None if audio.quiet is None else [round(x, 3) for x in audio.quiet],
@@ -1078,13 +1149,15 @@ def synthesize(
     fps: float = 30.0,
     val_fraction: float = 0.3,
     workers: int = 2,
+    annotation_lag: float = 1.0,
 ) -> dict:
     """Write a synthetic Aff-Wild2-layout corpus below ``out`` (see the module docstring for the layout).
 
     Videos are named ``synth-000``, ``synth-001``, ...; the last ``round(val_fraction * n_videos)``
     (at least one) go to the validation split, and video 4 (or the last one when there are fewer than 5)
     shows two people with labels ``<name>_left`` / ``<name>_right``. The same ``seed`` gives the same
-    labels, truth and decoded media whatever ``workers`` is.
+    labels, truth and decoded media whatever ``workers`` is. ``annotation_lag`` is the raters' mean
+    reaction lag in seconds (see the module docstring): it changes the label files only, never the media.
 
     Returns:
         summary dict: ``train`` / ``val`` (label names per split), ``videos`` (video names),
@@ -1102,6 +1175,11 @@ def synthesize(
         raise VaestError(f"synthetic videos need at least 4 seconds, got {seconds}")
     if not (1.0 <= fps <= 120.0):
         raise VaestError(f"fps must lie in [1, 120], got {fps}")
+    if not (0.0 <= annotation_lag <= seconds / (2 * _LAG_SPREAD[1])):
+        raise VaestError(
+            f"annotation_lag must lie in [0, {seconds / (2 * _LAG_SPREAD[1]):.2f}] s for {seconds} s videos "
+            f"(at most half a video once varied), got {annotation_lag}"
+        )
     _espeak_binary()
     n_val = int(min(n_videos - 1, max(1, round(val_fraction * n_videos))))
     n_train = n_videos - n_val
@@ -1116,12 +1194,14 @@ def synthesize(
             _VideoJob(
                 out=str(out), name=f"synth-{i:03d}", index=i, seed=int(seed), n_frames=n_frames, fps=float(fps),
                 split=split, two_person=i == two_idx, force_invalid=i in (0, n_train), threads=threads,
+                annotation_lag=float(annotation_lag),
             )
         )
     for sub in ("videos", "annotations/VA_Estimation_Challenge/Train_Set",
                 "annotations/VA_Estimation_Challenge/Validation_Set", "cropped_aligned", "synth_truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    log.info("synthesizing %d videos of %.1f s at %.2f fps into %s (%d workers)", n_videos, seconds, fps, out, workers)
+    log.info("synthesizing %d videos of %.1f s at %.2f fps into %s (%d workers, annotation lag %.2f s)",
+             n_videos, seconds, fps, out, workers, annotation_lag)
 
     from vaest.progress import track
 
@@ -1171,7 +1251,7 @@ def synthesize(
             "generator": "vaest.corpus.synthetic",
             "vaest_version": __version__,
             "settings": {"n_videos": n_videos, "seconds": seconds, "seed": seed, "fps": fps,
-                         "val_fraction": val_fraction, "workers": workers},
+                         "val_fraction": val_fraction, "workers": workers, "annotation_lag": annotation_lag},
             "audio_rate": _AUDIO_RATE,
             "real_label_stats": REAL_LABEL_STATS,
             "videos": videos,
