@@ -31,6 +31,10 @@ app.add_typer(extract_app, name="extract")
 app.add_typer(train_app, name="train")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings; flags override it.")]
+CrossfitOpt = Annotated[int, typer.Option("--crossfit", help="After training, also write out-of-fold predictions of "
+                                          "the train split with K fold models (RUN/crossfit), which fusion "
+                                          "training then uses instead of the model's in-sample predictions; "
+                                          "0 = off.")]
 
 
 @app.callback()
@@ -193,6 +197,7 @@ def train_audio_cmd(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
+    crossfit: CrossfitOpt = 0,
 ) -> None:
     """Train the audio model (4 s windows, one VA pair per second) and write its run folder."""
     from vaest.config import load_config
@@ -200,7 +205,12 @@ def train_audio_cmd(
 
     flags = {"encoder": encoder, "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "device": device,
              "seed": seed, "filter": False if no_filter else None}
-    train_audio(features, corpus, out, config_from(load_config(config), flags))
+    cfg = config_from(load_config(config), flags)
+    train_audio(features, corpus, out, cfg)
+    if crossfit:
+        from vaest.tasks.crossfit import crossfit as run_crossfit
+
+        run_crossfit(lambda c, o: train_audio(features, c, o, cfg), corpus, out, crossfit, cfg.seed)
 
 
 @extract_app.command("face")
@@ -253,6 +263,7 @@ def train_face_cmd(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
+    crossfit: CrossfitOpt = 0,
 ) -> None:
     """Train the face temporal model (or the per-frame baseline) and write its run folder."""
     from vaest.config import load_config
@@ -261,6 +272,11 @@ def train_face_cmd(
     st, cfg = settings_from(load_config(config), {"encoder": encoder, "model": model, "epochs": epochs,
                                                   "device": device, "seed": seed})
     res = train_face(corpus, features, out, encoder=st.encoder, model=st.model, train_cfg=cfg, settings=st)
+    if crossfit:
+        from vaest.tasks.crossfit import crossfit as run_crossfit
+
+        run_crossfit(lambda c, o: train_face(c, features, o, encoder=st.encoder, model=st.model, train_cfg=cfg,
+                                             settings=st), corpus, out, crossfit, cfg.seed)
     m = res["metrics"]
     console.print(f"face {st.model}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
                   f"mean {m['mean']:.4f} -> {out}")
@@ -400,6 +416,7 @@ def train_behavior_cmd(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
+    crossfit: CrossfitOpt = 0,
 ) -> None:
     """Train the behavior Mamba (or the per-segment baseline) and write its run folder."""
     from vaest.config import load_config
@@ -410,6 +427,12 @@ def train_behavior_cmd(
                                                   "seed": seed})
     res = train_behavior(corpus, features, out, train_cfg=cfg, settings=st,
                          encoder=st.encoder, model=st.model, branch=st.branch, pool=st.pool)
+    if crossfit:
+        from vaest.tasks.crossfit import crossfit as run_crossfit
+
+        run_crossfit(lambda c, o: train_behavior(c, features, o, train_cfg=cfg, settings=st, encoder=st.encoder,
+                                                 model=st.model, branch=st.branch, pool=st.pool),
+                     corpus, out, crossfit, cfg.seed)
     m = res["metrics"]
     console.print(f"behavior {st.model} ({st.encoder}): validation CCC valence {m['valence']:.4f} "
                   f"arousal {m['arousal']:.4f} mean {m['mean']:.4f} -> {out}")

@@ -14,6 +14,7 @@ its end are marked invalid. Both cases log a warning naming the file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,17 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.videos)
 
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def with_splits(self, splits: dict[str, str]) -> "Corpus":
+        """A copy whose videos named in ``splits`` (id -> split) move to that split; media and labels unchanged.
+
+        Used to train on part of a split (cross-fitting) without touching the corpus on disk.
+        """
+        return Corpus([dataclasses.replace(v, split=splits[v.id]) if v.id in splits else v for v in self.videos],
+                      self.root, self.kind)
+
     def split(self, *names: str) -> list[Video]:
         """Videos of the given split(s), in corpus order."""
         return [v for v in self.videos if v.split in names]
@@ -146,12 +158,14 @@ class Corpus:
         return out
 
 
-def load_corpus(root: str | Path, video_dirs: list[Path] | None = None) -> Corpus:
-    """Open a corpus of any supported layout (see module docstring).
+def load_corpus(root: "str | Path | Corpus", video_dirs: list[Path] | None = None) -> Corpus:
+    """Open a corpus of any supported layout (see module docstring); an opened :class:`Corpus` is returned as is.
 
     Raises:
         CorpusError: the path does not exist or holds nothing vaest can read.
     """
+    if isinstance(root, Corpus):
+        return root
     root = Path(root)
     if not root.exists():
         raise CorpusError(f"{root}: no such file or folder")

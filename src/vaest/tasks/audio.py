@@ -618,7 +618,7 @@ def _reliable_ccc(run: Path, corpus: Corpus) -> dict[str, float]:
     return out
 
 
-def train_audio(features: str | Path, corpus: str | Path, out: str | Path,
+def train_audio(features: str | Path, corpus: str | Path | Corpus, out: str | Path,
                 cfg: AudioTrainConfig | None = None) -> dict[str, Any]:
     """Train the audio model and write the run folder (model, predictions, tokens, metrics, run info).
 
@@ -659,7 +659,7 @@ def train_audio(features: str | Path, corpus: str | Path, out: str | Path,
                      "feature_norm": cfg.feature_norm})
     best, _ = load_checkpoint(run / "model.pt", cfg.device)
     export_run(best, items, missing, store, run, cfg, cfg.device)
-    write_run_json(run, modality="audio", corpus=str(corpus), features=str(features), encoder=cfg.encoder,
+    write_run_json(run, modality="audio", corpus=str(corp.root), features=str(features), encoder=cfg.encoder,
                    model=getattr(best, "registry_name", ""), tokens=TOKENS_KEY)
     metrics: dict[str, Any] = dict(evaluate_predictions(run, corp, "val"))
     metrics["reliable"] = _reliable_ccc(run, corp)

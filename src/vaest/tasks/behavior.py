@@ -129,7 +129,7 @@ def frame_mask(it: BehaviorItem) -> np.ndarray:
     return m
 
 
-def train_behavior(corpus_root: str | Path, features: str | Path, out: str | Path, encoder: str = "desc",
+def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: str | Path, encoder: str = "desc",
                    model: str = "behavior-mamba", branch: str | None = None, pool: str | None = None,
                    train_cfg: TrainConfig | None = None, settings: BehaviorTrainSettings | None = None,
                    command: str = "vaest train behavior") -> dict[str, Any]:
@@ -179,7 +179,7 @@ def train_behavior(corpus_root: str | Path, features: str | Path, out: str | Pat
     log.info("behavior %s on %s (%d inputs, %d parameters): %d train / %d val videos, %d train windows", st.model,
              keys, input_dim, sum(p.numel() for p in net.parameters()), len(train), len(val), len(task.index))
     write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
-                                  "corpus": str(corpus_root), "features": str(features)})
+                                  "corpus": str(corpus.root), "features": str(features)})
     extra = {"norm": norm, "inputs": {"store_keys": keys, "encoder": st.encoder, "branch": st.branch,
                                       "pool": st.pool, "dim": input_dim}, "win": st.win, "hop": st.hop}
     res = fit(net, task, cfg, out, extra=extra)
@@ -195,7 +195,7 @@ def train_behavior(corpus_root: str | Path, features: str | Path, out: str | Pat
             pairs.append((pred["va"], s.frame_labels))
     metrics = concat_frame_ccc(pairs)
     atomic_write_json(out / "metrics.json", metrics)
-    write_run_json(out, modality="behavior", corpus=Path(corpus_root), features=Path(features), encoder=st.encoder,
+    write_run_json(out, modality="behavior", corpus=corpus.root, features=Path(features), encoder=st.encoder,
                    branch=st.branch, pool=st.pool, model=st.model, store_key=keys, val_split=st.val_split)
     log.info("behavior %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,
              metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)

@@ -186,7 +186,7 @@ def to_sequence(v: Video, x: np.ndarray, fps: float) -> Sequence:
                     frame_labels=labels if v.has_labels else None)
 
 
-def train_face(corpus_root: str | Path, features: str | Path, out: str | Path, encoder: str = "fer",
+def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str | Path, encoder: str = "fer",
                model: str = "face-transformer", train_cfg: TrainConfig | None = None,
                settings: FaceTrainSettings | None = None, command: str = "vaest train face") -> dict[str, Any]:
     """Train the face temporal model (or the ``frame-mlp`` baseline) and write the run folder.
@@ -237,7 +237,7 @@ def train_face(corpus_root: str | Path, features: str | Path, out: str | Path, e
     log.info("face %s on face-%s (%d inputs, %d parameters): %d train / %d val videos, %d train windows",
              st.model, st.encoder, input_dim, n_params, len(train), len(val), len(task.index))
     write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
-                                  "corpus": str(corpus_root), "features": str(features)})
+                                  "corpus": str(corpus.root), "features": str(features)})
     layout = ["emb", "probs", "conf"] + (list(MOTION_FEATURES) if st.motion else [])
     extra = {"norm": norm, "inputs": {"store_key": f"face-{st.encoder}", "layout": layout, "dim": input_dim,
                                       "motion": st.motion}, "win": st.win, "hop": st.hop}
@@ -253,7 +253,7 @@ def train_face(corpus_root: str | Path, features: str | Path, out: str | Path, e
             pairs.append((pred["va"], s.frame_labels))
     metrics = concat_frame_ccc(pairs)
     atomic_write_json(out / "metrics.json", metrics)
-    write_run_json(out, modality="face", corpus=Path(corpus_root), features=Path(features), encoder=st.encoder,
+    write_run_json(out, modality="face", corpus=corpus.root, features=Path(features), encoder=st.encoder,
                    model=st.model, store_key=f"face-{st.encoder}", val_split=st.val_split)
     log.info("face %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,
              metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)

@@ -331,11 +331,18 @@ def _modality_input(t: Track | None, n: int, width: int) -> tuple[np.ndarray, np
 
 
 def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = "raav",
-                      features_root: Path | None = None) -> FusionData:
+                      features_root: Path | None = None, crossfit: bool = False) -> FusionData:
     """Read the modality runs for ``videos`` and build the per-video fusion sequences (see module docstring).
 
-    Videos that no frame modality covers are skipped with a warning.
+    With ``crossfit``, train-split videos are read from a run's out-of-fold predictions (``RUN/crossfit``,
+    see :mod:`vaest.tasks.crossfit`) where it has them. Videos that no frame modality covers are skipped with a
+    warning.
     """
+    from vaest.tasks.crossfit import crossfit_source
+
+    def source(run: Path, v: Video) -> Path:
+        return crossfit_source(run, v.id) if crossfit and v.split == "train" else run
+
     if method not in METHODS:
         raise VaestError(f"unknown fusion method {method!r}; choose one of {', '.join(METHODS)}")
     names = frame_modalities(runs)
@@ -347,8 +354,11 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
         features_root = Path(feats) if isinstance(feats, str) and Path(feats).is_dir() else None
     tracks: dict[str, dict[str, Track | None]] = {}
     widths: dict[str, int] = {}
+    n_oof: dict[str, int] = {m: 0 for m in runs}
     for v in track(videos, "read modality predictions"):
-        tr = {m: load_track(r, v.id) for m, r in runs.items()}
+        tr = {m: load_track(source(r, v), v.id) for m, r in runs.items()}
+        for m, r in runs.items():
+            n_oof[m] += int(source(r, v) != r)
         if all(tr[m] is None for m in names):
             log.warning("%s: no frame-modality predictions in %s; skipped", v.id, ", ".join(map(str, runs.values())))
             continue
@@ -356,6 +366,15 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
         for m, t in tr.items():
             if t is not None and m not in widths:
                 widths[m] = (t.emb.shape[1] if t.emb is not None else 0) + 2
+    if crossfit:
+        n_train = sum(1 for v in videos if v.split == "train" and v.id in tracks)
+        for m in runs:
+            if n_oof[m] < n_train:
+                log.warning("fusion: %d of %d train videos of '%s' have no out-of-fold predictions (%s); the fusion "
+                            "learns from that model's in-sample predictions there, which flatter it (train the "
+                            "modality with --crossfit K)", n_train - n_oof[m], n_train, m, runs[m] / "crossfit")
+            else:
+                log.info("fusion: '%s' enters training through out-of-fold predictions (%d videos)", m, n_oof[m])
     seqs: list[Sequence] = []
     available: dict[str, dict[str, np.ndarray]] = {}
     tok_rows: list[np.ndarray] = []
@@ -384,7 +403,7 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
                 else:
                     inputs[AUDIO], inputs["audio_mask"] = _modality_input(None, n, widths[AUDIO])
             else:
-                aw = audio_windows(audio_run, vid, at, features_root, by_id.get(vid))
+                aw = audio_windows(source(audio_run, by_id[vid]), vid, at, features_root, by_id.get(vid))
                 index = frame_window_index(n, fps, aw.base, len(aw.tokens))
                 avail[AUDIO] = at.mask & covered_by(index, aw.token_mask.any(1))
                 if method == "raav":
@@ -503,8 +522,12 @@ class FusionSettings:
 
 def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str | Path, method: str = "raav",
                  train_cfg: TrainConfig | None = None, model_cfg: dict[str, Any] | None = None, win: int = 400,
-                 hop: int = 150, features_root: str | Path | None = None) -> dict[str, float]:
+                 hop: int = 150, features_root: str | Path | None = None, crossfit: bool = True) -> dict[str, float]:
     """Train a learned fusion model on the modality runs' train-split predictions and export every video.
+
+    Where a modality run holds out-of-fold predictions (``RUN/crossfit``, written by ``vaest train <modality>
+    --crossfit K``), the train split is read from them (``crossfit=False`` ignores them); validation always
+    reads the full runs, as inference does.
 
     Args:
         runs: modality name (``face``, ``behavior``, ``audio``, ...) -> run folder.
@@ -523,7 +546,8 @@ def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str 
     runs_p = _check_runs(runs)
     corpus = load_corpus(corpus_root)
     cfg = train_cfg or default_train_config(method)
-    data = build_fusion_data(runs_p, corpus.videos, method, Path(features_root) if features_root else None)
+    data = build_fusion_data(runs_p, corpus.videos, method, Path(features_root) if features_root else None,
+                             crossfit=crossfit)
     train = [s for s in data.sequences if data.split[s.id] == "train" and s.frame_labels is not None]
     val = [s for s in data.sequences if data.split[s.id] == "val" and s.frame_labels is not None]
     if not train or not val:
@@ -547,7 +571,7 @@ def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str 
     atomic_write_json(out / "metrics.json", metrics)
     write_run_json(out, modality="fusion", method=method, corpus=str(corpus_root), features=settings.runs,
                    runs=settings.runs, win=win, hop=hop, weight_names=weight_names(best),
-                   features_root=str(features_root) if features_root else None)
+                   features_root=str(features_root) if features_root else None, crossfit=crossfit)
     log.info("fusion %s validation CCC v %.4f a %.4f mean %.4f", method, *(metrics[k] for k in (*DIMS, "mean")))
     return metrics
 
