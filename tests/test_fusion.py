@@ -134,7 +134,20 @@ def _raav(**kw):
     cfg = dict(modalities=("face", "behavior"), in_dims=(10, 6), d_model=32, heads=4, ffn=64, dropout=0.0)
     cfg.update(kw)
     torch.manual_seed(0)
-    return create_model("raav", **cfg).eval()
+    m = create_model("raav", **cfg).eval()
+    _live(m)
+    return m
+
+
+def _live(m):
+    """Give the zero-initialised correction heads of a prediction-skip model random weights, so that every
+    path of the model reaches the output (a freshly built one starts as the gated average of predictions)."""
+    heads = [m.head] if hasattr(m, "head") else [e[-1] for e in m.experts.values()]
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for h in heads:
+            h.weight.copy_(torch.randn(h.weight.shape, generator=g) * 0.3)
+            h.bias.copy_(torch.randn(h.bias.shape, generator=g) * 0.3)
 
 
 def _inputs(B=2, T=40, seed=0, audio=False):
@@ -239,7 +252,9 @@ def _dcm(**kw):
                ffn=64, dropout=0.0)
     cfg.update(kw)
     torch.manual_seed(0)
-    return create_model("dcmmoe", **cfg).eval()
+    m = create_model("dcmmoe", **cfg).eval()
+    _live(m)
+    return m
 
 
 def test_dcmmoe_shapes_experts_and_masks():
@@ -478,3 +493,34 @@ def test_cli_train_fusion_with_config(synth_runs, tmp_path):
 
     saved = yaml.safe_load((out / "config.yaml").read_text())["config"]
     assert saved["train"]["lr"] == 5e-5 and saved["train"]["loss_weights"] == [0.7, 0.3] and saved["train"]["epochs"] == 1
+
+
+def test_prediction_skip_starts_from_the_gated_average_of_the_modality_predictions():
+    """A fresh RAAV outputs the gate-weighted average of the modalities' own VA predictions (the correction
+    head starts at zero); a fresh DCMMoE's modality experts are the modalities' predictions."""
+    torch.manual_seed(0)
+    m = create_model("raav", modalities=("face", "behavior"), in_dims=(10, 6), d_model=32, heads=4, ffn=64,
+                     dropout=0.0).eval()
+    x = _inputs(seed=5)
+    for k in ("face", "behavior"):  # VA columns inside (-1, 1), as real predictions are
+        x[k][..., -2:] = torch.tanh(x[k][..., -2:])
+    out = m(**x)
+    va_f = torch.where(x["face_mask"][..., None], x["face"][..., -2:], torch.zeros(1))
+    va_b = torch.where(x["behavior_mask"][..., None], x["behavior"][..., -2:], torch.zeros(1))
+    w = out["weights"]
+    expect = (w[..., :1] * va_f + w[..., 1:] * va_b).clamp(-0.995, 0.995)
+    torch.testing.assert_close(out["va"], expect, atol=1e-5, rtol=0)
+    # the plain reference head does not have that property
+    torch.manual_seed(0)
+    plain = create_model("raav", modalities=("face", "behavior"), in_dims=(10, 6), d_model=32, heads=4, ffn=64,
+                         dropout=0.0, pred_skip=False).eval()
+    assert not torch.allclose(plain(**x)["va"], expect, atol=1e-3)
+
+    torch.manual_seed(0)
+    d = create_model("dcmmoe", modalities=("face", "behavior"), in_dims=(10, 6), d_model=32, heads=4, layers=2,
+                     ffn=64, dropout=0.0).eval()
+    o = d(**x)
+    wd = o["weights"]  # (B, T, 3): face, behavior, cross
+    cross = torch.tanh(d.cross_head(o["emb"]))
+    expect_d = wd[..., :1] * va_f.clamp(-0.995, 0.995) + wd[..., 1:2] * va_b.clamp(-0.995, 0.995) + wd[..., 2:] * cross
+    torch.testing.assert_close(o["va"], expect_d, atol=1e-5, rtol=0)

@@ -67,6 +67,10 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
     assert "| raav |" in report and "val_predictions.csv" in report
     sub = out / "submission" / "val_predictions.csv"
     assert sub.read_text().startswith("image_location,valence,arousal\n")
+    # fusion trained on out-of-fold predictions: every train video of every modality has one
+    train_ids = {p.stem for p in (out / "corpus" / "annotations" / "VA_Estimation_Challenge" / "Train_Set").glob("*.txt")}
+    for mod in ("face", "audio", "behavior"):
+        assert {p.stem for p in (out / "runs" / mod / "crossfit" / "preds").glob("*.npz")} == train_ids, mod
     bundle = json.loads((out / "model" / "bundle.json").read_text())
     assert set(bundle["modalities"]) == {"face", "audio", "behavior"} and bundle["fusion"]
     pred_csv = next((out / "predict").glob("*.csv"))

@@ -23,17 +23,25 @@ modality takes a learned null token and is flagged (``fallback``). The K audio t
 by ``n_latents`` learned latent queries (one cross-attention, tokens masked by ``audio_token_mask``); each frame
 token then cross-attends to the latents of the windows covering it (a window without a valid token is masked;
 with none valid the frame token is left unchanged). One pre-LN Transformer layer (4 heads, FFN 1024) runs over
-the frames, and a head gives ``va`` (tanh). Outputs: ``va`` (B, T, 2), ``emb`` (B, T, d), ``weights`` (B, T, M)
+the frames, and a head gives ``va``. With ``pred_skip`` (default; ``False`` is the reference head
+``tanh(head(emb))``) the head is a correction of the gated average of the modality predictions,
+``va = tanh(atanh(sum_m w_m va_m) + head(emb))`` with ``head`` initialised to zero, so training starts from the
+prior-weighted average of what the modalities already predict instead of learning the VA mapping again from
+a few videos. Outputs: ``va`` (B, T, 2), ``emb`` (B, T, d), ``weights`` (B, T, M)
 and ``fallback`` (B, T) bool.
 
 **DCMMoE** (:class:`DCMMoEFusion`). The face stream (projected, sinusoidal positions; frames without a face take
 a learned "no face" vector) is the query; the behavior stream and, where configured, the per-frame audio stream
 (projected, with positions) are concatenated along time as keys/values, masked where unavailable. Five layers
 update the face stream residually: ``q = q + CrossAttn(LN(q), LN(kv))``, ``q = q + FFN(LN(q))`` (8 heads).
-The adaptive weighting is a per-frame mixture of experts. The experts are small heads (Linear-GELU-Linear(2),
-tanh) giving one VA estimate each: one per modality, reading only that modality's projection, and one
-reading the cross-attended face stream. A gate (Linear-GELU-Linear(E)) reads the cross-attended stream and
-gives one logit per expert; the weights are the softmax of these logits over the experts available at that
+The adaptive weighting is a per-frame mixture of experts giving one VA estimate each: one per modality and
+one reading the cross-attended face stream (Linear-GELU-Linear(2), tanh). A modality expert is, with
+``pred_skip`` (default), that modality's own prediction corrected from its projection,
+``tanh(atanh(va_m) + head_m(h_m))`` with ``head_m`` initialised to zero; without it (the plain form) a head
+``tanh(head_m(h_m))`` reading only that modality's projection. A gate (Linear-GELU-Linear(E)) reads the cross-attended stream and
+gives one logit per expert (with ``priors``, the task default, its last layer starts at zero weights and
+log-prior biases: training starts from the prior mixture); the weights are the softmax of these logits over
+the experts available at that
 frame (a modality expert is available where its mask is True, the cross expert always), so an unavailable
 modality gets weight exactly 0. The output is ``va = sum_e w_e va_e``; ``emb`` is the normalised
 cross-attended stream (B, T, d) and ``weights`` (B, T, E) the expert weights in the order
@@ -52,6 +60,9 @@ from torch.nn import functional as F
 from vaest.models import register_model
 
 DEFAULT_PRIORS = {"face": 0.85, "behavior": 0.15}
+# DCMMoE's expert gate starts from these (log) priors: the reference face/behavior split, and a small share for
+# the audio and cross-attended experts, which have to earn their weight in training
+DEFAULT_EXPERT_PRIORS = {"face": 0.85, "behavior": 0.15, "audio": 0.05, "cross": 0.05}
 
 
 def sinusoidal_positions(n: int, d: int, device: torch.device | None = None) -> torch.Tensor:
@@ -139,6 +150,18 @@ def _mlp_head(d: int, out: int, hidden: int | None = None) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
+def _refine(base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``tanh(atanh(base) + delta)``: a prediction in (-1, 1) moved by a learned correction (0 keeps it)."""
+    return torch.tanh(torch.atanh(base.clamp(-0.995, 0.995)) + delta)
+
+
+def _zero_last(head: nn.Sequential) -> nn.Sequential:
+    """Zero the last layer of a head, so that it starts as the identity correction (outputs 0)."""
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
 def _get_mask(inputs: dict, name: str, like: torch.Tensor) -> torch.Tensor:
     m = inputs.get(f"{name}_mask")
     if m is None:
@@ -165,6 +188,7 @@ class RAAVConfig:
     ffn: int = 1024
     gate_hidden: int = 64
     dropout: float = 0.1
+    pred_skip: bool = True
 
 
 class AudioLatents(nn.Module):
@@ -212,6 +236,9 @@ class RAAVFusion(nn.Module):
                                                 batch_first=True, norm_first=True)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, 2)
+        if c.pred_skip:  # start as the gated average of the modality predictions
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def gate_weights(self, hs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
         """Per-frame modality weights (B, T, M) from projections ``hs`` (B, T, M, d) and availability (B, T, M)."""
@@ -222,16 +249,19 @@ class RAAVFusion(nn.Module):
         c = self.config
         first = inputs[c.modalities[0]]
         B, T = first.shape[:2]
-        hs, avail = [], []
+        hs, avail, vas = [], [], []
         for m in c.modalities:
             x = inputs.get(m)
             if x is None:  # a modality absent from this batch is unavailable everywhere
                 hs.append(first.new_zeros(B, T, c.d_model))
                 avail.append(torch.zeros(B, T, dtype=torch.bool, device=first.device))
+                vas.append(first.new_zeros(B, T, 2))
                 continue
             mask = _get_mask(inputs, m, x)
-            hs.append(self.proj[m](_clean(x, mask)))
+            xc = _clean(x, mask)
+            hs.append(self.proj[m](xc))
             avail.append(mask)
+            vas.append(xc[..., -2:])
         h = torch.stack(hs, 2)  # (B, T, M, d)
         av = torch.stack(avail, -1)  # (B, T, M)
         w = self.gate_weights(h, av)
@@ -242,7 +272,12 @@ class RAAVFusion(nn.Module):
         z = z + sinusoidal_positions(T, c.d_model, z.device)
         z = self.layer(z)
         emb = self.norm(z)
-        return {"va": torch.tanh(self.head(emb)), "emb": emb, "weights": w, "fallback": fallback}
+        if c.pred_skip:
+            base = (w[..., None] * torch.stack(vas, 2)).sum(2)  # (B, T, 2) gated average of the predictions
+            va = _refine(base, self.head(emb))
+        else:
+            va = torch.tanh(self.head(emb))
+        return {"va": va, "emb": emb, "weights": w, "fallback": fallback}
 
     def _audio(self, z: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
                index: torch.Tensor) -> torch.Tensor:
@@ -282,6 +317,8 @@ class DCMMoEConfig:
     layers: int = 5
     ffn: int = 512
     dropout: float = 0.1
+    pred_skip: bool = True
+    priors: tuple[float, ...] | None = None  # one per expert (modalities, then cross); None = uniform start
 
 
 class _CrossBlock(nn.Module):
@@ -316,9 +353,16 @@ class DCMMoEFusion(nn.Module):
         self.no_query = nn.Parameter(torch.zeros(d))
         self.blocks = nn.ModuleList(_CrossBlock(d, c.heads, c.ffn, c.dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(d)
-        self.experts = nn.ModuleDict({m: _mlp_head(d, 2) for m in c.modalities})
+        self.experts = nn.ModuleDict({m: _zero_last(_mlp_head(d, 2)) if c.pred_skip else _mlp_head(d, 2)
+                                      for m in c.modalities})
         self.cross_head = _mlp_head(d, 2)
         self.gate = _mlp_head(d, len(c.modalities) + 1, d // 2)
+        if c.priors is not None:
+            if len(c.priors) != len(c.modalities) + 1 or min(c.priors) <= 0:
+                raise ValueError(f"dcmmoe: priors needs {len(c.modalities) + 1} positive values (modalities, cross)")
+            with torch.no_grad():  # the gate starts at the priors, whatever the frame
+                self.gate[-1].weight.zero_()
+                self.gate[-1].bias.copy_(torch.log(torch.tensor(c.priors, dtype=torch.float32)))
 
     @property
     def expert_names(self) -> tuple[str, ...]:
@@ -329,15 +373,18 @@ class DCMMoEFusion(nn.Module):
         first = next(inputs[m] for m in c.modalities if inputs.get(m) is not None)
         B, T = first.shape[:2]
         pos = sinusoidal_positions(T, c.d_model, first.device)
-        hs, masks = {}, {}
+        hs, masks, vas = {}, {}, {}
         for m in c.modalities:
             x = inputs.get(m)
             if x is None:
                 hs[m] = first.new_zeros(B, T, c.d_model)
                 masks[m] = torch.zeros(B, T, dtype=torch.bool, device=first.device)
+                vas[m] = first.new_zeros(B, T, 2)
             else:
                 masks[m] = _get_mask(inputs, m, x)
-                hs[m] = self.proj[m](_clean(x, masks[m]))
+                xc = _clean(x, masks[m])
+                hs[m] = self.proj[m](xc)
+                vas[m] = xc[..., -2:]
         qm = c.modalities[0]
         q = torch.where(masks[qm][..., None], hs[qm], self.no_query.expand(B, T, -1)) + pos
         others = c.modalities[1:]
@@ -347,7 +394,11 @@ class DCMMoEFusion(nn.Module):
             for blk in self.blocks:
                 q = blk(q, kv, kv_mask)
         emb = self.norm(q)
-        preds = [torch.tanh(self.experts[m](hs[m])) for m in c.modalities] + [torch.tanh(self.cross_head(emb))]
+        if c.pred_skip:  # modality expert = that modality's own prediction, corrected from its projection
+            preds = [_refine(vas[m], self.experts[m](hs[m])) for m in c.modalities]
+        else:
+            preds = [torch.tanh(self.experts[m](hs[m])) for m in c.modalities]
+        preds.append(torch.tanh(self.cross_head(emb)))
         avail = torch.stack([masks[m] for m in c.modalities] + [torch.ones_like(masks[qm])], -1)
         w = masked_softmax(self.gate(emb), avail)  # (B, T, E)
         va = (torch.stack(preds, -2) * w[..., None]).sum(-2)

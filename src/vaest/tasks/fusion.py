@@ -468,7 +468,7 @@ def default_train_config(method: str) -> TrainConfig:
 
 def model_config(method: str, data: FusionData, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Model settings that follow from the data (modalities, input widths, priors, audio width) plus overrides."""
-    from vaest.models.fusion import DEFAULT_PRIORS
+    from vaest.models.fusion import DEFAULT_EXPERT_PRIORS, DEFAULT_PRIORS
 
     names = [m for m in data.dims if m != AUDIO]
     cfg: dict[str, Any]
@@ -477,7 +477,8 @@ def model_config(method: str, data: FusionData, overrides: dict[str, Any] | None
                "priors": tuple(DEFAULT_PRIORS.get(m, 0.15) for m in names), "audio_dim": data.audio_dim}
     else:
         mods = names + ([AUDIO] if AUDIO in data.dims else [])
-        cfg = {"modalities": tuple(mods), "in_dims": tuple(data.dims[m] for m in mods)}
+        cfg = {"modalities": tuple(mods), "in_dims": tuple(data.dims[m] for m in mods),
+               "priors": tuple(DEFAULT_EXPERT_PRIORS.get(m, 0.15) for m in (*mods, "cross"))}
     cfg.update(overrides or {})
     return cfg
 
