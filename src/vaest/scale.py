@@ -133,16 +133,6 @@ class ExtractionWorker:
         return os.getpid()
 
 
-def _group(videos: Iterable[Video]) -> dict[Path, list[Video]]:
-    groups: dict[Path, list[Video]] = {}
-    for v in videos:
-        if v.media is not None:
-            groups.setdefault(v.media, []).append(v)
-        else:
-            log.warning("%s: no media file found; skipped", v.id)
-    return groups
-
-
 def connect_ray(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None) -> bool:
     """Connect to the Ray cluster at ``address`` or start a local one (``num_cpus`` CPUs, no dashboard).
 
@@ -210,7 +200,9 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
              num_workers: int | None, batch_size: int, max_side: int | None, force: bool,
              cpus_per_worker: float, gpus_per_worker: float | None, runtime_env: dict | None) -> ExtractionReport:
     extractors = _with_requirements(list(extractors))
-    groups = _group(videos)
+    from vaest.features.base import group_media
+
+    groups = group_media(videos)
     rep = ExtractionReport()
     t0 = time.time()
     # plan in the driver, exactly as the local engine does

@@ -248,17 +248,24 @@ def record_media_failure(store: FeatureStore, rep: ExtractionReport, media: Path
                 store.record_failure(o, v.id, msg)
 
 
-def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Iterable[Video],
-                   batch_size: int = 32, max_side: int | None = None, force: bool = False) -> ExtractionReport:
-    """Extract features for every media file of ``videos`` with the local engine (see :mod:`vaest.scale`
-    for Ray). Finished media are skipped; a failing media file is recorded and the job goes on."""
-    extractors = _with_requirements(list(extractors))
+def group_media(videos: Iterable[Video]) -> dict[Path, list[Video]]:
+    """Videos grouped by media file (the label tracks of a two-person video share one); media-less ones are
+    logged and left out."""
     groups: dict[Path, list[Video]] = {}
     for v in videos:
         if v.media is not None:
             groups.setdefault(v.media, []).append(v)
         else:
             log.warning("%s: no media file found; skipped", v.id)
+    return groups
+
+
+def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Iterable[Video],
+                   batch_size: int = 32, max_side: int | None = None, force: bool = False) -> ExtractionReport:
+    """Extract features for every media file of ``videos`` with the local engine (see :mod:`vaest.scale`
+    for Ray). Finished media are skipped; a failing media file is recorded and the job goes on."""
+    extractors = _with_requirements(list(extractors))
+    groups = group_media(videos)
     rep = ExtractionReport()
     t0 = time.time()
     with make_progress() as prog:
