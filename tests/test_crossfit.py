@@ -122,3 +122,25 @@ def test_fusion_trains_on_out_of_fold_predictions(tmp_path: Path) -> None:
             assert np.allclose(va_cf, 0.321) and not np.allclose(va_plain, 0.321)
         else:  # the other train videos and all validation videos read the full run
             assert np.array_equal(va_plain, va_cf)
+
+
+def test_fold_embeddings_are_mapped_into_the_full_models_space(tmp_path: Path) -> None:
+    """A fold model whose embedding is an affine transform of the full model's: the fitted map undoes it."""
+    from vaest.tasks.crossfit import _aligned, fit_alignment
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    shift = rng.normal(size=6)
+    full, fold = tmp_path / "full", tmp_path / "fold"
+    truth = {}
+    for i in range(4):
+        e = rng.normal(size=(200, 6)).astype(np.float32)
+        truth[f"v{i}"] = e
+        save_predictions(full, f"v{i}", np.zeros((200, 2), np.float32), 30.0, emb=e)
+        save_predictions(fold, f"v{i}", np.zeros((200, 2), np.float32), 30.0, emb=(e @ a + shift).astype(np.float32))
+    fit = fit_alignment(FeatureStore(fold), FeatureStore(full), "preds", ["v0", "v1", "v2"], ridge=1e-6)
+    assert fit is not None and fit[1] > 0.999
+    # the video left out of the fit comes back in the full model's coordinates
+    mapped = _aligned(FeatureStore(fold).load("preds", "v3"), "preds", fit[0]).extras["emb"]
+    np.testing.assert_allclose(mapped, truth["v3"], atol=1e-3)
+    assert fit_alignment(FeatureStore(fold), FeatureStore(full), "preds", ["nope"]) is None

@@ -20,8 +20,9 @@ Layout written under ``RUN/crossfit/`` (``RUN`` = the full modality run)::
 Embeddings: fold models are separate networks, so their exported embeddings (``emb`` of ``preds``, the values
 of ``audio-tokens``) live in different coordinates from the full model's, which the fusion reads at validation
 and inference time. Before the copy, each fold's embeddings are mapped into the full model's space by a ridge
-least-squares linear map fitted on the frames of the videos outside the train split (no labels used; neither
-model trained on them); the fit's R^2 is recorded in ``crossfit.json``. VA predictions are copied as they are.
+least-squares linear map fitted on the frames of every video that fold did not hold out (no labels used: it
+only relates two representations of the same frames); the fit's R^2 is recorded in ``crossfit.json``. VA
+predictions are copied as they are.
 
 Each fold's run and each copied file are written atomically; a rerun skips finished folds.
 :func:`vaest.tasks.fusion.build_fusion_data` reads ``RUN/crossfit`` for train-split videos when it is there.
@@ -176,7 +177,6 @@ def crossfit(train: TrainFn, corpus_root: str | Path | Corpus, run: str | Path, 
                              "remove that folder to start again")
     info: dict[str, Any] = {"folds": assignment, "seed": seed, "split": split, "finished": [], "alignment_r2": {}}
     full_store = FeatureStore(run)
-    outside = [v.id for v in corpus if v.split != split]
     atomic_write_json(info_path, info)
     for k, held in enumerate(assignment):
         fold_run = out / "folds" / str(k)
@@ -188,11 +188,12 @@ def crossfit(train: TrainFn, corpus_root: str | Path | Corpus, run: str | Path, 
             train(corpus.with_splits({vid: HOLDOUT for vid in held}), fold_run)
         fold_store, out_store = FeatureStore(fold_run), FeatureStore(out)
         for key in fold_store.extractors():
-            fit = fit_alignment(fold_store, full_store, key, outside) if key in EMBEDDINGS else None
+            shared = [v.id for v in corpus if v.id not in held]
+            fit = fit_alignment(fold_store, full_store, key, shared) if key in EMBEDDINGS else None
             if fit is not None:
                 info["alignment_r2"].setdefault(key, []).append(round(fit[1], 4))
                 log.info("cross-fit %s: fold %d %s embeddings mapped to the full model's (R^2 %.3f on %d "
-                         "videos outside %s)", Path(run).name, k, key, fit[1], len(outside), split)
+                         "videos)", Path(run).name, k, key, fit[1], len(shared))
             for vid in held:
                 src = fold_store.path(key, vid)
                 if not src.exists():
