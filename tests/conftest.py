@@ -11,6 +11,18 @@ import pytest
 os.environ.setdefault("VAEST_NO_PROGRESS", "1")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Small CPU models run fastest on one thread (and a shared 2-core machine makes OpenMP barriers costly);
+    test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory) -> Path:
     """A 4-video, 8-second synthetic corpus in the Aff-Wild2 layout (train and validation splits, one

@@ -36,13 +36,7 @@ from vaest.timebase import TimeBase, TimeSeries
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small CPU models run fastest on one thread (and a shared 2-core machine makes OpenMP barriers costly)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,14 +26,7 @@ from vaest.features.mouth import (
 from vaest.features.store import FeatureStore
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def B(s: str) -> np.ndarray:

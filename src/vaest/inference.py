@@ -56,6 +56,12 @@ def load_predictions(run_dir: str | Path, video_id: str) -> FeatureRecord:
     return pred_store(run_dir).load(PRED_KEY, video_id)
 
 
+def run_finished(run_dir: str | Path) -> bool:
+    """True when a training command finished writing ``run_dir`` (``run.json`` and ``metrics.json`` are written
+    last), so a resumable pipeline can skip it."""
+    return (Path(run_dir) / "metrics.json").exists() and (Path(run_dir) / "run.json").exists()
+
+
 def write_run_json(run_dir: str | Path, **info: Any) -> None:
     atomic_write_json(Path(run_dir) / "run.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in info.items()})
 

@@ -28,7 +28,7 @@ import numpy as np
 from vaest.corpus import Corpus, Video
 from vaest.errors import VaestError
 from vaest.features.store import FeatureStore
-from vaest.inference import load_predictions, read_run_json, save_predictions
+from vaest.inference import load_predictions, read_run_json, run_finished, save_predictions
 from vaest.io import atomic_write_json, atomic_write_text
 from vaest.postprocess import REFERENCE_KERNELS, postprocess
 
@@ -563,7 +563,7 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     from vaest.submission import read_submission, write_submission
     from vaest.tasks.audio import AudioTrainConfig, train_audio
     from vaest.tasks.behavior import behavior_train_config, train_behavior
-    from vaest.tasks.crossfit import crossfit
+    from vaest.tasks.crossfit import crossfit, fold_assignment
     from vaest.tasks.face import train_face
     from vaest.tasks.fusion import default_train_config, late_fusion, train_fusion
     from vaest.training import TrainConfig
@@ -600,9 +600,6 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     runs_dir = out / "runs"
     mod_runs = {m: runs_dir / m for m in MODALITIES}
 
-    def done(run: Path) -> bool:
-        return (run / "metrics.json").exists() and (run / "run.json").exists()
-
     def tc(epochs: int, base: TrainConfig | None = None) -> TrainConfig:
         return dataclasses.replace(base or TrainConfig(), epochs=epochs, early_stop=cfg.early_stop, seed=cfg.seed)
 
@@ -615,20 +612,23 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     }
     for m in MODALITIES:
         with step(f"train {m}"):
-            if not done(mod_runs[m]):
+            if not run_finished(mod_runs[m]):
                 trainers[m](corpus, mod_runs[m])
-    n_media = len(corpus.media_items([v for v in corpus.split("train") if v.has_labels]))
-    if cfg.crossfit_folds and n_media < cfg.crossfit_folds:
-        log.warning("demo: %d training media, too few for %d cross-fitting folds; fusion trains on in-sample "
-                    "predictions", n_media, cfg.crossfit_folds)
-    elif cfg.crossfit_folds:
+    can_crossfit = bool(cfg.crossfit_folds)
+    if can_crossfit:
+        try:  # the one rule for enough training media: the fold assignment's own check
+            fold_assignment([v for v in corpus.split("train") if v.has_labels], cfg.crossfit_folds, cfg.seed)
+        except VaestError as e:
+            log.warning("demo: %s; fusion trains on in-sample predictions", e)
+            can_crossfit = False
+    if can_crossfit:
         for m in MODALITIES:
             with step(f"crossfit {m}"):
                 crossfit(trainers[m], corpus, mod_runs[m], folds=cfg.crossfit_folds, seed=cfg.seed)
     fusion_runs = {"raav": runs_dir / "raav", "dcmmoe": runs_dir / "dcmmoe"}
     for method, run in fusion_runs.items():
         with step(f"fusion {method}"):
-            if not done(run):
+            if not run_finished(run):
                 ftc = tc(cfg.fusion_epochs, default_train_config(method))
                 if cfg.fusion_lr:
                     ftc = dataclasses.replace(ftc, lr=cfg.fusion_lr if method == "raav" else cfg.fusion_lr / 2)
@@ -636,7 +636,7 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
                              model_cfg={"d_model": cfg.dcmmoe_d_model} if method == "dcmmoe" else None)
     late_run, avg_run = runs_dir / "late", runs_dir / "average"
     with step("late fusion"):
-        if not done(late_run):
+        if not run_finished(late_run):
             late_fusion(mod_runs, corpus_dir, late_run, "dirichlet", seed=cfg.seed)
         if not (avg_run / "run.json").exists():
             _plain_average(mod_runs, corpus_dir, corpus.videos, avg_run)

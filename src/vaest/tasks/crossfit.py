@@ -40,7 +40,8 @@ import numpy as np
 
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import VaestError
-from vaest.features.store import FeatureRecord, FeatureStore, safe_name
+from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.inference import PRED_KEY, run_finished
 from vaest.io import atomic_path, atomic_write_json
 from vaest.timebase import TimeSeries
 
@@ -85,7 +86,7 @@ def fold_assignment(videos: list[Video], folds: int, seed: int = 0) -> list[list
 
 
 # store key -> where that record keeps the model's embedding ("emb" extra, or the values themselves)
-EMBEDDINGS = {"preds": "emb", "audio-tokens": "values"}
+EMBEDDINGS = {PRED_KEY: "emb", "audio-tokens": "values"}
 
 
 def _embedding(rec: FeatureRecord, where: str) -> np.ndarray | None:
@@ -146,10 +147,6 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def _fold_done(fold_run: Path) -> bool:
-    return (fold_run / "metrics.json").exists() and (fold_run / "run.json").exists()
-
-
 def crossfit(train: TrainFn, corpus_root: str | Path | Corpus, run: str | Path, folds: int = 2, seed: int = 0,
              split: str = "train") -> Path:
     """Out-of-fold predictions of ``split`` for the modality run ``run``; returns ``RUN/crossfit``.
@@ -180,15 +177,15 @@ def crossfit(train: TrainFn, corpus_root: str | Path | Corpus, run: str | Path, 
     atomic_write_json(info_path, info)
     for k, held in enumerate(assignment):
         fold_run = out / "folds" / str(k)
-        if _fold_done(fold_run):
+        if run_finished(fold_run):
             log.info("cross-fit %s: fold %d/%d already trained", Path(run).name, k + 1, folds)
         else:
             log.info("cross-fit %s: fold %d/%d, training without %d videos (%s)", Path(run).name, k + 1, folds,
                      len(held), ", ".join(held[:4]) + (" ..." if len(held) > 4 else ""))
             train(corpus.with_splits({vid: HOLDOUT for vid in held}), fold_run)
         fold_store, out_store = FeatureStore(fold_run), FeatureStore(out)
+        shared = [v.id for v in corpus if v.id not in held]
         for key in fold_store.extractors():
-            shared = [v.id for v in corpus if v.id not in held]
             fit = fit_alignment(fold_store, full_store, key, shared) if key in EMBEDDINGS else None
             if fit is not None:
                 info["alignment_r2"].setdefault(key, []).append(round(fit[1], 4))
@@ -199,10 +196,10 @@ def crossfit(train: TrainFn, corpus_root: str | Path | Corpus, run: str | Path, 
                 if not src.exists():
                     continue
                 if fit is None:
-                    _copy_atomic(src, out / key / f"{safe_name(vid)}.npz")
+                    _copy_atomic(src, out_store.path(key, vid))
                 else:
                     out_store.save(key, vid, _aligned(fold_store.load(key, vid), key, fit[0]))
-        missing = [vid for vid in held if not (out / "preds" / f"{safe_name(vid)}.npz").exists()]
+        missing = [vid for vid in held if not out_store.path(PRED_KEY, vid).exists()]
         if missing:
             log.warning("cross-fit %s: fold %d wrote no predictions for %s", Path(run).name, k, ", ".join(missing))
         info["finished"].append(k)
@@ -214,7 +211,7 @@ def crossfit_source(run: str | Path, video_id: str) -> Path:
     """The folder to read ``video_id``'s predictions from for fusion training: ``RUN/crossfit`` when it holds
     that video's out-of-fold predictions, else ``RUN``."""
     cf = crossfit_dir(run)
-    return cf if (cf / "preds" / f"{safe_name(video_id)}.npz").exists() else Path(run)
+    return cf if FeatureStore(cf).path(PRED_KEY, video_id).exists() else Path(run)
 
 
 __all__ = ["CROSSFIT_DIR", "HOLDOUT", "crossfit", "crossfit_dir", "crossfit_source", "fold_assignment"]

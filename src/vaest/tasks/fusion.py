@@ -356,9 +356,10 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
     widths: dict[str, int] = {}
     n_oof: dict[str, int] = {m: 0 for m in runs}
     for v in track(videos, "read modality predictions"):
-        tr = {m: load_track(source(r, v), v.id) for m, r in runs.items()}
+        src = {m: source(r, v) for m, r in runs.items()}
+        tr = {m: load_track(src[m], v.id) for m in runs}
         for m, r in runs.items():
-            n_oof[m] += int(source(r, v) != r)
+            n_oof[m] += int(src[m] != r)
         if all(tr[m] is None for m in names):
             log.warning("%s: no frame-modality predictions in %s; skipped", v.id, ", ".join(map(str, runs.values())))
             continue
