@@ -31,6 +31,7 @@ from vaest.features.store import FeatureStore
 from vaest.inference import load_predictions, read_run_json, run_finished, save_predictions
 from vaest.io import atomic_write_json, atomic_write_text
 from vaest.postprocess import REFERENCE_KERNELS, postprocess
+from vaest.zeroshot import zero_shot_audio
 
 log = logging.getLogger(__name__)
 
@@ -275,28 +276,6 @@ def plot_prediction(path: Path, pred: Prediction) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Zero-shot paths (no trained model)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def zero_shot_audio(wav: np.ndarray, sr: int = 16000, fps: float = 30.0) -> np.ndarray:
-    """Heuristic arousal from loudness, on a ``fps`` grid: (n, 2) with valence NaN.
-
-    Arousal = tanh((dB - median dB) / 12) over 50 ms RMS frames of the file, where speech-level loudness is
-    judged against the file's own median: a relative measure (louder than usual -> more aroused), not a
-    calibrated one. It exists so audio-only files give a curve on a fresh machine; train an audio model for
-    real estimates.
-    """
-    hop = int(round(sr / fps))
-    n = max(1, int(math.ceil(len(wav) / hop)))
-    pad = np.zeros(n * hop, np.float32)
-    pad[: len(wav)] = wav[: n * hop]
-    rms = np.sqrt(np.mean(pad.reshape(n, hop) ** 2, axis=1) + 1e-10)
-    db = 20 * np.log10(rms)
-    voiced = db > db.max() - 40
-    ref = np.median(db[voiced]) if voiced.any() else np.median(db)
-    ar = np.tanh((db - ref) / 12.0)
-    out = np.full((n, 2), np.nan, np.float32)
-    out[:, 1] = ar
-    return out
 
 
 def _zero_shot(videos: Sequence[Video], store: FeatureStore) -> dict[str, Prediction]:
