@@ -107,3 +107,46 @@ def mean_ccc(scores: dict[str, float]) -> float:
     """Mean of valence and arousal CCC (NaN-safe: NaN if either is NaN)."""
     v, a = scores.get("valence", math.nan), scores.get("arousal", math.nan)
     return float((v + a) / 2)
+
+
+def ccc_loss_windows(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor | None" = None,
+                     weights: Sequence[float] = (0.5, 0.5), eps: float = 1e-8) -> "torch.Tensor":
+    """The reference loss of the face and fusion models: 1 - CCC computed within each window, averaged over
+    the windows, ``sum_d w_d mean_b (1 - CCC_bd)`` (weights 0.5/0.5 = the official mean over windows and dims).
+
+    Args:
+        pred, target: (B, T, 2); NaN values count as 0 (as in the official loss), so mask them.
+        mask: (B, T) bool of valid steps; a window with none valid has CCC 0 (loss 1).
+    """
+    x = torch.nan_to_num(pred.float())
+    y = torch.nan_to_num(target.float())
+    w = (torch.ones_like(y[..., 0]) if mask is None else mask.float()).unsqueeze(-1)  # (B, T, 1)
+    n = w.sum(1).clamp(min=1.0)  # (B, 1)
+    mx, my = (x * w).sum(1) / n, (y * w).sum(1) / n
+    dx, dy = (x - mx.unsqueeze(1)) * w, (y - my.unsqueeze(1)) * w
+    cov = (dx * dy).sum(1) / n
+    c = 2.0 * cov / ((dx**2).sum(1) / n + (dy**2).sum(1) / n + (mx - my) ** 2 + eps)  # (B, 2)
+    loss = (1.0 - c).mean(0)
+    return sum(wd * loss[d] for d, wd in enumerate(weights) if wd)
+
+
+def ccc_loss_pooled(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor | None" = None,
+                    weights: Sequence[float] = (0.5, 0.5), eps: float = 1e-8) -> "torch.Tensor":
+    """The reference loss of the behavior model: 1 - CCC over all valid steps of the batch pooled, in the
+    official form ``2 rho s_x s_y / (s_x^2 + s_y^2 + (m_x - m_y)^2)`` with sample (n - 1) standard deviations.
+
+    Args:
+        pred, target: (..., 2); mask: (...) bool of valid steps (default: all).
+    """
+    ok = torch.ones_like(pred[..., 0], dtype=torch.bool) if mask is None else mask.bool()
+    total = pred.new_zeros(())
+    for d, wd in enumerate(weights):
+        if not wd:
+            continue
+        x, y = pred[..., d][ok].float(), target[..., d][ok].float()
+        vx, vy = x - x.mean(), y - y.mean()
+        rho = (vx * vy).sum() / (vx.pow(2).sum().sqrt() * vy.pow(2).sum().sqrt() + eps)
+        sx, sy = x.std(), y.std()
+        c = 2 * rho * sx * sy / (sx.pow(2) + sy.pow(2) + (x.mean() - y.mean()).pow(2) + eps)
+        total = total + wd * (1.0 - c)
+    return total

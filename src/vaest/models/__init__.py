@@ -37,7 +37,7 @@ def _import_all() -> None:
     # importing the modules registers their models; optional ones may be missing
     import importlib
 
-    for mod in ("temporal", "mamba", "audio", "fusion", "baseline"):
+    for mod in ("temporal", "mamba", "audio", "fusion", "baseline", "directed"):
         try:
             importlib.import_module(f"vaest.models.{mod}")
         except ModuleNotFoundError as e:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaest.models import register_model
+from vaest.models.temporal import ref_head_outputs
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +187,119 @@ class BehaviorMamba(nn.Module):
             h = blk(h)
         emb = self.norm(h)
         return {"va": torch.tanh(self.head(emb)), "emb": emb}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference behavior model (official src_behavior_model/src/models/transformer_model.py, TextMambaRegressor)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RefMambaBlock(nn.Module):
+    """The Mamba block as the official behavior model writes it (differs from Mamba-1, see below).
+
+    ``a, b = in_proj(x)`` (expand 1); ``u = silu(causal depthwise conv(a))``; the scan uses the skip vector
+    ``D`` also as the step bias: ``dt = softplus(D + up(down(u)))`` (a rank-``d_discr`` bottleneck), the decay
+    is ``exp(-A) * dt`` (not ``exp(-A * dt)``), ``h_t = decay_t * h_{t-1} + dt_t * B_t * u_t`` and
+    ``y_t = C_t . h_t``; then ``out = LN(D * x + dropout(out_proj(y * silu(b))))`` (post-LN, no identity
+    residual) and padded steps are set to 0.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 8, d_discr: int | None = None, kernel: int = 5,
+                 dropout: float = 0.2):
+        super().__init__()
+        d_discr = d_discr or max(1, d_model // 16)
+        self.in_proj = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        self.B_proj = nn.Linear(d_model, d_state, bias=False)
+        self.C_proj = nn.Linear(d_model, d_state, bias=False)
+        self.dt_down = nn.Linear(d_model, d_discr, bias=False)
+        self.dt_up = nn.Linear(d_discr, d_model, bias=False)
+        self.conv1d = nn.Conv1d(d_model, d_model, kernel, padding=kernel - 1, groups=d_model, bias=True)
+        self.A = nn.Parameter(torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_model, 1))
+        self.D = nn.Parameter(torch.ones(d_model))
+        self.norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def scan(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, L, d) -> y (B, L, d), the official discretisation (see the class docstring)."""
+        Bm, Cm = self.B_proj(u), self.C_proj(u)  # (B, L, n)
+        dt = F.softplus(self.D + self.dt_up(self.dt_down(u)))  # (B, L, d)
+        decay = torch.exp(-self.A)[None, None] * dt.unsqueeze(-1)  # (B, L, d, n)
+        drive = Bm.unsqueeze(2) * dt.unsqueeze(-1) * u.unsqueeze(-1)  # (B, L, d, n)
+        h = u.new_zeros(u.shape[0], u.shape[2], self.A.shape[1])
+        ys = []
+        for t in range(u.shape[1]):
+            h = decay[:, t] * h + drive[:, t]
+            ys.append((h * Cm[:, t].unsqueeze(1)).sum(-1))
+        return torch.stack(ys, dim=1)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, d), valid (B, L) bool True = real step -> (B, L, d)."""
+        L = x.shape[1]
+        a, b = self.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(self.conv1d(a.transpose(1, 2))[..., :L].transpose(1, 2))
+        y = self.out_proj(self.scan(u) * F.silu(b))
+        out = self.norm(self.D * x + self.drop(y))
+        if valid is not None:
+            out = out.masked_fill(~valid.unsqueeze(-1), 0.0)
+        return out
+
+
+@dataclass
+class BehaviorMambaRefConfig:
+    """Settings of :class:`BehaviorMambaRef` (defaults: ``src_behavior_model/configs/text_va.toml`` [model])."""
+
+    input_dim: int = 64
+    d_model: int = 256
+    layers: int = 12
+    d_state: int = 8
+    kernel: int = 5
+    d_discr: int = 0  # 0: d_model // 16
+    dropout: float = 0.2
+    head_hidden: int = 512  # 0: a linear head
+    head_dropout: float = 0.2
+    emb: str = "head"  # exported embedding: "head" (head's penultimate layer) or "hidden" (encoder output)
+
+
+@register_model("behavior-mamba-ref")
+class BehaviorMambaRef(nn.Module):
+    """The reference behavior model (official ``TextMambaRegressor``).
+
+    forward(x (B, S, input_dim), mask (B, S) bool True = real segment, optional) -> ``va`` (B, S, 2) (no tanh)
+    and ``emb`` (B, S, head_hidden or d_model). Input Linear-LN-Dropout, padded steps zeroed, ``layers``
+    :class:`RefMambaBlock`, padded steps zeroed, head Linear-LN-GELU-Dropout-Linear(2). Xavier-uniform Linear
+    weights, zero biases (as the official ``_init_weights``).
+    """
+
+    Config = BehaviorMambaRefConfig
+
+    def __init__(self, config: BehaviorMambaRefConfig | None = None):
+        super().__init__()
+        self.config = c = config or BehaviorMambaRefConfig()
+        if c.emb not in ("head", "hidden"):
+            raise ValueError(f"emb must be 'head' or 'hidden', got {c.emb!r}")
+        self.inp = nn.Sequential(nn.Linear(c.input_dim, c.d_model), nn.LayerNorm(c.d_model), nn.Dropout(c.dropout))
+        self.blocks = nn.ModuleList(RefMambaBlock(c.d_model, c.d_state, c.d_discr or None, c.kernel, c.dropout)
+                                    for _ in range(c.layers))
+        if c.head_hidden > 0:
+            self.head: nn.Module = nn.Sequential(nn.Linear(c.d_model, c.head_hidden), nn.LayerNorm(c.head_hidden),
+                                                 nn.GELU(), nn.Dropout(c.head_dropout), nn.Linear(c.head_hidden, 2))
+        else:
+            self.head = nn.Linear(c.d_model, 2)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, **_: Any) -> dict[str, torch.Tensor]:
+        valid = None if mask is None else mask.bool()
+        h = self.inp(x.float())
+        if valid is not None:
+            h = h.masked_fill(~valid.unsqueeze(-1), 0.0)
+        for blk in self.blocks:
+            h = blk(h, valid)
+        if valid is not None:
+            h = h.masked_fill(~valid.unsqueeze(-1), 0.0)
+        pen, va = ref_head_outputs(self.head, h)
+        return {"va": va, "emb": pen if self.config.emb == "head" else h}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vaest.models import register_model
 
@@ -79,3 +80,108 @@ class FaceTransformer(nn.Module):
             mask = (t[None, :] - t[:, None]).abs() > self.config.attn_span  # True = may not attend
         h = self.encoder(h, mask=mask)
         return {"va": self.head(h), "emb": h}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The official Team RAS layer form (src_visual_dynamic_model/model.py, src_fusion_model/model.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RefAttentionLayer(nn.Module):
+    """One layer in the form of the official face and fusion models (post-LN, positions inside the layer).
+
+    ``q``, ``k`` and ``v`` (B, T, dim) each get the sinusoidal positions added and their own dropout
+    (``pos_dropout``, fixed at 0.1 in the official code); then ``a = MHA(q, k, v)`` with the key-padding mask,
+    ``x = LN1(a + dropout(q))`` (the residual is the position-coded query, dropout on the residual branch),
+    ``out = LN2(FFN(x) + dropout(x))`` with FFN ``dim -> dim`` (Linear-GELU-Dropout-Linear). The caller adds the
+    outer residual ``q + out``.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.1, pos_dropout: float = 0.1):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ff_in = nn.Linear(dim, dim)
+        self.ff_out = nn.Linear(dim, dim)
+        self.ff_drop = nn.Dropout(dropout)
+        self.norm_attn = nn.LayerNorm(dim)
+        self.drop_attn = nn.Dropout(dropout)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.drop_ff = nn.Dropout(dropout)
+        self.pos_drop = nn.Dropout(pos_dropout)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                pad: torch.Tensor | None = None) -> torch.Tensor:
+        """q (B, Tq, dim), k/v (B, Tk, dim), pad (B, Tk) bool True = padding -> (B, Tq, dim)."""
+        pq = sinusoidal_positions(q.shape[1], q.shape[2], q.device).to(q.dtype)
+        pk = pq if k.shape[1] == q.shape[1] else sinusoidal_positions(k.shape[1], k.shape[2], k.device).to(k.dtype)
+        k = self.pos_drop(k + pk)
+        v = self.pos_drop(v + pk)
+        q = self.pos_drop(q + pq)
+        a, _ = self.attn(q, k, v, key_padding_mask=pad, need_weights=False)
+        x = self.norm_attn(a + self.drop_attn(q))
+        f = self.ff_out(self.ff_drop(F.gelu(self.ff_in(x))))
+        return self.norm_ff(f + self.drop_ff(x))
+
+
+def ref_projection(input_dim: int, dim: int, dropout: float) -> nn.Sequential:
+    """Input projection of the official models: Linear -> LayerNorm -> Dropout."""
+    return nn.Sequential(nn.Linear(input_dim, dim), nn.LayerNorm(dim), nn.Dropout(dropout))
+
+
+def ref_head(dim: int, dropout: float, kind: str = "mlp") -> nn.Module:
+    """Head of the official models: ``mlp`` Linear-LayerNorm-GELU-Dropout-Linear(2), or ``linear`` Linear(2)."""
+    if kind == "linear":
+        return nn.Linear(dim, 2)
+    if kind != "mlp":
+        raise ValueError(f"head must be 'mlp' or 'linear', got {kind!r}")
+    return nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, 2))
+
+
+def ref_head_outputs(head: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embedding, va) of a :func:`ref_head`: the embedding is the input of the last Linear (the official
+    ``forward_with_embeddings``), or ``h`` itself for a linear head."""
+    if isinstance(head, nn.Sequential):
+        emb = head[:-1](h)
+        return emb, head[-1](emb)
+    return h, head(h)
+
+
+@dataclass
+class FaceTransformerRefConfig:
+    """Settings of :class:`FaceTransformerRef` (defaults: ``src_visual_dynamic_model/config_best.toml``)."""
+
+    input_dim: int = 256
+    hidden_dim: int = 256
+    heads: int = 8
+    layers: int = 5
+    dropout: float = 0.1
+    head: str = "mlp"
+    pos_dropout: float = 0.1
+
+
+@register_model("face-transformer-ref")
+class FaceTransformerRef(nn.Module):
+    """The reference face temporal model (official ``VisualDynamicModel``).
+
+    forward(x (B, T, input_dim), mask (B, T) bool True = real frame, optional) -> ``va`` (B, T, 2) and ``emb``
+    (B, T, hidden_dim), the head's penultimate layer. Projection Linear-LN-Dropout, then ``layers`` times
+    ``h = h + layer(h, h, h)`` with :class:`RefAttentionLayer` and padded frames masked out of the keys.
+    """
+
+    Config = FaceTransformerRefConfig
+
+    def __init__(self, config: FaceTransformerRefConfig | None = None):
+        super().__init__()
+        self.config = c = config or FaceTransformerRefConfig()
+        self.proj = ref_projection(c.input_dim, c.hidden_dim, c.dropout)
+        self.layers = nn.ModuleList(RefAttentionLayer(c.hidden_dim, c.heads, c.dropout, c.pos_dropout)
+                                    for _ in range(c.layers))
+        self.head = ref_head(c.hidden_dim, c.dropout, c.head)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        pad = None if mask is None else ~mask.bool()
+        h = self.proj(x.float())
+        for layer in self.layers:
+            h = h + layer(h, h, h, pad)
+        emb, va = ref_head_outputs(self.head, h)
+        return {"va": va, "emb": emb}

@@ -1,0 +1,175 @@
+"""The vaest reference models against the official Team RAS modules (imported from ../shared/reference-code).
+
+Each official module is built from its own file with random weights; its state_dict goes through
+``vaest.models.official`` and both must give the same outputs (eval mode) and the same loss values.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from vaest.errors import ModelError
+from vaest.metrics import ccc_loss_pooled, ccc_loss_windows
+from vaest.models.official import behavior_from_official, dcm_from_official, face_from_official
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference-code"
+TOL = 1e-5
+
+
+def official(rel: str) -> ModuleType:
+    """Import one official file by path under a private module name (skips when ../shared is absent)."""
+    path = REF / rel
+    if not path.exists():
+        pytest.skip(f"official code not found at {path} (../shared/reference-code sits beside the repository)")
+    name = "official_" + rel.replace("/", "_").removesuffix(".py")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def randomise(m: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter random (LayerNorm scales and biases too), so a mis-mapped tensor shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return m
+
+
+def lengths_mask(lengths: list[int], t: int) -> torch.Tensor:
+    return torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("head_type", ["mlp", "linear"])
+def test_face_model_matches_official(head_type: str) -> None:
+    mod = official("src_visual_dynamic_model/model.py")
+    kw = dict(input_dim=12, hidden_dim=16, num_heads=4, tr_layers=3, dropout=0.1, out_dim=2, head_type=head_type)
+    theirs = randomise(mod.VisualDynamicModel(**kw), 1).eval()
+    ours = face_from_official(theirs.state_dict(), **kw)
+    torch.manual_seed(2)
+    x = torch.randn(3, 40, 12)
+    mask = lengths_mask([40, 25, 3], 40)  # a full window, a short video and a very short one (padded)
+    with torch.no_grad():
+        emb, va = theirs.forward_with_embeddings(x, mask=mask)
+        got = ours(x, mask=mask)
+        assert maxdiff(got["va"], theirs(x, mask=mask)) < TOL
+        assert maxdiff(got["va"], va) < TOL and maxdiff(got["emb"], emb) < TOL
+        # no mask at all, and a different length
+        assert maxdiff(ours(x[:, :17])["va"], theirs(x[:, :17])) < TOL
+    # the padding really is masked: changing padded inputs leaves the real frames' outputs unchanged
+    x2 = x.clone()
+    x2[1, 25:] = 100.0
+    with torch.no_grad():
+        assert maxdiff(ours(x2, mask=mask)["va"][1, :25], got["va"][1, :25]) < TOL
+
+
+def test_face_converter_is_strict() -> None:
+    mod = official("src_visual_dynamic_model/model.py")
+    kw = dict(input_dim=12, hidden_dim=16, num_heads=4, tr_layers=2)
+    sd = mod.VisualDynamicModel(**kw).state_dict()
+    with pytest.raises(ModelError, match="no place"):
+        face_from_official({**sd, "extra.weight": torch.zeros(1)}, **kw)
+    with pytest.raises(ModelError, match="missing"):
+        face_from_official({k: v for k, v in sd.items() if not k.startswith("head.0")}, **kw)
+    with pytest.raises(ModelError):  # wrong settings: 3 layers asked, 2 saved
+        face_from_official(sd, **{**kw, "tr_layers": 3})
+    bad = dict(sd)
+    bad["transformer.0.positional_encoding.pe"] = bad["transformer.0.positional_encoding.pe"] + 1.0
+    with pytest.raises(ModelError, match="position table"):
+        face_from_official(bad, **kw)
+    # an official training checkpoint holds the weights under "model"
+    assert face_from_official({"model": sd, "epoch": 3}, **kw).config.layers == 2
+
+
+@pytest.mark.parametrize("head_hidden_dim", [24, 0])
+def test_behavior_model_matches_official(head_hidden_dim: int) -> None:
+    mod = official("src_behavior_model/src/models/transformer_model.py")
+    kw = dict(input_dim=10, d_model=16, num_layers=3, dropout=0.2, head_hidden_dim=head_hidden_dim,
+              head_dropout=0.2, mamba_d_state=4, mamba_kernel_size=5, mamba_d_discr=0)
+    theirs = randomise(mod.TextMambaRegressor(**kw), 3).eval()
+    ours = behavior_from_official(theirs.state_dict(), **kw)
+    torch.manual_seed(4)
+    x = torch.randn(3, 16, 10)
+    valid = lengths_mask([16, 9, 1], 16)
+    with torch.no_grad():
+        ref = theirs(features=x, valid_mask=valid)
+        got = ours(x, mask=valid)
+        assert maxdiff(got["va"], ref) < TOL
+        hidden = theirs.encode(features=x, valid_mask=valid)
+        assert maxdiff(got["emb"], theirs.features_from_hidden(hidden, "head_dropout")) < TOL
+
+
+def test_behavior_fresh_init_matches_official_scheme() -> None:
+    """vaest's reference behavior model starts like the official one: xavier Linear weights, zero biases."""
+    from vaest.models.mamba import BehaviorMambaRef, BehaviorMambaRefConfig
+
+    m = BehaviorMambaRef(BehaviorMambaRefConfig(input_dim=10, d_model=16, layers=1, head_hidden=8))
+    lin = m.head[0]
+    bound = (6.0 / (lin.in_features + lin.out_features)) ** 0.5
+    with torch.no_grad():
+        assert float(lin.weight.abs().max()) <= bound and float(lin.bias.abs().max()) == 0.0
+        assert float(lin.weight.std()) > 0.5 * bound / 3**0.5  # uniform(-b, b) has std b / sqrt(3)
+        assert torch.equal(m.blocks[0].A[0], torch.arange(1, m.config.d_state + 1, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("streams", [("face_features", "llm_multimodal_featuress", "llm_multimodal_featuress"),
+                                     ("fusion", "fusion", "fusion"),
+                                     ("face_features", "face_features", "llm_multimodal_featuress")])
+def test_dcm_model_matches_official(streams: tuple[str, str, str]) -> None:
+    mod = official("src_fusion_model/model.py")
+    dims = {"face_features": 14, "llm_multimodal_featuress": 9}
+    kw = dict(modality_input_dims=dims, modalities=list(dims), q_modality=streams[0], k_modality=streams[1],
+              v_modality=streams[2], hidden_dim=16, num_heads=4, tr_layers=3, dropout=0.1, head_type="mlp")
+    theirs = randomise(mod.FusionModel(**kw), 5).eval()
+    ours = dcm_from_official(theirs.state_dict(), **kw)
+    torch.manual_seed(6)
+    face, beh = torch.randn(2, 30, 14), torch.randn(2, 30, 9)
+    mask = lengths_mask([30, 11], 30)
+    with torch.no_grad():
+        emb, va = theirs.forward_with_embeddings({"face_features": face, "llm_multimodal_featuress": beh}, mask=mask)
+        got = ours(face=face, behavior=beh, mask=mask)
+        assert maxdiff(got["va"], va) < TOL and maxdiff(got["emb"], emb) < TOL
+
+
+def test_window_loss_matches_official() -> None:
+    face_loss = official("src_visual_dynamic_model/losses.py").CCCLoss()
+    fusion_loss = official("src_fusion_model/losses.py").CCCLoss()
+    torch.manual_seed(7)
+    pred, gold = torch.randn(4, 50, 2), torch.randn(4, 50, 2) * 0.5 + 0.1
+    gold[0, 5] = float("nan")
+    mask = lengths_mask([50, 30, 2, 1], 50)
+    mask[0, 5] = False
+    w = torch.tensor([1.0, 1.0])
+    for loss in (face_loss, fusion_loss):
+        for m in (mask, None):
+            g = gold if m is not None else torch.nan_to_num(gold)
+            ref = loss(g, pred, weights=w, mask=m)
+            assert abs(float(ccc_loss_windows(pred, g, m)) - float(ref)) < TOL
+    # per-window, not pooled: a constant offset per window is invisible to the pooled loss but not to this one
+    assert abs(float(ccc_loss_windows(pred, gold, mask)) - float(ccc_loss_pooled(pred, torch.nan_to_num(gold), mask))) > 1e-3
+
+
+def test_pooled_loss_matches_official_behavior_loss() -> None:
+    crit = official("src_behavior_model/src/core/losses_metrics.py").CCCLoss()
+    torch.manual_seed(8)
+    pred, gold = torch.randn(3, 16, 2), torch.randn(3, 16, 2)
+    valid = lengths_mask([16, 7, 2], 16)
+    vp, vg = pred[valid], gold[valid]
+    ref = 0.5 * (crit(vp[:, 0], vg[:, 0]) + crit(vp[:, 1], vg[:, 1]))
+    assert abs(float(ccc_loss_pooled(pred, gold, valid)) - float(ref)) < TOL
