@@ -35,6 +35,8 @@ CrossfitOpt = Annotated[int, typer.Option("--crossfit", help="After training, al
                                           "the train split with K fold models (RUN/crossfit), which fusion "
                                           "training then uses instead of the model's in-sample predictions; "
                                           "0 = off.")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Named settings: reference (the official Team RAS "
+                                                  "code) or vaest; the config file and flags override them.")]
 
 
 @app.callback()
@@ -264,13 +266,14 @@ def train_face_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
+    preset: PresetOpt = None,
 ) -> None:
     """Train the face temporal model (or the per-frame baseline) and write its run folder."""
     from vaest.config import load_config
     from vaest.tasks.face import settings_from, train_face
 
     st, cfg = settings_from(load_config(config), {"encoder": encoder, "model": model, "epochs": epochs,
-                                                  "device": device, "seed": seed})
+                                                  "device": device, "seed": seed, "preset": preset})
     res = train_face(corpus, features, out, encoder=st.encoder, model=st.model, train_cfg=cfg, settings=st)
     if crossfit:
         from vaest.tasks.crossfit import crossfit as run_crossfit
@@ -417,6 +420,7 @@ def train_behavior_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
+    preset: PresetOpt = None,
 ) -> None:
     """Train the behavior Mamba (or the per-segment baseline) and write its run folder."""
     from vaest.config import load_config
@@ -424,7 +428,7 @@ def train_behavior_cmd(
 
     st, cfg = settings_from(load_config(config), {"encoder": encoder, "branch": branch, "pool": pool, "model": model,
                                                   "epochs": epochs, "batch_size": batch_size, "device": device,
-                                                  "seed": seed})
+                                                  "seed": seed, "preset": preset})
     res = train_behavior(corpus, features, out, train_cfg=cfg, settings=st,
                          encoder=st.encoder, model=st.model, branch=st.branch, pool=st.pool)
     if crossfit:

@@ -96,13 +96,11 @@ def apply_face(run: str | Path, store: FeatureStore, videos: Sequence[Video], ou
     model, ck = _checkpoint(Path(run), device)
     encoder = ck["inputs"]["store_key"].split("face-", 1)[1]
     motion = bool(ck["inputs"].get("motion", False))  # face-track kinematics appended at training time
-    if motion:
-        loaded, missing = load_face_sequences(list(videos), store, encoder, motion=True)
-    else:
-        loaded, missing = load_face_sequences(list(videos), store, encoder)
+    parts = tuple(ck["inputs"].get("parts", ("emb", "probs", "conf")))
+    loaded, missing = load_face_sequences(list(videos), store, encoder, motion=motion, parts=parts)
     for v, x, found, fps in loaded:
         res = predict_sequence(model, {"x": apply_norm(x, ck["norm"])}, int(ck.get("win", 400)),
-                               int(ck.get("hop", 150)), device)
+                               int(ck.get("hop", 150)), device, align_end=bool(ck.get("align_end", False)))
         save_predictions(out, v.id, res["va"], fps, emb=res.get("emb"), mask=found,
                          meta={"modality": "face", "encoder": encoder})
     return missing

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from vaest.io import atomic_path, atomic_write_json
-from vaest.metrics import ccc_loss, va_ccc
+from vaest.metrics import ccc_loss, ccc_loss_pooled, ccc_loss_windows, va_ccc
 from vaest.progress import make_progress
 from vaest.timebase import TimeBase, TimeSeries, fill_nearest, to_frames
 from vaest.windows import overlap_average, take_window, window_starts
@@ -52,6 +53,28 @@ class TrainConfig:
     max_batches_per_epoch: int | None = None
     loss_weights: tuple[float, float] = (0.5, 0.5)
     mse_weight: float = 0.0
+    loss: str = "ccc"  # "ccc" (pooled over the batch), "ccc-window" (per window, face/fusion reference), "ccc-pooled"
+    scheduler: str = "plateau"  # "plateau" (ReduceLROnPlateau on validation CCC) or "none" (behavior reference)
+
+
+LOSSES = ("ccc", "ccc-window", "ccc-pooled")
+
+
+def batch_loss(cfg: TrainConfig, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The training loss named by ``cfg.loss`` (see :mod:`vaest.metrics`): ``ccc`` = :func:`ccc_loss` over all
+    valid steps of the batch (plus ``mse_weight`` MSE), ``ccc-window`` = :func:`ccc_loss_windows` (mean over
+    windows of per-window 1 - CCC), ``ccc-pooled`` = :func:`ccc_loss_pooled` (the behavior reference form)."""
+    if cfg.loss == "ccc":
+        return ccc_loss(pred, target, mask, cfg.loss_weights, cfg.mse_weight)
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
+    fn = ccc_loss_windows if cfg.loss == "ccc-window" else ccc_loss_pooled
+    return fn(pred, target, mask, cfg.loss_weights)
+
+
+def accepts_mask(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes a ``mask`` argument (step validity, True = real step, for padding)."""
+    return "mask" in inspect.signature(model.forward).parameters
 
 
 class Task(Protocol):
@@ -148,6 +171,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
     if len({id(p) for p in grouped}) != len(grouped) or {id(p) for p in grouped} != {id(p) for p in trainable}:
         raise ValueError("param_groups must hold every trainable parameter exactly once")
     opt = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.scheduler not in ("plateau", "none"):
+        raise ValueError(f"scheduler must be 'plateau' or 'none', got {cfg.scheduler!r}")
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
                                                        patience=cfg.plateau_patience)
     ema = EMA(model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
@@ -187,7 +212,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
                     break
                 batch = _to_device(batch, device)
                 pred = model(**model_inputs(batch))["va"]
-                loss = ccc_loss(pred, batch["target"], batch.get("target_mask"), cfg.loss_weights, cfg.mse_weight)
+                loss = batch_loss(cfg, pred, batch["target"], batch.get("target_mask"))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -201,7 +226,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
             with torch.no_grad():
                 scores = task.validate(eval_model, device)
             m = scores["mean"] if math.isfinite(scores["mean"]) else -math.inf
-            sched.step(m)
+            if cfg.scheduler == "plateau":
+                sched.step(m)
             rec = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else math.nan, **scores,
                    "lr": opt.param_groups[0]["lr"]}
             history.append(rec)
@@ -255,24 +281,30 @@ class Sequence:
 
 
 def predict_sequence(model: nn.Module, inputs: dict[str, np.ndarray], win: int, hop: int, device: str = "cpu",
-                     batch_size: int = 16, keys: tuple[str, ...] = ("va", "emb")) -> dict[str, np.ndarray]:
+                     batch_size: int = 16, keys: tuple[str, ...] = ("va", "emb"),
+                     align_end: bool = False) -> dict[str, np.ndarray]:
     """Sliding-window inference over one sequence with overlap-averaging.
 
     Args:
         inputs: name -> (T, ...) arrays.
         win, hop: window and hop in steps (reference face model: 400 / 150).
+        align_end: windows as :func:`vaest.windows.window_starts` with ``align_end``.
+    A model whose forward takes ``mask`` gets each window's (win,) validity (False on padded steps).
     Returns:
         name -> (T, D) float32 for each requested model output present (``va`` (T, 2), ``emb`` (T, H)).
     """
     T = len(next(iter(inputs.values())))
-    starts = window_starts(T, win, hop)
+    starts = window_starts(T, win, hop, align_end)
     outs: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    with_mask = accepts_mask(model)
     model.eval()
     with torch.no_grad():
         for i in range(0, len(starts), batch_size):
             chunk = starts[i : i + batch_size]
             batch = {k: torch.from_numpy(np.stack([take_window(v, s, win)[0] for s in chunk])).to(device)
                      for k, v in inputs.items()}
+            if with_mask:
+                batch["mask"] = torch.from_numpy(np.stack([take_window(np.zeros(T), s, win)[1] for s in chunk])).to(device)
             res = model(**batch)
             for k in keys:
                 if k in res:
@@ -298,11 +330,17 @@ def concat_frame_ccc(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str
 
 
 class SequenceTask:
-    """Windows of ``win`` steps with hop ``hop`` from training sequences; frame-level CCC on validation."""
+    """Windows of ``win`` steps with hop ``hop`` from training sequences; frame-level CCC on validation.
 
-    def __init__(self, train: list[Sequence], val: list[Sequence], win: int, hop: int, val_batch: int = 16):
+    ``align_end``: windows as :func:`vaest.windows.window_starts` with ``align_end`` (the official face data).
+    ``with_mask``: training batches carry ``mask`` (B, win) bool, False on padded steps, for models that take it.
+    """
+
+    def __init__(self, train: list[Sequence], val: list[Sequence], win: int, hop: int, val_batch: int = 16,
+                 align_end: bool = False, with_mask: bool = False):
         self.train, self.val, self.win, self.hop, self.val_batch = train, val, win, hop, val_batch
-        self.index = [(i, s) for i, seq in enumerate(train) for s in window_starts(seq.length, win, hop)
+        self.align_end, self.with_mask = align_end, with_mask
+        self.index = [(i, s) for i, seq in enumerate(train) for s in window_starts(seq.length, win, hop, align_end)
                       if np.isfinite(seq.target[s : s + win]).all(-1).any()]
         if not self.index:
             raise ValueError("no training window has a valid label")
@@ -312,22 +350,25 @@ class SequenceTask:
         for i in range(0, len(order), batch_size):
             items = [self.index[j] for j in order[i : i + batch_size]]
             batch: dict[str, list[np.ndarray]] = {}
-            tgt, msk = [], []
+            tgt, msk, pad = [], [], []
             for si, s in items:
                 seq = self.train[si]
                 for k, v in seq.inputs.items():
                     batch.setdefault(k, []).append(take_window(v, s, self.win)[0])
                 y, valid = take_window(seq.target, s, self.win)
                 tgt.append(y)
+                pad.append(valid)
                 msk.append(valid & np.isfinite(y).all(-1))
             out = {k: torch.from_numpy(np.stack(v)) for k, v in batch.items()}
+            if self.with_mask:
+                out["mask"] = torch.from_numpy(np.stack(pad))
             out["target"] = torch.from_numpy(np.nan_to_num(np.stack(tgt)).astype(np.float32))
             out["target_mask"] = torch.from_numpy(np.stack(msk))
             yield out
 
     def predict_frames(self, model: nn.Module, seq: Sequence, device: str) -> dict[str, np.ndarray]:
         """Per-frame outputs for one sequence (``va`` (n_frames, 2), ``emb`` (n_frames, H))."""
-        res = predict_sequence(model, seq.inputs, self.win, self.hop, device, self.val_batch)
+        res = predict_sequence(model, seq.inputs, self.win, self.hop, device, self.val_batch, align_end=self.align_end)
         return {k: frames_from_steps(v, seq.base, seq.n_frames, seq.fps) for k, v in res.items()}
 
     def validate(self, model: nn.Module, device: str) -> dict[str, float]:

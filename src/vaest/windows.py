@@ -5,14 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def window_starts(n: int, win: int, hop: int) -> list[int]:
+def window_starts(n: int, win: int, hop: int, align_end: bool = False) -> list[int]:
     """Start indices of windows of ``win`` steps every ``hop`` that together cover ``range(n)``.
 
     The last window may run past ``n`` (it is padded by the caller); no window starts at or after ``n``.
-    ``n == 0`` gives no windows.
+    With ``align_end`` (the official face and fusion datasets) a sequence longer than ``win`` gets full
+    windows only: those of the grid that fit, plus one ending exactly at ``n`` when the grid misses the end;
+    a sequence of at most ``win`` steps is one (padded) window. ``n == 0`` gives no windows.
     """
     if win <= 0 or hop <= 0:
         raise ValueError(f"win and hop must be positive, got win={win}, hop={hop}")
+    if align_end:
+        if n <= 0:
+            return []
+        if n <= win:
+            return [0]
+        starts = list(range(0, n - win + 1, hop))
+        return starts if starts[-1] == n - win else starts + [n - win]
     starts: list[int] = []
     s = 0
     while s < n:

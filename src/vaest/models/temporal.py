@@ -49,7 +49,7 @@ class FaceTransformerConfig:
     heads: int = 8
     ffn: int = 256
     dropout: float = 0.1
-    attn_span: int | None = None  # frames each layer may attend to on either side (None: the whole window)
+    attn_span: int | None = None  # frames each layer may attend to on either side (None or 0: the whole window)
 
 
 @register_model("face-transformer")
@@ -75,7 +75,7 @@ class FaceTransformer(nn.Module):
         h = self.norm(self.proj(x.float()))
         h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device)
         mask = None
-        if self.config.attn_span is not None:
+        if self.config.attn_span:  # None or 0: the whole window
             t = torch.arange(h.shape[1], device=h.device)
             mask = (t[None, :] - t[:, None]).abs() > self.config.attn_span  # True = may not attend
         h = self.encoder(h, mask=mask)

@@ -25,7 +25,8 @@ from vaest.features.behavior import (ENCODER_KEYS, Segment, encoder_parts, expre
                                      record_segments, segment_targets)
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.timebase import TimeSeries, to_frames
-from vaest.training import Sequence, SequenceTask, TrainConfig, concat_frame_ccc, fit
+from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
+from vaest.training import Sequence, SequenceTask, TrainConfig, accepts_mask, concat_frame_ccc, fit
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class BehaviorTrainSettings:
         win, hop: sequences of ``win`` consecutive segments every ``hop`` segments (reference 16 / 8).
         model_config: model settings other than ``input_dim``.
         train_split, val_split: corpus splits to train on and to select the best epoch on.
+        standardize: standardise the inputs with train-split statistics (the reference feeds them raw; missing
+            values become 0 either way).
+        preset: the preset these settings were resolved with (recorded in the run; see :mod:`vaest.presets`).
     """
 
     encoder: str = "desc"
@@ -53,6 +57,8 @@ class BehaviorTrainSettings:
     model_config: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"
     val_split: str = "val"
+    standardize: bool = True
+    preset: str | None = None
 
 
 def behavior_train_config(**overrides: Any) -> TrainConfig:
@@ -169,17 +175,21 @@ def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: 
     if not val:
         raise VaestError(f"{corpus_root}: no labelled '{st.val_split}' video has {keys} features in {features} {hint}")
     norm = fit_norm(train)
+    if not st.standardize:  # identity: the checkpoint keeps the same form, so inference needs no special case
+        norm = {"mean": [0.0] * len(norm["mean"]), "std": [1.0] * len(norm["std"])}
     seq = {it.video.id: to_sequence(it, norm) for it in items}
-    task = SequenceTask([seq[it.video.id] for it in train], [seq[it.video.id] for it in val], st.win, st.hop)
     input_dim = int(train[0].x.shape[1])
     from vaest.training import seed_everything
 
     seed_everything(cfg.seed)  # same seed, same initial weights: a rerun reproduces the run
     net = create_model(st.model, input_dim=input_dim, **st.model_config)
+    task = SequenceTask([seq[it.video.id] for it in train], [seq[it.video.id] for it in val], st.win, st.hop,
+                        with_mask=accepts_mask(net))
     log.info("behavior %s on %s (%d inputs, %d parameters): %d train / %d val videos, %d train windows", st.model,
              keys, input_dim, sum(p.numel() for p in net.parameters()), len(train), len(val), len(task.index))
+    preset = preset_record(get_preset("behavior", st.preset))
     write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
-                                  "corpus": str(corpus.root), "features": str(features)})
+                                  "preset": preset, "corpus": str(corpus.root), "features": str(features)})
     extra = {"norm": norm, "inputs": {"store_keys": keys, "encoder": st.encoder, "branch": st.branch,
                                       "pool": st.pool, "dim": input_dim}, "win": st.win, "hop": st.hop}
     res = fit(net, task, cfg, out, extra=extra)
@@ -196,7 +206,8 @@ def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: 
     metrics = concat_frame_ccc(pairs)
     atomic_write_json(out / "metrics.json", metrics)
     write_run_json(out, modality="behavior", corpus=corpus.root, features=Path(features), encoder=st.encoder,
-                   branch=st.branch, pool=st.pool, model=st.model, store_key=keys, val_split=st.val_split)
+                   branch=st.branch, pool=st.pool, model=st.model, store_key=keys, val_split=st.val_split,
+                   preset=preset)
     log.info("behavior %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,
              metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)
     return {"metrics": metrics, "best_epoch": res.best_epoch, "seconds": res.seconds, "run": str(out),
@@ -208,5 +219,41 @@ def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[Beha
     (see :func:`vaest.config.split_settings`)."""
     from vaest.config import split_settings
 
-    return split_settings(BehaviorTrainSettings, file_cfg, flags, "behavior",
-                          dataclasses.asdict(behavior_train_config()))
+    p, file_cfg, flags = resolve_preset("behavior", file_cfg, flags)
+    st, cfg = split_settings(BehaviorTrainSettings, file_cfg, flags, "behavior",
+                             dataclasses.asdict(behavior_train_config()), base=p.values if p else None)
+    return dataclasses.replace(st, preset=p.name if p else None), cfg
+
+
+_REF = "src_behavior_model/"
+_TOML = _REF + "configs/text_va.toml"
+register_preset(
+    "behavior", "reference",
+    values={"model": "behavior-mamba-ref", "encoder": "vlm", "branch": "multimodal", "pool": "last",
+            "win": 16, "hop": 8, "standardize": False,
+            "epochs": 100, "batch_size": 8, "lr": 3e-4, "weight_decay": 1e-3, "scheduler": "none",
+            "early_stop": 12, "loss": "ccc-pooled", "loss_weights": (0.5, 0.5), "mse_weight": 0.0,
+            "grad_clip": 0.0, "ema": 0.0, "seed": 42},
+    sources={"model": _REF + "src/models/transformer_model.py (TextMambaRegressor); its settings "
+                      "(BehaviorMambaRefConfig defaults) from " + _TOML + " [model]",
+             "encoder": _TOML + " [embeddings] source = qwen", "branch": _TOML + " qwen_branch",
+             "pool": _TOML + " qwen_pool", "win": _TOML + " window_size", "hop": _TOML + " window_stride",
+             "standardize": _REF + "src/datasets/transformer_data.py (embeddings read as stored)",
+             "epochs": _TOML + " [train]", "batch_size": _TOML + " [train]", "lr": _TOML + " [train]",
+             "weight_decay": _TOML + " [train]",
+             "scheduler": _REF + "src/trainers/transformer_trainer.py (no LR scheduler)",
+             "early_stop": _TOML + " early_stopping_patience",
+             "loss": _REF + "src/core/losses_metrics.py CCCLoss over the batch's valid steps "
+                            "(transformer_trainer.py _masked_ccc_loss)",
+             "loss_weights": _REF + "src/trainers/transformer_trainer.py (0.5 valence + 0.5 arousal)",
+             "mse_weight": _REF + "src/trainers/transformer_trainer.py (CCC only)",
+             "grad_clip": _REF + "src/trainers/transformer_trainer.py (no clipping)",
+             "ema": _REF + "src/trainers/transformer_trainer.py (no EMA)", "seed": _TOML + " seed"},
+    doc="The official behavior model and its training (Team RAS, src_behavior_model).")
+register_preset(
+    "behavior", "vaest",
+    values={"model": "behavior-mamba", "standardize": True, "scheduler": "plateau", "loss": "ccc",
+            "early_stop": 15},
+    sources={"model": "vaest (Mamba-1 mixer, pre-norm residual blocks, tanh head)", "standardize": "vaest",
+             "scheduler": "vaest", "loss": "vaest", "early_stop": "vaest"},
+    doc="vaest's behavior model (see docs/reference.md).")

@@ -29,7 +29,8 @@ from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.timebase import TimeBase, fill_nearest
-from vaest.training import Sequence, SequenceTask, TrainConfig, concat_frame_ccc, fit
+from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
+from vaest.training import Sequence, SequenceTask, TrainConfig, accepts_mask, concat_frame_ccc, fit
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,19 @@ class FaceTrainSettings:
         train_split, val_split: corpus splits to train on and to select the best epoch on.
         motion: append the face-track kinematics (see the module docstring) to the inputs.
         attn_span: for models with that setting (``face-transformer``): frames each attention layer may look
-            at on either side (30 = 1 s at 30 fps, 5 s through the 5 layers); None = full windows (the
+            at on either side (30 = 1 s at 30 fps, 5 s through the 5 layers); None or 0 = full windows (the
             reference). ``model_config`` wins when it sets it.
         jitter: each epoch, shift every training window by a random offset in [0, hop) frames, so the model
             does not see the same 400-frame windows at the same positions every epoch (a cheap augmentation
             for small corpora). Inference windows are unchanged.
+        inputs: ``+``-joined parts of the per-frame input: ``emb`` (the encoder embedding), ``probs`` (its
+            expression probabilities), ``conf`` (detector confidence, 0 without a face). The reference model
+            reads ``emb`` only.
+        standardize: standardise the inputs with train-split statistics (the reference feeds them raw).
+        align_end: windows of a video longer than ``win`` are full windows, the last one ending at the video's
+            end (the reference dataset); otherwise the last window runs past the end and is padded. A model
+            whose forward takes ``mask`` (``face-transformer-ref``) always gets the padded frames masked.
+        preset: the preset these settings were resolved with (recorded in the run; see :mod:`vaest.presets`).
     """
 
     encoder: str = "fer"
@@ -63,6 +72,22 @@ class FaceTrainSettings:
     jitter: bool = True
     motion: bool = True
     attn_span: int | None = 30
+    inputs: str = "emb+probs+conf"
+    standardize: bool = True
+    align_end: bool = False
+    preset: str | None = None
+
+
+INPUT_PARTS = ("emb", "probs", "conf")
+
+
+def input_parts(inputs: str) -> tuple[str, ...]:
+    """The parts named by a ``+``-joined ``inputs`` setting, in the fixed order emb, probs, conf."""
+    parts = {p.strip() for p in str(inputs).split("+") if p.strip()}
+    unknown = parts - set(INPUT_PARTS)
+    if unknown or "emb" not in parts:
+        raise VaestError(f"face inputs {inputs!r}: parts are {'+'.join(INPUT_PARTS)} and must include emb")
+    return tuple(p for p in INPUT_PARTS if p in parts)
 
 
 class JitteredSequenceTask(SequenceTask):
@@ -80,22 +105,25 @@ class JitteredSequenceTask(SequenceTask):
             self.index = grid
 
 
-def face_inputs(rec: FeatureRecord) -> tuple[np.ndarray, np.ndarray]:
+def face_inputs(rec: FeatureRecord, parts: tuple[str, ...] = INPUT_PARTS) -> tuple[np.ndarray, np.ndarray]:
     """Unstandardised per-frame inputs of one video from its ``face-<encoder>`` record.
 
+    Args:
+        parts: which of ``emb``, ``probs``, ``conf`` to include (see :func:`input_parts`).
     Returns:
-        x (n_frames, D + C + 1) float32 = [embedding, probabilities (filled from the nearest face frame),
-        confidence (0 where no face)]; NaN rows only when the video has no face at all.
+        x (n_frames, D [+ C] [+ 1]) float32 = [embedding, probabilities (both filled from the nearest face
+        frame), confidence (0 where no face)]; NaN rows only when the video has no face at all.
         found (n_frames,) bool, the face mask.
     """
     found = np.asarray(rec.mask, bool) & np.isfinite(rec.values).all(1)
-    parts = [np.asarray(rec.values, np.float32)]
-    if "probs" in rec.extras:
-        parts.append(np.asarray(rec.extras["probs"], np.float32))
-    feats = fill_nearest(np.concatenate(parts, axis=1), found)
-    conf = np.asarray(rec.extras.get("conf", found.astype(np.float32)), np.float32).reshape(-1, 1)
-    conf = np.where(found[:, None], np.nan_to_num(conf), 0.0).astype(np.float32)
-    return np.concatenate([feats, conf], axis=1).astype(np.float32), found
+    cols = [np.asarray(rec.values, np.float32)]
+    if "probs" in parts and "probs" in rec.extras:
+        cols.append(np.asarray(rec.extras["probs"], np.float32))
+    out = [fill_nearest(np.concatenate(cols, axis=1), found)]
+    if "conf" in parts:
+        conf = np.asarray(rec.extras.get("conf", found.astype(np.float32)), np.float32).reshape(-1, 1)
+        out.append(np.where(found[:, None], np.nan_to_num(conf), 0.0).astype(np.float32))
+    return np.concatenate(out, axis=1).astype(np.float32), found
 
 
 MOTION_FEATURES = ("vx", "vy", "vscale", "roll", "vroll")
@@ -152,11 +180,13 @@ def apply_norm(x: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
     return np.nan_to_num(z, nan=0.0).astype(np.float32)
 
 
-def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, motion: bool = False
+def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, motion: bool = False,
+                        parts: tuple[str, ...] = INPUT_PARTS
                         ) -> tuple[list[tuple[Video, np.ndarray, np.ndarray, float]], list[str]]:
     """(video, raw inputs, face mask, fps) for every video with stored features, and the ids without.
 
-    ``motion`` appends :func:`face_motion` from the video's ``facetrack`` record (required then).
+    ``parts`` as in :func:`face_inputs`; ``motion`` appends :func:`face_motion` from the video's ``facetrack``
+    record (required then).
     """
     key = f"face-{encoder}"
     out, missing = [], []
@@ -165,7 +195,7 @@ def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, 
             missing.append(v.id)
             continue
         rec = store.load(key, v.id)
-        x, found = face_inputs(rec)
+        x, found = face_inputs(rec, parts)
         fps = float(rec.base.rate)
         if motion:
             if not store.has("facetrack", v.id):
@@ -210,7 +240,8 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     out = Path(out)
     corpus: Corpus = load_corpus(corpus_root)
     store = FeatureStore(features)
-    loaded, missing = load_face_sequences(list(corpus), store, st.encoder, motion=st.motion)
+    parts = input_parts(st.inputs)
+    loaded, missing = load_face_sequences(list(corpus), store, st.encoder, motion=st.motion, parts=parts)
     if missing:
         log.warning("%d videos have no face-%s features in %s (skipped): %s", len(missing), st.encoder, features,
                     ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
@@ -222,9 +253,9 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     if not val:
         raise VaestError(f"{corpus_root}: no labelled '{st.val_split}' video has face-{st.encoder} features in {features}")
     norm = fit_norm([t[1] for t in train], [t[2] for t in train])
+    if not st.standardize:  # identity: the checkpoint keeps the same form, so inference needs no special case
+        norm = {"mean": [0.0] * len(norm["mean"]), "std": [1.0] * len(norm["std"])}
     seq = {t[0].id: to_sequence(t[0], apply_norm(t[1], norm), t[3]) for t in loaded}
-    task_cls = JitteredSequenceTask if st.jitter else SequenceTask
-    task = task_cls([seq[t[0].id] for t in train], [seq[t[0].id] for t in val], st.win, st.hop)
     input_dim = int(next(iter(seq.values())).inputs["x"].shape[1])
     from vaest.training import seed_everything
 
@@ -233,14 +264,19 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     if st.model in list_models() and "attn_span" in _config_fields(st.model):
         model_cfg.setdefault("attn_span", st.attn_span)
     net = create_model(st.model, input_dim=input_dim, **model_cfg)
+    task_cls = JitteredSequenceTask if st.jitter else SequenceTask
+    task = task_cls([seq[t[0].id] for t in train], [seq[t[0].id] for t in val], st.win, st.hop,
+                    align_end=st.align_end, with_mask=accepts_mask(net))
     n_params = sum(p.numel() for p in net.parameters())
     log.info("face %s on face-%s (%d inputs, %d parameters): %d train / %d val videos, %d train windows",
              st.model, st.encoder, input_dim, n_params, len(train), len(val), len(task.index))
+    preset = preset_record(get_preset("face", st.preset))
     write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
-                                  "corpus": str(corpus.root), "features": str(features)})
-    layout = ["emb", "probs", "conf"] + (list(MOTION_FEATURES) if st.motion else [])
+                                  "preset": preset, "corpus": str(corpus.root), "features": str(features)})
+    layout = list(parts) + (list(MOTION_FEATURES) if st.motion else [])
     extra = {"norm": norm, "inputs": {"store_key": f"face-{st.encoder}", "layout": layout, "dim": input_dim,
-                                      "motion": st.motion}, "win": st.win, "hop": st.hop}
+                                      "motion": st.motion, "parts": list(parts)},
+             "win": st.win, "hop": st.hop, "align_end": st.align_end}
     res = fit(net, task, cfg, out, extra=extra)
     best, _ = load_checkpoint(out / "model.pt", cfg.device)
     pairs = []
@@ -254,7 +290,7 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     metrics = concat_frame_ccc(pairs)
     atomic_write_json(out / "metrics.json", metrics)
     write_run_json(out, modality="face", corpus=corpus.root, features=Path(features), encoder=st.encoder,
-                   model=st.model, store_key=f"face-{st.encoder}", val_split=st.val_split)
+                   model=st.model, store_key=f"face-{st.encoder}", val_split=st.val_split, preset=preset)
     log.info("face %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,
              metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)
     return {"metrics": metrics, "best_epoch": res.best_epoch, "seconds": res.seconds, "run": str(out),
@@ -274,4 +310,43 @@ def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[Face
     :func:`vaest.config.split_settings`)."""
     from vaest.config import split_settings
 
-    return split_settings(FaceTrainSettings, file_cfg, flags, "face")
+    p, file_cfg, flags = resolve_preset("face", file_cfg, flags)
+    st, cfg = split_settings(FaceTrainSettings, file_cfg, flags, "face", base=p.values if p else None)
+    return dataclasses.replace(st, preset=p.name if p else None), cfg
+
+
+_REF = "src_visual_dynamic_model/"
+register_preset(
+    "face", "reference",
+    values={"model": "face-transformer-ref", "inputs": "emb", "standardize": False, "motion": False,
+            "attn_span": 0, "jitter": False, "win": 400, "hop": 150, "align_end": True,
+            "epochs": 100, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "scheduler": "plateau",
+            "plateau_factor": 0.1, "plateau_patience": 5, "early_stop": 15, "loss": "ccc-window",
+            "loss_weights": (0.5, 0.5), "mse_weight": 0.0, "grad_clip": 0.0, "ema": 0.0, "seed": 42},
+    sources={"model": _REF + "model.py (VisualDynamicModel); its settings (FaceTransformerRefConfig defaults) from "
+                      "config_best.toml [Model]",
+             "inputs": _REF + "extract_grada_features.py (features = GRADA embedding) and dataset.py",
+             "standardize": _REF + "dataset.py (features read as stored)",
+             "motion": "not in the official inputs", "attn_span": _REF + "model.py (full attention)",
+             "jitter": _REF + "dataset.py (fixed windows)",
+             "win": _REF + "config_best.toml window_length", "hop": _REF + "config_best.toml hop_length",
+             "align_end": _REF + "dataset.py VideoWindowArranger._build_windows",
+             "epochs": _REF + "config_best.toml", "batch_size": _REF + "config_best.toml",
+             "lr": _REF + "config_best.toml", "weight_decay": _REF + "config_best.toml",
+             "scheduler": _REF + "train.py (ReduceLROnPlateau, mode max on va_score)",
+             "plateau_factor": _REF + "config_best.toml scheduler_factor",
+             "plateau_patience": _REF + "config_best.toml scheduler_patience",
+             "early_stop": _REF + "config_best.toml early_stop_patience",
+             "loss": _REF + "losses.py CCCLoss (per window, mean over windows and dims)",
+             "loss_weights": _REF + "train.py weights [1, 1] averaged", "mse_weight": _REF + "losses.py (CCC only)",
+             "grad_clip": _REF + "train.py (no clipping)", "ema": _REF + "train.py (no EMA)",
+             "seed": _REF + "config_best.toml seed"},
+    doc="The official face temporal model and its training (Team RAS, src_visual_dynamic_model).")
+register_preset(
+    "face", "vaest",
+    values={"model": "face-transformer", "inputs": "emb+probs+conf", "standardize": True, "motion": True,
+            "attn_span": 30, "jitter": True, "align_end": False},
+    sources={"model": "vaest (nn.TransformerEncoder, pre-head embedding)", "inputs": "vaest",
+             "standardize": "vaest", "motion": "vaest", "attn_span": "vaest", "jitter": "vaest",
+             "align_end": "vaest"},
+    doc="vaest's face model: local attention span, motion inputs, window jitter (see docs/reference.md).")

@@ -1,0 +1,97 @@
+"""`vaest train face|behavior --preset reference` end to end on tiny corpora: the run uses and records every
+setting of the preset; the config file and flags still override it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from test_behavior import _fake_corpus
+from test_face import _toy_face_corpus
+from vaest.cli import app
+from vaest.errors import VaestError
+from vaest.models import load_checkpoint
+from vaest.presets import get_preset
+from vaest.windows import window_starts
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _recorded(run) -> tuple[dict, dict]:
+    doc = yaml.safe_load((run / "config.yaml").read_text())["config"]
+    return doc, json.loads((run / "run.json").read_text())
+
+
+def _check_record(run, task: str, overridden: set[str]) -> dict:
+    """Every preset value is in the run's resolved settings (except those the test overrides) and the preset
+    itself (name, values, sources) is recorded in config.yaml and run.json."""
+    doc, info = _recorded(run)
+    p = get_preset(task, "reference")
+    resolved = {**doc["settings"], **doc["train"]}
+    for k, v in p.values.items():
+        if k in overridden:
+            continue
+        want = list(v) if isinstance(v, tuple) else v
+        assert resolved[k] == want, (k, resolved[k], want)
+    assert doc["settings"]["preset"] == "reference"
+    for rec in (doc["preset"], info["preset"]):
+        assert rec["name"] == "reference" and set(rec["values"]) == set(p.values)
+        assert all(rec["sources"][k] for k in p.values)  # every value says where it comes from
+    return resolved
+
+
+def test_face_reference_preset_end_to_end(tmp_path):
+    root = _toy_face_corpus(tmp_path / "corpus", n_train=2, n_val=1, n=130)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("settings:\n  win: 60\n  hop: 25\n  model_config: {hidden_dim: 16, heads: 2, layers: 1}\n"
+                   "train:\n  batch_size: 4\n")
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "face", "--features", str(root / "feats"), "--corpus", str(root),
+                                 "--out", str(run), "--encoder", "toy", "--epochs", "2", "--preset", "reference",
+                                 "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    res = _check_record(run, "face", {"win", "hop", "epochs", "batch_size"})
+    assert (res["win"], res["hop"], res["epochs"], res["batch_size"]) == (60, 25, 2, 4)  # file and flags win
+    model, ck = load_checkpoint(run / "model.pt")
+    assert ck["name"] == "face-transformer-ref" and model.config.hidden_dim == 16
+    assert ck["train_config"]["loss"] == "ccc-window" and ck["train_config"]["lr"] == 1e-4
+    assert ck["inputs"]["parts"] == ["emb"] and ck["inputs"]["dim"] == 8  # embedding only, no probs/conf/motion
+    assert ck["norm"]["mean"] == [0.0] * 8 and ck["norm"]["std"] == [1.0] * 8  # raw features
+    assert ck["align_end"] is True and window_starts(130, 60, 25, True) == [0, 25, 50, 70]
+    from vaest.inference import load_predictions
+
+    p = load_predictions(run, "tra0")
+    assert p.values.shape == (130, 2) and np.isfinite(p.values).all() and p.extras["emb"].shape == (130, 16)
+
+
+def test_behavior_reference_preset_from_run_yaml(tmp_path):
+    root, feats, ids, n = _fake_corpus(tmp_path, n_train=2, n_val=1, seconds=24)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("preset: reference\nsettings:\n  model_config: {d_model: 16, layers: 2, head_hidden: 8}\n")
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "behavior", "--features", str(feats), "--corpus", str(root), "--out",
+                                 str(run), "--epochs", "2", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    res = _check_record(run, "behavior", {"epochs"})
+    assert (res["encoder"], res["branch"], res["pool"]) == ("vlm", "multimodal", "last")
+    model, ck = load_checkpoint(run / "model.pt")
+    assert ck["name"] == "behavior-mamba-ref" and model.config.d_model == 16
+    tc = ck["train_config"]
+    assert (tc["scheduler"], tc["early_stop"], tc["loss"], tc["lr"], tc["weight_decay"]) == ("none", 12, "ccc-pooled", 3e-4, 1e-3)
+    hist = json.loads((run / "history.json").read_text())["history"]
+    assert all(h["lr"] == 3e-4 for h in hist)  # no scheduler
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path):
+    from vaest.tasks.face import settings_from
+
+    with pytest.raises(VaestError, match="unknown preset 'official' for face; known: reference, vaest"):
+        settings_from({}, {"preset": "official"})
+    st, cfg = settings_from({"preset": "reference"}, {"lr": 5e-4})
+    assert st.preset == "reference" and st.model == "face-transformer-ref" and cfg.lr == 5e-4 and cfg.loss == "ccc-window"
+    st, _ = settings_from({}, {})
+    assert st.preset is None and st.model == "face-transformer"  # no preset: today's defaults
