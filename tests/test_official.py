@@ -173,3 +173,23 @@ def test_pooled_loss_matches_official_behavior_loss() -> None:
     vp, vg = pred[valid], gold[valid]
     ref = 0.5 * (crit(vp[:, 0], vg[:, 0]) + crit(vp[:, 1], vg[:, 1]))
     assert abs(float(ccc_loss_pooled(pred, gold, valid)) - float(ref)) < TOL
+
+
+def test_reference_prompt_is_the_official_one_word_for_word() -> None:
+    """Read PROMPT_TEMPLATE out of the official script (parsed, not imported: it needs the Qwen stack)."""
+    import ast
+
+    from vaest.presets import get_preset
+    from vaest.vlm import REFERENCE_PROMPT
+
+    path = REF / "src_behavior_description" / "QwenVL-3-4B_train_embeddings.py"
+    if not path.exists():
+        pytest.skip(f"official code not found at {path}")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = [ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.AnnAssign)
+             and getattr(n.target, "id", None) == "PROMPT_TEMPLATE"]
+    assert found == [REFERENCE_PROMPT]
+    import vaest.features.behavior  # noqa: F401  (registers the behavior-vlm presets)
+
+    p = get_preset("behavior-vlm", "reference")
+    assert p.values["prompt"] == REFERENCE_PROMPT and p.values["text_branch"] == "separate"

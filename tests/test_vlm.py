@@ -207,3 +207,30 @@ def test_vllm_backend_says_what_is_missing():
         pytest.skip("vLLM is installed")
     with pytest.raises(ModelError, match="vLLM"):
         load_vlm(VLMConfig(backend="vllm"))
+
+
+def test_separate_text_branch_is_a_text_only_pass(tiny_qwen):
+    """The reference text branch: the instruction alone (no video) in its own forward pass, pooled over all its
+    tokens, the same for every clip; the other branches are unchanged."""
+    import torch
+
+    from vaest.vlm import REFERENCE_PROMPT
+
+    cfg = VLMConfig(model=tiny_qwen, generate=False, device="cpu", prompt=REFERENCE_PROMPT)
+    sep = load_vlm(VLMConfig(**{**cfg.__dict__, "text_branch": "separate"}))
+    ctx = load_vlm(cfg)
+    clips = _clips(2, np.random.default_rng(5))
+    a, b = sep.encode(clips, [4.0, 3.0]), ctx.encode(clips, [4.0, 3.0])
+    for k in a.features:
+        if not k.startswith("text_"):
+            assert np.allclose(a.features[k], b.features[k], atol=1e-5), k
+    assert np.allclose(a.features["text_last"][0], a.features["text_last"][1])  # no video in it
+    assert not np.allclose(a.features["text_last"], b.features["text_last"])
+    ids = sep.tokenizer("<|im_start|>user\n" + REFERENCE_PROMPT + "<|im_end|>\n<|im_start|>assistant\n",
+                        add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        h = sep.model.model(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+    assert np.allclose(a.features["text_mean"][0], h.mean(0), atol=1e-5)
+    assert np.allclose(a.features["text_last"][0], h[-1], atol=1e-5)
+    with pytest.raises(ModelError, match="text_branch"):
+        load_vlm(VLMConfig(model=tiny_qwen, text_branch="nope"))

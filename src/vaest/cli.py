@@ -390,14 +390,17 @@ def extract_behavior_cmd(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     config: ConfigOpt = None,
+    preset: PresetOpt = None,
 ) -> None:
     """Per-segment behavior features (4 s clips, 2 s hop): behavior-desc, or behavior-vlm + behavior-text."""
     from vaest.config import load_config
     from vaest.features.behavior import extract_behavior
+    from vaest.presets import resolve_preset
 
     flags = {"backend": backend, "model": model, "vllm_url": vllm_url, "branches": branch or None,
-             "generate": False if no_text else None, "device": device, "batch_size": batch_size}
-    settings = {**load_config(config), **{k: v for k, v in flags.items() if v is not None}}
+             "generate": False if no_text else None, "device": device, "batch_size": batch_size, "preset": preset}
+    p, file_cfg, flags = resolve_preset("behavior-vlm", load_config(config), flags)  # VLM prompt / text pass
+    settings = {**(p.values if p else {}), **file_cfg, **{k: v for k, v in flags.items() if v is not None}}
     rep = extract_behavior(corpus, out, encoder, settings, force=force, engine=engine, address=address,
                            num_workers=workers)
     if rep.failed:

@@ -4,8 +4,13 @@ Each 4 s segment is shown to the VLM as a 16-frame video followed by the affect-
 gives the last-layer hidden states of every token; three token *branches* are pooled three ways:
 
 - branches: ``multimodal`` (every token of the prompt: video and text), ``text`` (the instruction tokens only,
-  read in the context of the video), ``visual`` (the video tokens);
+  read in the context of the video; with ``text_branch="separate"``, as the reference does, a second forward
+  pass of the instruction alone, with no video, pooled over all its tokens), ``visual`` (the video tokens);
 - pools: ``mean`` and ``std`` over the branch's tokens, ``last`` (its final token).
+
+Prompts: :data:`AFFECT_PROMPT` is vaest's own; :data:`REFERENCE_PROMPT` is the official one word for word
+(``src_behavior_description/QwenVL-3-4B_train_embeddings.py``, ``PROMPT_TEMPLATE``), chosen by the
+``behavior-vlm`` preset ``reference`` together with the separate text pass.
 
 That gives nine (N, H) arrays named ``<branch>_<pool>``; the reference default is ``multimodal_last``. The
 generated description (greedy, at most ``max_new_tokens``) is returned as text; with the transformers backend
@@ -50,6 +55,19 @@ AFFECT_PROMPT = (
     "gestures, body posture and how much they move. Reply in no more than 100 tokens."
 )
 
+# the official prompt, character for character (src_behavior_description, PROMPT_TEMPLATE)
+REFERENCE_PROMPT = (
+    "You are an expert in multimodal affect analysis. Carefully analyze the provided video clip containing a "
+    "person\u2019s facial expressions, body posture, gestures, head movements, and the surrounding scene. "
+    "Describe the person\u2019s affect in terms of valence (pleasant \u2194 unpleasant) and arousal (low \u2194 high). "
+    "You may mention uncertainty or mixed/ambiguous affect when appropriate. "
+    "Explain which visible cues support your valence and arousal estimates and how they evolve over time. "
+    "Avoid assumptions beyond what is visually present. "
+    "Write a single coherent paragraph with no line breaks, no bullets, no special formatting, no longer than "
+    "100 tokens, and always end with a period."
+)
+TEXT_BRANCHES = ("in-context", "separate")
+
 # Qwen chat layout: a user turn holding the video then the instruction, then the assistant's turn
 _USER_START = "<|im_start|>user\n"
 _TURN_END = "<|im_end|>\n<|im_start|>assistant\n"
@@ -73,6 +91,7 @@ class VLMConfig:
     generate: bool = True  # also produce the description text
     max_new_tokens: int = 100
     branches: tuple[str, ...] = BRANCHES  # which branches to keep (all three by default)
+    text_branch: str = "in-context"  # "in-context": instruction tokens after the video; "separate": own pass
     max_pixels: int | None = None  # pixel budget of one 16-frame clip; None: the checkpoint's video processor
     device: str = "auto"  # "auto": cuda when available
     dtype: str = "auto"  # "auto": bfloat16 on GPU, float32 on CPU
@@ -310,6 +329,19 @@ class TransformersVLM:
         masks = {"multimodal": att, "text": text, "visual": visual}
         return {k: v.to(self.device) for k, v in inputs.items()}, {b: masks[b] for b in self.cfg.branches}
 
+    def text_only_features(self, n: int) -> dict[str, np.ndarray]:
+        """``text_<pool>`` (n, H) of the reference text branch: one forward pass of the chat turn holding the
+        instruction alone (no video), pooled over all its tokens; the same for every clip, so computed once."""
+        import torch
+
+        if getattr(self, "_text_only", None) is None:
+            ids = self._parts["user"] + self._parts["prompt"] + self._parts["end"]
+            inp = torch.tensor([ids], dtype=torch.int64, device=self.device)
+            with torch.inference_mode():
+                hidden = self.model.model(input_ids=inp, attention_mask=torch.ones_like(inp)).last_hidden_state
+            self._text_only = pool_hidden(hidden, {"text": np.ones((1, len(ids)), bool)})
+        return {k: np.repeat(v, n, axis=0) for k, v in self._text_only.items()}
+
     def encode(self, clips: Sequence[np.ndarray], durations: Sequence[float]) -> VLMOutput:
         """Features of every kept branch and pooling, and (with ``generate``) the descriptions (from the
         server at ``vllm_url`` when one is given)."""
@@ -327,7 +359,11 @@ class TransformersVLM:
                 texts = [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
             else:
                 hidden = self.model.model(**inputs).last_hidden_state
-            feats = pool_hidden(hidden, masks)
+            if self.cfg.text_branch == "separate" and "text" in masks:
+                masks = {b: m for b, m in masks.items() if b != "text"}
+                feats = {**pool_hidden(hidden, masks), **self.text_only_features(len(clips))}
+            else:
+                feats = pool_hidden(hidden, masks)
         if self.remote is not None:
             texts = self.remote.describe(clips, durations)
         return VLMOutput(feats, texts)
@@ -572,6 +608,10 @@ def load_vlm(cfg: VLMConfig) -> VLMBackend:
     bad = set(cfg.branches) - set(BRANCHES)
     if bad:
         raise ModelError(f"unknown VLM branch(es) {sorted(bad)}; known: {', '.join(BRANCHES)}")
+    if cfg.text_branch not in TEXT_BRANCHES:
+        raise ModelError(f"unknown text_branch {cfg.text_branch!r}; known: {', '.join(TEXT_BRANCHES)}")
+    if cfg.text_branch == "separate" and cfg.backend != "transformers" and "text" in cfg.branches:
+        raise ModelError("text_branch 'separate' (the reference text pass) needs the transformers backend")
     if cfg.backend == "transformers":
         return TransformersVLM(cfg)
     if cfg.backend == "vllm":

@@ -36,7 +36,8 @@ from vaest.features.base import Extractor, register_extractor
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
 from vaest.timebase import TimeBase, TimeSeries, frame_midpoints
-from vaest.vlm import DEFAULT_FEATURE, VLMConfig
+from vaest.presets import register_preset
+from vaest.vlm import AFFECT_PROMPT, DEFAULT_FEATURE, REFERENCE_PROMPT, VLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -514,6 +515,8 @@ class BehaviorVLMExtractor(Extractor):
         cfg = dataclasses.asdict(self.config)
         for k in _NOT_HASHED:
             cfg.pop(k, None)
+        if cfg.get("text_branch") == "in-context":  # the default before the setting existed: stores stay valid
+            cfg.pop("text_branch")
         return config_hash({"name": self.name, **cfg})
 
     @property
@@ -743,3 +746,21 @@ def extract_behavior(corpus_root: Any, out: Any, encoder: str = "desc", settings
         _ = ex.vlm  # fail early (bad model path, no vLLM) before decoding anything
     return run_extraction(FeatureStore(out), [ex], videos, force=force, engine=engine, address=address,
                           num_workers=num_workers)
+
+
+# presets of `vaest extract behavior --encoder vlm` (task "behavior-vlm")
+register_preset(
+    "behavior-vlm", "reference",
+    values={"prompt": REFERENCE_PROMPT, "text_branch": "separate", "model": "Qwen/Qwen3-VL-4B-Instruct",
+            "max_new_tokens": 100},
+    sources={"prompt": "src_behavior_description/QwenVL-3-4B_train_embeddings.py PROMPT_TEMPLATE",
+             "text_branch": "src_behavior_description/QwenVL-3-4B_train_embeddings.py extract_embeddings_pack "
+                            "(text-only messages, a second forward pass)",
+             "model": "src_behavior_description/QwenVL-3-4B_train_embeddings.py",
+             "max_new_tokens": "src_behavior_description/QwenVL-3-4B_train_embeddings.py (no longer than 100 tokens)"},
+    doc="The official Qwen3-VL behavior description: its prompt and its separate text-only pass.")
+register_preset(
+    "behavior-vlm", "vaest",
+    values={"prompt": AFFECT_PROMPT, "text_branch": "in-context"},
+    sources={"prompt": "vaest", "text_branch": "vaest"},
+    doc="vaest's prompt; the text branch read in the context of the video.")
