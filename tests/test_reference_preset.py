@@ -95,3 +95,36 @@ def test_unknown_preset_is_a_clear_error(tmp_path):
     assert st.preset == "reference" and st.model == "face-transformer-ref" and cfg.lr == 5e-4 and cfg.loss == "ccc-window"
     st, _ = settings_from({}, {})
     assert st.preset is None and st.model == "face-transformer"  # no preset: today's defaults
+
+
+from test_fusion import synth_runs  # noqa: E402,F401  (module-scoped fixture: face/behavior/audio runs)
+
+
+def test_dcmmoe_reference_preset_trains_the_official_directed_fusion(synth_runs, tmp_path):  # noqa: F811
+    from vaest.corpus import load_corpus
+    from vaest.inference import load_predictions, read_run_json
+    from vaest.tasks.fusion import apply_fusion, dcmmoe_preset_kwargs, train_fusion
+
+    file_cfg = {"preset": "reference", "win": 120, "hop": 50, "model": {"hidden_dim": 16, "heads": 2, "layers": 1},
+                "train": {"batch_size": 4}}
+    kw = dcmmoe_preset_kwargs(file_cfg, {"epochs": 2, "seed": None})
+    assert kw["method"] == "dcm-ref" and kw["align_end"] and (kw["win"], kw["hop"]) == (120, 50)
+    assert (kw["train_cfg"].loss, kw["train_cfg"].mse_weight, kw["train_cfg"].epochs) == ("ccc-window", 0.0, 2)
+    out = tmp_path / "dcm"
+    metrics = train_fusion(synth_runs["runs"], synth_runs["corpus"], out, **kw)
+    assert np.isfinite(metrics["mean"])
+    model, ck = load_checkpoint(out / "model.pt")
+    assert ck["name"] == "dcm-ref" and set(model.config.input_dims) == {"face", "behavior"}  # no audio
+    assert (model.config.q, model.config.k, model.config.v) == ("face", "behavior", "behavior")
+    info = read_run_json(out)
+    assert info["preset"]["name"] == "reference" and info["align_end"] is True and info["weight_names"] == []
+    doc = yaml.safe_load((out / "config.yaml").read_text())["config"]
+    assert doc["preset"]["values"]["method"] == "dcm-ref" and doc["train"]["loss"] == "ccc-window"
+    rec = load_predictions(out, "vid00")
+    assert rec.values.shape == (360, 2) and np.isfinite(rec.values).all() and rec.extras["emb"].shape == (360, 16)
+    vids = load_corpus(synth_runs["corpus"]).split("val")[:1]
+    apply_fusion(out, vids, tmp_path / "applied")
+    np.testing.assert_allclose(load_predictions(tmp_path / "applied", vids[0].id).values,
+                               load_predictions(out, vids[0].id).values, atol=1e-5)
+    # without a preset the command keeps vaest's own DCMMoE
+    assert dcmmoe_preset_kwargs({}, {})["method"] == "dcmmoe"

@@ -1,6 +1,9 @@
 """Selective state-space (Mamba) regressor for behavior segment sequences, in pure PyTorch.
 
-The reference behavior model: per-segment features -> Linear to ``d_model`` (256) -> 12 residual Mamba blocks
+Two models. ``behavior-mamba-ref`` (:class:`BehaviorMambaRef`, at the end of this module) is the official Team
+RAS behavior model block for block (``src_behavior_model/src/models/transformer_model.py``; weights load with
+:func:`vaest.models.official.behavior_from_official`). ``behavior-mamba`` is vaest's own variant with the
+standard Mamba-1 mixer: per-segment features -> Linear to ``d_model`` (256) -> 12 residual Mamba blocks
 (pre-norm, RMSNorm or LayerNorm) -> final norm -> MLP head (256 -> 512 -> 2). Each block is the Mamba-1 mixer
 (Gu & Dao 2023): input projection to ``2 * expand * d_model`` (signal and gate), a causal depthwise convolution
 (kernel 5), and a selective scan whose step ``dt`` and matrices ``B``, ``C`` depend on the input::

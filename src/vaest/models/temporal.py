@@ -1,10 +1,14 @@
-"""Temporal model of the face stream (reference ``face-transformer``): per-frame features -> per-frame VA.
+"""Temporal models of the face stream: per-frame features -> per-frame VA.
 
-Projection of the input features to 256 + LayerNorm, sinusoidal positions, 5 Transformer encoder layers
-(8 heads, FFN 256, GELU), and a head Linear -> LayerNorm -> GELU -> Linear(2). Windows of 400 frames with hop
+Two models. ``face-transformer-ref`` (:class:`FaceTransformerRef`) is the official Team RAS face model, layer
+for layer (``src_visual_dynamic_model/model.py``; its weights load with
+:func:`vaest.models.official.face_from_official`). ``face-transformer`` (:class:`FaceTransformer`) is vaest's
+own variant: projection to 256 + LayerNorm (no dropout), sinusoidal positions added once, 5 standard post-LN
+``nn.TransformerEncoderLayer`` (8 heads, FFN 256, GELU) without the outer residual, a head Linear -> LayerNorm
+-> GELU -> Linear(2) without dropout, and the encoder output (not the head's penultimate layer) as embedding. Windows of 400 frames with hop
 150 are cut, padded and overlap-averaged by :class:`vaest.training.SequenceTask` / ``predict_sequence``.
 
-``attn_span`` (not in the reference, off by default) limits each layer's self-attention to frames at most
+``attn_span`` (vaest's ``face-transformer`` only, not in the official model) limits each layer's self-attention to frames at most
 that far away; stacked layers still reach ``layers x attn_span`` frames. Full attention over 400-frame windows
 overfits small training sets (a dozen videos): it learns window-level shortcuts that do not carry over to new
 people, while local attention keeps the per-frame evidence in front and still pools over seconds.
@@ -34,14 +38,15 @@ def sinusoidal_positions(n: int, dim: int, device: torch.device | None = None, m
 
 
 def va_head(dim: int, hidden: int | None = None) -> nn.Sequential:
-    """The reference regression head: Linear -> LayerNorm -> GELU -> Linear(2)."""
+    """vaest's regression head: Linear -> LayerNorm -> GELU -> Linear(2) (the official head has a Dropout
+    before the last Linear: :func:`ref_head`)."""
     hidden = hidden or dim
     return nn.Sequential(nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, 2))
 
 
 @dataclass
 class FaceTransformerConfig:
-    """Settings of :class:`FaceTransformer` (defaults: the reference face model)."""
+    """Settings of :class:`FaceTransformer` (sizes as the official face model: 256 wide, 5 layers, 8 heads)."""
 
     input_dim: int = 256
     d_model: int = 256

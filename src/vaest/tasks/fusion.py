@@ -17,6 +17,8 @@ inputs are, for every frame modality m (all runs except ``audio``), ``m`` = ``[e
   Each frame refers to the (up to two) windows covering it by a global row index (``audio_index`` (n, 2));
   :class:`FusionTask` turns those rows into the batch's ``audio_tokens`` / ``audio_token_mask``.
 - DCMMoE: per-frame audio ``[emb, va]`` with mask = audio input present and covered by a reliable window.
+- ``dcm-ref`` (the official directed cross-modal model, :class:`vaest.models.directed.DirectedFusionRef`): no
+  audio (an audio run is ignored); face queries over behavior keys/values, padded frames masked.
 
 Frames where a modality has no real input are masked, never zero-filled as if real.
 
@@ -48,16 +50,17 @@ from vaest.inference import (evaluate_predictions, load_predictions, read_run_js
 from vaest.io import atomic_write_json
 from vaest.metrics import DIMS
 from vaest.models import create_model, load_checkpoint
+from vaest.presets import register_preset
 from vaest.progress import track
 from vaest.timebase import TimeBase, TimeSeries, frame_midpoints
-from vaest.training import Sequence, SequenceTask, TrainConfig, fit, predict_sequence
+from vaest.training import Sequence, SequenceTask, TrainConfig, accepts_mask, fit, predict_sequence
 from vaest.windows import window_starts
 
 log = logging.getLogger(__name__)
 
 AUDIO = "audio"
 FRAME_ORDER = ("face", "behavior")
-METHODS = ("raav", "dcmmoe")
+METHODS = ("raav", "dcmmoe", "dcm-ref")
 LATE_METHODS = ("dirichlet", "grid")
 AUDIO_TOKEN_KEY = "audio-tokens"
 N_TOKENS = 4
@@ -348,6 +351,9 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
     names = frame_modalities(runs)
     if not names:
         raise VaestError("fusion needs at least one frame modality run (face or behavior), not only audio")
+    if method == "dcm-ref" and AUDIO in runs:
+        log.info("fusion dcm-ref: the official directed cross-modal model has no audio input; the audio run is not read")
+        runs = {m: r for m, r in runs.items() if m != AUDIO}
     audio_run = runs.get(AUDIO)
     if audio_run is not None and features_root is None:
         feats = _run_info(audio_run).get("features")
@@ -439,8 +445,9 @@ class FusionTask(SequenceTask):
     """:class:`~vaest.training.SequenceTask` over fusion sequences that also resolves audio window tokens."""
 
     def __init__(self, train: list[Sequence], val: list[Sequence], win: int, hop: int,
-                 table: AudioTable | None = None, val_batch: int = 16):
-        super().__init__(train, val, win, hop, val_batch)
+                 table: AudioTable | None = None, val_batch: int = 16, align_end: bool = False,
+                 with_mask: bool = False):
+        super().__init__(train, val, win, hop, val_batch, align_end=align_end, with_mask=with_mask)
         self.table = table
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -461,9 +468,12 @@ class FusionTask(SequenceTask):
 
 
 def default_train_config(method: str) -> TrainConfig:
-    """Reference optimisation: RAAV AdamW 5e-5, loss 0.7/0.3 CCC + 0.01 MSE; DCMMoE AdamW 1e-4, mean CCC + 0.01 MSE."""
+    """Default optimisation per method: RAAV AdamW 5e-5, loss 0.7/0.3 CCC + 0.01 MSE; DCMMoE AdamW 1e-4, mean CCC
+    + 0.01 MSE; ``dcm-ref`` as the official fusion training (AdamW 1e-4, per-window CCC, no MSE)."""
     if method == "raav":
         return TrainConfig(lr=5e-5, loss_weights=(0.7, 0.3), mse_weight=0.01)
+    if method == "dcm-ref":
+        return TrainConfig(lr=1e-4, loss_weights=(0.5, 0.5), mse_weight=0.0, loss="ccc-window")
     return TrainConfig(lr=1e-4, loss_weights=(0.5, 0.5), mse_weight=0.01)
 
 
@@ -476,6 +486,10 @@ def model_config(method: str, data: FusionData, overrides: dict[str, Any] | None
     if method == "raav":
         cfg = {"modalities": tuple(names), "in_dims": tuple(data.dims[m] for m in names),
                "priors": tuple(DEFAULT_PRIORS.get(m, 0.15) for m in names), "audio_dim": data.audio_dim}
+    elif method == "dcm-ref":  # face queries over behavior keys/values (the official best run)
+        q = "face" if "face" in names else names[0]
+        kv = "behavior" if "behavior" in names else q
+        cfg = {"input_dims": {m: data.dims[m] for m in names}, "q": q, "k": kv, "v": kv}
     else:
         mods = names + ([AUDIO] if AUDIO in data.dims else [])
         cfg = {"modalities": tuple(mods), "in_dims": tuple(data.dims[m] for m in mods),
@@ -488,21 +502,23 @@ def weight_names(model: nn.Module) -> list[str]:
     """Names of the columns of a fusion model's ``weights`` output."""
     if hasattr(model, "expert_names"):
         return list(model.expert_names)
-    return list(model.config.modalities)
+    return list(getattr(model.config, "modalities", ()))  # none for dcm-ref (no weighting)
 
 
 def export_fusion(model: nn.Module, data: FusionData, out: Path, win: int, hop: int, device: str = "cpu",
-                  batch_size: int = 16) -> None:
-    """Write ``out/preds/<video>.npz`` for every sequence: ``va``, ``emb``, extras ``weights`` (n, M) and, for
-    RAAV, ``fallback`` (n,) frames where no frame modality was available; mask = any modality available."""
+                  batch_size: int = 16, align_end: bool = False) -> None:
+    """Write ``out/preds/<video>.npz`` for every sequence: ``va``, ``emb``, extras ``weights`` (n, M) (models
+    that weight modalities) and, for RAAV, ``fallback`` (n,) frames where no frame modality was available;
+    mask = any modality available. ``align_end``: windows as :func:`vaest.windows.window_starts`."""
     runner = _Resolved(model, data.table) if data.table is not None else model
     model.to(device).eval()
     for seq in track(data.sequences, f"export {out.name}"):
-        res = predict_sequence(runner, seq.inputs, win, hop, device, batch_size, keys=("va", "emb", "weights"))
+        res = predict_sequence(runner, seq.inputs, win, hop, device, batch_size, keys=("va", "emb", "weights"),
+                               align_end=align_end)
         avail = data.available[seq.id]
         frame_any = np.any([a for m, a in avail.items() if m != AUDIO], axis=0)
         any_mod = np.any(list(avail.values()), axis=0)
-        extras = {"weights": res["weights"].astype(np.float32)}
+        extras = {"weights": res["weights"].astype(np.float32)} if "weights" in res else {}
         if getattr(model, "registry_name", "") == "raav":
             extras["fallback"] = ~frame_any
         save_predictions(out, seq.id, res["va"], seq.fps, emb=res.get("emb"), mask=any_mod, extras=extras,
@@ -520,11 +536,14 @@ class FusionSettings:
     hop: int = 150
     model: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    align_end: bool = False
+    preset: dict[str, Any] = field(default_factory=dict)
 
 
 def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str | Path, method: str = "raav",
                  train_cfg: TrainConfig | None = None, model_cfg: dict[str, Any] | None = None, win: int = 400,
-                 hop: int = 150, features_root: str | Path | None = None, crossfit: bool = True) -> dict[str, float]:
+                 hop: int = 150, features_root: str | Path | None = None, crossfit: bool = True,
+                 align_end: bool = False, preset: str | None = None) -> dict[str, float]:
     """Train a learned fusion model on the modality runs' train-split predictions and export every video.
 
     Where a modality run holds out-of-fold predictions (``RUN/crossfit``, written by ``vaest train <modality>
@@ -541,6 +560,9 @@ def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str 
         win, hop: frame windows (reference 400 / 150).
         features_root: feature store with ``mouth`` / ``vad`` records for audio reliability (default: the one
             recorded in the audio run).
+        align_end: windows as :func:`vaest.windows.window_starts` with ``align_end`` (the official fusion data).
+        preset: name of the ``fusion-dcmmoe`` preset the settings came from (recorded; see
+            :func:`dcmmoe_preset_kwargs`).
     Returns:
         validation CCC (valence, arousal, mean) of the exported predictions.
     """
@@ -560,22 +582,81 @@ def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str 
 
     seed_everything(cfg.seed)  # same seed, same initial weights: a rerun reproduces the run
     model = create_model(method, **mcfg)
-    settings = FusionSettings(method, {k: str(v) for k, v in runs_p.items()}, str(corpus_root), win, hop, mcfg, cfg)
+    from vaest.presets import get_preset, preset_record
+
+    prec = preset_record(get_preset("fusion-dcmmoe", preset)) if preset else preset_record(None)
+    settings = FusionSettings(method, {k: str(v) for k, v in runs_p.items()}, str(corpus_root), win, hop, mcfg, cfg,
+                              align_end, prec)
     write_run_info(out, f"vaest train fusion --method {method}", settings)
     log.info("fusion %s: %d train / %d val videos, modalities %s", method, len(train), len(val), list(data.dims))
-    task = FusionTask(train, val, win, hop, data.table)
-    fit(model, task, cfg, out, extra={"fusion": {"method": method, "win": win, "hop": hop,
+    task = FusionTask(train, val, win, hop, data.table, align_end=align_end, with_mask=accepts_mask(model))
+    fit(model, task, cfg, out, extra={"fusion": {"method": method, "win": win, "hop": hop, "align_end": align_end,
                                                  "runs": settings.runs}})
     best, _ = load_checkpoint(out / "model.pt", cfg.device)
-    export_fusion(best, data, out, win, hop, cfg.device)
+    export_fusion(best, data, out, win, hop, cfg.device, align_end=align_end)
     scores = evaluate_predictions(out, corpus, "val")
     metrics = {k: scores[k] for k in ("valence", "arousal", "mean")}
     atomic_write_json(out / "metrics.json", metrics)
     write_run_json(out, modality="fusion", method=method, corpus=str(corpus_root), features=settings.runs,
                    runs=settings.runs, win=win, hop=hop, weight_names=weight_names(best),
-                   features_root=str(features_root) if features_root else None, crossfit=crossfit)
+                   features_root=str(features_root) if features_root else None, crossfit=crossfit,
+                   align_end=align_end, preset=prec)
     log.info("fusion %s validation CCC v %.4f a %.4f mean %.4f", method, *(metrics[k] for k in (*DIMS, "mean")))
     return metrics
+
+
+def dcmmoe_preset_kwargs(file_cfg: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`train_fusion` for the directed cross-modal fusion under a preset.
+
+    The preset (task ``fusion-dcmmoe``) is named by ``flags["preset"]`` or the file's ``preset:`` key;
+    precedence: the method's :func:`default_train_config` < preset < config file (``method``, ``win``, ``hop``,
+    ``align_end``, ``model:``, ``train:``) < flags (``method`` and any :class:`TrainConfig` field; None ignored).
+    Returns ``method``, ``train_cfg``, ``model_cfg``, ``win``, ``hop``, ``align_end`` and ``preset`` (its name).
+    """
+    from vaest.config import build
+    from vaest.presets import resolve_preset
+
+    p, f, g = resolve_preset("fusion-dcmmoe", file_cfg, flags)
+    vals = dict(p.values) if p else {}
+    t_names = {x.name for x in dataclasses.fields(TrainConfig)}
+    top = {k: v for k, v in {**vals, **{k: f[k] for k in ("method", "win", "hop", "align_end") if k in f},
+                             **{k: v for k, v in g.items() if k == "method" and v}}.items() if k not in t_names}
+    method = top.get("method", "dcmmoe")
+    cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)),
+                {k: v for k, v in vals.items() if k in t_names}, f.get("train"),
+                {k: v for k, v in g.items() if k in t_names})
+    return {"method": method, "train_cfg": cfg, "model_cfg": {**top.get("model", {}), **(f.get("model") or {})},
+            "win": int(top.get("win", 400)), "hop": int(top.get("hop", 150)),
+            "align_end": bool(top.get("align_end", False)), "preset": p.name if p else None}
+
+
+_REF = "src_fusion_model/"
+register_preset(
+    "fusion-dcmmoe", "reference",
+    values={"method": "dcm-ref", "win": 400, "hop": 150, "align_end": True,
+            "epochs": 100, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "scheduler": "plateau",
+            "plateau_factor": 0.1, "plateau_patience": 5, "early_stop": 15, "loss": "ccc-window",
+            "loss_weights": (0.5, 0.5), "mse_weight": 0.0, "grad_clip": 0.0, "ema": 0.0, "seed": 42},
+    sources={"method": _REF + "model.py FusionModel (q face_features, k/v llm_multimodal_featuress: config_best.toml); "
+                              "its sizes (DirectedFusionRefConfig defaults) from config_best.toml",
+             "win": _REF + "config_best.toml window_length", "hop": _REF + "config_best.toml hop_length",
+             "align_end": _REF + "dataset.py (last window aligned to the video's end)",
+             "epochs": _REF + "config_best.toml", "batch_size": _REF + "config_best.toml",
+             "lr": _REF + "config_best.toml", "weight_decay": _REF + "config_best.toml",
+             "scheduler": _REF + "train.py (ReduceLROnPlateau, mode max)",
+             "plateau_factor": _REF + "config_best.toml scheduler_factor",
+             "plateau_patience": _REF + "config_best.toml scheduler_patience",
+             "early_stop": _REF + "config_best.toml early_stop_patience",
+             "loss": _REF + "losses.py CCCLoss (per window)", "loss_weights": _REF + "train.py (mean of the two)",
+             "mse_weight": _REF + "losses.py (CCC only)", "grad_clip": _REF + "train.py (no clipping)",
+             "ema": _REF + "train.py (no EMA)", "seed": _REF + "config_best.toml seed"},
+    doc="The official directed cross-modal fusion (Team RAS, src_fusion_model): no experts, no audio.")
+register_preset(
+    "fusion-dcmmoe", "vaest",
+    values={"method": "dcmmoe", "align_end": False},
+    sources={"method": "vaest (mixture of experts over face, behavior, audio and the cross-attended stream)",
+             "align_end": "vaest"},
+    doc="vaest's own DCMMoE: per-modality experts with prediction skip, audio, a gate (not in the official code).")
 
 
 def apply_fusion(fusion_run: str | Path, videos: list[Video], out: str | Path | None = None,
@@ -600,7 +681,8 @@ def apply_fusion(fusion_run: str | Path, videos: list[Video], out: str | Path | 
     method = ck["name"]
     fr = info.get("features_root")
     data = build_fusion_data(runs_p, videos, method, Path(fr) if fr else None)
-    export_fusion(model, data, out, int(info.get("win", 400)), int(info.get("hop", 150)), device)
+    export_fusion(model, data, out, int(info.get("win", 400)), int(info.get("hop", 150)), device,
+                  align_end=bool(info.get("align_end", False)))
 
 
 # ---------------------------------------------------------------------------------------------------------
