@@ -54,7 +54,7 @@ def test_face_reference_preset_end_to_end(tmp_path):
                                  "--out", str(run), "--encoder", "toy", "--epochs", "2", "--preset", "reference",
                                  "--config", str(cfg)])
     assert r.exit_code == 0, r.output
-    res = _check_record(run, "face", {"win", "hop", "epochs", "batch_size"})
+    res = _check_record(run, "face", {"encoder", "win", "hop", "epochs", "batch_size"})
     assert (res["win"], res["hop"], res["epochs"], res["batch_size"]) == (60, 25, 2, 4)  # file and flags win
     model, ck = load_checkpoint(run / "model.pt")
     assert ck["name"] == "face-transformer-ref" and model.config.hidden_dim == 16

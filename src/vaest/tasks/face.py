@@ -318,13 +318,14 @@ def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[Face
 _REF = "src_visual_dynamic_model/"
 register_preset(
     "face", "reference",
-    values={"model": "face-transformer-ref", "inputs": "emb", "standardize": False, "motion": False,
+    values={"model": "face-transformer-ref", "encoder": "grada", "inputs": "emb", "standardize": False, "motion": False,
             "attn_span": 0, "jitter": False, "win": 400, "hop": 150, "align_end": True,
             "epochs": 100, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "scheduler": "plateau",
             "plateau_factor": 0.1, "plateau_patience": 5, "early_stop": 15, "loss": "ccc-window",
             "loss_weights": (0.5, 0.5), "mse_weight": 0.0, "grad_clip": 0.0, "ema": 0.0, "seed": 42},
     sources={"model": _REF + "model.py (VisualDynamicModel); its settings (FaceTransformerRefConfig defaults) from "
                       "config_best.toml [Model]",
+             "encoder": _REF + "config_best.toml grada_model_variant (GRADA EfficientNet-B1)",
              "inputs": _REF + "extract_grada_features.py (features = GRADA embedding) and dataset.py",
              "standardize": _REF + "dataset.py (features read as stored)",
              "motion": "not in the official inputs", "attn_span": _REF + "model.py (full attention)",
