@@ -193,3 +193,17 @@ def test_reference_prompt_is_the_official_one_word_for_word() -> None:
 
     p = get_preset("behavior-vlm", "reference")
     assert p.values["prompt"] == REFERENCE_PROMPT and p.values["text_branch"] == "separate"
+
+
+@pytest.mark.parametrize("n", [1, 59, 60, 61, 130, 150, 401, 1000])
+def test_end_aligned_windows_are_the_official_ones(n: int) -> None:
+    """vaest's ``align_end`` windows = the official dataset's (``VideoWindowArranger``) for the same length."""
+    import pandas as pd
+
+    from vaest.windows import window_starts
+
+    ds = official("src_visual_dynamic_model/dataset.py")
+    df = pd.DataFrame({"video": "v", "frame": range(1, n + 1), "valence": 0.1, "arousal": 0.2})
+    arr = ds.VideoWindowArranger(df, ds.WindowConfig(window_length=60, hop_length=25))
+    assert [w["start"] for w in arr.windows] == window_starts(n, 60, 25, align_end=True)
+    assert all(w["length"] == min(n, 60) for w in arr.windows)

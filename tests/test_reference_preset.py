@@ -126,5 +126,7 @@ def test_dcmmoe_reference_preset_trains_the_official_directed_fusion(synth_runs,
     apply_fusion(out, vids, tmp_path / "applied")
     np.testing.assert_allclose(load_predictions(tmp_path / "applied", vids[0].id).values,
                                load_predictions(out, vids[0].id).values, atol=1e-5)
-    # without a preset the command keeps vaest's own DCMMoE
+    # without a preset the command keeps vaest's own DCMMoE; `--method dcmmoe --preset reference` is the official one
     assert dcmmoe_preset_kwargs({}, {})["method"] == "dcmmoe"
+    assert dcmmoe_preset_kwargs({}, {"method": "dcmmoe", "preset": "reference"})["method"] == "dcm-ref"
+    assert dcmmoe_preset_kwargs({"method": "dcmmoe"}, {"preset": "vaest"})["method"] == "dcmmoe"

@@ -611,6 +611,8 @@ def dcmmoe_preset_kwargs(file_cfg: dict[str, Any], flags: dict[str, Any]) -> dic
     The preset (task ``fusion-dcmmoe``) is named by ``flags["preset"]`` or the file's ``preset:`` key;
     precedence: the method's :func:`default_train_config` < preset < config file (``method``, ``win``, ``hop``,
     ``align_end``, ``model:``, ``train:``) < flags (``method`` and any :class:`TrainConfig` field; None ignored).
+    ``method: dcmmoe`` names the directed-fusion family: with a preset it becomes the preset's model
+    (``dcm-ref`` for ``reference``); ``dcm-ref`` is always taken as given.
     Returns ``method``, ``train_cfg``, ``model_cfg``, ``win``, ``hop``, ``align_end`` and ``preset`` (its name).
     """
     from vaest.config import build
@@ -622,6 +624,8 @@ def dcmmoe_preset_kwargs(file_cfg: dict[str, Any], flags: dict[str, Any]) -> dic
     top = {k: v for k, v in {**vals, **{k: f[k] for k in ("method", "win", "hop", "align_end") if k in f},
                              **{k: v for k, v in g.items() if k == "method" and v}}.items() if k not in t_names}
     method = top.get("method", "dcmmoe")
+    if p is not None and method == "dcmmoe":  # "--method dcmmoe --preset reference": the family, the preset's model
+        method = vals.get("method", method)
     cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)),
                 {k: v for k, v in vals.items() if k in t_names}, f.get("train"),
                 {k: v for k, v in g.items() if k in t_names})
