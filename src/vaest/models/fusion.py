@@ -305,7 +305,8 @@ class RAAVFusion(nn.Module):
 
 @dataclass
 class DCMMoEConfig:
-    """Settings of :class:`DCMMoEFusion` (reference: 5 cross-attention layers, 8 heads, windows 400 / 150).
+    """Settings of :class:`DCMMoEFusion`, vaest's own fusion (sizes as the official directed fusion: 5 layers,
+    8 heads, windows 400 / 150; the official model itself is :class:`vaest.models.directed.DirectedFusionRef`).
 
     ``modalities[0]`` is the query stream (face); the others are keys/values and experts.
     """
