@@ -53,7 +53,7 @@ def lengths_mask(lengths: list[int], t: int) -> torch.Tensor:
 
 
 def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max())
+    return float((a - b).detach().abs().max())
 
 
 @pytest.mark.parametrize("head_type", ["mlp", "linear"])
@@ -207,3 +207,44 @@ def test_end_aligned_windows_are_the_official_ones(n: int) -> None:
     arr = ds.VideoWindowArranger(df, ds.WindowConfig(window_length=60, hop_length=25))
     assert [w["start"] for w in arr.windows] == window_starts(n, 60, 25, align_end=True)
     assert all(w["length"] == min(n, 60) for w in arr.windows)
+
+
+def test_training_mode_draws_the_same_dropout_masks() -> None:
+    """With dropout on, the reference models draw their random masks in the official order, so the same seed
+    gives the same training-mode outputs (dropout on positions, residuals, FFN, projection and head)."""
+    face = official("src_visual_dynamic_model/model.py")
+    kw = dict(input_dim=12, hidden_dim=16, num_heads=4, tr_layers=2, dropout=0.3)
+    theirs = randomise(face.VisualDynamicModel(**kw), 9)
+    ours = face_from_official(theirs.state_dict(), **kw)
+    x, mask = torch.randn(2, 20, 12), lengths_mask([20, 13], 20)
+    torch.manual_seed(11)
+    ref = theirs.train()(x, mask=mask)
+    torch.manual_seed(11)
+    got = ours.train()(x, mask=mask)["va"]
+    assert maxdiff(got, ref) < TOL
+    torch.manual_seed(12)
+    assert maxdiff(ours(x, mask=mask)["va"], ref) > 1e-3  # other masks, other outputs: dropout is really on
+
+    beh = official("src_behavior_model/src/models/transformer_model.py")
+    kw = dict(input_dim=10, d_model=16, num_layers=2, dropout=0.3, head_hidden_dim=8, head_dropout=0.3,
+              mamba_d_state=4, mamba_kernel_size=3)
+    theirs = randomise(beh.TextMambaRegressor(**kw), 13)
+    ours = behavior_from_official(theirs.state_dict(), **kw)
+    x, valid = torch.randn(2, 16, 10), lengths_mask([16, 5], 16)
+    torch.manual_seed(14)
+    ref = theirs.train()(features=x, valid_mask=valid)
+    torch.manual_seed(14)
+    assert maxdiff(ours.train()(x, mask=valid)["va"], ref) < TOL
+
+    fus = official("src_fusion_model/model.py")
+    dims = {"face_features": 14, "llm_multimodal_featuress": 9}
+    kw = dict(modality_input_dims=dims, modalities=list(dims), q_modality="face_features",
+              k_modality="llm_multimodal_featuress", v_modality="llm_multimodal_featuress", hidden_dim=16,
+              num_heads=4, tr_layers=2, dropout=0.3)
+    theirs = randomise(fus.FusionModel(**kw), 15)
+    ours = dcm_from_official(theirs.state_dict(), **kw)
+    face_x, beh_x, mask = torch.randn(2, 20, 14), torch.randn(2, 20, 9), lengths_mask([20, 8], 20)
+    torch.manual_seed(16)
+    ref = theirs.train()({"face_features": face_x, "llm_multimodal_featuress": beh_x}, mask=mask)
+    torch.manual_seed(16)
+    assert maxdiff(ours.train()(face=face_x, behavior=beh_x, mask=mask)["va"], ref) < TOL
