@@ -95,6 +95,12 @@ def test_unknown_preset_is_a_clear_error(tmp_path):
     assert st.preset == "reference" and st.model == "face-transformer-ref" and cfg.lr == 5e-4 and cfg.loss == "ccc-window"
     st, _ = settings_from({}, {})
     assert st.preset is None and st.model == "face-transformer"  # no preset: today's defaults
+    vst, vcfg = settings_from({}, {"preset": "vaest"})
+    assert vst.preset == "vaest" and (vst.attn_span, vst.motion, vst.jitter) == (30, True, True)
+    from vaest.tasks.behavior import settings_from as behavior_settings
+
+    bst, bcfg = behavior_settings({}, {"preset": "vaest"})
+    assert bst.model == "behavior-mamba" and bcfg.scheduler == "plateau" and bcfg.lr == 3e-4
 
 
 from test_fusion import synth_runs  # noqa: E402,F401  (module-scoped fixture: face/behavior/audio runs)
