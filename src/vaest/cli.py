@@ -198,13 +198,15 @@ def train_audio_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
+    preset: Annotated[Optional[str], typer.Option(help="reference (the official audio model and training) or vaest.")] = None,
+    ssl_checkpoint: Annotated[Optional[str], typer.Option(help="SER checkpoint whose ssl_model.* weights initialise the backbone (file, folder or hub id).")] = None,
 ) -> None:
     """Train the audio model (4 s windows, one VA pair per second) and write its run folder."""
     from vaest.config import load_config
     from vaest.tasks.audio import config_from, train_audio
 
     flags = {"encoder": encoder, "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "device": device,
-             "seed": seed, "filter": False if no_filter else None}
+             "seed": seed, "filter": False if no_filter else None, "preset": preset, "ssl_checkpoint": ssl_checkpoint}
     cfg = config_from(load_config(config), flags)
     train_audio(features, corpus, out, cfg)
     if crossfit:

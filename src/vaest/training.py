@@ -43,6 +43,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     plateau_factor: float = 0.1
     plateau_patience: int = 5
+    plateau_threshold: float = 1e-4  # torch's default (relative); the reference audio model uses 5e-4
+    plateau_groups: tuple[str, ...] | None = None  # parameter groups (by "name") the plateau rule lowers; None: all
+    plateau_min_lr: float = 0.0  # floor of the lowered groups (reference audio: 1e-7)
     early_stop: int = 15
     grad_clip: float | None = None
     ema: float | None = None
@@ -52,6 +55,7 @@ class TrainConfig:
     max_batches_per_epoch: int | None = None
     loss_weights: tuple[float, float] = (0.5, 0.5)
     mse_weight: float = 0.0
+    loss_min_valid: int = 0  # fewer valid steps in a batch than this: plain MSE (reference audio/RAAV: 4)
 
 
 class Task(Protocol):
@@ -148,8 +152,12 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
     if len({id(p) for p in grouped}) != len(grouped) or {id(p) for p in grouped} != {id(p) for p in trainable}:
         raise ValueError("param_groups must hold every trainable parameter exactly once")
     opt = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # a group outside plateau_groups gets its own lr as floor, so the plateau rule never lowers it
+    floors = [cfg.plateau_min_lr if cfg.plateau_groups is None or g.get("name") in cfg.plateau_groups else g["lr"]
+              for g in opt.param_groups]
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
-                                                       patience=cfg.plateau_patience)
+                                                       patience=cfg.plateau_patience,
+                                                       threshold=cfg.plateau_threshold, min_lr=floors)
     ema = EMA(model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
     rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, Any]] = []
@@ -187,7 +195,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
                     break
                 batch = _to_device(batch, device)
                 pred = model(**model_inputs(batch))["va"]
-                loss = ccc_loss(pred, batch["target"], batch.get("target_mask"), cfg.loss_weights, cfg.mse_weight)
+                loss = ccc_loss(pred, batch["target"], batch.get("target_mask"), cfg.loss_weights, cfg.mse_weight,
+                                cfg.loss_min_valid)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:

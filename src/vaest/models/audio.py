@@ -378,6 +378,7 @@ class ReferenceWavLMAudioModel(nn.Module):
     """
 
     Config = ReferenceAudioConfig
+    takes_mask = True  # callers pass zero-padded windows with their sample mask
 
     def __init__(self, config: ReferenceAudioConfig | None = None):
         super().__init__()

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 AUDIO = "audio"
 FRAME_ORDER = ("face", "behavior")
 METHODS = ("raav", "dcmmoe")
-LATE_METHODS = ("dirichlet", "grid")
+LATE_METHODS = ("dirichlet", "grid", "reference")
 AUDIO_TOKEN_KEY = "audio-tokens"
 N_TOKENS = 4
 AUDIO_WIN_BASE = TimeBase(hop=2.0, win=4.0)
@@ -714,6 +714,71 @@ def search_weights(preds: np.ndarray, present: np.ndarray, labels: np.ndarray, m
     return best_w, best_s
 
 
+@dataclass
+class SubsetResult:
+    """One late-fusion subset of the reference search: its sets, weights (k, 2) (columns valence, arousal) and
+    its CCC on the fitting frames (``valence``, ``arousal``, ``mean``)."""
+
+    sets: tuple[str, ...]
+    weights: np.ndarray
+    ccc: dict[str, float]
+
+
+def _ccc_eps(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """CCC of each column of x (N, K) with y (N,), the official formula (population moments, +1e-8)."""
+    mx, my = x.mean(0), y.mean()
+    cov = ((x - mx) * (y - my)[:, None]).mean(0)
+    return 2.0 * cov / (x.var(0) + y.var() + (mx - my) ** 2 + 1e-8)
+
+
+def reference_subset_search(preds: dict[str, np.ndarray], labels: np.ndarray, max_size: int = 3,
+                            step: float = 0.05, n_samples: int = 8000, alpha: float = 1.0, seed: int = 42,
+                            channelwise: bool = True) -> list[SubsetResult]:
+    """The official late-fusion search (``scripts/predictions_fusion.py``) over prediction sets.
+
+    Every subset of 1..``max_size`` sets (``itertools.combinations`` of the names in the given order) is fitted:
+    one set alone weight 1; two sets a grid of step ``step`` (with ``channelwise`` every valence weight with
+    every arousal weight); three or more ``n_samples`` Dirichlet(``alpha``) draws for valence paired with as
+    many draws for arousal (one generator seeded ``seed`` shared by all subsets, in search order), then the
+    uniform weights and each one-hot. A candidate is ranked by (mean CCC, arousal CCC, valence CCC); the first
+    best wins.
+
+    Args:
+        preds: set name -> (N, 2) predictions on the fitting frames (every set has a value on each frame).
+        labels: (N, 2), all finite.
+    Returns:
+        every subset's best, best first (ranked the same way).
+    """
+    names = list(preds)
+    y = np.asarray(labels, dtype=np.float64)
+    P = {m: np.asarray(preds[m], dtype=np.float64) for m in names}
+    rng = np.random.default_rng(seed)
+    out: list[SubsetResult] = []
+    for k in range(1, min(max_size, len(names)) + 1):
+        for subset in itertools.combinations(names, k):
+            if k == 1:
+                pairs = [(np.ones(1), np.ones(1))]
+            elif k == 2:
+                g = [np.array([x, 1.0 - x]) for x in np.arange(0.0, 1.0 + 1e-9, step)]
+                pairs = [(a, b) for a in g for b in g] if channelwise else [(a, a) for a in g]
+            else:
+                wv = rng.dirichlet(np.full(k, alpha), size=n_samples)
+                wa = rng.dirichlet(np.full(k, alpha), size=n_samples) if channelwise else wv
+                pairs = list(zip(wv, wa)) + [(np.full(k, 1.0 / k), np.full(k, 1.0 / k))]
+                pairs += [(np.eye(k)[i], np.eye(k)[i]) for i in range(k)]
+            Wv = np.stack([a / a.sum() for a, _ in pairs])  # (K, k)
+            Wa = np.stack([b / b.sum() for _, b in pairs])
+            X = np.stack([P[m] for m in subset], 1)  # (N, k, 2)
+            cv = _ccc_eps(X[:, :, 0] @ Wv.T, y[:, 0])
+            ca = _ccc_eps(X[:, :, 1] @ Wa.T, y[:, 1])
+            keys = [(0.5 * (v + a), a, v) for v, a in zip(cv, ca)]
+            j = max(range(len(keys)), key=lambda i: (keys[i], -i))
+            out.append(SubsetResult(subset, np.stack([Wv[j], Wa[j]], 1),
+                                    {"valence": float(cv[j]), "arousal": float(ca[j]), "mean": float(keys[j][0])}))
+    out.sort(key=lambda r: (r.ccc["mean"], r.ccc["arousal"], r.ccc["valence"]), reverse=True)
+    return out
+
+
 def _late_inputs(runs: dict[str, Path], video: Video) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(n, S, 2) predictions, (n, S) presence and fps of one video over the sets (None when no set has it)."""
     tr = {m: load_track(r, video.id) for m, r in runs.items()}
@@ -784,8 +849,23 @@ def late_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str |
         Ys.append(v.labels_for(len(P)))
     if not Ps:
         raise VaestError(f"{corpus_root}: no labelled validation video has predictions in the runs")
-    W, best = search_weights(np.concatenate(Ps), np.concatenate(Ms), np.concatenate(Ys), method, n_samples, seed,
-                             step)
+    extra: dict[str, Any] = {}
+    if method == "reference":
+        P, M, Y = np.concatenate(Ps), np.concatenate(Ms), np.concatenate(Ys)
+        ok = M.all(1) & np.isfinite(P).all((1, 2)) & np.isfinite(Y).all(1)  # frames every set predicts
+        if not ok.any():
+            raise VaestError(f"{corpus_root}: no labelled validation frame has a prediction from every run")
+        board = reference_subset_search({m: P[ok, i] for i, m in enumerate(runs_p)}, Y[ok], step=step,
+                                        n_samples=n_samples, seed=seed)
+        W = np.zeros((len(runs_p), 2))
+        for i, m in enumerate(board[0].sets):
+            W[list(runs_p).index(m)] = board[0].weights[i]
+        best = np.array([board[0].ccc["valence"], board[0].ccc["arousal"]])
+        extra["subset"] = list(board[0].sets)
+        extra["leaderboard"] = [{"sets": list(r.sets), "weights": r.weights.tolist(), **r.ccc} for r in board[:30]]
+    else:
+        W, best = search_weights(np.concatenate(Ps), np.concatenate(Ms), np.concatenate(Ys), method, n_samples,
+                                 seed, step)
     weights = {m: [float(W[i, 0]), float(W[i, 1])] for i, m in enumerate(runs_p)}
     log.info("late fusion weights (valence, arousal): %s", {m: [round(x, 3) for x in w] for m, w in weights.items()})
     _export_late(runs_p, {m: np.asarray(w) for m, w in weights.items()}, corpus.videos, out)
@@ -794,5 +874,5 @@ def late_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str |
     atomic_write_json(out / "metrics.json", metrics)
     write_run_json(out, modality="late", method=method, corpus=str(corpus_root), features=settings["runs"],
                    runs=settings["runs"], weights=weights, weight_names=list(runs_p),
-                   search_ccc={"valence": float(best[0]), "arousal": float(best[1])})
+                   search_ccc={"valence": float(best[0]), "arousal": float(best[1])}, **extra)
     return {"weights": weights, "metrics": metrics}

@@ -1,0 +1,139 @@
+"""``--preset reference`` for the audio, RAAV and late-fusion stages: the settings it selects, that a run records
+them, and the reference-form pieces (augmentation chain, head-only plateau rule, zero-padded windows)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaest.presets import get_preset
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_reference_audio_preset_precedence_and_sources():
+    from vaest.tasks.audio import REFERENCE_AUDIO, config_from
+
+    cfg = config_from({"epochs": 3}, {"preset": "reference", "head_lr": 1e-3})
+    assert cfg.preset == "reference" and cfg.epochs == 3 and cfg.head_lr == 1e-3  # file and flags win
+    assert (cfg.early_stop, cfg.plateau_factor, cfg.plateau_patience, cfg.plateau_threshold) == (6, 0.5, 2, 5e-4)
+    assert cfg.reference_model and cfg.plateau_head_only and cfg.loss_min_valid == 4 and cfg.dropout == 0.2
+    p = get_preset("audio", "reference")
+    assert set(p.values) == set(REFERENCE_AUDIO) and all(p.sources[k].startswith("src_audio") for k in p.values)
+    assert config_from(None, None).preset is None and not config_from(None, None).reference_model
+
+
+def test_head_only_plateau_keeps_the_backbone_lr(tmp_path):
+    """The reference plateau rule lowers the head group (factor 0.5, floor 1e-7) and never the backbone group."""
+    from vaest.training import TrainConfig, fit
+
+    class Task:
+        def train_batches(self, rng, batch_size):
+            yield {"x": torch.ones(4, 1), "target": torch.zeros(4, 2)}
+
+        def validate(self, model, device):
+            return {"valence": 0.0, "arousal": 0.0, "mean": 0.0}  # never improves
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Linear(1, 2)
+            self.head = torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            return {"va": self.head(self.backbone(x))}
+
+    m = M()
+    groups = [{"params": list(m.backbone.parameters()), "lr": 5e-6, "name": "backbone"},
+              {"params": list(m.head.parameters()), "lr": 2e-4, "name": "head"}]
+    cfg = TrainConfig(epochs=8, plateau_factor=0.5, plateau_patience=0, plateau_groups=("head",),
+                      plateau_min_lr=1e-7, early_stop=100)
+    res = fit(m, Task(), cfg, tmp_path / "run", param_groups=groups)
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    lrs = [g["lr"] for g in ck["optimizer"]["param_groups"]]
+    assert lrs[0] == 5e-6 and lrs[1] < 2e-4 * 0.5 ** 5
+    assert len(res.history) == 8
+
+
+def test_reference_augmentation_order_and_probabilities():
+    """Every operation at probability 1 in the official order equals composing the single steps by hand."""
+    from vaest.tasks.audio import AugmentConfig, augment_waveform, fft_lowpass
+
+    x = (np.sin(np.arange(16000) / 7.0) * 0.3).astype(np.float32)
+    ref = AugmentConfig.reference()
+    assert (ref.p_gain, ref.p_noise, ref.p_band, ref.p_reverb) == (0.3, 0.6, 0.3, 0.2)
+    off = AugmentConfig(p_noise=0, p_gain=0, p_band=0, p_reverb=0, form="reference")
+    assert np.array_equal(augment_waveform(x, np.random.default_rng(0), off), x)
+    gain_only = AugmentConfig(p_noise=0, p_gain=1, p_band=0, p_reverb=0, gain_db=6.0, form="reference")
+    rng = np.random.default_rng(1)
+    r0, g = rng.random(), rng.uniform(-6, 6)
+    y = augment_waveform(x, np.random.default_rng(1), gain_only)
+    assert r0 < 1 and np.allclose(y, np.clip(x * 10 ** (g / 20), -1, 1), atol=1e-6)
+    # noise at the drawn SNR against the window's power
+    noise_only = AugmentConfig(p_noise=1, p_gain=0, p_band=0, p_reverb=0, form="reference")
+    y = augment_waveform(x, np.random.default_rng(2), noise_only)
+    rng = np.random.default_rng(2)
+    rng.random(), rng.random()
+    snr = rng.uniform(8, 25)
+    got = 10 * math.log10(np.mean(x.astype(np.float64) ** 2) / np.mean((y - x).astype(np.float64) ** 2))
+    assert abs(got - snr) < 0.05
+    lp = fft_lowpass(x, 0.5)
+    assert lp.shape == x.shape and np.abs(np.fft.rfft(lp)[len(np.fft.rfft(lp)) // 2 + 2:]).max() < 1e-3
+    full = AugmentConfig(p_noise=1, p_gain=1, p_band=1, p_reverb=1, form="reference")
+    y = augment_waveform(x * 8, np.random.default_rng(3), full)
+    assert y.shape == x.shape and np.abs(y).max() <= 1.0
+
+
+def _tiny_backbone(root: Path) -> tuple[Path, Path]:
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    cfg = transformers.WavLMConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, conv_dim=(32, 32),
+        conv_stride=(16, 10), conv_kernel=(16, 10), conv_bias=False, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, do_stable_layer_norm=True, feat_extract_norm="layer", num_buckets=32,
+        max_bucket_distance=100)
+    torch.manual_seed(0)
+    transformers.WavLMModel(cfg).save_pretrained(root / "wavlm")
+    ser = transformers.WavLMModel(cfg)
+    save_file({f"ssl_model.{k}": v.contiguous() for k, v in ser.state_dict().items()}, str(root / "ser.safetensors"))
+    return root / "wavlm", root / "ser.safetensors"
+
+
+def test_cli_train_audio_preset_reference_on_synthetic_corpus(synth_corpus, tmp_path):
+    """`vaest train audio --preset reference` runs end to end and the run records the reference settings."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from vaest.cli import app
+    from vaest.models import load_checkpoint
+
+    bb, ser = _tiny_backbone(tmp_path)
+    feats, run = tmp_path / "feats", tmp_path / "run"
+    r = CliRunner().invoke(app, ["extract", "audio", "--corpus", str(synth_corpus), "--out", str(feats),
+                                 "--encoder", "wavlm", "--model", str(bb), "--no-vad"])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "run.yaml").write_text("max_batches_per_epoch: 1\nbatch_size: 2\n")
+    r = CliRunner().invoke(app, ["train", "audio", "--features", str(feats), "--corpus", str(synth_corpus),
+                                 "--out", str(run), "--preset", "reference", "--backbone", str(bb),
+                                 "--ssl-checkpoint", str(ser), "--epochs", "1", "--no-filter",
+                                 "--config", str(tmp_path / "run.yaml")])
+    assert r.exit_code == 0, r.output
+    info = json.loads((run / "run.json").read_text())
+    assert info["preset"]["name"] == "reference" and info["model"] == "audio-wavlm-reference"
+    assert info["preset"]["values"]["plateau_threshold"] == 5e-4
+    assert "cfg_test_w_audio.yaml" in info["preset"]["sources"]["head_lr"]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    flat = json.dumps(cfg)
+    assert '"preset": "reference"' in flat and '"early_stop": 6' in flat and '"augment_form": "reference"' in flat
+    model, ck = load_checkpoint(run / "model.pt")
+    assert ck["train_config"]["plateau_groups"] == ["head"] or ck["train_config"]["plateau_groups"] == ("head",)
+    assert ck["train_config"]["loss_min_valid"] == 4 and ck["train_config"]["epochs"] == 1
+    assert model.config.head_dropout == 0.2 and model.takes_mask
+    m = json.loads((run / "metrics.json").read_text())
+    assert math.isfinite(m["mean"])
