@@ -137,3 +137,130 @@ def test_cli_train_audio_preset_reference_on_synthetic_corpus(synth_corpus, tmp_
     assert model.config.head_dropout == 0.2 and model.takes_mask
     m = json.loads((run / "metrics.json").read_text())
     assert math.isfinite(m["mean"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RAAV, reference form
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def token_runs(tmp_path_factory) -> dict:
+    from test_fusion import make_synthetic_runs
+
+    return make_synthetic_runs(tmp_path_factory.mktemp("refraav"), n_train=4, n_val=2, n_frames=300, emb_dim=8,
+                               audio_tokens=True)
+
+
+def test_window_samples_one_per_audio_window():
+    from vaest.tasks.fusion import frame_window_index, window_samples, AUDIO_WIN_BASE
+    from vaest.timebase import TimeBase
+    from vaest.training import Sequence
+
+    n, fps = 300, 30.0  # 10 s: windows start at 0, 2, 4, 6, 8 s
+    idx = frame_window_index(n, fps, AUDIO_WIN_BASE, 5)
+    seq = Sequence("v", {"face": np.zeros((n, 3), np.float32), "audio_index": idx + 10 * (idx >= 0)},
+                   np.zeros((n, 2), np.float32), TimeBase.frames(fps), n, fps)
+    ws = window_samples([seq])
+    assert [w.row for w in ws] == [10, 11, 12, 13, 14]
+    assert [len(w.frames) for w in ws] == [120, 120, 120, 120, 60]  # the last window runs past the end
+    assert ws[1].frames[0] == 60 and ws[1].frames[-1] == 179
+    nowin = Sequence("w", {"face": np.zeros((50, 3), np.float32)}, np.zeros((50, 2), np.float32),
+                     TimeBase.frames(fps), 50, fps)
+    assert [(w.row, len(w.frames)) for w in window_samples([nowin], 20)] == [(-1, 20), (-1, 20), (-1, 10)]
+
+
+def test_cli_train_fusion_preset_reference(token_runs, tmp_path):
+    """`vaest train fusion --preset reference` trains the official RAAV form end to end and records it."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from vaest.cli import app
+    from vaest.inference import load_predictions
+    from vaest.models import load_checkpoint
+    from vaest.tasks.fusion import apply_fusion
+
+    r = token_runs["runs"]
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text("model: {hidden: 16}\ntrain: {max_batches_per_epoch: 2, batch_size: 4}\n")
+    out = tmp_path / "raav_ref"
+    res = CliRunner().invoke(app, ["train", "fusion", "--runs", f"face={r['face']}", "--runs",
+                                   f"behavior={r['behavior']}", "--runs", f"audio={r['audio']}", "--out", str(out),
+                                   "--epochs", "2", "--preset", "reference", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["form"] == "reference" and info["preset"]["name"] == "reference"
+    assert info["preset"]["values"]["val_smooth"] == [7, 13] or info["preset"]["values"]["val_smooth"] == (7, 13)
+    saved = yaml.safe_load((out / "config.yaml").read_text())["config"]
+    assert saved["train"]["early_stop"] == 6 and saved["train"]["grad_clip"] == 1.0 and saved["train"]["epochs"] == 2
+    assert saved["train"]["loss_min_valid"] == 4 and saved["val_smooth"] == [7, 13] and saved["preset"] == "reference"
+    model, ck = load_checkpoint(out / "model.pt")
+    assert ck["name"] == "raav-reference" and model.config.hidden == 16 and model.config.temporal_layers == 1
+    assert model.config.audio_dim == 8 + 2  # audio tokens carry the per-second audio prediction
+    rec = load_predictions(out, "vid00")
+    assert rec.values.shape == (300, 2) and rec.extras["weights"].shape == (300, 2)
+    assert np.isfinite(rec.values).all()
+    apply_fusion(out, [v for v in __import__("vaest.corpus", fromlist=["load_corpus"]).load_corpus(
+        token_runs["corpus"]).videos if v.id == "vid00"], tmp_path / "again")
+    np.testing.assert_allclose(load_predictions(tmp_path / "again", "vid00").values, rec.values, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Late fusion, reference form
+# ---------------------------------------------------------------------------------------------------------
+
+LATE_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "reference-code" / "src_audio_and_fusion" / "scripts"
+
+
+def test_reference_subset_search_equals_the_official_script(monkeypatch):
+    """Same subsets, weights and scores as the official ``search_for_subset`` run in the official order."""
+    if not (LATE_SCRIPT / "predictions_fusion.py").exists():
+        print(f"skip: official late-fusion script not found in {LATE_SCRIPT}")
+        pytest.skip(f"official late-fusion script not found in {LATE_SCRIPT}")
+    pytest.importorskip("pandas")
+    import importlib
+    import itertools
+
+    from vaest.tasks.fusion import reference_subset_search
+
+    monkeypatch.syspath_prepend(str(LATE_SCRIPT))
+    off = importlib.import_module("predictions_fusion")
+    rng = np.random.default_rng(0)
+    y = rng.uniform(-1, 1, size=(500, 2))
+    preds = {"a": y + rng.normal(0, 0.5, y.shape), "b": 0.5 * y + rng.normal(0, 0.4, y.shape),
+             "c": rng.normal(0, 0.5, y.shape), "d": y[:, ::-1] * 0.3 + rng.normal(0, 0.3, y.shape)}
+    ours = {r.sets: r for r in reference_subset_search(preds, y, n_samples=300, seed=42)}
+    orng = np.random.default_rng(42)
+    n = 0
+    for k in (1, 2, 3):
+        for subset in itertools.combinations(list(preds), k):
+            res = off.search_for_subset(list(subset), preds, y, preds, y, 0.05, 300, 1.0, orng, channelwise=True)
+            mine = ours[subset]
+            np.testing.assert_allclose(mine.weights[:, 0], res.w_v, atol=1e-12)
+            np.testing.assert_allclose(mine.weights[:, 1], res.w_a, atol=1e-12)
+            assert abs(mine.ccc["mean"] - res.va_ccc_metric) < 1e-9
+            n += 1
+    assert n == len(ours) == 4 + 6 + 4
+    best = reference_subset_search(preds, y, n_samples=300, seed=42)[0]
+    assert "c" not in best.sets
+
+
+def test_cli_train_late_preset_reference(token_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaest.cli import app
+
+    r = token_runs["runs"]
+    out = tmp_path / "late_ref"
+    res = CliRunner().invoke(app, ["train", "late", "--runs", f"face={r['face']}", "--runs", f"audio={r['audio']}",
+                                   "--runs", f"behavior={r['behavior']}", "--corpus", str(token_runs["corpus"]),
+                                   "--out", str(out), "--preset", "reference", "--samples", "200"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["method"] == "reference" and info["preset"]["name"] == "reference"
+    assert 1 <= len(info["subset"]) <= 3 and info["leaderboard"][0]["sets"] == info["subset"]
+    w = np.array(list(info["weights"].values()))
+    np.testing.assert_allclose(w.sum(0), [1, 1], atol=1e-9)
+    for name, ww in info["weights"].items():  # sets outside the chosen subset get weight 0
+        if name not in info["subset"]:
+            assert ww == [0.0, 0.0]

@@ -326,22 +326,30 @@ def train_fusion_cmd(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
+    preset: Annotated[Optional[str], typer.Option(help="reference (the official model of the method) or vaest.")] = None,
 ) -> None:
     """Train a fusion model on modality run folders and write its run folder (preds with per-frame weights)."""
     import dataclasses
 
     from vaest.config import build, load_config
-    from vaest.tasks.fusion import default_train_config, train_fusion
+    from vaest.presets import resolve_preset
+    from vaest.tasks.fusion import default_train_config, split_fusion_preset, train_fusion
     from vaest.training import TrainConfig
 
     file_cfg = load_config(config)
     runs_p, root = _parse_runs(runs, corpus)
     method = method or file_cfg.get("method", "raav")
-    cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)), file_cfg.get("train"),
+    p, file_cfg, _ = resolve_preset(f"fusion-{method}", file_cfg, {"preset": preset})
+    p_train, p_model, p_set = split_fusion_preset(p.values if p else {})
+    p_set.update({k: file_cfg[k] for k in ("form", "val_smooth", "win", "hop") if file_cfg.get(k) is not None})
+    cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)), p_train, file_cfg.get("train"),
                 {"epochs": epochs, "lr": lr, "device": device, "seed": seed})
-    m = train_fusion(runs_p, root, out, method=method, train_cfg=cfg, model_cfg=file_cfg.get("model"),
-                     win=int(file_cfg.get("win", 400)), hop=int(file_cfg.get("hop", 150)),
-                     features_root=file_cfg.get("features_root"))
+    smooth = p_set.get("val_smooth")
+    m = train_fusion(runs_p, root, out, method=method, train_cfg=cfg,
+                     model_cfg={**p_model, **(file_cfg.get("model") or {})},
+                     win=int(p_set.get("win", 400)), hop=int(p_set.get("hop", 150)),
+                     features_root=file_cfg.get("features_root"), form=str(p_set.get("form", "vaest")),
+                     val_smooth=tuple(int(k) for k in smooth) if smooth else None, preset=p.name if p else None)
     console.print(f"fusion {method}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
                   f"mean {m['mean']:.4f} -> {out}")
 
@@ -351,16 +359,24 @@ def train_late_cmd(
     runs: RunsOpt,
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
     corpus: Annotated[Optional[Path], typer.Option(help="Corpus root with validation labels (default: from the runs).")] = None,
-    method: Annotated[str, typer.Option(help="dirichlet (seeded random search) or grid (simplex grid).")] = "dirichlet",
-    samples: Annotated[int, typer.Option(help="Dirichlet samples.")] = 8000,
-    step: Annotated[float, typer.Option(help="Grid step.")] = 0.05,
-    seed: Annotated[int, typer.Option(help="Random seed of the Dirichlet search.")] = 0,
+    method: Annotated[Optional[str], typer.Option(help="dirichlet (seeded random search), grid (simplex grid) or reference (the official subset search).")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Dirichlet samples (default 8000).")] = None,
+    step: Annotated[Optional[float], typer.Option(help="Grid step (default 0.05).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed of the Dirichlet search (default 0; reference 42).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="reference (official subset search) or vaest.")] = None,
 ) -> None:
     """Late fusion: per-dimension weights of prediction runs searched on validation CCC; writes a run folder."""
+    from vaest.presets import get_preset
     from vaest.tasks.fusion import late_fusion
 
+    p = get_preset("late", preset)
+    given = {"method": method, "n_samples": samples, "step": step, "seed": seed}
+    opts = {"method": "dirichlet", "n_samples": 8000, "step": 0.05, "seed": 0, **(p.values if p else {}),
+            **{k: v for k, v in given.items() if v is not None}}
+    method = str(opts["method"])
     runs_p, root = _parse_runs(runs, corpus)
-    res = late_fusion(runs_p, root, out, method=method, n_samples=samples, seed=seed, step=step)
+    res = late_fusion(runs_p, root, out, method=method, n_samples=int(opts["n_samples"]), seed=int(opts["seed"]),
+                      step=float(opts["step"]), preset=p.name if p else None)
     m = res["metrics"]
     for name, w in res["weights"].items():
         console.print(f"  {name}: valence {w[0]:.3f} arousal {w[1]:.3f}")
