@@ -264,3 +264,29 @@ def test_cli_train_late_preset_reference(token_runs, tmp_path):
     for name, ww in info["weights"].items():  # sets outside the chosen subset get weight 0
         if name not in info["subset"]:
             assert ww == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mouth-open rule, reference form
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_reference_mouth_rule_is_a_trailing_mean_over_detected_frames():
+    """The official rule: pandas ``rolling(30).mean()`` over the detected frames' areas > the mean raw area."""
+    pd = pytest.importorskip("pandas")
+    from vaest.features.mouth import REFERENCE_MOUTH, MouthConfig, mouth_open
+
+    rng = np.random.default_rng(0)
+    n = 400
+    area = 0.05 + 0.03 * np.sin(np.arange(n) / 9.0) + rng.normal(0, 0.01, n)
+    area[100:160] = np.nan  # no face detected here
+    area[rng.random(n) < 0.1] = np.nan
+    ok = np.isfinite(area)
+    det = pd.Series(area[ok])
+    want = np.zeros(n, bool)
+    want[ok] = (det.rolling(30).mean() > det.mean()).to_numpy()
+    cfg = MouthConfig(**{**REFERENCE_MOUTH, "close_gap_s": 0.0, "min_run_s": 0.0})
+    got = mouth_open(area, 30.0, cfg)
+    assert np.array_equal(got, want)
+    assert not got[np.flatnonzero(ok)[:29]].any()  # the first 29 detections have no full window
+    assert not np.array_equal(got, mouth_open(area, 30.0, MouthConfig(close_gap_s=0.0, min_run_s=0.0)))

@@ -245,11 +245,13 @@ def extract_mouth_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    preset: Annotated[Optional[str], typer.Option(help="reference: the official mouth-open rule (trailing mean over 30 detected frames).")] = None,
 ) -> None:
     """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
     from vaest.features.mouth import extract_mouth
 
-    rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers)
+    rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers,
+                        preset=preset)
     if rep.failed:
         raise typer.Exit(1)
 
