@@ -290,3 +290,22 @@ def test_reference_mouth_rule_is_a_trailing_mean_over_detected_frames():
     assert np.array_equal(got, want)
     assert not got[np.flatnonzero(ok)[:29]].any()  # the first 29 detections have no full window
     assert not np.array_equal(got, mouth_open(area, 30.0, MouthConfig(close_gap_s=0.0, min_run_s=0.0)))
+
+
+def test_reference_raav_prediction_skip_starts_from_the_gated_average():
+    from vaest.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model("raav-reference", modalities=("face", "behavior"), in_dims=(6, 5), audio_dim=4, hidden=16,
+                     pred_skip=True).eval()
+    g = torch.Generator().manual_seed(1)
+    x = {"face": torch.rand(2, 10, 6, generator=g) * 1.6 - 0.8, "behavior": torch.rand(2, 10, 5, generator=g) - 0.5,
+         "face_mask": torch.rand(2, 10, generator=g) > 0.3, "behavior_mask": torch.ones(2, 10, dtype=torch.bool),
+         "audio": torch.randn(2, 4, 4, generator=g), "audio_mask": torch.ones(2, 4, dtype=torch.bool),
+         "frame_mask": torch.ones(2, 10, dtype=torch.bool)}
+    with torch.no_grad():
+        out = m(**x)
+    w = out["weights"]
+    want = w[..., :1] * x["face"][..., -2:] * x["face_mask"][..., None] + w[..., 1:] * x["behavior"][..., -2:]
+    assert torch.allclose(out["va"], want, atol=1e-5)
+    assert torch.allclose(w[~x["face_mask"]][:, 0], torch.zeros(1))

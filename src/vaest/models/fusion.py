@@ -417,6 +417,9 @@ class ReferenceRAAVConfig:
 
     ``in_dims`` are the widths of the frame inputs as the model reads them (embedding plus, with
     ``use_predictions``, the 2 prediction columns); ``audio_dim`` likewise for the audio tokens.
+    ``pred_skip`` (vaest's option, off in the reference): the head's last layer starts at zero and its output
+    corrects the gate-weighted average of the modality predictions (the last 2 input columns),
+    ``va = tanh(atanh(sum_m w_m va_m) + head(emb))``.
     """
 
     modalities: tuple[str, ...] = ("face", "behavior")
@@ -428,6 +431,7 @@ class ReferenceRAAVConfig:
     temporal_layers: int = 1
     n_latents: int = 4
     dropout: float = 0.1
+    pred_skip: bool = False
 
 
 @register_model("raav-reference")
@@ -475,6 +479,8 @@ class ReferenceRAAV(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, h), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(h, 2))
         pri = torch.tensor([max(float(p), 1e-6) for p in c.priors], dtype=torch.float32)
         self.register_buffer("log_prior", torch.log(pri / pri.sum()))
+        if c.pred_skip:
+            _zero_last(self.head)
 
     def _frames(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         reps, logits, oks = [], [], []
@@ -516,4 +522,10 @@ class ReferenceRAAV(nn.Module):
             out[has] = self.norm_frames(z[has] + ctx)
         out = out * (seq & anyok).unsqueeze(-1).to(out.dtype)
         emb = self.temporal(out, src_key_padding_mask=~seq) * seq.unsqueeze(-1).to(out.dtype)
-        return {"va": self.head(emb), "emb": emb, "weights": w}
+        if self.config.pred_skip:
+            vas = torch.stack([torch.nan_to_num(inputs[m][..., -2:]) * inputs[f"{m}_mask"].unsqueeze(-1)
+                               for m in self.config.modalities if inputs.get(m) is not None], 2)  # (B, L, M, 2)
+            va = _refine((w.unsqueeze(-1) * vas).sum(2), self.head(emb))
+        else:
+            va = self.head(emb)
+        return {"va": va, "emb": emb, "weights": w}
