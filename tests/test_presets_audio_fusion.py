@@ -189,7 +189,7 @@ def test_cli_train_fusion_preset_reference(token_runs, tmp_path):
                                    "--epochs", "2", "--preset", "reference", "--config", str(cfg)])
     assert res.exit_code == 0, res.output
     info = json.loads((out / "run.json").read_text())
-    assert info["form"] == "reference" and info["preset"]["name"] == "reference"
+    assert info["form"] == "reference" and info["preset"]["name"] == "reference" and info["crossfit"] is False
     assert info["preset"]["values"]["val_smooth"] == [7, 13] or info["preset"]["values"]["val_smooth"] == (7, 13)
     saved = yaml.safe_load((out / "config.yaml").read_text())["config"]
     assert saved["train"]["early_stop"] == 6 and saved["train"]["grad_clip"] == 1.0 and saved["train"]["epochs"] == 2

@@ -343,7 +343,8 @@ def train_fusion_cmd(
     method = method or file_cfg.get("method", "raav")
     p, file_cfg, _ = resolve_preset(f"fusion-{method}", file_cfg, {"preset": preset})
     p_train, p_model, p_set = split_fusion_preset(p.values if p else {})
-    p_set.update({k: file_cfg[k] for k in ("form", "val_smooth", "win", "hop") if file_cfg.get(k) is not None})
+    p_set.update({k: file_cfg[k] for k in ("form", "val_smooth", "win", "hop", "crossfit")
+                  if file_cfg.get(k) is not None})
     cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)), p_train, file_cfg.get("train"),
                 {"epochs": epochs, "lr": lr, "device": device, "seed": seed})
     smooth = p_set.get("val_smooth")
@@ -351,7 +352,8 @@ def train_fusion_cmd(
                      model_cfg={**p_model, **(file_cfg.get("model") or {})},
                      win=int(p_set.get("win", 400)), hop=int(p_set.get("hop", 150)),
                      features_root=file_cfg.get("features_root"), form=str(p_set.get("form", "vaest")),
-                     val_smooth=tuple(int(k) for k in smooth) if smooth else None, preset=p.name if p else None)
+                     val_smooth=tuple(int(k) for k in smooth) if smooth else None, preset=p.name if p else None,
+                     crossfit=bool(p_set.get("crossfit", True)))
     console.print(f"fusion {method}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
                   f"mean {m['mean']:.4f} -> {out}")
 

@@ -1076,6 +1076,7 @@ _LATE = "src_audio_and_fusion/scripts/predictions_fusion.py"
 
 REFERENCE_RAAV: dict[str, tuple[Any, str]] = {
     "form": ("reference", f"{_MMMODEL} MultimodalFusionModelV4; {_MMDATA} (one item per audio window)"),
+    "crossfit": (False, f"{_MM} data.params (the modality features of every split come from the full models)"),
     "val_smooth": ((7, 13), f"{_MM} multimodal_framewise_v2_callback smoothing_valence/arousal_param"),
     "hidden": (256, f"{_MM} model.params.hidden"),
     "heads": (4, f"{_MM} model.params.num_heads"),
@@ -1102,12 +1103,12 @@ REFERENCE_LATE: dict[str, tuple[Any, str]] = {
     "seed": (42, f"{_LATE} --seed default"),
 }
 
-FUSION_SETTINGS_KEYS = ("form", "val_smooth", "win", "hop")
+FUSION_SETTINGS_KEYS = ("form", "val_smooth", "win", "hop", "crossfit")
 
 
 def split_fusion_preset(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Split a flat fusion preset into (TrainConfig fields, model settings, fusion settings ``form``,
-    ``val_smooth``, ``win``, ``hop``). An explicit None (e.g. ``ema``) is kept as a value."""
+    ``val_smooth``, ``win``, ``hop``, ``crossfit``). An explicit None (e.g. ``ema``) is kept as a value."""
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     tr = {k: v for k, v in values.items() if k in train_keys}
     st = {k: v for k, v in values.items() if k in FUSION_SETTINGS_KEYS}
