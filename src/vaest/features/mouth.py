@@ -1,9 +1,10 @@
-"""Mouth signal for cross-modal filtering: per-frame inner-lip area and the reference mouth-open rule.
+"""Mouth signal for cross-modal filtering: per-frame inner-lip area and the mouth-open rule (vaest and official forms).
 
 The inner-lip area comes from FaceMesh landmarks (the polygon of the 20 inner-lip points, shoelace formula)
 divided by the squared inter-ocular distance (outer eye corners 33-263), so it does not depend on the face's
-size in the frame. The reference rule: the mouth is open where the 30-frame rolling mean of that area exceeds
-the video's mean over its face frames; gaps of at most 0.15 s between open runs are closed, then open runs of
+size in the frame. The rule: the mouth is open where the 30-frame rolling mean of that area exceeds the video's
+mean over its face frames (vaest: centred over the frame grid; the official data: trailing over the last 30
+detected frames, :data:`REFERENCE_MOUTH`); gaps of at most 0.15 s between open runs are closed, then open runs of
 at most 0.20 s are dropped. The audio modality uses the open flags and the face coverage to decide which
 audio windows train and which audio tokens fusion may use.
 
@@ -140,7 +141,7 @@ def lip_area(landmarks: np.ndarray, ids: Sequence[int] | None = None) -> np.ndar
 
 @dataclass
 class MouthConfig:
-    """The reference mouth-open rule.
+    """The mouth-open rule (defaults: vaest's form; :data:`REFERENCE_MOUTH`: the official one).
 
     Attributes:
         window: frames of the rolling mean of the lip area.

@@ -1,6 +1,7 @@
 """Audio valence/arousal models: one VA pair per second of a 4 s window.
 
-Both registered models share the reference head: the window's hidden frames are split into ``n_chunks`` (4)
+``audio-wavlm`` and ``audio-frames`` share vaest's head (modelled on the official one, not equal to it; the
+official model is ``audio-wavlm-reference`` at the end of this module): the window's hidden frames are split into ``n_chunks`` (4)
 consecutive one-second chunks, each pooled by attentive statistics pooling (:class:`AttentiveStatsPool`:
 Linear(H, 128) -> tanh -> Linear(128, 1) -> softmax over the chunk's frames; weighted mean and std), then
 LayerNorm(2H) -> Linear(2H, 256) -> GELU -> Linear(256, 2). The 256-d activation is the exported audio token.
@@ -110,7 +111,7 @@ def load_backbone(path_or_id: str, config: dict[str, Any] | None = None) -> nn.M
 
 @dataclass
 class WavLMAudioConfig:
-    """Settings of ``audio-wavlm`` (reference: WavLM-Large, top 4 layers fine-tuned).
+    """Settings of ``audio-wavlm`` (vaest's form; default WavLM-Large, top 4 layers and the final LayerNorm trained).
 
     ``backbone_config`` is filled when the backbone is loaded, so a checkpoint rebuilds without the original
     folder or any download.

@@ -15,7 +15,8 @@ Inputs (batch of B windows of T frames; ``<m>`` is a modality name from the conf
   ``audio_tokens``, -1 where none;
 - DCMMoE audio, per frame: ``audio`` (B, T, H_a + 2), ``audio_mask`` (B, T).
 
-**RAAV** (:class:`RAAVFusion`). Each frame modality m is projected to ``d`` (h_m, see :class:`ModalityProjection`).
+**RAAV** (:class:`RAAVFusion`, vaest's form; the official model is :class:`ReferenceRAAV`, see
+``docs/reference-audio-fusion.md`` for the differences). Each frame modality m is projected to ``d`` (h_m, see :class:`ModalityProjection`).
 A gate MLP shared by the modalities scores each projection on its own, ``s_m = gate(h_m) + log prior_m``
 (priors face 0.85, behavior 0.15); the weights are the softmax of ``s`` over the modalities available at that
 frame (unavailable ones get exactly 0); the fused frame token is ``sum_m w_m h_m``. A frame with no available
@@ -23,7 +24,7 @@ modality takes a learned null token and is flagged (``fallback``). The K audio t
 by ``n_latents`` learned latent queries (one cross-attention, tokens masked by ``audio_token_mask``); each frame
 token then cross-attends to the latents of the windows covering it (a window without a valid token is masked;
 with none valid the frame token is left unchanged). One pre-LN Transformer layer (4 heads, FFN 1024) runs over
-the frames, and a head gives ``va``. With ``pred_skip`` (default; ``False`` is the reference head
+the frames, and a head gives ``va``. With ``pred_skip`` (default; ``False`` is the plain head
 ``tanh(head(emb))``) the head is a correction of the gated average of the modality predictions,
 ``va = tanh(atanh(sum_m w_m va_m) + head(emb))`` with ``head`` initialised to zero, so training starts from the
 prior-weighted average of what the modalities already predict instead of learning the VA mapping again from
@@ -176,7 +177,8 @@ def _get_mask(inputs: dict, name: str, like: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RAAVConfig:
-    """Settings of :class:`RAAVFusion` (reference: d 256, 4 heads, FFN 1024, 4 latents, priors 0.85/0.15)."""
+    """Settings of :class:`RAAVFusion`, vaest's RAAV (sizes as the official: d 256, 4 heads, FFN 1024, 4 latents,
+    priors 0.85/0.15; the official model itself is :class:`ReferenceRAAV`)."""
 
     modalities: tuple[str, ...] = ("face", "behavior")
     in_dims: tuple[int, ...] = (258, 258)

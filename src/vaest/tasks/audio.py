@@ -534,7 +534,7 @@ class AudioTask:
 
 @dataclass
 class AudioTrainConfig:
-    """Settings of ``vaest train audio`` (defaults: the reference system where it has one).
+    """Settings of ``vaest train audio`` (defaults: vaest's; ``--preset reference`` sets the official ones).
 
     ``feature_norm`` (offline encoders): ``video`` z-scores each feature dimension within each video before the
     model's global normalisation (removes channel and speaker offsets; on the synthetic corpus it lifts the
