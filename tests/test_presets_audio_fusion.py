@@ -309,3 +309,27 @@ def test_reference_raav_prediction_skip_starts_from_the_gated_average():
     want = w[..., :1] * x["face"][..., -2:] * x["face_mask"][..., None] + w[..., 1:] * x["behavior"][..., -2:]
     assert torch.allclose(out["va"], want, atol=1e-5)
     assert torch.allclose(w[~x["face_mask"]][:, 0], torch.zeros(1))
+
+
+def test_cli_submit_preset_reference_uses_official_smoothing(token_runs, tmp_path):
+    """`vaest submit --preset reference`: kernels 7/13 with replicate edges, clipped."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from vaest.cli import app
+    from vaest.inference import load_predictions
+    from vaest.postprocess import postprocess
+
+    run = token_runs["runs"]["face"]
+    out = tmp_path / "sub.txt"
+    res = CliRunner().invoke(app, ["submit", str(run), "--out", str(out), "--corpus", str(token_runs["corpus"]),
+                                   "--split", "val", "--preset", "reference"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.reader(out.open()))[1:]
+    rec = load_predictions(run, "vid04")
+    want = postprocess(rec.values, rec.mask, (7, 13), edge="replicate")
+    got = np.array([[float(r[1]), float(r[2])] for r in rows if r[0].startswith("vid04/")])
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    trunc = postprocess(rec.values, rec.mask, (7, 13))
+    assert np.abs(trunc[:3] - want[:3]).max() > 1e-6  # the ends differ from vaest's truncated windows

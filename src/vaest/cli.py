@@ -505,17 +505,23 @@ def submit(
     split: Annotated[str, typer.Option(help="Split to submit.")] = "test",
     template: Annotated[Optional[Path], typer.Option(help="Organisers' template: rows are written in its order.")] = None,
     kernels: Annotated[Optional[str], typer.Option(help="Smoothing kernels 'V,A' (default: chosen on validation).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="reference: the official kernels 7,13 with replicate edges.")] = None,
 ) -> None:
     """Write an ABAW challenge file (image_location,valence,arousal), post-processed and validated."""
     from vaest.corpus import load_corpus
     from vaest.errors import VaestError
     from vaest.inference import load_predictions, read_run_json
-    from vaest.postprocess import REFERENCE_KERNELS, choose_kernels, fill, postprocess
+    from vaest.postprocess import REFERENCE_EDGE, REFERENCE_KERNELS, choose_kernels, fill, postprocess
     from vaest.submission import write_submission
 
+    if preset not in (None, "vaest", "reference"):
+        raise VaestError(f"unknown submit preset {preset!r}; known: reference, vaest")
+    edge = REFERENCE_EDGE if preset == "reference" else "truncate"
     c = load_corpus(corpus or read_run_json(run)["corpus"])
     if kernels:
         k = tuple(int(x) for x in kernels.split(","))
+    elif preset == "reference":
+        k = REFERENCE_KERNELS
     else:
         P, Y = [], []
         for v in c.split("val"):
@@ -534,7 +540,7 @@ def submit(
         except VaestError as e:
             log.error("%s", e)
             continue
-        preds[v.id] = postprocess(rec.values, rec.mask, k)
+        preds[v.id] = postprocess(rec.values, rec.mask, k, edge=edge)
     if not preds:
         raise VaestError(f"{run}: no predictions for any '{split}' video")
     n = write_submission(out, preds, template)
