@@ -73,3 +73,25 @@ def test_choose_kernels_on_noisy_predictions_prefers_smoothing():
     from vaest.metrics import va_ccc
 
     assert va_ccc(smooth(p, (kv, ka)), y)["mean"] > va_ccc(p, y)["mean"] + 0.1
+
+
+def test_replicate_edge_is_the_official_padded_convolution():
+    """``edge="replicate"``: each end padded with k//2 copies of the end value, then a plain k-tap mean (what the
+    official smoothing computes with F.pad(mode="replicate") and conv1d)."""
+    import torch
+    from torch.nn import functional as F
+
+    from vaest.postprocess import moving_average, smooth
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40).astype(np.float32)
+    for k in (3, 7, 13, 61):
+        xx = F.pad(torch.from_numpy(x).view(1, 1, -1), (k // 2, k // 2), mode="replicate")
+        want = F.conv1d(xx, torch.ones(1, 1, k) / k).view(-1).numpy()
+        got = moving_average(x, k, "replicate")
+        assert np.abs(got - want).max() < 1e-5
+    trunc = moving_average(x, 13)
+    assert abs(trunc[0] - x[:7].mean()) < 1e-5 and abs(trunc[0] - moving_average(x, 13, "replicate")[0]) > 1e-3
+    assert np.allclose(smooth(np.stack([x, x], 1), (7, 13), "replicate")[:, 1], moving_average(x, 13, "replicate"))
+    with pytest.raises(ValueError, match="edge"):
+        moving_average(x, 7, "reflect")

@@ -200,13 +200,15 @@ def train_audio_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
+    preset: Annotated[Optional[str], typer.Option(help="reference (the official audio model and training) or vaest.")] = None,
+    ssl_checkpoint: Annotated[Optional[str], typer.Option(help="SER checkpoint whose ssl_model.* weights initialise the backbone (file, folder or hub id).")] = None,
 ) -> None:
     """Train the audio model (4 s windows, one VA pair per second) and write its run folder."""
     from vaest.config import load_config
     from vaest.tasks.audio import config_from, train_audio
 
     flags = {"encoder": encoder, "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "device": device,
-             "seed": seed, "filter": False if no_filter else None}
+             "seed": seed, "filter": False if no_filter else None, "preset": preset, "ssl_checkpoint": ssl_checkpoint}
     cfg = config_from(load_config(config), flags)
     train_audio(features, corpus, out, cfg)
     if crossfit:
@@ -245,11 +247,13 @@ def extract_mouth_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    preset: Annotated[Optional[str], typer.Option(help="reference: the official mouth-open rule (trailing mean over 30 detected frames).")] = None,
 ) -> None:
     """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
     from vaest.features.mouth import extract_mouth
 
-    rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers)
+    rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers,
+                        preset=preset)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -321,28 +325,47 @@ def train_fusion_cmd(
     runs: RunsOpt,
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
     corpus: Annotated[Optional[Path], typer.Option(help="Corpus root with train/val labels (default: from the runs).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="raav (reliability-aware, default) or dcmmoe (directed cross-modal).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="raav (reliability-aware, default), dcmmoe (directed cross-modal, vaest's experts) or dcm-ref (the official directed fusion; also dcmmoe --preset reference).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (reference RAAV 5e-5).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
+    preset: Annotated[Optional[str], typer.Option(help="reference (the official model of the method) or vaest.")] = None,
 ) -> None:
     """Train a fusion model on modality run folders and write its run folder (preds with per-frame weights)."""
     import dataclasses
 
     from vaest.config import build, load_config
-    from vaest.tasks.fusion import default_train_config, train_fusion
+    from vaest.presets import resolve_preset
+    from vaest.tasks.fusion import default_train_config, split_fusion_preset, train_fusion
     from vaest.training import TrainConfig
 
     file_cfg = load_config(config)
     runs_p, root = _parse_runs(runs, corpus)
     method = method or file_cfg.get("method", "raav")
-    cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)), file_cfg.get("train"),
+    if method in ("dcmmoe", "dcm-ref"):  # the directed cross-modal family: its preset names the model
+        from vaest.tasks.fusion import dcmmoe_preset_kwargs
+
+        kw = dcmmoe_preset_kwargs(file_cfg, {"preset": preset, "method": method, "epochs": epochs, "lr": lr,
+                                             "device": device, "seed": seed})
+        m = train_fusion(runs_p, root, out, features_root=file_cfg.get("features_root"), **kw)
+        console.print(f"fusion {kw['method']}: validation CCC valence {m['valence']:.4f} arousal "
+                      f"{m['arousal']:.4f} mean {m['mean']:.4f} -> {out}")
+        return
+    p, file_cfg, _ = resolve_preset(f"fusion-{method}", file_cfg, {"preset": preset})
+    p_train, p_model, p_set = split_fusion_preset(p.values if p else {})
+    p_set.update({k: file_cfg[k] for k in ("form", "val_smooth", "win", "hop", "crossfit")
+                  if file_cfg.get(k) is not None})
+    cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)), p_train, file_cfg.get("train"),
                 {"epochs": epochs, "lr": lr, "device": device, "seed": seed})
-    m = train_fusion(runs_p, root, out, method=method, train_cfg=cfg, model_cfg=file_cfg.get("model"),
-                     win=int(file_cfg.get("win", 400)), hop=int(file_cfg.get("hop", 150)),
-                     features_root=file_cfg.get("features_root"))
+    smooth = p_set.get("val_smooth")
+    m = train_fusion(runs_p, root, out, method=method, train_cfg=cfg,
+                     model_cfg={**p_model, **(file_cfg.get("model") or {})},
+                     win=int(p_set.get("win", 400)), hop=int(p_set.get("hop", 150)),
+                     features_root=file_cfg.get("features_root"), form=str(p_set.get("form", "vaest")),
+                     val_smooth=tuple(int(k) for k in smooth) if smooth else None, preset=p.name if p else None,
+                     crossfit=bool(p_set.get("crossfit", True)))
     console.print(f"fusion {method}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
                   f"mean {m['mean']:.4f} -> {out}")
 
@@ -352,16 +375,24 @@ def train_late_cmd(
     runs: RunsOpt,
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
     corpus: Annotated[Optional[Path], typer.Option(help="Corpus root with validation labels (default: from the runs).")] = None,
-    method: Annotated[str, typer.Option(help="dirichlet (seeded random search) or grid (simplex grid).")] = "dirichlet",
-    samples: Annotated[int, typer.Option(help="Dirichlet samples.")] = 8000,
-    step: Annotated[float, typer.Option(help="Grid step.")] = 0.05,
-    seed: Annotated[int, typer.Option(help="Random seed of the Dirichlet search.")] = 0,
+    method: Annotated[Optional[str], typer.Option(help="dirichlet (seeded random search), grid (simplex grid) or reference (the official subset search).")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Dirichlet samples (default 8000).")] = None,
+    step: Annotated[Optional[float], typer.Option(help="Grid step (default 0.05).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed of the Dirichlet search (default 0; reference 42).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="reference (official subset search) or vaest.")] = None,
 ) -> None:
     """Late fusion: per-dimension weights of prediction runs searched on validation CCC; writes a run folder."""
+    from vaest.presets import get_preset
     from vaest.tasks.fusion import late_fusion
 
+    p = get_preset("late", preset)
+    given = {"method": method, "n_samples": samples, "step": step, "seed": seed}
+    opts = {"method": "dirichlet", "n_samples": 8000, "step": 0.05, "seed": 0, **(p.values if p else {}),
+            **{k: v for k, v in given.items() if v is not None}}
+    method = str(opts["method"])
     runs_p, root = _parse_runs(runs, corpus)
-    res = late_fusion(runs_p, root, out, method=method, n_samples=samples, seed=seed, step=step)
+    res = late_fusion(runs_p, root, out, method=method, n_samples=int(opts["n_samples"]), seed=int(opts["seed"]),
+                      step=float(opts["step"]), preset=p.name if p else None)
     m = res["metrics"]
     for name, w in res["weights"].items():
         console.print(f"  {name}: valence {w[0]:.3f} arousal {w[1]:.3f}")
@@ -490,17 +521,23 @@ def submit(
     split: Annotated[str, typer.Option(help="Split to submit.")] = "test",
     template: Annotated[Optional[Path], typer.Option(help="Organisers' template: rows are written in its order.")] = None,
     kernels: Annotated[Optional[str], typer.Option(help="Smoothing kernels 'V,A' (default: chosen on validation).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="reference: the official kernels 7,13 with replicate edges.")] = None,
 ) -> None:
     """Write an ABAW challenge file (image_location,valence,arousal), post-processed and validated."""
     from vaest.corpus import load_corpus
     from vaest.errors import VaestError
     from vaest.inference import load_predictions, read_run_json
-    from vaest.postprocess import REFERENCE_KERNELS, choose_kernels, fill, postprocess
+    from vaest.postprocess import REFERENCE_EDGE, REFERENCE_KERNELS, choose_kernels, fill, postprocess
     from vaest.submission import write_submission
 
+    if preset not in (None, "vaest", "reference"):
+        raise VaestError(f"unknown submit preset {preset!r}; known: reference, vaest")
+    edge = REFERENCE_EDGE if preset == "reference" else "truncate"
     c = load_corpus(corpus or read_run_json(run)["corpus"])
     if kernels:
         k = tuple(int(x) for x in kernels.split(","))
+    elif preset == "reference":
+        k = REFERENCE_KERNELS
     else:
         P, Y = [], []
         for v in c.split("val"):
@@ -519,7 +556,7 @@ def submit(
         except VaestError as e:
             log.error("%s", e)
             continue
-        preds[v.id] = postprocess(rec.values, rec.mask, k)
+        preds[v.id] = postprocess(rec.values, rec.mask, k, edge=edge)
     if not preds:
         raise VaestError(f"{run}: no predictions for any '{split}' video")
     n = write_submission(out, preds, template)

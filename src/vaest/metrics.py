@@ -81,7 +81,7 @@ def ccc_torch(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor 
 
 
 def ccc_loss(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor | None" = None,
-             weights: Sequence[float] = (0.5, 0.5), mse_weight: float = 0.0) -> "torch.Tensor":
+             weights: Sequence[float] = (0.5, 0.5), mse_weight: float = 0.0, min_valid: int = 0) -> "torch.Tensor":
     """The project's VA loss: sum_d w_d (1 - CCC_d) + mse_weight * MSE, over valid steps.
 
     Args:
@@ -89,7 +89,19 @@ def ccc_loss(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor |
         mask: (...) bool of valid steps (combined with finite targets).
         weights: per-dimension weights (reference: face 0.5/0.5 i.e. mean, audio 0.7/0.3).
         mse_weight: weight of the mean squared error term (audio 0.1, fusion 0.01).
+        min_valid: with fewer valid steps than this (steps whose two targets are finite), the loss is the plain
+            MSE over them (the reference audio and RAAV losses use 4: a CCC over 1-3 points is meaningless);
+            0 turns the fallback off.
     """
+    if min_valid > 0:
+        ok = torch.isfinite(target).all(-1)
+        if mask is not None:
+            ok = ok & mask.bool()
+        n = int(ok.sum())
+        if n == 0:
+            return pred.sum() * 0.0
+        if n < min_valid:
+            return ((pred[ok].float() - target[ok].float()) ** 2).mean()
     total = pred.new_zeros(())
     for d, w in enumerate(weights):
         if w:

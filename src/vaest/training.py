@@ -44,6 +44,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     plateau_factor: float = 0.1
     plateau_patience: int = 5
+    plateau_threshold: float = 1e-4  # torch's default (relative); the reference audio model uses 5e-4
+    plateau_groups: tuple[str, ...] | None = None  # parameter groups (by "name") the plateau rule lowers; None: all
+    plateau_min_lr: float = 0.0  # floor of the lowered groups (reference audio: 1e-7)
     early_stop: int = 15
     grad_clip: float | None = None
     ema: float | None = None
@@ -53,6 +56,7 @@ class TrainConfig:
     max_batches_per_epoch: int | None = None
     loss_weights: tuple[float, float] = (0.5, 0.5)
     mse_weight: float = 0.0
+    loss_min_valid: int = 0  # fewer valid steps in a batch than this: plain MSE (reference audio/RAAV: 4)
     loss: str = "ccc"  # "ccc" (pooled over the batch), "ccc-window" (per window, face/fusion reference), "ccc-pooled"
     scheduler: str = "plateau"  # "plateau" (ReduceLROnPlateau on validation CCC) or "none" (behavior reference)
 
@@ -65,7 +69,7 @@ def batch_loss(cfg: TrainConfig, pred: torch.Tensor, target: torch.Tensor, mask:
     valid steps of the batch (plus ``mse_weight`` MSE), ``ccc-window`` = :func:`ccc_loss_windows` (mean over
     windows of per-window 1 - CCC), ``ccc-pooled`` = :func:`ccc_loss_pooled` (the behavior reference form)."""
     if cfg.loss == "ccc":
-        return ccc_loss(pred, target, mask, cfg.loss_weights, cfg.mse_weight)
+        return ccc_loss(pred, target, mask, cfg.loss_weights, cfg.mse_weight, cfg.loss_min_valid)
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
     fn = ccc_loss_windows if cfg.loss == "ccc-window" else ccc_loss_pooled
@@ -173,8 +177,13 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
     opt = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.scheduler not in ("plateau", "none"):
         raise ValueError(f"scheduler must be 'plateau' or 'none', got {cfg.scheduler!r}")
+    # a group outside plateau_groups gets its own lr as floor, so the plateau rule never lowers it
+    floors = [cfg.plateau_min_lr if cfg.plateau_groups is None or g.get("name") in cfg.plateau_groups else g["lr"]
+              for g in opt.param_groups]
+>>>>>>> ref-b
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
-                                                       patience=cfg.plateau_patience)
+                                                       patience=cfg.plateau_patience,
+                                                       threshold=cfg.plateau_threshold, min_lr=floors)
     ema = EMA(model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
     rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, Any]] = []

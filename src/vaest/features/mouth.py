@@ -1,9 +1,10 @@
-"""Mouth signal for cross-modal filtering: per-frame inner-lip area and the reference mouth-open rule.
+"""Mouth signal for cross-modal filtering: per-frame inner-lip area and the mouth-open rule (vaest and official forms).
 
 The inner-lip area comes from FaceMesh landmarks (the polygon of the 20 inner-lip points, shoelace formula)
 divided by the squared inter-ocular distance (outer eye corners 33-263), so it does not depend on the face's
-size in the frame. The reference rule: the mouth is open where the 30-frame rolling mean of that area exceeds
-the video's mean over its face frames; gaps of at most 0.15 s between open runs are closed, then open runs of
+size in the frame. The rule: the mouth is open where the 30-frame rolling mean of that area exceeds the video's
+mean over its face frames (vaest: centred over the frame grid; the official data: trailing over the last 30
+detected frames, :data:`REFERENCE_MOUTH`); gaps of at most 0.15 s between open runs are closed, then open runs of
 at most 0.20 s are dropped. The audio modality uses the open flags and the face coverage to decide which
 audio windows train and which audio tokens fusion may use.
 
@@ -74,10 +75,10 @@ def drop_short_runs(mask: np.ndarray, fps: float, max_len_s: float) -> np.ndarra
     return m
 
 
-def rolling_nanmean(x: np.ndarray, window: int, center: bool = True) -> np.ndarray:
+def rolling_nanmean(x: np.ndarray, window: int, center: bool = True, min_periods: int = 1) -> np.ndarray:
     """Mean of the finite values in a ``window``-frame window around (``center``) or ending at each frame.
 
-    NaN where the window holds no finite value. Shape (n,) -> (n,).
+    NaN where the window holds fewer than ``min_periods`` (at least 1) finite values. Shape (n,) -> (n,).
     """
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     n = len(x)
@@ -95,7 +96,7 @@ def rolling_nanmean(x: np.ndarray, window: int, center: bool = True) -> np.ndarr
     hi = np.clip(hi, 0, n)
     cnt = cn[hi] - cn[lo]
     out = np.full(n, np.nan)
-    has = cnt > 0
+    has = cnt >= max(1, min_periods)
     out[has] = (cs[hi] - cs[lo])[has] / cnt[has]
     return out
 
@@ -140,19 +141,33 @@ def lip_area(landmarks: np.ndarray, ids: Sequence[int] | None = None) -> np.ndar
 
 @dataclass
 class MouthConfig:
-    """The reference mouth-open rule.
+    """The mouth-open rule (defaults: vaest's form; :data:`REFERENCE_MOUTH`: the official one).
 
     Attributes:
         window: frames of the rolling mean of the lip area.
         center: centred window (True, no lag against the audio) or trailing (pandas' default).
         close_gap_s: gaps between open runs of at most this many seconds are closed.
         min_run_s: open runs of at most this many seconds are dropped (after gap closing).
+        detected_only: the rolling window runs over the detected (face-found) frames only, skipping frames
+            without a face, as a per-detection table does (the reference); False: over the frame grid.
+        min_periods: frames with fewer finite values in their window get no mean (not open); the reference's
+            trailing rolling mean (pandas ``rolling(30)``) needs the full 30 (:data:`REFERENCE_MOUTH`).
+
+    vaest's default is a centred window over the frame grid (no lag against the audio, defined from the first
+    frame); ``REFERENCE_MOUTH`` is the official form: a trailing mean over the last 30 detected frames compared
+    with the video's mean raw area.
     """
 
     window: int = 30
     center: bool = True
     close_gap_s: float = 0.15
     min_run_s: float = 0.20
+    detected_only: bool = False
+    min_periods: int = 1
+
+
+REFERENCE_MOUTH: dict[str, Any] = {"window": 30, "center": False, "detected_only": True, "min_periods": 30,
+                                   "close_gap_s": 0.15, "min_run_s": 0.20}
 
 
 def mouth_open(area: np.ndarray, fps: float, cfg: MouthConfig | None = None) -> np.ndarray:
@@ -162,7 +177,11 @@ def mouth_open(area: np.ndarray, fps: float, cfg: MouthConfig | None = None) -> 
     ok = np.isfinite(a)
     if not ok.any():
         return np.zeros(len(a), dtype=bool)
-    roll = rolling_nanmean(a, cfg.window, cfg.center)
+    if cfg.detected_only:
+        roll = np.full(len(a), np.nan)
+        roll[ok] = rolling_nanmean(a[ok], cfg.window, cfg.center, cfg.min_periods)
+    else:
+        roll = rolling_nanmean(a, cfg.window, cfg.center, cfg.min_periods)
     with np.errstate(invalid="ignore"):
         open_ = ok & (roll > a[ok].mean())
     open_ = close_gaps(open_, fps, cfg.close_gap_s)
@@ -213,9 +232,11 @@ class MouthExtractor(Extractor):
 
 
 def extract_mouth(corpus_root: str | Path, out: str | Path, force: bool = False, splits: Sequence[str] | None = None,
-                  engine: str = "local", address: str | None = None, num_workers: int | None = None):
+                  engine: str = "local", address: str | None = None, num_workers: int | None = None,
+                  preset: str | None = None):
     """Run ``facetrack`` + ``mouth`` over a corpus into the feature store at ``out`` (local loop or Ray, see
-    :func:`vaest.scale.run_extraction`); returns the extraction report."""
+    :func:`vaest.scale.run_extraction`); returns the extraction report. ``preset="reference"`` applies the
+    official mouth-open rule (:data:`REFERENCE_MOUTH`)."""
     from vaest.corpus import load_corpus
     from vaest.features.base import create_extractor
     from vaest.features.store import FeatureStore
@@ -223,5 +244,8 @@ def extract_mouth(corpus_root: str | Path, out: str | Path, force: bool = False,
 
     corpus = load_corpus(corpus_root)
     videos = corpus.split(*splits) if splits else list(corpus)
-    return run_extraction(FeatureStore(out), [create_extractor("facetrack"), MouthExtractor()], videos,
+    if preset not in (None, "vaest", "reference"):
+        raise FeatureError(f"unknown mouth preset {preset!r}; known: reference, vaest")
+    mouth = MouthExtractor(MouthConfig(**REFERENCE_MOUTH) if preset == "reference" else None)
+    return run_extraction(FeatureStore(out), [create_extractor("facetrack"), mouth], videos,
                           engine=engine, address=address, num_workers=num_workers, force=force)

@@ -1,6 +1,7 @@
 """Audio valence/arousal models: one VA pair per second of a 4 s window.
 
-Both registered models share the reference head: the window's hidden frames are split into ``n_chunks`` (4)
+``audio-wavlm`` and ``audio-frames`` share vaest's head (modelled on the official one, not equal to it; the
+official model is ``audio-wavlm-reference`` at the end of this module): the window's hidden frames are split into ``n_chunks`` (4)
 consecutive one-second chunks, each pooled by attentive statistics pooling (:class:`AttentiveStatsPool`:
 Linear(H, 128) -> tanh -> Linear(128, 1) -> softmax over the chunk's frames; weighted mean and std), then
 LayerNorm(2H) -> Linear(2H, 256) -> GELU -> Linear(256, 2). The 256-d activation is the exported audio token.
@@ -110,7 +111,7 @@ def load_backbone(path_or_id: str, config: dict[str, Any] | None = None) -> nn.M
 
 @dataclass
 class WavLMAudioConfig:
-    """Settings of ``audio-wavlm`` (reference: WavLM-Large, top 4 layers fine-tuned).
+    """Settings of ``audio-wavlm`` (vaest's form; default WavLM-Large, top 4 layers and the final LayerNorm trained).
 
     ``backbone_config`` is filled when the backbone is loaded, so a checkpoint rebuilds without the original
     folder or any download.
@@ -232,3 +233,206 @@ def audio_param_groups(model: nn.Module, backbone_lr: float = 5e-6, head_lr: flo
     if rest:
         groups.append({"params": rest, "lr": head_lr, "name": "head"})
     return groups
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference audio model (official Team RAS ``WavLMS2SModelV1`` with ``pooling: attn_stats``)
+# ---------------------------------------------------------------------------------------------------------
+
+SSL_PREFIX = "ssl_model."
+
+
+def masked_normalize(wav: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-row z-normalisation of (B, S) waveforms over the valid samples of ``mask`` (B, S) (1 = real audio).
+
+    The reference form: mean and variance over the valid samples only, ``std = sqrt(var + 1e-6)``, padded
+    samples set to 0 afterwards. Without a mask: plain per-row mean/std (std clamped at 1e-6).
+    """
+    if mask is None:
+        mu = wav.mean(dim=1, keepdim=True)
+        sd = wav.std(dim=1, keepdim=True, unbiased=False).clamp_min(1e-6)
+        return (wav - mu) / sd
+    m = mask.to(wav.dtype)
+    n = m.sum(dim=1, keepdim=True).clamp_min(1.0)
+    mu = (wav * m).sum(dim=1, keepdim=True) / n
+    var = ((wav - mu) ** 2 * m).sum(dim=1, keepdim=True) / n
+    sd = torch.sqrt(var + 1e-6).clamp_min(1e-6)
+    return (wav - mu) / sd * m
+
+
+def reference_chunk_bounds(t: int, n_chunks: int) -> list[int]:
+    """Chunk boundaries of a T-frame sequence as the reference computes them: ``round(i * T / C)`` for
+    i = 0..C (Python rounding: halves to even). C + 1 integers."""
+    return [int(round(i * t / n_chunks)) for i in range(n_chunks + 1)]
+
+
+class MaskedAttnStatsPool(nn.Module):
+    """Reference attentive statistics pooling of one chunk: scores Linear(H, A) -> tanh -> Dropout ->
+    Linear(A, 1, no bias); padded frames get score -1e4; softmax over time; [weighted mean, sqrt(var + 1e-6)].
+
+    A row whose mask is all zero uses its first frame (as the reference does), so no row is undefined.
+    """
+
+    def __init__(self, dim: int, att_dim: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, att_dim), nn.Tanh(), nn.Dropout(dropout),
+                                   nn.Linear(att_dim, 1, bias=False))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``h`` (B, T, H), ``mask`` (B, T) -> (B, 2H)."""
+        s = self.score(h).squeeze(-1)  # (B, T)
+        if mask is not None:
+            m = mask.bool().clone()
+            m[~m.any(dim=1), 0] = True
+            s = s.masked_fill(~m, -1e4)
+        w = torch.softmax(s, dim=1).unsqueeze(-1)
+        mu = (h * w).sum(dim=1)
+        var = ((h - mu.unsqueeze(1)) ** 2 * w).sum(dim=1)
+        return torch.cat([mu, torch.sqrt(var + 1e-6).clamp_min(1e-6)], dim=-1)
+
+
+class ReferenceAudioHead(nn.Module):
+    """LayerNorm(2H) -> Dropout -> Linear(2H, 256) -> GELU -> Dropout -> Linear(256, 2); the GELU output is
+    the exported 256-d audio token."""
+
+    def __init__(self, stat_dim: int, emb_dim: int = 256, dropout: float = 0.2):
+        super().__init__()
+        self.norm = nn.LayerNorm(stat_dim)
+        self.drop_in = nn.Dropout(dropout)
+        self.proj = nn.Linear(stat_dim, emb_dim)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(emb_dim, 2)
+
+    def forward(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.act(self.proj(self.drop_in(self.norm(stats))))
+        return self.out(self.drop(emb)), emb
+
+
+def load_ssl_weights(backbone: nn.Module, path_or_id: str) -> tuple[list[str], list[str]]:
+    """Load the ``ssl_model.*`` tensors of a SER checkpoint over ``backbone`` (non-strict, as the reference does).
+
+    ``path_or_id``: a ``.safetensors`` file, a folder holding ``model.safetensors``, or a hub id (reference:
+    ``3loi/SER-Odyssey-Baseline-WavLM-Multi-Attributes``, downloaded through ``huggingface_hub``).
+    Returns (missing, unexpected) backbone keys.
+
+    Raises:
+        ModelError: the file cannot be found or holds no ``ssl_model.*`` tensor.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    p = Path(path_or_id)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        if Path(path_or_id).exists() or path_or_id.count("/") != 1:
+            raise ModelError(f"{p}: no model.safetensors with the SER checkpoint's ssl_model.* weights")
+        try:
+            from huggingface_hub import hf_hub_download
+
+            p = Path(hf_hub_download(repo_id=path_or_id, filename="model.safetensors"))
+        except Exception as e:
+            raise ModelError(f"{path_or_id}: cannot download model.safetensors ({type(e).__name__}: {e}); "
+                             "give a local file or folder (no model hub is reachable offline)") from None
+    sd = load_file(str(p))
+    ssl = {k[len(SSL_PREFIX):]: v for k, v in sd.items() if k.startswith(SSL_PREFIX)}
+    if not ssl:
+        raise ModelError(f"{p}: no '{SSL_PREFIX}*' tensor in this checkpoint")
+    res = backbone.load_state_dict(ssl, strict=False)
+    log.info("%s: loaded %d ssl_model tensors over the backbone (%d backbone keys not in it)", p, len(ssl),
+             len(res.missing_keys))
+    return list(res.missing_keys), list(res.unexpected_keys)
+
+
+@dataclass
+class ReferenceAudioConfig:
+    """Settings of ``audio-wavlm-reference`` (official ``configs/cfg_test_w_audio.yaml``: WavLM-Large with the
+    ``ssl_model.*`` weights of the SER-Odyssey baseline, last 4 layers trainable, attn_stats pooling, dropout 0.2
+    in the pooling and the head, masked input normalisation).
+
+    ``train_pool``: the official two-group optimiser holds only backbone and head parameters, so the attention
+    pooling keeps its initial weights there (False, the reference); True trains it with the head.
+    """
+
+    backbone: str = "microsoft/wavlm-large"
+    ssl_checkpoint: str | None = "3loi/SER-Odyssey-Baseline-WavLM-Multi-Attributes"
+    trainable_layers: int = 4
+    att_dim: int = 128
+    att_dropout: float = 0.2
+    head_dropout: float = 0.2
+    emb_dim: int = 256
+    n_chunks: int = 4
+    input_normalize: bool = True
+    train_pool: bool = False
+    backbone_config: dict | None = None
+
+
+@register_model("audio-wavlm-reference")
+class ReferenceWavLMAudioModel(nn.Module):
+    """The official audio model: ``wav`` (B, S) zero-padded, ``mask`` (B, S) -> ``va`` (B, 4, 2), ``emb`` (B, 4, 256).
+
+    Masked z-normalisation of the waveform, the backbone with the attention mask, the feature-level mask from the
+    backbone's own length rule, 4 chunks cut at ``round(i * T / 4)``, :class:`MaskedAttnStatsPool` per chunk
+    (one pooling module shared by the chunks) and :class:`ReferenceAudioHead`.
+    """
+
+    Config = ReferenceAudioConfig
+    takes_mask = True  # callers pass zero-padded windows with their sample mask
+
+    def __init__(self, config: ReferenceAudioConfig | None = None):
+        super().__init__()
+        self.config = config or ReferenceAudioConfig()
+        c = self.config
+        fresh = c.backbone_config is None
+        self.backbone = load_backbone(c.backbone, c.backbone_config)
+        if fresh:
+            c.backbone_config = self.backbone.config.to_dict()
+            if c.ssl_checkpoint:
+                load_ssl_weights(self.backbone, c.ssl_checkpoint)
+        hidden = int(getattr(self.backbone.config, "hidden_size", 0) or self.backbone.config.hidden_dim)
+        self.pool = MaskedAttnStatsPool(hidden, c.att_dim, c.att_dropout)
+        self.head = ReferenceAudioHead(2 * hidden, c.emb_dim, c.head_dropout)
+        if c.trainable_layers > 0:  # reference: freeze the backbone, then unfreeze its last k layers
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            for layer in list(self.backbone.encoder.layers)[-c.trainable_layers:]:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+        if not c.train_pool:
+            for p in self.pool.parameters():
+                p.requires_grad_(False)
+
+    def feature_mask(self, mask: torch.Tensor | None, n_frames: int) -> torch.Tensor | None:
+        """Sample mask (B, S) -> frame mask (B, T) by the backbone's convolutional length rule."""
+        if mask is None:
+            return None
+        fn = getattr(self.backbone, "_get_feature_vector_attention_mask", None)
+        if callable(fn):
+            return fn(n_frames, mask, add_adapter=False)
+        if mask.shape[1] == n_frames:
+            return mask
+        idx = (torch.arange(n_frames, device=mask.device) * (mask.shape[1] / float(n_frames))).long()
+        return mask.index_select(1, idx.clamp_max(mask.shape[1] - 1))
+
+    def forward(self, wav: torch.Tensor, mask: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``wav`` (B, S); ``mask`` (B, S) 1 on real samples, or ``lengths`` (B,) valid samples per row."""
+        x = wav.float()
+        if mask is None and lengths is not None:
+            mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        if mask is not None:
+            mask = mask.long()
+        if self.config.input_normalize:
+            x = masked_normalize(x, mask)
+        kw: dict[str, Any] = {"input_values": x, "return_dict": True}
+        if mask is not None:
+            kw["attention_mask"] = mask
+        h = self.backbone(**kw).last_hidden_state  # (B, T, H)
+        fm = self.feature_mask(mask, h.shape[1])
+        cuts = reference_chunk_bounds(h.shape[1], self.config.n_chunks)
+        stats = torch.stack([self.pool(h[:, a:b], None if fm is None else fm[:, a:b])
+                             for a, b in zip(cuts[:-1], cuts[1:])], dim=1)  # (B, C, 2H)
+        va, emb = self.head(stats)
+        return {"va": va, "emb": emb}

@@ -15,7 +15,8 @@ Inputs (batch of B windows of T frames; ``<m>`` is a modality name from the conf
   ``audio_tokens``, -1 where none;
 - DCMMoE audio, per frame: ``audio`` (B, T, H_a + 2), ``audio_mask`` (B, T).
 
-**RAAV** (:class:`RAAVFusion`). Each frame modality m is projected to ``d`` (h_m, see :class:`ModalityProjection`).
+**RAAV** (:class:`RAAVFusion`, vaest's form; the official model is :class:`ReferenceRAAV`, see
+``docs/reference-audio-fusion.md`` for the differences). Each frame modality m is projected to ``d`` (h_m, see :class:`ModalityProjection`).
 A gate MLP shared by the modalities scores each projection on its own, ``s_m = gate(h_m) + log prior_m``
 (priors face 0.85, behavior 0.15); the weights are the softmax of ``s`` over the modalities available at that
 frame (unavailable ones get exactly 0); the fused frame token is ``sum_m w_m h_m``. A frame with no available
@@ -23,7 +24,7 @@ modality takes a learned null token and is flagged (``fallback``). The K audio t
 by ``n_latents`` learned latent queries (one cross-attention, tokens masked by ``audio_token_mask``); each frame
 token then cross-attends to the latents of the windows covering it (a window without a valid token is masked;
 with none valid the frame token is left unchanged). One pre-LN Transformer layer (4 heads, FFN 1024) runs over
-the frames, and a head gives ``va``. With ``pred_skip`` (default; ``False`` is the reference head
+the frames, and a head gives ``va``. With ``pred_skip`` (default; ``False`` is the plain head
 ``tanh(head(emb))``) the head is a correction of the gated average of the modality predictions,
 ``va = tanh(atanh(sum_m w_m va_m) + head(emb))`` with ``head`` initialised to zero, so training starts from the
 prior-weighted average of what the modalities already predict instead of learning the VA mapping again from
@@ -176,7 +177,8 @@ def _get_mask(inputs: dict, name: str, like: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RAAVConfig:
-    """Settings of :class:`RAAVFusion` (reference: d 256, 4 heads, FFN 1024, 4 latents, priors 0.85/0.15)."""
+    """Settings of :class:`RAAVFusion`, vaest's RAAV (sizes as the official: d 256, 4 heads, FFN 1024, 4 latents,
+    priors 0.85/0.15; the official model itself is :class:`ReferenceRAAV`)."""
 
     modalities: tuple[str, ...] = ("face", "behavior")
     in_dims: tuple[int, ...] = (258, 258)
@@ -403,4 +405,130 @@ class DCMMoEFusion(nn.Module):
         avail = torch.stack([masks[m] for m in c.modalities] + [torch.ones_like(masks[qm])], -1)
         w = masked_softmax(self.gate(emb), avail)  # (B, T, E)
         va = (torch.stack(preds, -2) * w[..., None]).sum(-2)
+        return {"va": va, "emb": emb, "weights": w}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RAAV, reference form (official ``MultimodalFusionModelV4``, ``configs/mm_cfg_va_s2s.yaml``)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReferenceRAAVConfig:
+    """Settings of :class:`ReferenceRAAV` (reference: face + qwen_mm frames, priors 0.85/0.15, hidden 256,
+    4 heads, 1 temporal layer, 4 audio latents, dropout 0.1, predictions appended to every input).
+
+    ``in_dims`` are the widths of the frame inputs as the model reads them (embedding plus, with
+    ``use_predictions``, the 2 prediction columns); ``audio_dim`` likewise for the audio tokens.
+    ``pred_skip`` (vaest's option, off in the reference): the head's last layer starts at zero and its output
+    corrects the gate-weighted average of the modality predictions (the last 2 input columns),
+    ``va = tanh(atanh(sum_m w_m va_m) + head(emb))``.
+    """
+
+    modalities: tuple[str, ...] = ("face", "behavior")
+    in_dims: tuple[int, ...] = (258, 258)
+    audio_dim: int = 258
+    priors: tuple[float, ...] = (0.85, 0.15)
+    hidden: int = 256
+    heads: int = 4
+    temporal_layers: int = 1
+    n_latents: int = 4
+    dropout: float = 0.1
+    pred_skip: bool = False
+
+
+@register_model("raav-reference")
+class ReferenceRAAV(nn.Module):
+    """The official RAAV on samples of one 4 s audio window and the L frames it covers.
+
+    Inputs: ``<m>`` (B, L, in_dim_m) and ``<m>_mask`` (B, L) per frame modality; ``audio`` (B, T_a, audio_dim)
+    and ``audio_mask`` (B, T_a) (the window's one-second tokens); ``frame_mask`` (B, L) real (not padded) frames.
+
+    1. each modality: Linear to ``hidden``, zeroed where masked; a gate MLP of its own
+       (Linear-GELU-Dropout-Linear(1), hidden 256) plus its log-prior (priors normalised to sum 1) gives a logit,
+       -1e4 where masked; softmax over modalities, renormalised over the available ones; weighted sum, zero where
+       none is available;
+    2. audio tokens: Linear to ``hidden``, zeroed where masked; ``n_latents`` learned latents attend to them
+       (post-LN residual ``LN(lat + attn)``, no FFN), frames then attend to the latents
+       (``LN(frame + attn(LN(frame)))``); rows without audio keep the initial latents and their frame tokens;
+    3. tokens zeroed outside ``frame_mask & any modality available``; pre-LN Transformer encoder (FFN 4 x hidden,
+       GELU) with padding mask and no positional encoding; output zeroed on padding;
+    4. head LN-Linear-GELU-Dropout-Linear(2) (no tanh).
+
+    Outputs ``va`` (B, L, 2), ``emb`` (B, L, hidden), ``weights`` (B, L, M).
+    """
+
+    Config = ReferenceRAAVConfig
+
+    def __init__(self, config: ReferenceRAAVConfig | None = None):
+        super().__init__()
+        self.config = c = config or ReferenceRAAVConfig()
+        if not (len(c.modalities) == len(c.in_dims) == len(c.priors)) or not c.modalities:
+            raise ValueError("raav-reference: modalities, in_dims and priors must be non-empty and of equal length")
+        h = c.hidden
+        self.frame_proj = nn.ModuleDict({m: nn.Linear(k, h) for m, k in zip(c.modalities, c.in_dims)})
+        self.gates = nn.ModuleDict({m: nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Dropout(c.dropout),
+                                                     nn.Linear(h, 1)) for m in c.modalities})
+        self.audio_proj = nn.Linear(c.audio_dim, h)
+        self.latents = nn.Parameter(torch.randn(1, c.n_latents, h) * 0.02)
+        self.latent_attn = nn.MultiheadAttention(h, c.heads, dropout=c.dropout, batch_first=True)
+        self.frame_attn = nn.MultiheadAttention(h, c.heads, dropout=c.dropout, batch_first=True)
+        self.norm_query = nn.LayerNorm(h)
+        self.norm_latents = nn.LayerNorm(h)
+        self.norm_frames = nn.LayerNorm(h)
+        layer = nn.TransformerEncoderLayer(h, c.heads, 4 * h, c.dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.temporal = nn.TransformerEncoder(layer, c.temporal_layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, h), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(h, 2))
+        pri = torch.tensor([max(float(p), 1e-6) for p in c.priors], dtype=torch.float32)
+        self.register_buffer("log_prior", torch.log(pri / pri.sum()))
+        if c.pred_skip:
+            _zero_last(self.head)
+
+    def _frames(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        reps, logits, oks = [], [], []
+        for i, m in enumerate(self.config.modalities):
+            x = inputs.get(m)
+            if x is None:
+                continue
+            ok = inputs[f"{m}_mask"].bool()
+            r = self.frame_proj[m](x) * ok.unsqueeze(-1).to(x.dtype)
+            s = (self.gates[m](r).squeeze(-1) + self.log_prior[i]).masked_fill(~ok, -1e4)
+            reps.append(r)
+            logits.append(s)
+            oks.append(ok)
+        if not reps:
+            raise ValueError("raav-reference: no frame modality in the batch")
+        r, ok = torch.stack(reps, 2), torch.stack(oks, 2)  # (B, L, M, H), (B, L, M)
+        w = torch.softmax(torch.stack(logits, 2), dim=2) * ok.to(r.dtype)
+        w = w / w.sum(dim=2, keepdim=True).clamp_min(1e-8)
+        anyok = ok.any(dim=2)
+        z = (r * w.unsqueeze(-1)).sum(dim=2) * anyok.unsqueeze(-1).to(r.dtype)
+        return z, anyok, w
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        seq = inputs["frame_mask"].bool()
+        z, anyok, w = self._frames(inputs)
+        amask = inputs["audio_mask"].bool()
+        a = self.audio_proj(inputs["audio"]) * amask.unsqueeze(-1).to(z.dtype)
+        B = z.shape[0]
+        lat = self.latents.expand(B, -1, -1)
+        has = amask.any(dim=1)
+        out = z
+        if bool(has.any()):
+            lv = lat[has]
+            upd, _ = self.latent_attn(lv, a[has], a[has], key_padding_mask=~amask[has], need_weights=False)
+            lat = lat.clone()
+            lat[has] = self.norm_latents(lv + upd)
+            ctx, _ = self.frame_attn(self.norm_query(z[has]), lat[has], lat[has], need_weights=False)
+            out = out.clone()
+            out[has] = self.norm_frames(z[has] + ctx)
+        out = out * (seq & anyok).unsqueeze(-1).to(out.dtype)
+        emb = self.temporal(out, src_key_padding_mask=~seq) * seq.unsqueeze(-1).to(out.dtype)
+        if self.config.pred_skip:
+            vas = torch.stack([torch.nan_to_num(inputs[m][..., -2:]) * inputs[f"{m}_mask"].unsqueeze(-1)
+                               for m in self.config.modalities if inputs.get(m) is not None], 2)  # (B, L, M, 2)
+            va = _refine((w.unsqueeze(-1) * vas).sum(2), self.head(emb))
+        else:
+            va = self.head(emb)
         return {"va": va, "emb": emb, "weights": w}

@@ -62,8 +62,13 @@ TOKENS_KEY = "audio-tokens"
 
 @dataclass
 class AugmentConfig:
-    """Training-time waveform augmentations, each applied with its probability (reference: noise at 8-25 dB SNR,
-    gain +-6 dB, band filtering, reverb)."""
+    """Training-time waveform augmentations, each applied with its probability.
+
+    ``form="vaest"``: reverb (synthetic RIR, rt60), Butterworth-shaped band filter, gain, white/pink noise, in
+    that order. ``form="reference"`` (:func:`augment_waveform_reference`): the official order and operations,
+    gain (p 0.3, +-6 dB) -> white noise (p 0.6, 8-25 dB SNR) -> FFT band limit (p 0.3) -> short reverb (p 0.2),
+    then clipping to [-1, 1] (``src/audio/data/abaw_va_dataset.py``, ``configs/cfg_va_s2s.yaml``).
+    """
 
     p_noise: float = 0.5
     snr_db: tuple[float, float] = (8.0, 25.0)
@@ -72,6 +77,13 @@ class AugmentConfig:
     p_band: float = 0.3
     p_reverb: float = 0.3
     rt60: tuple[float, float] = (0.2, 0.8)
+    form: str = "vaest"
+
+    @classmethod
+    def reference(cls) -> "AugmentConfig":
+        """The official probabilities (``augment_params`` of ``configs/cfg_va_s2s.yaml``)."""
+        return cls(p_noise=0.6, snr_db=(8.0, 25.0), p_gain=0.3, gain_db=6.0, p_band=0.3, p_reverb=0.2,
+                   form="reference")
 
 
 def _power(x: np.ndarray) -> float:
@@ -148,10 +160,55 @@ def add_reverb(x: np.ndarray, rt60: float, rng: np.random.Generator, sr: int = A
     return (y * math.sqrt(px / py) if py > 0 else y).astype(np.float32)
 
 
+def fft_lowpass(x: np.ndarray, keep: float) -> np.ndarray:
+    """Keep the lowest ``keep`` share of the rFFT bins (at least one), zero the rest: (S,) -> (S,)."""
+    spec = np.fft.rfft(np.asarray(x, dtype=np.float64))
+    k = max(1, int(len(spec) * keep))
+    spec[k:] = 0
+    return np.fft.irfft(spec, n=len(x)).astype(np.float32)
+
+
+def augment_waveform_reference(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
+                               sr: int = AUDIO_SR) -> np.ndarray:
+    """The official augmentation chain on a zero-padded window (S,) -> (S,), clipped to [-1, 1].
+
+    Gain U(-g, g) dB; white noise at U(snr) dB against the window's power (both powers floored at 1e-8); band
+    limit: half the time a low-pass keeping U(0.15, 0.45) of the spectrum, else "telephone" = low-pass
+    U(0.18, 0.5) minus low-pass U(0.03, 0.12); reverb: an exponentially decaying noise RIR of U(50, 200) ms
+    (decay U(2, 8) over its length, L1-normalised) mixed in with a wet share U(0.1, 0.4).
+    """
+    y = np.asarray(x, dtype=np.float32).copy()
+    if rng.random() < cfg.p_gain:
+        y = apply_gain(y, float(rng.uniform(-cfg.gain_db, cfg.gain_db)))
+    if rng.random() < cfg.p_noise:
+        snr = float(rng.uniform(*cfg.snr_db))
+        n = rng.standard_normal(len(y))
+        ps, pn = max(_power(y), 1e-8), max(float(np.mean(n**2)), 1e-8)
+        y = (y + n * math.sqrt(ps / (10.0 ** (snr / 10.0) * pn))).astype(np.float32)
+    if rng.random() < cfg.p_band:
+        if rng.random() < 0.5:
+            y = fft_lowpass(y, float(rng.uniform(0.15, 0.45)))
+        else:
+            hi, lo = float(rng.uniform(0.18, 0.5)), float(rng.uniform(0.03, 0.12))
+            y = fft_lowpass(y, hi) - fft_lowpass(y, lo)
+    if rng.random() < cfg.p_reverb and len(y):
+        n_rir = min(max(16, int(rng.uniform(0.05, 0.20) * sr)), len(y))
+        rir = rng.standard_normal(n_rir) * np.exp(-np.linspace(0.0, float(rng.uniform(2.0, 8.0)), n_rir))
+        rir /= max(np.abs(rir).sum(), 1e-6)
+        wet = np.convolve(y.astype(np.float64), rir[::-1])[: len(y)]  # the official conv1d is a correlation
+        mix = float(rng.uniform(0.1, 0.4))
+        y = ((1.0 - mix) * y + mix * wet).astype(np.float32)
+    return np.clip(y, -1.0, 1.0).astype(np.float32)
+
+
 def augment_waveform(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig | None = None,
                      sr: int = AUDIO_SR) -> np.ndarray:
-    """Random reverb, band filtering, gain and noise (in that order), each with its probability. (S,) -> (S,)."""
+    """Random reverb, band filtering, gain and noise (in that order), each with its probability. (S,) -> (S,).
+
+    ``cfg.form == "reference"`` runs :func:`augment_waveform_reference` instead."""
     cfg = cfg or AugmentConfig()
+    if cfg.form == "reference":
+        return augment_waveform_reference(x, rng, cfg, sr)
     y = np.asarray(x, dtype=np.float32)
     if rng.random() < cfg.p_reverb:
         y = add_reverb(y, float(rng.uniform(*cfg.rt60)), rng, sr)
@@ -261,8 +318,11 @@ class AudioItem:
         m = self.has_audio.any(1)
         return m & self.stats.fuse_ok if filtering else m
 
-    def window_input(self, k: int) -> np.ndarray:
-        """Input of window ``k``: (win_steps, D) features or (win_samples,) float32 waveform."""
+    def window_input(self, k: int, zero_pad: bool = False) -> np.ndarray:
+        """Input of window ``k``: (win_steps, D) features or (win_samples,) float32 waveform.
+
+        A window running past the audio is padded by repeating the last step, or with zeros (``zero_pad``, the
+        reference audio model, which also receives :meth:`window_mask`)."""
         w = int(round(WIN_S * self.rate))
         i0 = int(round((float(self.starts[k]) - self.offset) * self.rate))
         if len(self.x) == 0:
@@ -272,7 +332,16 @@ class AudioItem:
         else:
             seg = take_window(self.x, max(i0, 0), w)[0]
         seg = seg.astype(np.float32)
+        if zero_pad:
+            seg = seg * self.window_mask(k).reshape((-1,) + (1,) * (seg.ndim - 1))
         return seg[:, 0] if self.rate >= 1000 else seg
+
+    def window_mask(self, k: int) -> np.ndarray:
+        """(win_steps,) bool: the steps of window ``k`` that hold real audio (not padding)."""
+        w = int(round(WIN_S * self.rate))
+        i0 = int(round((float(self.starts[k]) - self.offset) * self.rate))
+        idx = i0 + np.arange(w)
+        return (idx >= 0) & (idx < len(self.x))
 
 
 def _record_grid(store: FeatureStore, video: Video) -> tuple[int, float] | None:
@@ -354,8 +423,13 @@ def predict_windows(model: nn.Module, item: AudioItem, device: str = "cpu",
     model.eval()
     with torch.no_grad():
         for i in range(0, item.n_windows, batch_size):
-            x = np.stack([item.window_input(k) for k in range(i, min(i + batch_size, item.n_windows))])
-            out = model(**{key: torch.from_numpy(x).to(device)})
+            ks = range(i, min(i + batch_size, item.n_windows))
+            masked = bool(getattr(model, "takes_mask", False))
+            x = np.stack([item.window_input(k, masked) for k in ks])
+            kw = {key: torch.from_numpy(x).to(device)}
+            if masked:
+                kw["mask"] = torch.from_numpy(np.stack([item.window_mask(k) for k in ks])).to(device)
+            out = model(**kw)
             vas.append(out["va"].float().cpu().numpy())
             embs.append(out["emb"].float().cpu().numpy())
     if not vas:
@@ -392,8 +466,9 @@ class AudioTask:
     """Training windows (4 s, targets (4, 2)) and frame-level validation for :func:`vaest.training.fit`."""
 
     def __init__(self, train: list[AudioItem], val: list[AudioItem], filtering: bool = True,
-                 augment: AugmentConfig | None = None, val_batch: int = 16):
+                 augment: AugmentConfig | None = None, val_batch: int = 16, zero_pad: bool = False):
         self.train, self.val, self.filtering, self.augment, self.val_batch = train, val, filtering, augment, val_batch
+        self.zero_pad = zero_pad  # reference model: zero-padded windows plus their sample mask
         self.index = [(i, int(k)) for i, it in enumerate(train) for k in np.flatnonzero(it.train_mask(filtering))]
         if not self.index:
             raise CorpusError("no audio window passes the training rules (labels on >= 2 of 4 s"
@@ -406,25 +481,30 @@ class AudioTask:
         return int(sum((it.label_ok & it.has_audio.any(1)).sum() for it in self.train))
 
     def train_batches(self, rng: np.random.Generator, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
-        """Shuffled batches: ``feats`` (B, T, D) or ``wav`` (B, S), ``target`` (B, 4, 2), ``target_mask`` (B, 4)."""
+        """Shuffled batches: ``feats`` (B, T, D) or ``wav`` (B, S), ``target`` (B, 4, 2), ``target_mask`` (B, 4);
+        with ``zero_pad`` also ``mask`` (B, S) real samples."""
         order = rng.permutation(len(self.index))
         for i in range(0, len(order), batch_size):
-            xs, ys, ms = [], [], []
+            xs, ys, ms, sm = [], [], [], []
             key = "feats"
             for j in order[i : i + batch_size]:
                 it_i, k = self.index[j]
                 it = self.train[it_i]
                 key = input_key(it)
-                x = it.window_input(k)
+                x = it.window_input(k, self.zero_pad)
                 if key == "wav" and self.augment is not None:
                     x = augment_waveform(x, rng, self.augment)
                 y = it.targets[k]
                 xs.append(x)
                 ys.append(np.nan_to_num(y))
                 ms.append(np.isfinite(y).all(-1) & it.has_audio[k])
-            yield {key: torch.from_numpy(np.stack(xs).astype(np.float32)),
-                   "target": torch.from_numpy(np.stack(ys).astype(np.float32)),
-                   "target_mask": torch.from_numpy(np.stack(ms))}
+                sm.append(it.window_mask(k))
+            batch = {key: torch.from_numpy(np.stack(xs).astype(np.float32)),
+                     "target": torch.from_numpy(np.stack(ys).astype(np.float32)),
+                     "target_mask": torch.from_numpy(np.stack(ms))}
+            if self.zero_pad:
+                batch["mask"] = torch.from_numpy(np.stack(sm))
+            yield batch
 
     def predict_frames(self, model: nn.Module, item: AudioItem, device: str = "cpu") -> dict[str, np.ndarray]:
         """Per-frame ``va`` (n_frames, 2), ``emb`` (n_frames, E) and per-window ``win_va``/``win_emb``."""
@@ -454,13 +534,21 @@ class AudioTask:
 
 @dataclass
 class AudioTrainConfig:
-    """Settings of ``vaest train audio`` (defaults: the reference system where it has one).
+    """Settings of ``vaest train audio`` (defaults: vaest's; ``--preset reference`` sets the official ones).
 
     ``feature_norm`` (offline encoders): ``video`` z-scores each feature dimension within each video before the
     model's global normalisation (removes channel and speaker offsets; on the synthetic corpus it lifts the
     validation arousal CCC of ``lmfb`` from ~0.15 to ~0.4), ``global`` uses the training-set statistics only.
     ``ema_warmup``: the EMA decay ramps up to ``ema`` (0.998) over the first updates, so that small corpora with
     few steps per epoch do not validate a copy of the initial weights.
+
+    Reference-form options (all set by ``--preset reference``, see :data:`REFERENCE_AUDIO`):
+    ``reference_model`` trains ``audio-wavlm-reference`` (zero-padded windows with their sample mask, masked
+    normalisation, official pooling/head) instead of ``audio-wavlm``; ``ssl_checkpoint`` is the SER checkpoint
+    whose ``ssl_model.*`` tensors are loaded over the backbone (file, folder or hub id); ``augment_form`` picks
+    the augmentation chain (:class:`AugmentConfig`); ``plateau_head_only`` lowers only the head group's learning
+    rate on a plateau; ``loss_min_valid`` switches a batch with fewer valid seconds to plain MSE.
+    ``preset`` is the preset name the run was configured with (recorded in config.yaml and run.json).
     """
 
     encoder: str = "lmfb"
@@ -491,6 +579,15 @@ class AudioTrainConfig:
     max_batches_per_epoch: int | None = None
     seed: int = 0
     device: str = "cpu"
+    reference_model: bool = False
+    ssl_checkpoint: str | None = None
+    augment_form: str = "vaest"
+    plateau_factor: float = 0.1
+    plateau_threshold: float = 1e-4
+    plateau_head_only: bool = False
+    plateau_min_lr: float = 0.0
+    loss_min_valid: int = 0
+    preset: str | None = None
 
     def filter_config(self) -> FilterConfig:
         return FilterConfig(self.filter, self.train_min_open_frac, self.min_coverage, self.fuse_min_open_s,
@@ -501,6 +598,9 @@ class AudioTrainConfig:
 
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.head_lr,
                            weight_decay=self.weight_decay, plateau_patience=self.plateau_patience,
+                           plateau_factor=self.plateau_factor, plateau_threshold=self.plateau_threshold,
+                           plateau_groups=("head",) if self.plateau_head_only else None,
+                           plateau_min_lr=self.plateau_min_lr, loss_min_valid=self.loss_min_valid,
                            early_stop=self.early_stop, grad_clip=self.grad_clip, ema=self.ema,
                            ema_warmup=self.ema_warmup, seed=self.seed,
                            device=self.device, max_batches_per_epoch=self.max_batches_per_epoch,
@@ -545,6 +645,10 @@ def build_model(cfg: AudioTrainConfig, items: list[AudioItem], store: FeatureSto
                 break
         if not backbone:
             raise FeatureError("the wavlm encoder needs --backbone PATH_OR_ID (a WavLM/wav2vec2/HuBERT checkpoint)")
+        if cfg.reference_model:
+            return create_model("audio-wavlm-reference", backbone=backbone, ssl_checkpoint=cfg.ssl_checkpoint,
+                                trainable_layers=cfg.trainable_layers, att_dropout=cfg.dropout,
+                                head_dropout=cfg.dropout)
         return create_model("audio-wavlm", backbone=backbone, trainable_layers=cfg.trainable_layers,
                             dropout=cfg.dropout)
     dim = next(it.x.shape[1] for it in items)
@@ -646,8 +750,10 @@ def train_audio(features: str | Path, corpus: str | Path | Corpus, out: str | Pa
                           f" (run `vaest extract audio --encoder {cfg.encoder}` first)")
     if not val:
         raise CorpusError(f"{corpus}: no labelled validation video with audio features; validation selects the model")
-    augment = AugmentConfig() if (cfg.augment and cfg.encoder == "wavlm") else None
-    task = AudioTask(train, val, cfg.filter, augment)
+    augment = None
+    if cfg.augment and cfg.encoder == "wavlm":
+        augment = AugmentConfig.reference() if cfg.augment_form == "reference" else AugmentConfig()
+    task = AudioTask(train, val, cfg.filter, augment, zero_pad=cfg.reference_model and cfg.encoder == "wavlm")
     kept, cand = len(task.index), task.n_candidates
     log.info("audio windows: %d of %d labelled training windows kept (%.1f%%)%s", kept, cand,
              100.0 * kept / max(cand, 1), "" if cfg.filter else " (filter off)")
@@ -659,8 +765,11 @@ def train_audio(features: str | Path, corpus: str | Path | Corpus, out: str | Pa
                      "feature_norm": cfg.feature_norm})
     best, _ = load_checkpoint(run / "model.pt", cfg.device)
     export_run(best, items, missing, store, run, cfg, cfg.device)
+    from vaest.presets import get_preset, preset_record
+
     write_run_json(run, modality="audio", corpus=str(corp.root), features=str(features), encoder=cfg.encoder,
-                   model=getattr(best, "registry_name", ""), tokens=TOKENS_KEY)
+                   model=getattr(best, "registry_name", ""), tokens=TOKENS_KEY,
+                   preset=preset_record(get_preset("audio", cfg.preset)))
     metrics: dict[str, Any] = dict(evaluate_predictions(run, corp, "val"))
     metrics["reliable"] = _reliable_ccc(run, corp)
     metrics.update({"train_windows": cand, "train_windows_kept": kept, "kept_share": kept / max(cand, 1),
@@ -673,10 +782,64 @@ def train_audio(features: str | Path, corpus: str | Path | Corpus, out: str | Pa
 
 
 def config_from(file_cfg: dict[str, Any] | None, flags: dict[str, Any] | None) -> AudioTrainConfig:
-    """Build the config from a YAML mapping and CLI flags (flags win)."""
+    """Build the config: defaults < preset (``preset`` key of the flags or of the file) < YAML mapping < flags."""
     from vaest.config import build
+    from vaest.presets import resolve_preset
 
-    return build(AudioTrainConfig, file_cfg, flags)
+    p, file_cfg, flags = resolve_preset("audio", file_cfg, flags)
+    return build(AudioTrainConfig, p.values if p else None, file_cfg, flags, {"preset": p.name if p else None})
+
+
+_CFG = "src_audio_and_fusion/configs/cfg_test_w_audio.yaml"
+_S2S = "src_audio_and_fusion/configs/cfg_va_s2s.yaml"
+_MODEL = "src_audio_and_fusion/src/audio/models/wavlm_s2s_model.py"
+_LOSS = "src_audio_and_fusion/src/losses/ccc_mse_loss.py"
+_SCHED = "src_audio_and_fusion/src/schedulers/named_reduceonplateau_scheduler.py"
+_DATA = "src_audio_and_fusion/src/audio/data/abaw_va_dataset.py"
+
+REFERENCE_AUDIO: dict[str, tuple[Any, str]] = {
+    "encoder": ("wavlm", f"{_CFG} model.name wavlm_s2s_model_v1"),
+    "backbone": ("microsoft/wavlm-large", f"{_MODEL} AutoModel.from_pretrained"),
+    "ssl_checkpoint": ("3loi/SER-Odyssey-Baseline-WavLM-Multi-Attributes", f"{_CFG} model.params.model_name"),
+    "reference_model": (True, f"{_MODEL} (attn_stats pooling, masked normalisation, zero padding + mask)"),
+    "trainable_layers": (4, f"{_CFG} unfreeze_last_n_layers"),
+    "dropout": (0.2, f"{_CFG} head_dropout, attn_dropout"),
+    "epochs": (50, f"{_CFG} train.params.epochs"),
+    "batch_size": (8, f"{_CFG} data.params.batch_size"),
+    "backbone_lr": (5e-6, f"{_CFG} optimizer.params.lr_backbone"),
+    "head_lr": (2e-4, f"{_CFG} optimizer.params.lr_head"),
+    "weight_decay": (0.01, f"{_CFG} optimizer.params.weight_decay"),
+    "grad_clip": (1.0, f"{_CFG} train.params.grad_clip_norm"),
+    "ema": (0.998, f"{_S2S} callbacks ema_callback.decay"),
+    "ema_warmup": (False, f"{_S2S} ema_callback (constant decay)"),
+    "loss_weights": ((0.7, 0.3), f"{_CFG} loss.params v_weight, a_weight"),
+    "mse_weight": (0.1, f"{_CFG} loss.params.mse_weight"),
+    "loss_min_valid": (4, f"{_LOSS} CCCMSELoss min_valid"),
+    "plateau_factor": (0.5, f"{_CFG} scheduler.params.factor"),
+    "plateau_patience": (2, f"{_CFG} scheduler.params.patience"),
+    "plateau_threshold": (5e-4, f"{_CFG} scheduler.params.threshold"),
+    "plateau_min_lr": (1e-7, f"{_CFG} scheduler.params.min_lr"),
+    "plateau_head_only": (True, f"{_CFG} scheduler.params.target_group_names; {_SCHED}"),
+    "early_stop": (6, f"{_S2S} early_stopping_callback.patience"),
+    "augment": (True, f"{_S2S} data.params.augment"),
+    "augment_form": ("reference", f"{_S2S} augment_params; {_DATA} _apply_augmentations"),
+}
+
+
+def _register_presets() -> None:
+    from vaest.presets import register_preset
+
+    register_preset("audio", "reference", {k: v for k, (v, _) in REFERENCE_AUDIO.items()},
+                    {k: src for k, (_, src) in REFERENCE_AUDIO.items()},
+                    "the official Team RAS audio model: WavLM-Large + SER-Odyssey ssl_model weights, 4 s windows")
+    register_preset("audio", "vaest", {"reference_model": False, "augment_form": "vaest", "ema_warmup": True,
+                                       "feature_norm": "video", "plateau_head_only": False},
+                    {k: "vaest (docs/reference-audio-fusion.md)" for k in
+                     ("reference_model", "augment_form", "ema_warmup", "feature_norm", "plateau_head_only")},
+                    "vaest's audio settings (task defaults, spelled out)")
+
+
+_register_presets()
 
 
 __all__ = [

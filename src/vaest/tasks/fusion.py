@@ -50,7 +50,8 @@ from vaest.inference import (evaluate_predictions, load_predictions, read_run_js
 from vaest.io import atomic_write_json
 from vaest.metrics import DIMS
 from vaest.models import create_model, load_checkpoint
-from vaest.presets import register_preset
+from vaest.models.fusion import ReferenceRAAVConfig
+from vaest.presets import get_preset, preset_record, register_preset
 from vaest.progress import track
 from vaest.timebase import TimeBase, TimeSeries, frame_midpoints
 from vaest.training import Sequence, SequenceTask, TrainConfig, accepts_mask, fit, predict_sequence
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 AUDIO = "audio"
 FRAME_ORDER = ("face", "behavior")
 METHODS = ("raav", "dcmmoe", "dcm-ref")
-LATE_METHODS = ("dirichlet", "grid")
+LATE_METHODS = ("dirichlet", "grid", "reference")
 AUDIO_TOKEN_KEY = "audio-tokens"
 N_TOKENS = 4
 AUDIO_WIN_BASE = TimeBase(hop=2.0, win=4.0)
@@ -179,8 +180,26 @@ def _window_ok_from_features(features_root: Path | None, video: Video | None, st
 
 
 def audio_windows(run: Path, video_id: str, track: Track, features_root: Path | None = None,
-                  video: Video | None = None) -> AudioWindows:
-    """The 4 s audio windows of one video with their 4 one-second tokens and masks (see module docstring)."""
+                  video: Video | None = None, with_va: bool = False) -> AudioWindows:
+    """The 4 s audio windows of one video with their 4 one-second tokens and masks (see module docstring).
+
+    ``with_va`` appends each second's audio prediction (2 columns) to its token, as the reference RAAV reads
+    them (``audio_embedding`` + ``audio_prediction``)."""
+    aw = _audio_windows(run, video_id, track, features_root, video)
+    if not with_va:
+        return aw
+    store = FeatureStore(run)
+    va = None
+    if store.has(AUDIO_TOKEN_KEY, video_id):
+        va = store.load(AUDIO_TOKEN_KEY, video_id).extras.get("va")
+    if va is None or np.shape(va) != aw.tokens.shape[:2] + (2,):
+        va = np.zeros(aw.tokens.shape[:2] + (2,), np.float32)
+    tok = np.concatenate([aw.tokens, np.nan_to_num(np.asarray(va, np.float32))], -1)
+    return AudioWindows(tok, aw.token_mask, aw.ok, aw.base)
+
+
+def _audio_windows(run: Path, video_id: str, track: Track, features_root: Path | None = None,
+                   video: Video | None = None) -> AudioWindows:
     store = FeatureStore(run)
     if store.has(AUDIO_TOKEN_KEY, video_id):
         rec = store.load(AUDIO_TOKEN_KEY, video_id)
@@ -334,7 +353,8 @@ def _modality_input(t: Track | None, n: int, width: int) -> tuple[np.ndarray, np
 
 
 def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = "raav",
-                      features_root: Path | None = None, crossfit: bool = False) -> FusionData:
+                      features_root: Path | None = None, crossfit: bool = False,
+                      audio_va: bool = False) -> FusionData:
     """Read the modality runs for ``videos`` and build the per-video fusion sequences (see module docstring).
 
     With ``crossfit``, train-split videos are read from a run's out-of-fold predictions (``RUN/crossfit``,
@@ -410,7 +430,8 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
                 else:
                     inputs[AUDIO], inputs["audio_mask"] = _modality_input(None, n, widths[AUDIO])
             else:
-                aw = audio_windows(source(audio_run, by_id[vid]), vid, at, features_root, by_id.get(vid))
+                aw = audio_windows(source(audio_run, by_id[vid]), vid, at, features_root, by_id.get(vid),
+                                   with_va=audio_va)
                 index = frame_window_index(n, fps, aw.base, len(aw.tokens))
                 avail[AUDIO] = at.mask & covered_by(index, aw.token_mask.any(1))
                 if method == "raav":
@@ -465,6 +486,136 @@ class FusionTask(SequenceTask):
 # ---------------------------------------------------------------------------------------------------------
 # Training and export
 # ---------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RAAV, reference form: one sample per 4 s audio window
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WindowSample:
+    """One reference RAAV sample: the frames ``frames`` (L,) of sequence ``seq`` covered by audio window ``row``
+    (a global row of the audio table, -1 for a video without audio windows)."""
+
+    seq: int
+    row: int
+    frames: np.ndarray
+
+
+def window_samples(seqs: list[Sequence], n_frames_max: int = 400) -> list[WindowSample]:
+    """Samples of one 4 s audio window each (the official fusion dataset: one item per audio window, with the
+    frames that window covers). A frame belongs to every window holding its midpoint (``audio_index``); a video
+    without audio windows is cut into runs of ``n_frames_max`` frames without audio."""
+    out: list[WindowSample] = []
+    for i, sq in enumerate(seqs):
+        idx = sq.inputs.get("audio_index")
+        rows = np.unique(idx[idx >= 0]) if idx is not None else np.zeros(0, np.int64)
+        for r in rows:
+            out.append(WindowSample(i, int(r), np.flatnonzero((idx == r).any(1))))
+        covered = (idx >= 0).any(1) if idx is not None else np.zeros(sq.length, bool)
+        rest = np.flatnonzero(~covered)
+        for a in range(0, len(rest), n_frames_max):
+            out.append(WindowSample(i, -1, rest[a : a + n_frames_max]))
+    return out
+
+
+class WindowFusionTask:
+    """Training and validation of the reference RAAV on :func:`window_samples` (batches padded to the longest
+    sample, ``frame_mask`` False on padding); validation predicts every frame (overlapping windows averaged,
+    holes filled from the nearest frame), smooths it with ``val_smooth`` kernels (replicate edges, the official
+    ``multimodal_framewise_v2_callback``) and scores CCC over all validation frames."""
+
+    def __init__(self, train: list[Sequence], val: list[Sequence], modalities: Seq[str], table: AudioTable | None,
+                 audio_dim: int, val_smooth: tuple[int, int] | None = (7, 13), val_batch: int = 16):
+        self.train, self.val, self.modalities, self.table = train, val, list(modalities), table
+        self.audio_dim, self.val_smooth, self.val_batch = audio_dim, val_smooth, val_batch
+        self.samples = [w for w in window_samples(train)
+                        if np.isfinite(train[w.seq].target[w.frames]).all(-1).any()]
+        if train and not self.samples:
+            raise VaestError("reference RAAV: no audio window of the training videos has a valid label")
+
+    def batch(self, seqs: list[Sequence], items: list[WindowSample]) -> dict[str, torch.Tensor]:
+        """Model inputs (and ``target``/``target_mask``) of a list of samples, padded to the longest."""
+        L = max(1, max(len(w.frames) for w in items))
+        B = len(items)
+        out: dict[str, np.ndarray] = {"frame_mask": np.zeros((B, L), bool)}
+        tgt = np.zeros((B, L, 2), np.float32)
+        tmask = np.zeros((B, L), bool)
+        ta = self.table.tokens.shape[1] if self.table is not None else N_TOKENS
+        out[AUDIO] = np.zeros((B, ta, self.audio_dim), np.float32)
+        out["audio_mask"] = np.zeros((B, ta), bool)
+        for b, w in enumerate(items):
+            sq, n = seqs[w.seq], len(w.frames)
+            out["frame_mask"][b, :n] = True
+            for m in self.modalities:
+                x = sq.inputs[m]
+                out.setdefault(m, np.zeros((B, L, x.shape[1]), np.float32))[b, :n] = x[w.frames]
+                out.setdefault(f"{m}_mask", np.zeros((B, L), bool))[b, :n] = sq.inputs[f"{m}_mask"][w.frames]
+            y = sq.target[w.frames]
+            tgt[b, :n] = np.nan_to_num(y)
+            tmask[b, :n] = np.isfinite(y).all(-1)
+            if w.row >= 0 and self.table is not None:
+                out[AUDIO][b] = self.table.tokens[w.row].numpy()
+                out["audio_mask"][b] = self.table.mask[w.row].numpy()
+        res = {k: torch.from_numpy(v) for k, v in out.items()}
+        res["target"], res["target_mask"] = torch.from_numpy(tgt), torch.from_numpy(tmask)
+        return res
+
+    def train_batches(self, rng: np.random.Generator, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
+        order = rng.permutation(len(self.samples))
+        for i in range(0, len(order), batch_size):
+            yield self.batch(self.train, [self.samples[j] for j in order[i : i + batch_size]])
+
+    def predict(self, model: nn.Module, seq: Sequence, device: str = "cpu") -> dict[str, np.ndarray]:
+        """Per-frame ``va`` (n, 2), ``emb`` (n, H), ``weights`` (n, M) of one sequence (windows averaged)."""
+        items = window_samples([seq])
+        sums: dict[str, np.ndarray] = {}
+        cnt = np.zeros(seq.length)
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(items), self.val_batch):
+                chunk = items[i : i + self.val_batch]
+                b = {k: v.to(device) for k, v in self.batch([seq], chunk).items() if not k.startswith("target")}
+                res = model(**b)
+                for j, w in enumerate(chunk):
+                    n = len(w.frames)
+                    for k in ("va", "emb", "weights"):
+                        v = res[k][j, :n].float().cpu().numpy()
+                        sums.setdefault(k, np.zeros((seq.length, v.shape[1])))[w.frames] += v
+                    cnt[w.frames] += 1
+        ok = cnt > 0
+        from vaest.timebase import fill_nearest
+
+        return {k: fill_nearest((v / np.maximum(cnt, 1)[:, None]).astype(np.float32), ok) for k, v in sums.items()}
+
+    def validate(self, model: nn.Module, device: str) -> dict[str, float]:
+        from vaest.postprocess import REFERENCE_EDGE, smooth
+        from vaest.training import concat_frame_ccc
+
+        pairs = []
+        for sq in self.val:
+            if sq.frame_labels is None:
+                continue
+            va = self.predict(model, sq, device)["va"]
+            if self.val_smooth:
+                va = smooth(va, self.val_smooth, REFERENCE_EDGE)
+            pairs.append((va, sq.frame_labels))
+        return concat_frame_ccc(pairs)
+
+
+def export_window_fusion(model: nn.Module, data: FusionData, out: Path, device: str = "cpu") -> None:
+    """Write ``out/preds/<video>.npz`` of the reference RAAV for every sequence (raw, unsmoothed ``va``; extras
+    ``weights`` (n, M)); mask = any modality available."""
+    names = list(model.config.modalities)
+    task = WindowFusionTask([], [], names, data.table, model.config.audio_dim)
+    model.to(device).eval()
+    for seq in track(data.sequences, f"export {out.name}"):
+        res = task.predict(model, seq, device)
+        avail = data.available[seq.id]
+        save_predictions(out, seq.id, res["va"], seq.fps, emb=res.get("emb"),
+                         mask=np.any(list(avail.values()), axis=0), extras={"weights": res["weights"]},
+                         meta={"weight_names": names})
 
 
 def default_train_config(method: str) -> TrainConfig:
@@ -537,13 +688,16 @@ class FusionSettings:
     model: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     align_end: bool = False
+    form: str = "vaest"
+    val_smooth: tuple[int, int] | None = None
     preset: dict[str, Any] = field(default_factory=dict)
 
 
 def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str | Path, method: str = "raav",
                  train_cfg: TrainConfig | None = None, model_cfg: dict[str, Any] | None = None, win: int = 400,
                  hop: int = 150, features_root: str | Path | None = None, crossfit: bool = True,
-                 align_end: bool = False, preset: str | None = None) -> dict[str, float]:
+                 align_end: bool = False, form: str = "vaest", val_smooth: tuple[int, int] | None = None,
+                 preset: str | None = None) -> dict[str, float]:
     """Train a learned fusion model on the modality runs' train-split predictions and export every video.
 
     Where a modality run holds out-of-fold predictions (``RUN/crossfit``, written by ``vaest train <modality>
@@ -561,8 +715,13 @@ def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str 
         features_root: feature store with ``mouth`` / ``vad`` records for audio reliability (default: the one
             recorded in the audio run).
         align_end: windows as :func:`vaest.windows.window_starts` with ``align_end`` (the official fusion data).
-        preset: name of the ``fusion-dcmmoe`` preset the settings came from (recorded; see
-            :func:`dcmmoe_preset_kwargs`).
+        form: RAAV only: ``vaest`` (:class:`~vaest.models.fusion.RAAVFusion` on frame windows ``win``/``hop``)
+            or ``reference`` (:class:`~vaest.models.fusion.ReferenceRAAV` on samples of one 4 s audio window,
+            audio tokens carrying the audio prediction, :class:`WindowFusionTask`).
+        val_smooth: reference form: moving-average kernels (valence, arousal) applied to the validation
+            predictions before the CCC that selects the model (official 7 / 13); None scores them raw.
+        preset: the preset name the settings came from (``fusion-raav`` for raav, ``fusion-dcmmoe`` otherwise;
+            recorded in run.json with its values; see :func:`dcmmoe_preset_kwargs`).
     Returns:
         validation CCC (valence, arousal, mean) of the exported predictions.
     """
@@ -570,8 +729,11 @@ def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str 
     runs_p = _check_runs(runs)
     corpus = load_corpus(corpus_root)
     cfg = train_cfg or default_train_config(method)
+    if form not in ("vaest", "reference") or (form == "reference" and method != "raav"):
+        raise VaestError(f"fusion form {form!r} is not available for method {method!r} (reference: raav only)")
+    reference = form == "reference"
     data = build_fusion_data(runs_p, corpus.videos, method, Path(features_root) if features_root else None,
-                             crossfit=crossfit)
+                             crossfit=crossfit, audio_va=reference)
     train = [s for s in data.sequences if data.split[s.id] == "train" and s.frame_labels is not None]
     val = [s for s in data.sequences if data.split[s.id] == "val" and s.frame_labels is not None]
     if not train or not val:
@@ -581,25 +743,31 @@ def train_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str 
     from vaest.training import seed_everything
 
     seed_everything(cfg.seed)  # same seed, same initial weights: a rerun reproduces the run
-    model = create_model(method, **mcfg)
-    from vaest.presets import get_preset, preset_record
-
-    prec = preset_record(get_preset("fusion-dcmmoe", preset)) if preset else preset_record(None)
+    if reference:
+        mcfg = {k: v for k, v in mcfg.items() if k in {f.name for f in dataclasses.fields(ReferenceRAAVConfig)}}
+    model = create_model("raav-reference" if reference else method, **mcfg)
+    prec = preset_record(get_preset("fusion-raav" if method == "raav" else "fusion-dcmmoe", preset))
     settings = FusionSettings(method, {k: str(v) for k, v in runs_p.items()}, str(corpus_root), win, hop, mcfg, cfg,
-                              align_end, prec)
+                              align_end, form, val_smooth, prec)
     write_run_info(out, f"vaest train fusion --method {method}", settings)
-    log.info("fusion %s: %d train / %d val videos, modalities %s", method, len(train), len(val), list(data.dims))
-    task = FusionTask(train, val, win, hop, data.table, align_end=align_end, with_mask=accepts_mask(model))
-    fit(model, task, cfg, out, extra={"fusion": {"method": method, "win": win, "hop": hop, "align_end": align_end,
-                                                 "runs": settings.runs}})
+    log.info("fusion %s (%s): %d train / %d val videos, modalities %s", method, form, len(train), len(val),
+             list(data.dims))
+    task: Any = (WindowFusionTask(train, val, [m for m in data.dims if m != AUDIO], data.table, data.audio_dim,
+                                  val_smooth) if reference
+                 else FusionTask(train, val, win, hop, data.table, align_end=align_end, with_mask=accepts_mask(model)))
+    fit(model, task, cfg, out, extra={"fusion": {"method": method, "win": win, "hop": hop, "form": form,
+                                                 "align_end": align_end, "runs": settings.runs}})
     best, _ = load_checkpoint(out / "model.pt", cfg.device)
-    export_fusion(best, data, out, win, hop, cfg.device, align_end=align_end)
+    if reference:
+        export_window_fusion(best, data, out, cfg.device)
+    else:
+        export_fusion(best, data, out, win, hop, cfg.device, align_end=align_end)
     scores = evaluate_predictions(out, corpus, "val")
     metrics = {k: scores[k] for k in ("valence", "arousal", "mean")}
     atomic_write_json(out / "metrics.json", metrics)
     write_run_json(out, modality="fusion", method=method, corpus=str(corpus_root), features=settings.runs,
                    runs=settings.runs, win=win, hop=hop, weight_names=weight_names(best),
-                   features_root=str(features_root) if features_root else None, crossfit=crossfit,
+                   features_root=str(features_root) if features_root else None, crossfit=crossfit, form=form,
                    align_end=align_end, preset=prec)
     log.info("fusion %s validation CCC v %.4f a %.4f mean %.4f", method, *(metrics[k] for k in (*DIMS, "mean")))
     return metrics
@@ -684,6 +852,10 @@ def apply_fusion(fusion_run: str | Path, videos: list[Video], out: str | Path | 
     model, ck = load_checkpoint(fusion_run / "model.pt", device)
     method = ck["name"]
     fr = info.get("features_root")
+    if method == "raav-reference":
+        data = build_fusion_data(runs_p, videos, "raav", Path(fr) if fr else None, audio_va=True)
+        export_window_fusion(model, data, out, device)
+        return
     data = build_fusion_data(runs_p, videos, method, Path(fr) if fr else None)
     export_fusion(model, data, out, int(info.get("win", 400)), int(info.get("hop", 150)), device,
                   align_end=bool(info.get("align_end", False)))
@@ -800,6 +972,71 @@ def search_weights(preds: np.ndarray, present: np.ndarray, labels: np.ndarray, m
     return best_w, best_s
 
 
+@dataclass
+class SubsetResult:
+    """One late-fusion subset of the reference search: its sets, weights (k, 2) (columns valence, arousal) and
+    its CCC on the fitting frames (``valence``, ``arousal``, ``mean``)."""
+
+    sets: tuple[str, ...]
+    weights: np.ndarray
+    ccc: dict[str, float]
+
+
+def _ccc_eps(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """CCC of each column of x (N, K) with y (N,), the official formula (population moments, +1e-8)."""
+    mx, my = x.mean(0), y.mean()
+    cov = ((x - mx) * (y - my)[:, None]).mean(0)
+    return 2.0 * cov / (x.var(0) + y.var() + (mx - my) ** 2 + 1e-8)
+
+
+def reference_subset_search(preds: dict[str, np.ndarray], labels: np.ndarray, max_size: int = 3,
+                            step: float = 0.05, n_samples: int = 8000, alpha: float = 1.0, seed: int = 42,
+                            channelwise: bool = True) -> list[SubsetResult]:
+    """The official late-fusion search (``scripts/predictions_fusion.py``) over prediction sets.
+
+    Every subset of 1..``max_size`` sets (``itertools.combinations`` of the names in the given order) is fitted:
+    one set alone weight 1; two sets a grid of step ``step`` (with ``channelwise`` every valence weight with
+    every arousal weight); three or more ``n_samples`` Dirichlet(``alpha``) draws for valence paired with as
+    many draws for arousal (one generator seeded ``seed`` shared by all subsets, in search order), then the
+    uniform weights and each one-hot. A candidate is ranked by (mean CCC, arousal CCC, valence CCC); the first
+    best wins.
+
+    Args:
+        preds: set name -> (N, 2) predictions on the fitting frames (every set has a value on each frame).
+        labels: (N, 2), all finite.
+    Returns:
+        every subset's best, best first (ranked the same way).
+    """
+    names = list(preds)
+    y = np.asarray(labels, dtype=np.float64)
+    P = {m: np.asarray(preds[m], dtype=np.float64) for m in names}
+    rng = np.random.default_rng(seed)
+    out: list[SubsetResult] = []
+    for k in range(1, min(max_size, len(names)) + 1):
+        for subset in itertools.combinations(names, k):
+            if k == 1:
+                pairs = [(np.ones(1), np.ones(1))]
+            elif k == 2:
+                g = [np.array([x, 1.0 - x]) for x in np.arange(0.0, 1.0 + 1e-9, step)]
+                pairs = [(a, b) for a in g for b in g] if channelwise else [(a, a) for a in g]
+            else:
+                wv = rng.dirichlet(np.full(k, alpha), size=n_samples)
+                wa = rng.dirichlet(np.full(k, alpha), size=n_samples) if channelwise else wv
+                pairs = list(zip(wv, wa)) + [(np.full(k, 1.0 / k), np.full(k, 1.0 / k))]
+                pairs += [(np.eye(k)[i], np.eye(k)[i]) for i in range(k)]
+            Wv = np.stack([a / a.sum() for a, _ in pairs])  # (K, k)
+            Wa = np.stack([b / b.sum() for _, b in pairs])
+            X = np.stack([P[m] for m in subset], 1)  # (N, k, 2)
+            cv = _ccc_eps(X[:, :, 0] @ Wv.T, y[:, 0])
+            ca = _ccc_eps(X[:, :, 1] @ Wa.T, y[:, 1])
+            keys = [(0.5 * (v + a), a, v) for v, a in zip(cv, ca)]
+            j = max(range(len(keys)), key=lambda i: (keys[i], -i))
+            out.append(SubsetResult(subset, np.stack([Wv[j], Wa[j]], 1),
+                                    {"valence": float(cv[j]), "arousal": float(ca[j]), "mean": float(keys[j][0])}))
+    out.sort(key=lambda r: (r.ccc["mean"], r.ccc["arousal"], r.ccc["valence"]), reverse=True)
+    return out
+
+
 def _late_inputs(runs: dict[str, Path], video: Video) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(n, S, 2) predictions, (n, S) presence and fps of one video over the sets (None when no set has it)."""
     tr = {m: load_track(r, video.id) for m, r in runs.items()}
@@ -838,7 +1075,8 @@ def _export_late(runs: dict[str, Path], weights: dict[str, np.ndarray], videos: 
 
 
 def late_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str | Path, method: str = "dirichlet",
-                n_samples: int = 8000, seed: int = 0, step: float = 0.05) -> dict[str, Any]:
+                n_samples: int = 8000, seed: int = 0, step: float = 0.05,
+                preset: str | None = None) -> dict[str, Any]:
     """Search per-dimension late-fusion weights on the validation split and write a run folder.
 
     Args:
@@ -847,15 +1085,21 @@ def late_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str |
         out: run folder: preds/ for every video of every split (extras ``weights`` (n, S, 2), the effective
             per-frame weights), run.json (``modality: "late"``, ``weights`` {set: [w_valence, w_arousal]}),
             metrics.json, config.yaml, versions.yaml.
-        method: ``dirichlet`` (``n_samples`` seeded samples) or ``grid`` (simplex step ``step``).
+        method: ``dirichlet`` (``n_samples`` seeded samples), ``grid`` (simplex step ``step``) or ``reference``
+            (:func:`reference_subset_search`: the best subset of 1-3 sets, fitted on the validation frames every
+            set predicts, as the official script with its default ``--fit-split val``; sets outside the subset
+            get weight 0; run.json adds ``subset`` and ``leaderboard``).
+        preset: the preset name the settings came from (recorded in run.json).
     Returns:
         {"weights": {set: [w_v, w_a]}, "metrics": validation CCC}.
     """
     out = Path(out)
     runs_p = _check_runs(runs)
     corpus = load_corpus(corpus_root)
+    if method not in LATE_METHODS:
+        raise VaestError(f"unknown late-fusion method {method!r}; choose one of {', '.join(LATE_METHODS)}")
     settings = {"method": method, "runs": {k: str(v) for k, v in runs_p.items()}, "corpus": str(corpus_root),
-                "n_samples": n_samples, "seed": seed, "step": step}
+                "n_samples": n_samples, "seed": seed, "step": step, "preset": preset}
     write_run_info(out, f"vaest train late --method {method}", settings)
     Ps, Ms, Ys = [], [], []
     for v in corpus.split("val"):
@@ -870,8 +1114,23 @@ def late_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str |
         Ys.append(v.labels_for(len(P)))
     if not Ps:
         raise VaestError(f"{corpus_root}: no labelled validation video has predictions in the runs")
-    W, best = search_weights(np.concatenate(Ps), np.concatenate(Ms), np.concatenate(Ys), method, n_samples, seed,
-                             step)
+    extra: dict[str, Any] = {}
+    if method == "reference":
+        P, M, Y = np.concatenate(Ps), np.concatenate(Ms), np.concatenate(Ys)
+        ok = M.all(1) & np.isfinite(P).all((1, 2)) & np.isfinite(Y).all(1)  # frames every set predicts
+        if not ok.any():
+            raise VaestError(f"{corpus_root}: no labelled validation frame has a prediction from every run")
+        board = reference_subset_search({m: P[ok, i] for i, m in enumerate(runs_p)}, Y[ok], step=step,
+                                        n_samples=n_samples, seed=seed)
+        W = np.zeros((len(runs_p), 2))
+        for i, m in enumerate(board[0].sets):
+            W[list(runs_p).index(m)] = board[0].weights[i]
+        best = np.array([board[0].ccc["valence"], board[0].ccc["arousal"]])
+        extra["subset"] = list(board[0].sets)
+        extra["leaderboard"] = [{"sets": list(r.sets), "weights": r.weights.tolist(), **r.ccc} for r in board[:30]]
+    else:
+        W, best = search_weights(np.concatenate(Ps), np.concatenate(Ms), np.concatenate(Ys), method, n_samples,
+                                 seed, step)
     weights = {m: [float(W[i, 0]), float(W[i, 1])] for i, m in enumerate(runs_p)}
     log.info("late fusion weights (valence, arousal): %s", {m: [round(x, 3) for x in w] for m, w in weights.items()})
     _export_late(runs_p, {m: np.asarray(w) for m, w in weights.items()}, corpus.videos, out)
@@ -880,5 +1139,78 @@ def late_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str |
     atomic_write_json(out / "metrics.json", metrics)
     write_run_json(out, modality="late", method=method, corpus=str(corpus_root), features=settings["runs"],
                    runs=settings["runs"], weights=weights, weight_names=list(runs_p),
-                   search_ccc={"valence": float(best[0]), "arousal": float(best[1])})
+                   search_ccc={"valence": float(best[0]), "arousal": float(best[1])},
+                   preset=preset_record(get_preset("late", preset)), **extra)
     return {"weights": weights, "metrics": metrics}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Presets (``--preset``): RAAV and late fusion
+# ---------------------------------------------------------------------------------------------------------
+
+_MM = "src_audio_and_fusion/configs/mm_cfg_va_s2s.yaml"
+_MMMODEL = "src_audio_and_fusion/src/fusion/models/multimodal_fusion_model.py"
+_MMDATA = "src_audio_and_fusion/src/fusion/data/abaw_mm_dataset.py"
+_LATE = "src_audio_and_fusion/scripts/predictions_fusion.py"
+
+REFERENCE_RAAV: dict[str, tuple[Any, str]] = {
+    "form": ("reference", f"{_MMMODEL} MultimodalFusionModelV4; {_MMDATA} (one item per audio window)"),
+    "crossfit": (False, f"{_MM} data.params (the modality features of every split come from the full models)"),
+    "val_smooth": ((7, 13), f"{_MM} multimodal_framewise_v2_callback smoothing_valence/arousal_param"),
+    "hidden": (256, f"{_MM} model.params.hidden"),
+    "heads": (4, f"{_MM} model.params.num_heads"),
+    "temporal_layers": (1, f"{_MM} model.params.num_temporal_layers"),
+    "n_latents": (4, f"{_MM} model.params.num_audio_latents"),
+    "dropout": (0.1, f"{_MM} model.params.dropout"),
+    "epochs": (50, f"{_MM} train.params.epochs"),
+    "batch_size": (8, "src_audio_and_fusion/src/fusion/data/abaw_mm_datamodule.py batch_size default"),
+    "lr": (5e-5, f"{_MM} optimizer.params.lr"),
+    "weight_decay": (0.01, f"{_MM} optimizer.params.weight_decay"),
+    "grad_clip": (1.0, f"{_MM} train.params.grad_clip_norm"),
+    "early_stop": (6, f"{_MM} early_stopping_callback.patience"),
+    "ema": (None, f"{_MM} (no ema_callback)"),
+    "plateau_patience": (10**9, f"{_MM} (no scheduler block: constant learning rate)"),
+    "loss_weights": ((0.7, 0.3), f"{_MM} loss.params v_weight, a_weight"),
+    "mse_weight": (0.01, f"{_MM} loss.params.mse_weight"),
+    "loss_min_valid": (4, "src_audio_and_fusion/src/losses/ccc_mse_mm_loss.py CCCMSEMMLoss min_valid"),
+}
+
+REFERENCE_LATE: dict[str, tuple[Any, str]] = {
+    "method": ("reference", f"{_LATE} search_for_subset (subsets of 1-3 sets, grid / paired Dirichlet)"),
+    "step": (0.05, f"{_LATE} --pair-grid-step"),
+    "n_samples": (8000, "src_audio_and_fusion/README.md step 10 --dirichlet-samples 8000 (script default 5000)"),
+    "seed": (42, f"{_LATE} --seed default"),
+}
+
+FUSION_SETTINGS_KEYS = ("form", "val_smooth", "win", "hop", "crossfit")
+
+
+def split_fusion_preset(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Split a flat fusion preset into (TrainConfig fields, model settings, fusion settings ``form``,
+    ``val_smooth``, ``win``, ``hop``, ``crossfit``). An explicit None (e.g. ``ema``) is kept as a value."""
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    tr = {k: v for k, v in values.items() if k in train_keys}
+    st = {k: v for k, v in values.items() if k in FUSION_SETTINGS_KEYS}
+    md = {k: v for k, v in values.items() if k not in train_keys and k not in FUSION_SETTINGS_KEYS}
+    return tr, md, st
+
+
+def _register_presets() -> None:
+    register_preset("fusion-raav", "reference", {k: v for k, (v, _) in REFERENCE_RAAV.items()},
+                    {k: src for k, (_, src) in REFERENCE_RAAV.items()},
+                    "the official RAAV (MultimodalFusionModelV4) on samples of one 4 s audio window")
+    register_preset("fusion-raav", "vaest", {"form": "vaest", "pred_skip": True, "gate_hidden": 64},
+                    {"form": "vaest RAAVFusion (frame windows 400/150, audio windows by frame index)",
+                     "pred_skip": "vaest prediction skip (docs/reference-audio-fusion.md)",
+                     "gate_hidden": "vaest shared gate"},
+                    "vaest's RAAV: frame windows, shared gate, prediction skip")
+    register_preset("late", "reference", {k: v for k, (v, _) in REFERENCE_LATE.items()},
+                    {k: src for k, (_, src) in REFERENCE_LATE.items()},
+                    "the official late-fusion subset search, fitted on the validation split (--fit-split val)")
+    register_preset("late", "vaest", {"method": "dirichlet", "n_samples": 8000, "seed": 0},
+                    {k: "vaest: per-dimension weights over all sets, renormalised where a set is missing"
+                     for k in ("method", "n_samples", "seed")},
+                    "vaest's late fusion: one weighting of all sets")
+
+
+_register_presets()
