@@ -180,7 +180,6 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
     # a group outside plateau_groups gets its own lr as floor, so the plateau rule never lowers it
     floors = [cfg.plateau_min_lr if cfg.plateau_groups is None or g.get("name") in cfg.plateau_groups else g["lr"]
               for g in opt.param_groups]
->>>>>>> ref-b
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
                                                        patience=cfg.plateau_patience,
                                                        threshold=cfg.plateau_threshold, min_lr=floors)
