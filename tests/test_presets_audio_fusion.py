@@ -193,7 +193,7 @@ def test_cli_train_fusion_preset_reference(token_runs, tmp_path):
     assert info["preset"]["values"]["val_smooth"] == [7, 13] or info["preset"]["values"]["val_smooth"] == (7, 13)
     saved = yaml.safe_load((out / "config.yaml").read_text())["config"]
     assert saved["train"]["early_stop"] == 6 and saved["train"]["grad_clip"] == 1.0 and saved["train"]["epochs"] == 2
-    assert saved["train"]["loss_min_valid"] == 4 and saved["val_smooth"] == [7, 13] and saved["preset"] == "reference"
+    assert saved["train"]["loss_min_valid"] == 4 and saved["val_smooth"] == [7, 13] and saved["preset"]["name"] == "reference"
     model, ck = load_checkpoint(out / "model.pt")
     assert ck["name"] == "raav-reference" and model.config.hidden == 16 and model.config.temporal_layers == 1
     assert model.config.audio_dim == 8 + 2  # audio tokens carry the per-second audio prediction
