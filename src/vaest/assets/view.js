@@ -175,5 +175,6 @@
     pageY: (k) => { const r = state.plots[k].over.getBoundingClientRect(); return r.top + r.height / 2; },
     headTime: (k) => state.plots[k].posToVal(parseFloat(state.plots[k]._vaestHead.style.left), "x"),
     ready: true,
+    readyMs: performance.now(),  // ms from navigation start to all plots drawn
   };
 })();
