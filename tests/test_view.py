@@ -361,11 +361,17 @@ def test_ten_minute_page_opens_fast_and_stays_responsive(browser, tmp_path):
 
 
 def test_screenshot(browser, video_page, tmp_path):
-    """A PNG of a page (VAEST_SCREENSHOT=PATH writes it there too, e.g. docs/img/viewer.png)."""
-    o = Opened(browser, video_page)
+    """A PNG of a page, the cursor at 1.2 s. VAEST_SCREENSHOT=PATH also writes it to PATH (docs/img/viewer.png);
+    VAEST_SCREENSHOT_PAGE=HTML takes that page (e.g. one `vaest view` wrote) instead of the test's own."""
+    page = Path(os.environ.get("VAEST_SCREENSHOT_PAGE") or video_page)
+    o = Opened(browser, page)
     o.media_ready()
     o.js("document.getElementById('vaest-media').currentTime = 1.2")
     o.page.wait_for_function("Math.abs(window.vaestView.time - 1.2) < 1e-3")
+    o.page.wait_for_function("(v => !v.seeking && v.readyState === 4 && v.networkState === 1)(document.getElementById('vaest-media'))")
+    # Chromium's player keeps its seek spinner drawn in a headless page: rebuild its controls for the picture
+    o.js("(v => { v.controls = false; v.controls = true; })(document.getElementById('vaest-media'))")
+    o.offline_and_clean()
     shot = tmp_path / "viewer.png"
     o.page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

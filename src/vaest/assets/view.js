@@ -8,7 +8,7 @@
   const readout = document.getElementById("vaest-readout");
   const plane = document.getElementById("vaest-plane");
   const TRAIL_S = D.trail_seconds || 3.0;
-  const state = { group: null, plots: [], time: 0, dragging: false };
+  const state = { group: null, plots: [], time: 0, dragging: false, hover: false };
 
   // Index of the last sample whose time is <= t (the frame on screen at time t); -1 before the first one.
   function sampleAt(times, t) {
@@ -69,6 +69,8 @@
       u._vaestHead.dataset.time = String(t);
     }
     const i = sampleAt(g.t, t);
+    // legends show the values under the playhead, except while the mouse hovers a plot (then: under the mouse)
+    if (!state.hover && i >= 0) for (const u of state.plots) u.setLegend({ idx: i }, false);
     drawPlane(g, i);
     if (readout) {
       let s = "t = " + t.toFixed(3) + " s";
@@ -103,6 +105,8 @@
       seekTo(at(e));
     });
     over.addEventListener("pointermove", (e) => { if (state.dragging) seekTo(at(e)); });
+    over.addEventListener("mouseenter", () => { state.hover = true; });
+    over.addEventListener("mouseleave", () => { state.hover = false; setTime(state.time); });
     const stop = () => { state.dragging = false; };
     over.addEventListener("pointerup", stop);
     over.addEventListener("pointercancel", stop);
