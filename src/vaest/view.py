@@ -382,8 +382,11 @@ def _read_index(index_csv: Path):
 
 
 def _resolve(base: Path, p: str) -> Path:
+    """A path from index.csv: absolute, else relative to the index's folder, else to the working folder."""
     q = Path(p)
-    return q if q.is_absolute() else base / q
+    if q.is_absolute() or (base / q).exists() or not q.exists():
+        return q if q.is_absolute() else base / q
+    return q.resolve()
 
 
 def page_for(csv_path: Path) -> Path:
