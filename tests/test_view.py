@@ -155,26 +155,39 @@ def test_cli_view(tmp_path):
     assert (out / "index.html").exists()
 
 
-def test_evaluate_report_writes_index_and_video_pages(tmp_path):
+@pytest.fixture(scope="module")
+def eval_report(tmp_path_factory):
+    """`write_report` over three synthetic runs; the two validation videos have media (H.264 .mp4; MPEG-4 .avi)."""
     from test_fusion import make_synthetic_runs
 
     from vaest.report import evaluate_runs, write_report
 
-    s = make_synthetic_runs(tmp_path, n_train=1, n_val=2, n_frames=120, emb_dim=4, seed=3)
+    root = tmp_path_factory.mktemp("evalrep")
+    s = make_synthetic_runs(root, n_train=1, n_val=2, n_frames=120, emb_dim=4, seed=3)
+    (s["corpus"] / "videos").mkdir()
+    make_video(s["corpus"] / "videos" / "vid01.mp4", n_frames=120, fps=30)
+    make_video(s["corpus"] / "videos" / "vid02.avi", n_frames=120, fps=30, codec="mpeg4")
     runs = list(s["runs"].values())
     rows = evaluate_runs(runs)
-    write_report(rows, runs, tmp_path / "rep")
-    text = (tmp_path / "rep" / "index.html").read_text()
-    pages = sorted(p.name for p in (tmp_path / "rep").glob("video_*.html"))
-    assert len(pages) == 2
+    write_report(rows, runs, root / "rep")
+    return root / "rep", rows, runs
+
+
+def test_evaluate_report_writes_index_and_video_pages(eval_report):
+    rep, rows, runs = eval_report
+    text = (rep / "index.html").read_text()
+    pages = sorted(p.name for p in rep.glob("video_*.html"))
+    assert pages == ["video_vid01.html", "video_vid02.html"]
     for p in pages:
         assert f'href="{p}"' in text
     # one per-video row per run and video, with raw and smoothed scores, and every stage row of every run
     assert text.count("<tr>") - 2 == len(rows) + 2 * len(runs)
-    page = (tmp_path / "rep" / pages[0]).read_text()
+    page = (rep / pages[0]).read_text()
     data = json.loads(re.search(r'type="application/json">(.*?)</script>', page, re.S)[1])
     labels = [s["label"] for s in data["groups"][0]["panels"][0]["series"]]
     assert labels[0] == "true" and len(labels) == 1 + len(runs)
+    assert 'src="../corpus/videos/vid01.mp4"' in page
+    assert 'src="video_vid02.media.mp4"' in (rep / pages[1]).read_text()  # the .avi gets a proxy
 
 
 # ---------------------------------------------------------------- in a real browser
@@ -378,3 +391,17 @@ def test_screenshot(browser, video_page, tmp_path):
     if os.environ.get("VAEST_SCREENSHOT"):
         shutil.copy(shot, os.environ["VAEST_SCREENSHOT"])
     o.close()
+
+
+def test_evaluate_report_pages_play_their_video(browser, eval_report):
+    rep, _, runs = eval_report
+    for name in ("video_vid01.html", "video_vid02.html"):
+        o = Opened(browser, rep / name)
+        assert o.media_ready() == pytest.approx(4.0, abs=0.1)
+        o.js("window.vaestView.plots[1].over.scrollIntoView({block: 'center'})")
+        x, y = o.js("[window.vaestView.pageX(1, 2.5), window.vaestView.pageY(1)]")
+        o.page.mouse.click(x, y)
+        assert o.js("document.getElementById('vaest-media').currentTime") == pytest.approx(2.5, abs=1 / 30)
+        assert o.js("window.vaestView.plots[0].series.length") == 2 + len(runs)
+        o.offline_and_clean()
+        o.close()
