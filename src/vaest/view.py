@@ -449,10 +449,10 @@ def view_folder(folder: str | Path, out_html: str | Path | None = None) -> Path:
 
 # ---------------------------------------------------------------- evaluation report
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>\n{body}\n</tbody></table>"
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>\n{body}\n</tbody></table>'
 
 
 def _num(x: float) -> str:
@@ -518,7 +518,7 @@ def write_eval_report(rows: list[dict[str, Any]], runs: Sequence[str | Path], ou
         text = render_page(f"{v.id}: true vs predicted", [Group(v.id, t, np.arange(1, n + 1), panels, plane)],
                            media, meta, links='<p><a href="index.html">back to the report</a></p>')
         atomic_write_text(page_path, text)
-    stage_html = _table(COLUMNS, [[html.escape(c) for c in _cells(r)] for r in rows])
+    stage_html = _table(COLUMNS, [[html.escape(c) for c in _cells(r)] for r in rows], "stages")
     video_html = _table(["video", "run", "raw valence", "raw arousal", "raw mean", "smoothed valence",
                          "smoothed arousal", "smoothed mean"], per_video)
     text = f"""<!DOCTYPE html>
@@ -527,7 +527,7 @@ def write_eval_report(rows: list[dict[str, Any]], runs: Sequence[str | Path], ou
 body {{ font: 14px system-ui, sans-serif; margin: 12px 18px; }}
 table {{ border-collapse: collapse; margin-bottom: 16px; }}
 td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
-td:first-child, td:nth-child(2), th {{ text-align: left; }}
+td:first-child, td:nth-child(2), th, table.stages td:nth-child(3) {{ text-align: left; }}
 </style></head><body>
 <h1>vaest evaluation ({html.escape(split)} split)</h1>
 <p>Corpus: {html.escape(str(getattr(corpus, "root", "")))}; {len(videos)} labelled {html.escape(split)} videos.
