@@ -405,3 +405,19 @@ def test_evaluate_report_pages_play_their_video(browser, eval_report):
         assert o.js("window.vaestView.plots[0].series.length") == 2 + len(runs)
         o.offline_and_clean()
         o.close()
+
+
+def test_person_selector_switches_the_curves(browser, tmp_path):
+    csv = write_prediction(tmp_path / "p.csv", None, persons=2)
+    df = pd.read_csv(csv)
+    df.loc[df["person"] == 1, "valence"] = -0.5  # person 1: a flat line, no gap
+    df.to_csv(csv, index=False)
+    o = Opened(browser, write_page(csv, None, tmp_path / "p.html"))
+    inside = (GAP[0] + GAP[1]) / 2 / FPS
+    assert o.js(RED_PIXELS, [inside]) == 0
+    o.page.select_option("#vaest-person", index=1)
+    assert o.js("window.vaestView.plots[0].data[1][50]") == -0.5
+    assert o.js(RED_PIXELS, [inside]) > 0
+    o.offline_and_clean()
+    o.close()
+
