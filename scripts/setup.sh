@@ -12,6 +12,11 @@ command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 ldconfig -p 2>/dev/null | grep -q 'libGL.so.1 ' || need_apt+=(libgl1)
 ldconfig -p 2>/dev/null | grep -q 'libsndfile.so.1 ' || need_apt+=(libsndfile1)
+# Headless Chromium for the HTML page tests (tests/test_view.py); VAEST_NO_BROWSER=1 skips it.
+if [ "${VAEST_NO_BROWSER:-0}" != 1 ]; then
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

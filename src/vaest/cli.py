@@ -587,6 +587,24 @@ def demo(
     console.print(f"report: {out / 'report.md'}")
 
 
+@app.command()
+def view(
+    path: Annotated[Path, typer.Argument(help="A prediction CSV, or a folder run of `vaest predict` (with index.csv).")],
+    media: Annotated[Optional[Path], typer.Option(help="The input's media (default: the input named in the JSON "
+                                                  "beside the CSV).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="HTML to write (default: beside the CSV, or "
+                                                "FOLDER/index.html).")] = None,
+) -> None:
+    """Write a self-contained HTML page: the video with its valence/arousal curves (folder: one page per input
+    and index.html)."""
+    from vaest.view import page_for, view_folder, write_page
+
+    if path.is_dir():
+        console.print(f"index: {view_folder(path, out)}")
+    else:
+        console.print(f"page: {write_page(path, media, out or page_for(path))}")
+
+
 # --- modality commands are registered below by their modules (keep this marker) ---
 
 

@@ -198,7 +198,8 @@ def plot_weights(path: Path, title: str, weights: dict[str, np.ndarray], names: 
 
 def write_report(rows: list[dict[str, Any]], runs: Sequence[str | Path], out_dir: str | Path,
                  corpus: str | Path | Corpus | None = None, split: str = "val", n_videos: int = 3) -> Path:
-    """Write ``out_dir/report.md`` (the stage table), ``scores.json`` and PNG plots; returns the report path.
+    """Write ``out_dir/report.md`` (the stage table), ``scores.json``, PNG plots and the interactive
+    ``index.html`` with one page per labelled video (:func:`vaest.view.write_eval_report`); returns the report path.
 
     Plots: ``curves_<video>.png`` (true vs each run's smoothed predictions) for the first ``n_videos`` labelled
     videos of ``split``, and ``weights_<run>.png`` for each run that exports per-frame fusion weights.
@@ -259,4 +260,7 @@ def write_report(rows: list[dict[str, Any]], runs: Sequence[str | Path], out_dir
     atomic_write_json(out / "scores.json", rows)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
+    from vaest.view import write_eval_report
+
+    write_eval_report(rows, runs, out, c, split)
     return path
