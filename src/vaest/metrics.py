@@ -107,3 +107,15 @@ def mean_ccc(scores: dict[str, float]) -> float:
     """Mean of valence and arousal CCC (NaN-safe: NaN if either is NaN)."""
     v, a = scores.get("valence", math.nan), scores.get("arousal", math.nan)
     return float((v + a) / 2)
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Area under the ROC curve for scores ``pos`` (should be higher) vs ``neg``: the share of (pos, neg)
+    pairs ordered right, ties counting half (Mann-Whitney U / (n_pos n_neg)); NaN when a side is empty."""
+    p = np.asarray(pos, np.float64).ravel()
+    n = np.asarray(neg, np.float64).ravel()
+    p, n = p[np.isfinite(p)], n[np.isfinite(n)]
+    if len(p) == 0 or len(n) == 0:
+        return float("nan")
+    d = p[:, None] - n[None, :]
+    return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)

@@ -835,9 +835,14 @@ def create_encoder(name: str, weights: str | Path | None = None, device: str = "
     """Build a registered frame encoder, load its weights (``weights``, else its default location) and move it
     to ``device`` in eval mode. ``grada`` needs ``weights`` (a local ``affective_static_efficientNet_b1.pth``);
     ``fer`` defaults to the weights inside the facial-emotion-recognition package; ``tiny`` stays random."""
+    name, _, variant = name.partition(":")
     if name not in _ENCODERS:
         raise ModelError(f"unknown face encoder {name!r}; registered: {', '.join(list_encoders())}")
     cls = _ENCODERS[name]
+    if variant:  # "family:variant", e.g. emotiefflib:enet_b0_8_va_mtl or emotiefflib:/path/to/file
+        if not hasattr(cls, "from_option"):
+            raise ModelError(f"face encoder {name!r} takes no ':' variant (got {variant!r})")
+        return cls.from_option(variant, weights, device, **config)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = set(config) - fields
     if unknown:
@@ -846,8 +851,8 @@ def create_encoder(name: str, weights: str | Path | None = None, device: str = "
     enc = cls(cfg)
     if weights is not None:
         enc.load_weights(weights)
-    elif name == "fer":
-        enc.load_weights(fer_weights_path())
+    elif callable(getattr(enc, "default_weights", None)):
+        enc.load_weights(enc.default_weights())
     elif name == "grada":
         raise ModelError("the 'grada' encoder needs its checkpoint: pass --weights PATH to affective_static_efficientNet_b1.pth "
                          "(a state_dict, a dict with 'state_dict'/'model', or a whole model)")
@@ -1079,3 +1084,7 @@ def extract_face_features(corpus_root: str | Path, out: str | Path, encoder: str
     fe._enc = None  # built again where it runs (a Ray actor, or here on the first media file)
     return run_extraction(FeatureStore(out), [ft, fe], videos, engine=engine, address=address,
                           num_workers=num_workers, force=force)
+
+
+# the published networks in features/pretrained_face.py register themselves as encoders (minixception, emotiefflib)
+from vaest.features import pretrained_face as _pretrained_face  # noqa: E402,F401
