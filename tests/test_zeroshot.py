@@ -144,3 +144,69 @@ def test_cremad_voice_arousal_angry_above_sad():
         a = {e: np.nanmean(zero_shot_audio(read_audio(CREMAD / f"{actor}_DFA_{e}_XX.{ext}"))[:, 1])
              for e in ("ANG", "SAD", "NEU")}
         assert a["ANG"] > a["SAD"] and a["ANG"] > a["NEU"], (actor, a)
+
+
+def _fake_timm_pickle(net: torch.nn.Module, path: Path, monkeypatch) -> None:
+    """Save ``net`` as a whole pickled model whose module classes live in a (fake) ``timm`` package, like the
+    published EmotiEffLib ``.pt`` files (torch.save of a timm model)."""
+    import sys
+    import types
+
+    fake = types.ModuleType("timm.models.efficientnet")
+    monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))
+    monkeypatch.setitem(sys.modules, "timm.models", types.ModuleType("timm.models"))
+    monkeypatch.setitem(sys.modules, "timm.models.efficientnet", fake)
+    made: dict[type, type] = {}
+    for m in net.modules():
+        cls = type(m)
+        if cls.__module__.startswith("vaest") and cls not in made:
+            made[cls] = type(cls.__name__, (cls,), {"__module__": "timm.models.efficientnet"})
+            setattr(fake, cls.__name__, made[cls])
+        if type(m) in made:
+            m.__class__ = made[type(m)]
+    torch.save(net, path)
+
+
+def test_emotiefflib_option_loads_published_layouts_and_predicts(tmp_path, monkeypatch):
+    """EmotiEffLib enet_b0_8_va_mtl with random weights in timm's layout: a state_dict file and a whole pickled
+    (timm) model load through ``emotiefflib:<path>`` and ``emotiefflib:<name>`` offline; VA comes from the
+    last two outputs; the expression-only model gives 7 / 8 class probabilities for the circumplex."""
+    from vaest.errors import ModelError
+    from vaest.features.face import create_encoder
+    from vaest.features.pretrained_face import TimmEfficientNetB0
+
+    torch.manual_seed(1)
+    net = TimmEfficientNetB0(10).eval()
+    keys = set(net.state_dict())
+    assert {"conv_stem.weight", "blocks.0.0.conv_dw.weight", "blocks.0.0.se.conv_reduce.bias", "blocks.1.0.conv_pwl.weight",
+            "blocks.6.0.bn3.running_var", "conv_head.weight", "bn2.weight", "classifier.weight"} <= keys
+    assert net.state_dict()["blocks.1.0.se.conv_reduce.weight"].shape == (4, 96, 1, 1)  # rd = in_chs / 4
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(4_020_358, rel=0.01)  # B0 body + 10 outputs
+    crops = [np.random.default_rng(i).integers(0, 255, (120, 100, 3), dtype=np.uint8) for i in range(2)]
+    sd_file = tmp_path / "sd" / "enet_b0_8_va_mtl.pt"
+    sd_file.parent.mkdir()
+    torch.save(net.state_dict(), sd_file)
+    a = create_encoder(f"emotiefflib:{sd_file}")
+    ra = a.encode(crops)
+    assert a.has_va and ra["va"].shape == (2, 2) and ra["probs"].shape == (2, 8) and ra["emb"].shape == (2, 1280)
+    x = a.preprocess(crops)
+    np.testing.assert_allclose(ra["va"], net(x)[:, 8:].detach().numpy(), atol=1e-5)
+    whole = tmp_path / "enet_b0_8_va_mtl.pt"
+    _fake_timm_pickle(net, whole, monkeypatch)
+    for name in ("timm", "timm.models", "timm.models.efficientnet"):
+        monkeypatch.delitem(__import__("sys").modules, name)  # timm is not importable when loading
+    monkeypatch.setenv("VAEST_EMOTIEFFLIB_DIR", str(tmp_path))
+    b = create_encoder("emotiefflib:enet_b0_8_va_mtl")
+    np.testing.assert_allclose(b.encode(crops)["va"], ra["va"], atol=1e-5)
+    expr = TimmEfficientNetB0(7).eval()
+    torch.save(expr.state_dict(), tmp_path / "enet_b0_7.pt")
+    c = create_encoder("emotiefflib:enet_b0_7")
+    rc = c.encode(crops)
+    assert not c.has_va and rc["probs"].shape == (2, 7) and "va" not in rc
+    from vaest.zeroshot import zero_shot_face
+
+    assert zero_shot_face(rc["probs"], c.classes).shape == (2, 2)
+    with pytest.raises(ModelError, match="enet_b0_8_best_afew"):
+        create_encoder("emotiefflib:enet_b0_8_best_afew")  # no file there: says where to get it
+    with pytest.raises(ModelError, match="do not fit"):
+        create_encoder("emotiefflib:enet_b0_8_best_vgaf", weights=tmp_path / "enet_b0_7.pt")  # 7 outputs, 8 expected
