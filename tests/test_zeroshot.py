@@ -210,3 +210,39 @@ def test_emotiefflib_option_loads_published_layouts_and_predicts(tmp_path, monke
         create_encoder("emotiefflib:enet_b0_8_best_afew")  # no file there: says where to get it
     with pytest.raises(ModelError, match="do not fit"):
         create_encoder("emotiefflib:enet_b0_8_best_vgaf", weights=tmp_path / "enet_b0_7.pt")  # 7 outputs, 8 expected
+
+
+def test_audeering_dim_model_layout_loads_by_path_and_predicts(tmp_path):
+    """audEERING's wav2vec2 dimensional model (random tiny config, published parameter names and label
+    order): saved, reloaded by path, applied per frame; the same folder loads as a plain backbone."""
+    pytest.importorskip("transformers")
+    from transformers import Wav2Vec2Config
+
+    from vaest.models.audio import load_backbone
+    from vaest.models.ser import SpeechEmotionPredictor, wav2vec2_dim_model_class
+
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+                         num_conv_pos_embedding_groups=2, num_labels=3,
+                         id2label={0: "arousal", 1: "dominance", 2: "valence"},
+                         label2id={"arousal": 0, "dominance": 1, "valence": 2})
+    torch.manual_seed(0)
+    model = wav2vec2_dim_model_class()(cfg).eval()
+    keys = set(model.state_dict())
+    assert {"classifier.dense.weight", "classifier.out_proj.weight", "wav2vec2.feature_extractor.conv_layers.0.conv.weight",
+            "wav2vec2.encoder.layers.1.attention.k_proj.weight"} <= keys
+    assert model.state_dict()["classifier.out_proj.weight"].shape == (3, 32)
+    model.save_pretrained(tmp_path / "msp-dim")
+    pred = SpeechEmotionPredictor(str(tmp_path / "msp-dim"), window_s=1.0, hop_s=0.5)
+    assert pred.order == ["arousal", "dominance", "valence"]
+    wav = _voice(2.2, 150, 10)
+    va = pred.predict(wav, 16000, fps=10.0)
+    assert va.shape == (22, 2) and np.isfinite(va).all() and np.abs(va).max() <= 1
+    from vaest.models.audio import znorm
+
+    with torch.no_grad():
+        first = model(znorm(torch.from_numpy(wav[:16000])[None]))[0].numpy()
+    np.testing.assert_allclose(va[0], np.clip([2 * first[2] - 1, 2 * first[0] - 1], -1, 1), atol=1e-4)  # frame 0: first window only
+    bb = load_backbone(str(tmp_path / "msp-dim"))
+    np.testing.assert_allclose(bb.state_dict()["encoder.layers.1.attention.k_proj.weight"].numpy(),
+                               model.state_dict()["wav2vec2.encoder.layers.1.attention.k_proj.weight"].numpy())
