@@ -131,7 +131,7 @@ def evaluate(
     from vaest.io import atomic_write_json
 
     t = Table(title=f"{split} CCC")
-    for c in ("run", "modality", "valence", "arousal", "mean", "frames"):
+    for c in ("run", "modality", "valence", "arousal", "mean", "frames", "clip valence", "clip arousal", "clips"):
         t.add_column(c, justify="left" if c in ("run", "modality") else "right")
     allscores = {}
     cache: dict[str, object] = {}
@@ -144,7 +144,8 @@ def evaluate(
         atomic_write_json(Path(run) / "metrics.json", {k: scores[k] for k in ("valence", "arousal", "mean")})
         allscores[str(run)] = {"modality": info.get("modality"), **scores}
         t.add_row(str(run), str(info.get("modality", "?")), _fmt(scores["valence"]), _fmt(scores["arousal"]),
-                  _fmt(scores["mean"]), _fmt(int(scores.get("frames", 0))))
+                  _fmt(scores["mean"]), _fmt(int(scores.get("frames", 0))), _fmt(scores.get("clip_valence", math.nan)),
+                  _fmt(scores.get("clip_arousal", math.nan)), _fmt(int(scores.get("clips", 0))))
     console.print(t)
     if stages or report:
         from vaest.report import evaluate_runs, rich_table, write_report

@@ -659,7 +659,7 @@ def train_audio(features: str | Path, corpus: str | Path | Corpus, out: str | Pa
                      "feature_norm": cfg.feature_norm})
     best, _ = load_checkpoint(run / "model.pt", cfg.device)
     export_run(best, items, missing, store, run, cfg, cfg.device)
-    write_run_json(run, modality="audio", corpus=str(corp.root), features=str(features), encoder=cfg.encoder,
+    write_run_json(run, modality="audio", corpus=str(corp.location), features=str(features), encoder=cfg.encoder,
                    model=getattr(best, "registry_name", ""), tokens=TOKENS_KEY)
     metrics: dict[str, Any] = dict(evaluate_predictions(run, corp, "val"))
     metrics["reliable"] = _reliable_ccc(run, corp)

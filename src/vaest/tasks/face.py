@@ -253,7 +253,7 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
             pairs.append((pred["va"], s.frame_labels))
     metrics = concat_frame_ccc(pairs)
     atomic_write_json(out / "metrics.json", metrics)
-    write_run_json(out, modality="face", corpus=corpus.root, features=Path(features), encoder=st.encoder,
+    write_run_json(out, modality="face", corpus=corpus.location, features=Path(features), encoder=st.encoder,
                    model=st.model, store_key=f"face-{st.encoder}", val_split=st.val_split)
     log.info("face %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,
              metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)
