@@ -34,6 +34,7 @@ PLAIN = {"neutral": (0.0, 0.0), "happy": (0.8, 0.5), "sad": (-0.7, -0.4), "angry
 NEGATIVE = ("SAD", "ANG", "DIS", "FEA")
 HIGH_A, LOW_A = ("ANG", "FEA"), ("NEU", "SAD")
 HAAR_PAD, HAAR_OFFSET = 40, 10
+DEFAULT = "mediapipe-ferframe/minixception/noflip"  # what vaest's zero-shot face path now does
 
 
 def emotion_of(path: Path) -> str:
@@ -67,8 +68,14 @@ def haar_crops(frames: np.ndarray) -> list[np.ndarray | None]:
     return out
 
 
-def mediapipe_crops(frames: np.ndarray) -> list[np.ndarray | None]:
-    """vaest's face crops: MediaPipe tracker boxes -> :func:`vaest.features.face.crop_face`."""
+# crop framings of MediaPipe boxes (scale, shift of :func:`vaest.features.face.crop_face`): vaest's default
+# before issue 15, and the framing of the fer package's Haar crops measured on these clips (Haar box + 2 x 10 px
+# = 1.26 x the MediaPipe box side, centre 0.087 side higher: shift -0.087 / 1.26)
+FRAMINGS = {"mediapipe": (1.1, -0.05), "mediapipe-ferframe": (1.26, -0.07)}
+
+
+def mediapipe_crops(frames: np.ndarray) -> dict[str, list[np.ndarray | None]]:
+    """Face crops from vaest's MediaPipe tracker boxes, one list per framing in :data:`FRAMINGS`."""
     from vaest.features.face import FaceTrackConfig, FaceTracker, crop_face
 
     tr = FaceTracker(FaceTrackConfig(), [None])
@@ -76,7 +83,8 @@ def mediapipe_crops(frames: np.ndarray) -> list[np.ndarray | None]:
         boxes = tr.process(frames)[None][0]
     finally:
         tr.close()
-    return [crop_face(f, b) if np.isfinite(b).all() else None for f, b in zip(frames, boxes)]
+    return {name: [crop_face(f, b, sc, sh) if np.isfinite(b).all() else None for f, b in zip(frames, boxes)]
+            for name, (sc, sh) in FRAMINGS.items()}
 
 
 def encode(enc_name: str, crops: list[np.ndarray | None], flip: bool) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         emo = emotion_of(v)
         frames = np.concatenate([b.frames for b in iter_frames(v)])
         fps = probe(v).fps or 30.0
-        crops = {"mediapipe": mediapipe_crops(frames), "haar": haar_crops(frames)}
+        crops = {**mediapipe_crops(frames), "haar": haar_crops(frames)}
         for crop_name, cr in crops.items():
             for enc_name in ("fer", "minixception"):
                 for flip in (False, True):
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     variants.setdefault(f"{tag}/plain-prototypes", {})[emo] = pv
                     sm = postprocess(va.astype(np.float32), ok, REFERENCE_KERNELS)
                     variants.setdefault(f"{tag}/vaest-prototypes+smoothing", {})[emo] = np.where(ok[:, None], sm, np.nan)
-        face_best[emo] = variants["mediapipe/minixception/flip/vaest-prototypes"][emo]
+        face_best[emo] = variants[f"{DEFAULT}/vaest-prototypes"][emo]
         wav = read_audio(v)
         audio_va[emo] = zero_shot_audio(wav, 16000, fps)[: len(frames)]
         log.info("%s: %d frames, faces: mediapipe %d, haar %d", v.name, len(frames),

