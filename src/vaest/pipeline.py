@@ -293,8 +293,10 @@ def _zero_shot(videos: Sequence[Video], store: FeatureStore) -> dict[str, Predic
                 log.error("%s: no audio to analyse", v.media)
                 continue
             va = zero_shot_audio(wav)
-            out[v.id] = Prediction(v.id, 30.0, np.nan_to_num(postprocess(va, np.isfinite(va[:, 1]), REFERENCE_KERNELS), nan=0.0),
-                                   {"audio": va}, note="zero-shot loudness arousal; valence not estimated")
+            final = np.nan_to_num(postprocess(va, np.isfinite(va[:, 1]), REFERENCE_KERNELS), nan=0.0)
+            final[:, 0] = np.nan  # the voice gives no valence estimate: left empty, not written as 0
+            out[v.id] = Prediction(v.id, 30.0, final, {"audio": va},
+                                   note="zero-shot voice arousal (spectral tilt, loudness dynamics); valence not estimated")
             continue
         try:
             rec = store.load(face_key(ZERO_SHOT_FACE_ENCODER), v.id)
