@@ -262,3 +262,15 @@ def test_face_keys_and_encoder_framing():
     assert ex.framing == (1.26, -0.07) and not ex.flip  # the fer package's framing, no mirroring
     ex2 = FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny", crop_scale=1.5, flip_tta=False))
     assert ex2.framing == (1.5, -0.05) and not ex2.flip
+
+
+def test_face_outputs_va_prefers_the_encoders_own_head():
+    from vaest.features.face import FER_CLASSES
+    from vaest.zeroshot import face_outputs_va, zero_shot_face
+
+    probs = np.eye(7)[[3, 4]].astype(np.float32)
+    np.testing.assert_allclose(face_outputs_va({"probs": probs}, FER_CLASSES), zero_shot_face(probs, FER_CLASSES))
+    va = np.array([[0.3, 1.7], [np.nan, np.nan]], np.float32)
+    out = face_outputs_va({"probs": probs, "va": va}, FER_CLASSES)
+    np.testing.assert_allclose(out[0], [0.3, 1.0])
+    assert np.isnan(out[1]).all()

@@ -31,7 +31,7 @@ from vaest.features.store import FeatureStore
 from vaest.inference import load_predictions, read_run_json, run_finished, save_predictions
 from vaest.io import atomic_write_json, atomic_write_text
 from vaest.postprocess import REFERENCE_KERNELS, postprocess
-from vaest.zeroshot import ZERO_SHOT_FACE_ENCODER, zero_shot_audio, zero_shot_video
+from vaest.zeroshot import ZERO_SHOT_FACE_ENCODER, face_outputs_va, zero_shot_audio, zero_shot_video
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def plot_prediction(path: Path, pred: Prediction) -> None:
 
 
 def _zero_shot(videos: Sequence[Video], store: FeatureStore) -> dict[str, Prediction]:
-    from vaest.features.face import face_key, zero_shot_va
+    from vaest.features.face import face_key
     from vaest.media import read_audio
 
     out: dict[str, Prediction] = {}
@@ -304,8 +304,8 @@ def _zero_shot(videos: Sequence[Video], store: FeatureStore) -> dict[str, Predic
             log.error("%s: %s", v.media, e)
             continue
         found = rec.mask & np.isfinite(rec.values).all(1)
-        raw = zero_shot_va(rec.extras["probs"], rec.meta.get("classes") or rec.meta.get("config", {}).get("classes")
-                           or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
+        raw = face_outputs_va(rec.extras, rec.meta.get("classes") or rec.meta.get("config", {}).get("classes")
+                              or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
         raw = np.where(found[:, None], raw, np.nan).astype(np.float32)
         wav = read_audio(v.media) if v.media else np.zeros(0, np.float32)
         voice = zero_shot_audio(wav, fps=float(rec.base.rate))[: len(raw)] if wav.size else None

@@ -26,6 +26,16 @@ def zero_shot_face(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     return zero_shot_va(probs, classes)
 
 
+def face_outputs_va(outputs: dict[str, np.ndarray], classes: Sequence[str]) -> np.ndarray:
+    """(n, 2) valence/arousal from a frame encoder's outputs (``encode`` results or a face record's extras):
+    its own valence/arousal head where it has one (``va``, e.g. EmotiEffLib ``enet_b0_8_va_mtl``; clipped to
+    [-1, 1]), else the circumplex mapping of ``probs``. Rows without a face (NaN) stay NaN."""
+    va = outputs.get("va")
+    if va is not None and np.isfinite(va).any():
+        return np.clip(np.asarray(va, np.float32), -1.0, 1.0)
+    return zero_shot_face(outputs["probs"], classes)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Voice: arousal from gain-independent prosodic and spectral-tilt cues
 # ---------------------------------------------------------------------------------------------------------
