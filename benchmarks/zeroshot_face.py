@@ -123,6 +123,20 @@ def aucs(values: dict[str, np.ndarray]) -> dict[str, float]:
     return res
 
 
+# circumplex arousal of the acted emotions (the reference order for rank correlations)
+PROTO_AROUSAL = {"ANG": 0.8, "FEA": 0.7, "HAP": 0.5, "DIS": 0.3, "NEU": 0.0, "SAD": -0.4}
+
+
+def arousal_spearman(values: dict[str, np.ndarray]) -> float:
+    """Spearman correlation of clip-mean arousal with :data:`PROTO_AROUSAL` over the clips present."""
+    from scipy.stats import spearmanr
+
+    emos = [e for e in PROTO_AROUSAL if e in values and np.isfinite(values[e][:, 1]).any()]
+    if len(emos) < 3:
+        return float("nan")
+    return float(spearmanr([PROTO_AROUSAL[e] for e in emos], [np.nanmean(values[e][:, 1]) for e in emos]).statistic)
+
+
 def clip_means(values: dict[str, np.ndarray]) -> dict[str, list[float]]:
     return {e: [round(float(np.nanmean(v[:, d])), 3) if np.isfinite(v[:, d]).any() else None for d in (0, 1)]
             for e, v in values.items()}
@@ -176,19 +190,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, vals in sorted(variants.items()):
         out["face"][name] = {"auc": {k: round(x, 3) for k, x in aucs(vals).items()}, "clip_means": clip_means(vals)}
     fused = {e: zero_shot_video(face_best[e], audio_va[e]).va for e in face_best}
-    out["video"] = {"face_only": {"auc": aucs(face_best), "clip_means": clip_means(face_best)},
-                    "voice_only": {"auc": aucs(audio_va), "clip_means": clip_means(audio_va)},
-                    "face+voice": {"auc": aucs(fused), "clip_means": clip_means(fused)}}
+    out["video"] = {k: {"auc": aucs(v), "clip_means": clip_means(v), "arousal_spearman": arousal_spearman(v)}
+                    for k, v in (("face_only", face_best), ("voice_only", audio_va), ("face+voice", fused))}
     mp3 = {emotion_of(p): zero_shot_audio(read_audio(p)) for p in sorted(data.glob("*.mp3"))}
-    out["audio_mp3"] = {"auc": aucs(mp3), "clip_means": clip_means(mp3)}
+    out["audio_mp3"] = {"auc": aucs(mp3), "clip_means": clip_means(mp3), "arousal_spearman": arousal_spearman(mp3)}
     for name, r in out["face"].items():
         a = r["auc"]
         log.info("%-62s clip V hap %.2f neu %.2f A %.2f | frame V hap %.2f neu %.2f A %.2f", name,
                  a["clip_valence_happy_vs_negative"], a["clip_valence_neutral_vs_negative"], a["clip_arousal_high_vs_low"],
                  a["frame_valence_happy_vs_negative"], a["frame_valence_neutral_vs_negative"], a["frame_arousal_high_vs_low"])
-    for k in ("face_only", "voice_only", "face+voice"):
-        log.info("video %-10s %s %s", k, {a: round(b, 3) for a, b in out["video"][k]["auc"].items()}, out["video"][k]["clip_means"])
-    log.info("mp3 voice %s %s", {a: round(b, 3) for a, b in out["audio_mp3"]["auc"].items()}, out["audio_mp3"]["clip_means"])
+    for k, r in [*(("video " + k, out["video"][k]) for k in out["video"]), ("mp3 voice", out["audio_mp3"])]:
+        log.info("%-16s arousal Spearman %.2f, AUCs %s, clip means %s", k, r["arousal_spearman"],
+                 {a: round(b, 3) for a, b in r["auc"].items() if np.isfinite(b)}, r["clip_means"])
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return out
