@@ -199,7 +199,9 @@ def test_emotiefflib_option_loads_published_layouts_and_predicts(tmp_path, monke
     b = create_encoder("emotiefflib:enet_b0_8_va_mtl")
     np.testing.assert_allclose(b.encode(crops)["va"], ra["va"], atol=1e-5)
     expr = TimmEfficientNetB0(7).eval()
-    torch.save(expr.state_dict(), tmp_path / "enet_b0_7.pt")
+    seq_head = {(k.replace("classifier.", "classifier.0.") if k.startswith("classifier.") else k): v
+                for k, v in expr.state_dict().items()}  # HSEmotion's nn.Sequential(nn.Linear) head
+    torch.save(seq_head, tmp_path / "enet_b0_7.pt")
     c = create_encoder("emotiefflib:enet_b0_7")
     rc = c.encode(crops)
     assert not c.has_va and rc["probs"].shape == (2, 7) and "va" not in rc

@@ -424,7 +424,11 @@ class EmotiEffEncoder(FrameEncoder):
         return res
 
     def load_weights(self, path: str | Path) -> None:
-        _load_into(self.net, read_emotiefflib_state(path), path)
+        """HSEmotion's head is ``nn.Linear`` in some files and ``nn.Sequential(nn.Linear)`` in others
+        (``classifier.0.*``): both load."""
+        state = {(k.replace("classifier.0.", "classifier.", 1) if k.startswith("classifier.0.") else k): v
+                 for k, v in read_emotiefflib_state(path).items()}
+        _load_into(self.net, state, path)
 
     def default_weights(self) -> Path:
         p = Path(os.environ.get("VAEST_EMOTIEFFLIB_DIR", str(HSEMOTION_CACHE))).expanduser() / f"{self.config.model_name}.pt"
