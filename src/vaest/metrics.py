@@ -162,3 +162,15 @@ def ccc_loss_pooled(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.T
         c = 2 * rho * sx * sy / (sx.pow(2) + sy.pow(2) + (x.mean() - y.mean()).pow(2) + eps)
         total = total + wd * (1.0 - c)
     return total
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Area under the ROC curve for scores ``pos`` (should be higher) vs ``neg``: the share of (pos, neg)
+    pairs ordered right, ties counting half (Mann-Whitney U / (n_pos n_neg)); NaN when a side is empty."""
+    p = np.asarray(pos, np.float64).ravel()
+    n = np.asarray(neg, np.float64).ravel()
+    p, n = p[np.isfinite(p)], n[np.isfinite(n)]
+    if len(p) == 0 or len(n) == 0:
+        return float("nan")
+    d = p[:, None] - n[None, :]
+    return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)

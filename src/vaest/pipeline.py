@@ -31,7 +31,7 @@ from vaest.features.store import FeatureStore
 from vaest.inference import load_predictions, read_run_json, run_finished, save_predictions
 from vaest.io import atomic_write_json, atomic_write_text
 from vaest.postprocess import REFERENCE_KERNELS, postprocess
-from vaest.zeroshot import zero_shot_audio
+from vaest.zeroshot import ZERO_SHOT_FACE_ENCODER, face_outputs_va, zero_shot_audio, zero_shot_video
 
 log = logging.getLogger(__name__)
 
@@ -277,13 +277,13 @@ def plot_prediction(path: Path, pred: Prediction) -> None:
 
 
 def _zero_shot(videos: Sequence[Video], store: FeatureStore) -> dict[str, Prediction]:
-    from vaest.features.face import zero_shot_va
+    from vaest.features.face import face_key
     from vaest.media import read_audio
 
     out: dict[str, Prediction] = {}
     vids = [v for v in videos if not v.audio_only]
     if vids:
-        extract_all(vids, store, default_extractors(behavior=False, audio=False, mouth=False))
+        extract_all(vids, store, default_extractors(ZERO_SHOT_FACE_ENCODER, behavior=False, audio=False, mouth=False))
     for v in videos:
         if v.audio_only:
             wav = read_audio(v.media) if v.media else np.zeros(0, np.float32)
@@ -291,23 +291,31 @@ def _zero_shot(videos: Sequence[Video], store: FeatureStore) -> dict[str, Predic
                 log.error("%s: no audio to analyse", v.media)
                 continue
             va = zero_shot_audio(wav)
-            out[v.id] = Prediction(v.id, 30.0, np.nan_to_num(postprocess(va, np.isfinite(va[:, 1]), REFERENCE_KERNELS), nan=0.0),
-                                   {"audio": va}, note="zero-shot loudness arousal; valence not estimated")
+            final = np.nan_to_num(postprocess(va, np.isfinite(va[:, 1]), REFERENCE_KERNELS), nan=0.0)
+            final[:, 0] = np.nan  # the voice gives no valence estimate: left empty, not written as 0
+            out[v.id] = Prediction(v.id, 30.0, final, {"audio": va},
+                                   note="zero-shot voice arousal (spectral tilt, loudness dynamics); valence not estimated")
             continue
         try:
-            rec = store.load("face-fer", v.id)
+            rec = store.load(face_key(ZERO_SHOT_FACE_ENCODER), v.id)
         except VaestError as e:
             log.error("%s: %s", v.media, e)
             continue
         found = rec.mask & np.isfinite(rec.values).all(1)
-        raw = zero_shot_va(rec.extras["probs"], rec.meta.get("classes") or rec.meta.get("config", {}).get("classes")
-                           or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
+        raw = face_outputs_va(rec.extras, rec.meta.get("classes") or rec.meta.get("config", {}).get("classes")
+                              or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
         raw = np.where(found[:, None], raw, np.nan).astype(np.float32)
-        if not found.any():
+        wav = read_audio(v.media) if v.media else np.zeros(0, np.float32)
+        voice = zero_shot_audio(wav, fps=float(rec.base.rate))[: len(raw)] if wav.size else None
+        fused = zero_shot_video(raw, voice)
+        ok = np.isfinite(fused.va).all(1)
+        if not ok.any():
             log.warning("%s: no face found in any frame; the zero-shot face path has nothing to say", v.media)
-        final = postprocess(raw, found, REFERENCE_KERNELS)
-        out[v.id] = Prediction(v.id, float(rec.base.rate), np.nan_to_num(final, nan=0.0), {"face": raw},
-                               note="zero-shot face (circumplex mapping of FER probabilities)")
+        final = postprocess(fused.va, ok, REFERENCE_KERNELS)
+        out[v.id] = Prediction(v.id, float(rec.base.rate), np.nan_to_num(final, nan=0.0),
+                               {"face": raw} | ({"audio": voice} if voice is not None else {}),
+                               weights={m: w[:, 1] for m, w in fused.weights.items()},  # arousal weights
+                               note="zero-shot face (circumplex mapping of FER probabilities) + voice arousal")
     return out
 
 

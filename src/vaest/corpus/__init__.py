@@ -113,6 +113,13 @@ class Corpus:
     videos: list[Video]
     root: Path
     kind: str = "affwild2"
+    source: Path | None = None  # the file it was read from when that is not ``root`` (a manifest CSV)
+
+    @property
+    def location(self) -> Path:
+        """What :func:`load_corpus` must be given to open this corpus again (runs record it): the manifest
+        file for a manifest corpus (its folder alone would read as an unlabelled folder of media), else root."""
+        return self.source or self.root
 
     def __iter__(self) -> Iterator[Video]:
         return iter(self.videos)
@@ -129,7 +136,7 @@ class Corpus:
         Used to train on part of a split (cross-fitting) without touching the corpus on disk.
         """
         return Corpus([dataclasses.replace(v, split=splits[v.id]) if v.id in splits else v for v in self.videos],
-                      self.root, self.kind)
+                      self.root, self.kind, self.source)
 
     def split(self, *names: str) -> list[Video]:
         """Videos of the given split(s), in corpus order."""

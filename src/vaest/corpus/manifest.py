@@ -90,4 +90,4 @@ def _parse_manifest(path: Path, reader: csv.DictReader) -> Corpus:
             raise CorpusError(f"{path}:{line_no}: audio-only file with a per-frame label file needs an 'fps' column")
         videos.append(Video(id=vid, media=media, split=split, fps=fps, label_path=label_path,
                             clip_label=clip, audio_only=audio_only))
-    return Corpus(videos=videos, root=base, kind="manifest")
+    return Corpus(videos=videos, root=base, kind="manifest", source=path)

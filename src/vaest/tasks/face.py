@@ -27,6 +27,7 @@ import torch
 
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
+from vaest.features.face import face_key
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.timebase import TimeBase, fill_nearest
 from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
@@ -188,7 +189,7 @@ def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, 
     ``parts`` as in :func:`face_inputs`; ``motion`` appends :func:`face_motion` from the video's ``facetrack``
     record (required then).
     """
-    key = f"face-{encoder}"
+    key = face_key(encoder)
     out, missing = [], []
     for v in videos:
         if not store.has(key, v.id):
@@ -274,7 +275,7 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
                                   "preset": preset, "corpus": str(corpus.root), "features": str(features)})
     layout = list(parts) + (list(MOTION_FEATURES) if st.motion else [])
-    extra = {"norm": norm, "inputs": {"store_key": f"face-{st.encoder}", "layout": layout, "dim": input_dim,
+    extra = {"norm": norm, "inputs": {"store_key": face_key(st.encoder), "layout": layout, "dim": input_dim,
                                       "motion": st.motion, "parts": list(parts)},
              "win": st.win, "hop": st.hop, "align_end": st.align_end}
     res = fit(net, task, cfg, out, extra=extra)
@@ -289,8 +290,8 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
             pairs.append((pred["va"], s.frame_labels))
     metrics = concat_frame_ccc(pairs)
     atomic_write_json(out / "metrics.json", metrics)
-    write_run_json(out, modality="face", corpus=corpus.root, features=Path(features), encoder=st.encoder,
-                   model=st.model, store_key=f"face-{st.encoder}", val_split=st.val_split, preset=preset)
+    write_run_json(out, modality="face", corpus=corpus.location, features=Path(features), encoder=st.encoder,
+                   model=st.model, store_key=face_key(st.encoder), val_split=st.val_split, preset=preset)
     log.info("face %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,
              metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)
     return {"metrics": metrics, "best_epoch": res.best_epoch, "seconds": res.seconds, "run": str(out),

