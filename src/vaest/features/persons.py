@@ -1,0 +1,681 @@
+"""Several people in one video: identity tracks, the voice given to whoever speaks, one person at a time.
+
+Pieces (each a plain function or class, tested on its own; see ``docs/persons.md`` for the rules and figures):
+
+- :class:`PersonTracker` follows every face of a video with a stable person id: box overlap from frame to
+  frame, gated by an appearance descriptor (:func:`appearance`), and re-identification by that descriptor
+  after a miss, an occlusion or a cut. Between detections FaceMesh follows each person, as the single-face
+  :class:`vaest.features.face.FaceTracker` does.
+- :func:`finalize_tracks` drops flickers and merges tracks of one person the online pass kept apart;
+  :func:`track_persons` runs the whole thing over a media file -> :class:`PersonTracks`.
+- :func:`attribute_speech` gives each speech frame to the person whose mouth moves, or to nobody (off-screen
+  voice); :func:`speech_on_frames` puts the ``vad`` series on the frame grid.
+- :func:`person_clip` crops a behavior segment's frames around one person.
+- :func:`select_people` implements ``--people all|main|left|right|N``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vaest.errors import VaestError
+from vaest.features.face import (LANDMARK_IDS, N_LANDMARKS, FaceTrackConfig, FaceTracker, _LM_INDEX, _Track,
+                                 box_iou, square_box)
+from vaest.features.mouth import lip_area, rolling_nanmean
+from vaest.timebase import TimeSeries, to_frames
+
+log = logging.getLogger(__name__)
+
+NO_SPEECH = -1  # speaker code: no speech on this frame
+OFFSCREEN = -2  # speaker code: speech, but no visible mouth moves (off-screen voice)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Appearance descriptor
+# ---------------------------------------------------------------------------------------------------------
+
+_HIST_BINS = (12, 4)  # hue x saturation bins
+_GREY_BINS = 8  # value bins of the unsaturated pixels
+
+
+def _region_hist(img: np.ndarray) -> np.ndarray:
+    """Hue-saturation histogram of an RGB region plus a brightness histogram of its grey pixels, L1 = 1."""
+    import cv2
+
+    small = cv2.resize(np.ascontiguousarray(img), (24, 24), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(np.int32)
+    h, s, v = hsv[:, 0], hsv[:, 1], hsv[:, 2]
+    colour = s >= 40
+    hs = np.zeros(_HIST_BINS[0] * _HIST_BINS[1], np.float64)
+    idx = (h[colour] * _HIST_BINS[0] // 180) * _HIST_BINS[1] + (s[colour] * _HIST_BINS[1] // 256)
+    np.add.at(hs, idx, 1.0)
+    grey = np.bincount(v[~colour] * _GREY_BINS // 256, minlength=_GREY_BINS).astype(np.float64)
+    out = np.concatenate([hs, grey])
+    return out / max(out.sum(), 1.0)
+
+
+def appearance(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Appearance descriptor of the person whose face box is ``box`` in an RGB ``frame`` (H, W, 3).
+
+    Colour histograms (12 hue x 4 saturation bins + 8 brightness bins of the grey pixels) of two regions: the
+    face square and the chest below it (as wide as 1.6 faces, one face high, starting 0.2 face below the chin).
+    Each is square-rooted (Hellinger) and the pair is L2-normalised, so the dot product of two descriptors is a
+    similarity in [0, 1]. Skin tone, hair and clothes are what tells people apart here; unlike the expression
+    encoder's features, the descriptor does not move when the person smiles. ~0.1 ms per face.
+
+    Returns:
+        (2 * 56,) float32.
+    """
+    H, W = frame.shape[:2]
+    sq = square_box(box, 1.0, 0.0)
+    side = sq[2] - sq[0]
+    cx = 0.5 * (sq[0] + sq[2])
+    chest = np.array([cx - 0.8 * side, sq[3] + 0.2 * side, cx + 0.8 * side, sq[3] + 1.2 * side], np.float32)
+    parts = []
+    for b in (sq, chest):
+        x0, y0 = int(max(0, math.floor(b[0]))), int(max(0, math.floor(b[1])))
+        x1, y1 = int(min(W, math.ceil(b[2]))), int(min(H, math.ceil(b[3])))
+        if x1 - x0 < 4 or y1 - y0 < 4:
+            parts.append(np.zeros(_HIST_BINS[0] * _HIST_BINS[1] + _GREY_BINS))
+        else:
+            parts.append(np.sqrt(_region_hist(frame[y0:y1, x0:x1])))
+    d = np.concatenate(parts)
+    return (d / max(float(np.linalg.norm(d)), 1e-9)).astype(np.float32)
+
+
+def _thumb(frame: np.ndarray) -> np.ndarray:
+    """(36, 64, 3) float32 colour thumbnail for cut detection."""
+    import cv2
+
+    return cv2.resize(np.ascontiguousarray(frame), (64, 36), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def cut_fraction(prev: np.ndarray, cur: np.ndarray, level: float = 24.0) -> float:
+    """Share of thumbnail pixels whose colour changed by more than ``level`` (any channel) between two frames:
+    ~0 within a shot (talking, small head motion), most of the frame at a cut."""
+    return float((np.abs(cur - prev).max(-1) > level).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Online tracker
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PersonTrackConfig(FaceTrackConfig):
+    """Settings of the person tracker (the detection / FaceMesh settings are :class:`FaceTrackConfig`'s).
+
+    Attributes:
+        det_side: as in :class:`FaceTrackConfig`, but 640 by default: frames with several people are often wide
+            (two 480 x 360 clips side by side make 960 x 360) and a 320-pixel copy leaves each face too few pixels
+            for stable boxes (the side-by-side test: mean zero-shot valence of the right person -0.16 at 320, -0.26
+            at 640, -0.33 for the clip alone).
+        iou_min: a detection continues a track when its box overlaps the track's last box by at least this ...
+        app_min: ... and its appearance similarity to the person is at least this (a different person who
+            steps into the same place is not taken for the one who was there).
+        reid_min: a detection that continues no track takes the id of the most similar person not on this frame
+            when the similarity is at least this; else it starts a new person.
+        cut_share: a frame is a cut when at least this share of the pixels of a 64x36 colour thumbnail changed
+            by more than 24 levels since the previous frame (:func:`cut_fraction`): box overlap is not used
+            there, only appearance. A false cut costs little (appearance alone matches the persons for one
+            frame); a missed one would let a person step into another's place.
+        app_momentum: a person's descriptor is the running mean ``m * old + (1 - m) * new`` over detections.
+        min_track_s: after tracking, persons seen on fewer frames than this many seconds are dropped (flickers,
+            false detections).
+        merge_min: after tracking, two persons never on screen together whose mean descriptors are at least this
+            similar are merged into the earlier one.
+    """
+
+    det_side: int = 640
+    iou_min: float = 0.3
+    app_min: float = 0.6
+    reid_min: float = 0.8
+    cut_share: float = 0.12
+    app_momentum: float = 0.9
+    min_track_s: float = 0.5
+    merge_min: float = 0.9
+
+
+class _Person(_Track):
+    """One person's tracking state: the face track plus identity."""
+
+    def __init__(self, pid: int, mesh: Any | None, app: np.ndarray, first: int):
+        super().__init__(mesh)
+        self.pid = pid
+        self.app = app
+        self.first = first
+        self.n_app = 1
+
+
+@dataclass
+class PersonTracks:
+    """Per-person face tracks of one video.
+
+    Attributes:
+        ids: (P,) person ids, stable within the video (0, 1, ... by first appearance after :func:`finalize_tracks`).
+        boxes: (P, n, 4) float32 pixel boxes [x0, y0, x1, y1], NaN where the person is not visible.
+        conf: (P, n) float32 detector confidence (0 where not visible).
+        landmarks: (P, n, K, 2) float32 FaceMesh landmark x, y (the ``landmark_ids`` subset), NaN where missing.
+        appearance: (P, D) float32 mean appearance descriptor of each person.
+        fps: frame rate of the frame grid.
+        frame_size: (width, height) of the frames the boxes are in.
+        landmark_ids: the K FaceMesh ids of ``landmarks``.
+        cuts: frame indices detected as cuts.
+    """
+
+    ids: np.ndarray
+    boxes: np.ndarray
+    conf: np.ndarray
+    landmarks: np.ndarray
+    appearance: np.ndarray
+    fps: float
+    frame_size: tuple[int, int]
+    landmark_ids: tuple[int, ...] = LANDMARK_IDS
+    cuts: list[int] = field(default_factory=list)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.boxes.shape[1])
+
+    @property
+    def found(self) -> np.ndarray:
+        """(P, n) bool: the person is visible."""
+        return np.isfinite(self.boxes).all(-1)
+
+    def index(self, pid: int) -> int:
+        """Row of person ``pid``; VaestError if the video has no such person."""
+        hit = np.flatnonzero(self.ids == pid)
+        if not len(hit):
+            raise VaestError(f"no person {pid} in this video; persons: {', '.join(map(str, self.ids)) or 'none'}")
+        return int(hit[0])
+
+    def share(self) -> dict[int, float]:
+        """Fraction of the video's frames on which each person is visible."""
+        n = max(self.n_frames, 1)
+        return {int(p): float(f.sum() / n) for p, f in zip(self.ids, self.found)}
+
+    def mean_x(self) -> dict[int, float]:
+        """Mean horizontal box centre of each person over the frames they are visible on (pixels)."""
+        cx = 0.5 * (self.boxes[..., 0] + self.boxes[..., 2])
+        return {int(p): float(np.nanmean(c)) if np.isfinite(c).any() else math.nan for p, c in zip(self.ids, cx)}
+
+    def lip_area(self) -> np.ndarray:
+        """(P, n) inner-lip area over squared inter-ocular distance (:func:`vaest.features.mouth.lip_area`)."""
+        if not len(self.ids):
+            return np.zeros((0, self.n_frames))
+        return np.stack([lip_area(lm, self.landmark_ids) for lm in self.landmarks])
+
+
+class PersonTracker(FaceTracker):
+    """Detection + FaceMesh tracking of every person of one media file (create one per media file).
+
+    Per frame: detect (every ``detect_every`` frames, and on every frame while a person is lost or after a
+    cut), match detections to persons (see :meth:`_assign`), and between detections follow each person's face
+    with its own FaceMesh graph. Call :meth:`process` on consecutive batches, then :meth:`result`.
+    """
+
+    def __init__(self, cfg: PersonTrackConfig | None = None):
+        super().__init__(cfg or PersonTrackConfig(), [])
+        self.cfg: PersonTrackConfig
+        self.persons: list[_Person] = []
+        self._prev_thumb: np.ndarray | None = None
+        self._boxes: dict[int, list[np.ndarray]] = {}
+        self._conf: dict[int, list[np.ndarray]] = {}
+        self._lms: dict[int, list[np.ndarray]] = {}
+        self._n_done = 0
+        self.cuts: list[int] = []
+        self.size = (0, 0)
+
+    def close(self) -> None:
+        super().close()
+        for p in self.persons:
+            if p.mesh is not None:
+                p.mesh.close()
+                p.mesh = None
+
+    def _new_person(self, app: np.ndarray) -> _Person:
+        mesh = None
+        if self.cfg.mesh:
+            import mediapipe as mp
+
+            mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
+                                                   refine_landmarks=self.cfg.refine_landmarks,
+                                                   min_detection_confidence=self.cfg.min_confidence,
+                                                   min_tracking_confidence=self.cfg.min_tracking_confidence)
+        p = _Person(len(self.persons), mesh, app, self.frame_no)
+        self.persons.append(p)
+        return p
+
+    def _assign(self, boxes: np.ndarray, apps: np.ndarray, cut: bool) -> dict[int, int]:
+        """Detection index -> person list index for one detection frame.
+
+        1. Continuation: pairs (visible person, detection) with box IoU >= ``iou_min`` and appearance similarity
+           >= ``app_min`` (none on a cut), taken greedily by IoU + similarity.
+        2. Re-identification: each remaining detection (largest first) takes the most similar person not yet
+           assigned on this frame when the similarity is >= ``reid_min``.
+        3. Anything left starts a new person.
+        """
+        cfg = self.cfg
+        out: dict[int, int] = {}
+        taken: set[int] = set()
+        if len(boxes) and self.persons:
+            sims = apps @ np.stack([p.app for p in self.persons]).T  # (N, P)
+            if not cut:
+                pairs = []
+                for j, p in enumerate(self.persons):
+                    if p.box is None:
+                        continue
+                    for i in range(len(boxes)):
+                        iou = box_iou(p.box, boxes[i])
+                        if iou >= cfg.iou_min and sims[i, j] >= cfg.app_min:
+                            pairs.append((iou + sims[i, j], i, j))
+                for _, i, j in sorted(pairs, reverse=True):
+                    if i not in out and j not in taken:
+                        out[i] = j
+                        taken.add(j)
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            for i in np.argsort(-area, kind="stable"):
+                i = int(i)
+                if i in out:
+                    continue
+                cand = [(sims[i, j], j) for j in range(len(self.persons)) if j not in taken and sims[i, j] >= cfg.reid_min]
+                if cand:
+                    _, j = max(cand)
+                    out[i] = j
+                    taken.add(j)
+        for i in range(len(boxes)):
+            if i not in out:
+                self._new_person(apps[i])
+                out[i] = len(self.persons) - 1
+        return out
+
+    def process(self, frames: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Track the persons over consecutive frames (B, H, W, 3).
+
+        Returns:
+            person id -> (boxes (B, 4), conf (B,), landmarks (B, 478, 3)) for every person known so far (NaN / 0
+            where not visible on a frame). The same arrays are kept for :meth:`result`.
+        """
+        B, H, W = frames.shape[:3]
+        self.size = (W, H)
+        cfg = self.cfg
+        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+        def slot(pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            if pid not in out:
+                out[pid] = (np.full((B, 4), np.nan, np.float32), np.zeros(B, np.float32),
+                            np.full((B, N_LANDMARKS, 3), np.nan, np.float32))
+            return out[pid]
+
+        for b in range(B):
+            frame = frames[b]
+            th = _thumb(frame)
+            cut = self._prev_thumb is not None and cut_fraction(self._prev_thumb, th) >= cfg.cut_share
+            self._prev_thumb = th
+            if cut:
+                self.cuts.append(self.frame_no)
+                for p in self.persons:  # nothing carries over a cut by position
+                    p.box, p.age = None, max(p.age, 1)
+            lost = not self.persons or any(p.age > 0 and p.box is not None for p in self.persons)
+            detect = cut or lost or not cfg.mesh or self.frame_no % max(1, cfg.detect_every) == 0
+            assigned: dict[int, tuple[np.ndarray, float]] = {}
+            if detect:
+                boxes, scores = self.detect(frame)
+                apps = np.stack([appearance(frame, bx) for bx in boxes]) if len(boxes) else np.zeros((0, 1), np.float32)
+                for i, j in self._assign(boxes, apps, cut).items():
+                    assigned[j] = (boxes[i], float(scores[i]))
+                    p = self.persons[j]
+                    m = cfg.app_momentum
+                    a = m * p.app + (1 - m) * apps[i]
+                    p.app = (a / max(float(np.linalg.norm(a)), 1e-9)).astype(np.float32)
+                    p.n_app += 1
+            for j, p in enumerate(self.persons):
+                if detect:
+                    if j not in assigned:
+                        p.age += 1
+                        if p.age > cfg.max_gap:
+                            p.box = None
+                        continue
+                    box, conf = assigned[j]
+                elif p.box is not None and p.age == 0:
+                    box, conf = p.box, p.conf
+                else:
+                    continue
+                lm = self._mesh(p, frame, box) if p.mesh is not None else None
+                if lm is not None:
+                    lbox = np.array([np.nanmin(lm[:, 0]), np.nanmin(lm[:, 1]), np.nanmax(lm[:, 0]), np.nanmax(lm[:, 1])],
+                                    np.float32)
+                    size = np.array([lbox[2] - lbox[0], lbox[3] - lbox[1]] * 2, np.float32)
+                    if detect:
+                        rel = (box - lbox) / np.maximum(size, 1e-3)
+                        p.rel = rel if p.rel is None else 0.8 * p.rel + 0.2 * rel
+                    else:
+                        box = lbox + (p.rel if p.rel is not None else 0.0) * size
+                elif not detect:
+                    p.age = 1  # the mesh lost the face: detect on the next frame
+                    continue
+                p.box, p.conf, p.age = np.asarray(box, np.float32), conf, 0
+                bx, cf, lms = slot(p.pid)
+                bx[b], cf[b] = box, conf
+                if lm is not None:
+                    lms[b] = lm
+            self.frame_no += 1
+        for p in self.persons:
+            bx, cf, lms = slot(p.pid)
+            self._boxes.setdefault(p.pid, [np.full((self._n_done, 4), np.nan, np.float32)]).append(bx)
+            self._conf.setdefault(p.pid, [np.zeros(self._n_done, np.float32)]).append(cf)
+            self._lms.setdefault(p.pid, [np.full((self._n_done, len(LANDMARK_IDS), 2), np.nan, np.float32)]).append(
+                lms[:, _LM_INDEX, :2])
+        self._n_done += B
+        return out
+
+    def result(self, fps: float) -> PersonTracks:
+        """The raw online tracks so far (before :func:`finalize_tracks`)."""
+        P = len(self.persons)
+        n = self._n_done
+        K = len(LANDMARK_IDS)
+        if not P:
+            return PersonTracks(np.zeros(0, np.int64), np.zeros((0, n, 4), np.float32), np.zeros((0, n), np.float32),
+                                np.zeros((0, n, K, 2), np.float32), np.zeros((0, 0), np.float32), fps, self.size,
+                                cuts=list(self.cuts))
+        ids = np.array([p.pid for p in self.persons], np.int64)
+        return PersonTracks(ids, np.stack([np.concatenate(self._boxes[i]) for i in ids]),
+                            np.stack([np.concatenate(self._conf[i]) for i in ids]),
+                            np.stack([np.concatenate(self._lms[i]) for i in ids]),
+                            np.stack([p.app for p in self.persons]), fps, self.size, cuts=list(self.cuts))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Offline clean-up: drop flickers, merge one person's tracks, renumber
+# ---------------------------------------------------------------------------------------------------------
+
+
+def finalize_tracks(tr: PersonTracks, cfg: PersonTrackConfig | None = None) -> PersonTracks:
+    """Clean raw tracks. Rules, in order:
+
+    1. Drop: a person visible on fewer than ``min_track_s * fps`` frames (at least 2) is dropped (a flicker
+       or a false detection).
+    2. Merge: persons (earliest first) absorb later persons that are never visible on the same frame as them
+       and whose mean appearance is at least ``merge_min`` similar (one person the online pass kept apart,
+       e.g. after a long absence). The merged person's boxes fill the frames where the earlier one is absent.
+    3. Renumber: ids become 0, 1, ... in order of first appearance (left to right among persons who appear on
+       the same frame).
+    """
+    cfg = cfg or PersonTrackConfig()
+    found = tr.found
+    keep = [k for k in range(len(tr.ids)) if found[k].sum() >= max(2, cfg.min_track_s * tr.fps)]
+    keep.sort(key=lambda k: int(np.argmax(found[k])))
+    boxes = {k: tr.boxes[k].copy() for k in keep}
+    conf = {k: tr.conf[k].copy() for k in keep}
+    lms = {k: tr.landmarks[k].copy() for k in keep}
+    app = {k: tr.appearance[k].astype(np.float64) for k in keep}
+    alive = list(keep)
+    for a in keep:
+        if a not in alive:
+            continue
+        for b in [k for k in alive if k != a and keep.index(k) > keep.index(a)]:
+            fa, fb = np.isfinite(boxes[a]).all(1), np.isfinite(boxes[b]).all(1)
+            sim = float(app[a] @ app[b] / max(np.linalg.norm(app[a]) * np.linalg.norm(app[b]), 1e-9))
+            if (fa & fb).any() or sim < cfg.merge_min:
+                continue
+            log.debug("person tracks %d and %d merged (appearance similarity %.2f)", tr.ids[a], tr.ids[b], sim)
+            boxes[a][fb], conf[a][fb], lms[a][fb] = boxes[b][fb], conf[b][fb], lms[b][fb]
+            na, nb = fa.sum(), fb.sum()
+            app[a] = (na * app[a] + nb * app[b]) / max(na + nb, 1)
+            alive.remove(b)
+    def order(k: int) -> tuple[int, float]:  # first appearance, then left to right where first seen
+        i = int(np.argmax(np.isfinite(boxes[k]).all(1)))
+        return i, float(boxes[k][i, 0] + boxes[k][i, 2])
+
+    alive.sort(key=order)
+    n, K = tr.n_frames, len(tr.landmark_ids)
+    if not alive:
+        return PersonTracks(np.zeros(0, np.int64), np.zeros((0, n, 4), np.float32), np.zeros((0, n), np.float32),
+                            np.zeros((0, n, K, 2), np.float32), np.zeros((0, tr.appearance.shape[-1]), np.float32),
+                            tr.fps, tr.frame_size, tr.landmark_ids, list(tr.cuts))
+    apps = np.stack([app[k] / max(np.linalg.norm(app[k]), 1e-9) for k in alive]).astype(np.float32)
+    return PersonTracks(np.arange(len(alive), dtype=np.int64), np.stack([boxes[k] for k in alive]),
+                        np.stack([conf[k] for k in alive]), np.stack([lms[k] for k in alive]), apps, tr.fps,
+                        tr.frame_size, tr.landmark_ids, list(tr.cuts))
+
+
+def track_persons(path: str | Path, cfg: PersonTrackConfig | None = None, batch_size: int = 32,
+                  max_side: int | None = None) -> PersonTracks:
+    """Decode a media file and track every person in it (online :class:`PersonTracker` + :func:`finalize_tracks`)."""
+    from vaest.media import fps_or_default, iter_frames, probe
+
+    cfg = cfg or PersonTrackConfig()
+    info = probe(path)
+    tracker = PersonTracker(cfg)
+    try:
+        for batch in iter_frames(path, batch_size=batch_size, max_side=max_side):
+            tracker.process(batch.frames)
+        raw = tracker.result(fps_or_default(info.fps))
+    finally:
+        tracker.close()
+    return finalize_tracks(raw, cfg)
+
+
+def encode_persons(path: str | Path, tracks: PersonTracks, encoder: Any, batch_size: int = 64, flip: bool | None = None,
+                   crop_scale: float = 1.1, crop_shift: float = -0.05,
+                   max_side: int | None = None) -> dict[int, dict[str, np.ndarray]]:
+    """Run a face :class:`vaest.features.face.FrameEncoder` on each person's face crops of a media file.
+
+    Decodes the file again (the same ``max_side`` as the tracking, so the boxes fit). ``flip`` None = the
+    encoder's own default (mirror test-time augmentation for the light networks).
+
+    Returns:
+        person id -> ``emb`` (n, D), ``probs`` (n, C) (and ``va`` (n, 2) when the encoder has a VA head), NaN
+        on the frames where that person is not visible.
+    """
+    from vaest.features.face import crop_face
+    from vaest.media import iter_frames
+
+    flip = encoder.light if flip is None else flip
+    n = tracks.n_frames
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for k, pid in enumerate(tracks.ids):
+        out[int(pid)] = {"emb": np.full((n, encoder.feature_dim), np.nan, np.float32),
+                         "probs": np.full((n, len(encoder.classes)), np.nan, np.float32)}
+        if encoder.has_va:
+            out[int(pid)]["va"] = np.full((n, 2), np.nan, np.float32)
+    for batch in iter_frames(path, batch_size=batch_size, max_side=max_side):
+        for k, pid in enumerate(tracks.ids):
+            crops, rows = [], []
+            for j, fi in enumerate(batch.index):
+                if fi >= n or not np.isfinite(tracks.boxes[k, fi]).all():
+                    continue
+                c = crop_face(batch.frames[j], tracks.boxes[k, fi], crop_scale, crop_shift)
+                if c is not None:
+                    crops.append(c)
+                    rows.append(int(fi))
+            if crops:
+                res = encoder.encode(crops, batch_size=batch_size, flip=flip)
+                for key, arr in out[int(pid)].items():
+                    arr[rows] = res[key]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Speaker attribution
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpeakerConfig:
+    """The speaker rule (see :func:`attribute_speech`).
+
+    Attributes:
+        window_s: mouth motion is the standard deviation of the lip area over a centred window this long.
+        min_motion: a mouth moves when that motion is at least this (lip area is in squared inter-ocular
+            distances: a talking mouth moves by ~0.01-0.05, a still face by < 0.003).
+        min_share: a person "speaks" when given at least this share of the video's speech frames ...
+        min_speech_s: ... and at least this many seconds of it.
+    """
+
+    window_s: float = 0.5
+    min_motion: float = 0.006
+    min_share: float = 0.2
+    min_speech_s: float = 0.3
+
+
+@dataclass
+class SpeakerAttribution:
+    """Who speaks on each frame.
+
+    Attributes:
+        speaker: (n,) int: the person id the frame's audio belongs to; :data:`NO_SPEECH` (-1) where no speech is
+            detected, :data:`OFFSCREEN` (-2) where speech is detected but no visible mouth moves.
+        motion: (P, n) mouth motion per person (NaN where not visible).
+        ids: (P,) the person ids of ``motion``'s rows.
+        share: person id -> share of the speech frames given to them; ``offscreen_share`` likewise.
+        speaks: person id -> whether the person speaks (see :class:`SpeakerConfig`).
+    """
+
+    speaker: np.ndarray
+    motion: np.ndarray
+    ids: np.ndarray
+    share: dict[int, float]
+    offscreen_share: float
+    speaks: dict[int, bool]
+
+    def audio_mask(self, pid: int) -> np.ndarray:
+        """(n,) bool: frames whose audio is attributed to person ``pid`` (fusion uses audio only there)."""
+        return self.speaker == pid
+
+
+def mouth_motion(area: np.ndarray, fps: float, window_s: float = 0.5) -> np.ndarray:
+    """Rolling standard deviation of a lip-area series (n,) over a centred ``window_s`` window; NaN where the
+    frame has no lip area. Talking moves the lips; a face that keeps its mouth open or shut does not."""
+    a = np.asarray(area, np.float64).reshape(-1)
+    w = max(3, int(round(window_s * fps)))
+    m = rolling_nanmean(a, w)
+    m2 = rolling_nanmean(a * a, w)
+    sd = np.sqrt(np.clip(m2 - m * m, 0.0, None))
+    sd[~np.isfinite(a)] = np.nan
+    return sd
+
+
+def speech_on_frames(vad: TimeSeries, n_frames: int, fps: float, threshold: float = 0.5,
+                     frame_times: np.ndarray | None = None) -> np.ndarray:
+    """(n_frames,) bool speech flags from the ``vad`` record's probability series (any time base): a frame is
+    speech when the mean probability of the chunks covering its midpoint is >= ``threshold``."""
+    vals, mask = to_frames(vad, n_frames, fps, frame_times, how="mean")
+    return mask & (np.nan_to_num(vals[:, 0], nan=0.0) >= threshold)
+
+
+def attribute_speech(area: np.ndarray, speech: np.ndarray, fps: float, ids: Sequence[int] | None = None,
+                     cfg: SpeakerConfig | None = None) -> SpeakerAttribution:
+    """Give each speech frame's audio to the person whose mouth moves, or to nobody.
+
+    Rule: on a frame with speech, the candidates are the visible persons whose :func:`mouth_motion` is at
+    least ``min_motion``; the audio goes to the one whose mouth moves most, and to nobody (:data:`OFFSCREEN`)
+    when there is no candidate (an off-screen voice, or faces that do not talk). Frames without speech are
+    :data:`NO_SPEECH`.
+
+    Args:
+        area: (P, n) per-person lip area (:meth:`PersonTracks.lip_area`), NaN where not visible.
+        speech: (n,) bool speech flags on the same frame grid (:func:`speech_on_frames`).
+        fps: frame rate of the grid.
+        ids: (P,) person ids of the rows (default 0..P-1).
+    """
+    cfg = cfg or SpeakerConfig()
+    area = np.asarray(area, np.float64).reshape(len(area), -1) if len(area) else np.zeros((0, len(speech)))
+    speech = np.asarray(speech, bool).reshape(-1)
+    if area.shape[1] != len(speech):
+        raise ValueError(f"lip area covers {area.shape[1]} frames but the speech flags {len(speech)}")
+    ids_a = np.arange(len(area), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+    motion = np.stack([mouth_motion(a, fps, cfg.window_s) for a in area]) if len(area) else area.copy()
+    speaker = np.full(len(speech), NO_SPEECH, np.int64)
+    speaker[speech] = OFFSCREEN
+    if len(area):
+        m = np.where(np.isfinite(motion) & (motion >= cfg.min_motion), motion, -np.inf)
+        best = np.argmax(m, axis=0)
+        ok = speech & np.isfinite(m[best, np.arange(len(speech))])
+        speaker[ok] = ids_a[best[ok]]
+    n_speech = int(speech.sum())
+    share = {int(p): float((speaker == p).sum() / n_speech) if n_speech else 0.0 for p in ids_a}
+    speaks = {int(p): share[int(p)] >= cfg.min_share and (speaker == p).sum() >= cfg.min_speech_s * fps for p in ids_a}
+    off = float((speaker == OFFSCREEN).sum() / n_speech) if n_speech else 0.0
+    return SpeakerAttribution(speaker, motion, ids_a, share, off, speaks)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Behavior crops and the --people choice
+# ---------------------------------------------------------------------------------------------------------
+
+
+def person_window(boxes: np.ndarray, frame_size: tuple[int, int], margin: float = 1.0,
+                  below: float = 2.0) -> np.ndarray | None:
+    """One fixed crop window [x0, y0, x1, y1] (int pixels) that holds a person over a clip.
+
+    The union of the person's face boxes (T, 4) (NaN rows ignored), widened by ``margin`` face widths on each
+    side and above by half a face height, and extended ``below`` face heights down (shoulders, hands), clipped
+    to the frame. One window for the whole clip, so the person's own motion stays visible. None when the person
+    is not visible on any frame of the clip.
+    """
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    b = b[np.isfinite(b).all(1)]
+    if not len(b):
+        return None
+    fw = float(np.median(b[:, 2] - b[:, 0]))
+    fh = float(np.median(b[:, 3] - b[:, 1]))
+    W, H = frame_size
+    x0 = max(0, int(math.floor(b[:, 0].min() - margin * fw)))
+    y0 = max(0, int(math.floor(b[:, 1].min() - 0.5 * fh)))
+    x1 = min(W, int(math.ceil(b[:, 2].max() + margin * fw)))
+    y1 = min(H, int(math.ceil(b[:, 3].max() + below * fh)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return np.array([x0, y0, x1, y1], np.int64)
+
+
+def person_clip(frames: np.ndarray, boxes: np.ndarray, margin: float = 1.0, below: float = 2.0) -> np.ndarray | None:
+    """A behavior segment's frames (T, H, W, 3) cropped to one person's :func:`person_window` over the boxes
+    (T, 4) of the same frames -> (T, h, w, 3), or None when the person is absent from the whole segment."""
+    f = np.asarray(frames)
+    win = person_window(boxes, (f.shape[2], f.shape[1]), margin, below)
+    if win is None:
+        return None
+    x0, y0, x1, y1 = (int(v) for v in win)
+    return np.ascontiguousarray(f[:, y0:y1, x0:x1])
+
+
+def select_people(tracks: PersonTracks, mode: str | int = "main",
+                  attribution: SpeakerAttribution | None = None) -> tuple[list[int], str]:
+    """The person ids a ``--people`` choice keeps, and a sentence saying why (for the output's notes).
+
+    - ``all``: every person.
+    - ``main``: the one person with the highest (visible frames + speaking frames): present and speaking most;
+      ties go to the lower id. One id for the whole video: where that person is absent, the output has gaps.
+    - ``left`` / ``right``: of the two persons visible longest, the one whose mean box centre is further left /
+      right (Aff-Wild2's ``_left`` / ``_right`` labels); a lone person is both.
+    - ``N`` (an int or digits): that person id; VaestError if there is none.
+    """
+    m = str(mode).strip().lower()
+    if not len(tracks.ids):
+        return [], "no person found in the video"
+    n_vis = {int(p): int(f.sum()) for p, f in zip(tracks.ids, tracks.found)}
+    if m == "all":
+        return [int(p) for p in tracks.ids], f"all {len(tracks.ids)} persons"
+    if m == "main":
+        spk = {p: int((attribution.speaker == p).sum()) if attribution is not None else 0 for p in n_vis}
+        pid = max(n_vis, key=lambda p: (n_vis[p] + spk[p], -p))
+        return [pid], (f"person {pid}: visible on {n_vis[pid]} and speaking on {spk[pid]} of {tracks.n_frames} frames "
+                       f"(the most of {len(n_vis)} persons)")
+    if m in ("left", "right"):
+        two = sorted(n_vis, key=lambda p: (-n_vis[p], p))[:2]
+        mx = tracks.mean_x()
+        two.sort(key=lambda p: mx[p])
+        pid = two[0] if m == "left" else two[-1]
+        return [pid], f"person {pid}: the {m} one of the {len(two)} persons visible longest"
+    if m.isdigit():
+        tracks.index(int(m))
+        return [int(m)], f"person {int(m)} as asked"
+    raise VaestError(f"--people {mode!r}: expected all, main, left, right or a person id")
