@@ -243,14 +243,7 @@ def test_select_people_main_left_right_and_id():
 
 def test_synthetic_person_leaves_and_returns_with_the_same_id(tmp_path):
     _mediapipe()
-    head, grey = astro_head(), astro_head(grey=True)
-    frames = []
-    for k in range(80):
-        heads = [(head, 30 + k // 8, 40)]
-        if not 20 <= k < 60:  # the second person is away for 40 frames (> max_gap: re-identified by appearance)
-            heads.append((grey, 420, 50))
-        frames.append(scene(heads))
-    tr = track_persons(write_video(tmp_path / "away.mp4", frames))
+    tr = track_persons(_away_video(tmp_path / "away.mp4"))  # away for 40 frames > max_gap: re-identified
     assert list(tr.ids) == [0, 1]
     s0, s1 = side_of(tr, 0), side_of(tr, 1)
     assert (s0 == -1).mean() > 0.95 and not (s0 == 1).any()  # person 0: left, all along
@@ -348,3 +341,44 @@ def test_real_speech_goes_to_the_talking_face(real, which, talker):
     assert (given == other).mean() <= 0.05
     assert att.speaks == {pid: True, other: False}
     assert select_people(tr, "main", att)[0] == [pid]
+
+
+def _away_video(path: Path) -> Path:
+    """80 frames: a colour head on the left all along, a grey one on the right except frames 20-59."""
+    head, grey = astro_head(), astro_head(grey=True)
+    frames = []
+    for k in range(80):
+        heads = [(head, 30 + k // 8, 40)]
+        if not 20 <= k < 60:
+            heads.append((grey, 420, 50))
+        frames.append(scene(heads))
+    return write_video(path, frames)
+
+
+def test_persons_extractor_and_abaw_sides_use_the_same_tracks(tmp_path):
+    _mediapipe()
+    from vaest.corpus import Video
+    from vaest.features.base import create_extractor, run_extraction
+    from vaest.features.face import FaceTrackExtractor
+    from vaest.features.persons import person_tracks_from_record
+    from vaest.features.store import FeatureStore
+
+    path = _away_video(tmp_path / "away.mp4")
+    store = FeatureStore(tmp_path / "feats")
+    ex = create_extractor("persons", encoder="tiny")
+    assert not run_extraction(store, [ex], [Video(id="away", media=path, split="predict", fps=30.0)]).failed
+    rec = store.load("persons", "away")
+    tr, face = person_tracks_from_record(rec)
+    ref = track_persons(path)
+    assert list(tr.ids) == [0, 1] and rec.meta["classes"] and rec.values.shape == (80, 8)
+    np.testing.assert_allclose(tr.boxes, ref.boxes, atol=1e-4, equal_nan=True)
+    for k, pid in enumerate(tr.ids):  # face outputs exactly where the person is visible
+        np.testing.assert_array_equal(np.isfinite(face[int(pid)]["probs"]).all(1), tr.found[k])
+    assert np.isfinite(rec.extras["lip_area"][tr.found.T]).mean() > 0.9
+    # Aff-Wild2 _left / _right label tracks take the same persons (with facetrack's detector input size)
+    ref = track_persons(path, PersonTrackConfig(det_side=320))
+    vids = [Video(id=f"away_{s}", media=path, split="val", fps=30.0, side=s) for s in ("left", "right")]
+    assert not run_extraction(store, [FaceTrackExtractor()], vids).failed
+    left, right = store.load("facetrack", "away_left"), store.load("facetrack", "away_right")
+    np.testing.assert_allclose(left.values, ref.boxes[0], atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(right.mask, ref.found[1])

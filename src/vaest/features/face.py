@@ -5,7 +5,7 @@ Two frame extractors live here:
 - ``facetrack``: MediaPipe face detection (full-range model, so faces down to ~75 px are found) and FaceMesh
   (478 landmarks, video/tracking mode) on raw frames. One track per video: the largest face, kept by box
   overlap from frame to frame; ``<video>_left`` / ``<video>_right`` label tracks on one media file take the
-  left / right face by x position. Frames with no face are marked (mask False), never dropped. For speed the
+  left / right person of :class:`vaest.features.persons.PersonTracker` (identity tracks, ordered by mean box x). Frames with no face are marked (mask False), never dropped. For speed the
   detector runs every ``detect_every`` frames and whenever a track is lost; in between, FaceMesh follows the
   face on a crop around its previous landmarks. Per batch it shares ``shared["facetrack"] = {video_id:
   FaceObs}`` with the extractors that run after it (face encoder, mouth, behavior).
@@ -344,25 +344,47 @@ class FaceTrackExtractor(Extractor):
     def begin(self, videos: list[Video], info: MediaInfo) -> None:
         self.videos = videos
         self.info = info
-        self.tracker = FaceTracker(self.config, [_track_key(v) for v in videos])
-        self.parts: dict[str | None, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in self.tracker.sides}
+        keys = list(dict.fromkeys(_track_key(v) for v in videos))
+        # the main face: the single-face tracker (fast path); left/right: the person tracker (identity tracks,
+        # left/right = the two persons ordered by mean box x, see vaest.features.persons)
+        self.tracker = FaceTracker(self.config, [None]) if None in keys else None
+        self.person_tracker = None
+        if any(k in ("left", "right") for k in keys):
+            from vaest.features.persons import PersonTrackConfig, PersonTracker
+
+            self.person_tracker = PersonTracker(PersonTrackConfig(**dataclasses.asdict(self.config)))
+        self.parts: dict[str | None, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in keys}
         self.n = 0
         self.size = [info.width, info.height]
 
+    def _track(self, frames: np.ndarray) -> dict[str | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        res = self.tracker.process(frames) if self.tracker is not None else {}
+        if self.person_tracker is not None:
+            per = self.person_tracker.process(frames)
+            B = len(frames)
+            for side, pid in self.person_tracker.side_ids().items():
+                res[side] = per[pid] if pid is not None else (
+                    np.full((B, 4), np.nan, np.float32), np.zeros(B, np.float32),
+                    np.full((B, N_LANDMARKS, 3), np.nan, np.float32))
+        return res
+
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
-        res = self.tracker.process(batch.frames)
+        res = self._track(batch.frames)
         obs: dict[str, FaceObs] = {}
         for v in self.videos:
             boxes, conf, lms = res[_track_key(v)]
             obs[v.id] = FaceObs(boxes, conf, lms, batch.frames)
         shared["facetrack"] = obs
-        for s, (boxes, conf, lms) in res.items():
+        for s in self.parts:
+            boxes, conf, lms = res[s]
             self.parts[s].append((boxes, conf, lms[:, _LM_INDEX, :2]))
         self.n += len(batch.index)
         self.size = [int(batch.frames.shape[2]), int(batch.frames.shape[1])]  # box coordinates are in these pixels
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
-        self.tracker.close()
+        for t in (self.tracker, self.person_tracker):
+            if t is not None:
+                t.close()
         fps = fps_or_default(self.info.fps)
         out = {}
         for v in self.videos:

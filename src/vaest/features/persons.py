@@ -12,10 +12,13 @@ Pieces (each a plain function or class, tested on its own; see ``docs/persons.md
   voice); :func:`speech_on_frames` puts the ``vad`` series on the frame grid.
 - :func:`person_clip` crops a behavior segment's frames around one person.
 - :func:`select_people` implements ``--people all|main|left|right|N``.
+- the ``persons`` extractor (:class:`PersonsExtractor`) does tracking and the face encoder per person in the
+  extraction driver's one decoding pass; :func:`person_tracks_from_record` reads its record back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,11 +27,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vaest.corpus import Video
 from vaest.errors import VaestError
-from vaest.features.face import (LANDMARK_IDS, N_LANDMARKS, FaceTrackConfig, FaceTracker, _LM_INDEX, _Track,
+from vaest.features.base import Extractor, register_extractor
+from vaest.features.face import (LANDMARK_IDS, N_LANDMARKS, FaceObs, FaceTrackConfig, FaceTracker, _LM_INDEX, _Track,
                                  box_iou, square_box)
 from vaest.features.mouth import lip_area, rolling_nanmean
-from vaest.timebase import TimeSeries, to_frames
+from vaest.features.store import FeatureRecord
+from vaest.media import FrameBatch, MediaInfo, fps_or_default
+from vaest.timebase import TimeBase, TimeSeries, to_frames
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +158,8 @@ class _Person(_Track):
         self.app = app
         self.first = first
         self.n_app = 1
+        self.n_found = 0  # frames visible so far
+        self.sum_cx = 0.0  # sum of the box centre x over those frames
 
 
 @dataclass
@@ -361,6 +370,8 @@ class PersonTracker(FaceTracker):
                     p.age = 1  # the mesh lost the face: detect on the next frame
                     continue
                 p.box, p.conf, p.age = np.asarray(box, np.float32), conf, 0
+                p.n_found += 1
+                p.sum_cx += 0.5 * float(box[0] + box[2])
                 bx, cf, lms = slot(p.pid)
                 bx[b], cf[b] = box, conf
                 if lm is not None:
@@ -373,6 +384,20 @@ class PersonTracker(FaceTracker):
             self._lms.setdefault(p.pid, [np.full((self._n_done, len(LANDMARK_IDS), 2), np.nan, np.float32)]).append(
                 lms[:, _LM_INDEX, :2])
         self._n_done += B
+        return out
+
+    def side_ids(self) -> dict[str, int | None]:
+        """The ``left`` / ``right`` person ids now (Aff-Wild2's ``_left`` / ``_right`` label tracks): of the two
+        persons visible longest so far, ordered by their mean box centre x so far; a lone person goes to the
+        half of the frame its mean centre lies in. Ids are stable, so the answer settles once both were seen."""
+        seen = sorted((p for p in self.persons if p.n_found), key=lambda p: (-p.n_found, p.pid))[:2]
+        out: dict[str, int | None] = {"left": None, "right": None}
+        if len(seen) == 2:
+            a, b = sorted(seen, key=lambda p: p.sum_cx / p.n_found)
+            out["left"], out["right"] = a.pid, b.pid
+        elif seen:
+            p = seen[0]
+            out["left" if p.sum_cx / p.n_found < self.size[0] / 2 else "right"] = p.pid
         return out
 
     def result(self, fps: float) -> PersonTracks:
@@ -396,8 +421,54 @@ class PersonTracker(FaceTracker):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def track_plan(tr: PersonTracks, cfg: PersonTrackConfig | None = None) -> list[list[int]]:
+    """Which raw tracks become which person (the rules of :func:`finalize_tracks`).
+
+    Returns:
+        one list of raw row indices per final person, in final id order (the first row is the earliest).
+    """
+    cfg = cfg or PersonTrackConfig()
+    found = tr.found
+    keep = [k for k in range(len(tr.ids)) if found[k].sum() >= max(2, cfg.min_track_s * tr.fps)]
+    keep.sort(key=lambda k: int(np.argmax(found[k])))
+    groups = {k: [k] for k in keep}
+    seen = {k: found[k].copy() for k in keep}
+    app = {k: tr.appearance[k].astype(np.float64) for k in keep}
+    for a in keep:
+        if a not in groups:
+            continue
+        for b in [k for k in keep if k in groups and keep.index(k) > keep.index(a)]:
+            sim = float(app[a] @ app[b] / max(np.linalg.norm(app[a]) * np.linalg.norm(app[b]), 1e-9))
+            if (seen[a] & seen[b]).any() or sim < cfg.merge_min:
+                continue
+            log.debug("person tracks %d and %d merged (appearance similarity %.2f)", tr.ids[a], tr.ids[b], sim)
+            na, nb = seen[a].sum(), seen[b].sum()
+            app[a] = (na * app[a] + nb * app[b]) / max(na + nb, 1)
+            seen[a] |= seen[b]
+            groups[a] += groups.pop(b)
+
+    def order(k: int) -> tuple[int, float]:  # first appearance, then left to right where first seen
+        i = int(np.argmax(seen[k]))
+        row = next(r for r in groups[k] if found[r, i])
+        return i, float(tr.boxes[row, i, 0] + tr.boxes[row, i, 2])
+
+    return [groups[k] for k in sorted(groups, key=order)]
+
+
+def merge_rows(arr: np.ndarray, found: np.ndarray, plan: Sequence[Sequence[int]]) -> np.ndarray:
+    """Apply a :func:`track_plan` to any per-raw-track array (P, n, ...) -> (P', n, ...): each final person's
+    rows are the first raw track's, filled from the others where they are visible (``found`` (P, n))."""
+    out = []
+    for rows in plan:
+        x = arr[rows[0]].copy()
+        for r in rows[1:]:
+            x[found[r]] = arr[r][found[r]]
+        out.append(x)
+    return np.stack(out) if out else np.zeros((0,) + arr.shape[1:], arr.dtype)
+
+
 def finalize_tracks(tr: PersonTracks, cfg: PersonTrackConfig | None = None) -> PersonTracks:
-    """Clean raw tracks. Rules, in order:
+    """Clean raw tracks. Rules, in order (:func:`track_plan`):
 
     1. Drop: a person visible on fewer than ``min_track_s * fps`` frames (at least 2) is dropped (a flicker
        or a false detection).
@@ -407,42 +478,18 @@ def finalize_tracks(tr: PersonTracks, cfg: PersonTrackConfig | None = None) -> P
     3. Renumber: ids become 0, 1, ... in order of first appearance (left to right among persons who appear on
        the same frame).
     """
-    cfg = cfg or PersonTrackConfig()
+    plan = track_plan(tr, cfg)
     found = tr.found
-    keep = [k for k in range(len(tr.ids)) if found[k].sum() >= max(2, cfg.min_track_s * tr.fps)]
-    keep.sort(key=lambda k: int(np.argmax(found[k])))
-    boxes = {k: tr.boxes[k].copy() for k in keep}
-    conf = {k: tr.conf[k].copy() for k in keep}
-    lms = {k: tr.landmarks[k].copy() for k in keep}
-    app = {k: tr.appearance[k].astype(np.float64) for k in keep}
-    alive = list(keep)
-    for a in keep:
-        if a not in alive:
-            continue
-        for b in [k for k in alive if k != a and keep.index(k) > keep.index(a)]:
-            fa, fb = np.isfinite(boxes[a]).all(1), np.isfinite(boxes[b]).all(1)
-            sim = float(app[a] @ app[b] / max(np.linalg.norm(app[a]) * np.linalg.norm(app[b]), 1e-9))
-            if (fa & fb).any() or sim < cfg.merge_min:
-                continue
-            log.debug("person tracks %d and %d merged (appearance similarity %.2f)", tr.ids[a], tr.ids[b], sim)
-            boxes[a][fb], conf[a][fb], lms[a][fb] = boxes[b][fb], conf[b][fb], lms[b][fb]
-            na, nb = fa.sum(), fb.sum()
-            app[a] = (na * app[a] + nb * app[b]) / max(na + nb, 1)
-            alive.remove(b)
-    def order(k: int) -> tuple[int, float]:  # first appearance, then left to right where first seen
-        i = int(np.argmax(np.isfinite(boxes[k]).all(1)))
-        return i, float(boxes[k][i, 0] + boxes[k][i, 2])
-
-    alive.sort(key=order)
-    n, K = tr.n_frames, len(tr.landmark_ids)
-    if not alive:
-        return PersonTracks(np.zeros(0, np.int64), np.zeros((0, n, 4), np.float32), np.zeros((0, n), np.float32),
-                            np.zeros((0, n, K, 2), np.float32), np.zeros((0, tr.appearance.shape[-1]), np.float32),
-                            tr.fps, tr.frame_size, tr.landmark_ids, list(tr.cuts))
-    apps = np.stack([app[k] / max(np.linalg.norm(app[k]), 1e-9) for k in alive]).astype(np.float32)
-    return PersonTracks(np.arange(len(alive), dtype=np.int64), np.stack([boxes[k] for k in alive]),
-                        np.stack([conf[k] for k in alive]), np.stack([lms[k] for k in alive]), apps, tr.fps,
-                        tr.frame_size, tr.landmark_ids, list(tr.cuts))
+    apps = []
+    for rows in plan:
+        w = found[rows].sum(1).astype(np.float64)
+        a = (w[:, None] * tr.appearance[rows]).sum(0) / max(w.sum(), 1.0)
+        apps.append(a / max(float(np.linalg.norm(a)), 1e-9))
+    D = tr.appearance.shape[-1] if tr.appearance.ndim == 2 else 0
+    return PersonTracks(np.arange(len(plan), dtype=np.int64), merge_rows(tr.boxes, found, plan),
+                        merge_rows(tr.conf, found, plan), merge_rows(tr.landmarks, found, plan),
+                        np.stack(apps).astype(np.float32) if apps else np.zeros((0, D), np.float32),
+                        tr.fps, tr.frame_size, tr.landmark_ids, list(tr.cuts))
 
 
 def track_persons(path: str | Path, cfg: PersonTrackConfig | None = None, batch_size: int = 32,
@@ -679,3 +726,147 @@ def select_people(tracks: PersonTracks, mode: str | int = "main",
         tracks.index(int(m))
         return [int(m)], f"person {int(m)} as asked"
     raise VaestError(f"--people {mode!r}: expected all, main, left, right or a person id")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Extractor: per-person tracks (+ face encoder outputs) in one decoding pass
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PersonsConfig(PersonTrackConfig):
+    """Settings of the ``persons`` extractor: the tracker's, plus the face encoder run on each person's crops.
+
+    Attributes:
+        encoder: registered frame encoder (``fer``, ``grada``, ``tiny``), or None for tracks only.
+        weights, device, batch_size, crop_scale, crop_shift, flip_tta, num_threads: as in
+            :class:`vaest.features.face.FaceEncoderConfig`.
+    """
+
+    encoder: str | None = "fer"
+    weights: str | None = None
+    device: str = "cpu"
+    batch_size: int = 64
+    crop_scale: float = 1.1
+    crop_shift: float = -0.05
+    flip_tta: bool | None = None
+    num_threads: int | None = None
+
+
+@register_extractor("persons")
+class PersonsExtractor(Extractor):
+    """Store key ``persons``: every person of a video with a stable id (see :func:`person_tracks_from_record`).
+
+    values (n, 4P) the P persons' boxes side by side (NaN where not visible), mask = someone is visible;
+    extras ``conf`` (n, P), ``landmarks`` (n, P, K, 2), ``lip_area`` (n, P), ``appearance`` (P, D) and, with an
+    encoder, ``probs`` (n, P, C), ``emb`` (n, P, E) (and ``va`` (n, P, 2)); meta ``ids``, ``share``, ``mean_x``,
+    ``cuts``, ``frame_size``, ``landmark_ids``, ``classes``. Per batch it shares ``shared["persons"] =
+    {video_id: {online person id: FaceObs}}`` (online ids: before :func:`finalize_tracks`).
+    """
+
+    Config = PersonsConfig
+
+    def __init__(self, config: Any = None):
+        super().__init__(config)
+        self._enc: Any = None
+
+    @property
+    def encoder(self) -> Any:
+        if self._enc is None and self.config.encoder:
+            from vaest.features.face import create_encoder
+
+            self._enc = create_encoder(self.config.encoder, self.config.weights, self.config.device)
+        return self._enc
+
+    def begin(self, videos: list[Video], info: MediaInfo) -> None:
+        self.videos = videos
+        self.info = info
+        track_fields = {f.name for f in dataclasses.fields(PersonTrackConfig)}
+        self.tracker = PersonTracker(PersonTrackConfig(**{k: v for k, v in dataclasses.asdict(self.config).items()
+                                                          if k in track_fields}))
+        self.face: dict[int, dict[str, list[np.ndarray]]] = {}
+        self.n = 0
+
+    def _encode(self, obs: FaceObs) -> dict[str, np.ndarray]:
+        from vaest.features.face import crop_face, torch_threads
+
+        enc = self.encoder
+        B = len(obs.boxes)
+        out = {"emb": np.full((B, enc.feature_dim), np.nan, np.float32),
+               "probs": np.full((B, len(enc.classes)), np.nan, np.float32)}
+        if enc.has_va:
+            out["va"] = np.full((B, 2), np.nan, np.float32)
+        crops, rows = [], []
+        for j in np.flatnonzero(obs.found):
+            c = crop_face(obs.frames[j], obs.boxes[j], self.config.crop_scale, self.config.crop_shift)
+            if c is not None:
+                crops.append(c)
+                rows.append(int(j))
+        if crops:
+            threads = self.config.num_threads or (1 if enc.light and self.config.device == "cpu" else None)
+            flip = enc.light if self.config.flip_tta is None else bool(self.config.flip_tta)
+            with torch_threads(threads):
+                res = enc.encode(crops, self.config.device, self.config.batch_size, flip=flip)
+            for k in out:
+                out[k][rows] = res[k]
+        return out
+
+    def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
+        res = self.tracker.process(batch.frames)
+        obs = {pid: FaceObs(bx, cf, lm, batch.frames) for pid, (bx, cf, lm) in res.items()}
+        shared["persons"] = {v.id: obs for v in self.videos}
+        if self.encoder is not None:
+            for pid, o in obs.items():
+                enc = self._encode(o)
+                parts = self.face.setdefault(pid, {k: [np.full((self.n,) + v.shape[1:], np.nan, np.float32)]
+                                                   for k, v in enc.items()})
+                for k, v in enc.items():
+                    parts[k].append(v)
+        self.n += len(batch.index)
+
+    def end(self) -> dict[tuple[str, str], FeatureRecord]:
+        fps = fps_or_default(self.info.fps)
+        raw = self.tracker.result(fps)
+        self.tracker.close()
+        plan = track_plan(raw, self.config)
+        tr = finalize_tracks(raw, self.config)
+        P, n = len(tr.ids), tr.n_frames
+        extras: dict[str, np.ndarray] = {
+            "conf": tr.conf.T.copy(), "landmarks": np.ascontiguousarray(tr.landmarks.transpose(1, 0, 2, 3)),
+            "lip_area": tr.lip_area().T.astype(np.float32).reshape(n, P), "appearance": tr.appearance}
+        meta: dict[str, Any] = {"ids": [int(i) for i in tr.ids], "share": {str(k): v for k, v in tr.share().items()},
+                                "mean_x": {str(k): v for k, v in tr.mean_x().items()}, "cuts": tr.cuts,
+                                "frame_size": list(tr.frame_size), "landmark_ids": list(tr.landmark_ids), "fps": fps}
+        if self.encoder is not None:
+            meta["encoder"] = self.config.encoder
+            meta["classes"] = list(self.encoder.classes)
+            raw_found = raw.found
+            for k in ("emb", "probs", "va"):
+                if not self.face or k not in next(iter(self.face.values())):
+                    continue
+                per = np.stack([np.concatenate(self.face[int(pid)][k]) for pid in raw.ids]) if len(raw.ids) else \
+                    np.zeros((0, n, 1), np.float32)
+                merged = merge_rows(per, raw_found, plan) if plan else np.zeros((0, n, per.shape[-1]), np.float32)
+                extras[k] = np.ascontiguousarray(merged.transpose(1, 0, 2))
+        values = tr.boxes.transpose(1, 0, 2).reshape(n, 4 * P)
+        series = TimeSeries(values, TimeBase.frames(fps), tr.found.any(0) if P else np.zeros(n, bool))
+        out = {}
+        for v in self.videos:
+            out[("persons", v.id)] = FeatureRecord(series, dict(extras), dict(meta))
+            log.debug("%s: %d persons (%s of the frames)", v.id, P, meta["share"])
+        return out
+
+
+def person_tracks_from_record(rec: FeatureRecord) -> tuple[PersonTracks, dict[int, dict[str, np.ndarray]]]:
+    """A stored ``persons`` record -> (:class:`PersonTracks`, person id -> face encoder outputs ``probs`` (n, C),
+    ``emb`` (n, E) (and ``va``), NaN where that person is not visible; empty without an encoder)."""
+    ids = np.asarray(rec.meta["ids"], np.int64)
+    P, n = len(ids), len(rec.values)
+    boxes = rec.values.reshape(n, P, 4).transpose(1, 0, 2).astype(np.float32)
+    lms = rec.extras["landmarks"].transpose(1, 0, 2, 3)
+    tr = PersonTracks(ids, boxes, rec.extras["conf"].T.astype(np.float32), lms, rec.extras["appearance"],
+                      float(rec.meta["fps"]), tuple(rec.meta["frame_size"]), tuple(rec.meta["landmark_ids"]),
+                      list(rec.meta.get("cuts", [])))
+    face = {int(p): {k: rec.extras[k][:, i] for k in ("probs", "emb", "va") if k in rec.extras}
+            for i, p in enumerate(ids)}
+    return tr, face
