@@ -215,6 +215,28 @@ def test_person_clip_keeps_one_person_with_margin():
     assert person_clip(frames, np.full((4, 4), np.nan)) is None
 
 
+def test_behavior_segment_is_cropped_to_one_person():
+    from vaest.features.behavior import plan_segments
+    from vaest.features.persons import person_segment_clip
+
+    n, fps = 120, 30.0
+    frames = np.zeros((n, 100, 200, 3), np.uint8)
+    frames[:, :, :100] = 50  # person 0's half
+    frames[:, :, 100:] = 200  # person 1's half
+    boxes = np.full((2, n, 4), np.nan, np.float32)
+    boxes[0, :] = [30, 10, 50, 30]
+    boxes[1, 60:] = [150, 10, 170, 30]  # person 1 arrives at 2 s
+    tr = _tracks(boxes, np.eye(2), fps)
+    seg0, seg1 = plan_segments(n, fps)[:2]  # [0, 4) s and [2, 4) s
+    clip0 = person_segment_clip(frames[list(seg0.sample)], seg0, tr, 0)
+    assert clip0.shape[0] == len(seg0.sample) and (clip0 == 50).all()  # only person 0's half, with margin
+    assert person_segment_clip(frames[list(seg0.sample)], seg0, tr, 1) is not None  # on screen in [2, 4) s
+    clip1 = person_segment_clip(frames[list(seg1.sample)], seg1, tr, 1)
+    assert (clip1 == 200).all() and clip1.shape[1:3] == (70, 60)
+    tr.boxes[1, :] = np.nan
+    assert person_segment_clip(frames[list(seg1.sample)], seg1, tr, 1) is None
+
+
 def test_select_people_main_left_right_and_id():
     n = 30
     boxes = np.full((3, n, 4), np.nan, np.float32)

@@ -694,6 +694,25 @@ def person_clip(frames: np.ndarray, boxes: np.ndarray, margin: float = 1.0, belo
     return np.ascontiguousarray(f[:, y0:y1, x0:x1])
 
 
+def person_segment_clip(frames: np.ndarray, segment: Any, tracks: PersonTracks, pid: int, margin: float = 1.0,
+                        below: float = 2.0) -> np.ndarray | None:
+    """The frames a behavior segment shows the VLM (``frames`` (S, H, W, 3): the segment's ``sample`` frames,
+    as :class:`vaest.features.behavior.BehaviorVLMExtractor` stacks them) cropped to person ``pid``.
+
+    The window is :func:`person_window` over the person's boxes on every frame of the segment
+    (``segment.first:segment.stop``), so a person visible on any frame of the segment is framed the same way on
+    all of them; None when the person is absent from the whole segment (no description for them there).
+    """
+    k = tracks.index(pid)
+    lo, hi = int(segment.first), max(int(segment.stop), int(segment.first) + 1)
+    f = np.asarray(frames)
+    win = person_window(tracks.boxes[k, lo:hi], (f.shape[2], f.shape[1]), margin, below)
+    if win is None:
+        return None
+    x0, y0, x1, y1 = (int(v) for v in win)
+    return np.ascontiguousarray(f[:, y0:y1, x0:x1])
+
+
 def select_people(tracks: PersonTracks, mode: str | int = "main",
                   attribution: SpeakerAttribution | None = None) -> tuple[list[int], str]:
     """The person ids a ``--people`` choice keeps, and a sentence saying why (for the output's notes).
