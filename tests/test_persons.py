@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mediautil import write_frames as write_video
 from vaest.errors import VaestError
 from vaest.features.persons import (NO_SPEECH, OFFSCREEN, PersonTrackConfig, PersonTracks, appearance,
                                     attribute_speech, finalize_tracks, mouth_motion, person_clip, person_window,
@@ -53,22 +54,6 @@ def scene(heads: list[tuple[np.ndarray, int, int]], size: tuple[int, int] = (640
     for head, x, y in heads:
         f[y : y + head.shape[0], x : x + head.shape[1]] = head
     return f
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
-    import av
-
-    c = av.open(str(path), "w")
-    vs = c.add_stream("libx264", rate=fps)
-    vs.width, vs.height, vs.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-    vs.options = {"preset": "ultrafast", "crf": "12"}
-    for f in frames:
-        for p in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-            c.mux(p)
-    for p in vs.encode():
-        c.mux(p)
-    c.close()
-    return path
 
 
 def need_cremad() -> None:
@@ -290,22 +275,23 @@ def test_synthetic_swap_across_a_cut_follows_appearance(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _zero_shot_valence(path: Path, tracks: PersonTracks, enc) -> dict[int, float]:
+def _zero_shot_valence(path: Path, tracks: PersonTracks, fe) -> dict[int, float]:
     from vaest.features.persons import encode_persons
     from vaest.zeroshot import zero_shot_face
 
     out = {}
-    for pid, res in encode_persons(path, tracks, enc).items():
+    for pid, res in encode_persons(path, tracks, fe).items():
         ok = np.isfinite(res["probs"]).all(1)
-        out[pid] = float(zero_shot_face(res["probs"][ok], enc.classes)[:, 0].mean())
+        out[pid] = float(zero_shot_face(res["probs"][ok], fe.encoder.classes)[:, 0].mean())
     return out
 
 
 def test_real_side_by_side_two_persons_match_each_clip_alone(real):
-    from vaest.features.face import create_encoder
+    from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor
 
+    enc = FaceEncoderExtractor(FaceEncoderConfig(encoder="fer"))
     try:
-        enc = create_encoder("fer")
+        _ = enc.encoder
     except Exception as e:  # the FER weights ship in an optional package
         pytest.skip(f"FER encoder unavailable: {e}")
     tr = track_persons(real["sbs"])
@@ -387,7 +373,7 @@ def test_persons_extractor_and_abaw_sides_use_the_same_tracks(tmp_path):
 
     path = _away_video(tmp_path / "away.mp4")
     store = FeatureStore(tmp_path / "feats")
-    ex = create_extractor("persons", encoder="tiny")
+    ex = create_extractor("persons", face={"encoder": "tiny"})
     assert not run_extraction(store, [ex], [Video(id="away", media=path, split="predict", fps=30.0)]).failed
     rec = store.load("persons", "away")
     tr, face = person_tracks_from_record(rec)

@@ -272,6 +272,39 @@ class FaceTracker:
             arr = np.concatenate([arr, np.full((N_LANDMARKS - len(arr), 3), np.nan, np.float32)])
         return arr
 
+    def _step(self, t: _Track, frame: np.ndarray, detect: bool,
+              assigned: tuple[np.ndarray, float] | None) -> tuple[np.ndarray, float, np.ndarray | None] | None:
+        """Advance one track by one frame: take the detection ``assigned`` to it on a detection frame, else
+        follow the face with FaceMesh from its last box. Returns (box (4,), conf, landmarks (478, 3) or None),
+        or None when the track has no face on this frame (its age grows; past ``max_gap`` it forgets its box)."""
+        if detect:
+            if assigned is None:
+                t.age += 1
+                if t.age > self.cfg.max_gap:
+                    t.box = None
+                return None
+            box, conf = assigned
+        elif t.box is not None and t.age == 0:
+            box, conf = t.box, t.conf  # follow the face with the mesh between detections
+        else:
+            return None
+        lm = self._mesh(t, frame, box) if t.mesh is not None else None
+        if lm is not None:
+            lbox = np.array([np.nanmin(lm[:, 0]), np.nanmin(lm[:, 1]), np.nanmax(lm[:, 0]), np.nanmax(lm[:, 1])],
+                            np.float32)
+            size = np.array([lbox[2] - lbox[0], lbox[3] - lbox[1]] * 2, np.float32)
+            if detect:
+                rel = (box - lbox) / np.maximum(size, 1e-3)
+                t.rel = rel if t.rel is None else 0.8 * t.rel + 0.2 * rel
+            else:
+                # between detections the box follows the landmarks (kept in the detector's convention)
+                box = lbox + (t.rel if t.rel is not None else 0.0) * size
+        elif not detect:
+            t.age = 1  # the mesh lost the face: no face here, detect on the next frame
+            return None
+        t.box, t.conf, t.age = np.asarray(box, np.float32), conf, 0
+        return box, conf, lm
+
     def process(self, frames: np.ndarray) -> dict[str | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Track faces over consecutive frames (B, H, W, 3).
 
@@ -295,33 +328,10 @@ class FaceTracker:
                 for s, i in pick.items():
                     assigned[s] = (boxes[i], float(scores[i])) if i is not None else None
             for s, t in self.tracks.items():
-                if detect:
-                    a = assigned.get(s)
-                    if a is None:
-                        t.age += 1
-                        if t.age > cfg.max_gap:
-                            t.box = None
-                        continue
-                    box, conf = a
-                elif t.box is not None and t.age == 0:
-                    box, conf = t.box, t.conf  # follow the face with the mesh between detections
-                else:
+                step = self._step(t, frame, detect, assigned.get(s))
+                if step is None:
                     continue
-                lm = self._mesh(t, frame, box) if t.mesh is not None else None
-                if lm is not None:
-                    lbox = np.array([np.nanmin(lm[:, 0]), np.nanmin(lm[:, 1]), np.nanmax(lm[:, 0]), np.nanmax(lm[:, 1])],
-                                    np.float32)
-                    size = np.array([lbox[2] - lbox[0], lbox[3] - lbox[1]] * 2, np.float32)
-                    if detect:
-                        rel = (box - lbox) / np.maximum(size, 1e-3)
-                        t.rel = rel if t.rel is None else 0.8 * t.rel + 0.2 * rel
-                    else:
-                        # between detections the box follows the landmarks (kept in the detector's convention)
-                        box = lbox + (t.rel if t.rel is not None else 0.0) * size
-                elif not detect:
-                    t.age = 1  # the mesh lost the face: no face here, detect on the next frame
-                    continue
-                t.box, t.conf, t.age = np.asarray(box, np.float32), conf, 0
+                box, conf, lm = step
                 out[s][0][b] = box
                 out[s][1][b] = conf
                 if lm is not None:
@@ -983,16 +993,20 @@ class FaceEncoderExtractor(Extractor):
         obs_map = shared.get("facetrack")
         if obs_map is None:
             raise FeatureError("the face encoder needs the facetrack extractor to run before it")
+        for v in self.videos:
+            obs = obs_map[v.id]
+            crops, rows = self._crops(v, obs, batch)
+            self.parts[v.id].append((rows, self.encode_crops(crops), obs.conf.copy()))
+
+    def encode_crops(self, crops: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Encode RGB face crops with this extractor's encoder, mirror TTA and CPU thread setting
+        (:meth:`FrameEncoder.encode`'s outputs)."""
         enc = self.encoder
         n_threads = self.config.num_threads
         if n_threads is None and enc.light and self.config.device == "cpu":
             n_threads = 1
-        for v in self.videos:
-            obs = obs_map[v.id]
-            crops, rows = self._crops(v, obs, batch)
-            with torch_threads(n_threads):
-                res = enc.encode(crops, self.config.device, self.config.batch_size, flip=self.flip)
-            self.parts[v.id].append((rows, res, obs.conf.copy()))
+        with torch_threads(n_threads):
+            return enc.encode(crops, self.config.device, self.config.batch_size, flip=self.flip)
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
         enc = self.encoder

@@ -30,10 +30,10 @@ import numpy as np
 from vaest.corpus import Video
 from vaest.errors import VaestError
 from vaest.features.base import Extractor, register_extractor
-from vaest.features.face import (LANDMARK_IDS, N_LANDMARKS, FaceObs, FaceTrackConfig, FaceTracker, _LM_INDEX, _Track,
-                                 box_iou, square_box)
+from vaest.features.face import (LANDMARK_IDS, N_LANDMARKS, FaceEncoderConfig, FaceEncoderExtractor, FaceObs,
+                                 FaceTrackConfig, FaceTracker, _LM_INDEX, _Track, box_iou, crop_face, square_box)
 from vaest.features.mouth import lip_area, rolling_nanmean
-from vaest.features.store import FeatureRecord
+from vaest.features.store import FeatureRecord, config_hash
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
 from vaest.timebase import TimeBase, TimeSeries, to_frames
 
@@ -345,31 +345,10 @@ class PersonTracker(FaceTracker):
                     p.app = (a / max(float(np.linalg.norm(a)), 1e-9)).astype(np.float32)
                     p.n_app += 1
             for j, p in enumerate(self.persons):
-                if detect:
-                    if j not in assigned:
-                        p.age += 1
-                        if p.age > cfg.max_gap:
-                            p.box = None
-                        continue
-                    box, conf = assigned[j]
-                elif p.box is not None and p.age == 0:
-                    box, conf = p.box, p.conf
-                else:
+                step = self._step(p, frame, detect, assigned.get(j))
+                if step is None:
                     continue
-                lm = self._mesh(p, frame, box) if p.mesh is not None else None
-                if lm is not None:
-                    lbox = np.array([np.nanmin(lm[:, 0]), np.nanmin(lm[:, 1]), np.nanmax(lm[:, 0]), np.nanmax(lm[:, 1])],
-                                    np.float32)
-                    size = np.array([lbox[2] - lbox[0], lbox[3] - lbox[1]] * 2, np.float32)
-                    if detect:
-                        rel = (box - lbox) / np.maximum(size, 1e-3)
-                        p.rel = rel if p.rel is None else 0.8 * p.rel + 0.2 * rel
-                    else:
-                        box = lbox + (p.rel if p.rel is not None else 0.0) * size
-                elif not detect:
-                    p.age = 1  # the mesh lost the face: detect on the next frame
-                    continue
-                p.box, p.conf, p.age = np.asarray(box, np.float32), conf, 0
+                box, conf, lm = step
                 p.n_found += 1
                 p.sum_cx += 0.5 * float(box[0] + box[2])
                 bx, cf, lms = slot(p.pid)
@@ -509,44 +488,55 @@ def track_persons(path: str | Path, cfg: PersonTrackConfig | None = None, batch_
     return finalize_tracks(raw, cfg)
 
 
-def encode_persons(path: str | Path, tracks: PersonTracks, encoder: Any, batch_size: int = 64, flip: bool | None = None,
-                   crop_scale: float = 1.1, crop_shift: float = -0.05,
-                   max_side: int | None = None) -> dict[int, dict[str, np.ndarray]]:
-    """Run a face :class:`vaest.features.face.FrameEncoder` on each person's face crops of a media file.
+def encode_person_frames(fe: FaceEncoderExtractor, frames: np.ndarray, boxes: np.ndarray) -> dict[str, np.ndarray]:
+    """A face encoder's outputs for one person over frames (B, H, W, 3) with that person's boxes (B, 4).
 
-    Decodes the file again (the same ``max_side`` as the tracking, so the boxes fit). ``flip`` None = the
-    encoder's own default (mirror test-time augmentation for the light networks).
+    Crops are :func:`vaest.features.face.crop_face` with ``fe``'s crop settings, encoded by
+    :meth:`FaceEncoderExtractor.encode_crops` (its TTA and thread settings).
+
+    Returns:
+        ``emb`` (B, D), ``probs`` (B, C) (and ``va`` (B, 2)), NaN where the box is NaN.
+    """
+    enc = fe.encoder
+    B = len(boxes)
+    out = {"emb": np.full((B, enc.feature_dim), np.nan, np.float32),
+           "probs": np.full((B, len(enc.classes)), np.nan, np.float32)}
+    if enc.has_va:
+        out["va"] = np.full((B, 2), np.nan, np.float32)
+    crops, rows = [], []
+    for j in np.flatnonzero(np.isfinite(boxes).all(1)):
+        c = crop_face(frames[j], boxes[j], fe.config.crop_scale, fe.config.crop_shift)
+        if c is not None:
+            crops.append(c)
+            rows.append(int(j))
+    if crops:
+        res = fe.encode_crops(crops)
+        for k in out:
+            out[k][rows] = res[k]
+    return out
+
+
+def encode_persons(path: str | Path, tracks: PersonTracks, face: FaceEncoderConfig | FaceEncoderExtractor | None = None,
+                   max_side: int | None = None) -> dict[int, dict[str, np.ndarray]]:
+    """Run a face encoder (default: ``fer``) on each person's face crops of a media file.
+
+    Decodes the file again (pass the same ``max_side`` as the tracking, so the boxes fit); the ``persons``
+    extractor does the same in the tracking pass.
 
     Returns:
         person id -> ``emb`` (n, D), ``probs`` (n, C) (and ``va`` (n, 2) when the encoder has a VA head), NaN
         on the frames where that person is not visible.
     """
-    from vaest.features.face import crop_face
     from vaest.media import iter_frames
 
-    flip = encoder.light if flip is None else flip
+    fe = face if isinstance(face, FaceEncoderExtractor) else FaceEncoderExtractor(face or FaceEncoderConfig())
     n = tracks.n_frames
-    out: dict[int, dict[str, np.ndarray]] = {}
-    for k, pid in enumerate(tracks.ids):
-        out[int(pid)] = {"emb": np.full((n, encoder.feature_dim), np.nan, np.float32),
-                         "probs": np.full((n, len(encoder.classes)), np.nan, np.float32)}
-        if encoder.has_va:
-            out[int(pid)]["va"] = np.full((n, 2), np.nan, np.float32)
-    for batch in iter_frames(path, batch_size=batch_size, max_side=max_side):
+    parts: dict[int, list[dict[str, np.ndarray]]] = {int(p): [] for p in tracks.ids}
+    for batch in iter_frames(path, max_side=max_side):
+        idx = batch.index[batch.index < n]
         for k, pid in enumerate(tracks.ids):
-            crops, rows = [], []
-            for j, fi in enumerate(batch.index):
-                if fi >= n or not np.isfinite(tracks.boxes[k, fi]).all():
-                    continue
-                c = crop_face(batch.frames[j], tracks.boxes[k, fi], crop_scale, crop_shift)
-                if c is not None:
-                    crops.append(c)
-                    rows.append(int(fi))
-            if crops:
-                res = encoder.encode(crops, batch_size=batch_size, flip=flip)
-                for key, arr in out[int(pid)].items():
-                    arr[rows] = res[key]
-    return out
+            parts[int(pid)].append(encode_person_frames(fe, batch.frames[: len(idx)], tracks.boxes[k, idx]))
+    return {pid: {key: np.concatenate([r[key] for r in rs]) for key in rs[0]} for pid, rs in parts.items() if rs}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -754,22 +744,15 @@ def select_people(tracks: PersonTracks, mode: str | int = "main",
 
 @dataclass
 class PersonsConfig(PersonTrackConfig):
-    """Settings of the ``persons`` extractor: the tracker's, plus the face encoder run on each person's crops.
+    """Settings of the ``persons`` extractor: the tracker's, plus ``face``: the face encoder run on each person's
+    crops (:class:`vaest.features.face.FaceEncoderConfig`; its ``use_cropped_aligned`` does not apply), or None
+    for tracks only."""
 
-    Attributes:
-        encoder: registered frame encoder (``fer``, ``grada``, ``tiny``), or None for tracks only.
-        weights, device, batch_size, crop_scale, crop_shift, flip_tta, num_threads: as in
-            :class:`vaest.features.face.FaceEncoderConfig`.
-    """
+    face: FaceEncoderConfig | None = field(default_factory=FaceEncoderConfig)
 
-    encoder: str | None = "fer"
-    weights: str | None = None
-    device: str = "cpu"
-    batch_size: int = 64
-    crop_scale: float = 1.1
-    crop_shift: float = -0.05
-    flip_tta: bool | None = None
-    num_threads: int | None = None
+    def __post_init__(self) -> None:
+        if isinstance(self.face, dict):  # from a config file / create_extractor(face={...})
+            self.face = FaceEncoderConfig(**self.face)
 
 
 @register_extractor("persons")
@@ -777,25 +760,23 @@ class PersonsExtractor(Extractor):
     """Store key ``persons``: every person of a video with a stable id (see :func:`person_tracks_from_record`).
 
     values (n, 4P) the P persons' boxes side by side (NaN where not visible), mask = someone is visible;
-    extras ``conf`` (n, P), ``landmarks`` (n, P, K, 2), ``lip_area`` (n, P), ``appearance`` (P, D) and, with an
-    encoder, ``probs`` (n, P, C), ``emb`` (n, P, E) (and ``va`` (n, P, 2)); meta ``ids``, ``share``, ``mean_x``,
-    ``cuts``, ``frame_size``, ``landmark_ids``, ``classes``. Per batch it shares ``shared["persons"] =
-    {video_id: {online person id: FaceObs}}`` (online ids: before :func:`finalize_tracks`).
+    extras ``conf`` (n, P), ``landmarks`` (n, P, K, 2), ``lip_area`` (n, P), ``appearance`` (P, D) and, with a
+    face encoder, ``probs`` (n, P, C), ``emb`` (n, P, E) (and ``va`` (n, P, 2)); meta ``ids``, ``share``,
+    ``mean_x``, ``cuts``, ``frame_size``, ``landmark_ids``, ``classes``. Per batch it shares
+    ``shared["persons"] = {video_id: {online person id: FaceObs}}`` (online ids: before :func:`finalize_tracks`).
     """
 
     Config = PersonsConfig
 
     def __init__(self, config: Any = None):
         super().__init__(config)
-        self._enc: Any = None
+        self.face_encoder = FaceEncoderExtractor(self.config.face) if self.config.face is not None else None
 
-    @property
-    def encoder(self) -> Any:
-        if self._enc is None and self.config.encoder:
-            from vaest.features.face import create_encoder
-
-            self._enc = create_encoder(self.config.encoder, self.config.weights, self.config.device)
-        return self._enc
+    def config_hash(self) -> str:
+        cfg = dataclasses.asdict(self.config)
+        for k in ("device", "batch_size", "num_threads"):
+            (cfg["face"] or {}).pop(k, None)
+        return config_hash({"name": self.name, **cfg})
 
     def begin(self, videos: list[Video], info: MediaInfo) -> None:
         self.videos = videos
@@ -806,37 +787,13 @@ class PersonsExtractor(Extractor):
         self.face: dict[int, dict[str, list[np.ndarray]]] = {}
         self.n = 0
 
-    def _encode(self, obs: FaceObs) -> dict[str, np.ndarray]:
-        from vaest.features.face import crop_face, torch_threads
-
-        enc = self.encoder
-        B = len(obs.boxes)
-        out = {"emb": np.full((B, enc.feature_dim), np.nan, np.float32),
-               "probs": np.full((B, len(enc.classes)), np.nan, np.float32)}
-        if enc.has_va:
-            out["va"] = np.full((B, 2), np.nan, np.float32)
-        crops, rows = [], []
-        for j in np.flatnonzero(obs.found):
-            c = crop_face(obs.frames[j], obs.boxes[j], self.config.crop_scale, self.config.crop_shift)
-            if c is not None:
-                crops.append(c)
-                rows.append(int(j))
-        if crops:
-            threads = self.config.num_threads or (1 if enc.light and self.config.device == "cpu" else None)
-            flip = enc.light if self.config.flip_tta is None else bool(self.config.flip_tta)
-            with torch_threads(threads):
-                res = enc.encode(crops, self.config.device, self.config.batch_size, flip=flip)
-            for k in out:
-                out[k][rows] = res[k]
-        return out
-
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
         res = self.tracker.process(batch.frames)
         obs = {pid: FaceObs(bx, cf, lm, batch.frames) for pid, (bx, cf, lm) in res.items()}
         shared["persons"] = {v.id: obs for v in self.videos}
-        if self.encoder is not None:
+        if self.face_encoder is not None:
             for pid, o in obs.items():
-                enc = self._encode(o)
+                enc = encode_person_frames(self.face_encoder, o.frames, o.boxes)
                 parts = self.face.setdefault(pid, {k: [np.full((self.n,) + v.shape[1:], np.nan, np.float32)]
                                                    for k, v in enc.items()})
                 for k, v in enc.items():
@@ -856,9 +813,9 @@ class PersonsExtractor(Extractor):
         meta: dict[str, Any] = {"ids": [int(i) for i in tr.ids], "share": {str(k): v for k, v in tr.share().items()},
                                 "mean_x": {str(k): v for k, v in tr.mean_x().items()}, "cuts": tr.cuts,
                                 "frame_size": list(tr.frame_size), "landmark_ids": list(tr.landmark_ids), "fps": fps}
-        if self.encoder is not None:
-            meta["encoder"] = self.config.encoder
-            meta["classes"] = list(self.encoder.classes)
+        if self.face_encoder is not None:
+            meta["encoder"] = self.face_encoder.config.encoder
+            meta["classes"] = list(self.face_encoder.encoder.classes)
             raw_found = raw.found
             for k in ("emb", "probs", "va"):
                 if not self.face or k not in next(iter(self.face.values())):
