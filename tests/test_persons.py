@@ -85,10 +85,14 @@ def clip(i: int, secs: float, extra: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory) -> dict[str, Path]:
-    """The multi-person videos built from the real clips (each 1.8-4 s, 960 x 360)."""
     need_cremad()
-    d = tmp_path_factory.mktemp("persons")
+    return build_real(tmp_path_factory.mktemp("persons"))
+
+
+def build_real(d: Path) -> dict[str, Path]:
+    """The multi-person videos built from the real clips into folder ``d`` (each 1.8-4 s, 960 x 360)."""
     grey = ",hue=s=0"
+    freeze = ",trim=end_frame=1,tpad=stop=60:stop_mode=clone"
     curtain = ",drawbox=enable=between(t\\,1\\,3):color=gray:t=fill"
     return {
         # HAP on the left, SAD on the right
@@ -103,11 +107,15 @@ def real(tmp_path_factory) -> dict[str, Path]:
                        "[a][b]hstack=inputs=2[p];[c][e]hstack=inputs=2[q];[p][q]concat=n=2:v=1:a=0[v]"),
         # HAP talks on the left (its own voice), SAD's first frame frozen on the right
         "talk": ffmpeg(d / "talk.mp4", [HAP, SAD],
-                       f"{clip(0, 1.8)}[a];{clip(1, 1.8, ',trim=end_frame=1,tpad=stop=60:stop_mode=clone')}[b];"
+                       f"{clip(0, 1.8)}[a];{clip(1, 1.8, freeze)}[b];"
                        "[a][b]hstack=inputs=2,trim=duration=1.8[v]", audio="0:a"),
+        # both faces frozen, HAP's voice: an off-screen voice
+        "voiceover": ffmpeg(d / "voiceover.mp4", [HAP, SAD],
+                            f"{clip(0, 1.8, freeze)}[a];{clip(1, 1.8, freeze)}[b];"
+                            "[a][b]hstack=inputs=2,trim=duration=1.8[v]", audio="0:a"),
         # the same, mirrored: the frozen face on the left, SAD talking on the right with its voice
         "talk_r": ffmpeg(d / "talk_r.mp4", [HAP, SAD],
-                         f"{clip(0, 1.8, ',trim=end_frame=1,tpad=stop=60:stop_mode=clone')}[a];{clip(1, 1.8)}[b];"
+                         f"{clip(0, 1.8, freeze)}[a];{clip(1, 1.8)}[b];"
                          "[a][b]hstack=inputs=2,trim=duration=1.8[v]", audio="1:a"),
     }
 
@@ -390,3 +398,17 @@ def test_persons_extractor_and_abaw_sides_use_the_same_tracks(tmp_path):
     left, right = store.load("facetrack", "away_left"), store.load("facetrack", "away_right")
     np.testing.assert_allclose(left.values, ref.boxes[0], atol=1e-4, equal_nan=True)
     np.testing.assert_array_equal(right.mask, ref.found[1])
+
+
+def test_real_voice_of_nobody_on_screen_is_attributed_to_nobody(real):
+    pytest.importorskip("silero_vad", reason="silero-vad not installed (pip install 'vaest[audio]')")
+    from vaest.features.vad import VAD_BASE, speech_probability
+    from vaest.media import read_audio
+
+    path = real["voiceover"]
+    tr = track_persons(path)
+    assert list(tr.ids) == [0, 1]
+    speech = speech_on_frames(TimeSeries(speech_probability(read_audio(path))[:, None], VAD_BASE), tr.n_frames, tr.fps)
+    att = attribute_speech(tr.lip_area(), speech, tr.fps, tr.ids)
+    assert speech.sum() >= 15 and (att.speaker[speech] == OFFSCREEN).all()
+    assert att.offscreen_share == 1.0 and att.speaks == {0: False, 1: False}

@@ -638,7 +638,7 @@ def attribute_speech(area: np.ndarray, speech: np.ndarray, fps: float, ids: Sequ
         speaker[ok] = ids_a[best[ok]]
     n_speech = int(speech.sum())
     share = {int(p): float((speaker == p).sum() / n_speech) if n_speech else 0.0 for p in ids_a}
-    speaks = {int(p): share[int(p)] >= cfg.min_share and (speaker == p).sum() >= cfg.min_speech_s * fps for p in ids_a}
+    speaks = {int(p): bool(share[int(p)] >= cfg.min_share and (speaker == p).sum() >= cfg.min_speech_s * fps) for p in ids_a}
     off = float((speaker == OFFSCREEN).sum() / n_speech) if n_speech else 0.0
     return SpeakerAttribution(speaker, motion, ids_a, share, off, speaks)
 
