@@ -278,6 +278,19 @@ def test_synthetic_swap_across_a_cut_follows_appearance(tmp_path):
     assert (side_of(tr, 1)[21:] == -1).all()
 
 
+def test_synthetic_lookalikes_keep_their_ids_through_a_camera_jump(tmp_path):
+    """Two people who look the same: a jump of the picture (detected as a cut) must not swap them, since
+    appearance cannot tell them apart and position still can."""
+    _mediapipe()
+    head = astro_head()
+    frames = [scene([(head, 40 + (40 if k >= 20 else 0), 40), (head, 400 + (40 if k >= 20 else 0), 40)])
+              for k in range(40)]
+    tr = track_persons(write_video(tmp_path / "jump.mp4", frames))
+    assert list(tr.ids) == [0, 1] and tr.cuts == [20]
+    assert (side_of(tr, 0)[tr.found[0]] == -1).all() and (side_of(tr, 1)[tr.found[1]] == 1).all()
+    assert tr.found.mean() > 0.9
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Real faces (CREMA-D)
 # ---------------------------------------------------------------------------------------------------------

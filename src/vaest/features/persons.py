@@ -124,14 +124,16 @@ class PersonTrackConfig(FaceTrackConfig):
             for stable boxes (the side-by-side test: mean zero-shot valence of the right person -0.16 at 320, -0.26
             at 640, -0.33 for the clip alone).
         iou_min: a detection continues a track when its box overlaps the track's last box by at least this ...
-        app_min: ... and its appearance similarity to the person is at least this (a different person who
-            steps into the same place is not taken for the one who was there).
+        app_min: ... and its appearance similarity to the person is at least this ...
+        app_margin: ... and not lower than its best similarity to any person by more than this (a different
+            person who steps into the same place, or is there after a cut, is not taken for the one who was
+            there; two people who look alike are told apart by position).
         reid_min: a detection that continues no track takes the id of the most similar person not on this frame
             when the similarity is at least this; else it starts a new person.
         cut_share: a frame is a cut when at least this share of the pixels of a 64x36 colour thumbnail changed
-            by more than 24 levels since the previous frame (:func:`cut_fraction`): box overlap is not used
-            there, only appearance. A false cut costs little (appearance alone matches the persons for one
-            frame); a missed one would let a person step into another's place.
+            by more than 24 levels since the previous frame (:func:`cut_fraction`): the detector runs there
+            (FaceMesh would follow the old places into the new shot) and the matching rules decide. A false cut
+            costs one detection.
         app_momentum: a person's descriptor is the running mean ``m * old + (1 - m) * new`` over detections.
         min_track_s: after tracking, persons seen on fewer frames than this many seconds are dropped (flickers,
             false detections).
@@ -142,6 +144,7 @@ class PersonTrackConfig(FaceTrackConfig):
     det_side: int = 640
     iou_min: float = 0.3
     app_min: float = 0.6
+    app_margin: float = 0.1
     reid_min: float = 0.8
     cut_share: float = 0.12
     app_momentum: float = 0.9
@@ -261,11 +264,12 @@ class PersonTracker(FaceTracker):
         self.persons.append(p)
         return p
 
-    def _assign(self, boxes: np.ndarray, apps: np.ndarray, cut: bool) -> dict[int, int]:
+    def _assign(self, boxes: np.ndarray, apps: np.ndarray) -> dict[int, int]:
         """Detection index -> person list index for one detection frame.
 
-        1. Continuation: pairs (visible person, detection) with box IoU >= ``iou_min`` and appearance similarity
-           >= ``app_min`` (none on a cut), taken greedily by IoU + similarity.
+        1. Continuation: pairs (person with a last box, detection) with box IoU >= ``iou_min``, appearance
+           similarity >= ``app_min`` and not lower than the detection's best similarity to anyone by more than
+           ``app_margin`` (it does not clearly look like someone else), taken greedily by IoU + similarity.
         2. Re-identification: each remaining detection (largest first) takes the most similar person not yet
            assigned on this frame when the similarity is >= ``reid_min``.
         3. Anything left starts a new person.
@@ -275,19 +279,19 @@ class PersonTracker(FaceTracker):
         taken: set[int] = set()
         if len(boxes) and self.persons:
             sims = apps @ np.stack([p.app for p in self.persons]).T  # (N, P)
-            if not cut:
-                pairs = []
-                for j, p in enumerate(self.persons):
-                    if p.box is None:
-                        continue
-                    for i in range(len(boxes)):
-                        iou = box_iou(p.box, boxes[i])
-                        if iou >= cfg.iou_min and sims[i, j] >= cfg.app_min:
-                            pairs.append((iou + sims[i, j], i, j))
-                for _, i, j in sorted(pairs, reverse=True):
-                    if i not in out and j not in taken:
-                        out[i] = j
-                        taken.add(j)
+            best = sims.max(1)
+            pairs = []
+            for j, p in enumerate(self.persons):
+                if p.box is None:
+                    continue
+                for i in range(len(boxes)):
+                    iou = box_iou(p.box, boxes[i])
+                    if iou >= cfg.iou_min and sims[i, j] >= max(cfg.app_min, best[i] - cfg.app_margin):
+                        pairs.append((iou + sims[i, j], i, j))
+            for _, i, j in sorted(pairs, reverse=True):
+                if i not in out and j not in taken:
+                    out[i] = j
+                    taken.add(j)
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             for i in np.argsort(-area, kind="stable"):
                 i = int(i)
@@ -327,17 +331,15 @@ class PersonTracker(FaceTracker):
             th = _thumb(frame)
             cut = self._prev_thumb is not None and cut_fraction(self._prev_thumb, th) >= cfg.cut_share
             self._prev_thumb = th
-            if cut:
+            if cut:  # FaceMesh must not follow the old place into the new shot: detect, match by appearance
                 self.cuts.append(self.frame_no)
-                for p in self.persons:  # nothing carries over a cut by position
-                    p.box, p.age = None, max(p.age, 1)
             lost = not self.persons or any(p.age > 0 and p.box is not None for p in self.persons)
             detect = cut or lost or not cfg.mesh or self.frame_no % max(1, cfg.detect_every) == 0
             assigned: dict[int, tuple[np.ndarray, float]] = {}
             if detect:
                 boxes, scores = self.detect(frame)
                 apps = np.stack([appearance(frame, bx) for bx in boxes]) if len(boxes) else np.zeros((0, 1), np.float32)
-                for i, j in self._assign(boxes, apps, cut).items():
+                for i, j in self._assign(boxes, apps).items():
                     assigned[j] = (boxes[i], float(scores[i]))
                     p = self.persons[j]
                     m = cfg.app_momentum
