@@ -56,7 +56,8 @@ def figures() -> dict[str, Any]:
                                      "SAD": _valence(T.SAD, track_persons(T.SAD), fe)[0]}}
     for ds in (320, 640):
         tr = track_persons(real["sbs"], PersonTrackConfig(det_side=ds))
-        res[f"side_by_side_det{ds}"] = {"ids": tr.ids.tolist(), "share": tr.share(), "valence": _valence(real["sbs"], tr, fe)}
+        res[f"side_by_side_det{ds}"] = {"ids": tr.ids.tolist(), "share": tr.share(),
+                                        "valence": _valence(real["sbs"], tr, fe)}
     tr = track_persons(real["leave"])
     away = np.flatnonzero(~tr.found[1])
     res["leave"] = {"ids": tr.ids.tolist(), "n_frames": tr.n_frames, "share": tr.share(),
@@ -68,7 +69,8 @@ def figures() -> dict[str, Any]:
                                                  float(np.nanmean(T.side_of(tr, 0)[tr.cuts[0]:]))] if tr.cuts else None}
     for w in ("talk", "talk_r"):
         tr = track_persons(real[w])
-        sp = speech_on_frames(TimeSeries(speech_probability(read_audio(real[w]))[:, None], VAD_BASE), tr.n_frames, tr.fps)
+        vad = TimeSeries(speech_probability(read_audio(real[w]))[:, None], VAD_BASE)
+        sp = speech_on_frames(vad, tr.n_frames, tr.fps)
         att = attribute_speech(tr.lip_area(), sp, tr.fps, tr.ids)
         res[w] = {"speech_frames": int(sp.sum()), "n_frames": tr.n_frames, "share": att.share,
                   "offscreen": att.offscreen_share, "speaks": att.speaks,

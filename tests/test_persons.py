@@ -321,7 +321,7 @@ def test_real_side_by_side_two_persons_match_each_clip_alone(real):
     assert share[0] >= 0.9 and share[1] >= 0.9, share
     assert (side_of(tr, 0)[tr.found[0]] == -1).all() and (side_of(tr, 1)[tr.found[1]] == 1).all()  # no id switch
     both = _zero_shot_valence(real["sbs"], tr, enc)
-    alone = {0: _zero_shot_valence(HAP, track_persons(HAP), enc)[0], 1: _zero_shot_valence(SAD, track_persons(SAD), enc)[0]}
+    alone = {pid: _zero_shot_valence(p, track_persons(p), enc)[0] for pid, p in ((0, HAP), (1, SAD))}
     for pid in (0, 1):
         assert abs(both[pid] - alone[pid]) <= 0.15, (pid, both, alone)
     assert alone[0] > alone[1] + 0.3  # the two clips do differ: HAP reads happier than SAD

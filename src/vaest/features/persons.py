@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from vaest.features.mouth import lip_area, rolling_nanmean
 from vaest.features.store import FeatureRecord, config_hash
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
 from vaest.timebase import TimeBase, TimeSeries, to_frames
+
+if TYPE_CHECKING:
+    from vaest.features.behavior import Segment
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +300,8 @@ class PersonTracker(FaceTracker):
                 i = int(i)
                 if i in out:
                     continue
-                cand = [(sims[i, j], j) for j in range(len(self.persons)) if j not in taken and sims[i, j] >= cfg.reid_min]
+                cand = [(sims[i, j], j) for j in range(len(self.persons))
+                        if j not in taken and sims[i, j] >= cfg.reid_min]
                 if cand:
                     _, j = max(cand)
                     out[i] = j
@@ -640,7 +644,8 @@ def attribute_speech(area: np.ndarray, speech: np.ndarray, fps: float, ids: Sequ
         speaker[ok] = ids_a[best[ok]]
     n_speech = int(speech.sum())
     share = {int(p): float((speaker == p).sum() / n_speech) if n_speech else 0.0 for p in ids_a}
-    speaks = {int(p): bool(share[int(p)] >= cfg.min_share and (speaker == p).sum() >= cfg.min_speech_s * fps) for p in ids_a}
+    speaks = {int(p): bool(share[int(p)] >= cfg.min_share and (speaker == p).sum() >= cfg.min_speech_s * fps)
+              for p in ids_a}
     off = float((speaker == OFFSCREEN).sum() / n_speech) if n_speech else 0.0
     return SpeakerAttribution(speaker, motion, ids_a, share, off, speaks)
 
@@ -686,7 +691,7 @@ def person_clip(frames: np.ndarray, boxes: np.ndarray, margin: float = 1.0, belo
     return np.ascontiguousarray(f[:, y0:y1, x0:x1])
 
 
-def person_segment_clip(frames: np.ndarray, segment: Any, tracks: PersonTracks, pid: int, margin: float = 1.0,
+def person_segment_clip(frames: np.ndarray, segment: Segment, tracks: PersonTracks, pid: int, margin: float = 1.0,
                         below: float = 2.0) -> np.ndarray | None:
     """The frames a behavior segment shows the VLM (``frames`` (S, H, W, 3): the segment's ``sample`` frames,
     as :class:`vaest.features.behavior.BehaviorVLMExtractor` stacks them) cropped to person ``pid``.
