@@ -50,7 +50,7 @@ def figures() -> dict[str, Any]:
     from vaest.timebase import TimeSeries
 
     torch.set_num_threads(1)
-    real = T.build_real(Path(tempfile.mkdtemp()))
+    real = T.build_real(Path(tempfile.mkdtemp()), long=True)
     fe = FaceEncoderExtractor(FaceEncoderConfig(encoder="fer"))
     res: dict[str, Any] = {"alone": {"HAP": _valence(T.HAP, track_persons(T.HAP), fe)[0],
                                      "SAD": _valence(T.SAD, track_persons(T.SAD), fe)[0]}}
@@ -58,6 +58,10 @@ def figures() -> dict[str, Any]:
         tr = track_persons(real["sbs"], PersonTrackConfig(det_side=ds))
         res[f"side_by_side_det{ds}"] = {"ids": tr.ids.tolist(), "share": tr.share(),
                                         "valence": _valence(real["sbs"], tr, fe)}
+    tr = track_persons(real["sbs6"])
+    res["side_by_side_6s"] = {"ids": tr.ids.tolist(), "share": tr.share(), "cuts": tr.cuts,
+                              "sides": [sorted(set(T.side_of(tr, k)[tr.found[k]].tolist())) for k in range(len(tr.ids))],
+                              "valence": _valence(real["sbs6"], tr, fe)}
     tr = track_persons(real["leave"])
     away = np.flatnonzero(~tr.found[1])
     res["leave"] = {"ids": tr.ids.tolist(), "n_frames": tr.n_frames, "share": tr.share(),

@@ -89,12 +89,13 @@ def real(tmp_path_factory) -> dict[str, Path]:
     return build_real(tmp_path_factory.mktemp("persons"))
 
 
-def build_real(d: Path) -> dict[str, Path]:
-    """The multi-person videos built from the real clips into folder ``d`` (each 1.8-4 s, 960 x 360)."""
+def build_real(d: Path, long: bool = False) -> dict[str, Path]:
+    """The multi-person videos built from the real clips into folder ``d`` (each 1.8-4 s, 960 x 360); ``long``:
+    also ``sbs6``, the side-by-side video of the issue (6 s: each clip looped)."""
     grey = ",hue=s=0"
     freeze = ",trim=end_frame=1,tpad=stop=60:stop_mode=clone"
     curtain = ",drawbox=enable=between(t\\,1\\,3):color=gray:t=fill"
-    return {
+    out = {
         # HAP on the left, SAD on the right
         "sbs": ffmpeg(d / "sbs.mp4", [HAP, SAD], f"{clip(0, 1.8)}[a];{clip(1, 1.8)}[b];[a][b]hstack=inputs=2[v]"),
         # SAD (right) leaves for 2 s (1 s .. 3 s: a grey curtain over its half) and comes back
@@ -113,11 +114,14 @@ def build_real(d: Path) -> dict[str, Path]:
         "voiceover": ffmpeg(d / "voiceover.mp4", [HAP, SAD],
                             f"{clip(0, 1.8, freeze)}[a];{clip(1, 1.8, freeze)}[b];"
                             "[a][b]hstack=inputs=2,trim=duration=1.8[v]", audio="0:a"),
-        # the same, mirrored: the frozen face on the left, SAD talking on the right with its voice
+        # "talk" mirrored: the frozen face on the left, SAD talking on the right with its voice
         "talk_r": ffmpeg(d / "talk_r.mp4", [HAP, SAD],
                          f"{clip(0, 1.8, freeze)}[a];{clip(1, 1.8)}[b];"
                          "[a][b]hstack=inputs=2,trim=duration=1.8[v]", audio="1:a"),
     }
+    if long:
+        out["sbs6"] = ffmpeg(d / "sbs6.mp4", [HAP, SAD], f"{clip(0, 6)}[a];{clip(1, 6)}[b];[a][b]hstack=inputs=2[v]")
+    return out
 
 
 def side_of(tr: PersonTracks, k: int) -> np.ndarray:
@@ -228,6 +232,23 @@ def test_behavior_segment_is_cropped_to_one_person():
     assert (clip1 == 200).all() and clip1.shape[1:3] == (70, 60)
     tr.boxes[1, :] = np.nan
     assert person_segment_clip(frames[list(seg1.sample)], seg1, tr, 1) is None
+
+
+def test_person_rows_long_table_with_gaps():
+    from vaest.features.persons import person_rows
+
+    boxes = np.full((2, 3, 4), np.nan, np.float32)
+    boxes[0] = [[1, 2, 3, 4]] * 3
+    boxes[1, 1] = [5, 6, 7, 8]
+    tr = _tracks(boxes, np.eye(2))
+    out = person_rows(tr, [0, 1], {0: {"valence": np.array([0.1, 0.2, 0.3])}, 1: {"valence": np.array([9, 0.5, 9])}},
+                      times=np.array([0.0, 0.1, 0.2]))
+    np.testing.assert_array_equal(out["frame"], [1, 1, 2, 2, 3, 3])
+    np.testing.assert_array_equal(out["person"], [0, 1, 0, 1, 0, 1])
+    np.testing.assert_allclose(out["time"], [0, 0, 0.1, 0.1, 0.2, 0.2])
+    np.testing.assert_array_equal(out["box_x0"], [1, np.nan, 1, 5, 1, np.nan])
+    np.testing.assert_allclose(out["valence"], [0.1, 9, 0.2, 0.5, 0.3, 9])
+    assert list(person_rows(tr, [1])["person"]) == [1, 1, 1]
 
 
 def test_select_people_main_left_right_and_id():

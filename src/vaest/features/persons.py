@@ -710,6 +710,33 @@ def person_segment_clip(frames: np.ndarray, segment: Segment, tracks: PersonTrac
     return np.ascontiguousarray(f[:, y0:y1, x0:x1])
 
 
+def person_rows(tracks: PersonTracks, ids: Sequence[int], columns: dict[int, dict[str, np.ndarray]] | None = None,
+                times: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-person series as one long table (one row per frame and person, ordered by frame, then person), in the
+    Predictor's output layout: ``frame`` (1-based), ``time`` (when ``times`` (n,) is given), ``person``,
+    ``box_x0, box_y0, box_x1, box_y1`` (NaN where the person is not visible), then every column of
+    ``columns[pid]`` (each (n,)). Every frame gets a row for every chosen person, visible or not: frames where a
+    person is absent are gaps in their series, never another face. ``pandas.DataFrame(person_rows(...))``."""
+    n = tracks.n_frames
+    ids = [int(p) for p in ids]
+    P = len(ids)
+    rows = tracks.boxes[[tracks.index(p) for p in ids]] if P else np.zeros((0, n, 4), np.float32)  # (P, n, 4)
+    out: dict[str, np.ndarray] = {"frame": np.repeat(np.arange(1, n + 1), P)}
+    if times is not None:
+        out["time"] = np.repeat(np.asarray(times, np.float64)[:n], P)
+    out["person"] = np.tile(np.asarray(ids, np.int64), n)
+    for c, name in enumerate(("box_x0", "box_y0", "box_x1", "box_y1")):
+        out[name] = rows[:, :, c].T.reshape(-1)
+    names = list(dict.fromkeys(k for p in ids for k in (columns or {}).get(p, {})))
+    for name in names:
+        col = np.full((n, P), np.nan)
+        for j, p in enumerate(ids):
+            if name in (columns or {}).get(p, {}):
+                col[:, j] = np.asarray(columns[p][name], np.float64)[:n]
+        out[name] = col.reshape(-1)
+    return out
+
+
 def select_people(tracks: PersonTracks, mode: str | int = "main",
                   attribution: SpeakerAttribution | None = None) -> tuple[list[int], str]:
     """The person ids a ``--people`` choice keeps, and a sentence saying why (for the output's notes).
