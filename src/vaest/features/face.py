@@ -215,16 +215,18 @@ class FaceTracker:
             self.sides = [s for s in self.sides if s not in ("left", "right")] + ["left", "right"]
         self.detector = mp.solutions.face_detection.FaceDetection(model_selection=cfg.model_selection,
                                                                   min_detection_confidence=cfg.min_confidence)
-        self.tracks: dict[str | None, _Track] = {}
-        for s in self.sides:
-            mesh = None
-            if cfg.mesh:
-                mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
-                                                       refine_landmarks=cfg.refine_landmarks,
-                                                       min_detection_confidence=cfg.min_confidence,
-                                                       min_tracking_confidence=cfg.min_tracking_confidence)
-            self.tracks[s] = _Track(mesh)
+        self.tracks: dict[str | None, _Track] = {s: _Track(self._make_mesh()) for s in self.sides}
         self.frame_no = 0
+
+    def _make_mesh(self) -> Any | None:
+        """A FaceMesh graph in tracking mode for one face (None when ``mesh`` is off)."""
+        if not self.cfg.mesh:
+            return None
+        mp = _require_mediapipe()
+        return mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
+                                               refine_landmarks=self.cfg.refine_landmarks,
+                                               min_detection_confidence=self.cfg.min_confidence,
+                                               min_tracking_confidence=self.cfg.min_tracking_confidence)
 
     def close(self) -> None:
         self.detector.close()

@@ -255,15 +255,7 @@ class PersonTracker(FaceTracker):
                 p.mesh = None
 
     def _new_person(self, app: np.ndarray) -> _Person:
-        mesh = None
-        if self.cfg.mesh:
-            import mediapipe as mp
-
-            mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
-                                                   refine_landmarks=self.cfg.refine_landmarks,
-                                                   min_detection_confidence=self.cfg.min_confidence,
-                                                   min_tracking_confidence=self.cfg.min_tracking_confidence)
-        p = _Person(len(self.persons), mesh, app, self.frame_no)
+        p = _Person(len(self.persons), self._make_mesh(), app, self.frame_no)
         self.persons.append(p)
         return p
 
@@ -351,7 +343,12 @@ class PersonTracker(FaceTracker):
                     p.app = (a / max(float(np.linalg.norm(a)), 1e-9)).astype(np.float32)
                     p.n_app += 1
             for j, p in enumerate(self.persons):
+                if j in assigned and p.mesh is None:
+                    p.mesh = self._make_mesh()  # back after a long absence
                 step = self._step(p, frame, detect, assigned.get(j))
+                if p.box is None and p.mesh is not None:  # gone for more than max_gap: free its FaceMesh graph
+                    p.mesh.close()
+                    p.mesh = None
                 if step is None:
                     continue
                 box, conf, lm = step
