@@ -56,6 +56,23 @@ def make_video(path: Path, n_frames: int = 30, fps: int = 30, size: tuple[int, i
     return Path(path)
 
 
+def write_frames(path: Path, frames: list[np.ndarray], fps: int = 30, crf: int = 16) -> Path:
+    """Write RGB frames (H, W, 3) uint8 as a near-lossless H.264 file (no audio)."""
+    import av
+
+    c = av.open(str(path), "w")
+    vs = c.add_stream("libx264", rate=fps)
+    vs.width, vs.height, vs.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    vs.options = {"preset": "ultrafast", "crf": str(crf)}
+    for f in frames:
+        for p in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            c.mux(p)
+    for p in vs.encode():
+        c.mux(p)
+    c.close()
+    return Path(path)
+
+
 def make_wav(path: Path, seconds: float = 2.0, sr: int = 22050, tone_hz: float = 220.0) -> Path:
     import soundfile as sf
 

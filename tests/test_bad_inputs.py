@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mediautil import make_video, make_wav
+from mediautil import make_video, make_wav, write_frames
 from vaest.corpus import Video, load_corpus
 from vaest.errors import LabelError, MediaError, VaestError
 from vaest.features.base import create_extractor, list_extractors, process_media, run_extraction
@@ -41,21 +41,6 @@ def _frame_extractors():
 def _audio_extractors():
     _need(AUDIO_EX)
     return [create_extractor("audio-lmfb"), create_extractor("vad")]
-
-
-def _write_frames(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
-    import av
-
-    c = av.open(str(path), "w")
-    s = c.add_stream("libx264", rate=fps)
-    s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-    for f in frames:
-        for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-    c.close()
-    return path
 
 
 def _face() -> np.ndarray:
@@ -96,7 +81,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
     canvas = np.full((360, 640, 3), 90, np.uint8)
     canvas[20:341, 20:320] = cv2.resize(face, (300, 321))  # the larger face on the left
     canvas[80:294, 400:600] = face[:, ::-1]
-    m["two_faces"] = _write_frames(d / "two.mp4", [canvas] * 6)
+    m["two_faces"] = write_frames(d / "two.mp4", [canvas] * 6, crf=23)
     return m
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mediautil import write_frames as write_video
 from vaest.corpus import Video
 from vaest.errors import ModelError, VaestError
 from vaest.features.face import (
@@ -73,22 +74,6 @@ def astro_frame(size: tuple[int, int] = (480, 360), at: tuple[tuple[int, int], .
             head = head[:, ::-1]
         f[y : y + head.shape[0], x : x + head.shape[1]] = head
     return f
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
-    import av
-
-    c = av.open(str(path), "w")
-    vs = c.add_stream("libx264", rate=fps)
-    vs.width, vs.height, vs.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-    vs.options = {"preset": "ultrafast", "crf": "16"}
-    for f in frames:
-        for p in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-            c.mux(p)
-    for p in vs.encode():
-        c.mux(p)
-    c.close()
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------

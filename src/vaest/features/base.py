@@ -49,7 +49,7 @@ def register_extractor(name: str) -> Callable[[type], type]:
 def _import_all() -> None:
     import importlib
 
-    for mod in ("face", "mouth", "audio", "behavior"):
+    for mod in ("face", "mouth", "audio", "behavior", "persons"):
         try:
             importlib.import_module(f"vaest.features.{mod}")
         except ModuleNotFoundError as e:

@@ -5,7 +5,7 @@ Two frame extractors live here:
 - ``facetrack``: MediaPipe face detection (full-range model, so faces down to ~75 px are found) and FaceMesh
   (478 landmarks, video/tracking mode) on raw frames. One track per video: the largest face, kept by box
   overlap from frame to frame; ``<video>_left`` / ``<video>_right`` label tracks on one media file take the
-  left / right face by x position. Frames with no face are marked (mask False), never dropped. For speed the
+  left / right person of :class:`vaest.features.persons.PersonTracker` (identity tracks, ordered by mean box x). Frames with no face are marked (mask False), never dropped. For speed the
   detector runs every ``detect_every`` frames and whenever a track is lost; in between, FaceMesh follows the
   face on a crop around its previous landmarks. Per batch it shares ``shared["facetrack"] = {video_id:
   FaceObs}`` with the extractors that run after it (face encoder, mouth, behavior).
@@ -215,16 +215,18 @@ class FaceTracker:
             self.sides = [s for s in self.sides if s not in ("left", "right")] + ["left", "right"]
         self.detector = mp.solutions.face_detection.FaceDetection(model_selection=cfg.model_selection,
                                                                   min_detection_confidence=cfg.min_confidence)
-        self.tracks: dict[str | None, _Track] = {}
-        for s in self.sides:
-            mesh = None
-            if cfg.mesh:
-                mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
-                                                       refine_landmarks=cfg.refine_landmarks,
-                                                       min_detection_confidence=cfg.min_confidence,
-                                                       min_tracking_confidence=cfg.min_tracking_confidence)
-            self.tracks[s] = _Track(mesh)
+        self.tracks: dict[str | None, _Track] = {s: _Track(self._make_mesh()) for s in self.sides}
         self.frame_no = 0
+
+    def _make_mesh(self) -> Any | None:
+        """A FaceMesh graph in tracking mode for one face (None when ``mesh`` is off)."""
+        if not self.cfg.mesh:
+            return None
+        mp = _require_mediapipe()
+        return mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
+                                               refine_landmarks=self.cfg.refine_landmarks,
+                                               min_detection_confidence=self.cfg.min_confidence,
+                                               min_tracking_confidence=self.cfg.min_tracking_confidence)
 
     def close(self) -> None:
         self.detector.close()
@@ -272,6 +274,39 @@ class FaceTracker:
             arr = np.concatenate([arr, np.full((N_LANDMARKS - len(arr), 3), np.nan, np.float32)])
         return arr
 
+    def _step(self, t: _Track, frame: np.ndarray, detect: bool,
+              assigned: tuple[np.ndarray, float] | None) -> tuple[np.ndarray, float, np.ndarray | None] | None:
+        """Advance one track by one frame: take the detection ``assigned`` to it on a detection frame, else
+        follow the face with FaceMesh from its last box. Returns (box (4,), conf, landmarks (478, 3) or None),
+        or None when the track has no face on this frame (its age grows; past ``max_gap`` it forgets its box)."""
+        if detect:
+            if assigned is None:
+                t.age += 1
+                if t.age > self.cfg.max_gap:
+                    t.box = None
+                return None
+            box, conf = assigned
+        elif t.box is not None and t.age == 0:
+            box, conf = t.box, t.conf  # follow the face with the mesh between detections
+        else:
+            return None
+        lm = self._mesh(t, frame, box) if t.mesh is not None else None
+        if lm is not None:
+            lbox = np.array([np.nanmin(lm[:, 0]), np.nanmin(lm[:, 1]), np.nanmax(lm[:, 0]), np.nanmax(lm[:, 1])],
+                            np.float32)
+            size = np.array([lbox[2] - lbox[0], lbox[3] - lbox[1]] * 2, np.float32)
+            if detect:
+                rel = (box - lbox) / np.maximum(size, 1e-3)
+                t.rel = rel if t.rel is None else 0.8 * t.rel + 0.2 * rel
+            else:
+                # between detections the box follows the landmarks (kept in the detector's convention)
+                box = lbox + (t.rel if t.rel is not None else 0.0) * size
+        elif not detect:
+            t.age = 1  # the mesh lost the face: no face here, detect on the next frame
+            return None
+        t.box, t.conf, t.age = np.asarray(box, np.float32), conf, 0
+        return box, conf, lm
+
     def process(self, frames: np.ndarray) -> dict[str | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Track faces over consecutive frames (B, H, W, 3).
 
@@ -295,33 +330,10 @@ class FaceTracker:
                 for s, i in pick.items():
                     assigned[s] = (boxes[i], float(scores[i])) if i is not None else None
             for s, t in self.tracks.items():
-                if detect:
-                    a = assigned.get(s)
-                    if a is None:
-                        t.age += 1
-                        if t.age > cfg.max_gap:
-                            t.box = None
-                        continue
-                    box, conf = a
-                elif t.box is not None and t.age == 0:
-                    box, conf = t.box, t.conf  # follow the face with the mesh between detections
-                else:
+                step = self._step(t, frame, detect, assigned.get(s))
+                if step is None:
                     continue
-                lm = self._mesh(t, frame, box) if t.mesh is not None else None
-                if lm is not None:
-                    lbox = np.array([np.nanmin(lm[:, 0]), np.nanmin(lm[:, 1]), np.nanmax(lm[:, 0]), np.nanmax(lm[:, 1])],
-                                    np.float32)
-                    size = np.array([lbox[2] - lbox[0], lbox[3] - lbox[1]] * 2, np.float32)
-                    if detect:
-                        rel = (box - lbox) / np.maximum(size, 1e-3)
-                        t.rel = rel if t.rel is None else 0.8 * t.rel + 0.2 * rel
-                    else:
-                        # between detections the box follows the landmarks (kept in the detector's convention)
-                        box = lbox + (t.rel if t.rel is not None else 0.0) * size
-                elif not detect:
-                    t.age = 1  # the mesh lost the face: no face here, detect on the next frame
-                    continue
-                t.box, t.conf, t.age = np.asarray(box, np.float32), conf, 0
+                box, conf, lm = step
                 out[s][0][b] = box
                 out[s][1][b] = conf
                 if lm is not None:
@@ -344,25 +356,47 @@ class FaceTrackExtractor(Extractor):
     def begin(self, videos: list[Video], info: MediaInfo) -> None:
         self.videos = videos
         self.info = info
-        self.tracker = FaceTracker(self.config, [_track_key(v) for v in videos])
-        self.parts: dict[str | None, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in self.tracker.sides}
+        keys = list(dict.fromkeys(_track_key(v) for v in videos))
+        # the main face: the single-face tracker (fast path); left/right: the person tracker (identity tracks,
+        # left/right = the two persons ordered by mean box x, see vaest.features.persons)
+        self.tracker = FaceTracker(self.config, [None]) if None in keys else None
+        self.person_tracker = None
+        if any(k in ("left", "right") for k in keys):
+            from vaest.features.persons import PersonTrackConfig, PersonTracker
+
+            self.person_tracker = PersonTracker(PersonTrackConfig(**dataclasses.asdict(self.config)))
+        self.parts: dict[str | None, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in keys}
         self.n = 0
         self.size = [info.width, info.height]
 
+    def _track(self, frames: np.ndarray) -> dict[str | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        res = self.tracker.process(frames) if self.tracker is not None else {}
+        if self.person_tracker is not None:
+            per = self.person_tracker.process(frames)
+            B = len(frames)
+            for side, pid in self.person_tracker.side_ids().items():
+                res[side] = per[pid] if pid is not None else (
+                    np.full((B, 4), np.nan, np.float32), np.zeros(B, np.float32),
+                    np.full((B, N_LANDMARKS, 3), np.nan, np.float32))
+        return res
+
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
-        res = self.tracker.process(batch.frames)
+        res = self._track(batch.frames)
         obs: dict[str, FaceObs] = {}
         for v in self.videos:
             boxes, conf, lms = res[_track_key(v)]
             obs[v.id] = FaceObs(boxes, conf, lms, batch.frames)
         shared["facetrack"] = obs
-        for s, (boxes, conf, lms) in res.items():
+        for s in self.parts:
+            boxes, conf, lms = res[s]
             self.parts[s].append((boxes, conf, lms[:, _LM_INDEX, :2]))
         self.n += len(batch.index)
         self.size = [int(batch.frames.shape[2]), int(batch.frames.shape[1])]  # box coordinates are in these pixels
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
-        self.tracker.close()
+        for t in (self.tracker, self.person_tracker):
+            if t is not None:
+                t.close()
         fps = fps_or_default(self.info.fps)
         out = {}
         for v in self.videos:
@@ -993,16 +1027,20 @@ class FaceEncoderExtractor(Extractor):
         obs_map = shared.get("facetrack")
         if obs_map is None:
             raise FeatureError("the face encoder needs the facetrack extractor to run before it")
+        for v in self.videos:
+            obs = obs_map[v.id]
+            crops, rows = self._crops(v, obs, batch)
+            self.parts[v.id].append((rows, self.encode_crops(crops), obs.conf.copy()))
+
+    def encode_crops(self, crops: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Encode RGB face crops with this extractor's encoder, mirror TTA and CPU thread setting
+        (:meth:`FrameEncoder.encode`'s outputs)."""
         enc = self.encoder
         n_threads = self.config.num_threads
         if n_threads is None and enc.light and self.config.device == "cpu":
             n_threads = 1
-        for v in self.videos:
-            obs = obs_map[v.id]
-            crops, rows = self._crops(v, obs, batch)
-            with torch_threads(n_threads):
-                res = enc.encode(crops, self.config.device, self.config.batch_size, flip=self.flip)
-            self.parts[v.id].append((rows, res, obs.conf.copy()))
+        with torch_threads(n_threads):
+            return enc.encode(crops, self.config.device, self.config.batch_size, flip=self.flip)
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
         enc = self.encoder

