@@ -13,8 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vaest import __version__
+from vaest.device import DEVICE_HELP, check_device
 from vaest.errors import VaestError
-from vaest.progress import setup_logging
+from vaest.progress import setup_logging, show_native_logs
 
 log = logging.getLogger("vaest")
 console = Console(stderr=False)
@@ -30,6 +32,14 @@ app.add_typer(features_app, name="features")
 app.add_typer(extract_app, name="extract")
 app.add_typer(train_app, name="train")
 
+def _device_cb(value: str) -> str:
+    try:
+        return check_device(value)
+    except VaestError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+DeviceOpt = Annotated[str, typer.Option(help=f"Device: {DEVICE_HELP}", callback=_device_cb)]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings; flags override it.")]
 CrossfitOpt = Annotated[int, typer.Option("--crossfit", help="After training, also write out-of-fold predictions of "
                                           "the train split with K fold models (RUN/crossfit), which fusion "
@@ -37,9 +47,19 @@ CrossfitOpt = Annotated[int, typer.Option("--crossfit", help="After training, al
                                           "0 = off.")]
 
 
+def _version_cb(value: bool) -> None:
+    if value:
+        typer.echo(f"vaest {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging, and third-party native "
+                                                "log lines (MediaPipe, absl, TF Lite) let through.")] = False,
+          version: Annotated[bool, typer.Option("--version", help="Print the version and exit.",
+                                                callback=_version_cb, is_eager=True)] = False) -> None:
     setup_logging(logging.DEBUG if verbose else logging.INFO)
+    show_native_logs(verbose)
 
 
 def _fmt(x: float | int) -> str:
@@ -462,16 +482,39 @@ def extract_all_cmd(
 
 @app.command()
 def predict(
-    media: Annotated[list[Path], typer.Argument(help="Video or audio file(s).")],
-    out: Annotated[Path, typer.Option(help="Folder for <name>.csv and <name>.png.")] = Path("vaest_out"),
-    model: Annotated[Optional[Path], typer.Option(help="Model bundle (bundle.json, e.g. demo_out/model) or one run folder; none = zero-shot face.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    inputs: Annotated[list[str], typer.Argument(help="Video or audio files, folders (searched recursively for media "
+                                                      "by extension) or quoted glob patterns.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Output folder: <relative path>.csv/.json/.png per input and index.csv.")
+                   ] = Path("vaest_out"),
+    model: Annotated[Optional[Path], typer.Option(
+        help="Trained vaest model: a bundle folder (bundle.json, e.g. demo_out/model) or one run folder. None = "
+             "zero-shot: face expression probabilities mapped onto the circumplex; audio-only files get a "
+             "loudness-only arousal cue (not an emotion estimate; no valence).")] = None,
+    device: DeviceOpt = "auto",
+    fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Dense output: frames without any input get the "
+                                       "nearest estimate (source=filled); default leaves them empty (source=none).")
+                    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute cached features (OUT/.features).")] = False,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG plot per input.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    config: ConfigOpt = None,
 ) -> None:
-    """Per-frame valence/arousal for any media file(s): CSV (frame,time,valence,arousal,...) and a plot."""
+    """Per-frame valence/arousal for media files, folders or globs: OUT/<name>.csv (frame,time,valence,arousal,
+    source,<modality>_valence/_arousal,weight_<modality>; empty cell = no estimate), .json (metadata), .png, and
+    OUT/index.csv (input,csv,status,reason). Features are cached in OUT/.features keyed by each file's resolved
+    path, size and modification time. Exit code 1 when any input failed."""
+    from vaest.config import load_config
     from vaest.pipeline import predict as run_predict
 
-    written = run_predict(media, out, model, device)
-    if len(written) < len(media):
+    cfg = load_config(config) if config else {}
+    model = model if model is not None else (Path(cfg["model"]) if cfg.get("model") else None)
+    if device == "auto" and cfg.get("device"):
+        device = str(cfg["device"])
+    check_device(device)
+    written = run_predict(inputs, out, model, device, fill=fill or bool(cfg.get("fill", False)), force=force,
+                          progress=progress, plot=plot)
+    rows = (out / "index.csv").read_text().count("\n") - 1
+    if len(written) < rows:
         raise typer.Exit(1)
 
 
@@ -551,8 +594,8 @@ def main() -> None:
     try:
         app()
     except VaestError as e:
-        setup_logging()
-        log.error("%s", e)
+        msg = " ".join(str(e).split())
+        sys.stderr.write(f"error: {msg}\n")
         sys.exit(2)
 
 
