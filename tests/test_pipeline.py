@@ -29,19 +29,29 @@ def test_predict_zero_shot_mixed_inputs(synth_corpus, tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 100)
     out = tmp_path / "preds"
-    r = CliRunner().invoke(app, ["predict", str(v.media), str(silent), str(wav), str(bad), "--out", str(out)])
+    r = CliRunner().invoke(app, ["predict", str(v.media), str(silent), str(wav), str(bad), "--out", str(out),
+                                 "--no-progress", "--device", "cpu"])
     assert r.exit_code == 1  # one file failed, the others were written
-    rows = _rows(out / f"{v.media.stem}.csv")
+    index = {Path(x["input"]).name: x for x in _rows(out / "index.csv")}
+    assert index[bad.name]["status"] == "failed" and str(bad) in index[bad.name]["reason"]
+    assert all(index[n]["status"] == "ok" for n in (v.media.name, silent.name, wav.name))
+    rows = _rows(out / index[v.media.name]["csv"])
     assert len(rows) == count_frames(v.media)
-    assert list(rows[0])[:4] == ["frame", "time", "valence", "arousal"] and "face_valence" in rows[0]
-    va = np.array([[float(x["valence"]), float(x["arousal"])] for x in rows])
-    assert np.isfinite(va).all() and np.abs(va).max() <= 1 and va.std(0).max() > 0
+    assert list(rows[0])[:5] == ["frame", "time", "valence", "arousal", "source"] and "face_valence" in rows[0]
+    est = [x for x in rows if x["source"] == "estimated"]
+    va = np.array([[float(x["valence"]), float(x["arousal"])] for x in est])
+    assert len(est) > len(rows) // 2 and np.isfinite(va).all() and np.abs(va).max() <= 1 and va.std(0).max() > 0
+    # frames without a face are empty, never 0.0, and say so
+    assert all(x["valence"] == "" and x["arousal"] == "" for x in rows if x["source"] == "none")
     assert rows[1]["frame"] == "2" and float(rows[30]["time"]) == pytest.approx(1.0, abs=1e-3)
-    assert (out / f"{v.media.stem}.png").stat().st_size > 10_000
-    # a video without audio still gets its face path; a flat grey frame has no face: zeros, not a crash
-    assert len(_rows(out / "no_audio.csv")) == 20
+    assert (out / index[v.media.name]["csv"]).with_suffix(".png").stat().st_size > 10_000
+    # a flat grey video has no face: every row empty and labelled none, not zeros
+    grey = _rows(out / "no_audio.csv")
+    assert len(grey) == 20 and all(x["source"] == "none" and x["valence"] == "" for x in grey)
     a = _rows(out / "speech.csv")
-    assert len(a) == pytest.approx(60, abs=2) and a[0]["audio_valence"] == ""
+    assert len(a) == pytest.approx(60, abs=2) and a[0]["valence"] == "" and a[0]["audio_valence"] == ""
+    meta = json.loads((out / "speech.json").read_text())
+    assert any("loudness-only arousal cue" in n for n in meta["notes"])
     assert not (out / "broken.csv").exists()
 
 

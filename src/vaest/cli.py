@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vaest import __version__
-from vaest.device import DEVICE_HELP, check_device
+from vaest.device import DEVICE_HELP, check_device, resolve_device
 from vaest.errors import VaestError
 from vaest.progress import setup_logging, show_native_logs
 
@@ -33,13 +33,20 @@ app.add_typer(extract_app, name="extract")
 app.add_typer(train_app, name="train")
 
 def _device_cb(value: str) -> str:
+    """Validate and resolve ``--device`` (auto -> cuda or cpu) once, for every command."""
     try:
-        return check_device(value)
+        return resolve_device(value)
     except VaestError as e:
         raise typer.BadParameter(str(e)) from None
 
 
+def _opt_device_cb(value: Optional[str]) -> Optional[str]:
+    return None if value is None else _device_cb(value)
+
+
 DeviceOpt = Annotated[str, typer.Option(help=f"Device: {DEVICE_HELP}", callback=_device_cb)]
+OptDeviceOpt = Annotated[Optional[str], typer.Option(help=f"Device (default: the config's): {DEVICE_HELP}",
+                                                     callback=_opt_device_cb)]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings; flags override it.")]
 CrossfitOpt = Annotated[int, typer.Option("--crossfit", help="After training, also write out-of-fold predictions of "
                                           "the train split with K fold models (RUN/crossfit), which fusion "
@@ -214,7 +221,7 @@ def train_audio_cmd(
     no_filter: Annotated[bool, typer.Option("--no-filter", help="Train on every labelled window (no cross-modal filter).")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Windows per batch.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
@@ -238,7 +245,7 @@ def extract_face_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
     out: Annotated[Path, typer.Option(help="Feature store folder.")],
     encoder: Annotated[str, typer.Option(help="Frame encoder: fer (offline default), grada (needs --weights), tiny.")] = "fer",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "auto",
     weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file (grada: affective_static_efficientNet_b1.pth).")] = None,
     batch_size: Annotated[int, typer.Option(help="Face crops per encoder forward.")] = 64,
     force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
@@ -278,9 +285,11 @@ def train_face_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus root with train/val labels.")],
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
     encoder: Annotated[Optional[str], typer.Option(help="Encoder whose features to use (default fer).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="face-transformer or frame-mlp (per-frame baseline).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: face-transformer (default) or frame-mlp "
+                                                     "(per-frame baseline).")] = None,
+    old_model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Deprecated spelling of --arch.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
@@ -289,7 +298,7 @@ def train_face_cmd(
     from vaest.config import load_config
     from vaest.tasks.face import settings_from, train_face
 
-    st, cfg = settings_from(load_config(config), {"encoder": encoder, "model": model, "epochs": epochs,
+    st, cfg = settings_from(load_config(config), {"encoder": encoder, "model": arch or old_model, "epochs": epochs,
                                                   "device": device, "seed": seed})
     res = train_face(corpus, features, out, encoder=st.encoder, model=st.model, train_cfg=cfg, settings=st)
     if crossfit:
@@ -341,7 +350,7 @@ def train_fusion_cmd(
     method: Annotated[Optional[str], typer.Option(help="raav (reliability-aware, default) or dcmmoe (directed cross-modal).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (reference RAAV 5e-5).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -400,7 +409,7 @@ def extract_behavior_cmd(
     branch: Annotated[Optional[list[str]], typer.Option(help="vlm: token branches to store (repeatable: "
                                                         "multimodal, text, visual; default all).")] = None,
     no_text: Annotated[bool, typer.Option("--no-text", help="vlm: features only, no descriptions.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="vlm: auto, cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(help="vlm: segments per forward pass.")] = None,
     force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
     engine: EngineOpt = "local",
@@ -430,10 +439,12 @@ def train_behavior_cmd(
                                                         "+expr adds face expression statistics.")] = None,
     branch: Annotated[Optional[str], typer.Option(help="vlm: multimodal (default), text or visual.")] = None,
     pool: Annotated[Optional[str], typer.Option(help="vlm: last (default), mean or std.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="behavior-mamba (default) or frame-mlp (baseline).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: behavior-mamba (default) or frame-mlp "
+                                                     "(baseline).")] = None,
+    old_model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Deprecated spelling of --arch.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
@@ -442,7 +453,7 @@ def train_behavior_cmd(
     from vaest.config import load_config
     from vaest.tasks.behavior import settings_from, train_behavior
 
-    st, cfg = settings_from(load_config(config), {"encoder": encoder, "branch": branch, "pool": pool, "model": model,
+    st, cfg = settings_from(load_config(config), {"encoder": encoder, "branch": branch, "pool": pool, "model": arch or old_model,
                                                   "epochs": epochs, "batch_size": batch_size, "device": device,
                                                   "seed": seed})
     res = train_behavior(corpus, features, out, train_cfg=cfg, settings=st,
@@ -464,7 +475,7 @@ def extract_all_cmd(
     out: Annotated[Path, typer.Option(help="Feature store folder.")],
     face_encoder: Annotated[str, typer.Option(help="Face frame encoder (fer, grada, tiny).")] = "fer",
     audio_encoder: Annotated[str, typer.Option(help="Audio encoder (lmfb, egemaps).")] = "lmfb",
-    device: Annotated[str, typer.Option(help="cpu or cuda for the face encoder.")] = "cpu",
+    device: DeviceOpt = "auto",
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
