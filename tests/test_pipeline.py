@@ -46,13 +46,13 @@ def test_predict_zero_shot_mixed_inputs(synth_corpus, tmp_path):
     assert rows[1]["frame"] == "2" and float(rows[30]["time"]) == pytest.approx(1.0, abs=1e-3)
     assert (out / index[v.media.name]["csv"]).with_suffix(".png").stat().st_size > 10_000
     # a flat grey video has no face: every row empty and labelled none, not zeros
-    grey = _rows(out / "no_audio.csv")
+    grey = _rows(out / index[silent.name]["csv"])
     assert len(grey) == 20 and all(x["source"] == "none" and x["valence"] == "" for x in grey)
-    a = _rows(out / "speech.csv")
+    a = _rows(out / index[wav.name]["csv"])
     assert len(a) == pytest.approx(60, abs=2) and a[0]["valence"] == "" and a[0]["audio_valence"] == ""
-    meta = json.loads((out / "speech.json").read_text())
+    meta = json.loads((out / index[wav.name]["csv"]).with_suffix(".json").read_text())
     assert any("loudness-only arousal cue" in n for n in meta["notes"])
-    assert not (out / "broken.csv").exists()
+    assert index[bad.name]["csv"] == "" and not list(out.rglob("broken.csv"))
 
 
 @pytest.mark.slow

@@ -161,3 +161,16 @@ def test_predictor_reuses_loaded_models(synth_corpus):
     assert list(r1.frame.columns[:5]) == ["frame", "time", "valence", "arousal", "source"]
     np.testing.assert_allclose(r1.frame["valence"].to_numpy(), r2.frame["valence"].to_numpy(), equal_nan=True)
     print(f"first call {t1 - t0:.2f} s, second {t2 - t1:.2f} s")
+
+
+def test_corpus_stats_without_labels_writes_valid_json(tmp_path):
+    import json
+
+    (tmp_path / "media").mkdir()
+    make_video(tmp_path / "media" / "a.mp4", n_frames=5)
+    r = CliRunner().invoke(app, ["corpus", "stats", str(tmp_path / "media"), "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "s.json").read_text()
+    assert "NaN" not in text
+    stats = json.loads(text)
+    assert all(row["valence_mean"] is None for row in stats.values())

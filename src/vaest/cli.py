@@ -117,8 +117,12 @@ def corpus_stats_cmd(
 
     stats = corpus_stats(load_corpus(root))
     print_stats(stats)
-    if json_out:
-        atomic_write_json(json_out, stats)
+    if not any(row.get("valid_frames") for row in stats.values()):
+        log.warning("%s: no labelled frames (a media folder without labels?): counts only, means and stds are "
+                    "null", root)
+    if json_out:  # valid JSON: NaN (no labelled frame) becomes null
+        atomic_write_json(json_out, {s: {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                         for k, v in row.items()} for s, row in stats.items()})
 
 
 @features_app.command("ls")
