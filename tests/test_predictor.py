@@ -174,3 +174,23 @@ def test_corpus_stats_without_labels_writes_valid_json(tmp_path):
     assert "NaN" not in text
     stats = json.loads(text)
     assert all(row["valence_mean"] is None for row in stats.values())
+
+
+def test_stream_copied_cut_is_not_called_truncated(tmp_path, caplog):
+    """A cut made with ``ffmpeg -ss ... -c copy`` holds packets before its first keyframe that an edit list hides:
+    fewer frames decode than packets exist, and that is not truncation."""
+    import logging
+
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("ffmpeg not installed (needed to make a stream-copied cut)")
+    from vaest.media import iter_frames
+
+    src = make_video(tmp_path / "long.mp4", n_frames=90, audio=False)
+    cut = tmp_path / "cut.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-ss", "1.5", "-t", "1.0", "-i", str(src), "-c", "copy", str(cut)],
+                   check=True)
+    with caplog.at_level(logging.WARNING, logger="vaest"):
+        n = sum(len(b.index) for b in iter_frames(cut))
+    assert 0 < n < 90
+    assert "truncated" not in caplog.text
