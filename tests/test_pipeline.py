@@ -87,6 +87,46 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
     rows = _rows(pred_csv)
     assert {"face_valence", "audio_arousal", "behavior_valence"} <= set(rows[0])
     assert any(k.startswith("weight_") for k in rows[0])
+    # one way through: the in-memory model objects reproduce the training exports of the run folders exactly
+    from vaest.apply import FusionModel, load_model, load_modality
+    from vaest.corpus import load_corpus
+    from vaest.features.store import FeatureStore
+    from vaest.inference import load_predictions
+
+    store = FeatureStore(out / "features")
+    val = next(v for v in load_corpus(out / "corpus").split("val") if v.media is not None)
+    b = load_model(out / "model")
+    tracks, windows = {}, None
+    for mod, run in b.modalities.items():
+        obj = load_modality(mod, run)
+        tracks[mod] = obj.apply(store, val)
+        if mod == "audio":
+            windows = obj.windows
+        rec = load_predictions(run, val.id)
+        np.testing.assert_allclose(tracks[mod].va, rec.values, atol=1e-4, err_msg=mod)
+        np.testing.assert_array_equal(tracks[mod].mask, rec.mask & np.isfinite(rec.values).all(1), err_msg=mod)
+    fused = FusionModel(b.fusion).apply(tracks, val, windows)
+    np.testing.assert_allclose(fused.va, load_predictions(b.fusion, val.id).values, atol=1e-4)
+    # the Predictor: one row per decoded frame, modality columns equal to the modality models' outputs
+    import time
+
+    import vaest
+    from vaest.media import count_frames
+
+    t0 = time.perf_counter()
+    p = vaest.Predictor(model=out / "model", device="cpu")
+    t1 = time.perf_counter()
+    res = p.predict(val.media)
+    t2 = time.perf_counter()
+    res2 = p.predict(val.media)
+    t3 = time.perf_counter()
+    print(f"bundle predictor: load {t1 - t0:.2f} s, first call {t2 - t1:.2f} s, second call {t3 - t2:.2f} s")
+    df = res.frame
+    assert len(df) == count_frames(val.media) and {"weight_face", "weight_behavior"} <= set(df.columns)
+    face = tracks["face"]
+    np.testing.assert_allclose(df["face_valence"].to_numpy(), np.where(face.mask, face.va[:, 0], np.nan),
+                               atol=1e-4)
+    np.testing.assert_allclose(res2.frame["valence"].to_numpy(), df["valence"].to_numpy(), equal_nan=True)
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("model.pt")}
     r2 = CliRunner().invoke(app, ["demo", str(out), "--videos", "4", "--seconds", "8", "--config", str(cfg)])
     assert r2.exit_code == 0, r2.output

@@ -194,3 +194,18 @@ def test_stream_copied_cut_is_not_called_truncated(tmp_path, caplog):
         n = sum(len(b.index) for b in iter_frames(cut))
     assert 0 < n < 90
     assert "truncated" not in caplog.text
+
+
+def test_config_file_gives_defaults_flags_override(tmp_path, monkeypatch):
+    import vaest.corpus.synthetic as synthetic
+
+    seen = {}
+    monkeypatch.setattr(synthetic, "synthesize", lambda out, **kw: seen.update(kw) or {})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("videos: 3\nseconds: 2\nannotation-lag: 0\n")
+    r = CliRunner().invoke(app, ["synth", str(tmp_path / "o"), "--config", str(cfg), "--seconds", "5"])
+    assert r.exit_code == 0, r.output
+    assert (seen["n_videos"], seen["seconds"], seen["annotation_lag"]) == (3, 5.0, 0.0)
+    cfg.write_text("vidoes: 3\n")
+    r = CliRunner().invoke(app, ["synth", str(tmp_path / "o"), "--config", str(cfg)])
+    assert r.exit_code == 2 and "vidoes" in r.output

@@ -47,6 +47,24 @@ def _opt_device_cb(value: Optional[str]) -> Optional[str]:
 DeviceOpt = Annotated[str, typer.Option(help=f"Device: {DEVICE_HELP}", callback=_device_cb)]
 OptDeviceOpt = Annotated[Optional[str], typer.Option(help=f"Device (default: the config's): {DEVICE_HELP}",
                                                      callback=_opt_device_cb)]
+def _config_defaults_cb(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """``--config FILE`` of commands without a settings dataclass: the file's keys (option names, ``-`` or ``_``)
+    become the command's defaults, so the precedence is defaults < config file < flags."""
+    if value is not None:
+        from vaest.config import load_config
+
+        cfg = {str(k).replace("-", "_"): v for k, v in (load_config(value) or {}).items()}
+        names = {p.name for p in ctx.command.params}
+        unknown = sorted(set(cfg) - names)
+        if unknown:
+            raise typer.BadParameter(f"{value}: unknown setting(s) {', '.join(unknown)} for this command")
+        ctx.default_map = {**(ctx.default_map or {}), **cfg}
+    return value
+
+
+ConfigDefaultsOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="YAML file of option values (names as the options, e.g. 'encoder: grada'); flags override it.",
+    callback=_config_defaults_cb, is_eager=True)]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings; flags override it.")]
 CrossfitOpt = Annotated[int, typer.Option("--crossfit", help="After training, also write out-of-fold predictions of "
                                           "the train split with K fold models (RUN/crossfit), which fusion "
@@ -96,6 +114,7 @@ def synth(
     annotation_lag: Annotated[float, typer.Option(
         help="Raters' mean reaction lag in seconds: labels trail the rendered affect by 0.7-1.3x this per video "
              "(0 = labels equal the affect shown).")] = 1.0,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Write a synthetic corpus in the Aff-Wild2 layout whose faces, voices and gestures carry VA labels."""
     from vaest.corpus.synthetic import synthesize
@@ -155,6 +174,7 @@ def evaluate(
     stages: Annotated[bool, typer.Option(help="Also score the post-processing stages (raw, filled, smoothed).")] = True,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write DIR/report.md with the stage table and "
                                                    "PNG plots (curves, fusion weights).")] = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Print the CCC table of one or more runs and write RUN/metrics.json for each."""
     from vaest.corpus import load_corpus
@@ -202,6 +222,7 @@ def extract_audio_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Audio features per video (store key audio-<encoder>) and voice activity (vad)."""
     from vaest.corpus import load_corpus
@@ -256,6 +277,7 @@ def extract_face_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Face track (facetrack) and per-frame face features (store key face-<encoder>)."""
     from vaest.features.face import extract_face_features
@@ -274,6 +296,7 @@ def extract_mouth_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
     from vaest.features.mouth import extract_mouth
@@ -386,6 +409,7 @@ def train_late_cmd(
     samples: Annotated[int, typer.Option(help="Dirichlet samples.")] = 8000,
     step: Annotated[float, typer.Option(help="Grid step.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Random seed of the Dirichlet search.")] = 0,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Late fusion: per-dimension weights of prediction runs searched on validation CCC; writes a run folder."""
     from vaest.tasks.fusion import late_fusion
@@ -483,6 +507,7 @@ def extract_all_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Every offline default modality in one decoding pass: facetrack, face, mouth, behavior-desc, audio, vad."""
     from vaest.corpus import load_corpus
@@ -541,6 +566,7 @@ def submit(
     split: Annotated[str, typer.Option(help="Split to submit.")] = "test",
     template: Annotated[Optional[Path], typer.Option(help="Organisers' template: rows are written in its order.")] = None,
     kernels: Annotated[Optional[str], typer.Option(help="Smoothing kernels 'V,A' (default: chosen on validation).")] = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Write an ABAW challenge file (image_location,valence,arousal), post-processed and validated."""
     from vaest.corpus import load_corpus

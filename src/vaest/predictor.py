@@ -237,7 +237,29 @@ class Predictor:
             self.extractors = default_extractors(self.bundle.face_encoder, self.bundle.audio_encoder,
                                                  behavior="behavior" in mods, audio="audio" in mods,
                                                  face="face" in mods or "audio" in mods, device=self.device)
+        self._warm_up()
         self.load_seconds = time.perf_counter() - t0
+
+    def _warm_up(self) -> None:
+        """Load what the extractors load lazily (frame encoder networks, the MediaPipe graphs and their module) now,
+        so that no call to :meth:`predict` pays for model loading."""
+        import pandas  # noqa: F401  (the result's table)
+
+        import vaest.tasks.fusion  # noqa: F401  (Track, fusion helpers)
+        import vaest.zeroshot  # noqa: F401
+        for e in self.extractors:
+            if hasattr(type(e), "encoder"):
+                _ = e.encoder
+            if e.name == "facetrack":
+                from vaest.features.face import FaceTracker
+                from vaest.progress import native_noise_filtered
+
+                with native_noise_filtered():
+                    tracker = FaceTracker(e.config, [None])
+                    tracker.process(np.zeros((1, 64, 64, 3), np.uint8))
+                    close = getattr(tracker, "close", None)
+                    if callable(close):
+                        close()
 
     # -----------------------------------------------------------------------------------------------------
     def _store(self, path: Path) -> FeatureStore:
