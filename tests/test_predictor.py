@@ -83,6 +83,8 @@ def test_expand_inputs_keeps_relative_paths(tmp_path):
     assert {str(s) for _, s in expand_inputs([tmp_path / "b"])} >= {"clip", "sub/x"}
     got = expand_inputs([tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4", str(tmp_path / "a" / "*.mp4")])
     assert [str(s) for _, s in got] == ["a/clip", "b/clip"]
+    # the output folder inside an input folder is not read back as input
+    assert {str(s) for _, s in expand_inputs([tmp_path], exclude=tmp_path / "b")} == {"a/clip"}
 
 
 def test_variable_frame_rate_times(tmp_path):

@@ -426,19 +426,22 @@ class Predictor:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+def expand_inputs(inputs: Iterable[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
     """(file, output stem relative to OUT) for every input: files as given, folders recursively (media and image
     files by extension; images are reported as failures), glob patterns expanded. Output stems keep each file's
     path relative to the common folder of all inputs (a folder input counts as its own root), without suffix;
-    files that would share a stem (``x.mp4`` and ``x.flv``) keep their suffix in it."""
+    files that would share a stem (``x.mp4`` and ``x.flv``) keep their suffix in it. Folder contents below
+    ``exclude`` (the output folder, when it lies inside an input folder) are left out."""
     files: list[tuple[Path, Path]] = []  # (file, anchor folder)
     exts = VIDEO_EXTS + AUDIO_EXTS + IMAGE_EXTS
     for raw in inputs:
         s = str(raw)
         p = Path(s)
         if p.is_dir():
+            skip = Path(exclude).resolve() if exclude is not None else None
             found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in exts
-                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts)
+                           and not (skip is not None and q.resolve().is_relative_to(skip)))
             files += [(q, p) for q in found]
         elif not p.exists() and any(c in s for c in "*?["):
             hits = sorted(Path(h) for h in globmod.glob(s, recursive=True))
@@ -482,7 +485,7 @@ def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predi
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    items = expand_inputs(inputs)
+    items = expand_inputs(inputs, exclude=out)
     if not items:
         raise VaestError("no input file found: " + ", ".join(map(str, inputs)))
     rows: list[dict[str, str]] = []
