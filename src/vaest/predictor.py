@@ -270,7 +270,7 @@ class Predictor:
     def _extract(self, store: FeatureStore, video: Video) -> None:
         """Run the extractors that ``store`` lacks (all with ``force``) on the media, frames decoded once."""
         from vaest.features.base import _with_requirements, extract_media, media_todo, save_records
-        from vaest.progress import native_noise_filtered, progress_enabled
+        from vaest.progress import progress_enabled
 
         exs = [e for e in self.extractors if not (video.audio_only and e.kind == "frames")]
         if not video.audio_only:
@@ -280,7 +280,7 @@ class Predictor:
         if not todo:
             log.info("%s: features from the cache %s", video.media, store.root)
             return
-        with progress_enabled(self.progress), native_noise_filtered():
+        with progress_enabled(self.progress):
             recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size)
         save_records(store, recs, force=True)
         if unfed:

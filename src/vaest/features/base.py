@@ -245,13 +245,16 @@ def extract_media(media: Path, videos: list[Video], extractors: list[Extractor],
 
     Returns (records, frames decoded, the extractors that could not run, why) - the last two empty when all ran.
     """
+    from vaest.progress import native_noise_filtered
+
     frame_ex = [e for e in extractors if e.kind == "frames"]
     audio_ex = [e for e in extractors if e.kind == "audio"]
-    if frame_ex and audio_ex and not probe(media).has_video:
-        msg = f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})"
-        recs, n = process_media(media, videos, audio_ex, batch_size, max_side)
-        return recs, n, frame_ex, msg
-    recs, n = process_media(media, videos, extractors, batch_size, max_side)
+    with native_noise_filtered():  # MediaPipe / absl / TF Lite log lines, unless --verbose
+        if frame_ex and audio_ex and not probe(media).has_video:
+            msg = f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})"
+            recs, n = process_media(media, videos, audio_ex, batch_size, max_side)
+            return recs, n, frame_ex, msg
+        recs, n = process_media(media, videos, extractors, batch_size, max_side)
     return recs, n, [], ""
 
 
