@@ -123,11 +123,18 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
     print(f"bundle predictor: load {t1 - t0:.2f} s, first call {t2 - t1:.2f} s, second call {t3 - t2:.2f} s")
     df = res.frame
     assert len(df) == count_frames(val.media) and {"weight_face", "weight_behavior"} <= set(df.columns)
-    # a one-person video (the validation one has two tracked faces): the Predictor's own in-memory features give
-    # the face model's output on the stored features
+    # a one-person video (the validation one has two tracked faces), without the corpus's pre-cropped faces (a
+    # user's file has none): the Predictor's in-memory features equal those the on-disk extraction stores
+    import dataclasses
+
+    from vaest.features.base import default_extractors, run_extraction
+
     one = next(v for v in load_corpus(out / "corpus").videos if v.side is None and v.media is not None)
+    one = dataclasses.replace(one, face_dir=None)
+    disk = FeatureStore(tmp_path / "user_features")
+    run_extraction(disk, default_extractors(b.face_encoder, b.audio_encoder), [one])
     df = p.predict(one.media).frame
-    face = load_modality("face", b.modalities["face"]).apply(store, one)
+    face = load_modality("face", b.modalities["face"]).apply(disk, one)
     np.testing.assert_allclose(df["face_valence"].to_numpy(), np.where(face.mask, face.va[:, 0], np.nan),
                                atol=1e-4)
     np.testing.assert_allclose(res2.frame["valence"].to_numpy(), df["valence"].to_numpy(), equal_nan=True)

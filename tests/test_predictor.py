@@ -211,3 +211,23 @@ def test_config_file_gives_defaults_flags_override(tmp_path, monkeypatch):
     cfg.write_text("vidoes: 3\n")
     r = CliRunner().invoke(app, ["synth", str(tmp_path / "o"), "--config", str(cfg)])
     assert r.exit_code == 2 and "vidoes" in r.output
+
+
+def test_finalize_gaps_stay_empty_unless_fill():
+    from vaest.predictor import finalize
+
+    raw = np.tile(np.array([[0.5, -0.2]], np.float32), (10, 1))
+    raw[6:] = [0.9, 0.9]  # what a model emits on frames without input (its own nearest filling)
+    mask = np.array([0, 0, 1, 1, 1, 1, 0, 0, 0, 0], bool)
+    final, source = finalize(raw, mask, (3, 3))
+    assert list(source) == ["none"] * 2 + ["estimated"] * 4 + ["none"] * 4
+    assert np.isnan(final[~mask]).all() and final[mask] == pytest.approx(np.tile([0.5, -0.2], (4, 1)))
+    final, source = finalize(raw, mask, (1, 1), fill=True)
+    assert list(source) == ["filled"] * 2 + ["estimated"] * 4 + ["filled"] * 4
+    assert final == pytest.approx(np.tile([0.5, -0.2], (10, 1)))  # the nearest estimate, not the model's 0.9
+    arousal_only = np.full((4, 2), np.nan, np.float32)
+    arousal_only[:, 1] = [0.1, 0.2, 0.3, 0.4]
+    final, source = finalize(arousal_only, np.ones(4, bool), None, fill=True)
+    assert (source == "estimated").all() and np.isnan(final[:, 0]).all() and final[:, 1] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    final, source = finalize(np.full((3, 2), np.nan, np.float32), np.zeros(3, bool), (3, 3), fill=True)
+    assert (source == "none").all() and np.isnan(final).all()

@@ -191,6 +191,37 @@ class PredictionResult:
         return Path(path)
 
 
+def finalize(raw: np.ndarray, mask: np.ndarray, kernels: Sequence[int] | None, fill: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Post-processing that keeps gaps honest.
+
+    Args:
+        raw: (n, 2) fused valence/arousal, NaN where a dimension was not estimated.
+        mask: (n,) frames where some modality had real input (values elsewhere are the models' own filling).
+        kernels: moving-average kernel per dimension (None: no smoothing).
+        fill: dense output: frames outside ``mask`` take the nearest estimate before smoothing.
+    Returns:
+        final (n, 2) clipped to [-1, 1], NaN where nothing was estimated (and, without ``fill``, outside ``mask``);
+        source (n,) ``estimated`` (in ``mask``) / ``filled`` (outside ``mask``, value from ``fill``) / ``none``.
+    """
+    from vaest.postprocess import fill as fill_nearest_va
+    from vaest.postprocess import smooth
+
+    n = len(raw)
+    mask = np.asarray(mask, bool) & np.isfinite(raw).any(1)
+    if mask.any():
+        base = np.where(mask[:, None], raw, np.nan).astype(np.float32)
+        if fill:  # per dimension: a dimension never estimated (zero-shot audio valence) stays NaN
+            base = np.stack([fill_nearest_va(base[:, d]) for d in range(2)], 1)
+        final = np.clip(smooth(base, kernels) if kernels else base, -1, 1)
+        if not fill:
+            final[~mask] = np.nan
+    else:
+        final = np.full((n, 2), np.nan, np.float32)
+    has = np.isfinite(final).any(1)
+    return final, np.where(mask & has, "estimated", np.where(has, "filled", "none"))
+
+
 class Predictor:
     """Per-frame valence/arousal for media files, with models loaded once and reused across calls.
 
@@ -294,8 +325,6 @@ class Predictor:
         import pandas as pd
 
         from vaest.media import probe
-        from vaest.postprocess import fill as fill_nearest_va
-        from vaest.postprocess import smooth
 
         t0 = time.perf_counter()
         p = Path(path)
@@ -337,18 +366,7 @@ class Predictor:
             times = np.arange(n) / fps
         parts = {m: t.resized(n) for m, t in parts.items()}
         raw, mask, weights = self._fuse(parts, video, n, notes)
-        # smoothing over estimated frames only; ``fill`` = the reference's dense post-processing
-        if mask.any():
-            base = np.where(mask[:, None], raw, np.nan).astype(np.float32)
-            if self.fill:  # per dimension: a dimension never estimated (zero-shot audio valence) stays NaN
-                base = np.stack([fill_nearest_va(base[:, d]) for d in range(2)], 1)
-            final = np.clip(smooth(base, self.kernels) if self.kernels else base, -1, 1)
-            if not self.fill:
-                final[~mask] = np.nan
-        else:
-            final = np.full((n, 2), np.nan, np.float32)
-        has = np.isfinite(final).any(1)
-        source = np.where(mask & has, "estimated", np.where(has, "filled", "none"))
+        final, source = finalize(raw, mask, self.kernels, self.fill)
         cols: dict[str, Any] = {"frame": np.arange(1, n + 1), "time": times[:n], "valence": final[:, 0],
                                 "arousal": final[:, 1], "source": source}
         for m in MODALITIES:
