@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vaest import __version__
-from vaest.device import DEVICE_HELP, check_device, resolve_device
+from vaest.device import DEVICE_HELP, resolve_device
 from vaest.errors import VaestError
 from vaest.progress import setup_logging, show_native_logs
 
@@ -537,22 +537,15 @@ def predict(
     force: Annotated[bool, typer.Option("--force", help="Recompute cached features (OUT/.features).")] = False,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG plot per input.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
-    config: ConfigOpt = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Per-frame valence/arousal for media files, folders or globs: OUT/<name>.csv (frame,time,valence,arousal,
     source,<modality>_valence/_arousal,weight_<modality>; empty cell = no estimate), .json (metadata), .png, and
     OUT/index.csv (input,csv,status,reason). Features are cached in OUT/.features keyed by each file's resolved
     path, size and modification time. Exit code 1 when any input failed."""
-    from vaest.config import load_config
     from vaest.pipeline import predict as run_predict
 
-    cfg = load_config(config) if config else {}
-    model = model if model is not None else (Path(cfg["model"]) if cfg.get("model") else None)
-    if device == "auto" and cfg.get("device"):
-        device = str(cfg["device"])
-    check_device(device)
-    written = run_predict(inputs, out, model, device, fill=fill or bool(cfg.get("fill", False)), force=force,
-                          progress=progress, plot=plot)
+    written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot)
     rows = (out / "index.csv").read_text().count("\n") - 1
     if len(written) < rows:
         raise typer.Exit(1)
