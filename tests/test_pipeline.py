@@ -29,20 +29,30 @@ def test_predict_zero_shot_mixed_inputs(synth_corpus, tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 100)
     out = tmp_path / "preds"
-    r = CliRunner().invoke(app, ["predict", str(v.media), str(silent), str(wav), str(bad), "--out", str(out)])
+    r = CliRunner().invoke(app, ["predict", str(v.media), str(silent), str(wav), str(bad), "--out", str(out),
+                                 "--no-progress", "--device", "cpu"])
     assert r.exit_code == 1  # one file failed, the others were written
-    rows = _rows(out / f"{v.media.stem}.csv")
+    index = {Path(x["input"]).name: x for x in _rows(out / "index.csv")}
+    assert index[bad.name]["status"] == "failed" and str(bad) in index[bad.name]["reason"]
+    assert all(index[n]["status"] == "ok" for n in (v.media.name, silent.name, wav.name))
+    rows = _rows(out / index[v.media.name]["csv"])
     assert len(rows) == count_frames(v.media)
-    assert list(rows[0])[:4] == ["frame", "time", "valence", "arousal"] and "face_valence" in rows[0]
-    va = np.array([[float(x["valence"]), float(x["arousal"])] for x in rows])
-    assert np.isfinite(va).all() and np.abs(va).max() <= 1 and va.std(0).max() > 0
+    assert list(rows[0])[:5] == ["frame", "time", "valence", "arousal", "source"] and "face_valence" in rows[0]
+    est = [x for x in rows if x["source"] == "estimated"]
+    va = np.array([[float(x["valence"]), float(x["arousal"])] for x in est])
+    assert len(est) > len(rows) // 2 and np.isfinite(va).all() and np.abs(va).max() <= 1 and va.std(0).max() > 0
+    # frames without a face are empty, never 0.0, and say so
+    assert all(x["valence"] == "" and x["arousal"] == "" for x in rows if x["source"] == "none")
     assert rows[1]["frame"] == "2" and float(rows[30]["time"]) == pytest.approx(1.0, abs=1e-3)
-    assert (out / f"{v.media.stem}.png").stat().st_size > 10_000
-    # a video without audio still gets its face path; a flat grey frame has no face: zeros, not a crash
-    assert len(_rows(out / "no_audio.csv")) == 20
-    a = _rows(out / "speech.csv")
-    assert len(a) == pytest.approx(60, abs=2) and a[0]["audio_valence"] == ""
-    assert not (out / "broken.csv").exists()
+    assert (out / index[v.media.name]["csv"]).with_suffix(".png").stat().st_size > 10_000
+    # a flat grey video has no face: every row empty and labelled none, not zeros
+    grey = _rows(out / index[silent.name]["csv"])
+    assert len(grey) == 20 and all(x["source"] == "none" and x["valence"] == "" for x in grey)
+    a = _rows(out / index[wav.name]["csv"])
+    assert len(a) == pytest.approx(60, abs=2) and a[0]["valence"] == "" and a[0]["audio_valence"] == ""
+    meta = json.loads((out / index[wav.name]["csv"]).with_suffix(".json").read_text())
+    assert any("loudness-only arousal cue" in n for n in meta["notes"])
+    assert index[bad.name]["csv"] == "" and not list(out.rglob("broken.csv"))
 
 
 @pytest.mark.slow
@@ -77,6 +87,57 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
     rows = _rows(pred_csv)
     assert {"face_valence", "audio_arousal", "behavior_valence"} <= set(rows[0])
     assert any(k.startswith("weight_") for k in rows[0])
+    # one way through: the in-memory model objects reproduce the training exports of the run folders exactly
+    from vaest.apply import FusionModel, load_model, load_modality
+    from vaest.corpus import load_corpus
+    from vaest.features.store import FeatureStore
+    from vaest.inference import load_predictions
+
+    store = FeatureStore(out / "features")
+    val = next(v for v in load_corpus(out / "corpus").split("val") if v.media is not None)
+    b = load_model(out / "model")
+    tracks, windows = {}, None
+    for mod, run in b.modalities.items():
+        obj = load_modality(mod, run)
+        tracks[mod] = obj.apply(store, val)
+        if mod == "audio":
+            windows = obj.windows
+        rec = load_predictions(run, val.id)
+        np.testing.assert_allclose(tracks[mod].va, rec.values, atol=1e-4, err_msg=mod)
+        np.testing.assert_array_equal(tracks[mod].mask, rec.mask & np.isfinite(rec.values).all(1), err_msg=mod)
+    fused = FusionModel(b.fusion).apply(tracks, val, windows)
+    np.testing.assert_allclose(fused.va, load_predictions(b.fusion, val.id).values, atol=1e-4)
+    # the Predictor: one row per decoded frame, modality columns equal to the modality models' outputs
+    import time
+
+    import vaest
+    from vaest.media import count_frames
+
+    t0 = time.perf_counter()
+    p = vaest.Predictor(model=out / "model", device="cpu")
+    t1 = time.perf_counter()
+    res = p.predict(val.media)
+    t2 = time.perf_counter()
+    res2 = p.predict(val.media)
+    t3 = time.perf_counter()
+    print(f"bundle predictor: load {t1 - t0:.2f} s, first call {t2 - t1:.2f} s, second call {t3 - t2:.2f} s")
+    df = res.frame
+    assert len(df) == count_frames(val.media) and {"weight_face", "weight_behavior"} <= set(df.columns)
+    # a one-person video (the validation one has two tracked faces), without the corpus's pre-cropped faces (a
+    # user's file has none): the Predictor's in-memory features equal those the on-disk extraction stores
+    import dataclasses
+
+    from vaest.features.base import default_extractors, run_extraction
+
+    one = next(v for v in load_corpus(out / "corpus").videos if v.side is None and v.media is not None)
+    one = dataclasses.replace(one, face_dir=None)
+    disk = FeatureStore(tmp_path / "user_features")
+    run_extraction(disk, default_extractors(b.face_encoder, b.audio_encoder), [one])
+    df = p.predict(one.media).frame
+    face = load_modality("face", b.modalities["face"]).apply(disk, one)
+    np.testing.assert_allclose(df["face_valence"].to_numpy(), np.where(face.mask, face.va[:, 0], np.nan),
+                               atol=1e-4)
+    np.testing.assert_allclose(res2.frame["valence"].to_numpy(), res.frame["valence"].to_numpy(), equal_nan=True)
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("model.pt")}
     r2 = CliRunner().invoke(app, ["demo", str(out), "--videos", "4", "--seconds", "8", "--config", str(cfg)])
     assert r2.exit_code == 0, r2.output

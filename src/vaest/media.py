@@ -103,9 +103,11 @@ def probe(path: str | Path) -> MediaInfo:
 
 def _announced_frames(vs, fps: float) -> int:
     """Frame count the video stream's header announces (0 when unknown), to notice a silently truncated file."""
-    if vs.frames:
-        return int(vs.frames)
     secs = float(vs.duration * vs.time_base) if vs.duration and vs.time_base else 0.0
+    if vs.frames:
+        # a stream-copied cut keeps the packets before its first keyframe (hidden by an edit list, not decoded):
+        # the packet count then exceeds what the presented duration holds, so the smaller of the two counts
+        return min(int(vs.frames), int(round(secs * fps))) if secs else int(vs.frames)
     tag = (vs.metadata or {}).get("DURATION", "")  # Matroska keeps the stream duration as a tag
     if not secs and tag.count(":") == 2:
         try:

@@ -4,10 +4,8 @@
 A *model bundle* is a folder with ``bundle.json``: the run folders of each modality, the fusion run, the
 post-processing kernels and the extractors they need (paths relative to the bundle). ``vaest demo`` writes one
 (``OUT/model``); ``vaest predict --model BUNDLE`` reads it. A single run folder (``run.json``) also works as a
-model: its modality alone is applied. With no model, the zero-shot face path maps the offline FER network's
-expression probabilities to valence/arousal on the circumplex (:func:`vaest.features.face.zero_shot_va`), so a
-fresh machine gives a meaningful curve; audio-only files then get a loudness-based arousal heuristic (documented
-in :func:`zero_shot_audio`) and no valence.
+model: its modality alone is applied. Prediction itself lives in :mod:`vaest.predictor` (the Python API) and
+:mod:`vaest.apply` (trained models as objects); :func:`predict` here is the CLI's thin wrapper over them.
 """
 
 from __future__ import annotations
@@ -17,51 +15,28 @@ import io
 import json
 import logging
 import math
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from vaest.corpus import Corpus, Video
+from vaest.apply import BUNDLE_FILE, MODALITIES, Bundle, load_model  # noqa: F401  (re-exported)
+from vaest.corpus import Video
 from vaest.errors import VaestError
+from vaest.features.base import default_extractors
 from vaest.features.store import FeatureStore
-from vaest.inference import load_predictions, read_run_json, run_finished, save_predictions
+from vaest.inference import load_predictions, run_finished
 from vaest.io import atomic_write_json, atomic_write_text
 from vaest.postprocess import REFERENCE_KERNELS, postprocess
-from vaest.zeroshot import ZERO_SHOT_FACE_ENCODER, face_outputs_va, zero_shot_audio, zero_shot_video
 
 log = logging.getLogger(__name__)
-
-MODALITIES = ("face", "audio", "behavior")
-BUNDLE_FILE = "bundle.json"
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Extraction of every modality in one decoding pass
 # ---------------------------------------------------------------------------------------------------------
-
-
-def default_extractors(face_encoder: str = "fer", audio_encoder: str = "lmfb", behavior: bool = True,
-                       audio: bool = True, face: bool = True, device: str = "cpu", mouth: bool = True) -> list:
-    """The offline default extractors: facetrack, face-<encoder>, mouth, behavior-desc, audio-<encoder>, vad."""
-    from vaest.features.base import create_extractor
-
-    ex = []
-    if face or behavior or (mouth and audio):
-        ex.append(create_extractor("facetrack"))
-    if face:
-        ex.append(create_extractor("face", encoder=face_encoder, device=device))
-    if mouth and (face or audio):
-        ex.append(create_extractor("mouth"))
-    if behavior:
-        ex.append(create_extractor("behavior-desc"))
-    if audio:
-        ex.append(create_extractor(f"audio-{audio_encoder}"))
-        ex.append(create_extractor("vad"))
-    return ex
 
 
 def extract_all(videos: Sequence[Video], store: FeatureStore, extractors: list | None = None,
@@ -73,384 +48,21 @@ def extract_all(videos: Sequence[Video], store: FeatureStore, extractors: list |
                           num_workers=num_workers)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Applying trained modality runs to new videos
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _checkpoint(run: Path, device: str):
-    from vaest.models import load_checkpoint
-
-    return load_checkpoint(Path(run) / "model.pt", device)
-
-
-def apply_face(run: str | Path, store: FeatureStore, videos: Sequence[Video], out: str | Path,
-               device: str = "cpu") -> list[str]:
-    """Per-frame predictions of a face run for ``videos`` (features in ``store``) into run folder ``out``.
-
-    Returns the ids that had no face features (nothing written for them).
-    """
-    from vaest.tasks.face import apply_norm, load_face_sequences
-    from vaest.training import predict_sequence
-
-    model, ck = _checkpoint(Path(run), device)
-    encoder = ck["inputs"]["store_key"].split("face-", 1)[1]
-    motion = bool(ck["inputs"].get("motion", False))  # face-track kinematics appended at training time
-    parts = tuple(ck["inputs"].get("parts", ("emb", "probs", "conf")))
-    loaded, missing = load_face_sequences(list(videos), store, encoder, motion=motion, parts=parts)
-    for v, x, found, fps in loaded:
-        res = predict_sequence(model, {"x": apply_norm(x, ck["norm"])}, int(ck.get("win", 400)),
-                               int(ck.get("hop", 150)), device, align_end=bool(ck.get("align_end", False)))
-        save_predictions(out, v.id, res["va"], fps, emb=res.get("emb"), mask=found,
-                         meta={"modality": "face", "encoder": encoder})
-    return missing
-
-
-def apply_behavior(run: str | Path, store: FeatureStore, videos: Sequence[Video], out: str | Path,
-                   device: str = "cpu") -> list[str]:
-    """Per-frame predictions of a behavior run (segment predictions expanded to frames) into ``out``."""
-    from vaest.tasks.behavior import BehaviorTrainSettings, frame_mask, load_items, to_sequence
-    from vaest.training import frames_from_steps, predict_sequence
-
-    model, ck = _checkpoint(Path(run), device)
-    inp = ck["inputs"]
-    st = BehaviorTrainSettings(encoder=inp["encoder"], branch=inp["branch"], pool=inp["pool"])
-    items, missing = load_items(list(videos), store, st)
-    for it in items:
-        seq = to_sequence(it, ck["norm"])
-        res = predict_sequence(model, seq.inputs, int(ck.get("win", 16)), int(ck.get("hop", 8)), device)
-        va = frames_from_steps(res["va"], seq.base, seq.n_frames, seq.fps)
-        emb = frames_from_steps(res["emb"], seq.base, seq.n_frames, seq.fps) if "emb" in res else None
-        save_predictions(out, it.video.id, va, it.fps, emb=emb, mask=frame_mask(it),
-                         meta={"modality": "behavior", "encoder": st.encoder})
-    return missing
-
-
-def apply_audio(run: str | Path, store: FeatureStore, videos: Sequence[Video], out: str | Path,
-                device: str = "cpu") -> list[str]:
-    """Per-frame predictions and audio tokens of an audio run into ``out`` (same layout as training exports)."""
-    from vaest.features.audio import audio_key
-    from vaest.tasks.audio import AudioTrainConfig, export_run, load_item
-
-    model, ck = _checkpoint(Path(run), device)
-    cfg = AudioTrainConfig(encoder=ck.get("encoder", "lmfb"), filter=bool(ck.get("filter", True)), device=device,
-                           feature_norm=ck.get("feature_norm", "video"))
-    items, missing = [], []
-    for v in videos:
-        if v.media is None or not store.has(audio_key(cfg.encoder), v.id):
-            missing.append(v)
-            continue
-        it = load_item(store, v, cfg.encoder, cfg.filter_config(), cfg.min_valid_seconds, cfg.feature_norm)
-        if it.audio_seconds <= 0:
-            missing.append(v)
-            continue
-        items.append(it)
-    export_run(model, items, [], store, Path(out), cfg, device)
-    return [v.id for v in missing]
-
-
-APPLY = {"face": apply_face, "audio": apply_audio, "behavior": apply_behavior}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Bundles
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Bundle:
-    """Trained runs that make one predictor (paths absolute once loaded)."""
-
-    root: Path
-    modalities: dict[str, Path] = field(default_factory=dict)
-    fusion: Path | None = None
-    kernels: tuple[int, int] = REFERENCE_KERNELS
-    face_encoder: str = "fer"
-    audio_encoder: str = "lmfb"
-
-    def save(self) -> None:
-        rel = lambda p: str(Path(p).resolve().relative_to(self.root.resolve())) if Path(p).resolve().is_relative_to(self.root.resolve()) else str(Path(p).resolve())  # noqa: E731
-        atomic_write_json(self.root / BUNDLE_FILE, {
-            "modalities": {k: rel(v) for k, v in self.modalities.items()},
-            "fusion": rel(self.fusion) if self.fusion else None, "kernels": list(self.kernels),
-            "face_encoder": self.face_encoder, "audio_encoder": self.audio_encoder})
-
-
-def load_model(path: str | Path) -> Bundle:
-    """A bundle folder (``bundle.json``) or a single run folder (``run.json``) as a :class:`Bundle`."""
-    p = Path(path)
-    if (p / BUNDLE_FILE).exists():
-        d = json.loads((p / BUNDLE_FILE).read_text())
-        res = lambda s: (p / s) if not Path(s).is_absolute() else Path(s)  # noqa: E731
-        return Bundle(p, {k: res(v) for k, v in d["modalities"].items()}, res(d["fusion"]) if d.get("fusion") else None,
-                      tuple(d.get("kernels") or REFERENCE_KERNELS), d.get("face_encoder", "fer"),
-                      d.get("audio_encoder", "lmfb"))
-    info = read_run_json(p)
-    mod = info.get("modality")
-    if mod not in MODALITIES:
-        raise VaestError(f"{p}: a {mod!r} run cannot be applied alone; use the bundle folder that holds it")
-    b = Bundle(p, {mod: p})
-    if mod == "face":
-        b.face_encoder = info.get("encoder", "fer")
-    if mod == "audio":
-        b.audio_encoder = info.get("encoder", "lmfb")
-    return b
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Prediction outputs
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Prediction:
-    """Per-frame output of one media file."""
-
-    video: str
-    fps: float
-    va: np.ndarray  # (n, 2) final, post-processed
-    parts: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (n, 2), NaN where it had no input
-    weights: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (n,) fusion weight
-    note: str = ""
-
-
-def write_csv(path: Path, pred: Prediction) -> None:
-    """``frame,time,valence,arousal`` (frame 1-based, time = frame start in seconds), then per-modality
-    predictions and fusion weights."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    cols = ["frame", "time", "valence", "arousal"]
-    for m in pred.parts:
-        cols += [f"{m}_valence", f"{m}_arousal"]
-    cols += [f"weight_{m}" for m in pred.weights]
-    w.writerow(cols)
-    n = len(pred.va)
-
-    def f(x: float) -> str:
-        return "" if not math.isfinite(float(x)) else f"{float(x):.4f}"
-
-    for i in range(n):
-        row = [str(i + 1), f"{i / pred.fps:.3f}", f(pred.va[i, 0]), f(pred.va[i, 1])]
-        for p in pred.parts.values():
-            row += [f(p[i, 0]), f(p[i, 1])]
-        row += [f(wt[i]) for wt in pred.weights.values()]
-        w.writerow(row)
-    atomic_write_text(path, buf.getvalue())
-
-
-def plot_prediction(path: Path, pred: Prediction) -> None:
-    """Valence and arousal over time (final curve bold, modalities thin), fusion weights underneath."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = np.arange(len(pred.va)) / pred.fps
-    rows = 3 if pred.weights else 2
-    fig, axes = plt.subplots(rows, 1, figsize=(10, 2.4 * rows), sharex=True)
-    for d, (ax, name) in enumerate(zip(axes, ("valence", "arousal"))):
-        for m, p in pred.parts.items():
-            ax.plot(t, p[:, d], lw=0.8, alpha=0.7, label=m)
-        ax.plot(t, pred.va[:, d], lw=2.0, color="black", label="vaest")
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set_ylim(-1.05, 1.05)
-        ax.set_ylabel(name)
-        ax.legend(loc="upper right", fontsize=7, ncol=4)
-    if pred.weights:
-        ax = axes[2]
-        ax.stackplot(t, *[np.nan_to_num(w) for w in pred.weights.values()], labels=list(pred.weights), alpha=0.8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("fusion weight")
-        ax.legend(loc="upper right", fontsize=7, ncol=4)
-    axes[-1].set_xlabel("time (s)")
-    fig.suptitle(f"{pred.video}{'  (' + pred.note + ')' if pred.note else ''}", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Zero-shot paths (no trained model)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _zero_shot(videos: Sequence[Video], store: FeatureStore) -> dict[str, Prediction]:
-    from vaest.features.face import face_key
-    from vaest.media import read_audio
-
-    out: dict[str, Prediction] = {}
-    vids = [v for v in videos if not v.audio_only]
-    if vids:
-        extract_all(vids, store, default_extractors(ZERO_SHOT_FACE_ENCODER, behavior=False, audio=False, mouth=False))
-    for v in videos:
-        if v.audio_only:
-            wav = read_audio(v.media) if v.media else np.zeros(0, np.float32)
-            if wav.size == 0:
-                log.error("%s: no audio to analyse", v.media)
-                continue
-            va = zero_shot_audio(wav)
-            final = np.nan_to_num(postprocess(va, np.isfinite(va[:, 1]), REFERENCE_KERNELS), nan=0.0)
-            final[:, 0] = np.nan  # the voice gives no valence estimate: left empty, not written as 0
-            out[v.id] = Prediction(v.id, 30.0, final, {"audio": va},
-                                   note="zero-shot voice arousal (spectral tilt, loudness dynamics); valence not estimated")
-            continue
-        try:
-            rec = store.load(face_key(ZERO_SHOT_FACE_ENCODER), v.id)
-        except VaestError as e:
-            log.error("%s: %s", v.media, e)
-            continue
-        found = rec.mask & np.isfinite(rec.values).all(1)
-        raw = face_outputs_va(rec.extras, rec.meta.get("classes") or rec.meta.get("config", {}).get("classes")
-                              or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
-        raw = np.where(found[:, None], raw, np.nan).astype(np.float32)
-        wav = read_audio(v.media) if v.media else np.zeros(0, np.float32)
-        voice = zero_shot_audio(wav, fps=float(rec.base.rate))[: len(raw)] if wav.size else None
-        fused = zero_shot_video(raw, voice)
-        ok = np.isfinite(fused.va).all(1)
-        if not ok.any():
-            log.warning("%s: no face found in any frame; the zero-shot face path has nothing to say", v.media)
-        final = postprocess(fused.va, ok, REFERENCE_KERNELS)
-        out[v.id] = Prediction(v.id, float(rec.base.rate), np.nan_to_num(final, nan=0.0),
-                               {"face": raw} | ({"audio": voice} if voice is not None else {}),
-                               weights={m: w[:, 1] for m, w in fused.weights.items()},  # arousal weights
-                               note="zero-shot face (circumplex mapping of FER probabilities) + voice arousal")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Trained bundle path
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _with_bundle(videos: Sequence[Video], store: FeatureStore, bundle: Bundle, work: Path,
-                 device: str) -> dict[str, Prediction]:
-    from vaest.tasks.fusion import apply_fusion
-
-    mods = bundle.modalities
-    extract_all(videos, store, default_extractors(bundle.face_encoder, bundle.audio_encoder,
-                                                  behavior="behavior" in mods, audio="audio" in mods,
-                                                  face="face" in mods or "audio" in mods, device=device))
-    runs: dict[str, Path] = {}
-    for m, run in mods.items():
-        out = work / m
-        missing = APPLY[m](run, store, videos, out, device)
-        if missing:
-            log.info("%s: no %s input for %s", m, m, ", ".join(map(str, missing)))
-        runs[m] = out
-    fused_dir = None
-    if bundle.fusion is not None:
-        fused_dir = work / "fusion"
-        fusion_info = read_run_json(bundle.fusion)
-        sub = {k: runs[k] for k in (fusion_info.get("runs") or {}) if k in runs}
-        try:
-            apply_fusion(bundle.fusion, list(videos), fused_dir, runs=sub, device=device)
-        except Exception as e:  # a video the fusion cannot take falls back to its modalities
-            log.warning("fusion failed (%s: %s); using the best available modality per video", type(e).__name__, e)
-            fused_dir = None
-    preds: dict[str, Prediction] = {}
-    for v in videos:
-        parts: dict[str, np.ndarray] = {}
-        masks: dict[str, np.ndarray] = {}
-        fps = None
-        for m, d in runs.items():
-            try:
-                rec = load_predictions(d, v.id)
-            except VaestError:
-                continue
-            if not rec.mask.any():
-                continue
-            parts[m] = np.where(rec.mask[:, None], rec.values, np.nan).astype(np.float32)
-            masks[m] = rec.mask
-            fps = fps or float(rec.base.rate)
-        if not parts:
-            log.error("%s: no modality could be computed (no face, no audio?)", v.media)
-            continue
-        n = min(len(p) for p in parts.values())
-        parts = {k: p[:n] for k, p in parts.items()}
-        weights: dict[str, np.ndarray] = {}
-        raw, mask, note = None, None, ""
-        if fused_dir is not None:
-            try:
-                rec = load_predictions(fused_dir, v.id)
-                raw, mask = rec.values[:n], rec.mask[:n]
-                wts = rec.extras.get("weights")
-                names = read_run_json(bundle.fusion).get("weight_names") or []
-                if wts is not None and wts.ndim == 3:  # late fusion: (n, sets, 2) -> mean over dimensions
-                    wts = wts.mean(-1)
-                if wts is not None and wts.ndim == 2 and len(names) == wts.shape[1]:
-                    weights = {nm: wts[:n, i] for i, nm in enumerate(names)}
-            except VaestError:
-                raw = None
-        if raw is None:  # no fusion: mask-aware mean of the modalities present
-            stack = np.stack(list(parts.values()))
-            with np.errstate(all="ignore"):
-                raw = np.nanmean(stack, axis=0)
-            mask = np.isfinite(raw).all(1)
-            note = "mean of available modalities" if len(parts) > 1 else f"{next(iter(parts))} only"
-        final = postprocess(raw, mask, bundle.kernels)
-        preds[v.id] = Prediction(v.id, fps or 30.0, np.nan_to_num(final, nan=0.0), parts, weights, note)
-    return preds
-
-
 def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | None = None,
-            device: str = "cpu") -> dict[str, Path]:
-    """Run vaest on media files; write ``out/<name>.csv`` and ``out/<name>.png`` per file.
+            device: str = "auto", fill: bool = False, force: bool = False, progress: bool = True,
+            plot: bool = True) -> dict[str, Path]:
+    """Run vaest on media files, folders or globs; a thin wrapper over :class:`vaest.predictor.Predictor` and
+    :func:`vaest.predictor.predict_many` (``OUT/<relative path>.csv|.json|.png`` and ``OUT/index.csv``).
 
-    Features are cached under ``out/.features`` (a rerun skips finished extraction). A file that fails is
-    reported and skipped; the others go on. Returns name -> CSV path for the files that succeeded.
+    Features are cached under ``OUT/.features/<media identity>`` (``force`` recomputes them). Returns input
+    path -> CSV path for the files that succeeded.
     """
-    from vaest.corpus.folder import load_files
+    from vaest.predictor import Predictor, predict_many
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            log.error("%s: no such file (skipped)", p)
-            continue
-        files.append(p)
-    if not files:
-        raise VaestError("no input file exists: " + ", ".join(map(str, paths)))
-    corpus: Corpus = load_files(files)
-    from vaest.media import probe
-
-    videos = []
-    for v in corpus:
-        try:
-            info = probe(v.media)
-        except VaestError as e:
-            log.error("%s", e)
-            continue
-        if not v.audio_only and not info.has_video:
-            v.audio_only = True
-        if v.audio_only and not info.has_audio:
-            log.error("%s: neither a video nor an audio stream", v.media)
-            continue
-        videos.append(v)
-    store = FeatureStore(out / ".features")
-    t0 = time.time()
-    if model is None:
-        preds = _zero_shot(videos, store)
-    else:
-        bundle = load_model(model)
-        work = out / ".runs"
-        preds = _with_bundle(videos, store, bundle, work, device)
-    written: dict[str, Path] = {}
-    for vid, pred in preds.items():
-        csv_path = out / f"{vid}.csv"
-        write_csv(csv_path, pred)
-        plot_prediction(out / f"{vid}.png", pred)
-        written[vid] = csv_path
-        dur = len(pred.va) / pred.fps
-        log.info("%s: %d frames (%.1f s) -> %s", vid, len(pred.va), dur, csv_path)
-    failed = [v.id for v in corpus if v.id not in written]
-    if failed:
-        log.error("no prediction for %d file(s): %s", len(failed), ", ".join(failed))
-    log.info("predict: %d file(s) in %.1f s", len(written), time.time() - t0)
-    return written
+    pr = Predictor(model, device=device, progress=progress, cache=out / ".features", fill=fill, force=force)
+    rows = predict_many(paths, out, pr, plot=plot)
+    return {r["input"]: out / r["csv"] for r in rows if r["status"] == "ok"}
 
 
 # ---------------------------------------------------------------------------------------------------------

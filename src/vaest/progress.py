@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from contextlib import contextmanager
 from typing import Iterable, Iterator, TypeVar
 
+from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
@@ -25,13 +28,30 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     level = os.environ.get("VAEST_LOG", level)
     root = logging.getLogger("vaest")
     if not any(isinstance(h, RichHandler) for h in root.handlers):
-        h = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+        # logs (warnings, errors) on stderr, so stdout stays for results
+        h = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
         h.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(h)
     root.setLevel(level)
 
 
+_ENABLED: list[bool] = []  # innermost progress_enabled() setting wins
+
+
+@contextmanager
+def progress_enabled(enabled: bool) -> Iterator[None]:
+    """Within this block, show progress bars or not (the Python API's ``progress=`` switch); without it the
+    environment decides (``VAEST_NO_PROGRESS=1`` turns them off)."""
+    _ENABLED.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _ENABLED.pop()
+
+
 def _disabled() -> bool:
+    if _ENABLED:
+        return not _ENABLED[-1]
     return os.environ.get("VAEST_NO_PROGRESS") == "1" or not sys.stderr.isatty() and os.environ.get("CI") == "true"
 
 
@@ -60,3 +80,39 @@ def track(items: Iterable[T], description: str, total: int | None = None, transi
         for it in items:
             yield it
             p.advance(task)
+
+
+NATIVE_NOISE = re.compile(r"^(?:[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\]|INFO: Created TensorFlow Lite|"
+                          r"WARNING: All log messages before absl::InitializeLog)")
+_SHOW_NATIVE: list[bool] = [False]
+
+
+def show_native_logs(show: bool) -> None:
+    """Let third-party native log lines (MediaPipe / absl / TF Lite) through (``--verbose``) or filter them."""
+    _SHOW_NATIVE[0] = bool(show)
+
+
+@contextmanager
+def native_noise_filtered() -> Iterator[None]:
+    """Capture file descriptor 2 while native libraries run, then write back every line except their log noise
+    (lines such as ``W0000 00:00:... inference_feedback_manager.cc:114] ...``). Off after ``show_native_logs(True)``."""
+    if _SHOW_NATIVE[0]:
+        yield
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines() if not NATIVE_NOISE.match(ln)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()

@@ -72,6 +72,24 @@ def create_extractor(name: str, **config: Any) -> "Extractor":
     return cls(cls.Config(**config))
 
 
+def default_extractors(face_encoder: str = "fer", audio_encoder: str = "lmfb", behavior: bool = True,
+                       audio: bool = True, face: bool = True, device: str = "cpu", mouth: bool = True) -> list:
+    """The offline default extractors: facetrack, face-<encoder>, mouth, behavior-desc, audio-<encoder>, vad."""
+    ex = []
+    if face or behavior or (mouth and audio):
+        ex.append(create_extractor("facetrack"))
+    if face:
+        ex.append(create_extractor("face", encoder=face_encoder, device=device))
+    if mouth and (face or audio):
+        ex.append(create_extractor("mouth"))
+    if behavior:
+        ex.append(create_extractor("behavior-desc"))
+    if audio:
+        ex.append(create_extractor(f"audio-{audio_encoder}"))
+        ex.append(create_extractor("vad"))
+    return ex
+
+
 class Extractor:
     """Base class. Subclasses set ``Config`` (a dataclass), ``kind`` (``frames`` or ``audio``) and implement
     the methods of their kind. ``outputs()`` names the store keys written (default: ``[self.name]``)."""
@@ -227,13 +245,16 @@ def extract_media(media: Path, videos: list[Video], extractors: list[Extractor],
 
     Returns (records, frames decoded, the extractors that could not run, why) - the last two empty when all ran.
     """
+    from vaest.progress import native_noise_filtered
+
     frame_ex = [e for e in extractors if e.kind == "frames"]
     audio_ex = [e for e in extractors if e.kind == "audio"]
-    if frame_ex and audio_ex and not probe(media).has_video:
-        msg = f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})"
-        recs, n = process_media(media, videos, audio_ex, batch_size, max_side)
-        return recs, n, frame_ex, msg
-    recs, n = process_media(media, videos, extractors, batch_size, max_side)
+    with native_noise_filtered():  # MediaPipe / absl / TF Lite log lines, unless --verbose
+        if frame_ex and audio_ex and not probe(media).has_video:
+            msg = f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})"
+            recs, n = process_media(media, videos, audio_ex, batch_size, max_side)
+            return recs, n, frame_ex, msg
+        recs, n = process_media(media, videos, extractors, batch_size, max_side)
     return recs, n, [], ""
 
 

@@ -183,3 +183,38 @@ class FeatureStore:
                                          str(z["config_hash"]), float(z["hop"]), float(z["win"]))
                 except Exception:
                     log.warning("%s: unreadable, skipped in listing", p)
+
+
+class MemoryStore(FeatureStore):
+    """A :class:`FeatureStore` held in memory (nothing written): the records of one media file while it is
+    predicted, read by the same loaders as the on-disk store. ``path`` names a pseudo-location for messages."""
+
+    def __init__(self, name: str = "memory"):
+        super().__init__(Path(f"<{name}>"))
+        self._records: dict[tuple[str, str], FeatureRecord] = {}
+
+    def stored_hash(self, extractor: str, video_id: str) -> str | None:
+        rec = self._records.get((extractor, video_id))
+        return None if rec is None else rec.config_hash
+
+    def save(self, extractor: str, video_id: str, rec: FeatureRecord) -> Path:
+        self._records[(extractor, video_id)] = rec
+        return self.path(extractor, video_id)
+
+    def load(self, extractor: str, video_id: str) -> FeatureRecord:
+        rec = self._records.get((extractor, video_id))
+        if rec is None:
+            raise FeatureError(f"{self.path(extractor, video_id)}: no '{extractor}' features for '{video_id}'")
+        return rec
+
+    def record_failure(self, extractor: str, video_id: str, message: str) -> None:
+        log.debug("%s/%s failed: %s", extractor, video_id, message)
+
+    def failures(self, extractor: str | None = None) -> list[dict]:
+        return []
+
+    def extractors(self) -> list[str]:
+        return sorted({k for k, _ in self._records})
+
+    def videos(self, extractor: str) -> list[str]:
+        return sorted(v for k, v in self._records if k == extractor)

@@ -46,7 +46,7 @@ from vaest.features.audio import (
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.media import fps_or_default
 from vaest.progress import track
-from vaest.timebase import TimeSeries, fill_nearest, frame_midpoints, to_frames
+from vaest.timebase import TimeBase, TimeSeries, fill_nearest, frame_midpoints, to_frames
 from vaest.training import concat_frame_ccc
 from vaest.windows import overlap_average, take_window
 
@@ -659,6 +659,30 @@ def build_model(cfg: AudioTrainConfig, items: list[AudioItem], store: FeatureSto
     return model
 
 
+def apply_item(model: nn.Module, it: AudioItem, filtering: bool, encoder: str, device: str = "cpu"
+               ) -> tuple[FeatureRecord, FeatureRecord]:
+    """A trained audio model applied to one item, in memory: the per-frame record (values (n_frames, 2) VA,
+    mask = frames in a usable window with audio, extras ``emb`` (n_frames, E) and ``reliability`` (n_frames,))
+    and the per-window token record (values (n_windows, 4, E), mask = windows fusion may use, extras per-second
+    ``va``, ``has_audio`` and the window statistics). :func:`export_run` writes exactly these two records."""
+    win_va, win_emb = predict_windows(model, it, device)
+    va, covered = frames_from_seconds(seconds_from_windows(it, win_va), it.n_frames, it.fps)
+    emb, _ = frames_from_seconds(seconds_from_windows(it, win_emb), it.n_frames, it.fps)
+    tok = it.token_mask(filtering)
+    _, fmask = to_frames(TimeSeries(np.ones(it.n_windows, np.float32), WINDOW_BASE, tok), it.n_frames, it.fps)
+    rel, rmask = to_frames(TimeSeries(it.stats.reliability.astype(np.float32), WINDOW_BASE, it.has_audio.any(1)),
+                           it.n_frames, it.fps)
+    rel = np.where(rmask, rel[:, 0], 0.0).astype(np.float32)
+    meta = {"modality": "audio", "encoder": encoder, "source": it.stats.source, "filter": filtering}
+    frames = FeatureRecord(TimeSeries(np.asarray(va, np.float32), TimeBase.frames(it.fps), fmask & covered),
+                           {"emb": np.asarray(emb, np.float32), "reliability": rel}, meta)
+    extras = {"va": win_va.astype(np.float32), "has_audio": it.has_audio, "label_ok": it.label_ok,
+              "train_ok": it.train_mask(filtering), **{k: np.asarray(v) for k, v in it.stats.as_arrays().items()}}
+    tokens = FeatureRecord(TimeSeries(win_emb.astype(np.float32), WINDOW_BASE, tok), extras,
+                           {**meta, "n_frames": it.n_frames, "fps": it.fps, "n_sec": it.n_sec})
+    return frames, tokens
+
+
 def export_run(model: nn.Module, items: list[AudioItem], missing: list[Video], store: FeatureStore,
                run: Path, cfg: AudioTrainConfig, device: str = "cpu") -> None:
     """Write per-frame predictions of every video (``save_predictions``) and the per-window audio tokens
@@ -668,21 +692,10 @@ def export_run(model: nn.Module, items: list[AudioItem], missing: list[Video], s
 
     run_store = FeatureStore(run)
     for it in track(items, "export audio predictions"):
-        win_va, win_emb = predict_windows(model, it, device)
-        va, covered = frames_from_seconds(seconds_from_windows(it, win_va), it.n_frames, it.fps)
-        emb, _ = frames_from_seconds(seconds_from_windows(it, win_emb), it.n_frames, it.fps)
-        tok = it.token_mask(cfg.filter)
-        _, fmask = to_frames(TimeSeries(np.ones(it.n_windows, np.float32), WINDOW_BASE, tok), it.n_frames, it.fps)
-        rel, rmask = to_frames(TimeSeries(it.stats.reliability.astype(np.float32), WINDOW_BASE, it.has_audio.any(1)),
-                               it.n_frames, it.fps)
-        rel = np.where(rmask, rel[:, 0], 0.0).astype(np.float32)
-        meta = {"modality": "audio", "encoder": cfg.encoder, "source": it.stats.source, "filter": cfg.filter}
-        save_predictions(run, it.id, va, it.fps, emb=emb, mask=fmask & covered, extras={"reliability": rel}, meta=meta)
-        extras = {"va": win_va.astype(np.float32), "has_audio": it.has_audio, "label_ok": it.label_ok,
-                  "train_ok": it.train_mask(cfg.filter), **{k: np.asarray(v) for k, v in it.stats.as_arrays().items()}}
-        run_store.save(TOKENS_KEY, it.id, FeatureRecord(
-            TimeSeries(win_emb.astype(np.float32), WINDOW_BASE, tok), extras,
-            {**meta, "n_frames": it.n_frames, "fps": it.fps, "n_sec": it.n_sec}))
+        frames, tokens = apply_item(model, it, cfg.filter, cfg.encoder, device)
+        save_predictions(run, it.id, frames.values, it.fps, emb=frames.extras.get("emb"), mask=frames.mask,
+                         extras={"reliability": frames.extras["reliability"]}, meta=frames.meta)
+        run_store.save(TOKENS_KEY, it.id, tokens)
     for v in missing:
         n = v.n_label_frames if v.label_path is not None else None
         got = _record_grid(store, v)

