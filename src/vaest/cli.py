@@ -171,6 +171,7 @@ def extract_audio_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Audio features per video (store key audio-<encoder>) and voice activity (vad)."""
     from vaest.corpus import load_corpus
@@ -179,7 +180,8 @@ def extract_audio_cmd(
     from vaest.scale import run_extraction
 
     rep = run_extraction(FeatureStore(out), audio_extractors(encoder, model, vad), load_corpus(corpus).videos,
-                         force=force, engine=engine, address=address, num_workers=workers)
+                         force=force, engine=engine, address=address, num_workers=workers,
+                         file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -225,12 +227,14 @@ def extract_face_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Face track (facetrack) and per-frame face features (store key face-<encoder>)."""
     from vaest.features.face import extract_face_features
 
     rep = extract_face_features(corpus, out, encoder=encoder, device=device, weights=weights, batch_size=batch_size,
-                                force=force, engine=engine, address=address, num_workers=workers)
+                                force=force, engine=engine, address=address, num_workers=workers,
+                                file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -243,11 +247,13 @@ def extract_mouth_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
     from vaest.features.mouth import extract_mouth
 
-    rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers)
+    rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers,
+                        file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -289,6 +295,9 @@ AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluste
                                                    "head:6379 or auto); default: start a local Ray.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Ray workers (default: one per CPU, or one per "
                                                    "GPU when the extractor runs on cuda).")]
+FileTimeoutOpt = Annotated[Optional[float], typer.Option("--file-timeout", help="ray: seconds a worker may spend on "
+                                                         "one media file before it is stopped and the file recorded "
+                                                         "as failed (default 3600; 0 = no limit).")]
 
 
 # --- fusion (vaest.tasks.fusion): `vaest train fusion`, `vaest train late` ---
@@ -386,6 +395,7 @@ def extract_behavior_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    file_timeout: FileTimeoutOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Per-segment behavior features (4 s clips, 2 s hop): behavior-desc, or behavior-vlm + behavior-text."""
@@ -396,7 +406,7 @@ def extract_behavior_cmd(
              "generate": False if no_text else None, "device": device, "batch_size": batch_size}
     settings = {**load_config(config), **{k: v for k, v in flags.items() if v is not None}}
     rep = extract_behavior(corpus, out, encoder, settings, force=force, engine=engine, address=address,
-                           num_workers=workers)
+                           num_workers=workers, file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -448,6 +458,7 @@ def extract_all_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Every offline default modality in one decoding pass: facetrack, face, mouth, behavior-desc, audio, vad."""
     from vaest.corpus import load_corpus
@@ -455,7 +466,8 @@ def extract_all_cmd(
     from vaest.pipeline import default_extractors, extract_all
 
     rep = extract_all(load_corpus(corpus).videos, FeatureStore(out),
-                      default_extractors(face_encoder, audio_encoder, device=device), engine, address, workers)
+                      default_extractors(face_encoder, audio_encoder, device=device), engine, address, workers,
+                      file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 

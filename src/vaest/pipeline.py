@@ -65,12 +65,13 @@ def default_extractors(face_encoder: str = "fer", audio_encoder: str = "lmfb", b
 
 
 def extract_all(videos: Sequence[Video], store: FeatureStore, extractors: list | None = None,
-                engine: str = "local", address: str | None = None, num_workers: int | None = None):
+                engine: str = "local", address: str | None = None, num_workers: int | None = None,
+                file_timeout: float | None = None):
     """Extract all default modalities for ``videos`` (frames decoded once per media file); returns the report."""
     from vaest.scale import run_extraction
 
     return run_extraction(store, extractors or default_extractors(), list(videos), engine=engine, address=address,
-                          num_workers=num_workers)
+                          num_workers=num_workers, file_timeout=file_timeout)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -537,6 +538,7 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     ``OUT/metrics.json``. Every step skips what a previous run of the same command finished."""
     from vaest.config import write_run_info
     from vaest.corpus import load_corpus
+    from vaest.io import remove_stale_temporaries
     from vaest.corpus.synthetic import synthesize
     from vaest.report import evaluate_runs, write_report
     from vaest.submission import read_submission, write_submission
@@ -551,6 +553,7 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     cfg = cfg or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # left by a run killed midway
     write_run_info(out, "vaest demo", cfg)
     times: dict[str, float] = {}
 

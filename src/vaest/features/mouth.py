@@ -213,7 +213,8 @@ class MouthExtractor(Extractor):
 
 
 def extract_mouth(corpus_root: str | Path, out: str | Path, force: bool = False, splits: Sequence[str] | None = None,
-                  engine: str = "local", address: str | None = None, num_workers: int | None = None):
+                  engine: str = "local", address: str | None = None, num_workers: int | None = None,
+                  file_timeout: float | None = None):
     """Run ``facetrack`` + ``mouth`` over a corpus into the feature store at ``out`` (local loop or Ray, see
     :func:`vaest.scale.run_extraction`); returns the extraction report."""
     from vaest.corpus import load_corpus
@@ -224,4 +225,5 @@ def extract_mouth(corpus_root: str | Path, out: str | Path, force: bool = False,
     corpus = load_corpus(corpus_root)
     videos = corpus.split(*splits) if splits else list(corpus)
     return run_extraction(FeatureStore(out), [create_extractor("facetrack"), MouthExtractor()], videos,
-                          engine=engine, address=address, num_workers=num_workers, force=force)
+                          engine=engine, address=address, num_workers=num_workers, force=force,
+                          file_timeout=file_timeout)
