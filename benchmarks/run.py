@@ -224,7 +224,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "quick": a.quick, "load_before": list(os.getloadavg()), "gpu": gpu_note()}
+        "quick": a.quick, "skip_long": a.skip_long, "load_before": list(os.getloadavg()), "gpu": gpu_note()}
     m = build_media(a.cache, a.quick, a.clips)
     res["media"] = {"source": m["source"], "note": m["note"], "video_s": media_seconds(m["video"]),
                     "long_s": media_seconds(m["long"]) if m["long"] else None,
@@ -241,7 +241,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         runs["help"] = run_command("help", 0.0, None)
         sizes = [("63s", m["video"], res["media"]["video_s"])]
         if not a.quick:  # --quick: the short video alone stands for every size
-            sizes += [("10min", m["long"], res["media"]["long_s"]), ("2s", m["short"], res["media"]["short_s"])]
+            if not a.skip_long:
+                sizes.append(("10min", m["long"], res["media"]["long_s"]))
+            sizes.append(("2s", m["short"], res["media"]["short_s"]))
         for key, video, secs in sizes:
             log.info("floors on %s", video.name)
             floors[key] = {"face": floor_of("face", video), "audio": floor_of("audio", video)}
@@ -308,7 +310,8 @@ def render(r: dict[str, Any]) -> str:
          f"Media: {md['note']}: {md['video_s']:.1f} s (480x360, 30 fps), the same ten times "
          f"({_f(md['long_s'], '{:.0f}')} s), a {md['short_s']:.1f} s clip and {md['clips']} clips of ~2 s. "
          f"Load average (1 min) before/after the run: {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f} "
-         "(other work on the machine slows every figure; each row has its own below). GPU: " + r["gpu"] + ".", "",
+         "(other work on the machine slows every figure; each row has its own below). GPU: " + r["gpu"] + "."
+         + (" **The 10-min video was not run (`--skip-long`).**" if r.get("skip_long") else ""), "",
          "Every command runs as its own process: *wall* includes start-up (imports, model loading); *peak RSS* is "
          "that process's own high-water mark (`ru_maxrss` from `os.wait4`); *CPU* is its user+system time. "
          "RTF = wall / media seconds. *Floor* = the least work of the path in one process on the same media in "
@@ -373,6 +376,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=140, help="2 s clips predicted in one call and one by one")
     ap.add_argument("--quick", action="store_true", help="a few seconds of media: checks the script, not speed")
     ap.add_argument("--no-components", action="store_true", help="skip the in-process stage throughputs")
+    ap.add_argument("--skip-long", action="store_true", help="skip the 10-minute video (its commands take ~10 min)")
     ap.add_argument("--render-only", action="store_true", help="re-render --out from an existing --json")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
