@@ -354,7 +354,8 @@ def render(r: dict[str, Any]) -> str:
             if isinstance(v, (int, float)):
                 L.append(f"| {k} | {v:.4f} |")
     if r.get("train_seconds_per_epoch"):
-        L += ["", "## Training (from the demo folder's history.json)", "", "| model | seconds per epoch |", "|---|---|"]
+        L += ["", "## Training (from the demo folder's history.json: wall time of that run, under whatever load it had)",
+              "", "| model | seconds per epoch |", "|---|---|"]
         for k, v in r["train_seconds_per_epoch"].items():
             L.append(f"| {k} | {v:.1f} |")
     if r.get("demo_seconds"):
