@@ -311,7 +311,9 @@ def render(r: dict[str, Any]) -> str:
          f"({_f(md['long_s'], '{:.0f}')} s), a {md['short_s']:.1f} s clip and {md['clips']} clips of ~2 s. "
          f"Load average (1 min) before/after the run: {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f} "
          "(other work on the machine slows every figure; each row has its own below). GPU: " + r["gpu"] + "."
-         + (" **The 10-min video was not run (`--skip-long`).**" if r.get("skip_long") else ""), "",
+         + (" **The 10-min video was not run (`--skip-long`).**" if r.get("skip_long") else "")
+         + ("" if r.get("bundle") else " No demo bundle was found (`make demo` writes demo_out/model): the bundle "
+            "rows are missing."), "",
          "Every command runs as its own process: *wall* includes start-up (imports, model loading); *peak RSS* is "
          "that process's own high-water mark (`ru_maxrss` from `os.wait4`); *CPU* is its user+system time. "
          "RTF = wall / media seconds. *Floor* = the least work of the path in one process on the same media in "
