@@ -50,3 +50,17 @@ def test_face_transformer_trains_on_the_same_function():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert all(k.startswith(("proj", "norm", "encoder.layers", "head")) for k in m.state_dict())
     assert "encoder.layers.0.self_attn.in_proj_weight" in m.state_dict()
+
+
+def test_dcmmoe_attention_dropout_setting():
+    """``attn_dropout`` sets the dropout on DCMMoE's attention weights alone (None: the model's ``dropout``);
+    the demo trains without it (it forces the slow attention path on CPU)."""
+    from vaest.models.fusion import DCMMoEConfig, DCMMoEFusion
+    from vaest.pipeline import DemoConfig
+
+    base = DCMMoEFusion(DCMMoEConfig(d_model=32, heads=4, ffn=32, layers=2))
+    assert all(b.attn.dropout == 0.1 for b in base.blocks)
+    fast = DCMMoEFusion(DCMMoEConfig(d_model=32, heads=4, ffn=32, layers=2, attn_dropout=0.0))
+    assert all(b.attn.dropout == 0.0 and b.drop.p == 0.1 for b in fast.blocks)
+    assert sorted(base.state_dict()) == sorted(fast.state_dict())
+    assert DemoConfig().dcmmoe_attn_dropout == 0.0

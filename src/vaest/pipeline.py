@@ -472,6 +472,9 @@ class DemoConfig:
     # reference). DCMMoE runs narrower than the reference (d_model 256) to fit the CPU budget.
     fusion_lr: float | None = 2e-4
     dcmmoe_d_model: int = 128
+    # No dropout on DCMMoE's attention weights: on CPU it forces the materialised attention (3.5x the cost of a
+    # training step) and changed the demo's validation CCC by < 3e-4 per epoch (docs/performance.md)
+    dcmmoe_attn_dropout: float = 0.0
     # Out-of-fold predictions of the train videos for fusion training (vaest.tasks.crossfit); 0 = fusion learns
     # from the modality models' in-sample predictions, which flatter the model that over-fits most.
     crossfit_folds: int = 2
@@ -615,7 +618,8 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
                 if cfg.fusion_lr:
                     ftc = dataclasses.replace(ftc, lr=cfg.fusion_lr if method == "raav" else cfg.fusion_lr / 2)
                 train_fusion(mod_runs, corpus_dir, run, method, train_cfg=ftc, features_root=feats,
-                             model_cfg={"d_model": cfg.dcmmoe_d_model} if method == "dcmmoe" else None)
+                             model_cfg={"d_model": cfg.dcmmoe_d_model, "attn_dropout": cfg.dcmmoe_attn_dropout}
+                             if method == "dcmmoe" else None)
     late_run, avg_run = runs_dir / "late", runs_dir / "average"
     with step("late fusion"):
         if not run_finished(late_run):
