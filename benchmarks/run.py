@@ -1,13 +1,20 @@
-"""One benchmark run over every measured path; writes the table into docs/benchmarks.md.
+"""`make bench`: every measured command as its own process, against the floor of its path on the same media.
 
-Measures, on this machine: frames per second of decoding, face detection/tracking and each face encoder;
-real-time factor of the audio encoders and of the behavior encoder; training seconds per epoch of each model
-(from a finished ``vaest demo`` folder); ``vaest predict`` real-time factor end to end (zero-shot, and with
-the demo's trained bundle); peak memory of each end-to-end command (measured in a child process).
-Inputs: the real talking-face clips in ``../shared/data/cremad-av`` where present, else generated media.
+Each command in :data:`COMMANDS` runs as a child process; its wall time includes start-up (imports, model
+loading) and its peak resident memory is that child's own (``ru_maxrss`` from ``os.wait4``, the largest
+process of its tree), as is its CPU time. The floor of each path (:mod:`benchmarks.floor`: decode + face
+detection every 3rd frame + FaceMesh for the face path; decode + log-mel for the audio path) is measured in
+the same run on the same media, also as a child process, and each command is reported as a ratio to it. The
+load average is recorded before and after every command. Results go to ``benchmarks/results.json`` and
+``docs/benchmarks.md`` is regenerated from that JSON (``--render-only`` re-renders an existing JSON).
 
-Usage: ``python benchmarks/run.py [--demo demo_out] [--out docs/benchmarks.md] [--json bench.json]``
-(``make bench`` runs it after set-up).
+Media (built once into a cache folder with ffmpeg): the six CREMA-D clips of ``../shared/data/cremad-av``
+concatenated five times (63 s, 480x360, 30 fps), that video ten times (10.5 min), a 2 s clip, and N 2 s clips
+cut from the long video (default 140) predicted in one call and one by one. Without the shared data a synthetic
+talking-face video takes their place (the JSON and the page say which). ``--quick`` shrinks everything to a few
+seconds of media (for the test of this script, not for figures).
+
+Usage: ``python benchmarks/run.py [--demo demo_out] [--quick] [--clips 140] [--no-components]``
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,43 +38,160 @@ SHARED = ROOT.parent / "shared" / "data" / "cremad-av"
 sys.path.insert(0, str(ROOT))
 log = logging.getLogger("vaest.benchmarks")
 
-_CHILD = r"""
-import json, resource, sys, time
-from vaest.cli import app
-t = time.perf_counter()
-try:
-    app(sys.argv[1:], standalone_mode=False)
-finally:
-    print("BENCH " + json.dumps({"seconds": time.perf_counter() - t,
-                                 "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+# The commands measured, one line each ({video}, {out}, {model} and {clips} are filled in). `vaest` is the
+# console script beside this Python (or `python -m vaest.cli` where it is missing).
+COMMANDS: dict[str, list[str]] = {
+    "help": ["vaest", "--help"],
+    "predict_zero_shot": ["vaest", "predict", "{video}", "--out", "{out}"],
+    "predict_bundle": ["vaest", "predict", "{video}", "--model", "{model}", "--out", "{out}"],
+    "predict_clips_one_call": ["vaest", "predict", "{clips}", "--out", "{out}"],
+}
+FLOORS: dict[str, list[str]] = {
+    "face": ["python", str(ROOT / "benchmarks" / "floor.py"), "face", "{video}"],
+    "audio": ["python", str(ROOT / "benchmarks" / "floor.py"), "audio", "{video}"],
+}
 
 
-def run_cli(args: list[str]) -> dict[str, float]:
-    """Run ``vaest ARGS`` in a child process; its wall time (after imports) and peak resident memory."""
-    env = dict(os.environ, VAEST_NO_PROGRESS="1")
-    p = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env)
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("BENCH ")), None)
-    if p.returncode != 0 or line is None:
-        raise RuntimeError(f"vaest {' '.join(args)} failed:\n{p.stderr[-2000:]}")
-    return json.loads(line[6:])
+def _exe(argv: list[str]) -> list[str]:
+    head, rest = argv[0], argv[1:]
+    if head == "python":
+        return [sys.executable, *rest]
+    if head == "vaest":
+        script = Path(sys.executable).parent / "vaest"
+        return [str(script), *rest] if script.exists() else [sys.executable, "-m", "vaest.cli", *rest]
+    return argv
+
+
+def fill(argv: list[str], **values: Any) -> list[str]:
+    """The command line with its ``{placeholders}`` filled; ``{clips}`` expands to one argument per clip."""
+    out: list[str] = []
+    for a in argv:
+        if a == "{clips}":
+            out += [str(c) for c in values["clips"]]
+        else:
+            out.append(a.format(**{k: v for k, v in values.items() if k != "clips"}))
+    return out
+
+
+def measure(argv: list[str], timeout: float = 3600.0) -> dict[str, Any]:
+    """Run ``argv`` as a child process; its wall seconds (start-up included), CPU seconds and peak RSS (MB).
+
+    The peak is ``ru_maxrss`` of the child as ``os.wait4`` reports it: the child's own high-water mark (the
+    largest of its process tree), not this process's. Raises RuntimeError with the child's stderr on failure.
+    """
+    env = dict(os.environ, VAEST_NO_PROGRESS="1", PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(_exe(argv), stdout=out, stderr=err, env=env)
+        killer = threading.Timer(timeout, p.kill)
+        killer.start()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            killer.cancel()
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} ... exited with {p.returncode}:\n{stderr[-3000:]}")
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024,
+            "load_before": load0, "load_after": os.getloadavg()[0], "stdout": stdout}
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
 
 
 def media_seconds(path: Path) -> float:
+    """Duration of a media file (s), from its container."""
     from vaest.media import probe
 
-    return probe(path).duration
+    return float(probe(path).duration)
 
 
-def test_media(work: Path) -> tuple[list[Path], str]:
-    """The real clips when present, else a generated 10 s synthetic video."""
-    clips = sorted(SHARED.glob("1001_DFA_*_XX.flv")) if SHARED.exists() else []
-    if clips:
-        return clips, "CREMA-D clips (480x360, 29.97 fps)"
-    from vaest.corpus.synthetic import synthesize
+def build_media(cache: Path, quick: bool, n_clips: int) -> dict[str, Any]:
+    """The benchmark's media, built once into ``cache`` (a later run reuses them).
 
-    synthesize(work / "syn", n_videos=2, seconds=10.0, seed=0, workers=1)
-    return sorted((work / "syn" / "videos").glob("*.mp4")), "synthetic videos (generated)"
+    Returns ``{"source", "video", "long", "short", "clips": [...], "note"}``: ``video`` the base talking-face
+    video (63 s from CREMA-D), ``long`` it ten times, ``short`` a 2 s clip, ``clips`` N 2 s clips.
+    """
+    if shutil.which("ffmpeg") is None:
+        raise SystemExit("the benchmark builds its media with ffmpeg, which is not on PATH")
+    tag = "quick" if quick else "full"
+    cache = cache / tag
+    cache.mkdir(parents=True, exist_ok=True)
+    srcs = sorted(SHARED.glob("1001_DFA_*_XX.flv")) if SHARED.exists() else []
+    if srcs:
+        source, note = "CREMA-D", f"the six CREMA-D clips of {SHARED} concatenated"
+    else:
+        source = "synthetic"
+        note = f"synthetic talking-face video (vaest synth): {SHARED} is absent, so the CREMA-D video is skipped"
+        log.warning(note)
+        syn = cache / "syn"
+        if not (syn / "synth.json").exists():
+            from vaest.corpus.synthetic import synthesize
+
+            synthesize(syn, n_videos=2, seconds=4.0 if quick else 21.0, seed=0, workers=1)
+        srcs = sorted((syn / "videos").glob("*.mp4"))[:1]
+    repeats = 1 if quick else (5 if source == "CREMA-D" else 3)
+    if quick:  # two CREMA-D clips (~4.5 s): a "video" and two 2 s clips
+        srcs = srcs[:2]
+    video = cache / "video.mp4"
+    if not video.exists():
+        lst = cache / "sources.txt"
+        lst.write_text("".join(f"file '{s}'\n" for _ in range(repeats) for s in srcs))
+        tmp = cache / "video.tmp.mp4"
+        _ffmpeg("-f", "concat", "-safe", "0", "-i", str(lst), "-vf", "fps=30,scale=480:360", "-c:v", "libx264",
+                "-preset", "veryfast", "-crf", "20", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                "-ar", "44100", "-ac", "1", str(tmp))
+        tmp.replace(video)
+    long = cache / "video_x10.mp4"
+    if not quick and not long.exists():
+        lst = cache / "ten.txt"
+        lst.write_text(f"file '{video}'\n" * (2 if quick else 10))
+        _ffmpeg("-f", "concat", "-safe", "0", "-i", str(lst), "-c", "copy", str(cache / "long.tmp.mp4"))
+        (cache / "long.tmp.mp4").replace(long)
+    clip_dir = cache / "clips"
+    if not (clip_dir / "done").exists():
+        shutil.rmtree(clip_dir, ignore_errors=True)
+        clip_dir.mkdir()
+        _ffmpeg("-i", str(video if quick else long), "-f", "segment", "-segment_time", "2", "-reset_timestamps", "1", "-c", "copy",
+                str(clip_dir / "clip_%04d.mp4"))
+        (clip_dir / "done").write_text("")
+    clips = sorted(clip_dir.glob("clip_*.mp4"))
+    clips = [c for c in clips if media_seconds(c) > 1.5][:n_clips]
+    return {"source": source, "note": note, "video": video, "long": None if quick else long, "short": clips[0],
+            "clips": clips}
+
+
+def floor_of(path: str, video: Path) -> dict[str, Any]:
+    """The floor of ``path`` (face or audio) on ``video``: its processing seconds and its own process."""
+    m = measure(fill(FLOORS[path], video=video))
+    line = next(ln for ln in m.pop("stdout").splitlines() if ln.startswith("FLOOR "))
+    return {**json.loads(line[6:]), "process": m}
+
+
+def run_command(name: str, media_s: float, floor_s: float | None, **values: Any) -> dict[str, Any]:
+    """Measure one command of :data:`COMMANDS`; its real-time factor and ratio to ``floor_s``."""
+    argv = fill(COMMANDS[name], **values)
+    log.info("%s: %s", name, " ".join(argv[:6]) + (" ..." if len(argv) > 6 else ""))
+    m = measure(argv)
+    m.pop("stdout")
+    m["command"] = " ".join(COMMANDS[name])
+    m["media_s"] = media_s
+    if media_s:
+        m["rtf"] = m["wall_s"] / media_s
+    if floor_s:
+        m["floor_s"] = floor_s
+        m["ratio_to_floor"] = m["wall_s"] / floor_s
+    log.info("%s: wall %.2f s, RTF %s, %s x floor, peak RSS %.0f MB, load %.1f->%.1f", name, m["wall_s"],
+             _f(m.get("rtf"), "{:.3f}"), _f(m.get("ratio_to_floor")), m["peak_rss_mb"], m["load_before"],
+             m["load_after"])
+    return m
 
 
 def training_per_epoch(demo: Path) -> dict[str, float]:
@@ -79,86 +205,196 @@ def training_per_epoch(demo: Path) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--demo", type=Path, default=ROOT / "demo_out", help="a finished `vaest demo` folder")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--json", type=Path, default=None)
-    a = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from benchmarks.audio import extraction_speed, wavlm_forward_speed
-    from benchmarks.behavior import desc_speed, mamba_speed
+def components(video: Path) -> dict[str, Any]:
+    """In-process throughput of each stage (benchmarks/face.py, audio.py, behavior.py), for finding where time
+    goes; these exclude start-up and are not the end-to-end figures."""
+    from benchmarks.audio import extraction_speed
+    from benchmarks.behavior import desc_speed
     from benchmarks.face import benchmark_face
 
-    res: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                           "load_before": os.getloadavg()[0]}
-    with tempfile.TemporaryDirectory() as tmp:
+    res: dict[str, Any] = {}
+    res["face"] = benchmark_face(video, encoders=("fer", "tiny"))
+    res["audio"] = extraction_speed(seconds=30.0, repeats=2)
+    res["behavior"] = desc_speed(seconds=10.0)
+    return res
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement; the result dictionary written to the JSON."""
+    res: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "quick": a.quick, "skip_long": a.skip_long, "load_before": list(os.getloadavg()), "gpu": gpu_note()}
+    m = build_media(a.cache, a.quick, a.clips)
+    res["media"] = {"source": m["source"], "note": m["note"], "video_s": media_seconds(m["video"]),
+                    "long_s": media_seconds(m["long"]) if m["long"] else None,
+                    "short_s": media_seconds(m["short"]),
+                    "clips": len(m["clips"]), "clips_s": sum(media_seconds(c) for c in m["clips"])}
+    log.info("media: %s", res["media"])
+    model = a.demo / "model"
+    has_bundle = (model / "bundle.json").exists()
+    res["bundle"] = str(model) if has_bundle else None
+    runs: dict[str, Any] = {}
+    floors: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="vaest-bench-") as tmp:
         work = Path(tmp)
-        clips, what = test_media(work)
-        res["media"] = what
-        log.info("face stages on %s", clips[0])
-        res["face"] = benchmark_face(clips[0], seconds=10.0)
-        log.info("audio encoders")
-        res["audio"] = extraction_speed(seconds=30.0, repeats=2)
-        try:
-            res["wavlm_large_cpu"] = wavlm_forward_speed(repeats=1)
-        except Exception as e:  # a CPU too small for WavLM-Large is not fatal to the table
-            res["wavlm_large_cpu"] = {"error": str(e)}
-        log.info("behavior encoder and Mamba")
-        res["behavior"] = desc_speed(seconds=10.0)
-        res["mamba"] = mamba_speed()
-        dur = sum(media_seconds(c) for c in clips)
-        log.info("vaest predict (zero-shot) on %d clips, %.1f s of media", len(clips), dur)
-        z = run_cli(["predict", *map(str, clips), "--out", str(work / "p0")])
-        res["predict_zero_shot"] = {**z, "media_seconds": dur, "rtf": z["seconds"] / dur}
-        if (a.demo / "model" / "bundle.json").exists():
-            b = run_cli(["predict", *map(str, clips), "--out", str(work / "p1"), "--model", str(a.demo / "model")])
-            res["predict_bundle"] = {**b, "media_seconds": dur, "rtf": b["seconds"] / dur}
-            res["train_seconds_per_epoch"] = training_per_epoch(a.demo)
-            m = json.loads((a.demo / "metrics.json").read_text())
-            res["demo_seconds"] = m.get("seconds")
-    res["load_after"] = os.getloadavg()[0]
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=2, default=str))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(render(res))
-    log.info("wrote %s", a.out)
+        runs["help"] = run_command("help", 0.0, None)
+        sizes = [("63s", m["video"], res["media"]["video_s"])]
+        if not a.quick:  # --quick: the short video alone stands for every size
+            if not a.skip_long:
+                sizes.append(("10min", m["long"], res["media"]["long_s"]))
+            sizes.append(("2s", m["short"], res["media"]["short_s"]))
+        for key, video, secs in sizes:
+            log.info("floors on %s", video.name)
+            floors[key] = {"face": floor_of("face", video), "audio": floor_of("audio", video)}
+            face_s = floors[key]["face"]["seconds"]
+            both_s = face_s + floors[key]["audio"]["seconds"]
+            runs[f"predict_zero_shot_{key}"] = run_command("predict_zero_shot", secs, face_s, video=video,
+                                                           out=work / f"z{key}")
+            if has_bundle:
+                runs[f"predict_bundle_{key}"] = run_command("predict_bundle", secs, both_s, video=video,
+                                                            out=work / f"b{key}", model=model)
+        clips = m["clips"]
+        one = run_command("predict_clips_one_call", res["media"]["clips_s"], None, clips=clips, out=work / "c1")
+        runs["predict_clips_one_call"] = one
+        walls, peaks = [], []
+        for i, c in enumerate(clips):
+            r = run_command("predict_zero_shot", media_seconds(c), None, video=c, out=work / f"c{i}")
+            walls.append(r["wall_s"])
+            peaks.append(r["peak_rss_mb"])
+        runs["predict_clips_one_by_one"] = {"command": " ".join(COMMANDS["predict_zero_shot"]) + " (once per clip)",
+                                            "wall_s": sum(walls), "media_s": res["media"]["clips_s"],
+                                            "rtf": sum(walls) / res["media"]["clips_s"], "peak_rss_mb": max(peaks),
+                                            "per_clip_s": sum(walls) / len(walls)}
+        one["per_clip_s"] = one["wall_s"] / len(clips)
+    res["floors"] = floors
+    res["runs"] = runs
+    if not a.no_components and not a.quick:
+        log.info("in-process stage throughputs")
+        res["components"] = components(m["video"])
+    if (a.demo / "metrics.json").exists():
+        res["train_seconds_per_epoch"] = training_per_epoch(a.demo)
+        res["demo_seconds"] = json.loads((a.demo / "metrics.json").read_text()).get("seconds")
+    res["load_after"] = list(os.getloadavg())
+    return res
+
+
+def gpu_note() -> str:
+    """Why there are no GPU figures (or which GPU there is: the GPU benchmark is not part of this script)."""
+    if shutil.which("nvidia-smi"):
+        p = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                           text=True)
+        if p.returncode == 0 and p.stdout.strip():
+            return f"GPU present ({p.stdout.strip()}); this script measures the CPU paths only"
+    return "no GPU on this machine: no GPU figures were measured"
+
+
+def _f(x: Any, fmt: str = "{:.2f}") -> str:
+    return fmt.format(x) if isinstance(x, (int, float)) else ""
+
+
+_NAMES = {
+    "help": "`vaest --help` (cold start)",
+    "predict_zero_shot": "`vaest predict` zero-shot",
+    "predict_bundle": "`vaest predict --model` bundle (all modalities + fusion)",
+}
 
 
 def render(r: dict[str, Any]) -> str:
-    """The Markdown page of a benchmark result."""
+    """The Markdown page of a benchmark result (docs/benchmarks.md is this, regenerated from the JSON)."""
+    md = r["media"]
     L = ["# Benchmarks", "",
-         f"Produced by `make bench` (`python benchmarks/run.py`) on {r['machine']}, CPU only, "
-         f"{time.strftime('%Y-%m-%d')}; test media: {r['media']}. Load average before/after: "
-         f"{r['load_before']:.1f}/{r['load_after']:.1f} (other work on the machine slows every figure).", "",
-         "## Extraction speed", "", "| stage | frames/s | x real time (30 fps) |", "|---|---|---|"]
-    for stage, fps in r["face"]["fps"].items():
-        L.append(f"| face: {stage} | {fps:.0f} | {fps / 30:.1f} |")
-    b = r["behavior"]
-    for k, v in b.items():
-        if isinstance(v, (int, float)) and ("fps" in k or "per_s" in k):
-            L.append(f"| behavior: {k} | {v:.1f} | |")
-    L += ["", "| audio encoder | real-time factor (compute s per audio s; lower is faster) |", "|---|---|"]
-    for k, v in r["audio"].items():
-        if isinstance(v, (int, float)):
-            L.append(f"| {k} | {v:.4f} |")
-    w = r.get("wavlm_large_cpu") or {}
-    if w:
-        L += ["", f"WavLM-Large (random weights, CPU, one 4 s window): `{json.dumps(w, default=str)}`"]
-    L += ["", f"Behavior Mamba (reference size): `{json.dumps(r['mamba'], default=str)}`", "",
-          "## End to end", "", "| command | wall s | media s | real-time factor | peak memory MB |", "|---|---|---|---|---|"]
-    for key, name in (("predict_zero_shot", "vaest predict (zero-shot face)"),
-                      ("predict_bundle", "vaest predict --model demo_out/model (all modalities + fusion)")):
-        if key in r:
-            p = r[key]
-            L.append(f"| {name} | {p['seconds']:.1f} | {p['media_seconds']:.1f} | {p['rtf']:.2f} | {p['peak_mb']:.0f} |")
-    if "train_seconds_per_epoch" in r:
-        L += ["", "## Training (demo corpus)", "", "| model | seconds per epoch |", "|---|---|"]
+         "<!-- generated by `make bench` (benchmarks/run.py) from benchmarks/results.json: do not edit by hand -->",
+         "",
+         f"Run {r['date']} on {r['machine']}, Python {r['python']}{' (**--quick**: not figures)' if r['quick'] else ''}. "
+         f"Media: {md['note']}: {md['video_s']:.1f} s (480x360, 30 fps), the same ten times "
+         f"({_f(md['long_s'], '{:.0f}')} s), a {md['short_s']:.1f} s clip and {md['clips']} clips of ~2 s. "
+         f"Load average (1 min) before/after the run: {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f} "
+         "(other work on the machine slows every figure; each row has its own below). GPU: " + r["gpu"] + "."
+         + (" **The 10-min video was not run (`--skip-long`).**" if r.get("skip_long") else "")
+         + ("" if r.get("bundle") else " No demo bundle was found (`make demo` writes demo_out/model): the bundle "
+            "rows are missing."), "",
+         "Every command runs as its own process: *wall* includes start-up (imports, model loading); *peak RSS* is "
+         "that process's own high-water mark (`ru_maxrss` from `os.wait4`); *CPU* is its user+system time. "
+         "RTF = wall / media seconds. *Floor* = the least work of the path in one process on the same media in "
+         "the same run (face: PyAV decode to RGB + MediaPipe full-range detection every 3rd frame + FaceMesh "
+         "video mode on every frame; the bundle's floor adds the audio path: decode to 16 kHz + log-mel), "
+         "model set-up excluded; *x floor* = wall / floor.", "",
+         "## Floors", "",
+         "| media | frames | decode s | detect s | mesh s | face floor s | face floor RTF | audio floor s | floor process wall s | floor peak RSS MB |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    secs = {"63s": md["video_s"], "10min": md["long_s"], "2s": md["short_s"]}
+    for k, f in r["floors"].items():
+        fa, au = f["face"], f["audio"]
+        L.append(f"| {k} | {fa['frames']} | {_f(fa['decode_s'])} | {_f(fa['detect_s'])} | {_f(fa['mesh_s'])} | "
+                 f"{_f(fa['seconds'])} | {_f(fa['seconds'] / secs[k], '{:.3f}')} | {_f(au['seconds'])} | "
+                 f"{_f(fa['process']['wall_s'])} | {_f(fa['process']['peak_rss_mb'], '{:.0f}')} |")
+    L += ["", "## Commands (whole process)", "",
+          "| command | media | media s | wall s | CPU s | RTF | floor s | x floor | peak RSS MB | load before/after |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, p in r["runs"].items():
+        base, _, media = key.rpartition("_") if key.endswith(("63s", "10min", "2s")) else (key, "", "")
+        name = _NAMES.get(base, f"`{p['command']}`")
+        if key.startswith("predict_clips"):
+            name = f"{md['clips']} clips of 2 s, {'one call' if key.endswith('one_call') else 'one process each'}"
+            media = f"{p.get('per_clip_s', 0):.2f} s/clip"
+        lb = f"{p['load_before']:.1f}/{p['load_after']:.1f}" if "load_before" in p else ""
+        L.append(f"| {name} | {media} | {_f(p.get('media_s'), '{:.1f}')} | {_f(p['wall_s'])} | {_f(p.get('cpu_s'))} "
+                 f"| {_f(p.get('rtf'), '{:.3f}')} | {_f(p.get('floor_s'))} | {_f(p.get('ratio_to_floor'))} | "
+                 f"{_f(p['peak_rss_mb'], '{:.0f}')} | {lb} |")
+    c = r.get("components")
+    if c:
+        L += ["", "## Stage throughput (in one process, start-up excluded: where the time goes)", "",
+              "| stage | frames/s (wall) | frames per CPU-second |", "|---|---|---|"]
+        for stage, fps in c["face"]["fps"].items():
+            L.append(f"| face: {stage} | {fps:.0f} | {c['face']['fps_per_cpu_second'][stage]:.0f} |")
+        for k, v in c["behavior"].items():
+            if isinstance(v, (int, float)) and ("fps" in k or "per_s" in k):
+                L.append(f"| behavior: {k} | {v:.1f} | |")
+        L += ["", "| audio encoder | compute s per audio s |", "|---|---|"]
+        for k, v in c["audio"].items():
+            if isinstance(v, (int, float)):
+                L.append(f"| {k} | {v:.4f} |")
+    if r.get("train_seconds_per_epoch"):
+        L += ["", "## Training (from the demo folder's history.json: wall time of that run, under whatever load it had)",
+              "", "| model | seconds per epoch |", "|---|---|"]
         for k, v in r["train_seconds_per_epoch"].items():
             L.append(f"| {k} | {v:.1f} |")
     if r.get("demo_seconds"):
         L += ["", "Demo steps (s): " + ", ".join(f"{k} {v}" for k, v in r["demo_seconds"].items())]
+    L += ["", "## GPU", "", r["gpu"] + ". The reference-size models (GRADA, WavLM-Large, Qwen3-VL-4B, Mamba with "
+          "CUDA kernels) have no measured GPU throughput here; no estimate for an Aff-Wild2-sized corpus is given "
+          "without one."]
     return "\n".join(L) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--demo", type=Path, default=ROOT / "demo_out", help="a finished `vaest demo` folder "
+                    "(its model bundle is benchmarked when present)")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vaest-bench",
+                    help="folder for the built media (reused by later runs)")
+    ap.add_argument("--clips", type=int, default=140, help="2 s clips predicted in one call and one by one")
+    ap.add_argument("--quick", action="store_true", help="a few seconds of media: checks the script, not speed")
+    ap.add_argument("--no-components", action="store_true", help="skip the in-process stage throughputs")
+    ap.add_argument("--skip-long", action="store_true", help="skip the 10-minute video (its commands take ~10 min)")
+    ap.add_argument("--render-only", action="store_true", help="re-render --out from an existing --json")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.quick:
+        a.clips = min(a.clips, 3)
+    if a.render_only:
+        res = json.loads(a.json.read_text())
+    else:
+        res = run(a)
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(res, indent=2, default=str) + "\n")
+        log.info("wrote %s", a.json)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(render(res))
+    log.info("wrote %s", a.out)
 
 
 if __name__ == "__main__":

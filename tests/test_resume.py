@@ -164,6 +164,8 @@ def test_extraction_killed_twice_then_finished(corpus, uninterrupted, tmp_path, 
     n_media = len({p.stem.rsplit("_", 1)[0] for p in _visible(uninterrupted / "face-tiny")})
     assert done + skipped == n_media and skipped >= 1
     assert len(list(fs.items())) == n_total and not fs.failures()
+    # temporary files of writes the kills interrupted were removed by the next run (vaest.io.remove_stale_temporaries)
+    assert not [p for p in store.rglob(".*") if p.is_file()]
 
 
 TRAIN_SCRIPT = textwrap.dedent('''

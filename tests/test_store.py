@@ -65,3 +65,44 @@ def test_failures(tmp_path):
     assert fs.failures("audio")[0]["error"] == "no audio track"
     fs.save("audio", "v1", _rec())
     assert fs.failures("audio") == []
+
+
+def test_temporaries_of_a_killed_write_are_removed_on_the_next_run(tmp_path):
+    """A writer killed inside atomic_path leaves its temporary file; the next extraction run removes it, while a
+    write in progress (a live process) and ordinary files are left alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vaest.features.base import run_extraction
+    from vaest.io import atomic_path, remove_stale_temporaries
+
+    fs = FeatureStore(tmp_path)
+    fs.save("face-x", "keep", _rec())
+    code = ("import os, signal, sys\nfrom vaest.io import atomic_path\n"
+            "with atomic_path(sys.argv[1], suffix='.tmp.npz') as tmp:\n"
+            "    tmp.write_bytes(b'half a record')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(fs.path("face-x", "killed"))],
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert p.wait(timeout=120) == -signal.SIGKILL
+    left = [q for q in (tmp_path / "face-x").iterdir() if q.name.startswith(".")]
+    assert len(left) == 1 and str(p.pid) in left[0].name and not fs.path("face-x", "killed").exists()
+    # an older temporary name (no writer pid) is removed only once it is a day old
+    legacy = tmp_path / "face-x" / ".old.npz.a1b2c3d4.tmp.npz"
+    legacy.write_bytes(b"x")
+    fresh_legacy = tmp_path / "face-x" / ".new.npz.e5f6g7h8.tmp.npz"
+    fresh_legacy.write_bytes(b"x")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(legacy, (old, old))
+    with atomic_path(tmp_path / "face-x" / "busy.npz") as busy:  # this process is alive: not touched
+        busy.write_bytes(b"in progress")
+        rep = run_extraction(fs, [], [])  # a run with nothing to do still cleans the store first
+        assert rep.done == [] and busy.exists()
+        assert not left[0].exists() and not legacy.exists() and fresh_legacy.exists()
+    assert sorted(q.name for q in (tmp_path / "face-x").iterdir()) == [".new.npz.e5f6g7h8.tmp.npz", "busy.npz",
+                                                                      "keep.npz"]
+    assert fs.load("face-x", "keep").values.shape == (5, 3)
+    assert remove_stale_temporaries(tmp_path / "absent") == []

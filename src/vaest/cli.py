@@ -226,6 +226,7 @@ def extract_audio_cmd(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     config: ConfigDefaultsOpt = None,
+    file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Audio features per video (store key audio-<encoder>) and voice activity (vad)."""
     from vaest.corpus import load_corpus
@@ -234,7 +235,8 @@ def extract_audio_cmd(
     from vaest.scale import run_extraction
 
     rep = run_extraction(FeatureStore(out), audio_extractors(encoder, model, vad), load_corpus(corpus).videos,
-                         force=force, engine=engine, address=address, num_workers=workers)
+                         force=force, engine=engine, address=address, num_workers=workers,
+                         file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -284,12 +286,14 @@ def extract_face_cmd(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     config: ConfigDefaultsOpt = None,
+    file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Face track (facetrack) and per-frame face features (store key face-<encoder>)."""
     from vaest.features.face import extract_face_features
 
     rep = extract_face_features(corpus, out, encoder=encoder, device=device, weights=weights, batch_size=batch_size,
-                                force=force, engine=engine, address=address, num_workers=workers)
+                                force=force, engine=engine, address=address, num_workers=workers,
+                                file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -304,12 +308,13 @@ def extract_mouth_cmd(
     workers: WorkersOpt = None,
     preset: Annotated[Optional[str], typer.Option(help="reference: the official mouth-open rule (trailing mean over 30 detected frames).")] = None,
     config: ConfigDefaultsOpt = None,
+    file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
     from vaest.features.mouth import extract_mouth
 
     rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers,
-                        preset=preset)
+                        preset=preset, file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -354,6 +359,9 @@ AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluste
                                                    "head:6379 or auto); default: start a local Ray.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Ray workers (default: one per CPU, or one per "
                                                    "GPU when the extractor runs on cuda).")]
+FileTimeoutOpt = Annotated[Optional[float], typer.Option("--file-timeout", help="ray: seconds a worker may spend on "
+                                                         "one media file before it is stopped and the file recorded "
+                                                         "as failed (default 3600; 0 = no limit).")]
 
 
 # --- fusion (vaest.tasks.fusion): `vaest train fusion`, `vaest train late` ---
@@ -479,6 +487,7 @@ def extract_behavior_cmd(
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    file_timeout: FileTimeoutOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
 ) -> None:
@@ -492,7 +501,7 @@ def extract_behavior_cmd(
     p, file_cfg, flags = resolve_preset("behavior-vlm", load_config(config), flags)  # VLM prompt / text pass
     settings = {**(p.values if p else {}), **file_cfg, **{k: v for k, v in flags.items() if v is not None}}
     rep = extract_behavior(corpus, out, encoder, settings, force=force, engine=engine, address=address,
-                           num_workers=workers)
+                           num_workers=workers, file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -549,6 +558,7 @@ def extract_all_cmd(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     config: ConfigDefaultsOpt = None,
+    file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Every offline default modality in one decoding pass: facetrack, face, mouth, behavior-desc, audio, vad."""
     from vaest.corpus import load_corpus
@@ -556,7 +566,8 @@ def extract_all_cmd(
     from vaest.pipeline import default_extractors, extract_all
 
     rep = extract_all(load_corpus(corpus).videos, FeatureStore(out),
-                      default_extractors(face_encoder, audio_encoder, device=device), engine, address, workers)
+                      default_extractors(face_encoder, audio_encoder, device=device), engine, address, workers,
+                      file_timeout=file_timeout)
     if rep.failed:
         raise typer.Exit(1)
 

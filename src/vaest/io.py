@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+# Temporary files of atomic_path are named ".<final name>.<writer's pid>.tmp-<random><suffix>", so a later run
+# can tell a write in progress (its process is alive) from one killed midway (left behind: removed).
+_TMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp-[A-Za-z0-9_]{8}")
+# the name atomic_path gave its temporary files before they carried the writer's pid: removed once this old
+_LEGACY_TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}(\.tmp|.*\.tmp(\.[A-Za-z0-9]+)?)$")
+LEGACY_TMP_AGE_S = 24 * 3600.0
 
 
 @contextmanager
@@ -18,7 +30,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix or (dst.suffix + ".tmp"), dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.{os.getpid()}.tmp-", suffix=suffix or (dst.suffix + ".tmp"), dir=dst.parent)
     # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the user's umask)
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
@@ -38,6 +50,50 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_path` under ``folder`` (recursively) whose writing process
+    is gone, i.e. writes killed midway; writes still in progress are left alone. Returns the removed paths.
+
+    Call it at the start of a run that writes into ``folder`` (the feature store does, for every extraction).
+    """
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if not name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            m = _TMP_NAME.match(name)
+            try:
+                if m:
+                    stale = not _alive(int(m["pid"]))
+                else:
+                    stale = bool(_LEGACY_TMP_NAME.match(name)) and now - p.stat().st_mtime > LEGACY_TMP_AGE_S
+                if stale:
+                    p.unlink()
+                    removed.append(p)
+            except FileNotFoundError:  # finished or removed meanwhile
+                continue
+    if removed:
+        log.info("removed %d temporary file(s) left by interrupted writes under %s", len(removed), root)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

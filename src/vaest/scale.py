@@ -16,7 +16,9 @@ disk is always complete; only the media files must be readable by the workers at
 or a shared file system for a multi-node cluster). The driver plans the work exactly like the local engine
 (:func:`vaest.features.base.media_todo`: stored work with the same config hash is skipped), records a failing
 media file with :meth:`FeatureStore.record_failure` and goes on (an actor that dies, e.g. a native crash or
-out of memory, is replaced and its media file recorded as failed), and reports the failures at the end.
+out of memory, is replaced and its media file recorded as failed; an actor still busy with one file after
+``file_timeout`` seconds, e.g. a decoder stuck on a damaged stream, is killed, replaced and the file recorded as
+failed the same way), and reports the failures at the end.
 Killing the driver at any moment loses at most the media files in flight; rerunning the command finishes them.
 """
 
@@ -48,6 +50,9 @@ from vaest.progress import make_progress
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
+# Seconds a Ray worker may spend on one media file before it is killed and the file recorded as failed: ten
+# times what a 15-minute video (the longest in Aff-Wild2) takes with every CPU extractor (RTF ~0.4 on one core).
+DEFAULT_FILE_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,7 @@ def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Ite
                    engine: str = "local", address: str | None = None, num_workers: int | None = None,
                    batch_size: int = 32, max_side: int | None = None, force: bool = False,
                    cpus_per_worker: float = 1.0, gpus_per_worker: float | None = None,
-                   runtime_env: dict | None = None) -> ExtractionReport:
+                   runtime_env: dict | None = None, file_timeout: float | None = None) -> ExtractionReport:
     """Extract features for every media file of ``videos`` with the ``local`` or ``ray`` engine.
 
     Both engines store identical records, skip what is stored with the same config, record failing media and go
@@ -185,6 +190,9 @@ def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Ite
         gpus_per_worker: GPUs each actor reserves (default 1 when an extractor's device is cuda, or is auto and
             the cluster has GPUs; else 0).
         runtime_env: Ray runtime environment for the job (e.g. ``{"working_dir": ...}``).
+        file_timeout: seconds a Ray worker may spend on one media file (its extractors' set-up included)
+            before it is killed and replaced and the file recorded as failed (None = ``DEFAULT_FILE_TIMEOUT``;
+            0 or less = no limit). The local engine runs in this process and has no per-file limit.
     """
     if engine not in ENGINES:
         raise VaestError(f"unknown extraction engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -192,19 +200,23 @@ def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Ite
         if address:
             log.warning("--address %s is ignored by the local engine", address)
         return run_local(store, extractors, videos, batch_size=batch_size, max_side=max_side, force=force)
+    if file_timeout is None:
+        file_timeout = DEFAULT_FILE_TIMEOUT
     return _run_ray(store, extractors, videos, address, num_workers, batch_size, max_side, force,
-                    cpus_per_worker, gpus_per_worker, runtime_env)
+                    cpus_per_worker, gpus_per_worker, runtime_env, file_timeout if file_timeout > 0 else None)
 
 
 def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[Video], address: str | None,
              num_workers: int | None, batch_size: int, max_side: int | None, force: bool,
-             cpus_per_worker: float, gpus_per_worker: float | None, runtime_env: dict | None) -> ExtractionReport:
+             cpus_per_worker: float, gpus_per_worker: float | None, runtime_env: dict | None,
+             file_timeout: float | None) -> ExtractionReport:
     extractors = _with_requirements(list(extractors))
     from vaest.features.base import group_media
 
     groups = group_media(videos)
     rep = ExtractionReport()
     t0 = time.time()
+    store.remove_stale_temporaries()
     # plan in the driver, exactly as the local engine does
     jobs: list[tuple[Path, list[Video], list[Extractor]]] = []
     for media, vids in groups.items():
@@ -251,11 +263,14 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
             return remote_cls.remote()
 
         actors = [new_actor() for _ in range(num_workers)]
+        # a file's clock starts when its worker is up, so a slow actor start-up does not count against it
+        ray.get([a.pid.remote() for a in actors])
         log.info("ray engine: %d media files on %d workers (%g CPU%s each)", len(jobs), num_workers,
                  cpus_per_worker, f", {gpus:g} GPU" if gpus else "")
         specs_of = {id(e): ExtractorSpec.of(e) for e in extractors}
         queue = list(jobs)
         inflight: dict[Any, tuple[int, Path, list[Video], list[Extractor]]] = {}
+        started_at: dict[Any, float] = {}
 
         def submit(slot: int) -> None:
             if not queue:
@@ -263,23 +278,41 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
             media, vids, todo = queue.pop(0)
             ref = actors[slot].run.remote(media, vids, [specs_of[id(e)] for e in todo], batch_size, max_side)
             inflight[ref] = (slot, media, vids, todo)
+            started_at[ref] = time.monotonic()
+
+        def replace(slot: int) -> None:
+            ray.kill(actors[slot], no_restart=True)
+            actors[slot] = new_actor()
+            ray.get(actors[slot].pid.remote())
 
         with make_progress() as prog:
             task = prog.add_task(label, total=len(groups), completed=len(rep.skipped))
             for slot in range(len(actors)):
                 submit(slot)
             while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1)
-                ref = ready[0]
+                oldest = min(inflight, key=started_at.__getitem__)  # the file whose worker has run longest
+                wait_s = None
+                if file_timeout is not None:
+                    wait_s = max(0.0, started_at[oldest] + file_timeout - time.monotonic())
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
+                stuck = not ready  # only the timeout returns nothing: the oldest file has run past file_timeout
+                ref = oldest if stuck else ready[0]
                 slot, media, vids, todo = inflight.pop(ref)
-                try:
-                    ok, out, n, unfed, why = ray.get(ref)
-                except RayActorError as e:  # the worker process died: replace it, record this media file
-                    ok, out, n, unfed, why = False, f"worker died while extracting ({type(e).__name__}: {e})", 0, [], ""
-                    ray.kill(actors[slot], no_restart=True)
-                    actors[slot] = new_actor()
-                except Exception as e:  # a lost or unreadable result: recorded, the job goes on
-                    ok, out, n, unfed, why = False, f"result lost ({type(e).__name__}: {e})", 0, [], ""
+                started_at.pop(ref, None)
+                if stuck:  # alive but stuck on this file: stop the worker, record the file, go on
+                    log.warning("%s: no result after %.0f s (--file-timeout); stopping its worker", media,
+                                file_timeout)
+                    ok, out, n, unfed, why = False, f"timed out after {file_timeout:g} s (file timeout)", 0, [], ""
+                    replace(slot)
+                else:
+                    try:
+                        ok, out, n, unfed, why = ray.get(ref)
+                    except RayActorError as e:  # the worker process died: replace it, record this media file
+                        ok, out, n, unfed, why = (False, f"worker died while extracting ({type(e).__name__}: {e})",
+                                                  0, [], "")
+                        replace(slot)
+                    except Exception as e:  # a lost or unreadable result: recorded, the job goes on
+                        ok, out, n, unfed, why = False, f"result lost ({type(e).__name__}: {e})", 0, [], ""
                 if ok:
                     try:
                         save_records(store, out, force)  # type: ignore[arg-type]

@@ -289,6 +289,7 @@ def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Ite
     groups = group_media(videos)
     rep = ExtractionReport()
     t0 = time.time()
+    store.remove_stale_temporaries()
     with make_progress() as prog:
         task = prog.add_task(f"extract {'+'.join(e.name for e in extractors)}", total=len(groups))
         for media, vids in groups.items():

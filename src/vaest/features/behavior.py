@@ -730,7 +730,8 @@ def behavior_extractor(encoder: str = "desc", settings: dict[str, Any] | None = 
 
 def extract_behavior(corpus_root: Any, out: Any, encoder: str = "desc", settings: dict[str, Any] | None = None,
                      splits: Sequence[str] | None = None, force: bool = False, engine: str = "local",
-                     address: str | None = None, num_workers: int | None = None) -> Any:
+                     address: str | None = None, num_workers: int | None = None,
+                     file_timeout: float | None = None) -> Any:
     """Extract behavior features for a corpus into the feature store at ``out``.
 
     ``desc`` also runs ``facetrack`` (stored too); ``vlm`` loads the model once, before decoding. Returns the
@@ -745,7 +746,7 @@ def extract_behavior(corpus_root: Any, out: Any, encoder: str = "desc", settings
     if isinstance(ex, BehaviorVLMExtractor) and engine == "local":
         _ = ex.vlm  # fail early (bad model path, no vLLM) before decoding anything
     return run_extraction(FeatureStore(out), [ex], videos, force=force, engine=engine, address=address,
-                          num_workers=num_workers)
+                          num_workers=num_workers, file_timeout=file_timeout)
 
 
 # presets of `vaest extract behavior --encoder vlm` (task "behavior-vlm")

@@ -1130,7 +1130,8 @@ def zero_shot_va(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
 def extract_face_features(corpus_root: str | Path, out: str | Path, encoder: str = "fer", device: str = "cpu",
                           weights: str | Path | None = None, batch_size: int = 64, force: bool = False,
                           track: FaceTrackConfig | None = None, splits: Sequence[str] | None = None,
-                          engine: str = "local", address: str | None = None, num_workers: int | None = None):
+                          engine: str = "local", address: str | None = None, num_workers: int | None = None,
+                          file_timeout: float | None = None):
     """Run ``facetrack`` + the ``face`` encoder over a corpus into the feature store at ``out``.
 
     ``engine``/``address``/``num_workers`` choose the local loop or Ray (:func:`vaest.scale.run_extraction`).
@@ -1148,7 +1149,7 @@ def extract_face_features(corpus_root: str | Path, out: str | Path, encoder: str
     _ = fe.encoder  # fail early (missing weights) before decoding anything
     fe._enc = None  # built again where it runs (a Ray actor, or here on the first media file)
     return run_extraction(FeatureStore(out), [ft, fe], videos, engine=engine, address=address,
-                          num_workers=num_workers, force=force)
+                          num_workers=num_workers, force=force, file_timeout=file_timeout)
 
 
 # the published networks in features/pretrained_face.py register themselves as encoders (minixception, emotiefflib)

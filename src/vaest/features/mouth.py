@@ -233,7 +233,7 @@ class MouthExtractor(Extractor):
 
 def extract_mouth(corpus_root: str | Path, out: str | Path, force: bool = False, splits: Sequence[str] | None = None,
                   engine: str = "local", address: str | None = None, num_workers: int | None = None,
-                  preset: str | None = None):
+                  preset: str | None = None, file_timeout: float | None = None):
     """Run ``facetrack`` + ``mouth`` over a corpus into the feature store at ``out`` (local loop or Ray, see
     :func:`vaest.scale.run_extraction`); returns the extraction report. ``preset="reference"`` applies the
     official mouth-open rule (:data:`REFERENCE_MOUTH`)."""
@@ -248,4 +248,5 @@ def extract_mouth(corpus_root: str | Path, out: str | Path, force: bool = False,
         raise FeatureError(f"unknown mouth preset {preset!r}; known: reference, vaest")
     mouth = MouthExtractor(MouthConfig(**REFERENCE_MOUTH) if preset == "reference" else None)
     return run_extraction(FeatureStore(out), [create_extractor("facetrack"), mouth], videos,
-                          engine=engine, address=address, num_workers=num_workers, force=force)
+                          engine=engine, address=address, num_workers=num_workers, force=force,
+                          file_timeout=file_timeout)

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from vaest.errors import FeatureError
-from vaest.io import atomic_path, atomic_write_json
+from vaest.io import atomic_path, atomic_write_json, remove_stale_temporaries
 from vaest.timebase import TimeBase, TimeSeries
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,11 @@ class FeatureStore:
 
     def path(self, extractor: str, video_id: str) -> Path:
         return self.root / extractor / f"{safe_name(video_id)}.npz"
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Remove temporary files of writes into this store that were killed midway (see
+        :func:`vaest.io.remove_stale_temporaries`); every extraction run calls it before it starts."""
+        return remove_stale_temporaries(self.root)
 
     def failure_path(self, extractor: str, video_id: str) -> Path:
         return self.root / extractor / f"{safe_name(video_id)}.failed.json"
