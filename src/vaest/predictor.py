@@ -128,21 +128,24 @@ def check_people(people: str | int) -> str:
 def people_extractors(extractors: list[Extractor], zero_shot: bool) -> list[Extractor]:
     """The extractor list with the person tracker in place of the single face path.
 
-    The ``persons`` extractor tracks every face with an id and runs the face encoder on each person's crops, so
-    it replaces the ``face-<encoder>`` extractor (same encoder settings). ``facetrack`` stays only where another
-    extractor needs it (``mouth``, ``behavior-desc``); one face costs the same as before (docs/persons.md: one
-    FaceMesh per person and frame, the encoder once per face). Zero-shot also gets ``vad`` (silero, when
-    installed): the speech flags that give the voice to the person who speaks."""
+    The ``persons`` extractor tracks every face with an id and runs the face encoder (same settings) on each
+    person's crops. Zero-shot, it replaces ``facetrack`` and ``face-<encoder>``, so one face costs what it cost
+    before (one FaceMesh per person and frame, the encoder once per face; docs/persons.md), and ``vad`` (silero,
+    when installed) is added: the speech flags that give the voice to the person who speaks. With a trained
+    bundle the single-face extractors stay (the face model, the mouth filter and behavior read them; a video
+    with one person is predicted exactly as before), at the cost of a second tracking and encoding pass."""
     import importlib.util
 
     from vaest.features.base import create_extractor
     from vaest.features.face import FaceEncoderExtractor
 
     face = next((e for e in extractors if isinstance(e, FaceEncoderExtractor)), None)
-    rest = [e for e in extractors if e is not face]
-    needs_track = any("facetrack" in getattr(type(e), "requires", ()) for e in rest)
-    if not needs_track:
-        rest = [e for e in rest if e.name != "facetrack"]
+    if zero_shot:
+        rest = [e for e in extractors if e is not face]
+        if not any("facetrack" in getattr(type(e), "requires", ()) for e in rest):
+            rest = [e for e in rest if e.name != "facetrack"]
+    else:  # a trained bundle keeps the single-face features: a one-person video gives exactly what it gave before
+        rest = list(extractors)
     cfg = dataclasses.asdict(face.config) if face is not None else None
     out = rest + [create_extractor("persons", face=cfg)]
     if zero_shot and not any(e.name == "vad" for e in out) and importlib.util.find_spec("silero_vad") is not None:
@@ -530,6 +533,10 @@ class Predictor:
         present: set[str] = set()
         for pid in ids or [-1]:
             parts = dict(shared)
+            if pid < 0 and "face" in self.models:  # no person tracked: the single-face path's face, if any
+                face = self.models["face"].apply(store, video)
+                if face is not None and face.mask.any():
+                    parts["face"] = face.resized(n)
             if pid >= 0:
                 face = self._person_face(store, video, tracks, faces, pid, n)
                 if face is not None and face.mask.any():
@@ -622,6 +629,7 @@ class Predictor:
         """Person ``pid``'s face :class:`~vaest.tasks.fusion.Track` (n frames), from their own crops only: zero-shot
         mapping of their expression probabilities, or the trained face model applied to their encoder outputs
         and face track (a one-person view of the store)."""
+        from vaest.features.face import face_key
         from vaest.tasks.fusion import Track
 
         k = tracks.index(pid)
@@ -636,7 +644,12 @@ class Predictor:
             va = np.where(found[:, None], face_outputs_va(enc, rec.meta["classes"]), np.nan).astype(np.float32)
             return Track(va, found & np.isfinite(va).all(1), None, float(tracks.fps)).resized(n)
         model = self.models.get("face")
-        if model is None or "emb" not in enc:
+        if model is None:
+            return None
+        if len(tracks.ids) == 1 and store.has(face_key(model.encoder), video.id):  # one face: as before
+            tr = model.apply(store, video)
+            return tr.resized(n) if tr is not None else None
+        if "emb" not in enc:
             return None
         view = person_view(tracks, enc, pid, model.encoder, video.id)
         tr = model.apply(view, video)
