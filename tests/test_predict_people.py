@@ -179,3 +179,68 @@ def test_real_offscreen_voice_goes_to_nobody(real):
     assert res.frame["audio_arousal"].isna().all()
     assert not any(v["speaks"] for v in meta["persons"].values())
     assert any("to nobody" in n for n in res.meta["notes"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trained bundles: the routing per person (stand-in modality models that expose what they were given)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _BoxFaceModel:
+    """Stand-in trained face model: valence = the face box's centre x over 640 (the frame width) from the store's
+    ``facetrack`` record, arousal = the mean of the ``face-<encoder>`` record's probabilities: the output shows
+    which person's features the model was given."""
+
+    encoder = "fer"
+
+    def apply(self, store, video):
+        from vaest.features.face import face_key
+        from vaest.tasks.fusion import Track
+
+        tr, rec = store.load("facetrack", video.id), store.load(face_key(self.encoder), video.id)
+        cx = 0.5 * (tr.values[:, 0] + tr.values[:, 2]) / 640.0
+        va = np.stack([cx, np.nanmean(rec.extras["probs"], 1)], 1).astype(np.float32)
+        return Track(va, np.asarray(tr.mask, bool) & np.isfinite(va).all(1), None, float(tr.base.rate))
+
+
+class _ConstAudioModel:
+    """Stand-in trained audio model: (0.5, 0.5) on every frame with audio."""
+
+    windows = None
+
+    def apply(self, store, video):
+        from vaest.tasks.fusion import Track
+
+        n = len(store.load("frametimes", video.id).values)
+        return Track(np.full((n, 2), 0.5, np.float32), np.ones(n, bool), None, 30.0)
+
+
+def trained_standin(people: str, audio: bool = False):
+    """A Predictor routed as with a trained bundle, holding the stand-in models (no training needed)."""
+    from types import SimpleNamespace
+
+    pr = predictor(people)
+    pr.bundle = SimpleNamespace(fusion=None, kernels=pr.kernels)
+    pr.models = {"face": _BoxFaceModel(), **({"audio": _ConstAudioModel()} if audio else {})}
+    return pr
+
+
+def test_trained_face_model_sees_only_its_person(tmp_path):
+    head, grey = astro_head(), astro_head(grey=True)
+    both = write_video(tmp_path / "both.mp4", [scene([(head, 40, 40), (grey, 420, 40)]) for _ in range(30)])
+    df = trained_standin("all").predict(both).frame
+    for pid, g in per_person(df).items():
+        seen = g["box_x0"].notna().to_numpy()
+        assert seen.mean() >= 0.9
+        cx = ((g["box_x0"] + g["box_x1"]) / 2 / 640.0).to_numpy()
+        np.testing.assert_allclose(g["face_valence"].to_numpy()[seen], cx[seen], atol=1e-4)  # its own track
+        assert np.isfinite(g["face_arousal"].to_numpy()[seen]).all()  # and its own encoder outputs
+
+
+def test_trained_audio_goes_to_the_talker_only(real):
+    pytest.importorskip("silero_vad", reason="silero-vad not installed (pip install 'vaest[audio]')")
+    res = trained_standin("all", audio=True).predict(real["talk"])  # HAP talks on the left
+    g = per_person(res.frame)
+    talker = min(g, key=lambda p: ((g[p]["box_x0"] + g[p]["box_x1"]) / 2).mean())
+    assert res.meta["people"]["audio_attributed"]
+    assert g[talker]["audio_arousal"].notna().sum() >= 15 and g[1 - talker]["audio_arousal"].isna().all()
