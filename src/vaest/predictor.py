@@ -239,7 +239,9 @@ class PredictionResult:
         axes[-1].set_xlabel("time (s)")
         title = Path(str(self.meta.get("input", ""))).name
         if self.meta.get("notes"):
-            title += "\n" + "; ".join(self.meta["notes"])
+            import textwrap
+
+            title += "\n" + "\n".join(textwrap.wrap("; ".join(self.meta["notes"]), 160))
         fig.suptitle(title, fontsize=8)
         fig.tight_layout()
         with atomic_path(path, suffix=".tmp.png") as tmp:
@@ -581,6 +583,9 @@ class Predictor:
         spk = attribution.speaks if attribution is not None else {}
         sshare = attribution.share if attribution is not None else {}
         meta = self._meta(p, sorted(present), fps, n, False, source_all, notes, store, t0)
+        for kind in ("estimated", "filled"):  # frames (not rows) with at least one person's value of that kind
+            meta[f"frames_{kind}"] = int(df.loc[df["source"] == kind, "frame"].nunique())
+        meta["rows"] = int(len(df))
         meta["people"] = {
             "mode": self.people, "chosen": [int(i) for i in ids], "reason": why, "n_persons": int(len(tracks.ids)),
             "persons": {str(int(pid)): {"share": round(share[int(pid)], 4),
@@ -657,8 +662,9 @@ class Predictor:
 
     def _fuse_person(self, parts: dict[str, Any], video: Video, n: int, notes: list[str]
                      ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """:meth:`_fuse`, but zero-shot face + voice through :func:`vaest.zeroshot.zero_shot_video`."""
-        if self.bundle is None and len(parts) > 1:
+        """:meth:`_fuse`; zero-shot: face and voice through :func:`vaest.zeroshot.zero_shot_video` (its prior
+        weights, renormalised per frame over the modalities present), so every person gets ``weight_<m>``."""
+        if self.bundle is None and parts:
             from vaest.zeroshot import zero_shot_video
 
             def masked(m: str) -> np.ndarray | None:
@@ -668,7 +674,8 @@ class Predictor:
             fused = zero_shot_video(masked("face"), masked("audio"))
             va = fused.va[:n]
             mask = np.isfinite(va).any(1)
-            return va, mask, {m: np.where(mask, w[:n].max(1), np.nan) for m, w in fused.weights.items()}
+            # one weight per modality and frame: the mean of its valence and arousal weights (they sum to 1)
+            return va, mask, {m: np.where(mask, w[:n].mean(1), np.nan) for m, w in fused.weights.items()}
         return self._fuse(parts, video, n, notes)
 
     def _meta(self, p: Path, present: list[str], fps: float, n: int, audio_only: bool, source: np.ndarray,
