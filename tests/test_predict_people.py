@@ -244,3 +244,13 @@ def test_trained_audio_goes_to_the_talker_only(real):
     talker = min(g, key=lambda p: ((g[p]["box_x0"] + g[p]["box_x1"]) / 2).mean())
     assert res.meta["people"]["audio_attributed"]
     assert g[talker]["audio_arousal"].notna().sum() >= 15 and g[1 - talker]["audio_arousal"].isna().all()
+
+
+def test_real_swap_across_a_cut_each_series_follows_its_person(real):
+    res = predictor("all").predict(real["swap"])  # colour HAP left + grey SAD right, a cut, then swapped
+    g = per_person(res.frame)
+    assert sorted(g) == [0, 1] and len(res.meta["people"]["cuts"]) == 1
+    cut = res.meta["people"]["cuts"][0]
+    cx0 = ((g[0]["box_x0"] + g[0]["box_x1"]) / 2).to_numpy()
+    assert (cx0[:cut][np.isfinite(cx0[:cut])] < 480).all() and (cx0[cut:][np.isfinite(cx0[cut:])] > 480).all()
+    assert np.isfinite(cx0[:cut]).mean() > 0.9 and np.isfinite(cx0[cut:]).mean() > 0.9

@@ -23,7 +23,12 @@ Output columns (:attr:`PredictionResult.frame`):
   ``none`` = no value (NaN);
 - ``face_valence``, ``face_arousal``, ``audio_...``, ``behavior_...``: each modality's raw (unsmoothed)
   per-frame output, NaN where that modality had no input or is not part of the model;
-- ``weight_<m>``: the fusion's per-frame weight of modality ``m`` (only with a fusion model).
+- ``weight_<m>``: the fusion's per-frame weight of modality ``m`` (with a fusion model, and zero-shot videos);
+- ``person``, ``box_x0, box_y0, box_x1, box_y1`` (videos): the tracked person's id (stable within the video) and
+  face box in pixels (empty where that person is not visible). ``Predictor(people=...)`` chooses the persons:
+  ``main`` (default: one person throughout, one row per frame), ``all`` (one row per frame and person, ordered
+  by frame, then person), ``left``, ``right`` or an id; each person's series uses only their own face and the
+  voice attributed to them (``docs/persons.md``).
 
 Logging: vaest logs through the ``vaest`` logger and adds no handler in library use, so nothing is printed
 unless the application configures logging. Progress bars: ``Predictor(progress=False)`` (the default) shows
