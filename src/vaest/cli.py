@@ -589,6 +589,10 @@ def predict(
     force: Annotated[bool, typer.Option("--force", help="Recompute cached features (OUT/.features).")] = False,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG plot per input.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    people: Annotated[str, typer.Option("--people", help="Several faces: main (one person throughout, the one "
+                                        "present and speaking most; frames without them are gaps), all (one row "
+                                        "per frame and person), left, right, or a person id. See docs/persons.md."
+                                        )] = "main",
     config: ConfigDefaultsOpt = None,
 ) -> None:
     """Per-frame valence/arousal for media files, folders or globs: OUT/<name>.csv (frame,time,valence,arousal,
@@ -597,7 +601,8 @@ def predict(
     path, size and modification time. Exit code 1 when any input failed."""
     from vaest.pipeline import predict as run_predict
 
-    written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot)
+    written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot,
+                          people=people)
     rows = (out / "index.csv").read_text().count("\n") - 1
     if len(written) < rows:
         raise typer.Exit(1)

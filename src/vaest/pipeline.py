@@ -51,7 +51,7 @@ def extract_all(videos: Sequence[Video], store: FeatureStore, extractors: list |
 
 def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | None = None,
             device: str = "auto", fill: bool = False, force: bool = False, progress: bool = True,
-            plot: bool = True) -> dict[str, Path]:
+            plot: bool = True, people: str | int = "main") -> dict[str, Path]:
     """Run vaest on media files, folders or globs; a thin wrapper over :class:`vaest.predictor.Predictor` and
     :func:`vaest.predictor.predict_many` (``OUT/<relative path>.csv|.json|.png`` and ``OUT/index.csv``).
 
@@ -61,7 +61,8 @@ def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | No
     from vaest.predictor import Predictor, predict_many
 
     out = Path(out)
-    pr = Predictor(model, device=device, progress=progress, cache=out / ".features", fill=fill, force=force)
+    pr = Predictor(model, device=device, progress=progress, cache=out / ".features", fill=fill, force=force,
+                   people=people)
     rows = predict_many(paths, out, pr, plot=plot)
     return {r["input"]: out / r["csv"] for r in rows if r["status"] == "ok"}
 

@@ -23,7 +23,12 @@ Output columns (:attr:`PredictionResult.frame`):
   ``none`` = no value (NaN);
 - ``face_valence``, ``face_arousal``, ``audio_...``, ``behavior_...``: each modality's raw (unsmoothed)
   per-frame output, NaN where that modality had no input or is not part of the model;
-- ``weight_<m>``: the fusion's per-frame weight of modality ``m`` (only with a fusion model).
+- ``weight_<m>``: the fusion's per-frame weight of modality ``m`` (with a fusion model, and zero-shot videos);
+- ``person``, ``box_x0, box_y0, box_x1, box_y1`` (videos): the tracked person's id (stable within the video) and
+  face box in pixels (empty where that person is not visible). ``Predictor(people=...)`` chooses the persons:
+  ``main`` (default: one person throughout, one row per frame), ``all`` (one row per frame and person, ordered
+  by frame, then person), ``left``, ``right`` or an id; each person's series uses only their own face and the
+  voice attributed to them (``docs/persons.md``).
 
 Logging: vaest logs through the ``vaest`` logger and adds no handler in library use, so nothing is printed
 unless the application configures logging. Progress bars: ``Predictor(progress=False)`` (the default) shows
@@ -32,6 +37,7 @@ none; the CLI shows them unless ``--no-progress`` or ``VAEST_NO_PROGRESS=1``.
 
 from __future__ import annotations
 
+import dataclasses
 import glob as globmod
 import hashlib
 import logging
@@ -112,6 +118,69 @@ def _versions() -> dict[str, str]:
     return out
 
 
+PEOPLE_MODES = ("main", "all", "left", "right")
+BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
+
+
+def check_people(people: str | int) -> str:
+    """A ``--people`` choice normalised (``main``, ``all``, ``left``, ``right`` or digits); VaestError otherwise."""
+    m = str(people).strip().lower()
+    if m in PEOPLE_MODES or m.isdigit():
+        return m
+    raise VaestError(f"people={people!r}: expected one of {', '.join(PEOPLE_MODES)} or a person id (0, 1, ...)")
+
+
+def people_extractors(extractors: list[Extractor], zero_shot: bool) -> list[Extractor]:
+    """The extractor list with the person tracker in place of the single face path.
+
+    The ``persons`` extractor tracks every face with an id and runs the face encoder (same settings) on each
+    person's crops. Zero-shot, it replaces ``facetrack`` and ``face-<encoder>``, so one face costs what it cost
+    before (one FaceMesh per person and frame, the encoder once per face; docs/persons.md), and ``vad`` (silero,
+    when installed) is added: the speech flags that give the voice to the person who speaks. With a trained
+    bundle the single-face extractors stay (the face model, the mouth filter and behavior read them; a video
+    with one person is predicted exactly as before), at the cost of a second tracking and encoding pass."""
+    import importlib.util
+
+    from vaest.features.base import create_extractor
+    from vaest.features.face import FaceEncoderExtractor
+
+    face = next((e for e in extractors if isinstance(e, FaceEncoderExtractor)), None)
+    if zero_shot:
+        rest = [e for e in extractors if e is not face]
+        if not any("facetrack" in getattr(type(e), "requires", ()) for e in rest):
+            rest = [e for e in rest if e.name != "facetrack"]
+    else:  # a trained bundle keeps the single-face features: a one-person video gives exactly what it gave before
+        rest = list(extractors)
+    cfg = dataclasses.asdict(face.config) if face is not None else None
+    out = rest + [create_extractor("persons", face=cfg)]
+    if zero_shot and not any(e.name == "vad" for e in out) and importlib.util.find_spec("silero_vad") is not None:
+        out.append(create_extractor("vad"))
+    return out
+
+
+def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str, video_id: str) -> MemoryStore:
+    """A feature store holding one person as if they were the video's only face: ``face-<encoder>`` (their
+    encoder outputs ``enc``: ``emb`` (n, E), ``probs`` (n, C)) and ``facetrack`` (their boxes and landmarks), so a
+    trained face model applies to that person alone."""
+    from vaest.features.face import face_key
+
+    k = tracks.index(pid)
+    found = tracks.found[k]
+    base = TimeBase.frames(float(tracks.fps))
+    view = MemoryStore(f"person-{pid}")
+    extras = {"probs": np.asarray(enc["probs"], np.float32), "conf": np.where(found, tracks.conf[k], 0).astype(np.float32)}
+    if "va" in enc:
+        extras["va"] = np.asarray(enc["va"], np.float32)
+    emb = np.asarray(enc["emb"], np.float32)
+    view.save(face_key(encoder), video_id, FeatureRecord(TimeSeries(emb, base, found & np.isfinite(emb).all(1)),
+                                                         extras, {"encoder": encoder}))
+    view.save("facetrack", video_id, FeatureRecord(TimeSeries(tracks.boxes[k].astype(np.float32), base, found),
+                                                   {"conf": tracks.conf[k], "landmarks": tracks.landmarks[k]},
+                                                   {"landmark_ids": list(tracks.landmark_ids),
+                                                    "frame_size": list(tracks.frame_size)}))
+    return view
+
+
 @dataclass
 class PredictionResult:
     """Per-frame valence/arousal of one media file.
@@ -123,6 +192,16 @@ class PredictionResult:
 
     frame: Any
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def _person_label(self, pid: int) -> str:
+        """Panel title of person ``pid``: id, share of frames, whether they speak (from :attr:`meta`)."""
+        info = self.meta.get("people", {}).get("persons", {}).get(str(pid), {})
+        txt = f"person {pid}"
+        if "share" in info:
+            txt += f": on {100 * info['share']:.0f}% of frames"
+        if info.get("speaks") is not None:
+            txt += ", speaks" if info["speaks"] else ", silent"
+        return txt
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the frame table as CSV (NaN = empty cell, 4 decimals, times 6 decimals), atomically."""
@@ -152,43 +231,58 @@ class PredictionResult:
         from vaest.io import atomic_path
 
         df = self.frame
-        t = df["time"].to_numpy()
+        groups = [(None, df)]
+        if "person" in df and len(df):  # one panel group per person
+            groups = [(int(k), g) for k, g in df.groupby("person", sort=True)]
         wcols = [c for c in df.columns if c.startswith("weight_")]
-        rows = 3 if wcols else 2
-        fig, axes = plt.subplots(rows, 1, figsize=(10, 2.4 * rows), sharex=True)
-        est = (df["source"] == "estimated").to_numpy()
-        for ax, name in zip(axes, ("valence", "arousal")):
-            for m in MODALITIES:
-                col = f"{m}_{name}"
-                if col in df and df[col].notna().any():
-                    ax.plot(t, df[col].to_numpy(), lw=0.8, alpha=0.7, label=m)
-            y = df[name].to_numpy(dtype=float)
-            ax.plot(t, np.where(est, y, np.nan), lw=2.0, color="black", label="vaest")
-            if (df["source"] == "filled").any():
-                ax.plot(t, np.where(est, np.nan, y), lw=1.2, color="black", ls="--", label="filled")
-            if not np.isfinite(y).any():
-                ax.text(0.5, 0.5, f"no {name} estimate", transform=ax.transAxes, ha="center", color="grey")
-            ax.axhline(0, color="grey", lw=0.5, ls=":")
-            ax.set_ylim(-1.05, 1.05)
-            ax.set_ylabel(name)
-            ax.legend(loc="upper right", fontsize=7, ncol=5)
-        if wcols:
-            ax = axes[2]
-            W = np.nan_to_num(df[wcols].to_numpy(dtype=float))
-            ax.stackplot(t, *W.T, labels=[c[len("weight_"):] for c in wcols], alpha=0.8)
-            ax.set_ylim(0, 1)
-            ax.set_ylabel("fusion weight")
-            ax.legend(loc="upper right", fontsize=7, ncol=4)
+        per = 3 if wcols else 2
+        fig, axes = plt.subplots(per * len(groups), 1, figsize=(10, 2.4 * per * len(groups)), sharex=True,
+                                 squeeze=False)
+        axes = axes[:, 0]
+        for gi, (pid, g) in enumerate(groups):
+            _plot_va(axes[gi * per: (gi + 1) * per], g, wcols, None if pid is None else self._person_label(pid))
         axes[-1].set_xlabel("time (s)")
         title = Path(str(self.meta.get("input", ""))).name
         if self.meta.get("notes"):
-            title += "\n" + "; ".join(self.meta["notes"])
+            import textwrap
+
+            title += "\n" + "\n".join(textwrap.wrap("; ".join(self.meta["notes"]), 160))
         fig.suptitle(title, fontsize=8)
         fig.tight_layout()
         with atomic_path(path, suffix=".tmp.png") as tmp:
             fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
         return Path(path)
+
+
+def _plot_va(axes: Sequence[Any], df: Any, wcols: list[str], label: str | None) -> None:
+    """Draw one series (one person's rows of the table) onto ``axes``: valence, arousal (and fusion weights)."""
+    t = df["time"].to_numpy()
+    est = (df["source"] == "estimated").to_numpy()
+    for ax, name in zip(axes, ("valence", "arousal")):
+        for m in MODALITIES:
+            col = f"{m}_{name}"
+            if col in df and df[col].notna().any():
+                ax.plot(t, df[col].to_numpy(), lw=0.8, alpha=0.7, label=m)
+        y = df[name].to_numpy(dtype=float)
+        ax.plot(t, np.where(est, y, np.nan), lw=2.0, color="black", label="vaest")
+        if (df["source"] == "filled").any():
+            ax.plot(t, np.where(est, np.nan, y), lw=1.2, color="black", ls="--", label="filled")
+        if not np.isfinite(y).any():
+            ax.text(0.5, 0.5, f"no {name} estimate", transform=ax.transAxes, ha="center", color="grey")
+        ax.axhline(0, color="grey", lw=0.5, ls=":")
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel(name)
+        ax.legend(loc="upper right", fontsize=7, ncol=5)
+    if wcols:
+        ax = axes[2]
+        W = np.nan_to_num(df[wcols].to_numpy(dtype=float))
+        ax.stackplot(t, *W.T, labels=[c[len("weight_"):] for c in wcols], alpha=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("fusion weight")
+        ax.legend(loc="upper right", fontsize=7, ncol=4)
+    if label:
+        axes[0].set_title(label, fontsize=8, loc="left")
 
 
 def finalize(raw: np.ndarray, mask: np.ndarray, kernels: Sequence[int] | None, fill: bool = False
@@ -236,10 +330,14 @@ class Predictor:
         fill: dense output (frames without input filled from the nearest estimate, ``source == "filled"``).
         force: recompute cached features.
         batch_size: decoded frames per batch fed to the extractors.
+        people: which persons of a video to output (``docs/persons.md``): ``main`` (one person throughout: the one
+            present and speaking most; frames without them are gaps), ``all`` (one row per frame and person),
+            ``left`` / ``right``, or a person id.
     """
 
     def __init__(self, model: str | Path | None = None, device: str = "auto", progress: bool = False,
-                 cache: str | Path | None = None, fill: bool = False, force: bool = False, batch_size: int = 32):
+                 cache: str | Path | None = None, fill: bool = False, force: bool = False, batch_size: int = 32,
+                 people: str | int = "main"):
         from vaest.apply import FusionModel, check_fusion_inputs, load_model, load_modality
         from vaest.device import resolve_device
         from vaest.features.base import default_extractors
@@ -248,6 +346,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.progress, self.fill, self.force, self.batch_size = progress, fill, force, batch_size
         self.cache = Path(cache) if cache is not None else None
+        self.people = check_people(people)
         self.model_path = Path(model) if model is not None else None
         t0 = time.perf_counter()
         self.models: dict[str, Any] = {}
@@ -268,6 +367,7 @@ class Predictor:
             self.extractors = default_extractors(self.bundle.face_encoder, self.bundle.audio_encoder,
                                                  behavior="behavior" in mods, audio="audio" in mods,
                                                  face="face" in mods or "audio" in mods, device=self.device)
+        self.extractors = people_extractors(self.extractors, zero_shot=self.bundle is None)
         self._warm_up()
         self.load_seconds = time.perf_counter() - t0
 
@@ -281,6 +381,16 @@ class Predictor:
         for e in self.extractors:
             if hasattr(type(e), "encoder"):
                 _ = e.encoder
+            if getattr(e, "face_encoder", None) is not None:
+                _ = e.face_encoder.encoder
+            if e.name == "persons":
+                from vaest.features.persons import PersonTracker
+                from vaest.progress import native_noise_filtered
+
+                with native_noise_filtered():
+                    ptr = PersonTracker()
+                    ptr.process(np.zeros((1, 64, 64, 3), np.uint8))
+                    ptr.close()
             if e.name == "facetrack":
                 from vaest.features.face import FaceTracker
                 from vaest.progress import native_noise_filtered
@@ -348,6 +458,8 @@ class Predictor:
             times = None
         else:
             times = store.load("frametimes", video.id).values[:, 0].astype(np.float64)
+        if not audio_only and store.has("persons", video.id):
+            return self._predict_people(p, store, video, times, info, t0)
         if self.bundle is None:
             parts, znotes = self._zero_shot(store, video)
             notes += znotes
@@ -378,9 +490,205 @@ class Predictor:
         df = pd.DataFrame(cols)
         if not mask.any():
             notes.append("no estimate: no modality had input in any frame")
-        meta = {
+        meta = self._meta(p, sorted(parts), fps, n, audio_only, source, notes, store, t0)
+        return PredictionResult(df, meta)
+
+    # -----------------------------------------------------------------------------------------------------
+    # Several people: one series per person (docs/persons.md, "In vaest predict")
+    # -----------------------------------------------------------------------------------------------------
+    def _predict_people(self, p: Path, store: FeatureStore, video: Video, times: np.ndarray, info: MediaInfo,
+                        t0: float) -> PredictionResult:
+        """Per-person prediction of a video with a ``persons`` record: the per-video computation (voice,
+        behavior) once, then per chosen person their own face, the voice attributed to them, fusion, smoothing.
+
+        Frames where a person is not visible are gaps in their series (``source`` ``none`` unless the voice
+        attributed to them or ``fill`` gives a value); ids never switch: each series is one person's."""
+        import pandas as pd
+
+        from vaest.features.persons import (OFFSCREEN, attribute_speech, person_rows, person_tracks_from_record,
+                                            select_people, speech_on_frames)
+
+        notes: list[str] = []
+        tracks, faces = person_tracks_from_record(store.load("persons", video.id))
+        n = len(times)
+        fps = float(info.fps) if info.fps else float(tracks.fps)
+        if tracks.n_frames != n:
+            raise MediaError(f"{p}: the person tracks cover {tracks.n_frames} frames, the decoded frames {n}")
+        shared = self._video_parts(store, video, n, fps, notes)
+        several = len(tracks.ids) >= 2
+        attribution = None
+        if len(tracks.ids) and store.has("vad", video.id):
+            speech = speech_on_frames(store.load("vad", video.id).series, n, fps, frame_times=times)
+            attribution = attribute_speech(tracks.lip_area(), speech, fps, tracks.ids)
+        if several and "behavior" in shared:
+            shared.pop("behavior")
+            notes.append("behavior: left out with several persons (its segments are described over the whole "
+                         "frame, not per person)")
+        if several and "audio" in shared and attribution is None:
+            shared.pop("audio")
+            notes.append("audio: left out with several persons (no voice-activity record to attribute it)")
+        if several and "audio" in shared and attribution is not None:
+            off = attribution.offscreen_share
+            notes.append(f"voice attributed per frame to the person whose mouth moves; {100 * off:.0f}% of the "
+                         "speech frames to nobody (no visible mouth moves: off-screen voice)")
+        ids, why = select_people(tracks, self.people, attribution)
+        notes.append(why)
+        if not ids:  # no face at all: the per-video parts (the voice) belong to nobody on screen
+            notes.append("no face found in any frame; the series is the whole video's (person -1 = nobody)")
+        per_person: dict[int, dict[str, np.ndarray]] = {}
+        sources: dict[int, np.ndarray] = {}
+        present: set[str] = set()
+        for pid in ids or [-1]:
+            parts = dict(shared)
+            if pid < 0 and "face" in self.models:  # no person tracked: the single-face path's face, if any
+                face = self.models["face"].apply(store, video)
+                if face is not None and face.mask.any():
+                    parts["face"] = face.resized(n)
+            if pid >= 0:
+                face = self._person_face(store, video, tracks, faces, pid, n)
+                if face is not None and face.mask.any():
+                    parts["face"] = face
+                else:
+                    parts.pop("face", None)
+                if several and "audio" in parts and attribution is not None:
+                    from dataclasses import replace
+
+                    a = parts["audio"]
+                    parts["audio"] = replace(a, mask=a.mask & attribution.audio_mask(pid)[:n])
+            parts = {m: t for m, t in parts.items() if t.mask.any()}
+            present |= set(parts)
+            raw, mask, weights = self._fuse_person(parts, video, n, notes)
+            final, source = finalize(raw, mask, self.kernels, self.fill)
+            cols = {"valence": final[:, 0], "arousal": final[:, 1]}
+            for m in MODALITIES:
+                t = parts.get(m)
+                va = np.where(t.mask[:, None], t.va, np.nan) if t is not None else np.full((n, 2), np.nan, np.float32)
+                cols[f"{m}_valence"], cols[f"{m}_arousal"] = va[:, 0], va[:, 1]
+            for name, w in weights.items():
+                cols[f"weight_{name}"] = np.asarray(w, np.float64)
+            per_person[pid], sources[pid] = cols, source
+        if ids:
+            table = person_rows(tracks, ids, per_person, times)
+        else:
+            table = {"frame": np.arange(1, n + 1), "time": times, "person": np.full(n, -1, np.int64),
+                     **{c: np.full(n, np.nan) for c in BOX_COLUMNS}, **per_person[-1]}
+        keys = ids or [-1]
+        table["source"] = np.stack([sources[k] for k in keys], 1).reshape(-1)  # frame-major, as person_rows
+        wcols = sorted({c for c in table if c.startswith("weight_")})
+        order = (["frame", "time", "valence", "arousal", "source"] + [f"{m}_{d}" for m in MODALITIES
+                                                                      for d in ("valence", "arousal")]
+                 + wcols + ["person", *BOX_COLUMNS])
+        df = pd.DataFrame({c: table[c] for c in order})
+        df["frame"] = df["frame"].astype(np.int64)
+        df["person"] = df["person"].astype(np.int64)
+        source_all = df["source"].to_numpy()
+        if not (source_all == "estimated").any():
+            notes.append("no estimate: no modality had input in any frame")
+        share = tracks.share()
+        spk = attribution.speaks if attribution is not None else {}
+        sshare = attribution.share if attribution is not None else {}
+        meta = self._meta(p, sorted(present), fps, n, False, source_all, notes, store, t0)
+        for kind in ("estimated", "filled"):  # frames (not rows) with at least one person's value of that kind
+            meta[f"frames_{kind}"] = int(df.loc[df["source"] == kind, "frame"].nunique())
+        meta["rows"] = int(len(df))
+        meta["people"] = {
+            "mode": self.people, "chosen": [int(i) for i in ids], "reason": why, "n_persons": int(len(tracks.ids)),
+            "persons": {str(int(pid)): {"share": round(share[int(pid)], 4),
+                                        "speaks": spk.get(int(pid)) if attribution is not None else None,
+                                        "speech_share": round(sshare.get(int(pid), 0.0), 4)
+                                        if attribution is not None else None,
+                                        "mean_x": round(tracks.mean_x()[int(pid)], 1)} for pid in tracks.ids},
+            "speech_frames": int((attribution.speaker != -1).sum()) if attribution is not None else None,
+            "offscreen_speech_frames": int((attribution.speaker == OFFSCREEN).sum()) if attribution is not None
+            else None,
+            "audio_attributed": bool(several and "audio" in shared and attribution is not None),
+            "cuts": [int(c) for c in tracks.cuts], "frame_size": list(tracks.frame_size),
+        }
+        return PredictionResult(df, meta)
+
+    def _video_parts(self, store: FeatureStore, video: Video, n: int, fps: float, notes: list[str]
+                     ) -> dict[str, Any]:
+        """The modalities computed once per video (the voice, behavior), on the frame grid (n frames); the face
+        is per person (:meth:`_person_face`)."""
+        from vaest.tasks.fusion import Track
+
+        parts: dict[str, Any] = {}
+        if self.bundle is None:
+            info_audio = store.has("vad", video.id) and not store.load("vad", video.id).meta.get("no_audio", False)
+            if info_audio:
+                from vaest.media import read_audio
+                from vaest.zeroshot import zero_shot_audio
+
+                wav = read_audio(video.media)
+                if wav.size:
+                    va = zero_shot_audio(wav, fps=fps)
+                    parts["audio"] = Track(va, np.isfinite(va[:, 1]), None, fps)
+                    notes.append(ZERO_SHOT_AUDIO_NOTE)
+            notes.append(ZERO_SHOT_FACE_NOTE)
+        else:
+            for m, mdl in self.models.items():
+                if m == "face":
+                    continue
+                tr = mdl.apply(store, video)
+                if tr is not None and tr.mask.any():
+                    parts[m] = tr
+        return {m: t.resized(n) for m, t in parts.items()}
+
+    def _person_face(self, store: FeatureStore, video: Video, tracks: Any, faces: dict[int, dict[str, np.ndarray]],
+                     pid: int, n: int) -> Any:
+        """Person ``pid``'s face :class:`~vaest.tasks.fusion.Track` (n frames), from their own crops only: zero-shot
+        mapping of their expression probabilities, or the trained face model applied to their encoder outputs
+        and face track (a one-person view of the store)."""
+        from vaest.features.face import face_key
+        from vaest.tasks.fusion import Track
+
+        k = tracks.index(pid)
+        found = tracks.found[k]
+        enc = faces.get(int(pid), {})
+        if self.bundle is None:
+            from vaest.zeroshot import face_outputs_va
+
+            rec = store.load("persons", video.id)
+            if "probs" not in enc:
+                return None
+            va = np.where(found[:, None], face_outputs_va(enc, rec.meta["classes"]), np.nan).astype(np.float32)
+            return Track(va, found & np.isfinite(va).all(1), None, float(tracks.fps)).resized(n)
+        model = self.models.get("face")
+        if model is None:
+            return None
+        if len(tracks.ids) == 1 and store.has(face_key(model.encoder), video.id):  # one face: as before
+            tr = model.apply(store, video)
+            return tr.resized(n) if tr is not None else None
+        if "emb" not in enc:
+            return None
+        view = person_view(tracks, enc, pid, model.encoder, video.id)
+        tr = model.apply(view, video)
+        return tr.resized(n) if tr is not None else None
+
+    def _fuse_person(self, parts: dict[str, Any], video: Video, n: int, notes: list[str]
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`_fuse`; zero-shot: face and voice through :func:`vaest.zeroshot.zero_shot_video` (its prior
+        weights, renormalised per frame over the modalities present), so every person gets ``weight_<m>``."""
+        if self.bundle is None and parts:
+            from vaest.zeroshot import zero_shot_video
+
+            def masked(m: str) -> np.ndarray | None:
+                t = parts.get(m)
+                return np.where(t.mask[:, None], t.va, np.nan) if t is not None else None
+
+            fused = zero_shot_video(masked("face"), masked("audio"))
+            va = fused.va[:n]
+            mask = np.isfinite(va).any(1)
+            # one weight per modality and frame: the mean of its valence and arousal weights (they sum to 1)
+            return va, mask, {m: np.where(mask, w[:n].mean(1), np.nan) for m, w in fused.weights.items()}
+        return self._fuse(parts, video, n, notes)
+
+    def _meta(self, p: Path, present: list[str], fps: float, n: int, audio_only: bool, source: np.ndarray,
+              notes: list[str], store: FeatureStore, t0: float) -> dict[str, Any]:
+        """The result's metadata (see :class:`PredictionResult`)."""
+        return {
             "input": str(p.resolve()), "model": str(self.model_path.resolve()) if self.model_path else "zero-shot",
-            "modalities": sorted(parts), "missing": [m for m in (self.models or {"face": None}) if m not in parts],
+            "modalities": present, "missing": [m for m in (self.models or {"face": None}) if m not in present],
             "fusion": str(self.bundle.fusion) if self.bundle is not None and self.bundle.fusion else None,
             "fps": fps, "n_frames": n, "audio_only": audio_only, "kernels": list(self.kernels), "fill": self.fill,
             "device": self.device, "frames_estimated": int((source == "estimated").sum()),
@@ -388,7 +696,6 @@ class Predictor:
             "cache": str(store.root) if self.cache is not None else None,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        return PredictionResult(df, meta)
 
     def _zero_shot(self, store: FeatureStore, video: Video) -> tuple[dict[str, Any], list[str]]:
         from vaest.tasks.fusion import Track

@@ -494,7 +494,7 @@ def track_persons(path: str | Path, cfg: PersonTrackConfig | None = None, batch_
 def encode_person_frames(fe: FaceEncoderExtractor, frames: np.ndarray, boxes: np.ndarray) -> dict[str, np.ndarray]:
     """A face encoder's outputs for one person over frames (B, H, W, 3) with that person's boxes (B, 4).
 
-    Crops are :func:`vaest.features.face.crop_face` with ``fe``'s crop settings, encoded by
+    Crops are :func:`vaest.features.face.crop_face` with ``fe``'s crop framing (config or encoder default), encoded by
     :meth:`FaceEncoderExtractor.encode_crops` (its TTA and thread settings).
 
     Returns:
@@ -508,7 +508,7 @@ def encode_person_frames(fe: FaceEncoderExtractor, frames: np.ndarray, boxes: np
         out["va"] = np.full((B, 2), np.nan, np.float32)
     crops, rows = [], []
     for j in np.flatnonzero(np.isfinite(boxes).all(1)):
-        c = crop_face(frames[j], boxes[j], fe.config.crop_scale, fe.config.crop_shift)
+        c = crop_face(frames[j], boxes[j], *fe.framing)
         if c is not None:
             crops.append(c)
             rows.append(int(j))
