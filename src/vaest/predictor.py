@@ -485,7 +485,8 @@ class Predictor:
             return fz.va, ok, {m: np.where(np.isfinite(fz.va[:, 1]), fz.weights[m][:, 1], np.nan) for m in ("face", "audio")}
         if self.fusion is not None:
             try:
-                fused = self.fusion.apply(parts, video, getattr(self.models.get("audio"), "windows", None))
+                audio = self.models.get("audio")
+                fused = self.fusion.apply(parts, video, getattr(audio, "windows", None), getattr(audio, "token_va", None))
             except VaestError as e:
                 log.warning("%s: fusion not applicable (%s); mean of the modalities present", video.media, e)
                 notes.append(f"fusion not applicable ({e}); mean of the modalities present")
