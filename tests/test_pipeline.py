@@ -84,6 +84,8 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
     bundle = json.loads((out / "model" / "bundle.json").read_text())
     assert set(bundle["modalities"]) == {"face", "audio", "behavior"} and bundle["fusion"]
     pred_csv = next((out / "predict").glob("*.csv"))
+    assert pred_csv.with_suffix(".html").is_file() and (out / "predict" / "index.html").is_file()
+    assert (out / "report" / "index.html").is_file()
     rows = _rows(pred_csv)
     assert {"face_valence", "audio_arousal", "behavior_valence"} <= set(rows[0])
     assert any(k.startswith("weight_") for k in rows[0])

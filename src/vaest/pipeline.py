@@ -272,7 +272,7 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     bundle.save()
     with step("predict"):
         one = next(v for v in corpus.split("val") if v.media is not None)
-        predict([one.media], out / "predict", out / "model")
+        predict([one.media], out / "predict", out / "model", html=True)
     metrics = {"runs": table, "hard_frames": hard, "best_single": best_single, "best_fusion": best_fusion,
                "final": final_name, "kernels": list(kernels), "submission_rows": n_rows, "seconds": times,
                "config": dataclasses.asdict(cfg)}
@@ -303,7 +303,7 @@ def _demo_report(m: dict[str, Any], out: Path) -> str:
               f"Submission (validation split, ABAW format): `submission/val_predictions.csv`, {m['submission_rows']} rows, "
               "validated by reading it back.", "",
               "Per-stage plots and the stage table: `report/report.md`. Prediction on one video with the trained "
-              "bundle `model/`: `predict/`.", "", "Time per step (s): " +
+              "bundle `model/`: `predict/` (open `predict/index.html`; stage pages: `report/index.html`).", "", "Time per step (s): " +
               ", ".join(f"{k} {v}" for k, v in m["seconds"].items()) + f"; total {sum(m['seconds'].values()):.0f} s.", ""]
     pngs = sorted(p.name for p in (out / "report").glob("*.png"))
     for p in pngs[:4]:
