@@ -214,6 +214,21 @@ def test_emotiefflib_option_loads_published_layouts_and_predicts(tmp_path, monke
         create_encoder("emotiefflib:enet_b0_8_best_vgaf", weights=tmp_path / "enet_b0_7.pt")  # 7 outputs, 8 expected
 
 
+def _tiny_msp_dim():
+    """audEERING's dimensional wav2vec2 model class with a tiny random config (published names, label order)."""
+    from transformers import Wav2Vec2Config
+
+    from vaest.models.ser import wav2vec2_dim_model_class
+
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+                         num_conv_pos_embedding_groups=2, num_labels=3,
+                         id2label={0: "arousal", 1: "dominance", 2: "valence"},
+                         label2id={"arousal": 0, "dominance": 1, "valence": 2})
+    torch.manual_seed(0)
+    return wav2vec2_dim_model_class()(cfg).eval()
+
+
 def test_audeering_dim_model_layout_loads_by_path_and_predicts(tmp_path):
     """audEERING's wav2vec2 dimensional model (random tiny config, published parameter names and label
     order): saved, reloaded by path, applied per frame; the same folder loads as a plain backbone."""
@@ -223,13 +238,7 @@ def test_audeering_dim_model_layout_loads_by_path_and_predicts(tmp_path):
     from vaest.models.audio import load_backbone
     from vaest.models.ser import SpeechEmotionPredictor, wav2vec2_dim_model_class
 
-    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
-                         num_conv_pos_embedding_groups=2, num_labels=3,
-                         id2label={0: "arousal", 1: "dominance", 2: "valence"},
-                         label2id={"arousal": 0, "dominance": 1, "valence": 2})
-    torch.manual_seed(0)
-    model = wav2vec2_dim_model_class()(cfg).eval()
+    model = _tiny_msp_dim()
     keys = set(model.state_dict())
     assert {"classifier.dense.weight", "classifier.out_proj.weight", "wav2vec2.feature_extractor.conv_layers.0.conv.weight",
             "wav2vec2.encoder.layers.1.attention.k_proj.weight"} <= keys
@@ -393,3 +402,24 @@ def test_cremad_end_to_end_through_vaest_predict(tmp_path):
 
     meta = json.loads((out / "1001_DFA_ANG_XX.json").read_text())
     assert meta["frame_modalities"].get("face+audio", 0) > 0
+
+
+def test_audio_backbone_option_uses_the_speech_emotion_model(tmp_path):
+    """`Predictor(audio_backbone=FOLDER)` (`vaest predict --audio-backbone`): the zero-shot voice of an audio file
+    is the speech-emotion model's per-frame output (valence and arousal), not the built-in cues."""
+    pytest.importorskip("transformers")
+    import soundfile as sf
+
+    import vaest
+    from vaest.media import read_audio
+    from vaest.models.ser import SpeechEmotionPredictor
+
+    _tiny_msp_dim().save_pretrained(tmp_path / "msp-dim")
+    wav_path = tmp_path / "voice.wav"
+    sf.write(wav_path, _voice(3.0, 150, 10, pulse_am=0.5), SR)
+    res = vaest.Predictor(device="cpu", audio_backbone=str(tmp_path / "msp-dim")).predict(wav_path)
+    want = SpeechEmotionPredictor(str(tmp_path / "msp-dim")).predict(read_audio(wav_path), SR, 30.0)
+    got = res.frame[["audio_valence", "audio_arousal"]].to_numpy()
+    assert got.shape == want.shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert any("speech-emotion model" in n for n in res.meta["notes"])

