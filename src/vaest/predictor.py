@@ -435,7 +435,8 @@ class Predictor:
             notes.append(ZERO_SHOT_VIDEO_NOTE)
         meta = {
             "input": str(p.resolve()), "model": str(self.model_path.resolve()) if self.model_path else "zero-shot",
-            "modalities": sorted(parts), "frame_modalities": frame_modalities(parts, n), "missing": [m for m in (self.models or {"face": None}) if m not in parts],
+            "modalities": sorted(parts), "missing": [m for m in (self.models or {"face": None}) if m not in parts],
+            "frame_modalities": frame_modalities(parts, n),
             "fusion": str(self.bundle.fusion) if self.bundle is not None and self.bundle.fusion else None,
             "fps": fps, "n_frames": n, "audio_only": audio_only, "kernels": list(self.kernels), "fill": self.fill,
             "device": self.device, "frames_estimated": int((source == "estimated").sum()),
