@@ -54,7 +54,8 @@ def test_predict_zero_shot_mixed_inputs(synth_corpus, tmp_path):
     a = _rows(out / index[wav.name]["csv"])
     assert len(a) == pytest.approx(60, abs=2) and a[0]["valence"] == "" and a[0]["audio_valence"] == ""
     meta = json.loads((out / index[wav.name]["csv"]).with_suffix(".json").read_text())
-    assert any("loudness-only arousal cue" in n for n in meta["notes"])
+    assert any("voice arousal from gain-independent cues" in n for n in meta["notes"])
+    assert not any("loudness-only" in n for n in meta["notes"])
     assert index[bad.name]["csv"] == "" and not list(out.rglob("broken.csv"))
 
 
@@ -87,6 +88,8 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
     bundle = json.loads((out / "model" / "bundle.json").read_text())
     assert set(bundle["modalities"]) == {"face", "audio", "behavior"} and bundle["fusion"]
     pred_csv = next((out / "predict").glob("*.csv"))
+    assert pred_csv.with_suffix(".html").is_file() and (out / "predict" / "index.html").is_file()
+    assert (out / "report" / "index.html").is_file()
     rows = _rows(pred_csv)
     assert {"face_valence", "audio_arousal", "behavior_valence"} <= set(rows[0])
     assert any(k.startswith("weight_") for k in rows[0])

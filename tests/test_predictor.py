@@ -231,3 +231,67 @@ def test_finalize_gaps_stay_empty_unless_fill():
     assert (source == "estimated").all() and np.isnan(final[:, 0]).all() and final[:, 1] == pytest.approx([0.1, 0.2, 0.3, 0.4])
     final, source = finalize(np.full((3, 2), np.nan, np.float32), np.zeros(3, bool), (3, 3), fill=True)
     assert (source == "none").all() and np.isnan(final).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reference fusions (raav-reference, dcm-ref) as the fusion of a bundle, applied in memory
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ref_fusion_runs(tmp_path_factory) -> dict:
+    """Tiny synthetic modality runs (with audio tokens) and the two reference fusions trained on them."""
+    from test_fusion import make_synthetic_runs
+
+    root = tmp_path_factory.mktemp("reffusion")
+    syn = make_synthetic_runs(root / "data", n_train=3, n_val=2, n_frames=300, emb_dim=8, audio_tokens=True)
+    r = syn["runs"]
+    runs = [a for m in ("face", "behavior", "audio") for a in ("--runs", f"{m}={r[m]}")]
+    out = {}
+    for method, name, text in (
+            ("raav", "raav-reference", "model: {hidden: 16}\ntrain: {max_batches_per_epoch: 2, batch_size: 4}\n"),
+            ("dcm-ref", "dcm-ref", "win: 120\nhop: 50\nmodel: {hidden_dim: 16, heads: 2, layers: 1}\n"
+                                   "train: {max_batches_per_epoch: 2, batch_size: 4}\n")):
+        cfg = root / f"{name}.yaml"
+        cfg.write_text(text)
+        out[name] = root / name
+        res = CliRunner().invoke(app, ["train", "fusion", *runs, "--method", method, "--out", str(out[name]),
+                                       "--epochs", "1", "--preset", "reference", "--config", str(cfg)])
+        assert res.exit_code == 0, res.output
+    return {**syn, "fusions": out, "root": root}
+
+
+@pytest.mark.parametrize("method", ["raav-reference", "dcm-ref"])
+def test_bundle_with_reference_fusion_applies_in_memory_like_its_export(ref_fusion_runs, method, one_torch_thread):
+    """A bundle whose fusion is a reference fusion loads, and FusionModel.apply on the modality tracks in memory
+    reproduces the fusion run's exported predictions (the audio tokens with their predictions for RAAV, the
+    end-aligned windows for dcm-ref)."""
+    from vaest.apply import Bundle, FusionModel, check_fusion_inputs, load_model
+    from vaest.corpus import load_corpus
+    from vaest.features.store import FeatureStore
+    from vaest.inference import load_predictions, read_run_json
+    from vaest.tasks.fusion import AUDIO_TOKEN_KEY, load_track, windows_from_record
+
+    run = ref_fusion_runs["fusions"][method]
+    info = read_run_json(run)
+    assert (method == "dcm-ref") == bool(info.get("align_end"))
+    bdir = ref_fusion_runs["root"] / f"bundle-{method}"
+    Bundle(bdir, modalities=dict(ref_fusion_runs["runs"]), fusion=run).save()
+    b = load_model(bdir)
+    check_fusion_inputs(b)
+    fm = FusionModel(b.fusion)
+    assert fm.method == method
+    audio_run = ref_fusion_runs["runs"]["audio"]
+    videos = [v for v in load_corpus(ref_fusion_runs["corpus"]).videos if v.split == "val"]
+    assert videos
+    for v in videos:
+        tracks = {m: load_track(r, v.id) for m, r in b.modalities.items()}
+        tok = FeatureStore(audio_run).load(AUDIO_TOKEN_KEY, v.id)
+        fused = fm.apply(tracks, v, windows_from_record(tok), tok.extras.get("va"))
+        rec = load_predictions(run, v.id)
+        assert fused.va.shape == rec.values.shape
+        np.testing.assert_allclose(fused.va, rec.values, atol=1e-4, err_msg=f"{method} {v.id}")
+        if method == "raav-reference":
+            np.testing.assert_allclose(fused.extras["weights"], rec.extras["weights"], atol=1e-4)
+        else:
+            assert "weights" not in fused.extras  # the directed fusion weights no modality

@@ -421,3 +421,43 @@ def test_person_selector_switches_the_curves(browser, tmp_path):
     o.offline_and_clean()
     o.close()
 
+
+
+def test_predict_html_pages_of_a_real_run_play_and_follow_the_umask(browser, synth_corpus, tmp_path):
+    """`vaest predict --html` (predict_many(html=True)) on a talking-face video, a wav and a broken file: the
+    viewer reads the real outputs (CSV columns, JSON meta, index.csv paths relative to OUT), every page opens
+    offline without errors and plays its media, and pages follow the user's umask like the CSVs."""
+    import vaest
+    from vaest.corpus import load_corpus
+    from vaest.predictor import predict_many
+
+    media = tmp_path / "in"
+    media.mkdir()
+    src = next(v.media for v in load_corpus(synth_corpus).videos if v.media is not None and v.side is None)
+    shutil.copy(src, media / "talk.mp4")
+    make_wav(media / "voice.wav", seconds=3.0)
+    (media / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    old = os.umask(0o027)
+    try:
+        rows = predict_many([media], out, vaest.Predictor(device="cpu"), plot=False, html=True)
+    finally:
+        os.umask(old)
+    assert [r["status"] for r in rows] == ["failed", "ok", "ok"]
+    for name in ("talk.html", "voice.html", "index.html", "talk.csv"):
+        assert (out / name).stat().st_mode & 0o777 == 0o640, name
+    p = browser.new_page()
+    p.goto((out / "index.html").resolve().as_uri())
+    hrefs = [Path(h.replace("file://", "")).resolve() for h in p.eval_on_selector_all("a", "as => as.map(a => a.href)")]
+    assert hrefs == [(media / "broken.mp4").resolve(), (out / "talk.html").resolve(), (out / "voice.html").resolve()]
+    p.close()
+    talk = Opened(browser, out / "talk.html")
+    assert talk.media_ready() == pytest.approx(8.0, abs=0.2)
+    names = talk.js("window.vaestView.data.groups[0].panels.map(p => p.series.map(s => s.label))")
+    assert "face" in names[0] and "audio" in names[1] and {"face", "audio"} <= set(names[2])
+    talk.offline_and_clean()
+    talk.close()
+    voice = Opened(browser, out / "voice.html")
+    assert voice.js("document.getElementById('vaest-media').tagName") == "AUDIO"
+    voice.offline_and_clean()
+    voice.close()

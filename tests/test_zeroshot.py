@@ -214,6 +214,21 @@ def test_emotiefflib_option_loads_published_layouts_and_predicts(tmp_path, monke
         create_encoder("emotiefflib:enet_b0_8_best_vgaf", weights=tmp_path / "enet_b0_7.pt")  # 7 outputs, 8 expected
 
 
+def _tiny_msp_dim():
+    """audEERING's dimensional wav2vec2 model class with a tiny random config (published names, label order)."""
+    from transformers import Wav2Vec2Config
+
+    from vaest.models.ser import wav2vec2_dim_model_class
+
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+                         num_conv_pos_embedding_groups=2, num_labels=3,
+                         id2label={0: "arousal", 1: "dominance", 2: "valence"},
+                         label2id={"arousal": 0, "dominance": 1, "valence": 2})
+    torch.manual_seed(0)
+    return wav2vec2_dim_model_class()(cfg).eval()
+
+
 def test_audeering_dim_model_layout_loads_by_path_and_predicts(tmp_path):
     """audEERING's wav2vec2 dimensional model (random tiny config, published parameter names and label
     order): saved, reloaded by path, applied per frame; the same folder loads as a plain backbone."""
@@ -223,13 +238,7 @@ def test_audeering_dim_model_layout_loads_by_path_and_predicts(tmp_path):
     from vaest.models.audio import load_backbone
     from vaest.models.ser import SpeechEmotionPredictor, wav2vec2_dim_model_class
 
-    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
-                         num_conv_pos_embedding_groups=2, num_labels=3,
-                         id2label={0: "arousal", 1: "dominance", 2: "valence"},
-                         label2id={"arousal": 0, "dominance": 1, "valence": 2})
-    torch.manual_seed(0)
-    model = wav2vec2_dim_model_class()(cfg).eval()
+    model = _tiny_msp_dim()
     keys = set(model.state_dict())
     assert {"classifier.dense.weight", "classifier.out_proj.weight", "wav2vec2.feature_extractor.conv_layers.0.conv.weight",
             "wav2vec2.encoder.layers.1.attention.k_proj.weight"} <= keys
@@ -276,3 +285,141 @@ def test_face_outputs_va_prefers_the_encoders_own_head():
     out = face_outputs_va({"probs": probs, "va": va}, FER_CLASSES)
     np.testing.assert_allclose(out[0], [0.3, 1.0])
     assert np.isnan(out[1]).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The zero-shot path of vaest.Predictor / `vaest predict`
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _talking_video(corpus: Path) -> Path:
+    from vaest.corpus import load_corpus
+
+    return next(v.media for v in load_corpus(corpus).videos if v.media is not None and v.side is None)
+
+
+@pytest.fixture(scope="module")
+def zero_shot_result(synth_corpus):
+    import vaest
+
+    return vaest.Predictor(device="cpu").predict(_talking_video(synth_corpus))
+
+
+def test_predictor_zero_shot_video_fuses_face_and_voice(zero_shot_result):
+    """A talking-face video without a model: the face (minixception) and the voice both enter; the weights are
+    the arousal weights of zero_shot_video; the meta counts the frames per modality set; notes are those of
+    the gain-independent voice estimator."""
+    from vaest.predictor import ZERO_SHOT_AUDIO_NOTE, ZERO_SHOT_VIDEO_NOTE
+    from vaest.zeroshot import VIDEO_WEIGHTS
+
+    df, meta = zero_shot_result.frame, zero_shot_result.meta
+    assert {"face_valence", "face_arousal", "audio_arousal", "weight_face", "weight_audio"} <= set(df.columns)
+    assert df["audio_valence"].isna().all()  # the voice gives no valence
+    face = df["face_arousal"].notna().to_numpy()
+    voice = df["audio_arousal"].notna().to_numpy()
+    assert face.any() and voice.any()
+    both = face & voice
+    assert meta["frame_modalities"].get("face+audio", 0) == both.sum()
+    assert meta["frame_modalities"].get("face", 0) == (face & ~voice).sum()
+    assert sum(meta["frame_modalities"].values()) == meta["n_frames"] == len(df)
+    wf, wa = df["weight_face"].to_numpy(), df["weight_audio"].to_numpy()
+    prior = VIDEO_WEIGHTS["face"][1] / (VIDEO_WEIGHTS["face"][1] + VIDEO_WEIGHTS["audio"][1])
+    np.testing.assert_allclose(wf[both], prior, atol=1e-6)
+    np.testing.assert_allclose(wf[face & ~voice], 1.0, atol=1e-6)
+    np.testing.assert_allclose(wa[voice & ~face], 1.0, atol=1e-6)
+    assert np.isnan(wf[~face & ~voice]).all()
+    np.testing.assert_allclose((wf + wa)[face | voice], 1.0, atol=1e-6)
+    assert (df.loc[face | voice, "source"] == "estimated").all()
+    assert ZERO_SHOT_VIDEO_NOTE in meta["notes"] and ZERO_SHOT_AUDIO_NOTE in meta["notes"]
+    assert "minixception" in " ".join(meta["notes"]) and "loudness-only" not in " ".join(meta["notes"])
+
+
+def test_predictor_zero_shot_to_html_and_plot(zero_shot_result, tmp_path):
+    """The in-memory result renders as a viewer page (media from meta["input"]) and a PNG labelled with
+    arousal weights."""
+    page = zero_shot_result.to_html(tmp_path / "clip.html")
+    text = page.read_text()
+    assert "weight" in text and "face+audio" in text and "vaestView" in text
+    assert zero_shot_result.plot(tmp_path / "clip.png").stat().st_size > 0
+
+
+def test_face_backbone_option(synth_corpus, tmp_path):
+    """--face-backbone emotiefflib:<file> (a random enet_b0_8_va_mtl saved in timm's layout) drives the zero-shot
+    face through the encoder's own VA head; a backbone with a trained model is refused."""
+    import vaest
+    from vaest.errors import VaestError
+    from vaest.features.face import face_key
+    from vaest.features.pretrained_face import TimmEfficientNetB0
+    from vaest.features.store import FeatureStore
+    from vaest.predictor import media_key
+
+    torch.manual_seed(0)
+    f = tmp_path / "enet_b0_8_va_mtl.pt"
+    torch.save(TimmEfficientNetB0(10).eval().state_dict(), f)
+    media = _talking_video(synth_corpus)
+    option = f"emotiefflib:{f}"
+    res = vaest.Predictor(device="cpu", face_backbone=option, cache=tmp_path / "cache").predict(media)
+    rec = FeatureStore(tmp_path / "cache" / media_key(media)).load(face_key(option), Path(media).stem)
+    found = rec.mask & np.isfinite(rec.values).all(1)
+    assert found.any()
+    head = np.clip(rec.extras["va"], -1, 1)
+    np.testing.assert_allclose(res.frame["face_valence"].to_numpy()[found], head[found, 0], atol=1e-4)
+    np.testing.assert_allclose(res.frame["face_arousal"].to_numpy()[found], head[found, 1], atol=1e-4)
+    assert any(option in n for n in res.meta["notes"])
+    with pytest.raises(VaestError, match="zero-shot"):
+        vaest.Predictor(model=tmp_path, face_backbone="fer")
+
+
+@pytest.mark.skipif(not CREMAD.is_dir(), reason=f"real CREMA-D clips not present at {CREMAD}")
+def test_cremad_end_to_end_through_vaest_predict(tmp_path):
+    """`vaest predict --html` on the real CREMA-D clips (zero-shot): happy above every negative emotion in
+    valence, angry above sad in arousal (videos: face + voice; mp3s: voice), a page per clip and index.html."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from vaest.cli import app
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["predict", str(CREMAD), "--out", str(out), "--html", "--no-progress",
+                                 "--no-plot", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    idx = pd.read_csv(out / "index.csv", keep_default_na=False)
+    assert len(idx) == 12 and (idx["status"] == "ok").all()
+    assert (out / "index.html").is_file()
+    mean = {}
+    for row in idx.itertuples():
+        stem = Path(row.csv).stem
+        assert (out / f"{stem}.html").is_file()
+        d = pd.read_csv(out / row.csv)
+        mean[stem] = (d["valence"].mean(), d["arousal"].mean())
+    v = {e: mean[f"1001_DFA_{e}_XX"] for e in ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")}
+    for e in ("ANG", "DIS", "FEA", "SAD"):
+        assert v["HAP"][0] > v[e][0], (e, v)
+    assert v["ANG"][1] > v["SAD"][1], v
+    a = {e: mean[f"1002_DFA_{e}_XX"][1] for e in ("ANG", "SAD")}
+    assert a["ANG"] > a["SAD"], a
+    import json
+
+    meta = json.loads((out / "1001_DFA_ANG_XX.json").read_text())
+    assert meta["frame_modalities"].get("face+audio", 0) > 0
+
+
+def test_audio_backbone_option_uses_the_speech_emotion_model(tmp_path):
+    """`Predictor(audio_backbone=FOLDER)` (`vaest predict --audio-backbone`): the zero-shot voice of an audio file
+    is the speech-emotion model's per-frame output (valence and arousal), not the built-in cues."""
+    pytest.importorskip("transformers")
+    import soundfile as sf
+
+    import vaest
+    from vaest.media import read_audio
+    from vaest.models.ser import SpeechEmotionPredictor
+
+    _tiny_msp_dim().save_pretrained(tmp_path / "msp-dim")
+    wav_path = tmp_path / "voice.wav"
+    sf.write(wav_path, _voice(3.0, 150, 10, pulse_am=0.5), SR)
+    res = vaest.Predictor(device="cpu", audio_backbone=str(tmp_path / "msp-dim")).predict(wav_path)
+    want = SpeechEmotionPredictor(str(tmp_path / "msp-dim")).predict(read_audio(wav_path), SR, 30.0)
+    got = res.frame[["audio_valence", "audio_arousal"]].to_numpy()
+    assert got.shape == want.shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert any("speech-emotion model" in n for n in res.meta["notes"])

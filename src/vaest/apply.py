@@ -168,6 +168,7 @@ class AudioModel:
         self.cfg = AudioTrainConfig(encoder=self.ck.get("encoder", "lmfb"), filter=bool(self.ck.get("filter", True)),
                                     device=device, feature_norm=self.ck.get("feature_norm", "video"))
         self.windows: Any = None  # AudioWindows of the last applied video
+        self.token_va: np.ndarray | None = None  # (W, 4, 2) per-token audio predictions of the last video
 
     def apply(self, store: FeatureStore, video: Video):
         """The :class:`~vaest.tasks.fusion.Track` of ``video`` (None without audio); sets ``self.windows``."""
@@ -175,7 +176,7 @@ class AudioModel:
         from vaest.tasks.audio import apply_item, load_item
         from vaest.tasks.fusion import Track, windows_from_record
 
-        self.windows = None
+        self.windows, self.token_va = None, None
         if not store.has(audio_key(self.cfg.encoder), video.id):
             return None
         it = load_item(store, video, self.cfg.encoder, self.cfg.filter_config(), self.cfg.min_valid_seconds,
@@ -184,6 +185,7 @@ class AudioModel:
             return None
         frames, tokens = apply_item(self.model, it, self.cfg.filter, self.cfg.encoder, self.device)
         self.windows = windows_from_record(tokens)
+        self.token_va = tokens.extras.get("va")
         va = np.asarray(frames.values, np.float32)
         return Track(va, np.asarray(frames.mask, bool) & np.isfinite(va).all(1), frames.extras.get("emb"), it.fps,
                      {"reliability": frames.extras["reliability"]})
@@ -200,8 +202,13 @@ def load_modality(modality: str, run: str | Path, device: str = "cpu"):
 
 
 class FusionModel:
-    """A trained fusion run (RAAV, DCMMoE or late): modality tracks of one video -> fused per-frame VA and
-    per-frame modality weights."""
+    """A trained fusion run (RAAV, DCMMoE, late, or the reference forms ``raav-reference`` and ``dcm-ref``):
+    modality tracks of one video -> fused per-frame VA and per-frame modality weights.
+
+    ``raav-reference`` (``form="reference"``) is applied as its export does: one sample per 4 s audio window, the
+    audio tokens carrying the audio model's per-second prediction, overlapping windows averaged
+    (:class:`~vaest.tasks.fusion.WindowFusionTask`); ``dcm-ref`` reads no audio and cuts windows as recorded in
+    its run.json (``align_end``). Both reproduce :func:`~vaest.tasks.fusion.apply_fusion`'s exports."""
 
     def __init__(self, run: str | Path, device: str = "cpu"):
         self.run, self.device = Path(run), device
@@ -218,12 +225,18 @@ class FusionModel:
             self.method = self.ck["name"]
             self.weight_names = weight_names(self.model)
             cfg = self.ck.get("config", {})
-            self.widths = dict(zip(cfg.get("modalities", ()), cfg.get("in_dims", ())))
+            dims = cfg.get("input_dims")  # dcm-ref: {modality: width}
+            self.widths = dict(dims) if isinstance(dims, dict) else dict(zip(cfg.get("modalities", ()),
+                                                                             cfg.get("in_dims", ())))
+            self.align_end = bool(self.info.get("align_end", False))
 
-    def apply(self, tracks: dict[str, Any], video: Video, audio_windows: Any = None):
+    def apply(self, tracks: dict[str, Any], video: Video, audio_windows: Any = None, token_va: Any = None):
         """Fused :class:`~vaest.tasks.fusion.Track` (extras ``weights`` (n, M) in ``self.weight_names`` order),
-        or None when no modality the fusion uses has a track."""
-        from vaest.tasks.fusion import Track, build_fusion_data, fuse, late_combine, stack_tracks
+        or None when no modality the fusion uses has a track. ``audio_windows``: the audio model's
+        :class:`~vaest.tasks.fusion.AudioWindows` of this video; ``token_va`` (W, 4, 2): its per-token
+        predictions (``raav-reference`` only; None = zeros, as the export reads a run without them)."""
+        from vaest.tasks.fusion import (Track, WindowFusionTask, build_fusion_data, fuse, late_combine,
+                                        stack_tracks, with_token_va)
 
         use = {m: tracks.get(m) for m in self.names}
         if all(t is None for t in use.values()):
@@ -233,18 +246,29 @@ class FusionModel:
             va, eff = late_combine(P, M, self.weights)
             return Track(va.astype(np.float32), M.any(1) & np.isfinite(va).all(1), None, fps,
                          {"weights": eff.mean(-1).astype(np.float32)})
-        data = build_fusion_data({m: Path(m) for m in self.names}, [video], self.method,
+        reference = self.method == "raav-reference"
+        if reference and audio_windows is not None:
+            audio_windows = with_token_va(audio_windows, token_va)
+        data = build_fusion_data({m: Path(m) for m in self.names}, [video], "raav" if reference else self.method,
                                  tracks_in={video.id: use},
                                  windows_in={video.id: audio_windows} if audio_windows is not None else {},
                                  widths_in=self.widths)
         if not data.sequences:
             return None
         seq = data.sequences[0]
-        va, mask, extras = next(fuse(self.model, data, int(self.info.get("win", 400)), int(self.info.get("hop", 150)),
-                                     self.device))
+        if reference:
+            cfg = self.model.config
+            task = WindowFusionTask([], [], list(cfg.modalities), data.table, cfg.audio_dim)
+            res = task.predict(self.model.to(self.device), seq, self.device)
+            va, extras = res["va"], res
+            mask = np.any(list(data.available[seq.id].values()), axis=0)
+        else:
+            va, mask, extras = next(fuse(self.model, data, int(self.info.get("win", 400)),
+                                         int(self.info.get("hop", 150)), self.device, align_end=self.align_end))
         va = np.asarray(va, np.float32)
+        w = extras.get("weights")
         return Track(va, np.asarray(mask, bool) & np.isfinite(va).all(1), extras.get("emb"), seq.fps,
-                     {"weights": np.asarray(extras["weights"], np.float32)})
+                     {"weights": np.asarray(w, np.float32)} if w is not None else {})
 
 
 def check_fusion_inputs(bundle: Bundle) -> None:

@@ -580,14 +580,25 @@ def predict(
                    ] = Path("vaest_out"),
     model: Annotated[Optional[Path], typer.Option(
         help="Trained vaest model: a bundle folder (bundle.json, e.g. demo_out/model) or one run folder. None = "
-             "zero-shot: face expression probabilities mapped onto the circumplex; audio-only files get a "
-             "loudness-only arousal cue (not an emotion estimate; no valence).")] = None,
+             "zero-shot: the face through --face-backbone (its VA head, else expressions on the circumplex) and "
+             "the voice's arousal from gain-independent cues (spectral tilt, loudness dynamics; no valence), "
+             "fused per frame for videos.")] = None,
+    face_backbone: Annotated[Optional[str], typer.Option(
+        "--face-backbone", help="Zero-shot face encoder: minixception (default), fer, or emotiefflib:<model name "
+                                "or path to a downloaded file> (e.g. emotiefflib:enet_b0_8_va_mtl, loaded offline).")
+                             ] = None,
+    audio_backbone: Annotated[Optional[str], typer.Option(
+        "--audio-backbone", help="Zero-shot voice from a dimensional speech-emotion model: a save_pretrained "
+                                 "folder (e.g. audEERING wav2vec2-large-robust-12-ft-emotion-msp-dim) instead of "
+                                 "the built-in voice cues; gives valence too.")] = None,
     device: DeviceOpt = "auto",
     fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Dense output: frames without any input get the "
                                        "nearest estimate (source=filled); default leaves them empty (source=none).")
                     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Recompute cached features (OUT/.features).")] = False,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG plot per input.")] = True,
+    html: Annotated[bool, typer.Option("--html", help="Also write an interactive page per input beside its CSV "
+                                       "(media with its curves) and OUT/index.html.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     people: Annotated[str, typer.Option("--people", help="Several faces: main (one person throughout, the one "
                                         "present and speaking most; frames without them are gaps), all (one row "
@@ -602,7 +613,8 @@ def predict(
     from vaest.pipeline import predict as run_predict
 
     written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot,
-                          people=people)
+                          people=people, html=html, face_backbone=face_backbone,
+                          audio_backbone=audio_backbone)
     rows = (out / "index.csv").read_text().count("\n") - 1
     if len(written) < rows:
         raise typer.Exit(1)

@@ -51,10 +51,14 @@ def extract_all(videos: Sequence[Video], store: FeatureStore, extractors: list |
 
 def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | None = None,
             device: str = "auto", fill: bool = False, force: bool = False, progress: bool = True,
-            plot: bool = True, people: str | int = "main") -> dict[str, Path]:
+            plot: bool = True, people: str | int = "main", html: bool = False, face_backbone: str | None = None,
+            audio_backbone: str | None = None) -> dict[str, Path]:
     """Run vaest on media files, folders or globs; a thin wrapper over :class:`vaest.predictor.Predictor` and
     :func:`vaest.predictor.predict_many` (``OUT/<relative path>.csv|.json|.png`` and ``OUT/index.csv``).
 
+    ``html`` also writes a viewer page per input and ``OUT/index.html``; ``face_backbone`` picks the zero-shot
+    face encoder, ``audio_backbone`` a speech-emotion model as the zero-shot voice (see
+    :class:`~vaest.predictor.Predictor`).
     Features are cached under ``OUT/.features/<media identity>`` (``force`` recomputes them). Returns input
     path -> CSV path for the files that succeeded.
     """
@@ -62,8 +66,8 @@ def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | No
 
     out = Path(out)
     pr = Predictor(model, device=device, progress=progress, cache=out / ".features", fill=fill, force=force,
-                   people=people)
-    rows = predict_many(paths, out, pr, plot=plot)
+                   people=people, face_backbone=face_backbone, audio_backbone=audio_backbone)
+    rows = predict_many(paths, out, pr, plot=plot, html=html)
     return {r["input"]: out / r["csv"] for r in rows if r["status"] == "ok"}
 
 
@@ -277,7 +281,7 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     bundle.save()
     with step("predict"):
         one = next(v for v in corpus.split("val") if v.media is not None)
-        predict([one.media], out / "predict", out / "model")
+        predict([one.media], out / "predict", out / "model", html=True)
     metrics = {"runs": table, "hard_frames": hard, "best_single": best_single, "best_fusion": best_fusion,
                "final": final_name, "kernels": list(kernels), "submission_rows": n_rows, "seconds": times,
                "config": dataclasses.asdict(cfg)}
@@ -308,7 +312,7 @@ def _demo_report(m: dict[str, Any], out: Path) -> str:
               f"Submission (validation split, ABAW format): `submission/val_predictions.csv`, {m['submission_rows']} rows, "
               "validated by reading it back.", "",
               "Per-stage plots and the stage table: `report/report.md`. Prediction on one video with the trained "
-              "bundle `model/`: `predict/`.", "", "Time per step (s): " +
+              "bundle `model/`: `predict/` (open `predict/index.html`; stage pages: `report/index.html`).", "", "Time per step (s): " +
               ", ".join(f"{k} {v}" for k, v in m["seconds"].items()) + f"; total {sum(m['seconds'].values()):.0f} s.", ""]
     pngs = sorted(p.name for p in (out / "report").glob("*.png"))
     for p in pngs[:4]:

@@ -64,9 +64,13 @@ log = logging.getLogger(__name__)
 MODALITIES = ("face", "audio", "behavior")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_ONLY_FPS = 30.0
-ZERO_SHOT_AUDIO_NOTE = ("audio: zero-shot loudness-only arousal cue (louder than the file's median = more aroused); "
-                        "not an emotion estimate, valence not estimated")
-ZERO_SHOT_FACE_NOTE = "face: zero-shot circumplex mapping of the offline FER network's expression probabilities"
+ZERO_SHOT_AUDIO_NOTE = ("audio: zero-shot voice arousal from gain-independent cues (spectral tilt: alpha ratio, "
+                        "Hammarberg index; loudness dynamics) over 3 s windows; valence not estimated")
+ZERO_SHOT_FACE_NOTE = ("face: zero-shot {backbone}: its own valence/arousal head where it has one, else its "
+                       "expression probabilities mapped onto the circumplex")
+ZERO_SHOT_VIDEO_NOTE = ("video: face and voice fused per frame (valence from the face; arousal: equal prior "
+                        "weights renormalised over the modalities present); weight_face/weight_audio are the "
+                        "arousal weights")
 
 
 class FrameTimes(Extractor):
@@ -220,6 +224,17 @@ class PredictionResult:
         atomic_write_json(path, self.meta)
         return Path(path)
 
+    def to_html(self, path: str | Path, media: str | Path | None = None) -> Path:
+        """Write the interactive page (:mod:`vaest.view`): the media with its valence/arousal curves.
+
+        ``media``: the input to play beside the curves (None: ``meta["input"]`` where that file exists); a
+        format the browser cannot play gets an H.264/AAC proxy beside the page."""
+        from vaest.view import write_frame_page
+
+        if media is None and self.meta.get("input") and Path(str(self.meta["input"])).is_file():
+            media = Path(str(self.meta["input"]))
+        return write_frame_page(self.frame, self.meta, media, path)
+
     def plot(self, path: str | Path) -> Path:
         """Valence and arousal over time: final curve bold, modalities thin, gaps left as gaps (NaN is not
         drawn), filled frames dashed; fusion weights underneath; zero-shot cues labelled in the title."""
@@ -240,7 +255,8 @@ class PredictionResult:
                                  squeeze=False)
         axes = axes[:, 0]
         for gi, (pid, g) in enumerate(groups):
-            _plot_va(axes[gi * per: (gi + 1) * per], g, wcols, None if pid is None else self._person_label(pid))
+            _plot_va(axes[gi * per: (gi + 1) * per], g, wcols, None if pid is None else self._person_label(pid),
+                     "arousal weight" if self.meta.get("model") == "zero-shot" else "fusion weight")
         axes[-1].set_xlabel("time (s)")
         title = Path(str(self.meta.get("input", ""))).name
         if self.meta.get("notes"):
@@ -255,7 +271,8 @@ class PredictionResult:
         return Path(path)
 
 
-def _plot_va(axes: Sequence[Any], df: Any, wcols: list[str], label: str | None) -> None:
+def _plot_va(axes: Sequence[Any], df: Any, wcols: list[str], label: str | None,
+             weight_label: str = "fusion weight") -> None:
     """Draw one series (one person's rows of the table) onto ``axes``: valence, arousal (and fusion weights)."""
     t = df["time"].to_numpy()
     est = (df["source"] == "estimated").to_numpy()
@@ -279,7 +296,7 @@ def _plot_va(axes: Sequence[Any], df: Any, wcols: list[str], label: str | None) 
         W = np.nan_to_num(df[wcols].to_numpy(dtype=float))
         ax.stackplot(t, *W.T, labels=[c[len("weight_"):] for c in wcols], alpha=0.8)
         ax.set_ylim(0, 1)
-        ax.set_ylabel("fusion weight")
+        ax.set_ylabel(weight_label)
         ax.legend(loc="upper right", fontsize=7, ncol=4)
     if label:
         axes[0].set_title(label, fontsize=8, loc="left")
@@ -316,13 +333,28 @@ def finalize(raw: np.ndarray, mask: np.ndarray, kernels: Sequence[int] | None, f
     return final, np.where(mask & has, "estimated", np.where(has, "filled", "none"))
 
 
+def frame_modalities(parts: dict[str, Any], n: int) -> dict[str, int]:
+    """How many frames had input from which modalities: ``{"face+audio": 120, "face": 30, "none": 5}`` (keys
+    join the modalities with input at a frame in :data:`MODALITIES` order); written as ``meta["frame_modalities"]``."""
+    has = [(m, np.asarray(parts[m].mask, bool)[:n]) for m in MODALITIES if m in parts]
+    keys = np.full(n, "", dtype=object)
+    for m, k in has:
+        k = np.concatenate([k, np.zeros(n - len(k), bool)])
+        keys = np.where(k, np.where(keys == "", m, keys + "+" + m), keys)
+    keys = np.where(keys == "", "none", keys)
+    u, c = np.unique(keys.astype(str), return_counts=True)
+    return {str(a): int(b) for a, b in sorted(zip(u, c), key=lambda x: -x[1])}
+
+
 class Predictor:
     """Per-frame valence/arousal for media files, with models loaded once and reused across calls.
 
     Args:
         model: a model bundle folder (``bundle.json``, e.g. ``demo_out/model``) or one trained run folder; None =
-            zero-shot (face: expression probabilities mapped onto the circumplex; audio-only files: a
-            loudness-only arousal cue, see :func:`vaest.zeroshot.zero_shot_audio`).
+            zero-shot (:mod:`vaest.zeroshot`): the face through ``face_backbone`` (its VA head where it has one,
+            else its expression probabilities on the circumplex), the voice's arousal from gain-independent cues
+            (spectral tilt, loudness dynamics; no valence), both fused per frame for videos
+            (:func:`vaest.zeroshot.zero_shot_video`).
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         progress: show progress bars.
         cache: folder for cached features (a feature store per media file, keyed by :func:`media_key`); None =
@@ -333,17 +365,38 @@ class Predictor:
         people: which persons of a video to output (``docs/persons.md``): ``main`` (one person throughout: the one
             present and speaking most; frames without them are gaps), ``all`` (one row per frame and person),
             ``left`` / ``right``, or a person id.
+        face_backbone: zero-shot face encoder: ``minixception`` (None: the default,
+            :data:`vaest.zeroshot.ZERO_SHOT_FACE_ENCODER`), ``fer``, or ``emotiefflib:<model name or path to a
+            downloaded file>`` (loaded offline). Only without ``model`` (a bundle fixes its own encoder).
+        audio_backbone: zero-shot voice from a dimensional speech-emotion model (a ``save_pretrained`` folder
+            or hub id, :class:`vaest.models.ser.SpeechEmotionPredictor`, e.g. audEERING's
+            ``wav2vec2-large-robust-12-ft-emotion-msp-dim``) instead of :func:`vaest.zeroshot.zero_shot_audio`;
+            it gives valence too (column ``audio_valence``; the video's valence still comes from the face).
     """
 
     def __init__(self, model: str | Path | None = None, device: str = "auto", progress: bool = False,
                  cache: str | Path | None = None, fill: bool = False, force: bool = False, batch_size: int = 32,
-                 people: str | int = "main"):
+                 people: str | int = "main", face_backbone: str | None = None,
+                 audio_backbone: str | None = None):
         from vaest.apply import FusionModel, check_fusion_inputs, load_model, load_modality
         from vaest.device import resolve_device
         from vaest.features.base import default_extractors
         from vaest.postprocess import REFERENCE_KERNELS
+        from vaest.zeroshot import ZERO_SHOT_FACE_ENCODER
+
+        for opt, val in (("face_backbone", face_backbone), ("audio_backbone", audio_backbone)):
+            if model is not None and val is not None:
+                raise VaestError(f"{opt}={val!r} applies to zero-shot prediction only; the model {model} fixes "
+                                 "its own encoders")
+        self.face_backbone = face_backbone or ZERO_SHOT_FACE_ENCODER
+        self.audio_backbone = audio_backbone
 
         self.device = resolve_device(device)
+        self._ser: Any = None
+        if audio_backbone is not None:
+            from vaest.models.ser import SpeechEmotionPredictor
+
+            self._ser = SpeechEmotionPredictor(str(audio_backbone), device=self.device)
         self.progress, self.fill, self.force, self.batch_size = progress, fill, force, batch_size
         self.cache = Path(cache) if cache is not None else None
         self.people = check_people(people)
@@ -354,7 +407,8 @@ class Predictor:
         if model is None:
             self.bundle = None
             self.kernels = REFERENCE_KERNELS
-            self.extractors = default_extractors(behavior=False, audio=False, mouth=False, device=self.device)
+            self.extractors = default_extractors(self.face_backbone, behavior=False, audio=False, mouth=False,
+                                                 device=self.device)
         else:
             self.bundle = load_model(model)
             check_fusion_inputs(self.bundle)
@@ -490,7 +544,10 @@ class Predictor:
         df = pd.DataFrame(cols)
         if not mask.any():
             notes.append("no estimate: no modality had input in any frame")
+        if self.bundle is None and weights:
+            notes.append(ZERO_SHOT_VIDEO_NOTE)
         meta = self._meta(p, sorted(parts), fps, n, audio_only, source, notes, store, t0)
+        meta["frame_modalities"] = frame_modalities(parts, n)
         return PredictionResult(df, meta)
 
     # -----------------------------------------------------------------------------------------------------
@@ -617,14 +674,13 @@ class Predictor:
             info_audio = store.has("vad", video.id) and not store.load("vad", video.id).meta.get("no_audio", False)
             if info_audio:
                 from vaest.media import read_audio
-                from vaest.zeroshot import zero_shot_audio
 
                 wav = read_audio(video.media)
                 if wav.size:
-                    va = zero_shot_audio(wav, fps=fps)
+                    va = self._voice(wav, fps)
                     parts["audio"] = Track(va, np.isfinite(va[:, 1]), None, fps)
-                    notes.append(ZERO_SHOT_AUDIO_NOTE)
-            notes.append(ZERO_SHOT_FACE_NOTE)
+                    notes.append(self._voice_note())
+            notes.append(ZERO_SHOT_FACE_NOTE.format(backbone=self.face_backbone))
         else:
             for m, mdl in self.models.items():
                 if m == "face":
@@ -679,8 +735,10 @@ class Predictor:
             fused = zero_shot_video(masked("face"), masked("audio"))
             va = fused.va[:n]
             mask = np.isfinite(va).any(1)
-            # one weight per modality and frame: the mean of its valence and arousal weights (they sum to 1)
-            return va, mask, {m: np.where(mask, w[:n].mean(1), np.nan) for m, w in fused.weights.items()}
+            if "face" in parts and "audio" in parts and ZERO_SHOT_VIDEO_NOTE not in notes:
+                notes.append(ZERO_SHOT_VIDEO_NOTE)
+            # the arousal weights (valence comes from the face alone wherever it has one)
+            return va, mask, {m: np.where(np.isfinite(va[:, 1]), w[:n, 1], np.nan) for m, w in fused.weights.items()}
         return self._fuse(parts, video, n, notes)
 
     def _meta(self, p: Path, present: list[str], fps: float, n: int, audio_only: bool, source: np.ndarray,
@@ -698,34 +756,71 @@ class Predictor:
         }
 
     def _zero_shot(self, store: FeatureStore, video: Video) -> tuple[dict[str, Any], list[str]]:
+        """Zero-shot modality tracks: the face (``face_backbone``) and, where the file has one, the voice."""
+        from vaest.features.face import face_key
+        from vaest.media import read_audio
         from vaest.tasks.fusion import Track
-        from vaest.zeroshot import zero_shot_audio, zero_shot_face
+        from vaest.zeroshot import face_outputs_va
 
         if video.audio_only:
-            from vaest.media import read_audio
-
             wav = read_audio(video.media)
             if wav.size == 0:
                 raise MediaError(f"{video.media}: no audio samples to analyse")
-            va = zero_shot_audio(wav, fps=AUDIO_ONLY_FPS)
-            return {"audio": Track(va, np.isfinite(va[:, 1]), None, AUDIO_ONLY_FPS)}, [ZERO_SHOT_AUDIO_NOTE]
-        rec = store.load("face-fer", video.id)
+            va = self._voice(wav, AUDIO_ONLY_FPS)
+            return {"audio": Track(va, np.isfinite(va[:, 1]), None, AUDIO_ONLY_FPS)}, [self._voice_note()]
+        rec = store.load(face_key(self.face_backbone), video.id)
+        fps = float(rec.base.rate)
         found = np.asarray(rec.mask, bool) & np.isfinite(rec.values).all(1)
         classes = (rec.meta.get("classes") or rec.meta.get("config", {}).get("classes")
                    or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
-        va = np.where(found[:, None], zero_shot_face(rec.extras["probs"], classes), np.nan).astype(np.float32)
-        if not found.any():
-            return {}, [ZERO_SHOT_FACE_NOTE, "no face found in any frame"]
-        return {"face": Track(va, found, None, float(rec.base.rate))}, [ZERO_SHOT_FACE_NOTE]
+        notes = [ZERO_SHOT_FACE_NOTE.format(backbone=self.face_backbone)]
+        parts: dict[str, Any] = {}
+        if found.any():
+            va = np.where(found[:, None], face_outputs_va(rec.extras, classes), np.nan).astype(np.float32)
+            parts["face"] = Track(va, found & np.isfinite(va).any(1), None, fps)
+        else:
+            notes.append("no face found in any frame")
+        wav = read_audio(video.media)
+        if wav.size:
+            voice = self._voice(wav, fps)[: len(found)]
+            if len(voice) < len(found):
+                voice = np.concatenate([voice, np.full((len(found) - len(voice), 2), np.nan, np.float32)])
+            if np.isfinite(voice[:, 1]).any():
+                parts["audio"] = Track(voice, np.isfinite(voice[:, 1]), None, fps)
+                notes.append(self._voice_note())
+            else:
+                notes.append("audio: no speech found for the zero-shot voice arousal")
+        return parts, notes
+
+    def _voice(self, wav: np.ndarray, fps: float) -> np.ndarray:
+        """(n, 2) zero-shot voice valence/arousal of a 16 kHz waveform on the ``fps`` grid."""
+        from vaest.zeroshot import zero_shot_audio
+
+        if self._ser is not None:
+            return np.asarray(self._ser.predict(wav, 16000, fps), np.float32)
+        return zero_shot_audio(wav, fps=fps)
+
+    def _voice_note(self) -> str:
+        if self._ser is None:
+            return ZERO_SHOT_AUDIO_NOTE
+        return f"audio: zero-shot speech-emotion model {self.audio_backbone} (valence and arousal, sliding windows)"
 
     def _fuse(self, parts: dict[str, Any], video: Video, n: int, notes: list[str]
               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Raw fused (n, 2) VA, the estimated-frame mask (n,) and per-modality weights."""
         if not parts:
             return np.full((n, 2), np.nan, np.float32), np.zeros(n, bool), {}
+        if self.bundle is None and "face" in parts and "audio" in parts:
+            from vaest.zeroshot import zero_shot_video
+
+            fz = zero_shot_video(*(np.where(parts[m].mask[:, None], parts[m].va, np.nan) for m in ("face", "audio")))
+            ok = np.isfinite(fz.va).any(1)
+            # the arousal weights: valence comes from the face alone wherever it has one
+            return fz.va, ok, {m: np.where(np.isfinite(fz.va[:, 1]), fz.weights[m][:, 1], np.nan) for m in ("face", "audio")}
         if self.fusion is not None:
             try:
-                fused = self.fusion.apply(parts, video, getattr(self.models.get("audio"), "windows", None))
+                audio = self.models.get("audio")
+                fused = self.fusion.apply(parts, video, getattr(audio, "windows", None), getattr(audio, "token_va", None))
             except VaestError as e:
                 log.warning("%s: fusion not applicable (%s); mean of the modalities present", video.media, e)
                 notes.append(f"fusion not applicable ({e}); mean of the modalities present")
@@ -795,12 +890,13 @@ def expand_inputs(inputs: Iterable[str | Path], exclude: str | Path | None = Non
     return [(f, rel if stem in dup else stem) for (f, _, _), rel, stem in zip(uniq, rels, stems)]
 
 
-def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predictor, plot: bool = True
-                 ) -> list[dict[str, str]]:
+def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predictor, plot: bool = True,
+                 html: bool = False) -> list[dict[str, str]]:
     """Predict every input (see :func:`expand_inputs`) into ``out``; one failing file never stops the batch.
 
     Writes ``OUT/<stem>.csv`` / ``.json`` / ``.png`` per file and ``OUT/index.csv`` (``input,csv,status,reason``,
-    status ``ok`` or ``failed``). Returns the index rows.
+    status ``ok`` or ``failed``); with ``html`` also ``OUT/<stem>.html`` per file (:func:`vaest.view.write_page`
+    on the written CSV, the input as its media) and ``OUT/index.html``. Returns the index rows.
     """
     import csv
     import io
@@ -824,6 +920,10 @@ def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predi
                 res.to_json(out / f"{stem}.json")
                 if plot:
                     res.plot(out / f"{stem}.png")
+                if html:
+                    from vaest.view import page_for, write_page
+
+                    write_page(csv_path, f, page_for(csv_path), meta=res.meta)
                 rows.append({"input": str(f), "csv": str(csv_path.relative_to(out)), "status": "ok",
                              "reason": "; ".join(n for n in res.meta["notes"] if n.startswith("no "))})
                 log.info("%s: %d frames (%d estimated) -> %s", f, res.meta["n_frames"],
@@ -839,4 +939,8 @@ def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predi
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "index.csv", buf.getvalue())
+    if html:
+        from vaest.view import write_index
+
+        write_index(out / "index.csv")
     return rows

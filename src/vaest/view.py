@@ -344,19 +344,27 @@ def write_page(csv_path: str | Path, media_path: str | Path | None, out_html: st
     CSV). A media file the browser cannot play gets a proxy ``<out stem>.media.mp4`` beside the page.
     This is the function for ``vaest predict --html``: call it on each written CSV.
     """
-    csv_path, out = Path(csv_path), Path(out_html)
+    csv_path = Path(csv_path)
     meta = dict(meta) if meta is not None else _read_meta(csv_path)
     df = read_prediction(csv_path)
     if media_path is None and meta.get("input"):
         cand = Path(str(meta["input"]))
         media_path = cand if cand.is_absolute() or cand.exists() else csv_path.parent / cand
+    return write_frame_page(df, meta, media_path, out_html, proxy, {"prediction": str(csv_path)})
+
+
+def write_frame_page(df, meta: dict[str, Any], media_path: str | Path | None, out_html: str | Path,
+                     proxy: bool = True, info: dict[str, Any] | None = None) -> Path:
+    """Write the page of a prediction table already in memory (a :class:`vaest.predictor.PredictionResult`'s
+    ``frame`` and ``meta``); :func:`write_page` reads them from a CSV and its JSON first."""
+    out = Path(out_html)
     groups = prediction_groups(df)
-    info = {"prediction": str(csv_path), "frames": int(df["frame"].nunique())}
+    info = {**(info or {}), "frames": int(df["frame"].nunique())}
     if "source" in df.columns:
         info["source"] = ", ".join(f"{k}: {v}" for k, v in df["source"].fillna("none").value_counts().items())
     out.parent.mkdir(parents=True, exist_ok=True)
     media = prepare_media(media_path, out, proxy)
-    title = Path(str(meta.get("input") or csv_path.stem)).name
+    title = Path(str(meta.get("input") or out.stem)).name
     atomic_write_text(out, render_page(title, groups, media, {**info, **meta}))
     log.info("page: %s", out)
     return out

@@ -192,6 +192,12 @@ def audio_windows(run: Path, video_id: str, track: Track, features_root: Path | 
     va = None
     if store.has(AUDIO_TOKEN_KEY, video_id):
         va = store.load(AUDIO_TOKEN_KEY, video_id).extras.get("va")
+    return with_token_va(aw, va)
+
+
+def with_token_va(aw: AudioWindows, va: np.ndarray | None) -> AudioWindows:
+    """``aw`` with each token's audio prediction ``va`` (W, K, 2) appended (the reference RAAV's audio input:
+    ``audio_embedding`` + ``audio_prediction``); zeros where ``va`` is missing or of another shape."""
     if va is None or np.shape(va) != aw.tokens.shape[:2] + (2,):
         va = np.zeros(aw.tokens.shape[:2] + (2,), np.float32)
     tok = np.concatenate([aw.tokens, np.nan_to_num(np.asarray(va, np.float32))], -1)
