@@ -348,7 +348,6 @@ def test_face_backbone_option(synth_corpus, tmp_path):
     face through the encoder's own VA head; a backbone with a trained model is refused."""
     import vaest
     from vaest.errors import VaestError
-    from vaest.features.face import face_key
     from vaest.features.pretrained_face import TimmEfficientNetB0
     from vaest.features.store import FeatureStore
     from vaest.predictor import media_key
@@ -359,10 +358,15 @@ def test_face_backbone_option(synth_corpus, tmp_path):
     media = _talking_video(synth_corpus)
     option = f"emotiefflib:{f}"
     res = vaest.Predictor(device="cpu", face_backbone=option, cache=tmp_path / "cache").predict(media)
-    rec = FeatureStore(tmp_path / "cache" / media_key(media)).load(face_key(option), Path(media).stem)
-    found = rec.mask & np.isfinite(rec.values).all(1)
+    # zero-shot videos go through the person tracker: the chosen person's own encoder outputs
+    from vaest.features.persons import person_tracks_from_record
+
+    rec = FeatureStore(tmp_path / "cache" / media_key(media)).load("persons", Path(media).stem)
+    tracks, faces = person_tracks_from_record(rec)
+    pid = int(res.frame["person"].dropna().iloc[0])
+    found = tracks.found[tracks.index(pid)] & np.isfinite(faces[pid]["va"]).all(1)
     assert found.any()
-    head = np.clip(rec.extras["va"], -1, 1)
+    head = np.clip(faces[pid]["va"], -1, 1)
     np.testing.assert_allclose(res.frame["face_valence"].to_numpy()[found], head[found, 0], atol=1e-4)
     np.testing.assert_allclose(res.frame["face_arousal"].to_numpy()[found], head[found, 1], atol=1e-4)
     assert any(option in n for n in res.meta["notes"])

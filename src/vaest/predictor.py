@@ -595,6 +595,7 @@ class Predictor:
         per_person: dict[int, dict[str, np.ndarray]] = {}
         sources: dict[int, np.ndarray] = {}
         present: set[str] = set()
+        frame_mods: dict[str, int] = {}
         for pid in ids or [-1]:
             parts = dict(shared)
             if pid < 0 and "face" in self.models:  # no person tracked: the single-face path's face, if any
@@ -614,6 +615,8 @@ class Predictor:
                     parts["audio"] = replace(a, mask=a.mask & attribution.audio_mask(pid)[:n])
             parts = {m: t for m, t in parts.items() if t.mask.any()}
             present |= set(parts)
+            for k, c in frame_modalities(parts, n).items():  # summed over the chosen persons' rows
+                frame_mods[k] = frame_mods.get(k, 0) + c
             raw, mask, weights = self._fuse_person(parts, video, n, notes)
             final, source = finalize(raw, mask, self.kernels, self.fill)
             cols = {"valence": final[:, 0], "arousal": final[:, 1]}
@@ -648,6 +651,7 @@ class Predictor:
         for kind in ("estimated", "filled"):  # frames (not rows) with at least one person's value of that kind
             meta[f"frames_{kind}"] = int(df.loc[df["source"] == kind, "frame"].nunique())
         meta["rows"] = int(len(df))
+        meta["frame_modalities"] = dict(sorted(frame_mods.items(), key=lambda kv: -kv[1]))
         meta["people"] = {
             "mode": self.people, "chosen": [int(i) for i in ids], "reason": why, "n_persons": int(len(tracks.ids)),
             "persons": {str(int(pid)): {"share": round(share[int(pid)], 4),
