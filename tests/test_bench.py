@@ -19,11 +19,16 @@ from benchmarks import run as bench  # noqa: E402
 
 
 def test_measure_reports_the_childs_own_peak_memory_and_wall_time():
-    """A child that holds 300 MB reports at least that; a small child run afterwards reports its own small
-    peak, not this process's or the previous child's high-water mark."""
+    """A child that holds 300 MB reports at least that; a small child run afterwards, from this process grown to
+    400 MB, reports its own small peak, not this process's or the previous child's high-water mark (Linux puts
+    the RSS a child had at fork into its ru_maxrss: the benchmark starts commands through GNU time)."""
+    import numpy as np
+
     big = bench.measure(["python", "-c", "import numpy as np; a = np.ones(300 * 2**20 // 8); print(a.sum())"])
+    ballast = np.ones(400 * 2**20 // 8)  # this process is now large: a child forked from it must not inherit that
     small = bench.measure(["python", "-c", "print(1)"])
-    assert big["peak_rss_mb"] >= 300 and small["peak_rss_mb"] < 100
+    assert ballast.sum() > 0
+    assert big["peak_rss_mb"] >= 300 and small["peak_rss_mb"] < 100, (big, small)
     assert big["wall_s"] > 0 and big["cpu_s"] > 0 and small["stdout"].strip() == "1"
     with pytest.raises(RuntimeError, match="exited with 3"):
         bench.measure(["python", "-c", "import sys; sys.exit(3)"])
