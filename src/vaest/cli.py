@@ -219,7 +219,8 @@ def extract_audio_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus root, manifest CSV or media folder.")],
     out: Annotated[Path, typer.Option(help="Feature store folder.")],
     encoder: Annotated[str, typer.Option(help="lmfb (log-mel), egemaps (openSMILE LLDs) or wavlm (waveform).")] = "lmfb",
-    model: Annotated[Optional[str], typer.Option(help="wavlm: backbone path or hub id recorded for training.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="wavlm: backbone path or hub id recorded for training.")] = None,
+    old_model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Deprecated spelling of --backbone.")] = None,
     vad: Annotated[bool, typer.Option(help="Also store silero-vad speech probability (key 'vad').")] = True,
     force: Annotated[bool, typer.Option(help="Recompute features already stored.")] = False,
     engine: EngineOpt = "local",
@@ -234,7 +235,7 @@ def extract_audio_cmd(
     from vaest.features.store import FeatureStore
     from vaest.scale import run_extraction
 
-    rep = run_extraction(FeatureStore(out), audio_extractors(encoder, model, vad), load_corpus(corpus).videos,
+    rep = run_extraction(FeatureStore(out), audio_extractors(encoder, backbone or old_model, vad), load_corpus(corpus).videos,
                          force=force, engine=engine, address=address, num_workers=workers,
                          file_timeout=file_timeout)
     if rep.failed:
@@ -474,8 +475,9 @@ def extract_behavior_cmd(
     encoder: Annotated[str, typer.Option(help="desc: offline behavior descriptors (CPU, runs facetrack); "
                                               "vlm: Qwen3-VL hidden states + descriptions.")] = "desc",
     backend: Annotated[Optional[str], typer.Option(help="vlm: transformers (default) or vllm (GPU).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="vlm: Qwen3-VL folder or hub id "
+    backbone: Annotated[Optional[str], typer.Option(help="vlm: Qwen3-VL folder or hub id "
                                                       "(default Qwen/Qwen3-VL-4B-Instruct).")] = None,
+    old_model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Deprecated spelling of --backbone.")] = None,
     vllm_url: Annotated[Optional[str], typer.Option("--vllm-url", help="vlm: descriptions from a `vllm serve` "
                                                     "OpenAI-compatible server, e.g. http://localhost:8000.")] = None,
     branch: Annotated[Optional[list[str]], typer.Option(help="vlm: token branches to store (repeatable: "
@@ -496,7 +498,7 @@ def extract_behavior_cmd(
     from vaest.features.behavior import extract_behavior
     from vaest.presets import resolve_preset
 
-    flags = {"backend": backend, "model": model, "vllm_url": vllm_url, "branches": branch or None,
+    flags = {"backend": backend, "model": backbone or old_model, "vllm_url": vllm_url, "branches": branch or None,
              "generate": False if no_text else None, "device": device, "batch_size": batch_size, "preset": preset}
     p, file_cfg, flags = resolve_preset("behavior-vlm", load_config(config), flags)  # VLM prompt / text pass
     settings = {**(p.values if p else {}), **file_cfg, **{k: v for k, v in flags.items() if v is not None}}
