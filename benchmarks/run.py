@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,43 +72,66 @@ def fill(argv: list[str], **values: Any) -> list[str]:
     return out
 
 
-def measure(argv: list[str], timeout: float = 3600.0) -> dict[str, Any]:
+def _hwm_kb(pid: int) -> float:
+    """VmHWM (peak resident set of the process's own address space since its last exec) of ``pid``, in kB; 0 when
+    the process is gone or the field is missing."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def measure(argv: list[str], timeout: float = 3600.0, poll: float = 0.02) -> dict[str, Any]:
     """Run ``argv`` as a child process; its wall seconds (start-up included), CPU seconds and peak RSS (MB).
 
-    The peak is the command's own high-water mark, never this process's: Linux carries the RSS a child had
-    when it was forked (a copy of this process) into its ``ru_maxrss``, so the command is started by the small
-    GNU ``/usr/bin/time`` (a few MB at fork), whose ``%M`` is the command's ``ru_maxrss`` (the largest process
-    of its tree). Without ``/usr/bin/time`` it falls back to ``ru_maxrss`` from ``os.wait4`` of the child, which
-    is at least this process's RSS at fork (``peak_rss_source`` says which). CPU seconds are user + system of the
-    child and the children it waited for. Raises RuntimeError with the child's stderr on failure.
+    The peak is the command's own high-water mark, never this process's: ``ru_maxrss`` of a child on Linux keeps
+    the RSS the child had when it was forked (a copy of this process, however large) across ``exec``, so it is
+    not used. Instead the kernel's per-address-space peak ``VmHWM`` (reset by ``exec``) of the child and of its
+    own children is read from ``/proc`` every ``poll`` seconds while it runs, and the largest is reported (a
+    growth in the last ``poll`` seconds before exit can be missed). Without ``/proc`` it falls back to
+    ``ru_maxrss`` (``peak_rss_source`` says which). CPU seconds are user + system of the child and the children
+    it waited for. Raises RuntimeError with the child's stderr on failure.
     """
     env = dict(os.environ, VAEST_NO_PROGRESS="1", PYTHONPATH=os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    gnu_time = Path("/usr/bin/time")
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
-        cmd = _exe(argv)
-        if gnu_time.exists():
-            cmd = [str(gnu_time), "-f", "%M", "-o", rss.name, *cmd]
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        killer = threading.Timer(timeout, p.kill)
-        killer.start()
-        try:
-            _, status, ru = os.wait4(p.pid, 0)
-        finally:
-            killer.cancel()
+    peak = 0.0
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(_exe(argv), stdout=out, stderr=err, env=env)
+        deadline = time.monotonic() + timeout
+        nap = 0.001  # fast polls at start-up (short commands), then every ``poll`` seconds
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                p.kill()
+            tree = [p.pid]
+            for q in tree:  # the child and the processes below it
+                tree.extend(_children(q))
+            peak = max([peak, *(_hwm_kb(q) for q in tree)])
+            time.sleep(nap)
+            nap = min(poll, nap * 1.5)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-        rss.seek(0)
-        lines = rss.read().split()
-    peak_kb, source = float(ru.ru_maxrss), "wait4 (includes this process's RSS at fork)"
-    if gnu_time.exists() and lines and lines[-1].isdigit():
-        peak_kb, source = float(lines[-1]), "GNU time %M"
+    peak_kb, source = (peak, "VmHWM of the command's processes (/proc)") if peak else (
+        float(ru.ru_maxrss), "ru_maxrss (includes this process's RSS at fork)")
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} ... exited with {p.returncode}:\n{stderr[-3000:]}")
     return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": peak_kb / 1024,
@@ -330,8 +352,8 @@ def render(r: dict[str, Any]) -> str:
          + ("" if r.get("bundle") else " No demo bundle was found (`make demo` writes demo_out/model): the bundle "
             "rows are missing."), "",
          "Every command runs as its own process: *wall* includes start-up (imports, model loading); *peak RSS* is "
-         "that process's own high-water mark (`ru_maxrss` of the command as GNU `/usr/bin/time` reports it; the "
-         "benchmark's own memory is not in it); *CPU* is its user+system time. "
+         "that process's own high-water mark (the kernel's VmHWM of the command's processes, polled from /proc; "
+         "the benchmark's own memory is not in it); *CPU* is its user+system time. "
          "RTF = wall / media seconds. *Floor* = the least work of the path in one process on the same media in "
          "the same run (face: PyAV decode to RGB + MediaPipe full-range detection every 3rd frame + FaceMesh "
          "video mode on every frame; the bundle's floor adds the audio path: decode to 16 kHz + log-mel), "

@@ -21,7 +21,7 @@ from benchmarks import run as bench  # noqa: E402
 def test_measure_reports_the_childs_own_peak_memory_and_wall_time():
     """A child that holds 300 MB reports at least that; a small child run afterwards, from this process grown to
     400 MB, reports its own small peak, not this process's or the previous child's high-water mark (Linux puts
-    the RSS a child had at fork into its ru_maxrss: the benchmark starts commands through GNU time)."""
+    the RSS a child had at fork into its ru_maxrss: the benchmark reads each process's own VmHWM instead)."""
     import numpy as np
 
     big = bench.measure(["python", "-c", "import numpy as np; a = np.ones(300 * 2**20 // 8); print(a.sum())"])
