@@ -326,18 +326,33 @@ def _read_metrics(run: Path) -> dict[str, float] | None:
     return {k: float(m[k]) for k in METRICS}
 
 
-def verdict(ref: dict[str, float], opt: dict[str, float]) -> str:
-    """``helps`` when the option's mean CCC over seeds beats the reference's by more than the larger of the two
-    seed standard deviations, ``hurts`` when it is that much worse, else ``within spread``."""
-    if not (ref["n"] and opt["n"]):
+def paired(ref: list[float], opt: list[float]) -> dict[str, float]:
+    """Per-seed differences option - reference (seeds where both ran): mean, sample std (ddof 1; 0 for one
+    seed), min, max, n. Same seed = same data order and, where the option keeps the model's shapes, the same
+    initial weights, so the paired difference removes most of the seed-to-seed spread."""
+    d = [o - r for r, o in zip(ref, opt) if math.isfinite(r) and math.isfinite(o)]
+    if not d:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    m = sum(d) / len(d)
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1)) if len(d) > 1 else 0.0
+    return {"mean": m, "std": sd, "min": min(d), "max": max(d), "n": len(d)}
+
+
+def verdict(diff: dict[str, float]) -> str:
+    """From the per-seed differences of mean CCC (:func:`paired`): ``helps`` when their mean is positive and
+    larger than their standard deviation over seeds, ``hurts`` when negative and larger, else ``within spread``."""
+    if not diff["n"]:
         return "not run"
-    d, spread = opt["mean"] - ref["mean"], max(ref["std"], opt["std"])
-    return "helps" if d > spread else "hurts" if d < -spread else "within spread"
+    if diff["n"] < 2:
+        return "one seed"
+    return ("helps" if diff["mean"] > diff["std"] else "hurts" if -diff["mean"] > diff["std"]
+            else "within spread")
 
 
 def summarize(cfg: AblationConfig, opts: Sequence[Option]) -> dict[str, Any]:
-    """Every run's validation CCC and one row per option (reference vs option: mean/min/max/std over seeds of
-    mean, valence and arousal CCC, the difference of the means and the verdict)."""
+    """Every run's validation CCC and one row per option: reference and option (mean/min/max/std over seeds of
+    mean, valence and arousal CCC), the difference of the means, the per-seed differences (:func:`paired`) and
+    the :func:`verdict`."""
     runs, rows = [], []
     per: dict[tuple[str, str], dict[str, list[float]]] = {}
     for stage in dict.fromkeys(o.stage for o in opts):
@@ -351,9 +366,10 @@ def summarize(cfg: AblationConfig, opts: Sequence[Option]) -> dict[str, Any]:
     for o in opts:
         ref = {k: _stats(per[(o.stage, REFERENCE)][k]) for k in METRICS}
         opt = {k: _stats(per[(o.stage, o.name)][k]) for k in METRICS}
+        diff = {k: paired(per[(o.stage, REFERENCE)][k], per[(o.stage, o.name)][k]) for k in METRICS}
         rows.append({"stage": o.stage, "option": o.name, "values": o.values, "doc": o.doc, "reference": ref,
                      "with_option": opt, "delta": {k: opt[k]["mean"] - ref[k]["mean"] for k in METRICS},
-                     "verdict": verdict(ref["mean"], opt["mean"])})
+                     "paired": diff, "verdict": verdict(diff["mean"])})
     conf = dataclasses.asdict(cfg)
     return {"config": conf, "seeds": list(cfg.seeds), "runs": runs, "rows": rows}
 
@@ -366,22 +382,29 @@ def _cell(st: dict[str, float]) -> str:
     return "n/a" if not st["n"] else f"{_f(st['mean'])} ({_f(st['min'])}-{_f(st['max'])}, sd {_f(st['std'])})"
 
 
+def _diff(d: dict[str, float]) -> str:
+    if not d["n"]:
+        return "n/a"
+    return f"{d['mean']:+.3f} +- {d['std']:.3f} ({d['min']:+.3f}..{d['max']:+.3f})"
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The ablation table: one row per option, validation CCC mean over seeds (min-max, std)."""
     lines = ["| Stage | Option (setting: value) | Reference: mean CCC (min-max, sd) | + option: mean CCC (min-max, sd) "
-             "| Delta mean | Valence ref -> opt | Arousal ref -> opt | Verdict |",
+             "| Delta per seed: mean +- sd (min..max) | Valence ref -> opt | Arousal ref -> opt | Verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         setting = ", ".join(f"`{k}: {v}`" for k, v in r["values"].items())
         lines.append(f"| {r['stage']} | {r['option']} ({setting}) | {_cell(r['reference']['mean'])} | "
-                     f"{_cell(r['with_option']['mean'])} | {r['delta']['mean']:+.3f} | "
+                     f"{_cell(r['with_option']['mean'])} | {_diff(r['paired']['mean'])} | "
                      f"{_f(r['reference']['valence']['mean'])} -> {_f(r['with_option']['valence']['mean'])} | "
                      f"{_f(r['reference']['arousal']['mean'])} -> {_f(r['with_option']['arousal']['mean'])} | "
                      f"{r['verdict']} |")
     n = len(result["seeds"])
     lines.append("")
-    lines.append(f"Validation CCC over {n} seeds ({', '.join(map(str, result['seeds']))}); verdict `helps` = the "
-                 "option's mean beats the reference's by more than the larger seed sd.")
+    lines.append(f"Validation mean CCC over {n} seeds ({', '.join(map(str, result['seeds']))}); sd = population "
+                 "std over seeds. Delta = option - reference with the same seed (sample sd over seeds); verdict "
+                 "`helps` = the mean delta is positive and larger than its sd (`hurts`: negative and larger).")
     return "\n".join(lines) + "\n"
 
 

@@ -54,6 +54,8 @@ def test_quick_ablation_writes_rows_table_and_doc(tmp_path):
             assert st["mean"] == pytest.approx(sum(runs) / 2)
         assert row["delta"]["mean"] == pytest.approx(row["with_option"]["mean"]["mean"]
                                                      - row["reference"]["mean"]["mean"])
+        d = row["paired"]["mean"]
+        assert d["n"] == 2 and d["min"] <= d["mean"] <= d["max"]
         assert row["verdict"] in ("helps", "hurts", "within spread")
     # the runs are what their row says: reference preset recorded, the option's value applied
     face_ref = json.loads((out / "runs/face/reference/seed0/run.json").read_text())
@@ -80,13 +82,17 @@ def test_quick_ablation_writes_rows_table_and_doc(tmp_path):
     assert again["rows"] == res["rows"]
 
 
-def test_verdict_compares_the_difference_with_the_seed_spread():
+def test_verdict_compares_the_paired_difference_with_its_spread():
     ab = _ablate()
-    st = lambda m, sd: {"mean": m, "std": sd, "n": 3}  # noqa: E731
-    assert ab.verdict(st(0.40, 0.02), st(0.45, 0.03)) == "helps"
-    assert ab.verdict(st(0.40, 0.02), st(0.42, 0.03)) == "within spread"
-    assert ab.verdict(st(0.40, 0.05), st(0.30, 0.01)) == "hurts"
-    assert ab.verdict(st(0.40, 0.02), {"mean": math.nan, "std": math.nan, "n": 0}) == "not run"
+    d = ab.paired([0.10, 0.20, 0.30, math.nan], [0.15, 0.22, 0.36, 0.5])  # seed 3: reference missing
+    assert d["n"] == 3 and d["mean"] == pytest.approx((0.05 + 0.02 + 0.06) / 3)
+    assert d["min"] == pytest.approx(0.02) and d["max"] == pytest.approx(0.06)
+    assert d["std"] == pytest.approx(0.0208167, abs=1e-6)  # sample std of (0.05, 0.02, 0.06)
+    assert ab.verdict(d) == "helps"
+    assert ab.verdict(ab.paired([0.1, 0.2, 0.3], [0.2, 0.1, 0.32])) == "within spread"
+    assert ab.verdict(ab.paired([0.3, 0.3, 0.3], [0.2, 0.25, 0.22])) == "hurts"
+    assert ab.verdict(ab.paired([0.3], [0.4])) == "one seed"
+    assert ab.verdict(ab.paired([math.nan], [0.4])) == "not run"
 
 
 def test_update_doc_needs_the_markers(tmp_path):
