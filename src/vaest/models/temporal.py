@@ -8,8 +8,8 @@ own variant: projection to 256 + LayerNorm (no dropout), sinusoidal positions ad
 -> GELU -> Linear(2) without dropout, and the encoder output (not the head's penultimate layer) as embedding. Windows of 400 frames with hop
 150 are cut, padded and overlap-averaged by :class:`vaest.training.SequenceTask` / ``predict_sequence``.
 
-``attn_span`` (vaest's ``face-transformer`` only, not in the official model) limits each layer's self-attention to frames at most
-that far away; stacked layers still reach ``layers x attn_span`` frames. Full attention over 400-frame windows
+``attn_span`` (vaest's option, not in the official model; ``face-transformer`` and, off by default,
+``face-transformer-ref``) limits each layer's self-attention to frames at most that far away; stacked layers still reach ``layers x attn_span`` frames. Full attention over 400-frame windows
 overfits small training sets (a dozen videos): it learns window-level shortcuts that do not carry over to new
 people, while local attention keeps the per-frame evidence in front and still pools over seconds.
 """

@@ -46,7 +46,7 @@ class FaceTrainSettings:
         model_config: model settings other than ``input_dim`` (which comes from the features).
         train_split, val_split: corpus splits to train on and to select the best epoch on.
         motion: append the face-track kinematics (see the module docstring) to the inputs.
-        attn_span: for models with that setting (``face-transformer``): frames each attention layer may look
+        attn_span: for models with that setting (``face-transformer``, ``face-transformer-ref``): frames each attention layer may look
             at on either side (30 = 1 s at 30 fps, 5 s through the 5 layers); None or 0 = full windows (the
             reference). ``model_config`` wins when it sets it.
         jitter: each epoch, shift every training window by a random offset in [0, hop) frames, so the model
