@@ -8,8 +8,8 @@ own variant: projection to 256 + LayerNorm (no dropout), sinusoidal positions ad
 -> GELU -> Linear(2) without dropout, and the encoder output (not the head's penultimate layer) as embedding. Windows of 400 frames with hop
 150 are cut, padded and overlap-averaged by :class:`vaest.training.SequenceTask` / ``predict_sequence``.
 
-``attn_span`` (vaest's ``face-transformer`` only, not in the official model) limits each layer's self-attention to frames at most
-that far away; stacked layers still reach ``layers x attn_span`` frames. Full attention over 400-frame windows
+``attn_span`` (vaest's option, not in the official model; ``face-transformer`` and, off by default,
+``face-transformer-ref``) limits each layer's self-attention to frames at most that far away; stacked layers still reach ``layers x attn_span`` frames. Full attention over 400-frame windows
 overfits small training sets (a dozen videos): it learns window-level shortcuts that do not carry over to new
 people, while local attention keeps the per-frame evidence in front and still pools over seconds.
 """
@@ -171,17 +171,34 @@ class RefAttentionLayer(nn.Module):
         self.pos_drop = nn.Dropout(pos_dropout)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                pad: torch.Tensor | None = None) -> torch.Tensor:
-        """q (B, Tq, dim), k/v (B, Tk, dim), pad (B, Tk) bool True = padding -> (B, Tq, dim)."""
+                pad: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q (B, Tq, dim), k/v (B, Tk, dim), pad (B, Tk) bool True = padding -> (B, Tq, dim).
+        ``attn_mask`` (B * heads, Tq, Tk) bool True = may not attend (vaest's local span, :func:`span_mask`)."""
         pq = sinusoidal_positions(q.shape[1], q.shape[2], q.device).to(q.dtype)
         pk = pq if k.shape[1] == q.shape[1] else sinusoidal_positions(k.shape[1], k.shape[2], k.device).to(k.dtype)
         k = self.pos_drop(k + pk)
         v = self.pos_drop(v + pk)
         q = self.pos_drop(q + pq)
-        a, _ = self.attn(q, k, v, key_padding_mask=pad, need_weights=False)
+        a, _ = self.attn(q, k, v, key_padding_mask=pad, attn_mask=attn_mask, need_weights=False)
         x = self.norm_attn(a + self.drop_attn(q))
         f = self.ff_out(self.ff_drop(F.gelu(self.ff_in(x))))
         return self.norm_ff(f + self.drop_ff(x))
+
+
+def span_mask(t: int, span: int | None, pad: torch.Tensor | None, heads: int,
+              device: torch.device) -> torch.Tensor | None:
+    """Attention mask of a local span over ``t`` frames, True = may not attend: frames further apart than
+    ``span`` and padded keys (``pad`` (B, t) bool True = padding) are masked; a frame always sees itself, so no
+    row is fully masked. Shape (t, t) without ``pad``, else (B * heads, t, t); None when ``span`` is None or 0
+    (the whole window)."""
+    if not span:
+        return None
+    idx = torch.arange(t, device=device)
+    far = (idx[None, :] - idx[:, None]).abs() > int(span)
+    if pad is None:
+        return far
+    m = (far[None] | pad.bool()[:, None, :]) & ~torch.eye(t, dtype=torch.bool, device=device)[None]
+    return m.repeat_interleave(heads, dim=0)
 
 
 def ref_projection(input_dim: int, dim: int, dropout: float) -> nn.Sequential:
@@ -218,6 +235,7 @@ class FaceTransformerRefConfig:
     dropout: float = 0.1
     head: str = "mlp"
     pos_dropout: float = 0.1
+    attn_span: int | None = None  # vaest's option, not in the official model (None or 0: the whole window)
 
 
 @register_model("face-transformer-ref")
@@ -227,6 +245,8 @@ class FaceTransformerRef(nn.Module):
     forward(x (B, T, input_dim), mask (B, T) bool True = real frame, optional) -> ``va`` (B, T, 2) and ``emb``
     (B, T, hidden_dim), the head's penultimate layer. Projection Linear-LN-Dropout, then ``layers`` times
     ``h = h + layer(h, h, h)`` with :class:`RefAttentionLayer` and padded frames masked out of the keys.
+    ``attn_span`` (vaest's option, off in the official model) limits each layer's attention to frames at most
+    that far away, as in ``face-transformer``; a padded frame then attends to itself only.
     """
 
     Config = FaceTransformerRefConfig
@@ -242,7 +262,8 @@ class FaceTransformerRef(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         pad = None if mask is None else ~mask.bool()
         h = self.proj(x.float())
+        local = span_mask(h.shape[1], self.config.attn_span, pad, self.config.heads, h.device)
         for layer in self.layers:
-            h = h + layer(h, h, h, pad)
+            h = h + (layer(h, h, h, pad) if local is None else layer(h, h, h, attn_mask=local))
         emb, va = ref_head_outputs(self.head, h)
         return {"va": va, "emb": emb}
