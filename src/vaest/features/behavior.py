@@ -284,6 +284,118 @@ def body_descriptors(diff: np.ndarray, edge: np.ndarray, box: np.ndarray | None)
     return out
 
 
+def small_grey(frames: np.ndarray, width: int) -> tuple[np.ndarray, float]:
+    """Grey copies of RGB frames (B, H, W, 3) downscaled to ``width`` (never up) -> ((B, h, w) float32 in
+    [0, 255], the scale factor h / H)."""
+    import cv2
+
+    h, w = frames.shape[1:3]
+    sw = min(width, w)
+    sh = max(2, round(h * sw / w))
+    out = np.empty((len(frames), sh, sw), np.float32)
+    for i, f in enumerate(frames):
+        out[i] = cv2.resize(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY), (sw, sh),
+                            interpolation=cv2.INTER_AREA)
+    return out, sw / w
+
+
+def sobel_edges(grey: np.ndarray) -> np.ndarray:
+    """Gradient magnitude (B, h, w) in [0, 1] of grey frames (B, h, w) in [0, 255] (3x3 Sobel)."""
+    import cv2
+
+    edges = np.empty_like(grey)
+    for i, g in enumerate(grey):
+        gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+        edges[i] = np.sqrt(gx * gx + gy * gy) / 255.0
+    return edges
+
+
+def descriptor_rows(boxes: np.ndarray, lms: np.ndarray, size: tuple[int, int], diffs: np.ndarray, edges: np.ndarray,
+                    scale: float, prev_pose: np.ndarray, origin: tuple[float, float] = (0.0, 0.0)
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame behavior descriptors (``FRAME_FEATURES``) of one face over B frames.
+
+    Args:
+        boxes: (B, 4) face boxes in frame pixels (NaN rows: no face); lms: (B, K, >=2) landmarks (478-point
+            FaceMesh for the face measures; anything else leaves them NaN).
+        size: (width, height) of the picture the position features are relative to, whose top-left corner is
+            ``origin`` in frame pixels (the whole frame, or one person's crop window).
+        diffs, edges: (B, h, w) that picture's small grey frame differences and edges (:func:`small_grey`
+            scaled by ``scale``; :func:`sobel_edges`).
+        prev_pose: (5,) the head pose terms of the frame before (NaN: none); head motion is measured in frame
+            pixels over face widths, so it does not depend on the picture.
+    Returns:
+        (B, len(FRAME_FEATURES)) float32 rows and the last frame's pose terms (5,).
+    """
+    B = len(boxes)
+    W, H = size
+    ox, oy = origin
+    rows = np.full((B, len(FRAME_FEATURES)), np.nan, np.float32)
+    found = np.isfinite(boxes).all(1)
+    rows[:, 0] = found
+    if lms.shape[1] >= 468:
+        ld = landmark_descriptors(lms)
+        rows[:, 1:4], rows[:, 5:10] = ld[:, :3], ld[:, 3:]
+    fw = boxes[:, 2] - boxes[:, 0]
+    cx, cy = 0.5 * (boxes[:, 0] + boxes[:, 2]), 0.5 * (boxes[:, 1] + boxes[:, 3])
+    rows[:, 10] = fw / W
+    rows[:, 11] = (cx - ox) / W
+    rows[:, 12] = (cy - oy) / H
+    # head motion against the previous frame: box-centre shift in face widths plus the change of
+    # yaw/pitch/roll (pose terms count 0 where the mesh is missing); NaN unless both frames have a face
+    pose = np.stack([cx / np.maximum(fw, 1e-6), cy / np.maximum(fw, 1e-6), rows[:, 1], rows[:, 2], rows[:, 3]], 1)
+    allp = np.concatenate([np.asarray(prev_pose, np.float64)[None], pose], 0)
+    step = np.abs(np.diff(allp, axis=0))
+    rows[:, 4] = np.hypot(step[:, 0], step[:, 1]) + np.nan_to_num(step[:, 2:]).sum(1)
+    shift = np.array([ox, oy, ox, oy], np.float64)
+    for i in range(B):
+        rows[i, 13:20] = body_descriptors(diffs[i], edges[i], (boxes[i] - shift) * scale if found[i] else None)
+    return rows, pose[-1]
+
+
+def person_descriptor_rows(frames: np.ndarray, prev_frame: np.ndarray | None, boxes: np.ndarray, lms: np.ndarray,
+                           prev_pose: np.ndarray, small_width: int = 96, margin: float = 1.0, below: float = 2.0
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`descriptor_rows` of one person of a several-person video, each frame seen through that person's
+    crop window (:func:`vaest.features.persons.person_window` of the frame's face box: ``margin`` face widths
+    either side, ``below`` face heights down), as if the video were that crop alone: face size and position are
+    relative to the window, and motion and posture are measured inside it (the frame before is cut with the
+    same window), so another person's face, motion and body never enter. Landmark measures are the person's
+    own full FaceMesh landmarks (scale- and position-free). Frames where the person is not visible: ``face`` 0,
+    the rest NaN.
+
+    Args:
+        frames: (B, H, W, 3) RGB frames; prev_frame: (H, W, 3) the frame before the first (None at the start).
+        boxes: (B, 4) the person's boxes (NaN: not visible); lms: (B, 478, >=2) their landmarks.
+    Returns:
+        (B, len(FRAME_FEATURES)) float32 and the last pose terms (5,) (see :func:`descriptor_rows`).
+    """
+    from vaest.features.persons import person_window
+
+    B, H, W = frames.shape[:3]
+    boxes = np.asarray(boxes, np.float64)
+    lms = np.asarray(lms, np.float64)
+    rows = np.full((B, len(FRAME_FEATURES)), np.nan, np.float32)
+    rows[:, 0] = 0.0
+    pose = np.asarray(prev_pose, np.float64)
+    for i in range(B):
+        win = person_window(boxes[i][None], (W, H), margin, below) if np.isfinite(boxes[i]).all() else None
+        if win is None:
+            pose = np.full(5, np.nan)
+            continue
+        x0, y0, x1, y1 = (int(v) for v in win)
+        before = frames[i - 1] if i else prev_frame
+        cur = frames[i, y0:y1, x0:x1]
+        prv = before[y0:y1, x0:x1] if before is not None else cur
+        g, sc = small_grey(np.stack([prv, cur]), small_width)
+        diff = np.abs(g[1] - g[0])[None] / 255.0
+        r, pose = descriptor_rows(boxes[i : i + 1], lms[i : i + 1], (x1 - x0, y1 - y0), diff, sobel_edges(g[1:]), sc,
+                                  pose, origin=(float(x0), float(y0)))
+        rows[i] = r[0]
+    return rows, pose
+
+
 @dataclass
 class BehaviorDescConfig:
     """Settings of the offline behavior descriptors.
@@ -318,66 +430,39 @@ class BehaviorDescExtractor(Extractor):
         self.prev_grey: np.ndarray | None = None
         self.prev_pose: dict[str, np.ndarray] = {}
         self.times: list[np.ndarray] = []
+        self.prev_frame: np.ndarray | None = None
         self._warned = False
 
-    def _small_grey(self, frames: np.ndarray) -> tuple[np.ndarray, float]:
-        import cv2
-
-        h, w = frames.shape[1:3]
-        sw = min(self.config.small_width, w)
-        sh = max(2, round(h * sw / w))
-        out = np.empty((len(frames), sh, sw), np.float32)
-        for i, f in enumerate(frames):
-            out[i] = cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (sw, sh), interpolation=cv2.INTER_AREA)
-        return out, sw / w
-
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
-        import cv2
+        from vaest.features.face import _track_key
 
         B = len(batch.index)
         H, W = batch.frames.shape[1:3]
         self.times.append(np.asarray(batch.times, np.float64))
-        grey, scale = self._small_grey(batch.frames)
+        grey, scale = small_grey(batch.frames, self.config.small_width)
         prev = self.prev_grey if self.prev_grey is not None else grey[0]
         diffs = np.abs(grey - np.concatenate([prev[None], grey[:-1]], 0)) / 255.0  # (B, h, w), 0 for frame 0
         self.prev_grey = grey[-1]
-        edges = np.empty_like(grey)
-        for i, g in enumerate(grey):
-            gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
-            gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
-            edges[i] = np.sqrt(gx * gx + gy * gy) / 255.0
+        edges = sobel_edges(grey)
+        prev_frame, self.prev_frame = self.prev_frame, batch.frames[-1]
         track = shared.get("facetrack")
         if track is None and not self._warned:
             log.warning("behavior-desc: no facetrack observations in this run; face descriptors are missing")
             self._warned = True
         for v in self.videos:
             obs = track.get(v.id) if track else None
-            rows = np.full((B, len(FRAME_FEATURES)), np.nan, np.float32)
             if obs is not None:
                 boxes = np.asarray(obs.boxes, np.float64)
                 lms = np.asarray(obs.landmarks, np.float64)
             else:
                 boxes = np.full((B, 4), np.nan)
                 lms = np.full((B, 1, 2), np.nan)
-            found = np.isfinite(boxes).all(1)
-            rows[:, 0] = found
-            if lms.shape[1] >= 468:
-                ld = landmark_descriptors(lms)
-                rows[:, 1:4], rows[:, 5:10] = ld[:, :3], ld[:, 3:]
-            fw = boxes[:, 2] - boxes[:, 0]
-            cx, cy = 0.5 * (boxes[:, 0] + boxes[:, 2]), 0.5 * (boxes[:, 1] + boxes[:, 3])
-            rows[:, 10] = fw / W
-            rows[:, 11] = cx / W
-            rows[:, 12] = cy / H
-            # head motion against the previous frame: box-centre shift in face widths plus the change of
-            # yaw/pitch/roll (pose terms count 0 where the mesh is missing); NaN unless both frames have a face
-            pose = np.stack([cx / np.maximum(fw, 1e-6), cy / np.maximum(fw, 1e-6), rows[:, 1], rows[:, 2], rows[:, 3]], 1)
-            allp = np.concatenate([self.prev_pose.get(v.id, np.full(5, np.nan))[None], pose], 0)
-            step = np.abs(np.diff(allp, axis=0))
-            rows[:, 4] = np.hypot(step[:, 0], step[:, 1]) + np.nan_to_num(step[:, 2:]).sum(1)
-            self.prev_pose[v.id] = pose[-1]
-            for i in range(B):
-                rows[i, 13:20] = body_descriptors(diffs[i], edges[i], boxes[i] * scale if found[i] else None)
+            prev_pose = self.prev_pose.get(v.id, np.full(5, np.nan))
+            if _track_key(v) in ("left", "right"):  # one person of a two-person video: their own crop
+                rows, self.prev_pose[v.id] = person_descriptor_rows(batch.frames, prev_frame, boxes, lms, prev_pose,
+                                                                    self.config.small_width)
+            else:
+                rows, self.prev_pose[v.id] = descriptor_rows(boxes, lms, (W, H), diffs, edges, scale, prev_pose)
             self.rows[v.id].append(rows)
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
