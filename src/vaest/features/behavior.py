@@ -355,22 +355,27 @@ def descriptor_rows(boxes: np.ndarray, lms: np.ndarray, size: tuple[int, int], d
 
 
 def person_descriptor_rows(frames: np.ndarray, prev_frame: np.ndarray | None, boxes: np.ndarray, lms: np.ndarray,
-                           prev_pose: np.ndarray, small_width: int = 96, margin: float = 1.0, below: float = 2.0
-                           ) -> tuple[np.ndarray, np.ndarray]:
+                           state: dict[str, Any], small_width: int = 96, margin: float = 1.0, below: float = 2.0,
+                           recentre_iou: float = 0.5) -> np.ndarray:
     """:func:`descriptor_rows` of one person of a several-person video, each frame seen through that person's
-    crop window (:func:`vaest.features.persons.person_window` of the frame's face box: ``margin`` face widths
-    either side, ``below`` face heights down), as if the video were that crop alone: face size and position are
-    relative to the window, and motion and posture are measured inside it (the frame before is cut with the
-    same window), so another person's face, motion and body never enter. Landmark measures are the person's
-    own full FaceMesh landmarks (scale- and position-free). Frames where the person is not visible: ``face`` 0,
-    the rest NaN.
+    crop window, as if the video were that crop alone: face size and position are relative to the window, and
+    motion and posture are measured inside it (the frame before is cut with the same window), so another
+    person's face, motion and body never enter. Landmark measures are the person's own full FaceMesh landmarks
+    (scale- and position-free). Frames where the person is not visible: ``face`` 0, the rest NaN.
+
+    The window is :func:`vaest.features.persons.person_window` (``margin`` face widths either side, half a face
+    above, ``below`` face heights down) of an anchor box: the person's box when first seen, replaced by the
+    current box only when the two overlap by less than ``recentre_iou`` (a large move, a cut, a return after an
+    absence). So within a shot the window stands still and the face moves inside it, as in a fixed crop.
 
     Args:
         frames: (B, H, W, 3) RGB frames; prev_frame: (H, W, 3) the frame before the first (None at the start).
         boxes: (B, 4) the person's boxes (NaN: not visible); lms: (B, 478, >=2) their landmarks.
+        state: carried from one batch to the next (start with ``{}``): the anchor box and the last pose terms.
     Returns:
-        (B, len(FRAME_FEATURES)) float32 and the last pose terms (5,) (see :func:`descriptor_rows`).
+        (B, len(FRAME_FEATURES)) float32.
     """
+    from vaest.features.face import box_iou
     from vaest.features.persons import person_window
 
     B, H, W = frames.shape[:3]
@@ -378,9 +383,15 @@ def person_descriptor_rows(frames: np.ndarray, prev_frame: np.ndarray | None, bo
     lms = np.asarray(lms, np.float64)
     rows = np.full((B, len(FRAME_FEATURES)), np.nan, np.float32)
     rows[:, 0] = 0.0
-    pose = np.asarray(prev_pose, np.float64)
+    pose = np.asarray(state.get("pose", np.full(5, np.nan)), np.float64)
+    anchor = state.get("anchor")
     for i in range(B):
-        win = person_window(boxes[i][None], (W, H), margin, below) if np.isfinite(boxes[i]).all() else None
+        if not np.isfinite(boxes[i]).all():
+            pose = np.full(5, np.nan)
+            continue
+        if anchor is None or box_iou(anchor, boxes[i]) < recentre_iou:
+            anchor = boxes[i].copy()
+        win = person_window(anchor[None], (W, H), margin, below)
         if win is None:
             pose = np.full(5, np.nan)
             continue
@@ -393,7 +404,8 @@ def person_descriptor_rows(frames: np.ndarray, prev_frame: np.ndarray | None, bo
         r, pose = descriptor_rows(boxes[i : i + 1], lms[i : i + 1], (x1 - x0, y1 - y0), diff, sobel_edges(g[1:]), sc,
                                   pose, origin=(float(x0), float(y0)))
         rows[i] = r[0]
-    return rows, pose
+    state["pose"], state["anchor"] = pose, anchor
+    return rows
 
 
 @dataclass
@@ -431,6 +443,7 @@ class BehaviorDescExtractor(Extractor):
         self.prev_pose: dict[str, np.ndarray] = {}
         self.times: list[np.ndarray] = []
         self.prev_frame: np.ndarray | None = None
+        self.side_state: dict[str, dict[str, Any]] = {}
         self._warned = False
 
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
@@ -459,8 +472,8 @@ class BehaviorDescExtractor(Extractor):
                 lms = np.full((B, 1, 2), np.nan)
             prev_pose = self.prev_pose.get(v.id, np.full(5, np.nan))
             if _track_key(v) in ("left", "right"):  # one person of a two-person video: their own crop
-                rows, self.prev_pose[v.id] = person_descriptor_rows(batch.frames, prev_frame, boxes, lms, prev_pose,
-                                                                    self.config.small_width)
+                rows = person_descriptor_rows(batch.frames, prev_frame, boxes, lms,
+                                              self.side_state.setdefault(v.id, {}), self.config.small_width)
             else:
                 rows, self.prev_pose[v.id] = descriptor_rows(boxes, lms, (W, H), diffs, edges, scale, prev_pose)
             self.rows[v.id].append(rows)

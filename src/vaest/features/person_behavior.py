@@ -39,10 +39,13 @@ PERSON_DESC_KEY = "persons-behavior-desc"
 @dataclass
 class PersonBehaviorDescConfig(BehaviorDescConfig):
     """``behavior-desc`` settings plus the crop window around each person (:func:`vaest.features.persons.person_window`):
-    ``margin`` face widths either side, ``below`` face heights under the face."""
+    ``margin`` face widths either side, ``below`` face heights under the face, re-centred when the face box
+    overlaps the box the window was centred on by less than ``recentre_iou``
+    (:func:`vaest.features.behavior.person_descriptor_rows`)."""
 
     margin: float = 1.0
     below: float = 2.0
+    recentre_iou: float = 0.5
 
 
 @register_extractor(PERSON_DESC_KEY)
@@ -59,7 +62,7 @@ class PersonBehaviorDescExtractor(Extractor):
         self.videos = videos
         self.fps = fps_or_default(info.fps)
         self.rows: dict[int, list[np.ndarray]] = {}
-        self.pose: dict[int, np.ndarray] = {}
+        self.state: dict[int, dict[str, Any]] = {}
         self.prev_frame: np.ndarray | None = None
         self.times: list[np.ndarray] = []
         self.tracker: Any = None
@@ -75,10 +78,9 @@ class PersonBehaviorDescExtractor(Extractor):
                 gap = np.full((self.n, len(FRAME_FEATURES)), np.nan, np.float32)
                 gap[:, 0] = 0.0
                 self.rows[pid] = [gap]
-            rows, self.pose[pid] = person_descriptor_rows(batch.frames, self.prev_frame, o.boxes, o.landmarks,
-                                                          self.pose.get(pid, np.full(5, np.nan)),
-                                                          self.config.small_width, self.config.margin,
-                                                          self.config.below)
+            rows = person_descriptor_rows(batch.frames, self.prev_frame, o.boxes, o.landmarks,
+                                          self.state.setdefault(pid, {}), self.config.small_width,
+                                          self.config.margin, self.config.below, self.config.recentre_iou)
             self.rows[pid].append(rows)
         self.prev_frame = batch.frames[-1]
         self.n += B
@@ -112,7 +114,8 @@ class PersonBehaviorDescExtractor(Extractor):
         for v in self.videos:
             meta = _segment_meta(v.id, segs, n, self.fps, self.config.segments)
             meta.update({"feature_names": names, "ids": list(range(P)), "dim": D,
-                         "crop": {"margin": self.config.margin, "below": self.config.below}})
+                         "crop": {"margin": self.config.margin, "below": self.config.below,
+                                  "recentre_iou": self.config.recentre_iou}})
             extras = {**_segment_extras(segs), "person_ok": person_ok}
             out[(self.name, v.id)] = FeatureRecord(
                 TimeSeries(values, segment_base(self.config.segments), person_ok.any(1) if P else np.zeros(len(segs), bool)),
