@@ -505,3 +505,35 @@ def test_behavior_descriptors_per_person_equal_their_crop_alone(tmp_path):
     assert got[0][motion] > 2e-3 and got[1][motion] < 2e-4  # the hand is the left person's only
     with pytest.raises(VaestError, match="no person 5"):
         person_behavior_record(per, 5)
+
+
+# Landmark measures (head pose, eyes, mouth, brows, blinks) are scale- and position-free: a person's equal the
+# same clip processed alone within LM_ATOL (measured: largest 0.0032, yaw_mean). Position, motion and posture are
+# relative to the picture, which is the crop here and the whole 480 x 360 clip alone: not compared.
+LM_FEATURES = ("yaw", "pitch", "roll", "ear", "mouth_open", "mouth_width", "mouth_lift", "brow_raise")
+LM_ATOL = 0.01
+
+
+def test_real_side_by_side_behavior_per_person_matches_each_clip_alone(real, tmp_path):
+    from vaest.corpus import Video
+    from vaest.features.base import create_extractor, extract_media
+    from vaest.features.person_behavior import person_behavior_record
+    from vaest.features.persons import person_tracks_from_record
+
+    def run(path: Path, exs: list) -> dict:
+        return extract_media(path, [Video(id="v", media=path, split="predict", fps=30.0)], exs)[0]
+
+    recs = run(real["sbs"], [create_extractor("persons", face=None), create_extractor("persons-behavior-desc")])
+    tr, _ = person_tracks_from_record(recs[("persons", "v")])
+    per = recs[("persons-behavior-desc", "v")]
+    names = per.meta["feature_names"]
+    cols = [names.index(f"{f}_{s}") for f in LM_FEATURES for s in ("mean", "std")] + \
+        [names.index("blink_rate"), names.index("mouth_activity")]
+    mx = tr.mean_x()
+    for pid, src in zip(sorted(tr.ids, key=lambda p: mx[int(p)]), (HAP, SAD)):  # HAP on the left, SAD right
+        alone = ffmpeg(tmp_path / f"alone_{src.stem}.mp4", [src], f"{clip(0, 1.8)}[v]")
+        ref = run(alone, [create_extractor("facetrack"), create_extractor("behavior-desc")])[("behavior-desc", "v")]
+        got = person_behavior_record(per, int(pid))
+        assert got.mask.all() and len(got.values) == len(ref.values)
+        diff = np.abs(got.values[:, cols] - ref.values[:, cols])
+        assert diff.max() <= LM_ATOL, (pid, [names[c] for c in cols], diff.round(4).tolist())
