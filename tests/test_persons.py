@@ -537,3 +537,52 @@ def test_real_side_by_side_behavior_per_person_matches_each_clip_alone(real, tmp
         assert got.mask.all() and len(got.values) == len(ref.values)
         diff = np.abs(got.values[:, cols] - ref.values[:, cols])
         assert diff.max() <= LM_ATOL, (pid, [names[c] for c in cols], diff.round(4).tolist())
+
+
+class _ClipVLM:
+    """Stand-in VLM backend: keeps every clip it is sent; features = the clip's mean colour and its size."""
+
+    hidden_size = 5
+
+    def __init__(self):
+        self.clips: list[np.ndarray] = []
+
+    def encode(self, clips, durations):
+        from vaest.vlm import VLMOutput
+
+        self.clips += list(clips)
+        f = np.stack([np.r_[c.reshape(-1, 3).mean(0), c.shape[2], c.shape[1]] for c in clips]).astype(np.float32)
+        return VLMOutput({"multimodal_last": f, "multimodal_mean": f + 1}, [f"clip {c.shape}" for c in clips])
+
+
+def test_vlm_segments_per_person_are_their_own_crops(tmp_path):
+    _mediapipe()
+    from vaest.corpus import Video
+    from vaest.features.base import create_extractor, extract_media
+    from vaest.features.behavior import plan_segments
+    from vaest.features.person_behavior import person_behavior_record
+    from vaest.features.persons import person_segment_clip, person_tracks_from_record
+    from vaest.media import iter_frames
+
+    both = write_video(tmp_path / "both.mp4", hand_frames(105))  # 3.5 s: segments [0, 3.5) and [2, 3.5)
+    ex = create_extractor("persons-behavior-vlm", frame_max_side=640, batch_size=3, embed_texts=False)
+    ex._vlm = vlm = _ClipVLM()
+    recs, *_ = extract_media(both, [Video(id="both", media=both, split="predict", fps=30.0)],
+                             [create_extractor("persons", face=None), ex])
+    tr, _ = person_tracks_from_record(recs[("persons", "both")])
+    rec = recs[("persons-behavior-vlm", "both")]
+    frames = np.concatenate([b.frames for b in iter_frames(both)])
+    segs = plan_segments(len(frames), 30.0)
+    assert len(segs) == 2 and list(tr.ids) == [0, 1] and rec.values.shape == (2, 2 * 5)
+    assert rec.extras["person_ok"].all()
+    assert len(vlm.clips) == 2 * len(segs)  # one call per person and segment
+    for pid in (0, 1):
+        one = person_behavior_record(rec, pid)
+        assert one.values.shape == (len(segs), 5) and one.extras["multimodal_mean"].shape == (len(segs), 5)
+        assert one.meta["texts"][0].startswith("clip")
+        for r, s in enumerate(segs):
+            want = person_segment_clip(frames[list(s.sample)], s, tr, pid)  # the crop of the finished tracks
+            np.testing.assert_allclose(one.values[r, 3:], [want.shape[2], want.shape[1]], atol=4)
+            np.testing.assert_allclose(one.values[r, :3], want.reshape(-1, 3).mean(0), atol=3.0)
+    colour = [float(np.ptp(person_behavior_record(rec, p).values[0, :3])) for p in (0, 1)]
+    assert colour[0] > 5 and colour[1] < 1  # the colour head's crop, then the grey head's: never mixed

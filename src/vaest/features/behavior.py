@@ -645,11 +645,7 @@ class BehaviorVLMExtractor(Extractor):
     def _flush(self, final: bool = False) -> None:
         while self.queue and (final or len(self.queue) >= self.config.batch_size):
             chunk, self.queue = self.queue[: self.config.batch_size], self.queue[self.config.batch_size :]
-            clips = [np.stack([self.buf[i] for i in s.sample]) for s in chunk]
-            res = self.vlm.encode(clips, [s.duration for s in chunk])
-            for j, s in enumerate(chunk):
-                self.done.append((s, {k: v[j] for k, v in res.features.items()},
-                                  res.texts[j] if res.texts is not None else None))
+            self._encode(chunk)
         keep_from = min((s.sample[0] for s in self.queue), default=None)
         sc = self.config.segments
         next_start = self.next_full * sc.hop
@@ -658,6 +654,14 @@ class BehaviorVLMExtractor(Extractor):
             lo = min(lo, keep_from)
         for i in [i for i in self.buf if i < lo]:
             del self.buf[i]
+
+    def _encode(self, chunk: list[Segment]) -> None:
+        """Send complete segments (their sampled frames from the buffer) to the VLM; results go to ``done``."""
+        clips = [np.stack([self.buf[i] for i in s.sample]) for s in chunk]
+        res = self.vlm.encode(clips, [s.duration for s in chunk])
+        for j, s in enumerate(chunk):
+            self.done.append((s, {k: v[j] for k, v in res.features.items()},
+                              res.texts[j] if res.texts is not None else None))
 
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
         for i, f, t in zip(batch.index, batch.frames, batch.times):

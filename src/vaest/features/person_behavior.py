@@ -4,6 +4,8 @@ The ``persons`` extractor (:mod:`vaest.features.persons`) tracks every face with
 each person's boxes and full FaceMesh landmarks (``shared["persons"]``) and its tracker
 (``shared["persons_tracker"]``). The extractor here reads them in the same pass, so nothing is decoded twice:
 
+- ``persons-behavior-vlm``: each person's segments sent to the VLM as :func:`vaest.features.persons.person_window`
+  crops of the buffered segment frames (one window per person and segment, as ``person_segment_clip``).
 - ``persons-behavior-desc``: the offline behavior descriptors (``behavior-desc``) of each person, every frame
   seen through that person's crop window (:func:`vaest.features.behavior.person_descriptor_rows`: face +- one
   face width, half a face above, two faces below), so another person's face, motion and body never enter.
@@ -25,11 +27,13 @@ import numpy as np
 
 from vaest.corpus import Video
 from vaest.features.base import Extractor, register_extractor
-from vaest.features.behavior import (FRAME_FEATURES, BehaviorDescConfig, _segment_extras, _segment_meta,
-                                     aggregate_descriptors, person_descriptor_rows, plan_segments, segment_base)
+from vaest.features.behavior import (FRAME_FEATURES, BehaviorDescConfig, BehaviorVLMConfig, BehaviorVLMExtractor,
+                                     Segment, _segment_extras, _segment_meta, aggregate_descriptors,
+                                     person_descriptor_rows, plan_segments, segment_base)
 from vaest.features.store import FeatureRecord
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
 from vaest.timebase import TimeSeries
+from vaest.vlm import DEFAULT_FEATURE
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +129,9 @@ class PersonBehaviorDescExtractor(Extractor):
 
 
 def person_behavior_record(rec: FeatureRecord, pid: int) -> FeatureRecord:
-    """Person ``pid``'s segments of a ``persons-behavior-desc`` record in the ``behavior-desc`` layout
-    (values (n_segments, D), mask = the person is visible in the segment), for a one-person view of the store.
+    """Person ``pid``'s segments of a ``persons-behavior-desc`` (``persons-behavior-vlm``) record in the
+    ``behavior-desc`` (``behavior-vlm``) layout: values (n_segments, D), mask = the person is visible in the
+    segment, per-feature extras and descriptions of that person only; for a one-person view of the store.
     VaestError when the record has no such person."""
     from vaest.errors import VaestError
 
@@ -135,8 +140,12 @@ def person_behavior_record(rec: FeatureRecord, pid: int) -> FeatureRecord:
         raise VaestError(f"no person {pid} in the per-person behavior record; persons: {ids}")
     k, D = ids.index(int(pid)), int(rec.meta["dim"])
     ok = np.asarray(rec.extras["person_ok"], bool)[:, k]
-    meta = {m: x for m, x in rec.meta.items() if m not in ("ids", "dim", "crop")}
-    extras = {e: x for e, x in rec.extras.items() if e != "person_ok"}
+    sliced = set(rec.meta.get("per_person_extras", []))
+    meta = {m: x for m, x in rec.meta.items() if m not in ("ids", "dim", "crop", "per_person_extras")}
+    if meta.get("texts"):  # VLM descriptions: one list per person
+        meta["texts"] = list(meta["texts"][k])
+    extras = {e: (np.asarray(x)[:, k * D:(k + 1) * D] if e in sliced else x) for e, x in rec.extras.items()
+              if e != "person_ok"}
     return FeatureRecord(TimeSeries(np.asarray(rec.values[:, k * D:(k + 1) * D], np.float32), rec.base, ok),
                          extras, meta)
 
@@ -144,3 +153,128 @@ def person_behavior_record(rec: FeatureRecord, pid: int) -> FeatureRecord:
 def person_desc_config(cfg: BehaviorDescConfig) -> PersonBehaviorDescConfig:
     """The per-person extractor's settings from a ``behavior-desc`` extractor's (same segments and sizes)."""
     return PersonBehaviorDescConfig(**dataclasses.asdict(cfg))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# VLM per person (persons-behavior-vlm)
+# ---------------------------------------------------------------------------------------------------------
+
+PERSON_VLM_KEY = "persons-behavior-vlm"
+
+
+@dataclass
+class PersonBehaviorVLMConfig(BehaviorVLMConfig):
+    """``behavior-vlm`` settings plus the crop window around each person (``margin`` face widths either side,
+    ``below`` face heights under the face; :func:`vaest.features.persons.person_segment_clip`)."""
+
+    margin: float = 1.0
+    below: float = 2.0
+
+
+@register_extractor(PERSON_VLM_KEY)
+class PersonBehaviorVLMExtractor(BehaviorVLMExtractor):
+    """Store key ``persons-behavior-vlm``: the VLM features of every person's segments, each segment's frames
+    cropped to one window around that person (the union of their face boxes over the segment, with margin:
+    :func:`vaest.features.persons.person_window`), in the ``persons`` decoding pass. values (n_segments, P * H)
+    the default feature of the P persons side by side; extras ``start``, ``end``, ``sample``, ``person_ok``
+    (n_segments, P) and every ``<branch>_<pool>`` (n_segments, P * H); meta as ``behavior-vlm`` (``texts``: one
+    list per person) plus ``ids``, ``dim`` and ``per_person_extras``. A person absent from a whole segment gets
+    no VLM call there (NaN). One VLM call per person and segment, ``batch_size`` at a time."""
+
+    Config: ClassVar[type] = PersonBehaviorVLMConfig
+    requires: ClassVar[tuple[str, ...]] = ("persons",)
+
+    def outputs(self) -> list[str]:
+        return [self.name]
+
+    def begin(self, videos: list[Video], info: MediaInfo) -> None:
+        super().begin(videos, info)
+        self.boxes: dict[int, list[np.ndarray]] = {}  # online person id -> boxes (frame pixels) per batch
+        self.tracker: Any = None
+        self.width = 0
+        self.n = 0
+        self.pdone: list[tuple[Segment, int, dict[str, np.ndarray], str | None]] = []
+
+    def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
+        obs = (shared.get("persons") or {}).get(self.videos[0].id, {})
+        self.tracker = shared.get("persons_tracker", self.tracker)
+        self.width = int(batch.frames.shape[2])
+        for pid, o in obs.items():
+            self.boxes.setdefault(pid, [np.full((self.n, 4), np.nan, np.float32)]).append(np.asarray(o.boxes, np.float32))
+        self.n += len(batch.index)
+        super().update(batch, shared)
+
+    def _person_boxes(self, pid: int) -> np.ndarray:
+        parts = self.boxes[pid]
+        if len(parts) > 1:
+            self.boxes[pid] = parts = [np.concatenate(parts)]
+        return parts[0]
+
+    def _encode(self, chunk: list[Segment]) -> None:
+        from vaest.features.persons import person_window
+
+        jobs: list[tuple[Segment, int, np.ndarray]] = []
+        for s in chunk:
+            first = self.buf[s.sample[0]]
+            scale = first.shape[1] / max(self.width, 1)  # buffered frames are downscaled
+            for pid in sorted(self.boxes):
+                bx = self._person_boxes(pid)[s.first : max(s.stop, s.first + 1)] * scale
+                win = person_window(bx, (first.shape[1], first.shape[0]), self.config.margin, self.config.below)
+                if win is None:
+                    continue
+                x0, y0, x1, y1 = (int(v) for v in win)
+                jobs.append((s, pid, np.stack([self.buf[i][y0:y1, x0:x1] for i in s.sample])))
+        for a in range(0, len(jobs), max(1, self.config.batch_size)):
+            part = jobs[a : a + max(1, self.config.batch_size)]
+            res = self.vlm.encode([c for _, _, c in part], [s.duration for s, _, _ in part])
+            for j, (s, pid, _) in enumerate(part):
+                self.pdone.append((s, pid, {k: v[j] for k, v in res.features.items()},
+                                   res.texts[j] if res.texts is not None else None))
+
+    def end(self) -> dict[tuple[str, str], FeatureRecord]:
+        from vaest.features.persons import track_plan
+
+        times = np.asarray(self.times)
+        n = len(times)
+        segs = plan_segments(n, self.fps, times, self.config.segments)
+        emitted = {s.index for s, _, _, _ in self.pdone} | {s.index for s in self.queue}
+        self.queue.extend(s for s in segs if s.index not in emitted)
+        self._flush(final=True)
+        got = {(s.index, pid): (f, t) for s, pid, f, t in self.pdone}
+        names = sorted({k for f, _ in got.values() for k in f})
+        main = DEFAULT_FEATURE if DEFAULT_FEATURE in names else (names[0] if names else DEFAULT_FEATURE)
+        H = next(iter(got.values()))[0][main].shape[0] if got else 0
+        plan: list[list[int]] = []
+        raw_ids: list[int] = []
+        found = np.zeros((0, n), bool)
+        if self.tracker is not None and self.boxes:
+            raw = self.tracker.result(self.fps)
+            plan, raw_ids, found = track_plan(raw, self.tracker.cfg), [int(i) for i in raw.ids], raw.found[:, :n]
+        P, S = len(plan), len(segs)
+        feats = {k: np.full((S, P * H), np.nan, np.float32) for k in names}
+        texts: list[list[str]] = [[""] * S for _ in range(P)]
+        ok = np.zeros((S, P), bool)
+        for k, rows in enumerate(plan):  # per segment, the person's raw track seen most in it
+            for r, s in enumerate(segs):
+                cands = [(int(found[row, s.first:s.stop].sum()), raw_ids[row]) for row in rows]
+                cands = [(c, pid) for c, pid in cands if c > 0 and (s.index, pid) in got]
+                if not cands:
+                    continue
+                f, t = got[(s.index, max(cands)[1])]
+                for nm in names:
+                    feats[nm][r, k * H:(k + 1) * H] = f[nm]
+                texts[k][r] = t or ""
+                ok[r, k] = bool(np.isfinite(f[main]).all())
+        base = segment_base(self.config.segments)
+        out: dict[tuple[str, str], FeatureRecord] = {}
+        values = feats[main] if names else np.zeros((S, 0), np.float32)
+        for v in self.videos:
+            meta = _segment_meta(v.id, segs, n, self.fps, self.config.segments)
+            meta.update({"texts": texts if self.config.generate else [], "model": self.config.model,
+                         "backend": self.config.backend, "default_feature": main, "feature_names": names,
+                         "ids": list(range(P)), "dim": H, "per_person_extras": names,
+                         "crop": {"margin": self.config.margin, "below": self.config.below}})
+            extras = {**{k: feats[k] for k in names}, **_segment_extras(segs), "person_ok": ok}
+            out[(self.name, v.id)] = FeatureRecord(TimeSeries(values, base, ok.any(1) if P else np.zeros(S, bool)),
+                                                   extras, meta)
+        return out
