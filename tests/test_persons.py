@@ -586,3 +586,18 @@ def test_vlm_segments_per_person_are_their_own_crops(tmp_path):
             np.testing.assert_allclose(one.values[r, :3], want.reshape(-1, 3).mean(0), atol=3.0)
     colour = [float(np.ptp(person_behavior_record(rec, p).values[0, :3])) for p in (0, 1)]
     assert colour[0] > 5 and colour[1] < 1  # the colour head's crop, then the grey head's: never mixed
+
+
+def test_abaw_sides_behavior_desc_uses_each_persons_crop(tmp_path):
+    _mediapipe()
+    from vaest.corpus import Video
+    from vaest.features.base import create_extractor, extract_media
+
+    both = write_video(tmp_path / "both.mp4", hand_frames())  # the hand moves under the left person only
+    vids = [Video(id=f"both_{s}", media=both, split="val", fps=30.0, side=s) for s in ("left", "right")]
+    recs, *_ = extract_media(both, vids, [create_extractor("facetrack"), create_extractor("behavior-desc")])
+    left, right = recs[("behavior-desc", "both_left")], recs[("behavior-desc", "both_right")]
+    names = left.meta["feature_names"]
+    motion, size = names.index("total_motion_mean"), names.index("face_size_mean")
+    assert left.values[0, motion] > 2e-3 and right.values[0, motion] < 2e-4  # each side sees only their crop
+    assert 0.25 < left.values[0, size] < 0.45 and 0.25 < right.values[0, size] < 0.45  # face in a crop, not a frame

@@ -27,8 +27,9 @@ Output columns (:attr:`PredictionResult.frame`):
 - ``person``, ``box_x0, box_y0, box_x1, box_y1`` (videos): the tracked person's id (stable within the video) and
   face box in pixels (empty where that person is not visible). ``Predictor(people=...)`` chooses the persons:
   ``main`` (default: one person throughout, one row per frame), ``all`` (one row per frame and person, ordered
-  by frame, then person), ``left``, ``right`` or an id; each person's series uses only their own face and the
-  voice attributed to them (``docs/persons.md``).
+  by frame, then person), ``left``, ``right`` or an id; each person's series uses only their own face, the
+  voice attributed to them and (trained ``desc`` behavior model) the behavior of their own crop
+  (``docs/persons.md``).
 
 Logging: vaest logs through the ``vaest`` logger and adds no handler in library use, so nothing is printed
 unless the application configures logging. Progress bars: ``Predictor(progress=False)`` (the default) shows
@@ -142,7 +143,9 @@ def people_extractors(extractors: list[Extractor], zero_shot: bool) -> list[Extr
     before (one FaceMesh per person and frame, the encoder once per face; docs/persons.md), and ``vad`` (silero,
     when installed) is added: the speech flags that give the voice to the person who speaks. With a trained
     bundle the single-face extractors stay (the face model, the mouth filter and behavior read them; a video
-    with one person is predicted exactly as before), at the cost of a second tracking and encoding pass."""
+    with one person is predicted exactly as before), at the cost of a second tracking and encoding pass; with
+    ``behavior-desc`` among them, ``persons-behavior-desc`` is added (each person's descriptors from their own
+    crop, for the behavior model per person)."""
     import importlib.util
 
     from vaest.features.base import create_extractor
