@@ -601,3 +601,22 @@ def test_abaw_sides_behavior_desc_uses_each_persons_crop(tmp_path):
     motion, size = names.index("total_motion_mean"), names.index("face_size_mean")
     assert left.values[0, motion] > 2e-3 and right.values[0, motion] < 2e-4  # each side sees only their crop
     assert 0.25 < left.values[0, size] < 0.45 and 0.25 < right.values[0, size] < 0.45  # face in a crop, not a frame
+
+
+def test_abaw_sides_behavior_vlm_crops_each_side(tmp_path):
+    _mediapipe()
+    from vaest.corpus import Video
+    from vaest.features.base import create_extractor, extract_media
+
+    both = write_video(tmp_path / "both.mp4", hand_frames())
+    vids = [Video(id=f"both_{s}", media=both, split="val", fps=30.0, side=s) for s in ("left", "right")]
+    ex = create_extractor("behavior-vlm", frame_max_side=640, embed_texts=False)
+    ex._vlm = vlm = _ClipVLM()
+    recs, *_ = extract_media(both, vids, [create_extractor("facetrack"), ex])
+    left, right = recs[("behavior-vlm", "both_left")].values[0], recs[("behavior-vlm", "both_right")].values[0]
+    assert len(vlm.clips) == 2 and left[3] < 400 and right[3] < 400  # one crop per side, not the 640-wide frame
+    assert np.ptp(left[:3]) > 5 and np.ptp(right[:3]) < 1  # the colour head on the left, the grey one on the right
+    whole = create_extractor("behavior-vlm", frame_max_side=640, embed_texts=False)
+    whole._vlm = _ClipVLM()
+    one = extract_media(both, [Video(id="both", media=both, split="val", fps=30.0)], [whole])[0]
+    assert one[("behavior-vlm", "both")].values[0, 3] == 640  # a video without sides: the whole frame, as before

