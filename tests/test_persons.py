@@ -620,3 +620,21 @@ def test_abaw_sides_behavior_vlm_crops_each_side(tmp_path):
     whole._vlm = _ClipVLM()
     one = extract_media(both, [Video(id="both", media=both, split="val", fps=30.0)], [whole])[0]
     assert one[("behavior-vlm", "both")].values[0, 3] == 640  # a video without sides: the whole frame, as before
+
+
+def test_vlm_segment_with_nobody_gets_no_call_and_no_value(tmp_path):
+    _mediapipe()
+    from vaest.corpus import Video
+    from vaest.features.base import create_extractor, extract_media
+
+    empty = scene([], size=(640, 480))
+    frames = [empty] * 150 + hand_frames(30)  # 5 s of nobody (segment [0, 4) streamed without a person), 1 s of two
+    path = write_video(tmp_path / "late.mp4", frames)
+    ex = create_extractor("persons-behavior-vlm", frame_max_side=640, batch_size=1, embed_texts=False)
+    ex._vlm = vlm = _ClipVLM()
+    recs, *_ = extract_media(path, [Video(id="late", media=path, split="predict", fps=30.0)],
+                             [create_extractor("persons", face=None), ex])
+    rec = recs[("persons-behavior-vlm", "late")]
+    ok = rec.extras["person_ok"]  # segments [0, 4), [2, 6), [4, 6): the persons are on screen from 5 s
+    assert ok.shape == (3, 2) and not ok[0].any() and ok[1:].all() and np.isnan(rec.values[0]).all()
+    assert len(vlm.clips) == 4

@@ -633,6 +633,7 @@ class BehaviorVLMExtractor(Extractor):
         self.done: list[tuple[Segment, Any, dict[str, np.ndarray], str | None]] = []
         self.queue: list[Segment] = []
         self.next_full = 0  # index of the next full-length segment not yet queued
+        self.sent: set[int] = set()  # segments already encoded (whether or not any view had a clip)
         # ABAW <video>_left / _right label tracks: each side's segments are cropped around that side's person
         # (facetrack's boxes of that track, which follow the person tracker's left / right persons)
         self.side_boxes: dict[str, list[np.ndarray]] = {v.id: [] for v in videos if _side(v)}
@@ -690,6 +691,7 @@ class BehaviorVLMExtractor(Extractor):
     def _encode(self, chunk: list[Segment]) -> None:
         """Send complete segments (their views: :meth:`_views`) to the VLM, ``batch_size`` clips at a time;
         results go to ``done``."""
+        self.sent.update(s.index for s in chunk)
         jobs = [(s, view, clip) for s in chunk for view, clip in self._views(s)]
         bs = max(1, self.config.batch_size)
         for a in range(0, len(jobs), bs):
@@ -704,7 +706,8 @@ class BehaviorVLMExtractor(Extractor):
         track = shared.get("facetrack") or {}
         if self.side_boxes and not track and not self.times:
             log.warning("behavior-vlm: no facetrack observations for the _left / _right tracks in this run; "
-                        "their segments get no description (run facetrack with it)")
+                        "their segments are described over the whole frame (run facetrack with it to crop)")
+            self.side_boxes = {}
         for vid, parts in self.side_boxes.items():
             o = track.get(vid)
             parts.append(np.asarray(o.boxes, np.float32) if o is not None
@@ -724,7 +727,7 @@ class BehaviorVLMExtractor(Extractor):
         times = np.asarray(self.times)
         n = len(times)
         segs = plan_segments(n, self.fps, times, self.config.segments)
-        emitted = {s.index for s, _, _, _ in self.done} | {s.index for s in self.queue}
+        emitted = self.sent | {s.index for s in self.queue}
         self.queue.extend(s for s in segs if s.index not in emitted)
         self._flush(final=True)
         got = {(s.index, view): (f, t) for s, view, f, t in self.done}

@@ -219,7 +219,7 @@ class PersonBehaviorVLMExtractor(BehaviorVLMExtractor):
         times = np.asarray(self.times)
         n = len(times)
         segs = plan_segments(n, self.fps, times, self.config.segments)
-        emitted = {s.index for s, _, _, _ in self.done} | {s.index for s in self.queue}
+        emitted = self.sent | {s.index for s in self.queue}
         self.queue.extend(s for s in segs if s.index not in emitted)
         self._flush(final=True)
         got = {(s.index, pid): (f, t) for s, pid, f, t in self.done}
