@@ -308,3 +308,25 @@ def test_trained_behavior_model_sees_each_person_from_their_own_crop(tmp_path):
         np.testing.assert_allclose(beh[:, 0], 100 * own.values[0, names.index("total_motion_mean")], rtol=1e-5)
         np.testing.assert_allclose(beh[:, 1], own.values[0, names.index("face_size_mean")], rtol=1e-5)
     assert g[0]["behavior_valence"].min() > 0.1 and g[1]["behavior_valence"].abs().max() < 0.02
+
+
+def test_real_trained_behavior_per_person_from_their_own_crop(real, tmp_path):
+    from vaest.features.base import create_extractor
+    from vaest.features.person_behavior import person_behavior_record
+    from vaest.features.store import FeatureStore
+    from vaest.predictor import media_key
+
+    pr = trained_standin("all")
+    pr.models["behavior"] = _MotionBehaviorModel()
+    pr.extractors += [create_extractor("behavior-desc"), create_extractor("persons-behavior-desc")]
+    pr.cache = tmp_path / "cache"
+    res = pr.predict(real["sbs"])  # HAP left, SAD right
+    assert "behavior: described per person" in " ".join(res.meta["notes"])
+    store = FeatureStore(tmp_path / "cache" / media_key(real["sbs"]))
+    g = per_person(res.frame)
+    assert sorted(g) == [0, 1]
+    for pid in (0, 1):
+        own = person_behavior_record(store.load("persons-behavior-desc", "sbs"), pid)
+        size = own.values[0, own.meta["feature_names"].index("face_size_mean")]
+        np.testing.assert_allclose(g[pid]["behavior_arousal"].to_numpy(), size, rtol=1e-5)
+        assert 0.25 < size < 0.45  # the face in that person's crop (about 0.24 of a whole 480-wide clip)
