@@ -11,6 +11,7 @@ Tolerance of the real side-by-side check (the issue's criterion): each person's 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -217,7 +218,6 @@ class _ConstAudioModel:
 
 def trained_standin(people: str, audio: bool = False):
     """A Predictor routed as with a trained bundle, holding the stand-in models (no training needed)."""
-    from types import SimpleNamespace
 
     pr = predictor(people)
     pr.bundle = SimpleNamespace(fusion=None, kernels=pr.kernels)
@@ -254,3 +254,79 @@ def test_real_swap_across_a_cut_each_series_follows_its_person(real):
     cx0 = ((g[0]["box_x0"] + g[0]["box_x1"]) / 2).to_numpy()
     assert (cx0[:cut][np.isfinite(cx0[:cut])] < 480).all() and (cx0[cut:][np.isfinite(cx0[cut:])] > 480).all()
     assert np.isfinite(cx0[:cut]).mean() > 0.9 and np.isfinite(cx0[cut:]).mean() > 0.9
+
+
+class _MotionBehaviorModel:
+    """Stand-in trained behavior model (encoder ``desc``): per segment, valence = 100 x the motion outside the face
+    (``total_motion_mean`` of the store's ``behavior-desc`` record), arousal = the face size in the picture
+    (``face_size_mean``), on the frames of the segment: the output shows whose picture the model was given."""
+
+
+    settings = SimpleNamespace(encoder="desc")
+
+    def apply(self, store, video):
+        from vaest.features.behavior import record_segments
+        from vaest.tasks.fusion import Track
+
+        rec = store.load("behavior-desc", video.id)
+        names, n, fps = rec.meta["feature_names"], int(rec.meta["n_frames"]), float(rec.meta["fps"])
+        va, mask = np.full((n, 2), np.nan, np.float32), np.zeros(n, bool)
+        for s, row, ok in zip(record_segments(rec, n, fps), rec.values, rec.mask):
+            if ok:
+                va[s.first : s.stop] = [100 * row[names.index("total_motion_mean")], row[names.index("face_size_mean")]]
+                mask[s.first : s.stop] = True
+        return Track(va, mask, None, fps)
+
+
+def test_trained_behavior_model_sees_each_person_from_their_own_crop(tmp_path):
+    from test_persons import hand_frames
+
+    from vaest.features.base import create_extractor
+    from vaest.features.person_behavior import person_behavior_record
+
+    both = write_video(tmp_path / "both.mp4", hand_frames())  # a hand moves under the left person only
+    pr = trained_standin("all")
+    pr.models["behavior"] = _MotionBehaviorModel()
+    pr.extractors += [create_extractor("behavior-desc"), create_extractor("persons-behavior-desc")]
+    pr.cache = tmp_path / "cache"  # keep the features to compare with
+    res = pr.predict(both)
+    notes = " ".join(res.meta["notes"])
+    assert "behavior: described per person" in notes and "left out" not in notes
+    g = per_person(res.frame)
+    assert sorted(g) == [0, 1]
+    from vaest.features.store import FeatureStore
+    from vaest.predictor import media_key
+
+    store = FeatureStore(tmp_path / "cache" / media_key(both))
+    whole = _MotionBehaviorModel().apply(store, type("V", (), {"id": "both"})())
+    assert whole.va[0, 0] > 0.05  # over the whole frame the hand shows for anyone
+    for pid in (0, 1):
+        own = person_behavior_record(store.load("persons-behavior-desc", "both"), pid)
+        names = own.meta["feature_names"]
+        beh = g[pid][["behavior_valence", "behavior_arousal"]].to_numpy()
+        assert np.isfinite(beh).all()  # every frame: the one segment covers them
+        np.testing.assert_allclose(beh[:, 0], 100 * own.values[0, names.index("total_motion_mean")], rtol=1e-5)
+        np.testing.assert_allclose(beh[:, 1], own.values[0, names.index("face_size_mean")], rtol=1e-5)
+    assert g[0]["behavior_valence"].min() > 0.1 and g[1]["behavior_valence"].abs().max() < 0.02
+
+
+def test_real_trained_behavior_per_person_from_their_own_crop(real, tmp_path):
+    from vaest.features.base import create_extractor
+    from vaest.features.person_behavior import person_behavior_record
+    from vaest.features.store import FeatureStore
+    from vaest.predictor import media_key
+
+    pr = trained_standin("all")
+    pr.models["behavior"] = _MotionBehaviorModel()
+    pr.extractors += [create_extractor("behavior-desc"), create_extractor("persons-behavior-desc")]
+    pr.cache = tmp_path / "cache"
+    res = pr.predict(real["sbs"])  # HAP left, SAD right
+    assert "behavior: described per person" in " ".join(res.meta["notes"])
+    store = FeatureStore(tmp_path / "cache" / media_key(real["sbs"]))
+    g = per_person(res.frame)
+    assert sorted(g) == [0, 1]
+    for pid in (0, 1):
+        own = person_behavior_record(store.load("persons-behavior-desc", "sbs"), pid)
+        size = own.values[0, own.meta["feature_names"].index("face_size_mean")]
+        np.testing.assert_allclose(g[pid]["behavior_arousal"].to_numpy(), size, rtol=1e-5)
+        assert 0.25 < size < 0.45  # the face in that person's crop (about 0.24 of a whole 480-wide clip)

@@ -27,8 +27,9 @@ Output columns (:attr:`PredictionResult.frame`):
 - ``person``, ``box_x0, box_y0, box_x1, box_y1`` (videos): the tracked person's id (stable within the video) and
   face box in pixels (empty where that person is not visible). ``Predictor(people=...)`` chooses the persons:
   ``main`` (default: one person throughout, one row per frame), ``all`` (one row per frame and person, ordered
-  by frame, then person), ``left``, ``right`` or an id; each person's series uses only their own face and the
-  voice attributed to them (``docs/persons.md``).
+  by frame, then person), ``left``, ``right`` or an id; each person's series uses only their own face, the
+  voice attributed to them and (trained ``desc`` behavior model) the behavior of their own crop
+  (``docs/persons.md``).
 
 Logging: vaest logs through the ``vaest`` logger and adds no handler in library use, so nothing is printed
 unless the application configures logging. Progress bars: ``Predictor(progress=False)`` (the default) shows
@@ -142,11 +143,15 @@ def people_extractors(extractors: list[Extractor], zero_shot: bool) -> list[Extr
     before (one FaceMesh per person and frame, the encoder once per face; docs/persons.md), and ``vad`` (silero,
     when installed) is added: the speech flags that give the voice to the person who speaks. With a trained
     bundle the single-face extractors stay (the face model, the mouth filter and behavior read them; a video
-    with one person is predicted exactly as before), at the cost of a second tracking and encoding pass."""
+    with one person is predicted exactly as before), at the cost of a second tracking and encoding pass; with
+    ``behavior-desc`` among them, ``persons-behavior-desc`` is added (each person's descriptors from their own
+    crop, for the behavior model per person)."""
     import importlib.util
 
     from vaest.features.base import create_extractor
+    from vaest.features.behavior import BehaviorDescExtractor
     from vaest.features.face import FaceEncoderExtractor
+    from vaest.features.person_behavior import PersonBehaviorDescExtractor, person_desc_config
 
     face = next((e for e in extractors if isinstance(e, FaceEncoderExtractor)), None)
     if zero_shot:
@@ -157,6 +162,9 @@ def people_extractors(extractors: list[Extractor], zero_shot: bool) -> list[Extr
         rest = list(extractors)
     cfg = dataclasses.asdict(face.config) if face is not None else None
     out = rest + [create_extractor("persons", face=cfg)]
+    desc = next((e for e in rest if isinstance(e, BehaviorDescExtractor)), None)
+    if desc is not None:  # behavior per person: each person's descriptors from their own crop, same pass
+        out.append(PersonBehaviorDescExtractor(person_desc_config(desc.config)))
     if zero_shot and not any(e.name == "vad" for e in out) and importlib.util.find_spec("silero_vad") is not None:
         out.append(create_extractor("vad"))
     return out
@@ -577,10 +585,14 @@ class Predictor:
         if len(tracks.ids) and store.has("vad", video.id):
             speech = speech_on_frames(store.load("vad", video.id).series, n, fps, frame_times=times)
             attribution = attribute_speech(tracks.lip_area(), speech, fps, tracks.ids)
+        behavior_per_person = False
         if several and "behavior" in shared:
             shared.pop("behavior")
-            notes.append("behavior: left out with several persons (its segments are described over the whole "
-                         "frame, not per person)")
+            behavior_per_person = self._behavior_per_person(store, video)
+            notes.append("behavior: described per person, from each person's own crop (docs/persons.md)"
+                         if behavior_per_person else
+                         "behavior: left out with several persons (no per-person behavior features for this "
+                         "behavior model: its segments are described over the whole frame)")
         if several and "audio" in shared and attribution is None:
             shared.pop("audio")
             notes.append("audio: left out with several persons (no voice-activity record to attribute it)")
@@ -608,6 +620,10 @@ class Predictor:
                     parts["face"] = face
                 else:
                     parts.pop("face", None)
+                if behavior_per_person:
+                    beh = self._person_behavior(store, video, tracks, faces, pid, n)
+                    if beh is not None:
+                        parts["behavior"] = beh
                 if several and "audio" in parts and attribution is not None:
                     from dataclasses import replace
 
@@ -724,6 +740,37 @@ class Predictor:
         view = person_view(tracks, enc, pid, model.encoder, video.id)
         tr = model.apply(view, video)
         return tr.resized(n) if tr is not None else None
+
+    def _behavior_per_person(self, store: FeatureStore, video: Video) -> bool:
+        """Whether the trained behavior model can be applied per person: it reads the offline descriptors (``desc``,
+        optionally ``+expr``) and the store has their per-person record (``persons-behavior-desc``)."""
+        from vaest.features.behavior import encoder_parts
+        from vaest.features.person_behavior import PERSON_DESC_KEY
+
+        model = self.models.get("behavior")
+        settings = getattr(model, "settings", None)
+        if settings is None or not store.has(PERSON_DESC_KEY, video.id):
+            return False
+        return set(encoder_parts(settings.encoder)) <= {"desc", "expr"}
+
+    def _person_behavior(self, store: FeatureStore, video: Video, tracks: Any,
+                         faces: dict[int, dict[str, np.ndarray]], pid: int, n: int) -> Any:
+        """Person ``pid``'s behavior :class:`~vaest.tasks.fusion.Track` (n frames): the trained behavior model applied
+        to a one-person view of the store holding their own segment descriptors (``behavior-desc`` from their
+        crop) and, for ``+expr``, their own face encoder outputs; None where they have no valid segment."""
+        from vaest.features.person_behavior import PERSON_DESC_KEY, person_behavior_record
+
+        rec = person_behavior_record(store.load(PERSON_DESC_KEY, video.id), pid)
+        if not rec.mask.any():
+            return None
+        enc = faces.get(int(pid), {})
+        if "emb" in enc and "probs" in enc:
+            view = person_view(tracks, enc, pid, store.load("persons", video.id).meta.get("encoder", "fer"), video.id)
+        else:
+            view = MemoryStore(f"person-{pid}")
+        view.save("behavior-desc", video.id, rec)
+        tr = self.models["behavior"].apply(view, video)
+        return tr.resized(n) if tr is not None and tr.mask.any() else None
 
     def _fuse_person(self, parts: dict[str, Any], video: Video, n: int, notes: list[str]
                      ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:

@@ -49,7 +49,7 @@ def register_extractor(name: str) -> Callable[[type], type]:
 def _import_all() -> None:
     import importlib
 
-    for mod in ("face", "mouth", "audio", "behavior", "persons"):
+    for mod in ("face", "mouth", "audio", "behavior", "persons", "person_behavior"):
         try:
             importlib.import_module(f"vaest.features.{mod}")
         except ModuleNotFoundError as e:

