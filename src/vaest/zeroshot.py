@@ -55,7 +55,7 @@ class AudioCue:
 # Cues the speech literature ties to arousal (Banse & Scherer 1996; Juslin & Laukka 2003; Eyben et al. 2016,
 # eGeMAPS) that do not change with recording gain: spectral tilt of voiced speech (alpha ratio up, Hammarberg
 # index down, first cepstral coefficient down: more energy at high frequencies in tense, loud voices), F0 range
-# (standard deviation of F0 in semitones over voiced frames) and harmonicity (HNR), all over voiced frames.
+# (20-80 percentile range of F0 in semitones over voiced frames, as eGeMAPS) and harmonicity (HNR), all over voiced frames.
 # CALIBRATED on public emotional speech: RAVDESS speech (Livingstone & Russo 2018, CC BY-NC-SA 4.0; 24 actors,
 # 1440 clips; the copy in github.com/simiya/Projet-Son-Jedha) by scripts/calibrate_zeroshot_audio.py: centre and
 # scale are the corpus mean and standard deviation of each cue's clip mean, weight a ridge fit of atanh(circumplex
@@ -64,19 +64,19 @@ class AudioCue:
 # gain on held-out speakers; F0 level: it mostly measures the speaker's sex); held-out-speaker figures and the
 # command in docs/real-data.md. The data is not needed at run time.
 AUDIO_CUES: tuple[AudioCue, ...] = (
-    AudioCue("alpha_ratio", centre=-11.000, scale=4.174, weight=+0.057),
-    AudioCue("hammarberg", centre=20.605, scale=4.344, weight=-0.068),
+    AudioCue("alpha_ratio", centre=-11.000, scale=4.174, weight=+0.050),
+    AudioCue("hammarberg", centre=20.605, scale=4.344, weight=-0.081),
     AudioCue("loudness_cv", centre=0.633, scale=0.090, weight=+0.000),
-    AudioCue("f0_sd", centre=2.894, scale=1.305, weight=+0.102),
+    AudioCue("f0_range", centre=4.792, scale=2.335, weight=+0.140),
     AudioCue("voiced_ratio", centre=0.633, scale=0.124, weight=+0.000),
     AudioCue("slope0_500", centre=0.056, scale=0.028, weight=+0.000),
     AudioCue("slope500_1500", centre=-0.014, scale=0.007, weight=+0.000),
-    AudioCue("mfcc1", centre=23.662, scale=8.153, weight=-0.081),
-    AudioCue("hnr", centre=6.837, scale=2.040, weight=-0.027),
+    AudioCue("mfcc1", centre=23.662, scale=8.153, weight=-0.074),
+    AudioCue("hnr", centre=6.837, scale=2.040, weight=-0.020),
     AudioCue("h1_h2", centre=6.004, scale=3.044, weight=+0.000),
     AudioCue("f0_mean", centre=34.585, scale=7.011, weight=+0.000),
 )
-AUDIO_BIAS = 0.215  # arousal = tanh(AUDIO_BIAS + sum of weight x standard score); neutral RAVDESS speech at 0
+AUDIO_BIAS = 0.224  # arousal = tanh(AUDIO_BIAS + sum of weight x standard score); neutral RAVDESS speech at 0
 AUDIO_WINDOW_S = 3.0  # cues are measured over a centred window of this length around each output frame
 
 
@@ -88,11 +88,23 @@ _VOICED_MEAN_CUES = {"alpha_ratio": "alphaRatio_sma3", "hammarberg": "hammarberg
                      "f0_mean": "F0semitoneFrom27.5Hz_sma3nz"}
 
 
+def _f0_range(f0: np.ndarray, voiced: np.ndarray, lo: np.ndarray, hi: np.ndarray, nv: np.ndarray) -> np.ndarray:
+    """(n,) F0 range per window: 80th minus 20th percentile of the voiced F0 (semitones) in LLD frames
+    [lo, hi) (eGeMAPS' pctlrange0-2: robust to the octave jumps of F0 tracking in poor audio); NaN under 10
+    voiced frames."""
+    out = np.full(len(lo), np.nan)
+    for i in np.flatnonzero(nv >= 10):
+        v = f0[lo[i]:hi[i]][voiced[lo[i]:hi[i]]]
+        p20, p80 = np.percentile(v, (20, 80))
+        out[i] = p80 - p20
+    return out
+
+
 def audio_cues(wav: np.ndarray, sr: int = 16000, fps: float = 30.0,
                window_s: float = AUDIO_WINDOW_S) -> tuple[np.ndarray, list[str]]:
-    """Per-frame arousal cues on a ``fps`` grid: (n, 4) alpha ratio, Hammarberg index (both over voiced
-    10 ms frames), loudness coefficient of variation (over active frames) and F0 standard deviation in
-    semitones (over voiced frames), each measured over a centred
+    """Per-frame arousal cues on a ``fps`` grid: (n, len(AUDIO_CUES)) alpha ratio, Hammarberg index (both over voiced
+    10 ms frames), loudness coefficient of variation (over active frames), F0 20-80 percentile range in
+    semitones, voicing ratio and further voiced means (see :data:`AUDIO_CUES` for the order), each measured over a centred
     ``window_s`` window; NaN where the window holds no voiced / active speech.
 
     n = ceil(len(wav) / (sr / fps)) (frame k covers [k / fps, (k + 1) / fps)).
@@ -135,13 +147,11 @@ def audio_cues(wav: np.ndarray, sr: int = 16000, fps: float = 30.0,
 
     nv, na = wsum(voiced.astype(np.float64)), wsum(active.astype(np.float64))
     la = np.where(active, loud, 0.0)
-    semi = np.where(voiced, f0, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = wsum(la) / na
         cols = {"loudness_cv": np.where(na >= 10, np.sqrt(np.maximum(wsum(la * la) / na - mean**2, 0.0))
                                         / np.maximum(mean, 1e-12), np.nan)}
-        fm = wsum(semi) / nv
-        cols["f0_sd"] = np.where(nv >= 10, np.sqrt(np.maximum(wsum(semi * semi) / nv - fm**2, 0.0)), np.nan)
+        cols["f0_range"] = _f0_range(f0, voiced, lo, hi, nv)
         cols["voiced_ratio"] = np.where(na >= 10, nv / na, np.nan)
         for name, lld_name in _VOICED_MEAN_CUES.items():
             v = np.where(voiced, vals[:, col[lld_name]], 0.0)
