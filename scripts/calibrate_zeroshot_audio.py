@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,8 @@ def frame_cues(paths: list[Path], cache: Path | None) -> list[np.ndarray]:
 
 def clip_means(frames: list[np.ndarray]) -> np.ndarray:
     """(n_clips, n_cues) mean of each cue over the frames where it is finite."""
-    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a cue that is NaN on every frame stays NaN
         return np.stack([np.nanmean(f, 0) for f in frames])
 
 
@@ -84,7 +85,7 @@ def clip_arousal(frames: list[np.ndarray], spec: tuple[AudioCue, ...], bias: flo
     out = []
     for f in frames:
         a = arousal_from_cues(f, spec, bias)
-        out.append(np.nanmean(a) if np.isfinite(a).any() else np.nan)
+        out.append(float(np.mean(a[np.isfinite(a)])) if np.isfinite(a).any() else np.nan)
     return np.asarray(out)
 
 
@@ -141,7 +142,8 @@ def main() -> None:
     log.info(report("RAVDESS leave-one-speaker-out", held, y))
     log.info("RAVDESS leave-one-speaker-out, within speaker: mean Spearman %+.3f (min %+.3f)",
              np.nanmean(per_actor), np.nanmin(per_actor))
-    strong = [np.mean(held[(intensity == 2) & (np.array(emo) == e)] > np.median(held[(intensity == 1) & (np.array(emo) == e)]))
+    emo_a = np.array(emo)
+    strong = [np.mean(held[(intensity == 2) & (emo_a == e)] > np.median(held[(intensity == 1) & (emo_a == e)]))
               for e in sorted(set(emo)) if e != "neutral"]
     log.info("RAVDESS held out: share of strong-intensity clips above the normal-intensity median, mean over "
              "emotions %.2f", float(np.mean(strong)))
