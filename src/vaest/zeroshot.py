@@ -43,34 +43,68 @@ def face_outputs_va(outputs: dict[str, np.ndarray], classes: Sequence[str]) -> n
 
 @dataclass(frozen=True)
 class AudioCue:
-    """One arousal cue: ``sign * (value - centre) / scale`` is its standard score (0 = typical speech)."""
+    """One arousal cue: ``(value - centre) / scale`` is its standard score, ``weight`` its share of the
+    arousal score (see :func:`arousal_from_cues`)."""
 
     name: str
     centre: float
     scale: float
-    sign: float
+    weight: float
 
 
 # Cues the speech literature ties to arousal (Banse & Scherer 1996; Juslin & Laukka 2003; Eyben et al. 2016,
 # eGeMAPS) that do not change with recording gain: spectral tilt of voiced speech (alpha ratio up, Hammarberg
-# index down: more energy above 1 kHz in tense, loud voices) and loudness dynamics (coefficient of variation of
-# openSMILE loudness, unchanged when the waveform is scaled). Centre and scale are round values of the typical
-# range of each cue in conversational speech (alpha ratio about -16..0 dB, Hammarberg index about 5..25 dB,
-# loudness CV about 0.5..1.3); they are NOT fitted to any corpus (see docs/real-data.md). F0 level is left out:
-# without a reference for the speaker it mostly measures sex and age, not arousal.
+# index down, first cepstral coefficient down: more energy at high frequencies in tense, loud voices), F0 range
+# (20-80 percentile range of F0 in semitones over voiced frames, as eGeMAPS) and harmonicity (HNR), all over voiced frames.
+# CALIBRATED on public emotional speech: RAVDESS speech (Livingstone & Russo 2018, CC BY-NC-SA 4.0; 24 actors,
+# 1440 clips; the copy in github.com/simiya/Projet-Son-Jedha) by scripts/calibrate_zeroshot_audio.py: centre and
+# scale are the corpus mean and standard deviation of each cue's clip mean, weight a ridge fit of atanh(circumplex
+# arousal of the acted emotion) on the standard scores, AUDIO_BIAS puts neutral and calm clips at 0. Cues with
+# weight 0 are measured but left out of the fit (loudness dynamics, voicing ratio, spectral slopes, H1-H2: no
+# gain on held-out speakers; F0 level: it mostly measures the speaker's sex); held-out-speaker figures and the
+# command in docs/real-data.md. The data is not needed at run time.
 AUDIO_CUES: tuple[AudioCue, ...] = (
-    AudioCue("alpha_ratio", centre=-8.0, scale=4.0, sign=+1.0),
-    AudioCue("hammarberg", centre=15.0, scale=4.0, sign=-1.0),
-    AudioCue("loudness_cv", centre=0.9, scale=0.2, sign=+1.0),
+    AudioCue("alpha_ratio", centre=-11.000, scale=4.174, weight=+0.050),
+    AudioCue("hammarberg", centre=20.605, scale=4.344, weight=-0.081),
+    AudioCue("loudness_cv", centre=0.633, scale=0.090, weight=+0.000),
+    AudioCue("f0_range", centre=4.792, scale=2.335, weight=+0.140),
+    AudioCue("voiced_ratio", centre=0.633, scale=0.124, weight=+0.000),
+    AudioCue("slope0_500", centre=0.056, scale=0.028, weight=+0.000),
+    AudioCue("slope500_1500", centre=-0.014, scale=0.007, weight=+0.000),
+    AudioCue("mfcc1", centre=23.662, scale=8.153, weight=-0.074),
+    AudioCue("hnr", centre=6.837, scale=2.040, weight=-0.020),
+    AudioCue("h1_h2", centre=6.004, scale=3.044, weight=+0.000),
+    AudioCue("f0_mean", centre=34.585, scale=7.011, weight=+0.000),
 )
-AUDIO_GAIN = 0.5  # arousal = tanh(AUDIO_GAIN x mean cue score): a mean score of +-2 gives +-0.76
+AUDIO_BIAS = 0.224  # arousal = tanh(AUDIO_BIAS + sum of weight x standard score); neutral RAVDESS speech at 0
 AUDIO_WINDOW_S = 3.0  # cues are measured over a centred window of this length around each output frame
+
+
+# cues that are means over the window's voiced frames of one eGeMAPS descriptor (all gain-independent: ratios
+# of spectral energies, spectral slopes, the first cepstral coefficient, harmonicity, F0 in semitones)
+_VOICED_MEAN_CUES = {"alpha_ratio": "alphaRatio_sma3", "hammarberg": "hammarbergIndex_sma3",
+                     "slope0_500": "slope0-500_sma3", "slope500_1500": "slope500-1500_sma3", "mfcc1": "mfcc1_sma3",
+                     "hnr": "HNRdBACF_sma3nz", "h1_h2": "logRelF0-H1-H2_sma3nz",
+                     "f0_mean": "F0semitoneFrom27.5Hz_sma3nz"}
+
+
+def _f0_range(f0: np.ndarray, voiced: np.ndarray, lo: np.ndarray, hi: np.ndarray, nv: np.ndarray) -> np.ndarray:
+    """(n,) F0 range per window: 80th minus 20th percentile of the voiced F0 (semitones) in LLD frames
+    [lo, hi) (eGeMAPS' pctlrange0-2: robust to the octave jumps of F0 tracking in poor audio); NaN under 10
+    voiced frames."""
+    out = np.full(len(lo), np.nan)
+    for i in np.flatnonzero(nv >= 10):
+        v = f0[lo[i]:hi[i]][voiced[lo[i]:hi[i]]]
+        p20, p80 = np.percentile(v, (20, 80))
+        out[i] = p80 - p20
+    return out
 
 
 def audio_cues(wav: np.ndarray, sr: int = 16000, fps: float = 30.0,
                window_s: float = AUDIO_WINDOW_S) -> tuple[np.ndarray, list[str]]:
-    """Per-frame arousal cues on a ``fps`` grid: (n, 3) alpha ratio, Hammarberg index (both over voiced
-    10 ms frames) and loudness coefficient of variation (over active frames), each measured over a centred
+    """Per-frame arousal cues on a ``fps`` grid: (n, len(AUDIO_CUES)) alpha ratio, Hammarberg index (both over voiced
+    10 ms frames), loudness coefficient of variation (over active frames), F0 20-80 percentile range in
+    semitones, voicing ratio and further voiced means (see :data:`AUDIO_CUES` for the order), each measured over a centred
     ``window_s`` window; NaN where the window holds no voiced / active speech.
 
     n = ceil(len(wav) / (sr / fps)) (frame k covers [k / fps, (k + 1) / fps)).
@@ -94,47 +128,71 @@ def audio_cues(wav: np.ndarray, sr: int = 16000, fps: float = 30.0,
     vals, base, lld = egemaps_lld(wav, sr)
     col = {k: i for i, k in enumerate(lld)}
     loud = vals[:, col["Loudness_sma3"]].astype(np.float64)
-    f0 = vals[:, col["F0semitoneFrom27.5Hz_sma3nz"]]
+    f0 = vals[:, col["F0semitoneFrom27.5Hz_sma3nz"]].astype(np.float64)
     # active: louder than 5 % of the file's loud (95th percentile) level: a ratio, so gain does not move it
     active = loud > 0.05 * max(float(np.percentile(loud, 95)), 1e-12)
     voiced = (f0 > 0) & active
-    alpha = np.where(voiced, vals[:, col["alphaRatio_sma3"]], 0.0)
-    hamm = np.where(voiced, vals[:, col["hammarbergIndex_sma3"]], 0.0)
-    la = np.where(active, loud, 0.0)
 
     def csum(x: np.ndarray) -> np.ndarray:
         return np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
 
-    cv, ca, ch, cn, cl, cl2 = map(csum, (voiced.astype(np.float64), alpha, hamm, active.astype(np.float64), la, la * la))
     centres = (np.arange(n) + 0.5) / fps
     t_lld = base.start + (np.arange(len(loud)) + 0.5) * base.hop
     lo = np.searchsorted(t_lld, centres - window_s / 2)
     hi = np.searchsorted(t_lld, centres + window_s / 2)
-    nv, na = cv[hi] - cv[lo], cn[hi] - cn[lo]
+
+    def wsum(x: np.ndarray) -> np.ndarray:
+        c = csum(x)
+        return c[hi] - c[lo]
+
+    nv, na = wsum(voiced.astype(np.float64)), wsum(active.astype(np.float64))
+    la = np.where(active, loud, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out[:, 0] = np.where(nv >= 10, (ca[hi] - ca[lo]) / nv, np.nan)
-        out[:, 1] = np.where(nv >= 10, (ch[hi] - ch[lo]) / nv, np.nan)
-        mean = (cl[hi] - cl[lo]) / na
-        var = np.maximum((cl2[hi] - cl2[lo]) / na - mean**2, 0.0)
-        out[:, 2] = np.where(na >= 10, np.sqrt(var) / np.maximum(mean, 1e-12), np.nan)
+        mean = wsum(la) / na
+        cols = {"loudness_cv": np.where(na >= 10, np.sqrt(np.maximum(wsum(la * la) / na - mean**2, 0.0))
+                                        / np.maximum(mean, 1e-12), np.nan)}
+        cols["f0_range"] = _f0_range(f0, voiced, lo, hi, nv)
+        cols["voiced_ratio"] = np.where(na >= 10, nv / na, np.nan)
+        for name, lld_name in _VOICED_MEAN_CUES.items():
+            v = np.where(voiced, vals[:, col[lld_name]], 0.0)
+            cols[name] = np.where(nv >= 10, wsum(v) / nv, np.nan)
+    for i, name in enumerate(names):
+        out[:, i] = cols[name]
     return out, names
+
+
+def arousal_from_cues(cues: np.ndarray, spec: Sequence[AudioCue] = AUDIO_CUES,
+                      bias: float | None = None) -> np.ndarray:
+    """(n, len(spec)) cue values (:func:`audio_cues`) -> (n,) arousal in (-1, 1):
+    tanh(bias + sum_i weight_i (cue_i - centre_i) / scale_i). A cue that is NaN on a frame is left out and the
+    weights of the others are scaled up so that their absolute sum stays the same; NaN where no cue with a
+    non-zero weight is finite.
+    ``bias`` defaults to :data:`AUDIO_BIAS`.
+    """
+    cues = np.asarray(cues, np.float64)
+    b = AUDIO_BIAS if bias is None else bias
+    w = np.array([c.weight for c in spec], np.float64)
+    z = (cues - np.array([c.centre for c in spec])) / np.array([c.scale for c in spec])
+    ok = np.isfinite(z) & (w != 0)[None]
+    aw = np.abs(w)[None] * ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(aw.sum(1) > 0, np.abs(w).sum() / aw.sum(1), 0.0)
+    score = b + share * np.where(ok, z * w[None], 0.0).sum(1)
+    return np.where(ok.any(1), np.tanh(score), np.nan)
 
 
 def zero_shot_audio(wav: np.ndarray, sr: int = 16000, fps: float = 30.0) -> np.ndarray:
     """Zero-shot arousal of speech on a ``fps`` grid: (n, 2) with valence NaN (not estimated: no cue tested here
     ranks valence), arousal NaN where a frame's window holds no speech.
 
-    Arousal = tanh(:data:`AUDIO_GAIN` x mean standard score of the available :data:`AUDIO_CUES`), from
-    :func:`audio_cues`: spectral tilt of the voice and loudness dynamics, all independent of recording gain
-    (a calm clip recorded loud is not made aroused, unlike a loudness level would). Frame k covers
+    Arousal = :func:`arousal_from_cues` of :func:`audio_cues`: spectral tilt of the voice, loudness dynamics
+    and F0 range, all independent of recording gain (a calm clip recorded loud is not made aroused, unlike a
+    loudness level would), combined with constants calibrated on RAVDESS (:data:`AUDIO_CUES`). Frame k covers
     [k / fps, (k + 1) / fps); n = ceil(len(wav) / (sr / fps)).
     """
     cues, _ = audio_cues(wav, sr, fps)
-    z = np.stack([c.sign * (cues[:, i] - c.centre) / c.scale for i, c in enumerate(AUDIO_CUES)], 1)
-    ok = np.isfinite(z)
-    score = np.where(ok, z, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
     out = np.full((len(cues), 2), np.nan, np.float32)
-    out[:, 1] = np.where(ok.any(1), np.tanh(AUDIO_GAIN * score), np.nan)
+    out[:, 1] = arousal_from_cues(cues)
     return out
 
 
