@@ -63,13 +63,16 @@ def test_zero_shot_video_weights_and_sources():
     face = np.array([[0.5, 0.2], [0.5, 0.2], [np.nan, np.nan], [np.nan, np.nan]])
     audio = np.array([[np.nan, 0.6], [np.nan, np.nan], [np.nan, -0.4]])  # shorter: padded with NaN
     f = zero_shot_video(face, audio)
-    np.testing.assert_allclose(f.va[0], [0.5, 0.4])  # valence from the face; arousal = mean of both
+    np.testing.assert_allclose(f.va[0], [0.5, 0.2])  # the face first; the voice only where no face is seen
     np.testing.assert_allclose(f.va[1], [0.5, 0.2])
-    assert np.isnan(f.va[2, 0]) and f.va[2, 1] == pytest.approx(-0.4)
+    assert np.isnan(f.va[2, 0]) and f.va[2, 1] == pytest.approx(-0.4)  # voice fallback: arousal, no valence
     assert np.isnan(f.va[3]).all()
-    assert list(f.source) == ["face+audio", "face", "audio", "none"]
+    assert list(f.source) == ["face", "face", "audio", "none"]
     np.testing.assert_allclose(f.weights["face"][:, 1] + f.weights["audio"][:, 1], [1, 1, 1, 0])
     np.testing.assert_allclose(f.weights["audio"][:, 0], 0)
+    shared = zero_shot_video(face, audio, weights={"face": (1.0, 0.5), "audio": (0.0, 0.5)})
+    np.testing.assert_allclose(shared.va[0], [0.5, 0.4])  # arousal shared: the mean of both
+    assert list(shared.source) == ["face+audio", "face", "audio", "none"]
     only_face = zero_shot_video(face, None)
     np.testing.assert_allclose(only_face.va[:2], face[:2])
 

@@ -70,9 +70,8 @@ ZERO_SHOT_AUDIO_NOTE = ("audio: zero-shot voice arousal from gain-independent cu
                         "valence not estimated")
 ZERO_SHOT_FACE_NOTE = ("face: zero-shot {backbone}: its own valence/arousal head where it has one, else its "
                        "expression probabilities mapped onto the circumplex")
-ZERO_SHOT_VIDEO_NOTE = ("video: face and voice fused per frame (valence from the face; arousal: equal prior "
-                        "weights renormalised over the modalities present); weight_face/weight_audio are the "
-                        "arousal weights")
+ZERO_SHOT_VIDEO_NOTE = ("video: the face first (valence and arousal); the voice's arousal only on frames where no "
+                        "face is seen; weight_face/weight_audio are the arousal weights")
 
 
 class FrameTimes(Extractor):
