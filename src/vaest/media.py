@@ -202,7 +202,7 @@ def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = N
         c.close()
 
 
-def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     """``items`` produced in a background thread, at most ``depth`` ahead of the consumer.
 
     Why: decoding (PyAV decodes and converts colours without the GIL) then overlaps with the consumer's work
