@@ -219,24 +219,9 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
     frame_ex = [e for e in extractors if e.kind == "frames"]
     audio_ex = [e for e in extractors if e.kind == "audio"]
     n = 0
-
-    def run_audio() -> dict[tuple[str, str], FeatureRecord]:
-        wav = read_audio(media, SAMPLE_RATE)
-        recs: dict[tuple[str, str], FeatureRecord] = {}
-        for e in audio_ex:
-            recs.update(_stamp(e, e.extract_audio(videos, wav, SAMPLE_RATE, info)))
-        return recs
-
-    audio_job = None
     if frame_ex:
         if not info.has_video:
             raise VaestError(f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})")
-        if audio_ex:  # the audio extractors (VAD, ...) run beside the frame loop, on another core when idle
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = ThreadPoolExecutor(1, thread_name_prefix="vaest-audio")
-            audio_job = pool.submit(run_audio)
-            pool.shutdown(wait=False)
         for e in frame_ex:
             e.begin(videos, info)
         # decoding runs one batch ahead in a thread (vaest.media.prefetch): it overlaps with the extractors
@@ -247,10 +232,10 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
             n += len(batch.index)
         for e in frame_ex:
             records.update(_stamp(e, e.end()))
-    if audio_job is not None:
-        records.update(audio_job.result())
-    elif audio_ex:
-        records.update(run_audio())
+    if audio_ex:  # after the frames: beside them in a thread cost +35-90 MB peak RSS (docs/performance.md)
+        wav = read_audio(media, SAMPLE_RATE)
+        for e in audio_ex:
+            records.update(_stamp(e, e.extract_audio(videos, wav, SAMPLE_RATE, info)))
     return records, n
 
 
