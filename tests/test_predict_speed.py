@@ -139,3 +139,30 @@ def test_prefetch_raises_the_producers_error_and_stops_with_the_consumer():
     gen.close()  # the consumer stops early: the producer thread ends and closes its source
     assert closed.is_set()
     assert not any(t.name == "vaest-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_egemaps_in_chunks_equals_the_whole_signal(monkeypatch):
+    """Long input goes through openSMILE in chunks (bounded memory): the same 10 ms frames, the same values."""
+    pytest.importorskip("opensmile")
+    import vaest.features.audio as A
+
+    sr = 16000
+    rng = np.random.default_rng(0)
+    t = np.arange(int(23.3 * sr)) / sr
+    # voiced stretches (a gliding harmonic tone) between noise and silence, so pitch and voicing change
+    f0 = 140 + 40 * np.sin(2 * np.pi * 0.3 * t)
+    tone = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / sr) / k for k in range(1, 6))
+    gate = (np.sin(2 * np.pi * 0.4 * t) > 0).astype(np.float64)
+    wav = (0.3 * gate * tone + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    monkeypatch.setattr(A, "EGEMAPS_CHUNK_S", 10 ** 6)
+    whole, wbase, wnames = A.egemaps_lld(wav, sr)
+    monkeypatch.setattr(A, "EGEMAPS_CHUNK_S", 4)
+    monkeypatch.setattr(A, "EGEMAPS_PAD_S", 2)
+    calls = []
+    real = A._SMILE.process_signal
+    monkeypatch.setattr(A._SMILE, "process_signal", lambda x, s: calls.append(len(x)) or real(x, s))
+    parts, pbase, pnames = A.egemaps_lld(wav, sr)
+    assert len(calls) == 6 and max(calls) <= 8 * sr  # really in chunks
+    assert pnames == wnames and pbase == wbase
+    assert parts.shape == whole.shape
+    np.testing.assert_allclose(parts, whole, atol=1e-5, rtol=0)
