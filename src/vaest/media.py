@@ -11,11 +11,13 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, TypeVar
 
 import numpy as np
 
 from vaest.errors import MediaError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +202,57 @@ def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = N
         c.close()
 
 
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """``items`` produced in a background thread, at most ``depth`` ahead of the consumer.
+
+    Why: decoding (PyAV decodes and converts colours without the GIL) then overlaps with the consumer's work
+    (MediaPipe, the face encoder) on a second core, while memory stays bounded to ``depth`` + 2 items (e.g.
+    batches of frames). An exception of the producer is raised in the consumer; a consumer that stops early
+    stops the producer at its next item.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for x in items:
+                if not put(("item", x)):
+                    return
+            put(("end", None))
+        except BaseException as e:  # handed to the consumer
+            put(("error", e))
+        finally:
+            close = getattr(items, "close", None)
+            if callable(close):
+                close()
+
+    th = threading.Thread(target=produce, name="vaest-prefetch", daemon=True)
+    th.start()
+    try:
+        while True:
+            kind, x = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise x
+            yield x
+    finally:
+        stop.set()
+        th.join()
+
+
 def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio track as mono float32 at ``sr`` Hz, shape (N,).
 
@@ -226,7 +279,9 @@ def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
         except Exception as e:
             log.warning("%s: audio decoding stopped early (%s: %s); using %.1f s read", p, type(e).__name__, e,
                         sum(len(x) for x in chunks) / sr)
-        wav = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+        # one copy of the signal: concatenate, then free the chunks (no second float32 copy of a long file)
+        wav = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, dtype=np.float32)
+        chunks.clear()
         bad = ~np.isfinite(wav)
         if bad.any():
             log.warning("%s: %d non-finite audio samples set to 0", p, int(bad.sum()))

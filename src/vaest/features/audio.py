@@ -141,6 +141,10 @@ def log_mel_spectrogram(wav: np.ndarray, sr: int = AUDIO_SR, n_mels: int = 64, w
 _SMILE: Any = None
 
 
+EGEMAPS_CHUNK_S = 60  # egemaps_lld runs openSMILE on chunks of this many seconds (+ context) for longer input
+EGEMAPS_PAD_S = 5
+
+
 def egemaps_lld(wav: np.ndarray, sr: int = AUDIO_SR) -> tuple[np.ndarray, TimeBase, list[str]]:
     """eGeMAPSv02 low-level descriptors every 10 ms via the ``opensmile`` package.
 
@@ -159,11 +163,29 @@ def egemaps_lld(wav: np.ndarray, sr: int = AUDIO_SR) -> tuple[np.ndarray, TimeBa
     min_len = int(0.06 * sr)  # openSMILE yields nothing for very short input
     if len(wav) < min_len:
         wav = np.pad(wav, (0, min_len - len(wav)))
-    df = _SMILE.process_signal(wav, sr)
-    names = [str(c) for c in df.columns]
-    vals = np.nan_to_num(df.to_numpy(dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    starts = df.index.get_level_values("start").total_seconds().to_numpy()
-    ends = df.index.get_level_values("end").total_seconds().to_numpy()
+    hop_n = int(round(0.01 * sr))
+    if sr % 100 or len(wav) <= (EGEMAPS_CHUNK_S + 2 * EGEMAPS_PAD_S) * sr:
+        df = _SMILE.process_signal(wav, sr)
+        names = [str(c) for c in df.columns]
+        vals = np.nan_to_num(df.to_numpy(dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        starts = df.index.get_level_values("start").total_seconds().to_numpy()
+        ends = df.index.get_level_values("end").total_seconds().to_numpy()
+    else:
+        # long input in chunks with EGEMAPS_PAD_S of context either side (openSMILE holds several copies of the
+        # whole signal: +480 MB for 10 min); each chunk keeps the 10 ms frames that start inside it
+        step, pad = EGEMAPS_CHUNK_S * sr, EGEMAPS_PAD_S * sr
+        parts, names, win = [], [], 0.02
+        for s0 in range(0, len(wav), step):
+            c0 = max(0, s0 - pad)
+            df = _SMILE.process_signal(wav[c0 : s0 + step + pad], sr)
+            names = [str(c) for c in df.columns]
+            st = c0 // hop_n + np.rint(df.index.get_level_values("start").total_seconds().to_numpy() * 100).astype(np.int64)
+            win = float((df.index.get_level_values("end") - df.index.get_level_values("start")).total_seconds()[0])
+            keep = (st >= s0 // hop_n) & ((st < (s0 + step) // hop_n) | (s0 + step >= len(wav)))
+            parts.append(np.nan_to_num(df.to_numpy(dtype=np.float32)[keep], nan=0.0, posinf=0.0, neginf=0.0))
+        vals = np.concatenate(parts)
+        starts = np.arange(len(vals)) * 0.01
+        ends = starts + win
     hop = float(np.median(np.diff(starts))) if len(starts) > 1 else 0.01
     win = float(ends[0] - starts[0]) if len(starts) else 0.02
     return vals, TimeBase(hop=round(hop, 6), win=round(win, 6), start=float(starts[0]) if len(starts) else 0.0), names

@@ -27,7 +27,7 @@ import numpy as np
 from vaest.corpus import Video
 from vaest.errors import VaestError
 from vaest.features.store import FeatureRecord, FeatureStore, config_hash
-from vaest.media import FrameBatch, MediaInfo, iter_frames, probe, read_audio, SAMPLE_RATE
+from vaest.media import FrameBatch, MediaInfo, iter_frames, prefetch, probe, read_audio, SAMPLE_RATE
 from vaest.progress import make_progress
 
 log = logging.getLogger(__name__)
@@ -224,14 +224,15 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
             raise VaestError(f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})")
         for e in frame_ex:
             e.begin(videos, info)
-        for batch in iter_frames(media, batch_size=batch_size, max_side=max_side):
+        # decoding runs one batch ahead in a thread (vaest.media.prefetch): it overlaps with the extractors
+        for batch in prefetch(iter_frames(media, batch_size=batch_size, max_side=max_side)):
             shared: dict[str, Any] = {}
             for e in frame_ex:
                 e.update(batch, shared)
             n += len(batch.index)
         for e in frame_ex:
             records.update(_stamp(e, e.end()))
-    if audio_ex:
+    if audio_ex:  # after the frames: beside them in a thread cost +35-90 MB peak RSS (docs/performance.md)
         wav = read_audio(media, SAMPLE_RATE)
         for e in audio_ex:
             records.update(_stamp(e, e.extract_audio(videos, wav, SAMPLE_RATE, info)))
