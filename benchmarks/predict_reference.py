@@ -3,8 +3,8 @@
 Run it with the code *before* a speed change (e.g. ``git archive <commit> src | tar -x -C /tmp/base`` and
 ``PYTHONPATH=/tmp/base/src python benchmarks/predict_reference.py``): it predicts one real CREMA-D clip
 zero-shot (1 torch thread) and writes the per-frame columns at full float precision to
-``tests/data/predict_reference.csv``. The committed file was made with commit 98b5306 (before issue 13's
-predict work).
+``tests/data/predict_reference.csv``. The committed file was made with commit 437aace (the zero-shot rules of issue 15, before issue 13's
+predict speed work).
 
 Usage: ``python benchmarks/predict_reference.py [--clip PATH] [--out tests/data/predict_reference.csv]``
 """
