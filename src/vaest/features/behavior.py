@@ -723,10 +723,12 @@ class BehaviorVLMExtractor(Extractor):
             self.next_full += 1
         self._flush()
 
-    def end(self) -> dict[tuple[str, str], FeatureRecord]:
+    def _finish(self) -> tuple[np.ndarray, list, dict[tuple[int, Any], tuple[dict, Any]], list[str], str, int]:
+        """Send the segments not sent yet (the video's last ones) and gather every answer: returns the frame
+        times, the segments, ``{(segment index, view): (features, text)}``, the feature names, the main feature
+        and its width."""
         times = np.asarray(self.times)
-        n = len(times)
-        segs = plan_segments(n, self.fps, times, self.config.segments)
+        segs = plan_segments(len(times), self.fps, times, self.config.segments)
         emitted = self.sent | {s.index for s in self.queue}
         self.queue.extend(s for s in segs if s.index not in emitted)
         self._flush(final=True)
@@ -734,6 +736,11 @@ class BehaviorVLMExtractor(Extractor):
         names = sorted({k for f, _ in got.values() for k in f})
         main = DEFAULT_FEATURE if DEFAULT_FEATURE in names else (names[0] if names else DEFAULT_FEATURE)
         H = next(iter(got.values()))[0][main].shape[0] if got else 0
+        return times, segs, got, names, main, H
+
+    def end(self) -> dict[tuple[str, str], FeatureRecord]:
+        times, segs, got, names, main, H = self._finish()
+        n = len(times)
         base = segment_base(self.config.segments)
         out: dict[tuple[str, str], FeatureRecord] = {}
         for v in self.videos:

@@ -33,7 +33,6 @@ from vaest.features.behavior import (FRAME_FEATURES, BehaviorDescConfig, Behavio
 from vaest.features.store import FeatureRecord
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
 from vaest.timebase import TimeSeries
-from vaest.vlm import DEFAULT_FEATURE
 
 log = logging.getLogger(__name__)
 
@@ -216,16 +215,8 @@ class PersonBehaviorVLMExtractor(BehaviorVLMExtractor):
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
         from vaest.features.persons import track_plan
 
-        times = np.asarray(self.times)
+        times, segs, got, names, main, H = self._finish()  # answers keyed by (segment index, person id)
         n = len(times)
-        segs = plan_segments(n, self.fps, times, self.config.segments)
-        emitted = self.sent | {s.index for s in self.queue}
-        self.queue.extend(s for s in segs if s.index not in emitted)
-        self._flush(final=True)
-        got = {(s.index, pid): (f, t) for s, pid, f, t in self.done}
-        names = sorted({k for f, _ in got.values() for k in f})
-        main = DEFAULT_FEATURE if DEFAULT_FEATURE in names else (names[0] if names else DEFAULT_FEATURE)
-        H = next(iter(got.values()))[0][main].shape[0] if got else 0
         plan: list[list[int]] = []
         raw_ids: list[int] = []
         found = np.zeros((0, n), bool)
