@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vaest.corpus import Corpus, Video
+from vaest.corpus import Corpus
 from vaest.errors import VaestError
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.io import atomic_write_json

@@ -10,9 +10,6 @@ model: its modality alone is applied. Prediction itself lives in :mod:`vaest.pre
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
 import time

@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from vaest.config import write_run_info
-from vaest.corpus import Corpus, Video, load_corpus
-from vaest.errors import FeatureError, ModelError, VaestError
+from vaest.corpus import Video, load_corpus
+from vaest.errors import FeatureError, VaestError
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.inference import (evaluate_predictions, load_predictions, read_run_json, save_predictions,
                              write_run_json)
@@ -53,7 +53,7 @@ from vaest.models import create_model, load_checkpoint
 from vaest.models.fusion import ReferenceRAAVConfig
 from vaest.presets import get_preset, preset_record, register_preset
 from vaest.progress import track
-from vaest.timebase import TimeBase, TimeSeries, frame_midpoints
+from vaest.timebase import TimeBase, frame_midpoints
 from vaest.training import Sequence, SequenceTask, TrainConfig, accepts_mask, fit, predict_sequence
 from vaest.windows import window_starts
 
