@@ -54,7 +54,7 @@ import numpy as np
 
 from vaest.corpus import AUDIO_EXTS, Video
 from vaest.corpus.affwild2 import VIDEO_EXTS
-from vaest.errors import MediaError, VaestError
+from vaest.errors import FeatureError, MediaError, VaestError
 from vaest.features.base import Extractor
 from vaest.features.store import FeatureRecord, FeatureStore, MemoryStore
 from vaest.media import FrameBatch, MediaInfo
@@ -552,8 +552,6 @@ class Predictor:
         df = pd.DataFrame(cols)
         if not mask.any():
             notes.append("no estimate: no modality had input in any frame")
-        if self.bundle is None and weights:
-            notes.append(ZERO_SHOT_VIDEO_NOTE)
         meta = self._meta(p, sorted(parts), fps, n, audio_only, source, notes, store, t0)
         meta["frame_modalities"] = frame_modalities(parts, n)
         return PredictionResult(df, meta)
@@ -807,41 +805,18 @@ class Predictor:
         }
 
     def _zero_shot(self, store: FeatureStore, video: Video) -> tuple[dict[str, Any], list[str]]:
-        """Zero-shot modality tracks: the face (``face_backbone``) and, where the file has one, the voice."""
-        from vaest.features.face import face_key
+        """Zero-shot voice track of an audio-only file (videos go through :meth:`_predict_people`: the person
+        tracker, each person's face and the voice attributed to them)."""
         from vaest.media import read_audio
         from vaest.tasks.fusion import Track
-        from vaest.zeroshot import face_outputs_va
 
-        if video.audio_only:
-            wav = read_audio(video.media)
-            if wav.size == 0:
-                raise MediaError(f"{video.media}: no audio samples to analyse")
-            va = self._voice(wav, AUDIO_ONLY_FPS)
-            return {"audio": Track(va, np.isfinite(va[:, 1]), None, AUDIO_ONLY_FPS)}, [self._voice_note()]
-        rec = store.load(face_key(self.face_backbone), video.id)
-        fps = float(rec.base.rate)
-        found = np.asarray(rec.mask, bool) & np.isfinite(rec.values).all(1)
-        classes = (rec.meta.get("classes") or rec.meta.get("config", {}).get("classes")
-                   or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
-        notes = [ZERO_SHOT_FACE_NOTE.format(backbone=self.face_backbone)]
-        parts: dict[str, Any] = {}
-        if found.any():
-            va = np.where(found[:, None], face_outputs_va(rec.extras, classes), np.nan).astype(np.float32)
-            parts["face"] = Track(va, found & np.isfinite(va).any(1), None, fps)
-        else:
-            notes.append("no face found in any frame")
+        if not video.audio_only:
+            raise FeatureError(f"{video.media}: no 'persons' features for the zero-shot video path")
         wav = read_audio(video.media)
-        if wav.size:
-            voice = self._voice(wav, fps)[: len(found)]
-            if len(voice) < len(found):
-                voice = np.concatenate([voice, np.full((len(found) - len(voice), 2), np.nan, np.float32)])
-            if np.isfinite(voice[:, 1]).any():
-                parts["audio"] = Track(voice, np.isfinite(voice[:, 1]), None, fps)
-                notes.append(self._voice_note())
-            else:
-                notes.append("audio: no speech found for the zero-shot voice arousal")
-        return parts, notes
+        if wav.size == 0:
+            raise MediaError(f"{video.media}: no audio samples to analyse")
+        va = self._voice(wav, AUDIO_ONLY_FPS)
+        return {"audio": Track(va, np.isfinite(va[:, 1]), None, AUDIO_ONLY_FPS)}, [self._voice_note()]
 
     def _voice(self, wav: np.ndarray, fps: float) -> np.ndarray:
         """(n, 2) zero-shot voice valence/arousal of a 16 kHz waveform on the ``fps`` grid."""
@@ -861,13 +836,6 @@ class Predictor:
         """Raw fused (n, 2) VA, the estimated-frame mask (n,) and per-modality weights."""
         if not parts:
             return np.full((n, 2), np.nan, np.float32), np.zeros(n, bool), {}
-        if self.bundle is None and "face" in parts and "audio" in parts:
-            from vaest.zeroshot import zero_shot_video
-
-            fz = zero_shot_video(*(np.where(parts[m].mask[:, None], parts[m].va, np.nan) for m in ("face", "audio")))
-            ok = np.isfinite(fz.va).any(1)
-            # the arousal weights: valence comes from the face alone wherever it has one
-            return fz.va, ok, {m: np.where(np.isfinite(fz.va[:, 1]), fz.weights[m][:, 1], np.nan) for m in ("face", "audio")}
         if self.fusion is not None:
             try:
                 audio = self.models.get("audio")
