@@ -400,39 +400,22 @@ def train_fusion_cmd(
     preset: Annotated[Optional[str], typer.Option(help="reference (the official model of the method) or vaest.")] = None,
 ) -> None:
     """Train a fusion model on modality run folders and write its run folder (preds with per-frame weights)."""
-    import dataclasses
-
-    from vaest.config import build, load_config
-    from vaest.presets import resolve_preset
-    from vaest.tasks.fusion import default_train_config, split_fusion_preset, train_fusion
-    from vaest.training import TrainConfig
+    from vaest.config import load_config
+    from vaest.tasks.fusion import dcmmoe_preset_kwargs, raav_preset_kwargs, train_fusion
 
     file_cfg = load_config(config)
     runs_p, root = _parse_runs(runs, corpus)
     method = method or file_cfg.get("method", "raav")
+    flags = {"preset": preset, "method": method, "epochs": epochs, "lr": lr, "device": device, "seed": seed}
     if method in ("dcmmoe", "dcm-ref"):  # the directed cross-modal family: its preset names the model
-        from vaest.tasks.fusion import dcmmoe_preset_kwargs
-
-        kw = dcmmoe_preset_kwargs(file_cfg, {"preset": preset, "method": method, "epochs": epochs, "lr": lr,
-                                             "device": device, "seed": seed})
-        m = train_fusion(runs_p, root, out, features_root=file_cfg.get("features_root"), **kw)
-        console.print(f"fusion {kw['method']}: validation CCC valence {m['valence']:.4f} arousal "
-                      f"{m['arousal']:.4f} mean {m['mean']:.4f} -> {out}")
-        return
-    p, file_cfg, _ = resolve_preset(f"fusion-{method}", file_cfg, {"preset": preset})
-    p_train, p_model, p_set = split_fusion_preset(p.values if p else {})
-    p_set.update({k: file_cfg[k] for k in ("form", "val_smooth", "win", "hop", "crossfit")
-                  if file_cfg.get(k) is not None})
-    cfg = build(TrainConfig, dataclasses.asdict(default_train_config(method)), p_train, file_cfg.get("train"),
-                {"epochs": epochs, "lr": lr, "device": device, "seed": seed})
-    smooth = p_set.get("val_smooth")
-    m = train_fusion(runs_p, root, out, method=method, train_cfg=cfg,
-                     model_cfg={**p_model, **(file_cfg.get("model") or {})},
-                     win=int(p_set.get("win", 400)), hop=int(p_set.get("hop", 150)),
-                     features_root=file_cfg.get("features_root"), form=str(p_set.get("form", "vaest")),
-                     val_smooth=tuple(int(k) for k in smooth) if smooth else None, preset=p.name if p else None,
-                     crossfit=bool(p_set.get("crossfit", True)))
-    console.print(f"fusion {method}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
+        kw = dcmmoe_preset_kwargs(file_cfg, flags)
+    elif method == "raav":
+        kw = raav_preset_kwargs({k: v for k, v in file_cfg.items() if k != "method"},
+                                {k: v for k, v in flags.items() if k != "method"})
+    else:  # train_fusion names the known methods
+        kw = {"method": method}
+    m = train_fusion(runs_p, root, out, features_root=file_cfg.get("features_root"), **kw)
+    console.print(f"fusion {kw['method']}: validation CCC valence {m['valence']:.4f} arousal {m['arousal']:.4f} "
                   f"mean {m['mean']:.4f} -> {out}")
 
 

@@ -1248,6 +1248,28 @@ def split_fusion_preset(values: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return tr, md, st
 
 
+def raav_preset_kwargs(file_cfg: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`train_fusion` for RAAV under a preset (task ``fusion-raav``), the twin of
+    :func:`dcmmoe_preset_kwargs`. The preset is named by ``flags["preset"]`` or the file's ``preset:`` key;
+    precedence: :func:`default_train_config` < preset < config file (``form``, ``val_smooth``, ``win``, ``hop``,
+    ``crossfit``, ``model:``, ``train:``) < flags (any :class:`TrainConfig` field; None ignored)."""
+    from vaest.config import build
+    from vaest.presets import resolve_preset
+
+    p, f, g = resolve_preset("fusion-raav", file_cfg, flags)
+    p_train, p_model, p_set = split_fusion_preset(p.values if p else {})
+    p_set.update({k: f[k] for k in ("form", "val_smooth", "win", "hop", "crossfit") if f.get(k) is not None})
+    t_names = {x.name for x in dataclasses.fields(TrainConfig)}
+    cfg = build(TrainConfig, dataclasses.asdict(default_train_config("raav")), p_train, f.get("train"),
+                {k: v for k, v in g.items() if k in t_names})
+    smooth = p_set.get("val_smooth")
+    return {"method": "raav", "train_cfg": cfg, "model_cfg": {**p_model, **(f.get("model") or {})},
+            "win": int(p_set.get("win", 400)), "hop": int(p_set.get("hop", 150)),
+            "form": str(p_set.get("form", "vaest")),
+            "val_smooth": tuple(int(k) for k in smooth) if smooth else None, "preset": p.name if p else None,
+            "crossfit": bool(p_set.get("crossfit", True))}
+
+
 def _register_presets() -> None:
     register_preset("fusion-raav", "reference", {k: v for k, (v, _) in REFERENCE_RAAV.items()},
                     {k: src for k, (_, src) in REFERENCE_RAAV.items()},
