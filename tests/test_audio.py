@@ -432,6 +432,28 @@ def test_vad_finds_espeak_speech_and_filters_silence(tmp_path):
     assert st.fuse_ok[(st.starts >= 6) & (st.starts + 4 <= speech_end)].all()
 
 
+def test_vad_chunk_by_chunk_equals_silero_whole_signal_forward():
+    """speech_probability runs silero's per-chunk forward with its state carried (no whole-signal copies);
+    it must give exactly what silero's own audio_forward gives on the whole signal, for every length."""
+    pytest.importorskip("silero_vad")
+    import torch
+
+    from vaest.features.vad import VAD_CHUNK, _load_model, speech_probability
+
+    rng = np.random.default_rng(3)
+    t = np.arange(3 * SR) / SR
+    voiced = (0.3 * np.sin(2 * np.pi * 140 * t) * (np.sin(2 * np.pi * 1.5 * t) > 0)).astype(np.float32)
+    wav = voiced + 0.01 * rng.standard_normal(len(t)).astype(np.float32)
+    model = _load_model()
+    for n in (len(wav), len(wav) - 100, VAD_CHUNK, VAD_CHUNK + 1, 2 * VAD_CHUNK - 7):  # (its audio_forward refuses very short input)
+        w = np.ascontiguousarray(wav[:n])
+        with torch.no_grad():
+            ref = model.audio_forward(torch.from_numpy(w), SR).reshape(-1).numpy()
+        got = speech_probability(w)
+        assert got.shape == ref.shape == (-(-n // VAD_CHUNK),)
+        np.testing.assert_array_equal(got, ref)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # real clips (CREMA-D, in ../shared; skipped when absent)
 # ---------------------------------------------------------------------------------------------------------
