@@ -340,3 +340,31 @@ def test_cli_exit_code_and_failure_listing(media, tmp_path):
     res = CliRunner().invoke(app, ["features", "ls", str(tmp_path / "s")])
     text = "".join(res.output.split())  # rich wraps long lines
     assert res.exit_code == 0 and "empty.mp4:fileisempty" in text and "garbage.mp4:cannotopenasmedia" in text
+
+
+def test_audio_beside_the_frames_gives_the_same_records_and_raises_its_errors(media):
+    """The predictor's concurrent path (audio work in a thread while the frames are processed) writes exactly
+    the records of the sequential path, hands the audio once to ``on_audio``, raises an audio error (naming
+    the file) after the frames, and leaves torch's thread count as it was."""
+    torch = pytest.importorskip("torch")
+    _need(FRAME_EX + AUDIO_EX)
+    p = media["good"]
+    v = [Video("g", p, "train")]
+    seq, n_seq = process_media(p, v, _frame_extractors() + _audio_extractors())
+    heard: list[np.ndarray] = []
+    threads = torch.get_num_threads()
+    par, n_par = process_media(p, v, _frame_extractors() + _audio_extractors(), audio_beside=True,
+                               on_audio=heard.append)
+    assert torch.get_num_threads() == threads
+    assert n_par == n_seq and sorted(par) == sorted(seq)
+    for k in seq:
+        np.testing.assert_array_equal(par[k].values, seq[k].values)
+        np.testing.assert_array_equal(par[k].mask, seq[k].mask)
+    assert len(heard) == 1 and np.array_equal(heard[0], read_audio(p))
+
+    def broken(wav: np.ndarray) -> None:
+        raise MediaError(f"{p}: the audio hook failed")
+
+    with pytest.raises(MediaError, match="good.mp4: the audio hook failed"):
+        process_media(p, v, _frame_extractors(), audio_beside=True, on_audio=broken)
+    assert torch.get_num_threads() == threads

@@ -401,6 +401,7 @@ class Predictor:
 
         self.device = resolve_device(device)
         self._ser: Any = None
+        self._voice_done: tuple[Path, float, np.ndarray] | None = None  # (media, fps, voice) of the last extraction
         if audio_backbone is not None:
             from vaest.models.ser import SpeechEmotionPredictor
 
@@ -483,8 +484,19 @@ class Predictor:
         if not todo:
             log.info("%s: features from the cache %s", video.media, store.root)
             return
+        on_audio = None
+        if self.bundle is None and self._ser is None and not video.audio_only:  # the zero-shot voice, same read
+
+            def on_audio(wav: np.ndarray) -> None:
+                from vaest.media import fps_or_default
+
+                fps = float(fps_or_default(video.fps))  # the persons tracks' rate (the frame grid of the output)
+                if wav.size:
+                    self._voice_done = (video.media, fps, self._voice(wav, fps))
+
         with progress_enabled(self.progress):
-            recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size)
+            recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size, audio_beside=True,
+                                                on_audio=on_audio)
         save_records(store, recs, force=True)
         if unfed:
             raise MediaError(why)
@@ -693,9 +705,13 @@ class Predictor:
             if info_audio:
                 from vaest.media import read_audio
 
-                wav = read_audio(video.media)
-                if wav.size:
-                    va = self._voice(wav, fps)
+                done, self._voice_done = self._voice_done, None
+                if done is not None and done[0] == video.media and done[1] == fps:
+                    va = done[2]  # computed beside the frames, from the extraction's read of the audio
+                else:
+                    wav = read_audio(video.media)
+                    va = self._voice(wav, fps) if wav.size else None
+                if va is not None:
                     parts["audio"] = Track(va, np.isfinite(va[:, 1]), None, fps)
                     notes.append(self._voice_note())
             notes.append(ZERO_SHOT_FACE_NOTE.format(backbone=self.face_backbone))

@@ -122,10 +122,10 @@ def audio_cues(wav: np.ndarray, sr: int = 16000, fps: float = 30.0,
     # 20 ms RMS) to -20 dBFS first, so that the recording gain changes nothing
     k = max(1, int(0.02 * sr))
     frames = wav[: len(wav) // k * k].reshape(-1, k) if len(wav) >= k else wav[None]
-    level = float(np.percentile(np.sqrt(np.mean(frames.astype(np.float64) ** 2, 1)), 95))
-    if level > 0:
-        wav = (wav * (0.1 / level)).astype(np.float32)
-    vals, base, lld = egemaps_lld(wav, sr)
+    rms = np.concatenate([np.sqrt(np.mean(frames[i:i + 3000].astype(np.float64) ** 2, 1))  # 60 s at a time:
+                          for i in range(0, len(frames), 3000)])  # no float64 copies of a long file (+150 MB)
+    level = float(np.percentile(rms, 95))
+    vals, base, lld = egemaps_lld(wav, sr, gain=0.1 / level if level > 0 else 1.0)
     col = {k: i for i, k in enumerate(lld)}
     loud = vals[:, col["Loudness_sma3"]].astype(np.float64)
     f0 = vals[:, col["F0semitoneFrom27.5Hz_sma3nz"]].astype(np.float64)

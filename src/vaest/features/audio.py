@@ -145,8 +145,9 @@ EGEMAPS_CHUNK_S = 60  # egemaps_lld runs openSMILE on chunks of this many second
 EGEMAPS_PAD_S = 5
 
 
-def egemaps_lld(wav: np.ndarray, sr: int = AUDIO_SR) -> tuple[np.ndarray, TimeBase, list[str]]:
-    """eGeMAPSv02 low-level descriptors every 10 ms via the ``opensmile`` package.
+def egemaps_lld(wav: np.ndarray, sr: int = AUDIO_SR, gain: float = 1.0) -> tuple[np.ndarray, TimeBase, list[str]]:
+    """eGeMAPSv02 low-level descriptors every 10 ms via the ``opensmile`` package, of ``wav * gain`` (the gain
+    applied chunk by chunk: no scaled copy of a long signal).
 
     Returns:
         values (n, 25) float32, their time base (hop 0.01 s, win 0.02 s) and the descriptor names.
@@ -165,7 +166,7 @@ def egemaps_lld(wav: np.ndarray, sr: int = AUDIO_SR) -> tuple[np.ndarray, TimeBa
         wav = np.pad(wav, (0, min_len - len(wav)))
     hop_n = int(round(0.01 * sr))
     if sr % 100 or len(wav) <= (EGEMAPS_CHUNK_S + 2 * EGEMAPS_PAD_S) * sr:
-        df = _SMILE.process_signal(wav, sr)
+        df = _SMILE.process_signal(wav if gain == 1.0 else (wav * gain).astype(np.float32), sr)
         names = [str(c) for c in df.columns]
         vals = np.nan_to_num(df.to_numpy(dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         starts = df.index.get_level_values("start").total_seconds().to_numpy()
@@ -177,7 +178,8 @@ def egemaps_lld(wav: np.ndarray, sr: int = AUDIO_SR) -> tuple[np.ndarray, TimeBa
         parts, names, win = [], [], 0.02
         for s0 in range(0, len(wav), step):
             c0 = max(0, s0 - pad)
-            df = _SMILE.process_signal(wav[c0 : s0 + step + pad], sr)
+            chunk = wav[c0 : s0 + step + pad]
+            df = _SMILE.process_signal(chunk if gain == 1.0 else (chunk * gain).astype(np.float32), sr)
             names = [str(c) for c in df.columns]
             st = c0 // hop_n + np.rint(df.index.get_level_values("start").total_seconds().to_numpy() * 100).astype(np.int64)
             win = float((df.index.get_level_values("end") - df.index.get_level_values("start")).total_seconds()[0])

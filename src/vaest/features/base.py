@@ -15,6 +15,7 @@ done, so a killed job loses at most the file in progress, and a rerun skips what
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -211,36 +212,91 @@ def _stamp(e: Extractor, recs: dict[tuple[str, str], FeatureRecord]) -> dict[tup
     return recs
 
 
+def _single_torch_thread() -> Any:
+    """A context that runs torch on one intra-op thread and restores the count after (a no-op when torch is not
+    loaded): while the audio runs beside the frames, each pipeline gets one core, and no extractor changes the
+    process-wide thread count under the other's feet."""
+    import contextlib
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def one() -> Any:
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    return one()
+
+
 def process_media(media: Path, videos: list[Video], extractors: list[Extractor], batch_size: int = 32,
-                  max_side: int | None = None) -> tuple[dict[tuple[str, str], FeatureRecord], int]:
-    """Run extractors on one media file, decoding frames once. Returns records and the number of frames."""
+                  max_side: int | None = None, audio_beside: bool = False,
+                  on_audio: Callable[[np.ndarray], None] | None = None
+                  ) -> tuple[dict[tuple[str, str], FeatureRecord], int]:
+    """Run extractors on one media file, decoding frames once. Returns records and the number of frames.
+
+    The audio track is read once (16 kHz mono) for the audio extractors and ``on_audio`` (called with it after
+    them, e.g. the predictor's zero-shot voice). With ``audio_beside`` that audio work runs in a thread while the
+    frames are processed (the predictor: on two cores it takes the audio off the critical path; torch then runs
+    on one thread per pipeline), else after the frames (extraction of corpora: least memory)."""
     info = probe(media)
     records: dict[tuple[str, str], FeatureRecord] = {}
     frame_ex = [e for e in extractors if e.kind == "frames"]
     audio_ex = [e for e in extractors if e.kind == "audio"]
     n = 0
+
+    def audio_work() -> dict[tuple[str, str], FeatureRecord]:
+        wav = read_audio(media, SAMPLE_RATE)
+        recs: dict[tuple[str, str], FeatureRecord] = {}
+        for e in audio_ex:
+            recs.update(_stamp(e, e.extract_audio(videos, wav, SAMPLE_RATE, info)))
+        if on_audio is not None:
+            on_audio(wav)
+        return recs
+
+    has_audio_work = bool(audio_ex) or on_audio is not None
     if frame_ex:
         if not info.has_video:
             raise VaestError(f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})")
-        for e in frame_ex:
-            e.begin(videos, info)
-        # decoding runs one batch ahead in a thread (vaest.media.prefetch): it overlaps with the extractors
-        for batch in prefetch(iter_frames(media, batch_size=batch_size, max_side=max_side)):
-            shared: dict[str, Any] = {}
-            for e in frame_ex:
-                e.update(batch, shared)
-            n += len(batch.index)
-        for e in frame_ex:
-            records.update(_stamp(e, e.end()))
-    if audio_ex:  # after the frames: beside them in a thread cost +35-90 MB peak RSS (docs/performance.md)
-        wav = read_audio(media, SAMPLE_RATE)
-        for e in audio_ex:
-            records.update(_stamp(e, e.extract_audio(videos, wav, SAMPLE_RATE, info)))
+        beside = None
+        if audio_beside and has_audio_work:
+            from concurrent.futures import ThreadPoolExecutor
+
+            beside = ThreadPoolExecutor(1, thread_name_prefix="vaest-audio")
+        with _single_torch_thread() if beside is not None else contextlib.nullcontext():
+            job = beside.submit(audio_work) if beside is not None else None
+            try:
+                for e in frame_ex:
+                    e.begin(videos, info)
+                # decoding runs one batch ahead in a thread (vaest.media.prefetch): it overlaps with the extractors
+                for batch in prefetch(iter_frames(media, batch_size=batch_size, max_side=max_side)):
+                    shared: dict[str, Any] = {}
+                    for e in frame_ex:
+                        e.update(batch, shared)
+                    n += len(batch.index)
+                for e in frame_ex:
+                    records.update(_stamp(e, e.end()))
+            finally:
+                if beside is not None:
+                    beside.shutdown(wait=True)  # a frame error waits for the audio, then is raised
+            if job is not None:
+                records.update(job.result())  # an audio error is raised here
+                has_audio_work = False
+    if has_audio_work:
+        records.update(audio_work())
     return records, n
 
 
 def extract_media(media: Path, videos: list[Video], extractors: list[Extractor], batch_size: int = 32,
-                  max_side: int | None = None) -> tuple[dict[tuple[str, str], FeatureRecord], int, list[Extractor], str]:
+                  max_side: int | None = None, audio_beside: bool = False,
+                  on_audio: Callable[[np.ndarray], None] | None = None
+                  ) -> tuple[dict[tuple[str, str], FeatureRecord], int, list[Extractor], str]:
     """:func:`process_media` as the extraction engines call it: a file with no video stream (an audio-only item)
     still gets its audio extractors run in a job that also has frame extractors.
 
@@ -253,9 +309,9 @@ def extract_media(media: Path, videos: list[Video], extractors: list[Extractor],
     with native_noise_filtered():  # MediaPipe / absl / TF Lite log lines, unless --verbose
         if frame_ex and audio_ex and not probe(media).has_video:
             msg = f"{media}: has no video stream (needed by {', '.join(e.name for e in frame_ex)})"
-            recs, n = process_media(media, videos, audio_ex, batch_size, max_side)
+            recs, n = process_media(media, videos, audio_ex, batch_size, max_side, on_audio=on_audio)
             return recs, n, frame_ex, msg
-        recs, n = process_media(media, videos, extractors, batch_size, max_side)
+        recs, n = process_media(media, videos, extractors, batch_size, max_side, audio_beside, on_audio)
     return recs, n, [], ""
 
 

@@ -819,22 +819,48 @@ class PersonsExtractor(Extractor):
                                                           if k in track_fields}))
         self.face: dict[int, dict[str, list[np.ndarray]]] = {}
         self.n = 0
+        # the encoder runs in a worker thread, one batch behind the tracker: torch and MediaPipe both compute
+        # without the GIL, so on two cores the encoder is off the tracking's critical path; at most one batch
+        # waits for it (its frames stay referenced until then: memory stays bounded)
+        self._pool: Any = None
+        self._pending: Any = None
+        if self.face_encoder is not None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="vaest-encode")
+
+    def _encode(self, obs: dict[int, FaceObs]) -> dict[int, dict[str, np.ndarray]]:
+        return {pid: encode_person_frames(self.face_encoder, o.frames, o.boxes) for pid, o in obs.items()}
+
+    def _collect(self) -> None:
+        """Wait for the batch being encoded and file its outputs (an encoder error is raised here)."""
+        if self._pending is None:
+            return
+        job, n0 = self._pending
+        self._pending = None
+        for pid, enc in job.result().items():
+            parts = self.face.setdefault(pid, {k: [np.full((n0,) + v.shape[1:], np.nan, np.float32)]
+                                               for k, v in enc.items()})
+            for k, v in enc.items():
+                parts[k].append(v)
 
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
         res = self.tracker.process(batch.frames)
         obs = {pid: FaceObs(bx, cf, lm, batch.frames) for pid, (bx, cf, lm) in res.items()}
         shared["persons"] = {v.id: obs for v in self.videos}
         shared["persons_tracker"] = self.tracker  # its raw tracks and clean-up plan, for per-person extractors
-        if self.face_encoder is not None:
-            for pid, o in obs.items():
-                enc = encode_person_frames(self.face_encoder, o.frames, o.boxes)
-                parts = self.face.setdefault(pid, {k: [np.full((self.n,) + v.shape[1:], np.nan, np.float32)]
-                                                   for k, v in enc.items()})
-                for k, v in enc.items():
-                    parts[k].append(v)
+        if self._pool is not None:
+            self._collect()
+            self._pending = (self._pool.submit(self._encode, obs), self.n)
         self.n += len(batch.index)
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
+        if self._pool is not None:
+            try:
+                self._collect()
+            finally:
+                self._pool.shutdown(wait=True)
+                self._pool = None
         fps = fps_or_default(self.info.fps)
         raw = self.tracker.result(fps)
         self.tracker.close()
