@@ -295,3 +295,23 @@ def test_bundle_with_reference_fusion_applies_in_memory_like_its_export(ref_fusi
             np.testing.assert_allclose(fused.extras["weights"], rec.extras["weights"], atol=1e-4)
         else:
             assert "weights" not in fused.extras  # the directed fusion weights no modality
+
+
+def test_console_script_ends_fast_with_every_output_written(tmp_path):
+    """`vaest predict` ends with os._exit once its outputs are written (cli._FAST_EXIT): the files, the index,
+    the log lines on stderr and the exit code (1: one of two inputs failed) must all still be there."""
+    exe = Path(sys.executable).with_name("vaest")
+    if not exe.exists():
+        pytest.skip(f"no installed vaest console script beside {sys.executable}")
+    good = make_video(tmp_path / "good.mp4", n_frames=20)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    out = tmp_path / "o"
+    p = subprocess.run([str(exe), "predict", str(good), str(bad), "--out", str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "VAEST_NO_PROGRESS": "1",
+                            "COLUMNS": "200"})
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert (out / "good.csv").exists() and (out / "good.json").exists() and (out / "good.png").exists()
+    index = (out / "index.csv").read_text()
+    assert "good.mp4" in index and "bad.mp4" in index
+    assert "good.csv" in p.stderr and "bad.mp4" in p.stderr

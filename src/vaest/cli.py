@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -600,6 +601,7 @@ def predict(
                           people=people, html=html, face_backbone=face_backbone,
                           audio_backbone=audio_backbone)
     rows = (out / "index.csv").read_text().count("\n") - 1
+    _FAST_EXIT[0] = True  # every output is written and closed (atomically): skip the interpreter's teardown
     if len(written) < rows:
         raise typer.Exit(1)
 
@@ -700,14 +702,37 @@ def view(
 # --- modality commands are registered below by their modules (keep this marker) ---
 
 
+# Set by a command whose outputs are all written: the process then ends with os._exit once its streams are
+# flushed. Tearing down the interpreter (torch's and MediaPipe's objects and thread pools) took 0.7 s after
+# `vaest predict` on a 2 s clip, a fifth of the whole command; nothing of the result depends on it.
+_FAST_EXIT = [False]
+
+
+def _exit_now(code: int) -> None:
+    import logging as _logging
+
+    _logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main() -> None:
     """Console entry point: user-facing errors become one clear line and exit code 2."""
+    _FAST_EXIT[0] = False
     try:
         app()
     except VaestError as e:
         msg = " ".join(str(e).split())
         sys.stderr.write(f"error: {msg}\n")
         sys.exit(2)
+    except SystemExit as e:
+        if _FAST_EXIT[0] and isinstance(e.code, (int, type(None))):
+            _exit_now(int(e.code or 0))
+        raise
 
 
 if __name__ == "__main__":
