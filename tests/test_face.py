@@ -617,3 +617,34 @@ def test_settings_from_config_and_flags():
     assert cfg.lr == 0.001 and cfg.epochs == 3
     with pytest.raises(VaestError, match="unknown setting"):
         settings_from({"windw": 3}, {})
+
+
+def test_landmarks_array_reads_the_wire_format_exactly_and_falls_back():
+    """landmarks_array gives the attribute-by-attribute floats, from the fast fixed-layout path and from the
+    fallback (a coordinate exactly 0 is left out of the encoding; visibility adds a field)."""
+    pytest.importorskip("mediapipe", reason="MediaPipe's landmark messages")
+    from mediapipe.framework.formats import landmark_pb2
+
+    from vaest.features.face import landmarks_array
+
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(-0.5, 1.5, (478, 3)).astype(np.float32)
+
+    def message(points: np.ndarray, visibility: bool = False) -> object:
+        m = landmark_pb2.NormalizedLandmarkList()
+        for x, y, z in points:
+            lm = m.landmark.add(x=float(x), y=float(y), z=float(z))
+            if visibility:
+                lm.visibility = 0.5
+        return m
+
+    def slow(m: object) -> np.ndarray:
+        return np.array([(p.x, p.y, p.z) for p in m.landmark], np.float32).reshape(-1, 3)
+
+    cases = [message(xyz), message(np.where(np.arange(478)[:, None] == 7, 0.0, xyz)), message(xyz, visibility=True),
+             message(xyz[:0])]
+    for m in cases:
+        got = landmarks_array(m)
+        assert got.dtype == np.float32 and got.shape == (len(m.landmark), 3)
+        np.testing.assert_array_equal(got, slow(m))
+    np.testing.assert_array_equal(landmarks_array(cases[0]), xyz)

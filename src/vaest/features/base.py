@@ -128,6 +128,10 @@ class Extractor:
         """Records keyed by (output name, video id)."""
         raise NotImplementedError
 
+    # optional: per-batch work that depends on the frames alone, run in the decoding thread one batch ahead of
+    # ``update`` (batches in order, after ``begin``); its result reaches ``update`` as ``shared[prepared_key(name)]``
+    prepare: ClassVar[Callable[..., Any] | None] = None
+
     # audio extractors
     def extract_audio(self, videos: list[Video], wav: np.ndarray, sr: int,
                       info: MediaInfo) -> dict[tuple[str, str], FeatureRecord]:  # pragma: no cover - interface
@@ -212,6 +216,20 @@ def _stamp(e: Extractor, recs: dict[tuple[str, str], FeatureRecord]) -> dict[tup
     return recs
 
 
+def prepared_key(name: str) -> str:
+    """The ``shared`` key under which an extractor's :attr:`Extractor.prepare` result for the batch is passed."""
+    return f"prepared:{name}"
+
+
+def _with_prepared(batches: Iterable[FrameBatch], extractors: list[Extractor]
+                   ) -> Iterable[tuple[FrameBatch, dict[str, Any]]]:
+    """Each batch with the ``prepare`` results of the extractors that have one (run where this is iterated:
+    in the decoding thread)."""
+    preps = [e for e in extractors if e.prepare is not None]
+    for batch in batches:
+        yield batch, {prepared_key(e.name): e.prepare(batch) for e in preps}
+
+
 def _single_torch_thread() -> Any:
     """A context that runs torch on one intra-op thread and restores the count after (a no-op when torch is not
     loaded): while the audio runs beside the frames, each pipeline gets one core, and no extractor changes the
@@ -274,9 +292,10 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
             try:
                 for e in frame_ex:
                     e.begin(videos, info)
-                # decoding runs one batch ahead in a thread (vaest.media.prefetch): it overlaps with the extractors
-                for batch in prefetch(iter_frames(media, batch_size=batch_size, max_side=max_side)):
-                    shared: dict[str, Any] = {}
+                # decoding (and the extractors' frame-only `prepare`) runs one batch ahead in a thread
+                # (vaest.media.prefetch): it overlaps with the extractors
+                frames = _with_prepared(iter_frames(media, batch_size=batch_size, max_side=max_side), frame_ex)
+                for batch, shared in prefetch(iter(frames)):
                     for e in frame_ex:
                         e.update(batch, shared)
                     n += len(batch.index)

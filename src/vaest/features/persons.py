@@ -29,7 +29,7 @@ import numpy as np
 
 from vaest.corpus import Video
 from vaest.errors import VaestError
-from vaest.features.base import Extractor, register_extractor
+from vaest.features.base import Extractor, prepared_key, register_extractor
 from vaest.features.face import (LANDMARK_IDS, N_LANDMARKS, FaceEncoderConfig, FaceEncoderExtractor, FaceObs,
                                  FaceTrackConfig, FaceTracker, _LM_INDEX, _Track, box_iou, crop_face, square_box)
 from vaest.features.mouth import lip_area, rolling_nanmean
@@ -110,6 +110,25 @@ def cut_fraction(prev: np.ndarray, cur: np.ndarray, level: float = 24.0) -> floa
     """Share of thumbnail pixels whose colour changed by more than ``level`` (any channel) between two frames:
     ~0 within a shot (talking, small head motion), most of the frame at a cut."""
     return float((np.abs(cur - prev).max(-1) > level).mean())
+
+
+class ShotCuts:
+    """Shot-cut flags of a stream of frames: a frame starts a new shot when at least ``share`` of its
+    thumbnail's pixels changed (:func:`cut_fraction`) from the frame before. It depends on the frames alone
+    (state: the last thumbnail), so the ``persons`` extractor computes it in the decoding thread."""
+
+    def __init__(self, share: float):
+        self.share = share
+        self._prev: np.ndarray | None = None
+
+    def flags(self, frames: np.ndarray) -> np.ndarray:
+        """(B,) bool for the next consecutive frames (B, H, W, 3)."""
+        out = np.zeros(len(frames), bool)
+        for b in range(len(frames)):
+            th = _thumb(frames[b])
+            out[b] = self._prev is not None and cut_fraction(self._prev, th) >= self.share
+            self._prev = th
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -239,7 +258,7 @@ class PersonTracker(FaceTracker):
         super().__init__(cfg or PersonTrackConfig(), [])
         self.cfg: PersonTrackConfig
         self.persons: list[_Person] = []
-        self._prev_thumb: np.ndarray | None = None
+        self._shots = ShotCuts(self.cfg.cut_share)
         self._boxes: dict[int, list[np.ndarray]] = {}
         self._conf: dict[int, list[np.ndarray]] = {}
         self._lms: dict[int, list[np.ndarray]] = {}
@@ -304,8 +323,14 @@ class PersonTracker(FaceTracker):
                 out[i] = len(self.persons) - 1
         return out
 
-    def process(self, frames: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Track the persons over consecutive frames (B, H, W, 3).
+    def cut_flags(self, frames: np.ndarray) -> np.ndarray:
+        """(B,) bool shot-cut flags of the next consecutive frames (:class:`ShotCuts`)."""
+        return self._shots.flags(frames)
+
+    def process(self, frames: np.ndarray, cuts: np.ndarray | None = None
+                ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Track the persons over consecutive frames (B, H, W, 3); ``cuts``: their :meth:`cut_flags` when
+        computed beforehand (else computed here).
 
         Returns:
             person id -> (boxes (B, 4), conf (B,), landmarks (B, 478, 3)) for every person known so far (NaN / 0
@@ -322,11 +347,11 @@ class PersonTracker(FaceTracker):
                             np.full((B, N_LANDMARKS, 3), np.nan, np.float32))
             return out[pid]
 
+        if cuts is None:
+            cuts = self.cut_flags(frames)
         for b in range(B):
             frame = frames[b]
-            th = _thumb(frame)
-            cut = self._prev_thumb is not None and cut_fraction(self._prev_thumb, th) >= cfg.cut_share
-            self._prev_thumb = th
+            cut = bool(cuts[b])
             if cut:  # FaceMesh must not follow the old place into the new shot: detect, match by appearance
                 self.cuts.append(self.frame_no)
             lost = not self.persons or any(p.age > 0 and p.box is not None for p in self.persons)
@@ -817,6 +842,7 @@ class PersonsExtractor(Extractor):
         track_fields = {f.name for f in dataclasses.fields(PersonTrackConfig)}
         self.tracker = PersonTracker(PersonTrackConfig(**{k: v for k, v in dataclasses.asdict(self.config).items()
                                                           if k in track_fields}))
+        self._cut_state = ShotCuts(self.tracker.cfg.cut_share)  # fed by prepare(), in the decoding thread
         self.face: dict[int, dict[str, list[np.ndarray]]] = {}
         self.n = 0
         # the encoder runs in a worker thread, one batch behind the tracker: torch and MediaPipe both compute
@@ -844,8 +870,12 @@ class PersonsExtractor(Extractor):
             for k, v in enc.items():
                 parts[k].append(v)
 
+    def prepare(self, batch: FrameBatch) -> np.ndarray:  # type: ignore[override]
+        """The batch's shot-cut flags (:class:`ShotCuts`), in the decoding thread."""
+        return self._cut_state.flags(batch.frames)
+
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
-        res = self.tracker.process(batch.frames)
+        res = self.tracker.process(batch.frames, shared.get(prepared_key(self.name)))
         obs = {pid: FaceObs(bx, cf, lm, batch.frames) for pid, (bx, cf, lm) in res.items()}
         shared["persons"] = {v.id: obs for v in self.videos}
         shared["persons_tracker"] = self.tracker  # its raw tracks and clean-up plan, for per-person extractors
