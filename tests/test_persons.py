@@ -638,3 +638,31 @@ def test_vlm_segment_with_nobody_gets_no_call_and_no_value(tmp_path):
     ok = rec.extras["person_ok"]  # segments [0, 4), [2, 6), [4, 6): the persons are on screen from 5 s
     assert ok.shape == (3, 2) and not ok[0].any() and ok[1:].all() and np.isnan(rec.values[0]).all()
     assert len(vlm.clips) == 4
+
+
+def test_detections_prepared_ahead_give_the_same_tracks(tmp_path):
+    """FramePrep (shot cuts + the scheduled detections, computed in the decoding thread by the persons
+    extractor) must leave the tracks exactly as the tracker computes them itself: a cut (frame 20), a person
+    gone for longer than max_gap (detections on unscheduled frames), batches of uneven size."""
+    _mediapipe()
+    from vaest.features.persons import FramePrep, PersonTracker
+    from vaest.media import iter_frames
+
+    head, grey = astro_head(), astro_head(grey=True)
+    frames = [scene([(head, 40, 40), (grey, 420, 40)]) for _ in range(20)]
+    frames += [scene([(grey, 40, 40)] + ([(head, 420, 40)] if not 26 <= k < 60 else [])) for k in range(50)]
+    path = write_video(tmp_path / "cut_away.mp4", frames)
+    results = []
+    for ahead in (False, True):
+        cfg = PersonTrackConfig()
+        tracker, prep = PersonTracker(cfg), FramePrep(cfg)
+        for batch in iter_frames(path, batch_size=13):
+            tracker.process(batch.frames, prep(batch.frames) if ahead else None)
+        results.append(tracker.result(30.0))
+        tracker.close()
+        prep.close()
+    a, b = results
+    assert a.cuts == b.cuts and 20 in a.cuts and list(a.ids) == list(b.ids) and len(a.ids) >= 2
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    np.testing.assert_array_equal(a.appearance, b.appearance)

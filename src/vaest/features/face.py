@@ -225,6 +225,31 @@ def landmarks_array(lms: Any) -> np.ndarray:
     return np.array([(p.x, p.y, p.z) for p in lms.landmark], np.float32).reshape(n, 3)
 
 
+def make_detector(cfg: FaceTrackConfig) -> Any:
+    """A MediaPipe face detection graph with ``cfg``'s model and confidence (stateless: every image on its own)."""
+    mp = _require_mediapipe()
+    return mp.solutions.face_detection.FaceDetection(model_selection=cfg.model_selection,
+                                                     min_detection_confidence=cfg.min_confidence)
+
+
+def detect_faces(detector: Any, frame: np.ndarray, det_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Faces in one RGB frame (shrunk to ``det_side`` on its longer side first when larger): boxes (N, 4) in
+    frame pixels and scores (N,)."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    s = min(1.0, det_side / max(h, w))
+    small = cv2.resize(frame, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else frame
+    res = detector.process(np.ascontiguousarray(small))
+    boxes, scores = [], []
+    for d in res.detections or []:
+        bb = d.location_data.relative_bounding_box
+        x0, y0 = bb.xmin * w, bb.ymin * h
+        boxes.append((x0, y0, x0 + bb.width * w, y0 + bb.height * h))
+        scores.append(d.score[0] if d.score else 0.0)
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32)
+
+
 class FaceTracker:
     """Detection + FaceMesh tracking for the tracks of one media file (create one per media file)."""
 
@@ -234,8 +259,7 @@ class FaceTracker:
         self.sides = list(dict.fromkeys(sides))
         if any(s in ("left", "right") for s in self.sides):
             self.sides = [s for s in self.sides if s not in ("left", "right")] + ["left", "right"]
-        self.detector = mp.solutions.face_detection.FaceDetection(model_selection=cfg.model_selection,
-                                                                  min_detection_confidence=cfg.min_confidence)
+        self.detector = make_detector(cfg)
         self.tracks: dict[str | None, _Track] = {s: _Track(self._make_mesh()) for s in self.sides}
         self.frame_no = 0
 
@@ -256,20 +280,8 @@ class FaceTracker:
                 t.mesh.close()
 
     def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Faces in one RGB frame: boxes (N, 4) in frame pixels and scores (N,)."""
-        import cv2
-
-        h, w = frame.shape[:2]
-        s = min(1.0, self.cfg.det_side / max(h, w))
-        small = cv2.resize(frame, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else frame
-        res = self.detector.process(np.ascontiguousarray(small))
-        boxes, scores = [], []
-        for d in res.detections or []:
-            bb = d.location_data.relative_bounding_box
-            x0, y0 = bb.xmin * w, bb.ymin * h
-            boxes.append((x0, y0, x0 + bb.width * w, y0 + bb.height * h))
-            scores.append(d.score[0] if d.score else 0.0)
-        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32)
+        """Faces in one RGB frame: boxes (N, 4) in frame pixels and scores (N,) (:func:`detect_faces`)."""
+        return detect_faces(self.detector, frame, self.cfg.det_side)
 
     def _mesh(self, track: _Track, frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         """FaceMesh on a square crop around ``box``; landmarks (478, 3) in frame pixels, or None."""

@@ -131,6 +131,53 @@ class ShotCuts:
         return out
 
 
+@dataclass
+class Prepared:
+    """What the tracker needs of a batch that depends on its frames alone (:class:`FramePrep`).
+
+    Attributes:
+        cuts: (B,) bool shot-cut flags.
+        dets: batch row -> (boxes (N, 4), scores (N,), appearances (N, D)) on the frames where the tracker
+            detects whatever its state (every ``detect_every``-th frame, cuts; every frame without FaceMesh).
+    """
+
+    cuts: np.ndarray
+    dets: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+class FramePrep:
+    """Shot cuts and the scheduled face detections (with their appearance descriptors) of consecutive batches,
+    computed ahead of :meth:`PersonTracker.process` (the ``persons`` extractor runs it in the decoding thread,
+    with its own detection graph: MediaPipe computes without the GIL, so on two cores detection overlaps
+    with the tracker's FaceMesh). Detection is stateless, so the tracker gets exactly what it would compute."""
+
+    def __init__(self, cfg: PersonTrackConfig):
+        from vaest.features.face import make_detector
+
+        self.cfg = cfg
+        self.shots = ShotCuts(cfg.cut_share)
+        self.detector = make_detector(cfg)
+        self.frame_no = 0
+
+    def close(self) -> None:
+        self.detector.close()
+
+    def __call__(self, frames: np.ndarray) -> Prepared:
+        from vaest.features.face import detect_faces
+
+        cuts = self.shots.flags(frames)
+        dets = {}
+        for b in range(len(frames)):
+            fno = self.frame_no + b
+            if cuts[b] or not self.cfg.mesh or fno % max(1, self.cfg.detect_every) == 0:
+                boxes, scores = detect_faces(self.detector, frames[b], self.cfg.det_side)
+                apps = (np.stack([appearance(frames[b], bx) for bx in boxes]) if len(boxes)
+                        else np.zeros((0, 1), np.float32))
+                dets[b] = (boxes, scores, apps)
+        self.frame_no += len(frames)
+        return Prepared(cuts, dets)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Online tracker
 # ---------------------------------------------------------------------------------------------------------
@@ -327,10 +374,10 @@ class PersonTracker(FaceTracker):
         """(B,) bool shot-cut flags of the next consecutive frames (:class:`ShotCuts`)."""
         return self._shots.flags(frames)
 
-    def process(self, frames: np.ndarray, cuts: np.ndarray | None = None
+    def process(self, frames: np.ndarray, prepared: Prepared | None = None
                 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Track the persons over consecutive frames (B, H, W, 3); ``cuts``: their :meth:`cut_flags` when
-        computed beforehand (else computed here).
+        """Track the persons over consecutive frames (B, H, W, 3); ``prepared``: their shot cuts and scheduled
+        detections when computed beforehand by a :class:`FramePrep` fed the same frames (else computed here).
 
         Returns:
             person id -> (boxes (B, 4), conf (B,), landmarks (B, 478, 3)) for every person known so far (NaN / 0
@@ -347,8 +394,8 @@ class PersonTracker(FaceTracker):
                             np.full((B, N_LANDMARKS, 3), np.nan, np.float32))
             return out[pid]
 
-        if cuts is None:
-            cuts = self.cut_flags(frames)
+        cuts = prepared.cuts if prepared is not None else self.cut_flags(frames)
+        dets = prepared.dets if prepared is not None else {}
         for b in range(B):
             frame = frames[b]
             cut = bool(cuts[b])
@@ -358,8 +405,12 @@ class PersonTracker(FaceTracker):
             detect = cut or lost or not cfg.mesh or self.frame_no % max(1, cfg.detect_every) == 0
             assigned: dict[int, tuple[np.ndarray, float]] = {}
             if detect:
-                boxes, scores = self.detect(frame)
-                apps = np.stack([appearance(frame, bx) for bx in boxes]) if len(boxes) else np.zeros((0, 1), np.float32)
+                if b in dets:
+                    boxes, scores, apps = dets[b]
+                else:  # a person was lost: detect on this frame too
+                    boxes, scores = self.detect(frame)
+                    apps = (np.stack([appearance(frame, bx) for bx in boxes]) if len(boxes)
+                            else np.zeros((0, 1), np.float32))
                 for i, j in self._assign(boxes, apps).items():
                     assigned[j] = (boxes[i], float(scores[i]))
                     p = self.persons[j]
@@ -842,7 +893,7 @@ class PersonsExtractor(Extractor):
         track_fields = {f.name for f in dataclasses.fields(PersonTrackConfig)}
         self.tracker = PersonTracker(PersonTrackConfig(**{k: v for k, v in dataclasses.asdict(self.config).items()
                                                           if k in track_fields}))
-        self._cut_state = ShotCuts(self.tracker.cfg.cut_share)  # fed by prepare(), in the decoding thread
+        self._prep = FramePrep(self.tracker.cfg)  # fed by prepare(), in the decoding thread
         self.face: dict[int, dict[str, list[np.ndarray]]] = {}
         self.n = 0
         # the encoder runs in a worker thread, one batch behind the tracker: torch and MediaPipe both compute
@@ -870,9 +921,9 @@ class PersonsExtractor(Extractor):
             for k, v in enc.items():
                 parts[k].append(v)
 
-    def prepare(self, batch: FrameBatch) -> np.ndarray:  # type: ignore[override]
-        """The batch's shot-cut flags (:class:`ShotCuts`), in the decoding thread."""
-        return self._cut_state.flags(batch.frames)
+    def prepare(self, batch: FrameBatch) -> Prepared:  # type: ignore[override]
+        """The batch's shot cuts and scheduled detections (:class:`FramePrep`), in the decoding thread."""
+        return self._prep(batch.frames)
 
     def update(self, batch: FrameBatch, shared: dict[str, Any]) -> None:
         res = self.tracker.process(batch.frames, shared.get(prepared_key(self.name)))
@@ -885,6 +936,7 @@ class PersonsExtractor(Extractor):
         self.n += len(batch.index)
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
+        self._prep.close()
         if self._pool is not None:
             try:
                 self._collect()
