@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
+from typing import Iterator
 
 from vaest.errors import VaestError
 
@@ -34,3 +37,21 @@ def resolve_device(device: str = "auto") -> str:
     if idx >= torch.cuda.device_count():
         raise VaestError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
     return d
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None, only_if_loaded: bool = False) -> Iterator[None]:
+    """Temporarily set torch's CPU intra-op thread count (process-wide), restoring it after; None leaves it.
+    With ``only_if_loaded`` nothing happens when torch has not been imported (no import for it)."""
+    torch = sys.modules.get("torch")
+    if n and torch is None and not only_if_loaded:
+        import torch
+    if not n or torch is None or torch.get_num_threads() == n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

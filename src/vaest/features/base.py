@@ -15,7 +15,6 @@ done, so a killed job loses at most the file in progress, and a rerun skips what
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -26,6 +25,7 @@ from typing import Any, Callable, ClassVar, Iterable
 import numpy as np
 
 from vaest.corpus import Video
+from vaest.device import torch_threads
 from vaest.errors import VaestError
 from vaest.features.store import FeatureRecord, FeatureStore, config_hash
 from vaest.media import FrameBatch, MediaInfo, iter_frames, prefetch, probe, read_audio, SAMPLE_RATE
@@ -230,29 +230,6 @@ def _with_prepared(batches: Iterable[FrameBatch], extractors: list[Extractor]
         yield batch, {prepared_key(e.name): e.prepare(batch) for e in preps}
 
 
-def _single_torch_thread() -> Any:
-    """A context that runs torch on one intra-op thread and restores the count after (a no-op when torch is not
-    loaded): while the audio runs beside the frames, each pipeline gets one core, and no extractor changes the
-    process-wide thread count under the other's feet."""
-    import contextlib
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def one() -> Any:
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
-    return one()
-
-
 def process_media(media: Path, videos: list[Video], extractors: list[Extractor], batch_size: int = 32,
                   max_side: int | None = None, audio_beside: bool = False,
                   on_audio: Callable[[np.ndarray], None] | None = None
@@ -287,7 +264,9 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
             from concurrent.futures import ThreadPoolExecutor
 
             beside = ThreadPoolExecutor(1, thread_name_prefix="vaest-audio")
-        with _single_torch_thread() if beside is not None else contextlib.nullcontext():
+        # while the audio runs beside the frames, each pipeline gets one core: torch on one intra-op thread,
+        # set once for the section so that no extractor changes the process-wide count under the other's feet
+        with torch_threads(1 if beside is not None else None, only_if_loaded=True):
             job = beside.submit(audio_work) if beside is not None else None
             try:
                 for e in frame_ex:

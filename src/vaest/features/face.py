@@ -20,20 +20,20 @@ for prediction without any trained head.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from vaest.corpus import Video
+from vaest.device import torch_threads
 from vaest.errors import FeatureError, ModelError
 from vaest.features.base import Extractor, register_extractor
 from vaest.features.store import FeatureRecord
@@ -254,7 +254,7 @@ class FaceTracker:
     """Detection + FaceMesh tracking for the tracks of one media file (create one per media file)."""
 
     def __init__(self, cfg: FaceTrackConfig, sides: Sequence[str | None]):
-        mp = _require_mediapipe()
+        _require_mediapipe()  # a clear error before anything else when MediaPipe is missing
         self.cfg = cfg
         self.sides = list(dict.fromkeys(sides))
         if any(s in ("left", "right") for s in self.sides):
@@ -974,19 +974,6 @@ class FaceEncoderConfig:
     flip_tta: bool | None = None
     use_cropped_aligned: bool = True
     num_threads: int | None = None
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's CPU thread count (None: leave it)."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(old)
 
 
 def _read_rgb(path: Path) -> np.ndarray | None:
