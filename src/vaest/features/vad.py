@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vaest.corpus import Video
+from vaest.device import torch_threads
 from vaest.errors import FeatureError
 from vaest.features.base import Extractor, register_extractor
 from vaest.features.store import FeatureRecord
@@ -81,23 +82,16 @@ def speech_probability(wav: np.ndarray, sr: int = VAD_SR) -> np.ndarray:
     # one thread is ~20x faster than two on a busy machine, which is also what silero-vad itself sets.
     n = -(-len(wav) // VAD_CHUNK)
     probs = np.empty(n, np.float32)
-    with _LOCK, torch.no_grad():
-        threads = torch.get_num_threads()
-        if threads != 1:
-            torch.set_num_threads(1)
-        try:
-            model.reset_states()
-            x = torch.from_numpy(wav)
-            full = len(wav) // VAD_CHUNK
-            for i in range(full):
-                probs[i] = float(model(x[i * VAD_CHUNK:(i + 1) * VAD_CHUNK][None], VAD_SR))
-            if full < n:  # the last chunk, zero-padded
-                last = torch.zeros(1, VAD_CHUNK)
-                last[0, : len(wav) - full * VAD_CHUNK] = x[full * VAD_CHUNK:]
-                probs[full] = float(model(last, VAD_SR))
-        finally:
-            if threads != 1:
-                torch.set_num_threads(threads)
+    with _LOCK, torch.no_grad(), torch_threads(1):
+        model.reset_states()
+        x = torch.from_numpy(wav)
+        full = len(wav) // VAD_CHUNK
+        for i in range(full):
+            probs[i] = float(model(x[i * VAD_CHUNK:(i + 1) * VAD_CHUNK][None], VAD_SR))
+        if full < n:  # the last chunk, zero-padded
+            last = torch.zeros(1, VAD_CHUNK)
+            last[0, : len(wav) - full * VAD_CHUNK] = x[full * VAD_CHUNK:]
+            probs[full] = float(model(last, VAD_SR))
     return probs
 
 
