@@ -794,9 +794,11 @@ class PersonsExtractor(Extractor):
     extras ``conf`` (n, P), ``landmarks`` (n, P, K, 2), ``lip_area`` (n, P), ``appearance`` (P, D) and, with a
     face encoder, ``probs`` (n, P, C), ``emb`` (n, P, E) (and ``va`` (n, P, 2)); meta ``ids``, ``share``,
     ``mean_x``, ``cuts``, ``frame_size``, ``landmark_ids``, ``classes``. Per batch it shares
-    ``shared["persons"] = {video_id: {online person id: FaceObs}}`` (online ids: before :func:`finalize_tracks`)
-    and ``shared["persons_tracker"]`` (the :class:`PersonTracker`: :func:`track_plan` of its ``result`` maps
-    online ids to the final persons, as :meth:`end` does).
+    ``shared["persons"] = {video_id: {online person id: FaceObs}}`` (online ids: before :func:`finalize_tracks`),
+    ``shared["persons_tracker"]`` (the :class:`PersonTracker`: :func:`track_plan` of its ``result`` maps
+    online ids to the final persons, as :meth:`end` does) and, with a face encoder, ``shared["persons_faces"] =
+    {video_id: {online person id: encoder outputs of the batch}}`` (``emb`` (B, E), ``probs`` (B, C), ``va``),
+    which :mod:`vaest.features.main_face` reads instead of encoding again.
     """
 
     Config = PersonsConfig
@@ -826,8 +828,10 @@ class PersonsExtractor(Extractor):
         shared["persons"] = {v.id: obs for v in self.videos}
         shared["persons_tracker"] = self.tracker  # its raw tracks and clean-up plan, for per-person extractors
         if self.face_encoder is not None:
+            encs: dict[int, dict[str, np.ndarray]] = {}
+            shared["persons_faces"] = {v.id: encs for v in self.videos}  # the main-face record reads them
             for pid, o in obs.items():
-                enc = encode_person_frames(self.face_encoder, o.frames, o.boxes)
+                enc = encs[pid] = encode_person_frames(self.face_encoder, o.frames, o.boxes)
                 parts = self.face.setdefault(pid, {k: [np.full((self.n,) + v.shape[1:], np.nan, np.float32)]
                                                    for k, v in enc.items()})
                 for k, v in enc.items():
