@@ -260,3 +260,66 @@ def test_one_pass_predict_is_close_to_the_two_pass_one(tiny_bundle):
         d = np.abs(new[c].to_numpy() - old[c].to_numpy())
         print(f"{c}: |one-pass - two-pass| max {np.nanmax(d):.4f} mean {np.nanmean(d):.4f}")
         assert np.nanmax(d) < 0.15 and np.nanmean(d) < 0.1, (c, np.nanmax(d))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cheaper kernels on the bundle path, same outputs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_channels_last_fer_matches_the_nchw_computation():
+    """The ``fer`` encoder in channels-last order gives what its NCHW computation gives, to float rounding:
+    probabilities (order 1) within 1e-5, embeddings (post-ReLU, up to ~100) within 1e-6 of their scale."""
+    import torch
+
+    from vaest.features.face import FerEncoder, fer_weights_path
+
+    try:
+        w = fer_weights_path()
+    except Exception as e:  # noqa: BLE001 - the weights come with the optional facial-emotion-recognition package
+        pytest.skip(f"the fer weights are not available: {e}")
+    enc, ref = FerEncoder().eval(), FerEncoder().eval()
+    enc.load_weights(w)
+    ref.load_weights(w)
+    rng = np.random.default_rng(0)
+    crops = [(rng.random((s, s, 3)) * 255).astype(np.uint8) for s in (40, 48, 64, 97)] * 4
+    x = enc.preprocess(crops)
+    with torch.no_grad():
+        fast = enc(x)
+        assert enc.conv_2[1].weight.is_contiguous(memory_format=torch.channels_last)
+        h = ref.conv_4(ref.conv_3(ref.conv_2(ref.conv_1(x)))).flatten(1)  # the NCHW computation, never converted
+        emb = ref.linear[1](ref.linear[0](h))
+        scores = ref.linear[3](ref.linear[2](emb))
+    assert not ref.conv_2[1].weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(fast["probs"].numpy(), (scores / scores.sum(-1, keepdim=True)).numpy(), atol=1e-5)
+    scale = float(emb.abs().max())
+    assert scale > 1
+    np.testing.assert_allclose(fast["emb"].numpy(), emb.numpy(), atol=1e-6 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("span", [None, 5])
+def test_face_transformer_unfused_layer_matches_pytorchs_fused_inference(span):
+    """The face transformer's layers skip PyTorch's fused CPU inference kernel (slower here); in eval mode they
+    compute what that kernel computes (with and without the attention span mask) within 1e-5."""
+    import torch
+    from torch import nn
+
+    from vaest.models.temporal import FaceTransformer, FaceTransformerConfig, sinusoidal_positions
+
+    torch.manual_seed(0)
+    model = FaceTransformer(FaceTransformerConfig(input_dim=12, d_model=32, layers=2, heads=4, ffn=32,
+                                                  attn_span=span)).eval()
+    x = torch.randn(3, 40, 12)
+    with torch.no_grad():
+        got = model(x)
+        h = model.norm(model.proj(x))
+        h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device)
+        mask = None
+        if span:
+            t = torch.arange(40)
+            mask = (t[None, :] - t[:, None]).abs() > span
+        for layer in model.encoder.layers:
+            h = nn.TransformerEncoderLayer.forward(layer, h, src_mask=mask)  # PyTorch's own (fused in eval)
+        va = model.head(h)
+    np.testing.assert_allclose(got["emb"].numpy(), h.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["va"].numpy(), va.numpy(), atol=1e-5)
