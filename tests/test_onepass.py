@@ -323,3 +323,23 @@ def test_face_transformer_unfused_layer_matches_pytorchs_fused_inference(span):
         va = model.head(h)
     np.testing.assert_allclose(got["emb"].numpy(), h.numpy(), atol=1e-5)
     np.testing.assert_allclose(got["va"].numpy(), va.numpy(), atol=1e-5)
+
+
+def test_applying_two_windows_per_batch_gives_what_sixteen_give():
+    """The face model and the fusions run 2 windows per forward on CPU (bounded attention memory): sliding-window
+    inference over a 1000-frame sequence gives the same outputs as with 16 windows per forward."""
+    import torch
+
+    from vaest.apply import windows_per_batch
+    from vaest.models.temporal import FaceTransformer, FaceTransformerConfig
+    from vaest.training import predict_sequence
+
+    assert windows_per_batch("cpu") == 2 and windows_per_batch("cuda:0") == 16
+    torch.manual_seed(0)
+    model = FaceTransformer(FaceTransformerConfig(input_dim=8, d_model=16, layers=1, heads=2, ffn=16, attn_span=30))
+    x = {"x": np.random.default_rng(0).normal(size=(1000, 8)).astype(np.float32)}
+    a = predict_sequence(model, x, 400, 150, "cpu", batch_size=2)
+    b = predict_sequence(model, x, 400, 150, "cpu", batch_size=16)
+    assert a["va"].shape == (1000, 2) and a["emb"].shape == (1000, 16)
+    for k in ("va", "emb"):
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6)
