@@ -81,8 +81,8 @@ class MainFacePicker:
                 pid = self.pid
             else:
                 boxes = np.stack([obs[p].boxes[b] for p in vis])
-                width = float(obs[vis[0]].frames.shape[2]) if obs[vis[0]].frames.ndim == 4 else 0.0
-                i = choose_faces(boxes, [None], {None: self.box}, width, self.min_iou)[None]
+                # the frame width only matters for left / right tracks, not for the one main face
+                i = choose_faces(boxes, [None], {None: self.box}, 0.0, self.min_iou)[None]
                 pid = vis[int(i)]
             out[b] = pid
             self.pid, self.box, self.age = pid, obs[pid].boxes[b].copy(), 0
