@@ -160,7 +160,7 @@ def people_extractors(extractors: list[Extractor], zero_shot: bool, one_pass: bo
         rest = [e for e in extractors if e is not face]
         if not any("facetrack" in getattr(type(e), "requires", ()) for e in rest):
             rest = [e for e in rest if e.name != "facetrack"]
-    else:  # a trained bundle keeps the single-face features: a one-person video gives exactly what it gave before
+    else:  # a trained bundle keeps the single-face records (derived from persons below unless one_pass is off)
         rest = list(extractors)
     cfg = dataclasses.asdict(face.config) if face is not None else None
     persons = create_extractor("persons", face=cfg)
