@@ -98,8 +98,9 @@ def _checkpoint(run: Path, device: str) -> tuple[Any, dict[str, Any]]:
 
 def windows_per_batch(device: str) -> int:
     """Frame windows (400 frames for the face model and the fusions) per forward when applying a model: 2 on CPU,
-    where a batch of 16 holds ~16 x heads x 400 x 400 attention weights at once (peak RSS of a bundle predict on
-    the 63 s benchmark video, in-process VmHWM, 864 -> 724 MB, same time, same outputs; docs/performance.md), else 16."""
+    where a batch of 16 holds ~16 x heads x 400 x 400 attention weights at once (peak RSS of a bundle predict
+    on the 63 s benchmark video, in-process VmHWM, 864 -> 724 MB, same time, same outputs;
+    docs/performance.md), else 16."""
     return 2 if str(device).startswith("cpu") else 16
 
 
