@@ -134,11 +134,13 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
     import dataclasses
 
     from vaest.features.base import default_extractors, run_extraction
+    from vaest.predictor import people_extractors
 
     one = next(v for v in load_corpus(out / "corpus").videos if v.side is None and v.media is not None)
     one = dataclasses.replace(one, face_dir=None)
     disk = FeatureStore(tmp_path / "user_features")
-    run_extraction(disk, default_extractors(b.face_encoder, b.audio_encoder), [one])
+    # the bundle's single-face records come from the person tracker's pass (issue 13), on disk as in memory
+    run_extraction(disk, people_extractors(default_extractors(b.face_encoder, b.audio_encoder), zero_shot=False), [one])
     df = p.predict(one.media).frame
     face = load_modality("face", b.modalities["face"]).apply(disk, one)
     np.testing.assert_allclose(df["face_valence"].to_numpy(), np.where(face.mask, face.va[:, 0], np.nan),

@@ -96,6 +96,14 @@ def _checkpoint(run: Path, device: str) -> tuple[Any, dict[str, Any]]:
     return load_checkpoint(Path(run) / "model.pt", device)
 
 
+def windows_per_batch(device: str) -> int:
+    """Frame windows (400 frames for the face model and the fusions) per forward when applying a model: 2 on CPU,
+    where a batch of 16 holds ~16 x heads x 400 x 400 attention weights at once (peak RSS of a bundle predict
+    on the 63 s benchmark video, in-process VmHWM, 864 -> 724 MB, same time, same outputs;
+    docs/performance.md), else 16."""
+    return 2 if str(device).startswith("cpu") else 16
+
+
 class FaceModel:
     """A trained face run: face-encoder features (+ face-track kinematics) -> per-frame VA and embedding."""
 
@@ -118,7 +126,7 @@ class FaceModel:
             return None
         _, x, found, fps = loaded[0]
         res = predict_sequence(self.model, {"x": apply_norm(x, self.ck["norm"])}, int(self.ck.get("win", 400)),
-                               int(self.ck.get("hop", 150)), self.device)
+                               int(self.ck.get("hop", 150)), self.device, windows_per_batch(self.device))
         va = np.asarray(res["va"], np.float32)
         return Track(va, np.asarray(found, bool) & np.isfinite(va).all(1), res.get("emb"), fps)
 
@@ -264,7 +272,8 @@ class FusionModel:
             mask = np.any(list(data.available[seq.id].values()), axis=0)
         else:
             va, mask, extras = next(fuse(self.model, data, int(self.info.get("win", 400)),
-                                         int(self.info.get("hop", 150)), self.device, align_end=self.align_end))
+                                         int(self.info.get("hop", 150)), self.device,
+                                         windows_per_batch(self.device), align_end=self.align_end))
         va = np.asarray(va, np.float32)
         w = extras.get("weights")
         return Track(va, np.asarray(mask, bool) & np.isfinite(va).all(1), extras.get("emb"), seq.fps,

@@ -135,17 +135,19 @@ def check_people(people: str | int) -> str:
     raise VaestError(f"people={people!r}: expected one of {', '.join(PEOPLE_MODES)} or a person id (0, 1, ...)")
 
 
-def people_extractors(extractors: list[Extractor], zero_shot: bool) -> list[Extractor]:
+def people_extractors(extractors: list[Extractor], zero_shot: bool, one_pass: bool = True) -> list[Extractor]:
     """The extractor list with the person tracker in place of the single face path.
 
     The ``persons`` extractor tracks every face with an id and runs the face encoder (same settings) on each
     person's crops. Zero-shot, it replaces ``facetrack`` and ``face-<encoder>``, so one face costs what it cost
     before (one FaceMesh per person and frame, the encoder once per face; docs/persons.md), and ``vad`` (silero,
     when installed) is added: the speech flags that give the voice to the person who speaks. With a trained
-    bundle the single-face extractors stay (the face model, the mouth filter and behavior read them; a video
-    with one person is predicted exactly as before), at the cost of a second tracking and encoding pass; with
-    ``behavior-desc`` among them, ``persons-behavior-desc`` is added (each person's descriptors from their own
-    crop, for the behavior model per person)."""
+    bundle the single-face records stay (the face model, the mouth filter and behavior read them), but with
+    ``one_pass`` (the default) ``facetrack`` and ``face-<encoder>`` are derived from the person tracker's batches
+    (:mod:`vaest.features.main_face`: the main face, its encoder outputs), so each face is tracked and encoded
+    once; ``one_pass=False`` keeps the single-face tracker and encoder as a second pass (the path before issue 13,
+    kept for comparison). With ``behavior-desc`` among them, ``persons-behavior-desc`` is added (each person's
+    descriptors from their own crop, for the behavior model per person)."""
     import importlib.util
 
     from vaest.features.base import create_extractor
@@ -158,16 +160,32 @@ def people_extractors(extractors: list[Extractor], zero_shot: bool) -> list[Extr
         rest = [e for e in extractors if e is not face]
         if not any("facetrack" in getattr(type(e), "requires", ()) for e in rest):
             rest = [e for e in rest if e.name != "facetrack"]
-    else:  # a trained bundle keeps the single-face features: a one-person video gives exactly what it gave before
+    else:  # a trained bundle keeps the single-face records (derived from persons below unless one_pass is off)
         rest = list(extractors)
     cfg = dataclasses.asdict(face.config) if face is not None else None
-    out = rest + [create_extractor("persons", face=cfg)]
+    persons = create_extractor("persons", face=cfg)
+    if not zero_shot and one_pass:
+        rest = [_from_persons(e, persons) for e in rest]
+    out = rest + [persons]
     desc = next((e for e in rest if isinstance(e, BehaviorDescExtractor)), None)
     if desc is not None:  # behavior per person: each person's descriptors from their own crop, same pass
         out.append(PersonBehaviorDescExtractor(person_desc_config(desc.config)))
     if zero_shot and not any(e.name == "vad" for e in out) and importlib.util.find_spec("silero_vad") is not None:
         out.append(create_extractor("vad"))
     return out
+
+
+def _from_persons(e: Extractor, persons: Extractor) -> Extractor:
+    """``e`` itself, or for the single-face tracker / face encoder their stand-ins that read ``persons``' batches
+    (:mod:`vaest.features.main_face`)."""
+    from vaest.features.face import FaceEncoderExtractor, FaceTrackExtractor
+    from vaest.features.main_face import MainFaceConfig, PersonsFaceEncoderExtractor, PersonsFaceTrackExtractor
+
+    if type(e) is FaceTrackExtractor:
+        return PersonsFaceTrackExtractor(MainFaceConfig(max_gap=e.config.max_gap, persons=persons.config_hash()))
+    if type(e) is FaceEncoderExtractor:
+        return PersonsFaceEncoderExtractor(e.config, persons)
+    return e
 
 
 def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str, video_id: str) -> MemoryStore:
@@ -460,7 +478,7 @@ class Predictor:
                     ptr = PersonTracker()
                     ptr.process(np.zeros((1, 64, 64, 3), np.uint8))
                     ptr.close()
-            if e.name == "facetrack":
+            if e.name == "facetrack" and not getattr(e, "derived_from", None):
                 from vaest.features.face import FaceTracker
                 from vaest.progress import native_noise_filtered
 

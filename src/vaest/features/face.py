@@ -841,7 +841,17 @@ class FerEncoder(FrameEncoder):
         return torch.from_numpy((x - 0.5) / 0.5)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 1, 48, 48) -> ``emb`` (B, 256), ``probs`` (B, 7)."""
+        """(B, 1, 48, 48) -> ``emb`` (B, 256), ``probs`` (B, 7).
+
+        The convolutions run in channels-last memory order (as
+        :class:`vaest.features.pretrained_face.MiniXceptionEncoder`'s): on CPU 34 -> 27 ms
+        per batch of 32 on one thread; ``flatten`` still reads the NCHW order the linear layer was trained on,
+        and the outputs agree with the NCHW computation to float rounding (~3e-7 relative;
+        ``tests/test_onepass.py``).
+        """
+        if not self.conv_2[1].weight.is_contiguous(memory_format=torch.channels_last):  # once (after loading)
+            self.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_4(self.conv_3(self.conv_2(self.conv_1(x)))).flatten(1)
         emb = self.linear[1](self.linear[0](h))
         scores = self.linear[3](self.linear[2](emb))

@@ -870,9 +870,11 @@ class PersonsExtractor(Extractor):
     extras ``conf`` (n, P), ``landmarks`` (n, P, K, 2), ``lip_area`` (n, P), ``appearance`` (P, D) and, with a
     face encoder, ``probs`` (n, P, C), ``emb`` (n, P, E) (and ``va`` (n, P, 2)); meta ``ids``, ``share``,
     ``mean_x``, ``cuts``, ``frame_size``, ``landmark_ids``, ``classes``. Per batch it shares
-    ``shared["persons"] = {video_id: {online person id: FaceObs}}`` (online ids: before :func:`finalize_tracks`)
-    and ``shared["persons_tracker"]`` (the :class:`PersonTracker`: :func:`track_plan` of its ``result`` maps
-    online ids to the final persons, as :meth:`end` does).
+    ``shared["persons"] = {video_id: {online person id: FaceObs}}`` (online ids: before :func:`finalize_tracks`),
+    ``shared["persons_tracker"]`` (the :class:`PersonTracker`: :func:`track_plan` of its ``result`` maps
+    online ids to the final persons, as :meth:`end` does). The face encoder runs one batch behind, in a worker
+    thread; :meth:`online_faces` gives its outputs per online person id once the frames are done (what
+    :mod:`vaest.features.main_face` reads instead of encoding again).
     """
 
     Config = PersonsConfig
@@ -934,6 +936,14 @@ class PersonsExtractor(Extractor):
             self._collect()
             self._pending = (self._pool.submit(self._encode, obs), self.n)
         self.n += len(batch.index)
+
+    def online_faces(self) -> dict[int, dict[str, np.ndarray]]:
+        """Encoder outputs per online person id (before :func:`finalize_tracks`) over every frame so far:
+        ``emb`` (n, E), ``probs`` (n, C) (and ``va`` (n, 2)), NaN where that person is not visible. Waits for
+        the batch still being encoded."""
+        if self._pool is not None:
+            self._collect()
+        return {pid: {k: np.concatenate(v) for k, v in parts.items()} for pid, parts in self.face.items()}
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
         self._prep.close()
