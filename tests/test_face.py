@@ -648,3 +648,24 @@ def test_landmarks_array_reads_the_wire_format_exactly_and_falls_back():
         assert got.dtype == np.float32 and got.shape == (len(m.landmark), 3)
         np.testing.assert_array_equal(got, slow(m))
     np.testing.assert_array_equal(landmarks_array(cases[0]), xyz)
+
+
+def test_mediapipe_drawing_helpers_are_deferred_not_lost():
+    """_require_mediapipe keeps MediaPipe's drawing modules (which import matplotlib.pyplot) from loading with
+    it, in a fresh interpreter; they still load and work on first use."""
+    pytest.importorskip("mediapipe", reason="MediaPipe")
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from vaest.features.face import _require_mediapipe\n"
+            "mp = _require_mediapipe()\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib came with mediapipe'\n"
+            "spec = mp.solutions.drawing_utils.DrawingSpec(color=(1, 2, 3))\n"
+            "assert spec.color == (1, 2, 3) and 'matplotlib' in sys.modules\n"
+            "assert mp.solutions.drawing_styles.get_default_face_mesh_contours_style()\n"
+            "from mediapipe.python.solutions.drawing_utils import draw_landmarks\n"
+            "print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": __import__("os").pathsep.join(sys.path)})
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-2000:]

