@@ -28,7 +28,7 @@ from vaest.io import atomic_path, atomic_write_json
 from vaest.metrics import ccc_loss, ccc_loss_pooled, ccc_loss_windows, va_ccc
 from vaest.progress import make_progress
 from vaest.timebase import TimeBase, TimeSeries, fill_nearest, to_frames
-from vaest.windows import overlap_average, take_window, window_starts
+from vaest.windows import OverlapAverager, take_window, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,8 @@ def predict_sequence(model: nn.Module, inputs: dict[str, np.ndarray], win: int, 
     """
     T = len(next(iter(inputs.values())))
     starts = window_starts(T, win, hop, align_end)
-    outs: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    outs = {k: OverlapAverager(T) for k in keys}  # averaged as the windows come: no list of every window
+    seen: set[str] = set()
     with_mask = accepts_mask(model)
     model.eval()
     with torch.no_grad():
@@ -315,8 +316,10 @@ def predict_sequence(model: nn.Module, inputs: dict[str, np.ndarray], win: int, 
             res = model(**batch)
             for k in keys:
                 if k in res:
-                    outs[k].extend(res[k].float().cpu().numpy())
-    return {k: overlap_average(T, starts, v)[0] for k, v in outs.items() if v}
+                    seen.add(k)
+                    for s, p in zip(chunk, res[k].float().cpu().numpy()):
+                        outs[k].add(s, p)
+    return {k: outs[k].result()[0] for k in keys if k in seen}
 
 
 def frames_from_steps(values: np.ndarray, base: TimeBase, n_frames: int, fps: float) -> np.ndarray:

@@ -49,8 +49,36 @@ def take_window(x: np.ndarray, start: int, win: int) -> tuple[np.ndarray, np.nda
     return seg, valid
 
 
+class OverlapAverager:
+    """Window predictions averaged onto ``n`` steps as they come (the running sums of :func:`overlap_average`,
+    without keeping every window: for a 10-minute video a face model's 256-wide embeddings over 400-frame
+    windows every 150 frames are 52 MB of windows against 39 MB of sums)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.acc: np.ndarray | None = None
+        self.cnt = np.zeros(n, dtype=np.int64)
+
+    def add(self, start: int, pred: np.ndarray) -> None:
+        """One window's (win, D) predictions starting at step ``start``; rows past ``n`` (padding) are ignored."""
+        if self.acc is None:
+            self.acc = np.zeros((self.n, pred.shape[-1]), dtype=np.float64)
+        e = min(start + len(pred), self.n)
+        self.acc[start:e] += pred[: e - start]
+        self.cnt[start:e] += 1
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n, D) float32 averages (NaN where no window covers) and (n,) coverage counts."""
+        if self.acc is None:
+            return np.full((self.n, 0), np.nan, dtype=np.float32), self.cnt
+        out = np.full(self.acc.shape, np.nan, dtype=np.float32)
+        ok = self.cnt > 0
+        out[ok] = (self.acc[ok] / self.cnt[ok, None]).astype(np.float32)
+        return out, self.cnt
+
+
 def overlap_average(n: int, starts: list[int], preds: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Average window predictions back onto ``n`` steps.
+    """Average window predictions back onto ``n`` steps (:class:`OverlapAverager` over all windows at once).
 
     Args:
         n: timeline length.
@@ -59,16 +87,7 @@ def overlap_average(n: int, starts: list[int], preds: list[np.ndarray]) -> tuple
     Returns:
         (n, D) float32 averages (NaN where no window covers) and (n,) coverage counts.
     """
-    if not preds:
-        return np.full((n, 0), np.nan, dtype=np.float32), np.zeros(n, dtype=np.int64)
-    d = preds[0].shape[-1]
-    acc = np.zeros((n, d), dtype=np.float64)
-    cnt = np.zeros(n, dtype=np.int64)
+    avg = OverlapAverager(n)
     for s, p in zip(starts, preds):
-        e = min(s + len(p), n)
-        acc[s:e] += p[: e - s]
-        cnt[s:e] += 1
-    out = np.full((n, d), np.nan, dtype=np.float32)
-    ok = cnt > 0
-    out[ok] = (acc[ok] / cnt[ok, None]).astype(np.float32)
-    return out, cnt
+        avg.add(s, p)
+    return avg.result()
