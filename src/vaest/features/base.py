@@ -268,6 +268,7 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
         # set once for the section so that no extractor changes the process-wide count under the other's feet
         with torch_threads(1 if beside is not None else None, only_if_loaded=True):
             job = beside.submit(audio_work) if beside is not None else None
+            before = {id(e): set(vars(e)) for e in frame_ex}  # the state begin() adds is this media's only
             try:
                 for e in frame_ex:
                     e.begin(videos, info)
@@ -283,6 +284,9 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
             finally:
                 if beside is not None:
                     beside.shutdown(wait=True)  # a frame error waits for the audio, then is raised
+                for e in frame_ex:  # a long-lived extractor (the predictor's) must not keep this media's arrays
+                    for k in set(vars(e)) - before[id(e)]:
+                        delattr(e, k)
             if job is not None:
                 records.update(job.result())  # an audio error is raised here
                 has_audio_work = False
