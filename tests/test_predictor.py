@@ -315,3 +315,18 @@ def test_console_script_ends_fast_with_every_output_written(tmp_path):
     index = (out / "index.csv").read_text()
     assert "good.mp4" in index and "bad.mp4" in index
     assert "good.csv" in p.stderr and "bad.mp4" in p.stderr
+
+
+def test_audio_runs_beside_the_frames_only_for_short_media(tmp_path):
+    """Short media get their audio work beside the frames (speed), long ones after the frames (memory: the whole
+    track and its analysis grow with the length); a file that cannot be probed is not run beside."""
+    from vaest.predictor import AUDIO_BESIDE_MAX_S, audio_beside
+
+    short = make_video(tmp_path / "short.mp4", n_frames=20)
+    long = tmp_path / "long.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=color=gray:size=32x32:rate=1",
+                    "-f", "lavfi", "-i", "sine=frequency=200:sample_rate=8000", "-t", str(AUDIO_BESIDE_MAX_S + 10),
+                    "-c:v", "libx264", "-c:a", "aac", "-shortest", str(long)], check=True)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not media")
+    assert audio_beside(short) and not audio_beside(long) and not audio_beside(broken)

@@ -98,23 +98,23 @@ class FrameTimes(Extractor):
         return {(self.name, vid): rec for vid in self._ids}
 
 
-def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+# Media up to this long have their audio work run beside the frames (a second core takes it off the critical
+# path: 16.0 -> 12.8 s on the 63 s benchmark video); longer ones after the frames, once the frames' buffers are
+# handed back: the whole track and its VAD/openSMILE work grow with the length, and beside the frames they
+# stacked on the frame pipeline's memory (10-minute video, zero-shot: peak 785 MB beside, 657 MB after; RTF
+# 0.129 vs 0.153, both far below real time). docs/performance.md.
+AUDIO_BESIDE_MAX_S = 180.0
 
-    Why: memory freed by the frame pipeline's threads (decoded batches, MediaPipe and torch buffers) otherwise
-    stays in the process and adds to what the models, the table and the plot allocate after it: on the 63 s
-    video with the demo bundle the peak RSS of the whole command rose by ~80 MB after the frames were done."""
-    import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
+def audio_beside(path: str | Path) -> bool:
+    """Whether the predictor runs a media file's audio work beside its frames (see :data:`AUDIO_BESIDE_MAX_S`)."""
+    from vaest.media import probe
+
     try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
-    except OSError:
-        trim = None
-    if trim is not None:
-        trim(0)
+        dur = float(probe(path).duration or 0.0)
+    except VaestError:
+        return False
+    return 0.0 < dur <= AUDIO_BESIDE_MAX_S
 
 
 def media_key(path: str | Path) -> str:
@@ -516,7 +516,8 @@ class Predictor:
 
     def _extract(self, store: FeatureStore, video: Video) -> None:
         """Run the extractors that ``store`` lacks (all with ``force``) on the media, frames decoded once."""
-        from vaest.features.base import _with_requirements, extract_media, media_todo, save_records
+        from vaest.features.base import (_with_requirements, extract_media, media_todo, release_free_memory,
+                                         save_records)
         from vaest.progress import progress_enabled
 
         exs = [e for e in self.extractors if not (video.audio_only and e.kind == "frames")]
@@ -538,8 +539,8 @@ class Predictor:
                     self._voice_done = (video.media, fps, self._voice(wav, fps))
 
         with progress_enabled(self.progress):
-            recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size, audio_beside=True,
-                                                on_audio=on_audio)
+            recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size,
+                                                audio_beside=audio_beside(video.media), on_audio=on_audio)
         save_records(store, recs, force=True)
         release_free_memory()  # the frame pipeline's buffers, before the models and the outputs allocate theirs
         if unfed:
