@@ -319,7 +319,8 @@ def test_console_script_ends_fast_with_every_output_written(tmp_path):
 
 def test_audio_runs_beside_the_frames_only_for_short_media(tmp_path):
     """Short media get their audio work beside the frames (speed), long ones after the frames (memory: the whole
-    track and its analysis grow with the length); a file that cannot be probed is not run beside."""
+    track and its analysis grow with the length); an unknown duration is not run beside."""
+    from vaest.media import probe
     from vaest.predictor import AUDIO_BESIDE_MAX_S, audio_beside
 
     short = make_video(tmp_path / "short.mp4", n_frames=20)
@@ -327,6 +328,5 @@ def test_audio_runs_beside_the_frames_only_for_short_media(tmp_path):
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=color=gray:size=32x32:rate=1",
                     "-f", "lavfi", "-i", "sine=frequency=200:sample_rate=8000", "-t", str(AUDIO_BESIDE_MAX_S + 10),
                     "-c:v", "libx264", "-c:a", "aac", "-shortest", str(long)], check=True)
-    broken = tmp_path / "broken.mp4"
-    broken.write_bytes(b"not media")
-    assert audio_beside(short) and not audio_beside(long) and not audio_beside(broken)
+    assert audio_beside(probe(short).duration) and not audio_beside(probe(long).duration)
+    assert not audio_beside(None) and not audio_beside(0.0)

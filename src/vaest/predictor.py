@@ -106,15 +106,10 @@ class FrameTimes(Extractor):
 AUDIO_BESIDE_MAX_S = 180.0
 
 
-def audio_beside(path: str | Path) -> bool:
-    """Whether the predictor runs a media file's audio work beside its frames (see :data:`AUDIO_BESIDE_MAX_S`)."""
-    from vaest.media import probe
-
-    try:
-        dur = float(probe(path).duration or 0.0)
-    except VaestError:
-        return False
-    return 0.0 < dur <= AUDIO_BESIDE_MAX_S
+def audio_beside(duration_s: float | None) -> bool:
+    """Whether the predictor runs the audio work of media this long beside its frames (see
+    :data:`AUDIO_BESIDE_MAX_S`); an unknown duration (None or 0) is treated as long."""
+    return 0.0 < float(duration_s or 0.0) <= AUDIO_BESIDE_MAX_S
 
 
 def media_key(path: str | Path) -> str:
@@ -514,8 +509,9 @@ class Predictor:
             return MemoryStore(path.name)
         return FeatureStore(self.cache / media_key(path))
 
-    def _extract(self, store: FeatureStore, video: Video) -> None:
-        """Run the extractors that ``store`` lacks (all with ``force``) on the media, frames decoded once."""
+    def _extract(self, store: FeatureStore, video: Video, info: MediaInfo) -> None:
+        """Run the extractors that ``store`` lacks (all with ``force``) on the media (``info``: its probe),
+        frames decoded once."""
         from vaest.features.base import (_with_requirements, extract_media, media_todo, release_free_memory,
                                          save_records)
         from vaest.progress import progress_enabled
@@ -540,7 +536,7 @@ class Predictor:
 
         with progress_enabled(self.progress):
             recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size,
-                                                audio_beside=audio_beside(video.media), on_audio=on_audio)
+                                                audio_beside=audio_beside(info.duration), on_audio=on_audio)
         save_records(store, recs, force=True)
         release_free_memory()  # the frame pipeline's buffers, before the models and the outputs allocate theirs
         if unfed:
@@ -572,7 +568,7 @@ class Predictor:
         notes: list[str] = []
         parts: dict[str, Any] = {}
         if not (audio_only and self.bundle is None):
-            self._extract(store, video)
+            self._extract(store, video, info)
         if audio_only:
             times = None
         else:

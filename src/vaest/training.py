@@ -303,7 +303,6 @@ def predict_sequence(model: nn.Module, inputs: dict[str, np.ndarray], win: int, 
     T = len(next(iter(inputs.values())))
     starts = window_starts(T, win, hop, align_end)
     outs = {k: OverlapAverager(T) for k in keys}  # averaged as the windows come: no list of every window
-    seen: set[str] = set()
     with_mask = accepts_mask(model)
     model.eval()
     with torch.no_grad():
@@ -316,10 +315,9 @@ def predict_sequence(model: nn.Module, inputs: dict[str, np.ndarray], win: int, 
             res = model(**batch)
             for k in keys:
                 if k in res:
-                    seen.add(k)
                     for s, p in zip(chunk, res[k].float().cpu().numpy()):
                         outs[k].add(s, p)
-    return {k: outs[k].result()[0] for k in keys if k in seen}
+    return {k: avg.result()[0] for k, avg in outs.items() if avg.acc is not None}  # outputs the model gave
 
 
 def frames_from_steps(values: np.ndarray, base: TimeBase, n_frames: int, fps: float) -> np.ndarray:

@@ -31,7 +31,8 @@ from vaest.corpus import Video
 from vaest.errors import VaestError
 from vaest.features.base import Extractor, prepared_key, register_extractor
 from vaest.features.face import (LANDMARK_IDS, N_LANDMARKS, FaceEncoderConfig, FaceEncoderExtractor, FaceObs,
-                                 FaceTrackConfig, FaceTracker, _LM_INDEX, _Track, box_iou, crop_face, square_box)
+                                 FaceTrackConfig, FaceTracker, _LM_INDEX, _Track, box_iou, crop_face, detect_faces,
+                                 make_detector, square_box)
 from vaest.features.mouth import lip_area, rolling_nanmean
 from vaest.features.store import FeatureRecord, config_hash
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
@@ -112,6 +113,21 @@ def cut_fraction(prev: np.ndarray, cur: np.ndarray, level: float = 24.0) -> floa
     return float((np.abs(cur - prev).max(-1) > level).mean())
 
 
+def scheduled_detection(cfg: PersonTrackConfig, frame_no: int, cut: bool) -> bool:
+    """Whether frame ``frame_no`` is detected whatever the tracker's state: at a cut, every ``detect_every``-th
+    frame, every frame without FaceMesh (the tracker also detects while a person is lost)."""
+    return cut or not cfg.mesh or frame_no % max(1, cfg.detect_every) == 0
+
+
+def detect_with_appearance(detector: Any, frame: np.ndarray, det_side: int
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Faces of one RGB frame (:func:`vaest.features.face.detect_faces`) with their :func:`appearance`:
+    boxes (N, 4), scores (N,), appearance descriptors (N, D)."""
+    boxes, scores = detect_faces(detector, frame, det_side)
+    apps = np.stack([appearance(frame, bx) for bx in boxes]) if len(boxes) else np.zeros((0, 1), np.float32)
+    return boxes, scores, apps
+
+
 class ShotCuts:
     """Shot-cut flags of a stream of frames: a frame starts a new shot when at least ``share`` of its
     thumbnail's pixels changed (:func:`cut_fraction`) from the frame before. It depends on the frames alone
@@ -152,8 +168,6 @@ class FramePrep:
     with the tracker's FaceMesh). Detection is stateless, so the tracker gets exactly what it would compute."""
 
     def __init__(self, cfg: PersonTrackConfig):
-        from vaest.features.face import make_detector
-
         self.cfg = cfg
         self.shots = ShotCuts(cfg.cut_share)
         self.detector = make_detector(cfg)
@@ -163,17 +177,9 @@ class FramePrep:
         self.detector.close()
 
     def __call__(self, frames: np.ndarray) -> Prepared:
-        from vaest.features.face import detect_faces
-
         cuts = self.shots.flags(frames)
-        dets = {}
-        for b in range(len(frames)):
-            fno = self.frame_no + b
-            if cuts[b] or not self.cfg.mesh or fno % max(1, self.cfg.detect_every) == 0:
-                boxes, scores = detect_faces(self.detector, frames[b], self.cfg.det_side)
-                apps = (np.stack([appearance(frames[b], bx) for bx in boxes]) if len(boxes)
-                        else np.zeros((0, 1), np.float32))
-                dets[b] = (boxes, scores, apps)
+        dets = {b: detect_with_appearance(self.detector, frames[b], self.cfg.det_side) for b in range(len(frames))
+                if scheduled_detection(self.cfg, self.frame_no + b, bool(cuts[b]))}
         self.frame_no += len(frames)
         return Prepared(cuts, dets)
 
@@ -370,10 +376,6 @@ class PersonTracker(FaceTracker):
                 out[i] = len(self.persons) - 1
         return out
 
-    def cut_flags(self, frames: np.ndarray) -> np.ndarray:
-        """(B,) bool shot-cut flags of the next consecutive frames (:class:`ShotCuts`)."""
-        return self._shots.flags(frames)
-
     def process(self, frames: np.ndarray, prepared: Prepared | None = None
                 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Track the persons over consecutive frames (B, H, W, 3); ``prepared``: their shot cuts and scheduled
@@ -394,7 +396,7 @@ class PersonTracker(FaceTracker):
                             np.full((B, N_LANDMARKS, 3), np.nan, np.float32))
             return out[pid]
 
-        cuts = prepared.cuts if prepared is not None else self.cut_flags(frames)
+        cuts = prepared.cuts if prepared is not None else self._shots.flags(frames)
         dets = prepared.dets if prepared is not None else {}
         for b in range(B):
             frame = frames[b]
@@ -402,15 +404,12 @@ class PersonTracker(FaceTracker):
             if cut:  # FaceMesh must not follow the old place into the new shot: detect, match by appearance
                 self.cuts.append(self.frame_no)
             lost = not self.persons or any(p.age > 0 and p.box is not None for p in self.persons)
-            detect = cut or lost or not cfg.mesh or self.frame_no % max(1, cfg.detect_every) == 0
+            detect = lost or scheduled_detection(cfg, self.frame_no, cut)
             assigned: dict[int, tuple[np.ndarray, float]] = {}
             if detect:
-                if b in dets:
-                    boxes, scores, apps = dets[b]
-                else:  # a person was lost: detect on this frame too
-                    boxes, scores = self.detect(frame)
-                    apps = (np.stack([appearance(frame, bx) for bx in boxes]) if len(boxes)
-                            else np.zeros((0, 1), np.float32))
+                # prepared ahead where scheduled; here when a person was lost (or nothing was prepared)
+                boxes, scores, apps = dets[b] if b in dets else detect_with_appearance(self.detector, frame,
+                                                                                         cfg.det_side)
                 for i, j in self._assign(boxes, apps).items():
                     assigned[j] = (boxes[i], float(scores[i]))
                     p = self.persons[j]
@@ -941,8 +940,7 @@ class PersonsExtractor(Extractor):
         """Encoder outputs per online person id (before :func:`finalize_tracks`) over every frame so far:
         ``emb`` (n, E), ``probs`` (n, C) (and ``va`` (n, 2)), NaN where that person is not visible. Waits for
         the batch still being encoded."""
-        if self._pool is not None:
-            self._collect()
+        self._collect()
         return {pid: {k: np.concatenate(v) for k, v in parts.items()} for pid, parts in self.face.items()}
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
