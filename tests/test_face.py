@@ -669,3 +669,27 @@ def test_mediapipe_drawing_helpers_are_deferred_not_lost():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**__import__("os").environ, "PYTHONPATH": __import__("os").pathsep.join(sys.path)})
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-2000:]
+
+
+def test_face_inputs_in_one_array_with_appended_columns_and_in_place_norm():
+    """face_inputs builds [emb, probs, conf, extra] in one array: embedding and probabilities filled from the
+    nearest face frame, conf 0 without a face, the extra columns as given; apply_norm in place gives the same
+    values as its copying form and writes into the array it was given."""
+    from vaest.tasks.face import apply_norm, face_inputs
+
+    emb = np.array([[np.nan, np.nan], [1.0, 2.0], [np.nan, np.nan], [3.0, 4.0]], np.float32)
+    probs = np.array([[np.nan, np.nan], [0.2, 0.8], [np.nan, np.nan], [0.6, 0.4]], np.float32)
+    rec = FeatureRecord(TimeSeries(emb, TimeBase.frames(25.0), np.isfinite(emb).all(1)),
+                        {"probs": probs, "conf": np.array([0, 0.9, 0, 0.7], np.float32)}, {})
+    extra = np.arange(8, dtype=np.float32).reshape(4, 2)
+    x, found = face_inputs(rec, ("emb", "probs", "conf"), extra)
+    np.testing.assert_array_equal(found, [False, True, False, True])
+    np.testing.assert_allclose(x, [[1, 2, 0.2, 0.8, 0, 0, 1], [1, 2, 0.2, 0.8, 0.9, 2, 3],
+                                      [1, 2, 0.2, 0.8, 0, 4, 5], [3, 4, 0.6, 0.4, 0.7, 6, 7]], rtol=1e-6)
+    assert x.dtype == np.float32 and np.isnan(emb[0]).all()  # the record is not written to
+    norm = {"mean": [1.0] * 7, "std": [2.0] * 7}
+    want = apply_norm(x, norm)
+    assert want is not x
+    got = apply_norm(x, norm, inplace=True)
+    assert got is x
+    np.testing.assert_array_equal(got, want)

@@ -106,3 +106,17 @@ def test_temporaries_of_a_killed_write_are_removed_on_the_next_run(tmp_path):
                                                                       "keep.npz"]
     assert fs.load("face-x", "keep").values.shape == (5, 3)
     assert remove_stale_temporaries(tmp_path / "absent") == []
+
+
+def test_memory_store_keep_only_forgets_one_videos_other_records():
+    from vaest.features.store import MemoryStore
+
+    s = MemoryStore("m")
+    for key in ("persons", "face-fer", "audio-lmfb"):
+        s.save(key, "a", _rec(n=4))
+    s.save("face-fer", "b", _rec(n=4))
+    s.keep_only("a", ("persons",))
+    assert s.has("persons", "a") and not s.has("face-fer", "a") and not s.has("audio-lmfb", "a")
+    assert s.has("face-fer", "b")  # another video's records are not touched
+    with pytest.raises(FeatureError, match="face-fer"):
+        s.load("face-fer", "a")

@@ -107,3 +107,70 @@ def test_overlap_average():
 def test_timebase_validation():
     with pytest.raises(ValueError):
         TimeBase(hop=0, win=1)
+
+
+def test_overlap_averager_streams_to_the_same_bits_as_whole_sums():
+    """The streaming averager writes each step once no later window can reach it; its averages must equal, to the
+    bit, float64 sums over the whole length divided by the counts (the computation it replaces), on windows that
+    overlap, leave a gap, run past the end and carry NaN."""
+    from vaest.windows import OverlapAverager
+
+    rng = np.random.default_rng(3)
+    n, win = 50, 12
+    starts = [0, 5, 10, 25, 30, 33, 44]  # 22..24 is covered by no window; the last window runs past n
+    preds = [rng.standard_normal((win, 5)).astype(np.float32) for _ in starts]
+    preds[2][3, 1] = np.nan
+    acc, cnt = np.zeros((n, 5)), np.zeros(n, np.int64)
+    for s, p in zip(starts, preds):
+        e = min(s + win, n)
+        acc[s:e] += p[: e - s]
+        cnt[s:e] += 1
+    want = np.full((n, 5), np.nan, np.float32)
+    want[cnt > 0] = (acc[cnt > 0] / cnt[cnt > 0, None]).astype(np.float32)
+    avg = OverlapAverager(n)
+    for s, p in zip(starts, preds):
+        avg.add(s, p)
+    got, got_cnt = avg.result()
+    np.testing.assert_array_equal(got_cnt, cnt)
+    assert np.isnan(got[22:25]).all() and np.isnan(got[13, 1])
+    np.testing.assert_array_equal(got, want)  # NaN in the same places, every other value bit-equal
+    with pytest.raises(ValueError, match="non-decreasing"):
+        avg2 = OverlapAverager(n)
+        avg2.add(10, preds[0])
+        avg2.add(20, preds[1])
+        avg2.add(15, preds[2])
+
+
+def test_to_frames_wide_series_is_blocked_without_changing_values():
+    """A series wider than one block of columns (a 256-wide embedding) resamples each column as a narrow one
+    would: hand-computed means of the samples covering each frame's midpoint."""
+    from vaest import timebase
+
+    rng = np.random.default_rng(0)
+    d = timebase._TO_FRAMES_COLUMNS * 2 + 3
+    vals = rng.standard_normal((6, d)).astype(np.float32)
+    mask = np.array([True, True, False, True, True, True])
+    # samples every 0.5 s, 1 s long (overlapping by half); frames at 4 fps -> midpoints 0.125, 0.375, ...
+    out, m = to_frames(TimeSeries(vals, TimeBase(hop=0.5, win=1.0), mask), 14, 4.0)
+    mids = (np.arange(14) + 0.5) / 4.0
+    for j, t in enumerate(mids):
+        cover = [i for i in range(6) if mask[i] and 0.5 * i <= t < 0.5 * i + 1.0]
+        assert m[j] == bool(cover)
+        if cover:
+            np.testing.assert_allclose(out[j], vals[cover].astype(np.float64).mean(0), rtol=1e-6)
+            for c in (0, d - 1):  # a column of the first and of the last block, alone: the same bits
+                one, _ = to_frames(TimeSeries(vals[:, c:c + 1], TimeBase(hop=0.5, win=1.0), mask), 14, 4.0)
+                assert one[j, 0] == out[j, c]
+        else:
+            assert np.isnan(out[j]).all()
+
+
+def test_fill_nearest_in_place_fills_only_the_holes():
+    x = np.array([[np.nan], [2.0], [np.nan], [np.nan], [5.0], [np.nan]])
+    m = np.isfinite(x[:, 0])
+    copy = fill_nearest(x, m)
+    assert np.isnan(x[0, 0])  # the copying form leaves its input alone
+    same = fill_nearest(x, m, inplace=True)
+    assert same is x
+    np.testing.assert_array_equal(x[:, 0], [2, 2, 2, 5, 5, 5])
+    np.testing.assert_array_equal(copy, x)

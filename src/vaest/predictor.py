@@ -659,7 +659,8 @@ class Predictor:
         sources: dict[int, np.ndarray] = {}
         present: set[str] = set()
         frame_mods: dict[str, int] = {}
-        for pid in ids or [-1]:
+        keys = ids or [-1]
+        for pid in keys:
             parts = dict(shared)
             if pid < 0 and "face" in self.models:  # no person tracked: the single-face path's face, if any
                 face = self.models["face"].apply(store, video)
@@ -680,6 +681,8 @@ class Predictor:
 
                     a = parts["audio"]
                     parts["audio"] = replace(a, mask=a.mask & attribution.audio_mask(pid)[:n])
+            if pid == keys[-1] and isinstance(store, MemoryStore):
+                store.keep_only(video.id, ("persons",))  # every model has read its features: only the tracks stay
             parts = {m: t for m, t in parts.items() if t.mask.any()}
             present |= set(parts)
             for k, c in frame_modalities(parts, n).items():  # summed over the chosen persons' rows
@@ -699,7 +702,6 @@ class Predictor:
         else:
             table = {"frame": np.arange(1, n + 1), "time": times, "person": np.full(n, -1, np.int64),
                      **{c: np.full(n, np.nan) for c in BOX_COLUMNS}, **per_person[-1]}
-        keys = ids or [-1]
         table["source"] = np.stack([sources[k] for k in keys], 1).reshape(-1)  # frame-major, as person_rows
         wcols = sorted({c for c in table if c.startswith("weight_")})
         order = (["frame", "time", "valence", "arousal", "source"] + [f"{m}_{d}" for m in MODALITIES

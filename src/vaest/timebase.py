@@ -112,6 +112,9 @@ def frame_midpoints(n_frames: int, fps: float, frame_times: np.ndarray | None = 
     return t + 0.5 * dur
 
 
+_TO_FRAMES_COLUMNS = 16  # columns per block in to_frames' running sums
+
+
 def to_frames(
     series: TimeSeries,
     n_frames: int,
@@ -138,8 +141,9 @@ def to_frames(
         return out, mask
     starts, ends = series.base.spans(len(series))
     starts, ends = starts[valid], ends[valid]
-    vals = series.values[valid].astype(np.float64)
+    vals = series.values[valid]
     if how == "nearest":
+        vals = vals.astype(np.float64)
         centres = 0.5 * (starts + ends)
         order = np.argsort(centres, kind="stable")
         centres, vals = centres[order], vals[order]
@@ -158,36 +162,47 @@ def to_frames(
     # frames j with starts <= mid_j < ends, found by binary search (mids are sorted)
     lo = np.searchsorted(mids, starts, side="left")
     hi = np.searchsorted(mids, ends, side="left")
-    acc = np.zeros((n_frames + 1, d), dtype=np.float64)
     cnt = np.zeros(n_frames + 1, dtype=np.int64)
-    np.add.at(acc, lo, vals)
-    np.add.at(acc, hi, -vals)
     np.add.at(cnt, lo, 1)
     np.add.at(cnt, hi, -1)
-    acc = np.cumsum(acc, axis=0)[:n_frames]
     cnt = np.cumsum(cnt)[:n_frames]
     mask = cnt > 0
-    out[mask] = (acc[mask] / cnt[mask, None]).astype(np.float32)
+    rows = np.flatnonzero(mask)
+    # a few columns at a time: the float64 running sums of a wide series (a 256-wide embedding on the frames of
+    # a 10-minute video) would otherwise take 39 MB, plus as much for each of their copies; each column is
+    # computed on its own either way, so the values do not depend on the block
+    for c in range(0, d, _TO_FRAMES_COLUMNS):
+        v = vals[:, c : c + _TO_FRAMES_COLUMNS].astype(np.float64)
+        acc = np.zeros((n_frames + 1, v.shape[1]), dtype=np.float64)
+        np.add.at(acc, lo, v)
+        np.add.at(acc, hi, -v)
+        acc = np.cumsum(acc, axis=0)[:n_frames]
+        out[rows, c : c + v.shape[1]] = (acc[rows] / cnt[rows, None]).astype(np.float32)
     return out, mask
 
 
-def fill_nearest(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def fill_nearest(values: np.ndarray, mask: np.ndarray, inplace: bool = False) -> np.ndarray:
     """Fill masked rows with the nearest valid row (ties go to the earlier frame).
 
     Args:
         values: (T, D) or (T,) array.
         mask: (T,) bool, True where valid.
+        inplace: fill ``values`` itself (only its masked rows are written: no copy of a long array).
     Returns:
-        A filled copy; unchanged (all masked rows kept) when no row is valid.
+        A filled copy (``values`` itself with ``inplace``); unchanged (all masked rows kept) when no row is valid.
     """
     values = np.asarray(values)
     mask = np.asarray(mask, dtype=bool)
     if mask.all() or not mask.any():
-        return values.copy()
+        return values if inplace else values.copy()
     idx = np.flatnonzero(mask)
     pos = np.searchsorted(idx, np.arange(len(mask)))
     left = idx[np.clip(pos - 1, 0, len(idx) - 1)]
     right = idx[np.clip(pos, 0, len(idx) - 1)]
     t = np.arange(len(mask))
     pick = np.where(np.abs(t - left) <= np.abs(right - t), left, right)
+    if inplace:
+        holes = ~mask
+        values[holes] = values[pick[holes]]
+        return values
     return values[pick]

@@ -317,13 +317,13 @@ def predict_sequence(model: nn.Module, inputs: dict[str, np.ndarray], win: int, 
                 if k in res:
                     for s, p in zip(chunk, res[k].float().cpu().numpy()):
                         outs[k].add(s, p)
-    return {k: avg.result()[0] for k, avg in outs.items() if avg.acc is not None}  # outputs the model gave
+    return {k: avg.result()[0] for k, avg in outs.items() if avg.started}  # outputs the model gave
 
 
 def frames_from_steps(values: np.ndarray, base: TimeBase, n_frames: int, fps: float) -> np.ndarray:
     """Expand per-step predictions to the frame grid (overlaps averaged) and fill holes from the nearest frame."""
     vals, mask = to_frames(TimeSeries(values, base), n_frames, fps)
-    return fill_nearest(vals, mask)
+    return fill_nearest(vals, mask, inplace=True)  # to_frames' fresh array: no second copy
 
 
 def concat_frame_ccc(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:

@@ -301,6 +301,7 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
                     n += len(batch.index)
                 for e in frame_ex:
                     records.update(_stamp(e, e.end()))
+                    release_free_memory()  # the per-batch chunks it joined: freed inside the heap
             finally:
                 if beside is not None:
                     beside.shutdown(wait=True)  # a frame error waits for the audio, then is raised

@@ -1143,15 +1143,22 @@ class FaceEncoderExtractor(Extractor):
                     va[off + rows] = res["va"]
                 conf[off : off + len(c)] = c
                 off += len(c)
-            found = np.isfinite(emb).all(1)
-            extras = {"probs": probs, "conf": conf}
-            if enc.has_va:
-                extras["va"] = va
-            meta = {"encoder": self.config.encoder, "classes": list(enc.classes), "feature_dim": enc.feature_dim,
-                    "source": "cropped_aligned" if (self.config.use_cropped_aligned and v.face_dir) else "video",
-                    "face_rate": float(found.mean()) if n else 0.0}
-            out[(key, v.id)] = FeatureRecord(TimeSeries(emb, TimeBase.frames(fps), found), extras, meta)
+            out[(key, v.id)] = self._record(v, emb, probs, va, conf, fps)
         return out
+
+    def _record(self, v: Video, emb: np.ndarray, probs: np.ndarray, va: np.ndarray, conf: np.ndarray, fps: float
+                ) -> FeatureRecord:
+        """The ``face-<encoder>`` record of one video from its per-frame arrays: emb (n, D), probs (n, C), va
+        (n, 2) (NaN on frames without a face) and conf (n,)."""
+        enc = self.encoder
+        found = np.isfinite(emb).all(1)
+        extras = {"probs": probs, "conf": conf}
+        if enc.has_va:
+            extras["va"] = va
+        meta = {"encoder": self.config.encoder, "classes": list(enc.classes), "feature_dim": enc.feature_dim,
+                "source": "cropped_aligned" if (self.config.use_cropped_aligned and v.face_dir) else "video",
+                "face_rate": float(found.mean()) if len(emb) else 0.0}
+        return FeatureRecord(TimeSeries(emb, TimeBase.frames(fps), found), extras, meta)
 
 
 # ---------------------------------------------------------------------------------------------------------

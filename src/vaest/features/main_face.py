@@ -37,7 +37,7 @@ from vaest.features.face import (N_LANDMARKS, FaceEncoderExtractor, FaceObs, Fac
                                  _LM_INDEX, choose_faces)
 from vaest.features.persons import PersonsExtractor
 from vaest.features.store import FeatureRecord, config_hash
-from vaest.media import FrameBatch, MediaInfo
+from vaest.media import FrameBatch, MediaInfo, fps_or_default
 
 log = logging.getLogger(__name__)
 
@@ -213,31 +213,32 @@ class PersonsFaceEncoderExtractor(FaceEncoderExtractor):
             self._picks[v.id].append(picks[v.id].copy())
             self._conf[v.id].append(track[v.id].conf.copy())
 
-    def _fill(self) -> None:
-        """Per video: the chosen person's encoder outputs on each frame (:meth:`PersonsExtractor.online_faces`),
-        as the batches of :meth:`FaceEncoderExtractor.end` expect them (rows with a face, their outputs, conf)."""
-        enc_net = self.encoder
-        dims = {"emb": enc_net.feature_dim, "probs": len(enc_net.classes)}
-        if enc_net.has_va:
-            dims["va"] = 2
-        faces = self.persons.online_faces()
-        for v in self.videos:
-            off = 0
-            for pick, conf in zip(self._picks[v.id], self._conf[v.id]):
-                B = len(pick)
-                full = {k: np.full((B, d), np.nan, np.float32) for k, d in dims.items()}
-                for pid in np.unique(pick[pick >= 0]):
-                    sel = pick == pid
-                    for k in dims:
-                        full[k][sel] = faces[int(pid)][k][off:off + B][sel]
-                rows = np.flatnonzero(np.isfinite(full["emb"]).all(1))  # a face whose crop failed stays NaN
-                self.parts[v.id].append((rows, {k: x[rows] for k, x in full.items()}, conf))
-                off += B
-
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
-        self._fill()
-        out = super().end()
-        for rec in out.values():
+        """Per video: the chosen person's encoder outputs on each frame (:meth:`PersonsExtractor.online_faces`,
+        views after the persons extractor's end), copied frame-masked into the record's arrays (no per-batch
+        copies: a 10-minute video's embeddings are 19 MB)."""
+        enc_net = self.encoder
+        fps = fps_or_default(self.info.fps)
+        key = self.outputs()[0]
+        faces = self.persons.online_faces()
+        out = {}
+        for v in self.videos:
+            pick = np.concatenate(self._picks[v.id]) if self._picks[v.id] else np.zeros(0, np.int64)
+            conf = np.concatenate(self._conf[v.id]).astype(np.float32) if self._conf[v.id] else np.zeros(0, np.float32)
+            n = len(pick)
+            arrays = {"emb": np.full((n, enc_net.feature_dim), np.nan, np.float32),
+                      "probs": np.full((n, len(enc_net.classes)), np.nan, np.float32),
+                      "va": np.full((n, 2), np.nan, np.float32)}
+            for pid in np.unique(pick[pick >= 0]):
+                sel = (pick == pid)[:, None]
+                for k, dst in arrays.items():
+                    if k in faces[int(pid)]:
+                        np.copyto(dst, faces[int(pid)][k][:n], where=sel)
+            no_face = ~np.isfinite(arrays["emb"]).all(1)  # a face whose crop failed stays NaN in every output
+            arrays["probs"][no_face] = np.nan
+            arrays["va"][no_face] = np.nan
+            rec = self._record(v, arrays["emb"], arrays["probs"], arrays["va"], conf, fps)
             rec.meta["derived_from"] = DERIVED_FROM
             rec.meta["persons_config_hash"] = self.persons.config_hash()
+            out[(key, v.id)] = rec
         return out

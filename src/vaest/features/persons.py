@@ -458,7 +458,16 @@ class PersonTracker(FaceTracker):
         return out
 
     def result(self, fps: float) -> PersonTracks:
-        """The raw online tracks so far (before :func:`finalize_tracks`)."""
+        """The raw online tracks so far (before :func:`finalize_tracks`). Joined once per state: the persons
+        extractor and the per-person descriptors both read them at the end (on a 10-minute video ~11 MB)."""
+        cached = getattr(self, "_result", None)
+        if cached is not None and cached[0] == (self._n_done, fps):
+            return cached[1]
+        tracks = self._joined(fps)
+        self._result = ((self._n_done, fps), tracks)
+        return tracks
+
+    def _joined(self, fps: float) -> PersonTracks:
         P = len(self.persons)
         n = self._n_done
         K = len(LANDMARK_IDS)
@@ -514,14 +523,14 @@ def track_plan(tr: PersonTracks, cfg: PersonTrackConfig | None = None) -> list[l
 
 def merge_rows(arr: np.ndarray, found: np.ndarray, plan: Sequence[Sequence[int]]) -> np.ndarray:
     """Apply a :func:`track_plan` to any per-raw-track array (P, n, ...) -> (P', n, ...): each final person's
-    rows are the first raw track's, filled from the others where they are visible (``found`` (P, n))."""
-    out = []
-    for rows in plan:
-        x = arr[rows[0]].copy()
+    rows are the first raw track's, filled from the others where they are visible (``found`` (P, n)). Written
+    into one output array (no per-person copies to stack: a 10-minute video's embeddings are 19 MB a person)."""
+    out = np.empty((len(plan),) + arr.shape[1:], arr.dtype)
+    for i, rows in enumerate(plan):
+        out[i] = arr[rows[0]]
         for r in rows[1:]:
-            x[found[r]] = arr[r][found[r]]
-        out.append(x)
-    return np.stack(out) if out else np.zeros((0,) + arr.shape[1:], arr.dtype)
+            out[i][found[r]] = arr[r][found[r]]
+    return out
 
 
 def finalize_tracks(tr: PersonTracks, cfg: PersonTrackConfig | None = None) -> PersonTracks:
@@ -896,6 +905,7 @@ class PersonsExtractor(Extractor):
                                                           if k in track_fields}))
         self._prep = FramePrep(self.tracker.cfg)  # fed by prepare(), in the decoding thread
         self.face: dict[int, dict[str, list[np.ndarray]]] = {}
+        self._faces_done = None  # end(): per online person id, views of the joined encoder outputs
         self.n = 0
         # the encoder runs in a worker thread, one batch behind the tracker: torch and MediaPipe both compute
         # without the GIL, so on two cores the encoder is off the tracking's critical path; at most one batch
@@ -939,7 +949,10 @@ class PersonsExtractor(Extractor):
     def online_faces(self) -> dict[int, dict[str, np.ndarray]]:
         """Encoder outputs per online person id (before :func:`finalize_tracks`) over every frame so far:
         ``emb`` (n, E), ``probs`` (n, C) (and ``va`` (n, 2)), NaN where that person is not visible. Waits for
-        the batch still being encoded."""
+        the batch still being encoded. After :meth:`end` (which joins them once): views of its arrays."""
+        done = getattr(self, "_faces_done", None)
+        if done is not None:
+            return done
         self._collect()
         return {pid: {k: np.concatenate(v) for k, v in parts.items()} for pid, parts in self.face.items()}
 
@@ -967,13 +980,18 @@ class PersonsExtractor(Extractor):
             meta["encoder"] = self.face_encoder.config.encoder
             meta["classes"] = list(self.face_encoder.encoder.classes)
             raw_found = raw.found
+            self._faces_done: dict[int, dict[str, np.ndarray]] = {}
             for k in ("emb", "probs", "va"):
                 if not self.face or k not in next(iter(self.face.values())):
                     continue
-                per = np.stack([np.concatenate(self.face[int(pid)][k]) for pid in raw.ids]) if len(raw.ids) else \
-                    np.zeros((0, n, 1), np.float32)
-                merged = merge_rows(per, raw_found, plan) if plan else np.zeros((0, n, per.shape[-1]), np.float32)
-                extras[k] = np.ascontiguousarray(merged.transpose(1, 0, 2))
+                per = _stack_parts([self.face[int(pid)].pop(k) for pid in raw.ids], n)
+                for i, pid in enumerate(raw.ids):  # online_faces() after the end: views, not a second copy
+                    self._faces_done.setdefault(int(pid), {})[k] = per[i]
+                if [list(r) for r in plan] == [[i] for i in range(len(per))]:
+                    merged = per  # every raw track kept as it is (one person throughout): no copy
+                else:
+                    merged = merge_rows(per, raw_found, plan) if plan else np.zeros((0, n, per.shape[-1]), np.float32)
+                extras[k] = np.ascontiguousarray(merged.transpose(1, 0, 2))  # one person: already contiguous
         values = tr.boxes.transpose(1, 0, 2).reshape(n, 4 * P)
         series = TimeSeries(values, TimeBase.frames(fps), tr.found.any(0) if P else np.zeros(n, bool))
         out = {}
@@ -981,6 +999,19 @@ class PersonsExtractor(Extractor):
             out[("persons", v.id)] = FeatureRecord(series, dict(extras), dict(meta))
             log.debug("%s: %d persons (%s of the frames)", v.id, P, meta["share"])
         return out
+
+
+def _stack_parts(parts: list[list[np.ndarray]], n: int) -> np.ndarray:
+    """Each person's (n_i, D) chunks joined into one (P, n, D) array, each list emptied once copied (at most one
+    person's chunks and the output are held at once)."""
+    if not parts:
+        return np.zeros((0, n, 1), np.float32)
+    first = parts[0][0]
+    out = np.empty((len(parts), n) + first.shape[1:], first.dtype)
+    for i, chunks in enumerate(parts):
+        np.concatenate(chunks, out=out[i])
+        chunks.clear()
+    return out
 
 
 def person_tracks_from_record(rec: FeatureRecord) -> tuple[PersonTracks, dict[int, dict[str, np.ndarray]]]:

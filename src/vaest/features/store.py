@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -211,6 +211,13 @@ class MemoryStore(FeatureStore):
         if rec is None:
             raise FeatureError(f"{self.path(extractor, video_id)}: no '{extractor}' features for '{video_id}'")
         return rec
+
+    def keep_only(self, video_id: str, extractors: Iterable[str]) -> None:
+        """Forget ``video_id``'s records other than ``extractors``' (the predictor, once its models have read
+        them: a 10-minute video's face, face-track and audio features are ~45 MB)."""
+        keep = set(extractors)
+        for key in [k for k in self._records if k[1] == video_id and k[0] not in keep]:
+            del self._records[key]
 
     def record_failure(self, extractor: str, video_id: str, message: str) -> None:
         log.debug("%s/%s failed: %s", extractor, video_id, message)

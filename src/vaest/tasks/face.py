@@ -106,25 +106,32 @@ class JitteredSequenceTask(SequenceTask):
             self.index = grid
 
 
-def face_inputs(rec: FeatureRecord, parts: tuple[str, ...] = INPUT_PARTS) -> tuple[np.ndarray, np.ndarray]:
+def face_inputs(rec: FeatureRecord, parts: tuple[str, ...] = INPUT_PARTS, extra: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Unstandardised per-frame inputs of one video from its ``face-<encoder>`` record.
 
     Args:
         parts: which of ``emb``, ``probs``, ``conf`` to include (see :func:`input_parts`).
+        extra: (n_frames, K) columns appended as they are (the motion inputs).
     Returns:
-        x (n_frames, D [+ C] [+ 1]) float32 = [embedding, probabilities (both filled from the nearest face
-        frame), confidence (0 where no face)]; NaN rows only when the video has no face at all.
+        x (n_frames, D [+ C] [+ 1] [+ K]) float32 = [embedding, probabilities (both filled from the nearest face
+        frame), confidence (0 where no face), extra]; NaN rows only when the video has no face at all. Built in
+        one array (a 10-minute video's inputs are ~20 MB: no copies of them).
         found (n_frames,) bool, the face mask.
     """
     found = np.asarray(rec.mask, bool) & np.isfinite(rec.values).all(1)
-    cols = [np.asarray(rec.values, np.float32)]
+    cols = [rec.values]
     if "probs" in parts and "probs" in rec.extras:
-        cols.append(np.asarray(rec.extras["probs"], np.float32))
-    out = [fill_nearest(np.concatenate(cols, axis=1), found)]
+        cols.append(rec.extras["probs"])
+    filled = sum(c.shape[1] for c in cols)  # the embedding and probabilities: filled from the nearest face frame
     if "conf" in parts:
         conf = np.asarray(rec.extras.get("conf", found.astype(np.float32)), np.float32).reshape(-1, 1)
-        out.append(np.where(found[:, None], np.nan_to_num(conf), 0.0).astype(np.float32))
-    return np.concatenate(out, axis=1).astype(np.float32), found
+        cols.append(np.where(found[:, None], np.nan_to_num(conf), 0.0))
+    if extra is not None:
+        cols.append(extra)
+    x = np.concatenate(cols, axis=1, dtype=np.float32)
+    fill_nearest(x[:, :filled], found, inplace=True)
+    return x, found
 
 
 MOTION_FEATURES = ("vx", "vy", "vscale", "roll", "vroll")
@@ -175,10 +182,18 @@ def fit_norm(xs: list[np.ndarray], founds: list[np.ndarray]) -> dict[str, list[f
     return {"mean": allx.mean(0).tolist(), "std": np.maximum(allx.std(0), 1e-6).tolist()}
 
 
-def apply_norm(x: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
-    """Standardise (n, D) inputs; rows that are still NaN (video without any face) become 0 (the train mean)."""
-    z = (x - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
-    return np.nan_to_num(z, nan=0.0).astype(np.float32)
+def apply_norm(x: np.ndarray, norm: dict[str, list[float]], inplace: bool = False) -> np.ndarray:
+    """Standardise (n, D) inputs; rows that are still NaN (video without any face) become 0 (the train mean).
+
+    ``inplace`` (a float32 ``x`` the caller owns): standardise ``x`` itself, no copy of a long sequence."""
+    mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+    if inplace and x.dtype == np.float32:
+        z = x
+        z -= mean
+    else:
+        z = x - mean
+    z /= std
+    return np.nan_to_num(z, nan=0.0, copy=False).astype(np.float32, copy=False)
 
 
 def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, motion: bool = False,
@@ -196,16 +211,17 @@ def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, 
             missing.append(v.id)
             continue
         rec = store.load(key, v.id)
-        x, found = face_inputs(rec, parts)
         fps = float(rec.base.rate)
+        mot = None
         if motion:
             if not store.has("facetrack", v.id):
                 raise FeatureError(f"{store.path('facetrack', v.id)}: no facetrack record for '{v.id}' (needed by the "
                                    "motion inputs; run `vaest extract face`, or train with motion: false)")
             mot = face_motion(store.load("facetrack", v.id), fps)
-            if len(mot) != len(x):
-                raise FeatureError(f"{store.path('facetrack', v.id)}: {len(mot)} frames, but {key} has {len(x)}")
-            x = np.concatenate([x, mot], axis=1)
+            if len(mot) != len(rec.values):
+                raise FeatureError(f"{store.path('facetrack', v.id)}: {len(mot)} frames, but {key} has "
+                                   f"{len(rec.values)}")
+        x, found = face_inputs(rec, parts, mot)
         out.append((v, x, found, fps))
     return out, missing
 

@@ -358,7 +358,7 @@ def _modality_input(t: Track | None, n: int, width: int) -> tuple[np.ndarray, np
     if t is None:
         return np.zeros((n, width), dtype=np.float32), np.zeros(n, dtype=bool)
     parts = ([t.emb] if t.emb is not None else []) + [t.va]
-    x = np.nan_to_num(np.concatenate(parts, 1).astype(np.float32))
+    x = np.nan_to_num(np.concatenate(parts, 1, dtype=np.float32), copy=False)  # one (n, width) array, no copies
     if x.shape[1] != width:
         raise FeatureError(f"modality input width {x.shape[1]} differs from {width} in other videos of the run")
     return x, t.mask.copy()
@@ -693,17 +693,18 @@ def export_fusion(model: nn.Module, data: FusionData, out: Path, win: int, hop: 
 
 
 def fuse(model: nn.Module, data: FusionData, win: int, hop: int, device: str = "cpu", batch_size: int = 16,
-         align_end: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+         align_end: bool = False, with_emb: bool = True
+         ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
     """A trained fusion model applied to each sequence of ``data``, in memory: per sequence ``va`` (n, 2),
     ``mask`` (n,) frames where any modality had input, and extras ``weights`` (n, M) (columns
-    :func:`weight_names`; models that weight modalities), ``emb`` (n, H) when the model gives one, and for RAAV
-    ``fallback`` (n,) frames without any frame modality. ``align_end``: windows as
-    :func:`vaest.windows.window_starts`."""
+    :func:`weight_names`; models that weight modalities), ``emb`` (n, H) when the model gives one and
+    ``with_emb`` (the predictor does not need it: 19 MB on a 10-minute video), and for RAAV ``fallback`` (n,)
+    frames without any frame modality. ``align_end``: windows as :func:`vaest.windows.window_starts`."""
     runner = _Resolved(model, data.table) if data.table is not None else model
     model.to(device).eval()
     for seq in data.sequences:
-        res = predict_sequence(runner, seq.inputs, win, hop, device, batch_size, keys=("va", "emb", "weights"),
-                               align_end=align_end)
+        keys = ("va", "emb", "weights") if with_emb else ("va", "weights")
+        res = predict_sequence(runner, seq.inputs, win, hop, device, batch_size, keys=keys, align_end=align_end)
         avail = data.available[seq.id]
         frame_any = np.any([a for m, a in avail.items() if m != AUDIO], axis=0)
         any_mod = np.any(list(avail.values()), axis=0)
