@@ -111,7 +111,7 @@ def log_mel_spectrogram(wav: np.ndarray, sr: int = AUDIO_SR, n_mels: int = 64, w
     Args:
         wav: (N,) float waveform.
         block: frames computed at a time (the bound on the working memory: 1024 frames of a 10-minute track
-            take ~10 MB where 8192 took ~160 MB, and run as fast; values agree with other blocks to ~1e-6).
+            take ~10 MB where 8192 took ~160 MB, and run faster; values agree with other blocks to ~1e-6).
     Returns:
         (n_frames, n_mels) float32 ``log(mel energy + floor)``; n_frames = 1 + (N - win) // hop.
     """
