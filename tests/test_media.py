@@ -75,3 +75,28 @@ def test_variable_frame_rate(tmp_path, caplog):
         t = np.concatenate([b.times for b in iter_frames(p)])
     np.testing.assert_allclose(t, pts, atol=2e-3)
     assert "variable frame rate" in caplog.text
+
+
+def test_audio_longer_than_its_stated_duration_is_read_whole(tmp_path):
+    """An MP3 without a Xing header states a duration estimated from its first frames' bitrate: loud noise first,
+    then long silence, says ~17 s for 126 s. read_audio sizes its buffer from the stated duration (+10 % + 30 s)
+    and must grow it for the rest: every sample, equal to a plain decode of the same file."""
+    import subprocess
+
+    import av
+
+    p = tmp_path / "vbr.mp3"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "anoisesrc=d=6:c=white:a=0.5:r=44100", "-f", "lavfi", "-i", "anullsrc=r=44100:cl=mono",
+                    "-filter_complex", "[1:a]atrim=duration=120[s];[0:a][s]concat=n=2:v=0:a=1", "-ac", "1",
+                    "-c:a", "libmp3lame", "-q:a", "0", "-write_xing", "0", str(p)], check=True)
+    with av.open(str(p)) as c:
+        st = c.streams.audio[0]
+        stated = float(st.duration * st.time_base) if st.duration else c.duration / 1e6
+        res = av.AudioResampler(format="flt", layout="mono", rate=16000)
+        chunks = [o.to_ndarray().reshape(-1) for fr in c.decode(st) for o in res.resample(fr)]
+        chunks += [o.to_ndarray().reshape(-1) for o in res.resample(None)]
+    plain = np.concatenate(chunks)
+    assert len(plain) / 16000 > stated * 1.1 + 30  # the file really runs past the buffer's first size
+    wav = read_audio(p)
+    np.testing.assert_array_equal(wav, plain)
