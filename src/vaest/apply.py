@@ -146,8 +146,9 @@ class FaceModel:
         if not loaded:
             return None
         _, x, found, fps = loaded[0]
-        res = predict_sequence(self.model, {"x": apply_norm(x, self.ck["norm"], inplace=True)}, int(self.ck.get("win", 400)),
-                               int(self.ck.get("hop", 150)), self.device, windows_per_batch(self.device))
+        x = apply_norm(x, self.ck["norm"], inplace=True)  # x is this call's own array
+        res = predict_sequence(self.model, {"x": x}, int(self.ck.get("win", 400)), int(self.ck.get("hop", 150)),
+                               self.device, windows_per_batch(self.device))
         va = np.asarray(res["va"], np.float32)
         return Track(va, np.asarray(found, bool) & np.isfinite(va).all(1), res.get("emb"), fps)
 

@@ -524,7 +524,10 @@ def track_plan(tr: PersonTracks, cfg: PersonTrackConfig | None = None) -> list[l
 def merge_rows(arr: np.ndarray, found: np.ndarray, plan: Sequence[Sequence[int]]) -> np.ndarray:
     """Apply a :func:`track_plan` to any per-raw-track array (P, n, ...) -> (P', n, ...): each final person's
     rows are the first raw track's, filled from the others where they are visible (``found`` (P, n)). Written
-    into one output array (no per-person copies to stack: a 10-minute video's embeddings are 19 MB a person)."""
+    into one output array (no per-person copies to stack: a 10-minute video's embeddings are 19 MB a person);
+    a plan that keeps every raw track as it is (one person throughout) gives ``arr`` itself, not a copy."""
+    if [list(rows) for rows in plan] == [[i] for i in range(len(arr))]:
+        return arr
     out = np.empty((len(plan),) + arr.shape[1:], arr.dtype)
     for i, rows in enumerate(plan):
         out[i] = arr[rows[0]]
@@ -905,7 +908,8 @@ class PersonsExtractor(Extractor):
                                                           if k in track_fields}))
         self._prep = FramePrep(self.tracker.cfg)  # fed by prepare(), in the decoding thread
         self.face: dict[int, dict[str, list[np.ndarray]]] = {}
-        self._faces_done = None  # end(): per online person id, views of the joined encoder outputs
+        # end(): per online person id, views of the joined encoder outputs
+        self._faces_done: dict[int, dict[str, np.ndarray]] | None = None
         self.n = 0
         # the encoder runs in a worker thread, one batch behind the tracker: torch and MediaPipe both compute
         # without the GIL, so on two cores the encoder is off the tracking's critical path; at most one batch
@@ -980,17 +984,14 @@ class PersonsExtractor(Extractor):
             meta["encoder"] = self.face_encoder.config.encoder
             meta["classes"] = list(self.face_encoder.encoder.classes)
             raw_found = raw.found
-            self._faces_done: dict[int, dict[str, np.ndarray]] = {}
+            self._faces_done = {}
             for k in ("emb", "probs", "va"):
                 if not self.face or k not in next(iter(self.face.values())):
                     continue
                 per = _stack_parts([self.face[int(pid)].pop(k) for pid in raw.ids], n)
                 for i, pid in enumerate(raw.ids):  # online_faces() after the end: views, not a second copy
                     self._faces_done.setdefault(int(pid), {})[k] = per[i]
-                if [list(r) for r in plan] == [[i] for i in range(len(per))]:
-                    merged = per  # every raw track kept as it is (one person throughout): no copy
-                else:
-                    merged = merge_rows(per, raw_found, plan) if plan else np.zeros((0, n, per.shape[-1]), np.float32)
+                merged = merge_rows(per, raw_found, plan)
                 extras[k] = np.ascontiguousarray(merged.transpose(1, 0, 2))  # one person: already contiguous
         values = tr.boxes.transpose(1, 0, 2).reshape(n, 4 * P)
         series = TimeSeries(values, TimeBase.frames(fps), tr.found.any(0) if P else np.zeros(n, bool))

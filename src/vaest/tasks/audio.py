@@ -453,8 +453,8 @@ def frames_from_seconds(sec_values: np.ndarray, n_frames: int, fps: float) -> tu
     (n_frames,) mask of frames a second with a value covers. A series with no value gives zeros."""
     ok = np.isfinite(sec_values).all(1)
     vals, mask = to_frames(TimeSeries(sec_values, SECOND_BASE, ok), n_frames, fps)
-    vals = fill_nearest(vals, mask, inplace=True)  # to_frames' fresh array
-    return np.nan_to_num(vals, nan=0.0, copy=False).astype(np.float32, copy=False), mask  # fill_nearest's copy
+    vals = fill_nearest(vals, mask, inplace=True)  # to_frames' fresh float32 array: filled and cleaned in place
+    return np.nan_to_num(vals, nan=0.0, copy=False), mask
 
 
 # ---------------------------------------------------------------------------------------------------------
