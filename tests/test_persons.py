@@ -666,3 +666,18 @@ def test_detections_prepared_ahead_give_the_same_tracks(tmp_path):
     np.testing.assert_array_equal(a.boxes, b.boxes)
     np.testing.assert_array_equal(a.landmarks, b.landmarks)
     np.testing.assert_array_equal(a.appearance, b.appearance)
+
+
+def test_merge_rows_fills_from_merged_tracks_and_keeps_an_identity_plan_uncopied():
+    """merge_rows: a final person is their first raw track, filled from the other raw tracks of their plan row
+    where those are visible; dropped tracks are gone; a plan keeping every track as it is returns the input."""
+    from vaest.features.persons import merge_rows
+
+    arr = np.arange(3 * 4, dtype=np.float32).reshape(3, 4, 1)  # 3 raw tracks x 4 frames
+    found = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 0]], bool)
+    out = merge_rows(arr, found, [[0, 1]])  # track 1 merged into track 0, track 2 dropped
+    np.testing.assert_array_equal(out[:, :, 0], [[0, 1, 6, 7]])
+    assert out.base is not arr and not np.shares_memory(out, arr)
+    assert merge_rows(arr, found, [[0], [1], [2]]) is arr
+    assert merge_rows(arr, found, [[1], [0], [2]]).tolist() == arr[[1, 0, 2]].tolist()  # a reorder is a copy
+    assert merge_rows(arr, found, []).shape == (0, 4, 1)
