@@ -2,7 +2,7 @@
 
 Each object is loaded once (checkpoint read, network built, moved to the device) and then applied to any number
 of videos: features in (a feature store, in memory or on disk, holding one video's extractor records), per-frame
-predictions out (a :class:`~vaest.tasks.fusion.Track`: ``va`` (n, 2), ``mask`` (n,) frames with real input,
+predictions out (a :class:`~vaest.inference.Track`: ``va`` (n, 2), ``mask`` (n,) frames with real input,
 ``emb`` (n, H), ``fps``). Nothing is written to disk. The :class:`vaest.predictor.Predictor` composes them:
 
     decode -> extract -> FaceModel / AudioModel / BehaviorModel -> FusionModel -> smoothing
@@ -137,9 +137,9 @@ class FaceModel:
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
-        """The :class:`~vaest.tasks.fusion.Track` of ``video`` (None when it has no face features)."""
+        """The :class:`~vaest.inference.Track` of ``video`` (None when it has no face features)."""
         from vaest.tasks.face import apply_norm, load_face_sequences
-        from vaest.tasks.fusion import Track
+        from vaest.inference import Track
         from vaest.training import predict_sequence
 
         loaded, _ = load_face_sequences([video], store, self.encoder, motion=self.motion)
@@ -168,9 +168,9 @@ class BehaviorModel:
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
-        """The :class:`~vaest.tasks.fusion.Track` of ``video`` (None when it has no behavior features)."""
+        """The :class:`~vaest.inference.Track` of ``video`` (None when it has no behavior features)."""
         from vaest.tasks.behavior import frame_mask, load_items, to_sequence
-        from vaest.tasks.fusion import Track
+        from vaest.inference import Track
         from vaest.training import frames_from_steps, predict_sequence
 
         items, _ = load_items([video], store, self.settings)
@@ -203,7 +203,7 @@ class AudioModel:
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
-        """The :class:`~vaest.tasks.fusion.Track` of ``video`` (None without audio); sets ``self.windows``."""
+        """The :class:`~vaest.inference.Track` of ``video`` (None without audio); sets ``self.windows``."""
         from vaest.features.audio import audio_key
         from vaest.tasks.audio import apply_item, load_item
         from vaest.tasks.fusion import Track, windows_from_record
@@ -264,7 +264,7 @@ class FusionModel:
 
     @_then_release
     def apply(self, tracks: dict[str, Any], video: Video, audio_windows: Any = None, token_va: Any = None):
-        """Fused :class:`~vaest.tasks.fusion.Track` (extras ``weights`` (n, M) in ``self.weight_names`` order),
+        """Fused :class:`~vaest.inference.Track` (extras ``weights`` (n, M) in ``self.weight_names`` order),
         or None when no modality the fusion uses has a track. ``audio_windows``: the audio model's
         :class:`~vaest.tasks.fusion.AudioWindows` of this video; ``token_va`` (W, 4, 2): its per-token
         predictions (``raav-reference`` only; None = zeros, as the export reads a run without them)."""

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vaest.corpus import Corpus
-from vaest.errors import VaestError
+from vaest.errors import FeatureError, VaestError
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.io import atomic_write_json
 from vaest.metrics import va_ccc
@@ -113,3 +114,58 @@ def evaluate_predictions(run_dir: str | Path, corpus: Corpus, split: str = "val"
     out.update({f"clip_{k}": clip[k] for k in ("valence", "arousal", "mean")})
     out["clips"] = len(cp)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One modality's per-frame predictions of one video (the unit fusion and the predictor combine)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Track:
+    """One modality's per-frame predictions of one video (from a run folder).
+
+    Attributes:
+        va: (n, 2) float32; mask: (n,) bool, real input; emb: (n, H) float32 or None; fps: frame rate;
+        extras: other per-frame arrays of the record (``reliability``, ``weights``, ...).
+    """
+
+    va: np.ndarray
+    mask: np.ndarray
+    emb: np.ndarray | None
+    fps: float
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.va)
+
+    def resized(self, n: int) -> "Track":
+        """The track cut or padded (masked, NaN) to ``n`` frames."""
+        if n == len(self):
+            return self
+
+        def fit_len(a: np.ndarray | None, fill: Any) -> np.ndarray | None:
+            if a is None:
+                return None
+            if len(a) >= n:
+                return a[:n]
+            pad = np.full((n - len(a),) + a.shape[1:], fill, dtype=a.dtype)
+            return np.concatenate([a, pad])
+
+        ex = {k: fit_len(v, 0) for k, v in self.extras.items() if np.ndim(v) >= 1 and len(v) == len(self)}
+        return Track(fit_len(self.va, np.nan), fit_len(self.mask, False), fit_len(self.emb, 0), self.fps, ex)
+
+
+def load_track(run: str | Path, video_id: str) -> Track | None:
+    """The predictions of ``video_id`` in run folder ``run``; None when the run has none for that video."""
+    try:
+        rec = load_predictions(run, video_id)
+    except FeatureError:
+        return None
+    va = np.asarray(rec.values, dtype=np.float32)
+    mask = np.asarray(rec.mask, dtype=bool) & np.isfinite(va).all(1)
+    extras = dict(rec.extras)
+    emb = extras.pop("emb", None)
+    if emb is not None:
+        emb = np.asarray(emb, dtype=np.float32)
+    return Track(va, mask, emb, 1.0 / rec.base.hop, extras)

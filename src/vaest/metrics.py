@@ -7,14 +7,12 @@ Edge cases: no valid frame -> NaN; zero denominator (both series constant and eq
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-try:  # torch is a core dependency, but keep numpy metrics importable without it
+if TYPE_CHECKING:  # the torch losses import it where they run: the numpy CCC is on torch-free paths (predict)
     import torch
-except ImportError:  # pragma: no cover
-    torch = None  # type: ignore[assignment]
 
 DIMS = ("valence", "arousal")
 
@@ -61,6 +59,8 @@ def ccc_torch(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor 
     Returns a 0-d tensor; NaN targets are excluded. With no valid element it returns 0 (so a loss
     ``1 - ccc`` contributes a constant, not NaN).
     """
+    import torch
+
     x = pred.reshape(-1).float()
     y = target.reshape(-1).float()
     ok = torch.isfinite(y) & torch.isfinite(x)
@@ -93,6 +93,8 @@ def ccc_loss(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor |
             MSE over them (the reference audio and RAAV losses use 4: a CCC over 1-3 points is meaningless);
             0 turns the fallback off.
     """
+    import torch
+
     if min_valid > 0:
         ok = torch.isfinite(target).all(-1)
         if mask is not None:
@@ -130,6 +132,8 @@ def ccc_loss_windows(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.
         pred, target: (B, T, 2); NaN values count as 0 (as in the official loss), so mask them.
         mask: (B, T) bool of valid steps; a window with none valid has CCC 0 (loss 1).
     """
+    import torch
+
     x = torch.nan_to_num(pred.float())
     y = torch.nan_to_num(target.float())
     w = (torch.ones_like(y[..., 0]) if mask is None else mask.float()).unsqueeze(-1)  # (B, T, 1)
@@ -150,6 +154,8 @@ def ccc_loss_pooled(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.T
     Args:
         pred, target: (..., 2); mask: (...) bool of valid steps (default: all).
     """
+    import torch
+
     ok = torch.ones_like(pred[..., 0], dtype=torch.bool) if mask is None else mask.bool()
     total = pred.new_zeros(())
     for d, wd in enumerate(weights):

@@ -45,8 +45,8 @@ from vaest.config import write_run_info
 from vaest.corpus import Video, load_corpus
 from vaest.errors import FeatureError, VaestError
 from vaest.features.store import FeatureRecord, FeatureStore
-from vaest.inference import (evaluate_predictions, load_predictions, read_run_json, save_predictions,
-                             write_run_json)
+from vaest.inference import (Track, evaluate_predictions, load_predictions, load_track,  # noqa: F401
+                             read_run_json, save_predictions, write_run_json)
 from vaest.io import atomic_write_json
 from vaest.metrics import DIMS
 from vaest.models import create_model, load_checkpoint
@@ -71,56 +71,6 @@ AUDIO_WIN_BASE = TimeBase(hop=2.0, win=4.0)
 # ---------------------------------------------------------------------------------------------------------
 # Reading modality runs
 # ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Track:
-    """One modality's per-frame predictions of one video (from a run folder).
-
-    Attributes:
-        va: (n, 2) float32; mask: (n,) bool, real input; emb: (n, H) float32 or None; fps: frame rate;
-        extras: other per-frame arrays of the record (``reliability``, ``weights``, ...).
-    """
-
-    va: np.ndarray
-    mask: np.ndarray
-    emb: np.ndarray | None
-    fps: float
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.va)
-
-    def resized(self, n: int) -> "Track":
-        """The track cut or padded (masked, NaN) to ``n`` frames."""
-        if n == len(self):
-            return self
-
-        def fit_len(a: np.ndarray | None, fill: Any) -> np.ndarray | None:
-            if a is None:
-                return None
-            if len(a) >= n:
-                return a[:n]
-            pad = np.full((n - len(a),) + a.shape[1:], fill, dtype=a.dtype)
-            return np.concatenate([a, pad])
-
-        ex = {k: fit_len(v, 0) for k, v in self.extras.items() if np.ndim(v) >= 1 and len(v) == len(self)}
-        return Track(fit_len(self.va, np.nan), fit_len(self.mask, False), fit_len(self.emb, 0), self.fps, ex)
-
-
-def load_track(run: str | Path, video_id: str) -> Track | None:
-    """The predictions of ``video_id`` in run folder ``run``; None when the run has none for that video."""
-    try:
-        rec = load_predictions(run, video_id)
-    except FeatureError:
-        return None
-    va = np.asarray(rec.values, dtype=np.float32)
-    mask = np.asarray(rec.mask, dtype=bool) & np.isfinite(va).all(1)
-    extras = dict(rec.extras)
-    emb = extras.pop("emb", None)
-    if emb is not None:
-        emb = np.asarray(emb, dtype=np.float32)
-    return Track(va, mask, emb, 1.0 / rec.base.hop, extras)
 
 
 def _check_runs(runs: dict[str, str | Path]) -> dict[str, Path]:
