@@ -114,8 +114,12 @@ def test_minixception_loads_keras_layout_and_torch_state(tmp_path):
     torch.save(src.state_dict(), tmp_path / "mx.pth")
     crops = [np.random.default_rng(i).integers(0, 255, (90, 80, 3), dtype=np.uint8) for i in range(3)]
     ref = src.encode(crops)["probs"]
+    from vaest.features.face_onnx import MiniXceptionOnnx, onnx_available
+
     for w in ("emotion_model.hdf5", "mx.pth"):
         enc = create_encoder("minixception", weights=tmp_path / w)
+        # Keras weights run on ONNX Runtime where it is installed (a graph built from the file), a torch state on torch
+        assert isinstance(enc, MiniXceptionOnnx) == (w.endswith(".hdf5") and onnx_available())
         out = enc.encode(crops)
         assert out["probs"].shape == (3, 7) and out["emb"].shape == (3, 128)
         np.testing.assert_allclose(out["probs"], ref, atol=1e-5)

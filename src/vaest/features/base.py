@@ -112,8 +112,8 @@ class Extractor:
 
     def config_hash(self) -> str:
         cfg = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
-        # settings that do not change results (device, batch size, workers) are excluded from the hash
-        for k in ("device", "batch_size", "num_threads", "workers"):
+        # settings that do not change results (device, batch size, workers, the encoder's runtime) are excluded
+        for k in ("device", "batch_size", "num_threads", "workers", "backend"):
             cfg.pop(k, None)
         return config_hash({"name": self.name, **cfg})
 

