@@ -433,7 +433,7 @@ def test_vad_finds_espeak_speech_and_filters_silence(tmp_path):
 
 
 def test_vad_chunk_by_chunk_equals_silero_whole_signal_forward():
-    """speech_probability runs silero's per-chunk forward with its state carried (no whole-signal copies);
+    """speech_probability's torch path runs silero's per-chunk forward with its state carried (no whole-signal copies);
     it must give exactly what silero's own audio_forward gives on the whole signal, for every length."""
     pytest.importorskip("silero_vad")
     import torch
@@ -449,7 +449,7 @@ def test_vad_chunk_by_chunk_equals_silero_whole_signal_forward():
         w = np.ascontiguousarray(wav[:n])
         with torch.no_grad():
             ref = model.audio_forward(torch.from_numpy(w), SR).reshape(-1).numpy()
-        got = speech_probability(w)
+        got = speech_probability(w, backend="torch")  # (the ONNX Runtime path: tests/test_torch_free.py)
         assert got.shape == ref.shape == (-(-n // VAD_CHUNK),)
         np.testing.assert_array_equal(got, ref)
 

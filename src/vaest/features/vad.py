@@ -9,9 +9,11 @@ window and, for audio-only media, in place of mouth opening (see :func:`vaest.fe
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +33,37 @@ VAD_CHUNK = 512
 VAD_HOP = VAD_CHUNK / VAD_SR  # 0.032 s
 VAD_BASE = TimeBase(hop=VAD_HOP, win=VAD_HOP)
 
+VAD_CONTEXT = 64  # samples of the previous chunk that silero-vad prepends to each 512-sample chunk at 16 kHz
+VAD_BACKENDS = ("auto", "onnx", "torch")
+
 _MODEL: Any = None
+_ONNX: Any = None
 _LOCK = threading.Lock()
+
+
+def _silero_data(name: str) -> Path:
+    """A file of the installed ``silero_vad`` package's ``data`` folder, found without importing the package
+    (its ``__init__`` imports torch)."""
+    try:
+        spec = importlib.util.find_spec("silero_vad")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FeatureError("voice activity needs the 'silero-vad' package (pip install 'vaest[audio]')")
+    p = Path(list(spec.submodule_search_locations)[0]) / "data" / name
+    if not p.is_file():
+        raise FeatureError(f"{p}: silero-vad is installed but its model file is missing")
+    return p
+
+
+def vad_backend(backend: str = "auto") -> str:
+    """``onnx`` (silero's packaged ONNX model on ONNX Runtime: no torch import) or ``torch`` (its TorchScript
+    model); ``auto`` takes ``onnx`` when ``onnxruntime`` is installed."""
+    if backend not in VAD_BACKENDS:
+        raise FeatureError(f"VAD backend {backend!r}: expected one of {', '.join(VAD_BACKENDS)}")
+    if backend == "auto":
+        return "onnx" if importlib.util.find_spec("onnxruntime") is not None else "torch"
+    return backend
 
 
 def _load_model() -> Any:
@@ -59,20 +90,46 @@ def _load_model() -> Any:
     return _MODEL
 
 
-def speech_probability(wav: np.ndarray, sr: int = VAD_SR) -> np.ndarray:
-    """Speech probability of each 512-sample chunk of a 16 kHz mono waveform.
+def _load_onnx() -> Any:
+    """An ONNX Runtime session of the packaged ``silero_vad.onnx`` (one thread, as silero itself sets), once per
+    process."""
+    global _ONNX
+    with _LOCK:
+        if _ONNX is None:
+            import onnxruntime as ort
 
-    Args:
-        wav: (N,) float waveform in [-1, 1].
-        sr: its sample rate (must be 16000).
-    Returns:
-        (ceil(N / 512),) float32 probabilities; chunk ``i`` covers ``[0.032 i, 0.032 (i + 1))`` seconds.
-    """
-    if sr != VAD_SR:
-        raise ValueError(f"silero-vad is run at {VAD_SR} Hz here, got {sr} Hz")
-    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
-    if len(wav) == 0:
-        return np.zeros(0, dtype=np.float32)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            _ONNX = ort.InferenceSession(str(_silero_data("silero_vad.onnx")), opts,
+                                         providers=["CPUExecutionProvider"])
+    return _ONNX
+
+
+def _probs_onnx(wav: np.ndarray, n: int) -> np.ndarray:
+    """silero-vad on ONNX Runtime, chunk by chunk with its recurrent state and the 64-sample context carried
+    (what its own ONNX wrapper does per call): (n,) float32."""
+    sess = _load_onnx()
+    probs = np.empty(n, np.float32)
+    x = np.zeros((1, VAD_CONTEXT + VAD_CHUNK), np.float32)  # [context | chunk]
+    state = np.zeros((2, 1, 128), np.float32)
+    sr = np.array(VAD_SR, np.int64)
+    with _LOCK:
+        for i in range(n):
+            chunk = wav[i * VAD_CHUNK:(i + 1) * VAD_CHUNK]
+            x[0, VAD_CONTEXT:VAD_CONTEXT + len(chunk)] = chunk
+            if len(chunk) < VAD_CHUNK:  # the last chunk, zero-padded
+                x[0, VAD_CONTEXT + len(chunk):] = 0.0
+            out, state = sess.run(None, {"input": x, "state": state, "sr": sr})
+            probs[i] = out[0, 0]
+            x[0, :VAD_CONTEXT] = x[0, -VAD_CONTEXT:]
+    return probs
+
+
+def _probs_torch(wav: np.ndarray, n: int) -> np.ndarray:
+    """silero-vad's TorchScript model, chunk by chunk (reset, then forward per chunk with the state carried):
+    (n,) float32."""
     import torch
 
     model = _load_model()
@@ -80,7 +137,6 @@ def speech_probability(wav: np.ndarray, sr: int = VAD_SR) -> np.ndarray:
     # own loop is reset + forward per 512-sample chunk with the state carried, which is what runs here, chunk
     # by chunk over views of ``wav`` (bit-identical outputs, no copy). 1875 tiny sequential steps per minute:
     # one thread is ~20x faster than two on a busy machine, which is also what silero-vad itself sets.
-    n = -(-len(wav) // VAD_CHUNK)
     probs = np.empty(n, np.float32)
     with _LOCK, torch.no_grad(), torch_threads(1):
         model.reset_states()
@@ -93,6 +149,25 @@ def speech_probability(wav: np.ndarray, sr: int = VAD_SR) -> np.ndarray:
             last[0, : len(wav) - full * VAD_CHUNK] = x[full * VAD_CHUNK:]
             probs[full] = float(model(last, VAD_SR))
     return probs
+
+
+def speech_probability(wav: np.ndarray, sr: int = VAD_SR, backend: str = "auto") -> np.ndarray:
+    """Speech probability of each 512-sample chunk of a 16 kHz mono waveform.
+
+    Args:
+        wav: (N,) float waveform in [-1, 1].
+        sr: its sample rate (must be 16000).
+        backend: :func:`vad_backend` (``auto``: ONNX Runtime where installed; the two agree to ~1e-6).
+    Returns:
+        (ceil(N / 512),) float32 probabilities; chunk ``i`` covers ``[0.032 i, 0.032 (i + 1))`` seconds.
+    """
+    if sr != VAD_SR:
+        raise ValueError(f"silero-vad is run at {VAD_SR} Hz here, got {sr} Hz")
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    if len(wav) == 0:
+        return np.zeros(0, dtype=np.float32)
+    n = -(-len(wav) // VAD_CHUNK)
+    return _probs_onnx(wav, n) if vad_backend(backend) == "onnx" else _probs_torch(wav, n)
 
 
 @dataclass
