@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vaest import __version__
-from vaest.device import DEVICE_HELP, resolve_device
+from vaest.device import DEVICE_HELP, check_device, resolve_device
 from vaest.errors import VaestError
 from vaest.progress import setup_logging, show_native_logs
 
@@ -40,11 +40,21 @@ def _device_cb(value: str) -> str:
         raise typer.BadParameter(str(e)) from None
 
 
+def _checked_device_cb(value: str) -> str:
+    """Validate ``--device`` only; the command resolves ``auto`` where it needs torch (``predict``: zero-shot with
+    the ONNX Runtime face encoder never imports torch)."""
+    try:
+        return check_device(value)
+    except VaestError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def _opt_device_cb(value: Optional[str]) -> Optional[str]:
     return None if value is None else _device_cb(value)
 
 
 DeviceOpt = Annotated[str, typer.Option(help=f"Device: {DEVICE_HELP}", callback=_device_cb)]
+CheckedDeviceOpt = Annotated[str, typer.Option("--device", help=f"Device: {DEVICE_HELP}", callback=_checked_device_cb)]
 OptDeviceOpt = Annotated[Optional[str], typer.Option(help=f"Device (default: the config's): {DEVICE_HELP}",
                                                      callback=_opt_device_cb)]
 def _config_defaults_cb(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
@@ -576,7 +586,7 @@ def predict(
         "--audio-backbone", help="Zero-shot voice from a dimensional speech-emotion model: a save_pretrained "
                                  "folder (e.g. audEERING wav2vec2-large-robust-12-ft-emotion-msp-dim) instead of "
                                  "the built-in voice cues; gives valence too.")] = None,
-    device: DeviceOpt = "auto",
+    device: CheckedDeviceOpt = "auto",
     fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Dense output: frames without any input get the "
                                        "nearest estimate (source=filled); default leaves them empty (source=none).")
                     ] = False,

@@ -392,6 +392,21 @@ def frame_modalities(parts: dict[str, Any], n: int) -> dict[str, int]:
     return {str(a): int(b) for a, b in sorted(zip(u, c), key=lambda x: -x[1])}
 
 
+def predictor_device(device: str, model: str | Path | None, face_backbone: str, audio_backbone: str | None) -> str:
+    """The device a :class:`Predictor` runs on: ``device`` resolved (:func:`vaest.device.resolve_device`), except
+    that zero-shot prediction whose models all run on ONNX Runtime (the default ``minixception`` face encoder, the
+    built-in voice cues) takes the CPU under ``auto`` without importing torch to ask for CUDA: MediaPipe, the
+    encoder (60k parameters) and the voice cues all run on the CPU there."""
+    from vaest.device import check_device, resolve_device
+    from vaest.features.face import encoder_backend
+
+    d = check_device(device)
+    if (model is None and audio_backbone is None and d in ("auto", "cpu")
+            and encoder_backend(face_backbone, None, "cpu") == "onnx"):
+        return "cpu"
+    return resolve_device(d)
+
+
 class Predictor:
     """Per-frame valence/arousal for media files, with models loaded once and reused across calls.
 
@@ -401,7 +416,8 @@ class Predictor:
             else its expression probabilities on the circumplex), the voice's arousal from gain-independent cues
             (spectral tilt, F0 range; no valence), both fused per frame for videos
             (:func:`vaest.zeroshot.zero_shot_video`).
-        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto`` (CUDA when available, else CPU; zero-shot with the default face encoder: the CPU, see
+            :func:`predictor_device`), ``cpu``, ``cuda`` or ``cuda:N``.
         progress: show progress bars.
         cache: folder for cached features (a feature store per media file, keyed by :func:`media_key`); None =
             everything in memory.
@@ -425,7 +441,6 @@ class Predictor:
                  people: str | int = "main", face_backbone: str | None = None,
                  audio_backbone: str | None = None):
         from vaest.apply import FusionModel, check_fusion_inputs, load_model, load_modality
-        from vaest.device import resolve_device
         from vaest.features.base import default_extractors
         from vaest.postprocess import REFERENCE_KERNELS
         from vaest.zeroshot import ZERO_SHOT_FACE_ENCODER
@@ -437,7 +452,7 @@ class Predictor:
         self.face_backbone = face_backbone or ZERO_SHOT_FACE_ENCODER
         self.audio_backbone = audio_backbone
 
-        self.device = resolve_device(device)
+        self.device = predictor_device(device, model, self.face_backbone, audio_backbone)
         self._ser: Any = None
         self._voice_done: tuple[Path, float, np.ndarray] | None = None  # (media, fps, voice) of the last extraction
         if audio_backbone is not None:
@@ -477,7 +492,7 @@ class Predictor:
         so that no call to :meth:`predict` pays for model loading."""
         import pandas  # noqa: F401  (the result's table)
 
-        import vaest.tasks.fusion  # noqa: F401  (Track, fusion helpers)
+        import vaest.inference  # noqa: F401  (Track)
         import vaest.zeroshot  # noqa: F401
         for e in self.extractors:
             if hasattr(type(e), "encoder"):
@@ -740,7 +755,7 @@ class Predictor:
                      ) -> dict[str, Any]:
         """The modalities computed once per video (the voice, behavior), on the frame grid (n frames); the face
         is per person (:meth:`_person_face`)."""
-        from vaest.tasks.fusion import Track
+        from vaest.inference import Track
 
         parts: dict[str, Any] = {}
         if self.bundle is None:
@@ -769,11 +784,11 @@ class Predictor:
 
     def _person_face(self, store: FeatureStore, video: Video, tracks: Any, faces: dict[int, dict[str, np.ndarray]],
                      pid: int, n: int) -> Any:
-        """Person ``pid``'s face :class:`~vaest.tasks.fusion.Track` (n frames), from their own crops only: zero-shot
+        """Person ``pid``'s face :class:`~vaest.inference.Track` (n frames), from their own crops only: zero-shot
         mapping of their expression probabilities, or the trained face model applied to their encoder outputs
         and face track (a one-person view of the store)."""
         from vaest.features.face import face_key
-        from vaest.tasks.fusion import Track
+        from vaest.inference import Track
 
         k = tracks.index(pid)
         found = tracks.found[k]
@@ -812,7 +827,7 @@ class Predictor:
 
     def _person_behavior(self, store: FeatureStore, video: Video, tracks: Any,
                          faces: dict[int, dict[str, np.ndarray]], pid: int, n: int) -> Any:
-        """Person ``pid``'s behavior :class:`~vaest.tasks.fusion.Track` (n frames): the trained behavior model applied
+        """Person ``pid``'s behavior :class:`~vaest.inference.Track` (n frames): the trained behavior model applied
         to a one-person view of the store holding their own segment descriptors (``behavior-desc`` from their
         crop) and, for ``+expr``, their own face encoder outputs; None where they have no valid segment."""
         from vaest.features.person_behavior import PERSON_DESC_KEY, person_behavior_record
@@ -867,7 +882,7 @@ class Predictor:
         """Zero-shot voice track of an audio-only file (videos go through :meth:`_predict_people`: the person
         tracker, each person's face and the voice attributed to them)."""
         from vaest.media import read_audio
-        from vaest.tasks.fusion import Track
+        from vaest.inference import Track
 
         if not video.audio_only:
             raise FeatureError(f"{video.media}: no 'persons' features for the zero-shot video path")
