@@ -96,14 +96,28 @@ def _voiced(seconds: float = 3.0) -> np.ndarray:
     return voiced + 0.01 * rng.standard_normal(len(t)).astype(np.float32)
 
 
+def test_vad_backend_rule(monkeypatch):
+    """``auto``: the TorchScript model where torch is already loaded (no second runtime), else ONNX Runtime."""
+    import types
+
+    from vaest.errors import FeatureError
+    from vaest.features.vad import vad_backend
+
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    assert vad_backend() == "torch" and vad_backend("onnx") == "onnx"
+    monkeypatch.delitem(sys.modules, "torch")
+    assert vad_backend() == "onnx" and vad_backend("torch") == "torch"
+    with pytest.raises(FeatureError, match="backend 'jit'"):
+        vad_backend("jit")
+
+
 def test_onnx_vad_equals_torch_vad():
     """silero's ONNX model on ONNX Runtime, with its state and 64-sample context carried, against its TorchScript
     model: probabilities within 1e-5 at every length (whole chunks, a padded last chunk, one chunk), the same
     speech decisions, on synthetic voicing and on real speech where present."""
     pytest.importorskip("silero_vad")
-    from vaest.features.vad import VAD_CHUNK, speech_probability, vad_backend
+    from vaest.features.vad import VAD_CHUNK, speech_probability
 
-    assert vad_backend() == "onnx"
     signals = [_voiced()]
     if (CREMAD / "1002_DFA_ANG_XX.mp3").is_file():
         from vaest.media import read_audio
