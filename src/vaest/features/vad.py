@@ -45,13 +45,12 @@ _LOCK = threading.Lock()
 def _silero_data(name: str) -> Path:
     """A file of the installed ``silero_vad`` package's ``data`` folder, found without importing the package
     (its ``__init__`` imports torch)."""
-    try:
-        spec = importlib.util.find_spec("silero_vad")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    from vaest.config import package_dir
+
+    pkg = package_dir("silero_vad")
+    if pkg is None:
         raise FeatureError("voice activity needs the 'silero-vad' package (pip install 'vaest[audio]')")
-    p = Path(list(spec.submodule_search_locations)[0]) / "data" / name
+    p = pkg / "data" / name
     if not p.is_file():
         raise FeatureError(f"{p}: silero-vad is installed but its model file is missing")
     return p

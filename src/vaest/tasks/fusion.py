@@ -45,7 +45,7 @@ from vaest.config import write_run_info
 from vaest.corpus import Video, load_corpus
 from vaest.errors import FeatureError, VaestError
 from vaest.features.store import FeatureRecord, FeatureStore
-from vaest.inference import (Track, evaluate_predictions, load_predictions, load_track,  # noqa: F401
+from vaest.inference import (Track, evaluate_predictions, load_track,  # noqa: F401
                              read_run_json, save_predictions, write_run_json)
 from vaest.io import atomic_write_json
 from vaest.metrics import DIMS
