@@ -1,7 +1,7 @@
 """Hand back the page cache of freshly installed native libraries, so the first runs map them as later runs do.
 
-Run by ``scripts/setup.sh`` right after it installs packages. Why: on this project's Linux hosts (kernel 6.x,
-ext4 with large folios), the pages that ``pip`` has just written stay in the page cache as large folios, and a
+Run by ``scripts/setup.sh`` right after it installs packages. Why (the mechanism is our reading, the effect is
+measured): on this project's Linux hosts (kernel 6.18, ext4 with large folios), the pages that ``pip`` has just written stay in the page cache as large folios, and a
 process that maps a library built from them gets whole folios counted in its resident set (file-backed, shared,
 reclaimable pages, but part of RSS and of its peak). Measured on a fresh clone: the same files, the same
 anonymous memory (144 MB after importing numpy, OpenCV, PyAV, pandas, SciPy, MediaPipe and ONNX Runtime), but
