@@ -586,21 +586,20 @@ def encoder_backend(name: str, weights: str | Path | None = None, device: str = 
     ``onnx`` are installed; torch otherwise."""
     if backend not in ENCODER_BACKENDS:
         raise ModelError(f"face encoder backend {backend!r}: expected one of {', '.join(ENCODER_BACKENDS)}")
-    keras = weights is None or Path(weights).suffix.lower() in (".hdf5", ".h5")
     if backend == "torch":
         return "torch"
-    if backend == "onnx":
-        if name not in _ONNX_ENCODERS or not keras or device != "cpu":
-            raise ModelError(f"face encoder {name!r} has no ONNX Runtime path here (it has one for "
-                             f"{', '.join(_ONNX_ENCODERS)} on the CPU with Keras weights)")
-        from vaest.features.face_onnx import onnx_available
-
-        if not onnx_available():
-            raise ModelError("the onnx backend needs onnxruntime and onnx (pip install 'vaest[face]')")
-        return "onnx"
     from vaest.features.face_onnx import onnx_available
 
-    return "onnx" if name in _ONNX_ENCODERS and keras and device == "cpu" and onnx_available() else "torch"
+    keras = weights is None or Path(weights).suffix.lower() in (".hdf5", ".h5")
+    has_path = name in _ONNX_ENCODERS and keras and device == "cpu"
+    if backend == "auto":
+        return "onnx" if has_path and onnx_available() else "torch"
+    if not has_path:
+        raise ModelError(f"face encoder {name!r} has no ONNX Runtime path here (it has one for "
+                         f"{', '.join(_ONNX_ENCODERS)} on the CPU with Keras weights)")
+    if not onnx_available():
+        raise ModelError("the onnx backend needs onnxruntime and onnx (pip install 'vaest[face]')")
+    return "onnx"
 
 
 # AffectNet's 8 expression classes in AffectNet label order (assumed for the GRADA classifier head)
@@ -791,9 +790,8 @@ class FaceEncoderExtractor(Extractor):
         n_threads = self.config.num_threads
         if n_threads is None and enc.light and self.config.device == "cpu":
             n_threads = 1
-        if getattr(enc, "backend", "torch") == "onnx":  # its session has its own (single) thread
-            return enc.encode(crops, self.config.device, self.config.batch_size, flip=self.flip)
-        with torch_threads(n_threads):
+        # only where torch is loaded: a torch encoder always is; the ONNX Runtime one has its own single thread
+        with torch_threads(n_threads, only_if_loaded=True):
             return enc.encode(crops, self.config.device, self.config.batch_size, flip=self.flip)
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -213,8 +212,7 @@ class MiniXceptionOnnx:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         graph = minixception_graph(read_minixception_keras(self.weights), n_classes=len(self.classes))
-        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-        self._lock = threading.Lock()
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])  # run() is thread-safe
 
     @property
     def feature_dim(self) -> int:
@@ -234,11 +232,10 @@ class MiniXceptionOnnx:
         probs: list[np.ndarray] = []
         for i in range(0, len(crops), batch_size):
             x = self.preprocess(crops[i : i + batch_size])
-            with self._lock:
-                e, p = self.session.run(["emb", "probs"], {"x": x})
-                if flip:
-                    e2, p2 = self.session.run(["emb", "probs"], {"x": np.ascontiguousarray(x[..., ::-1])})
-                    e, p = 0.5 * (e + e2), 0.5 * (p + p2)
+            e, p = self.session.run(["emb", "probs"], {"x": x})
+            if flip:
+                e2, p2 = self.session.run(["emb", "probs"], {"x": np.ascontiguousarray(x[..., ::-1])})
+                e, p = 0.5 * (e + e2), 0.5 * (p + p2)
             emb.append(e)
             probs.append(p)
         if not emb:

@@ -316,6 +316,7 @@ class PersonTracker(FaceTracker):
         self._conf: dict[int, list[np.ndarray]] = {}
         self._lms: dict[int, list[np.ndarray]] = {}
         self._n_done = 0
+        self._result: tuple[tuple[int, float], PersonTracks] | None = None  # result()'s, for its state
         self.cuts: list[int] = []
         self.size = (0, 0)
 
@@ -460,9 +461,8 @@ class PersonTracker(FaceTracker):
     def result(self, fps: float) -> PersonTracks:
         """The raw online tracks so far (before :func:`finalize_tracks`). Joined once per state: the persons
         extractor and the per-person descriptors both read them at the end (on a 10-minute video ~11 MB)."""
-        cached = getattr(self, "_result", None)
-        if cached is not None and cached[0] == (self._n_done, fps):
-            return cached[1]
+        if self._result is not None and self._result[0] == (self._n_done, fps):
+            return self._result[1]
         tracks = self._joined(fps)
         self._result = ((self._n_done, fps), tracks)
         return tracks

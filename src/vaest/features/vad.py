@@ -119,15 +119,14 @@ def _probs_onnx(wav: np.ndarray, n: int) -> np.ndarray:
     x = np.zeros((1, VAD_CONTEXT + VAD_CHUNK), np.float32)  # [context | chunk]
     state = np.zeros((2, 1, 128), np.float32)
     sr = np.array(VAD_SR, np.int64)
-    with _LOCK:
-        for i in range(n):
-            chunk = wav[i * VAD_CHUNK:(i + 1) * VAD_CHUNK]
-            x[0, VAD_CONTEXT:VAD_CONTEXT + len(chunk)] = chunk
-            if len(chunk) < VAD_CHUNK:  # the last chunk, zero-padded
-                x[0, VAD_CONTEXT + len(chunk):] = 0.0
-            out, state = sess.run(None, {"input": x, "state": state, "sr": sr})
-            probs[i] = out[0, 0]
-            x[0, :VAD_CONTEXT] = x[0, -VAD_CONTEXT:]
+    for i in range(n):  # the recurrent state lives here, not in the session: no lock needed
+        chunk = wav[i * VAD_CHUNK:(i + 1) * VAD_CHUNK]
+        x[0, VAD_CONTEXT:VAD_CONTEXT + len(chunk)] = chunk
+        if len(chunk) < VAD_CHUNK:  # the last chunk, zero-padded
+            x[0, VAD_CONTEXT + len(chunk):] = 0.0
+        out, state = sess.run(None, {"input": x, "state": state, "sr": sr})
+        probs[i] = out[0, 0]
+        x[0, :VAD_CONTEXT] = x[0, -VAD_CONTEXT:]
     return probs
 
 
