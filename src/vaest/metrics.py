@@ -180,3 +180,65 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
         return float("nan")
     d = p[:, None] - n[None, :]
     return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)
+
+
+class RunningMoments:
+    """Per-column mean and standard deviation accumulated batch by batch in one pass, in float64.
+
+    Each batch's own mean and sum of squared deviations are merged into the running ones (the pairwise update
+    of Chan, Golub and LeVeque), so a corpus larger than memory is summarised without a copy of it and without
+    the cancellation of a sum-of-squares formula. ``ignore_nan``: non-finite values are left out column by
+    column (each column keeps its own count); otherwise every value counts.
+    """
+
+    def __init__(self, ignore_nan: bool = False):
+        self.ignore_nan = ignore_nan
+        self.n: np.ndarray | None = None  # (D,) counts
+        self.mean: np.ndarray | None = None  # (D,) float64
+        self.m2: np.ndarray | None = None  # (D,) float64 sums of squared deviations
+
+    def add(self, x: np.ndarray) -> None:
+        """Add a batch of rows, shape (N, D) (any float dtype; converted to float64 one batch at a time)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[:, None]
+        if self.n is None:
+            d = x.shape[1]
+            self.n, self.mean, self.m2 = np.zeros(d), np.zeros(d), np.zeros(d)
+        if len(x) == 0:
+            return
+        if self.ignore_nan:
+            ok = np.isfinite(x)
+            nb = ok.sum(0).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mb = np.where(nb > 0, np.where(ok, x, 0.0).sum(0) / np.maximum(nb, 1), 0.0)
+                m2b = np.where(ok, (x - mb) ** 2, 0.0).sum(0)
+        else:
+            nb = np.full(x.shape[1], float(len(x)))
+            mb = x.mean(0)
+            m2b = ((x - mb) ** 2).sum(0)
+        assert self.mean is not None and self.m2 is not None
+        n = self.n + nb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta = mb - self.mean
+            frac = np.where(n > 0, nb / np.maximum(n, 1), 0.0)
+            self.mean = self.mean + delta * frac
+            self.m2 = self.m2 + m2b + delta ** 2 * self.n * frac
+        self.n = n
+
+    @property
+    def count(self) -> int:
+        """Rows seen (the smallest column count with ``ignore_nan``)."""
+        return 0 if self.n is None or not self.n.size else int(self.n.min())
+
+    def std(self) -> np.ndarray:
+        """(D,) population standard deviation (0 for a column with no value)."""
+        if self.n is None or self.m2 is None:
+            raise ValueError("RunningMoments: no batch added")
+        return np.sqrt(np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0))
+
+    def norm(self, floor: float = 1e-6) -> dict[str, list[float]]:
+        """``{"mean": [...], "std": [...]}`` (std floored at ``floor``): the form checkpoints keep."""
+        if self.mean is None:
+            raise ValueError("RunningMoments: no batch added")
+        return {"mean": np.nan_to_num(self.mean).tolist(), "std": np.maximum(self.std(), floor).tolist()}

@@ -181,6 +181,21 @@ def to_frames(
     return out, mask
 
 
+def nearest_index(mask: np.ndarray) -> np.ndarray:
+    """For each of the T rows, the index of the nearest row where ``mask`` is True (ties go to the earlier row):
+    the rule of :func:`fill_nearest`, as (T,) int64, for readers that gather filled rows themselves. A mask
+    with no True row gives ``arange(T)`` (nothing to fill from)."""
+    mask = np.asarray(mask, dtype=bool)
+    t = np.arange(len(mask))
+    if mask.all() or not mask.any():
+        return t
+    idx = np.flatnonzero(mask)
+    pos = np.searchsorted(idx, t)
+    left = idx[np.clip(pos - 1, 0, len(idx) - 1)]
+    right = idx[np.clip(pos, 0, len(idx) - 1)]
+    return np.where(np.abs(t - left) <= np.abs(right - t), left, right)
+
+
 def fill_nearest(values: np.ndarray, mask: np.ndarray, inplace: bool = False) -> np.ndarray:
     """Fill masked rows with the nearest valid row (ties go to the earlier frame).
 
@@ -195,12 +210,7 @@ def fill_nearest(values: np.ndarray, mask: np.ndarray, inplace: bool = False) ->
     mask = np.asarray(mask, dtype=bool)
     if mask.all() or not mask.any():
         return values if inplace else values.copy()
-    idx = np.flatnonzero(mask)
-    pos = np.searchsorted(idx, np.arange(len(mask)))
-    left = idx[np.clip(pos - 1, 0, len(idx) - 1)]
-    right = idx[np.clip(pos, 0, len(idx) - 1)]
-    t = np.arange(len(mask))
-    pick = np.where(np.abs(t - left) <= np.abs(right - t), left, right)
+    pick = nearest_index(mask)
     if inplace:
         holes = ~mask
         values[holes] = values[pick[holes]]

@@ -631,6 +631,25 @@ def face_key(encoder: str) -> str:
     return f"face-{family}-{stem}"
 
 
+def encoder_feature_dim(name: str) -> int | None:
+    """Width of a registered encoder's features, found without loading weights: its config's ``emb_dim``, or a
+    network built with random weights; None for ``family:variant`` names and encoders that cannot be built
+    here (the width is then checked against the records' own ``feature_dim``)."""
+    if ":" in name:
+        return None
+    try:
+        _load_encoder_modules()
+        cls = _ENCODERS.get(name)
+        if cls is None:
+            return None
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        if "emb_dim" in fields:
+            return int(cls.Config().emb_dim)
+        return int(cls(cls.Config()).feature_dim)
+    except Exception:  # a missing optional package: no width to check against
+        return None
+
+
 def create_encoder(name: str, weights: str | Path | None = None, device: str = "cpu", backend: str = "auto",
                    **config: Any) -> FrameEncoder:
     """Build a registered frame encoder, load its weights (``weights``, else its default location) and move it

@@ -5,6 +5,13 @@ Layout: ``ROOT/<extractor>/<video_id>.npz`` holding
 ``meta`` string (config, versions, free-form info such as generated texts) and any number of extra arrays
 (``x_<name>``, same first axis T or any shape). Failed videos leave ``ROOT/<extractor>/<video_id>.failed.json``
 so a batch job can report them at the end and retry them on the next run.
+
+The archives are written uncompressed (``np.savez``), so every array lies contiguous inside its file:
+:meth:`FeatureStore.open` reads a record's header and small arrays but leaves ``values`` and the per-frame
+extras on disk as :class:`StoredArray` objects that read only the rows asked for (training gathers its windows
+per batch this way, and its memory follows the batch, not the corpus). Stores written before this need no
+migration. ``FeatureStore(root, dtype="float16")`` stores floating-point values in half precision (half the
+disk and page cache; readers get float32 back per batch).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -82,11 +90,166 @@ class StoredItem:
     win: float
 
 
-class FeatureStore:
-    """Read and write feature records under a root folder."""
+class StoredArray:
+    """An array inside an uncompressed ``.npz`` member, read from disk by rows on demand (never whole).
 
-    def __init__(self, root: str | os.PathLike):
+    ``a[i:j]`` and ``a[index_array]`` return fresh in-memory arrays (``dtype`` as stored; ``astype`` on the
+    result) read with plain file reads: unlike a memory map, the pages read count against the page cache, not
+    against this process's resident memory, so a pass over a corpus larger than memory keeps a flat RSS.
+    :meth:`memmap` gives the read-only ``np.memmap`` view when mapped access is wanted.
+
+    Attributes:
+        path: the archive; offset: byte offset of the array's data in it; shape, dtype: as stored (C order).
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = Path(path), int(offset), tuple(shape), np.dtype(dtype)
+        self._row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _read(self, f: Any, start: int, stop: int) -> np.ndarray:
+        out = np.empty((max(stop - start, 0),) + self.shape[1:], self.dtype)
+        if len(out):
+            f.seek(self.offset + start * self._row)
+            if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise FeatureError(f"{self.path}: truncated feature file (rows {start}:{stop})")
+        return out
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        """Rows ``idx`` (a slice with step 1, an int, or an integer index array) as an in-memory array."""
+        n = self.shape[0]
+        with open(self.path, "rb", buffering=0) as f:
+            if isinstance(idx, slice):
+                start, stop, step = idx.indices(n)
+                if step != 1:
+                    return self._read(f, start, stop)[::step]
+                return self._read(f, start, max(start, stop))
+            if isinstance(idx, (int, np.integer)):
+                i = int(idx) + (n if idx < 0 else 0)
+                if not 0 <= i < n:
+                    raise IndexError(f"row {idx} out of range for {n} rows")
+                return self._read(f, i, i + 1)[0]
+            ix = np.asarray(idx, dtype=np.int64)
+            if ix.ndim != 1:
+                raise IndexError("StoredArray takes a slice, an int or a 1-D index array")
+            if len(ix) == 0:
+                return np.empty((0,) + self.shape[1:], self.dtype)
+            ix = np.where(ix < 0, ix + n, ix)
+            if ix.min() < 0 or ix.max() >= n:
+                raise IndexError(f"index out of range for {n} rows")
+            uniq, inv = np.unique(ix, return_inverse=True)
+            # contiguous runs of the wanted rows, one read each (a window's rows are one run or a few)
+            cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
+            blocks = [self._read(f, int(r[0]), int(r[-1]) + 1) for r in np.split(uniq, cuts)]
+            return np.concatenate(blocks)[inv] if len(blocks) > 1 else blocks[0][inv]
+
+    def read(self) -> np.ndarray:
+        """The whole array in memory."""
+        return self[:]
+
+    def memmap(self) -> np.memmap:
+        """A read-only memory map of the array (its touched pages count in this process's resident memory)."""
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+
+
+def _member_offsets(path: Path) -> dict[str, StoredArray | None]:
+    """Where each ``.npy`` member of an ``.npz`` archive keeps its data: name -> :class:`StoredArray`, or None
+    for a member that cannot be read in place (compressed, Fortran order, object arrays)."""
+    out: dict[str, StoredArray | None] = {}
+    with open(path, "rb") as raw, zipfile.ZipFile(raw) as zf:
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type != zipfile.ZIP_STORED:
+                out[name] = None
+                continue
+            raw.seek(info.header_offset)
+            local = raw.read(30)  # the local file header: name and extra-field lengths at bytes 26..30
+            data = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            raw.seek(data)
+            version = np.lib.format.read_magic(raw)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(raw)
+            if fortran or dtype.hasobject:
+                out[name] = None
+                continue
+            out[name] = StoredArray(path, raw.tell(), shape, dtype)
+    return out
+
+
+@dataclass
+class Expect:
+    """What a reader asks of the records it is served (checked by :meth:`FeatureStore.open` / :meth:`load`).
+
+    Attributes:
+        who: the asker, for messages (e.g. ``encoder 'grada'`` or ``model run runs/face``).
+        dim: feature width (``values.shape[1]``) required, or None.
+        config_hash: extractor config hash required, or None (the first record served then fixes it for the
+            rest: one training run reads records of one config only).
+        same_hash: with ``config_hash`` None, take the first record's hash as the required one.
+    """
+
+    who: str
+    dim: int | None = None
+    config_hash: str | None = None
+    same_hash: bool = True
+
+    def check(self, where: str, extractor: str, dim: int, h: str) -> None:
+        """Raise :class:`FeatureError` naming the store file, the asker and both values on a mismatch."""
+        if self.dim is not None and dim != self.dim:
+            raise FeatureError(f"{where}: '{extractor}' features are {dim}-d, but {self.who} expects {self.dim}-d "
+                               "(features of another encoder or model under this key; re-extract them)")
+        if self.config_hash is None and self.same_hash:
+            self.config_hash = h
+        elif self.config_hash is not None and h != self.config_hash:
+            raise FeatureError(f"{where}: '{extractor}' features have config hash {h}, but {self.who} expects "
+                               f"{self.config_hash} (records of another extractor configuration; re-extract them "
+                               "or point at the store they came from)")
+
+
+@dataclass
+class LazyRecord:
+    """A stored record whose large arrays stay on disk (:meth:`FeatureStore.open`).
+
+    Attributes:
+        values: (T, D) :class:`StoredArray` (or an in-memory array where the member cannot be read in place).
+        mask: (T,) bool, in memory.
+        base, meta, config_hash: as in :class:`FeatureRecord`.
+        extras: name -> :class:`StoredArray` or array.
+    """
+
+    values: "StoredArray | np.ndarray"
+    mask: np.ndarray
+    base: TimeBase
+    meta: dict[str, Any]
+    config_hash: str
+    extras: dict[str, "StoredArray | np.ndarray"] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.values.shape[1]) if len(self.values.shape) > 1 else 1
+
+
+FLOAT_DTYPES = ("float32", "float16")
+
+
+class FeatureStore:
+    """Read and write feature records under a root folder.
+
+    ``dtype``: ``float16`` stores floating-point arrays (values and extras) in half precision; None or
+    ``float32`` keeps them as produced.
+    """
+
+    def __init__(self, root: str | os.PathLike, dtype: str | None = None):
         self.root = Path(root)
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise FeatureError(f"feature dtype {dtype!r}: expected one of {', '.join(FLOAT_DTYPES)}")
+        self.dtype = None if dtype in (None, "float32") else np.dtype(dtype)
 
     def path(self, extractor: str, video_id: str) -> Path:
         return self.root / extractor / f"{safe_name(video_id)}.npz"
@@ -120,7 +283,7 @@ class FeatureStore:
         """Write ``rec`` atomically (temporary file, then rename) and clear any failure marker."""
         p = self.path(extractor, video_id)
         arrays: dict[str, np.ndarray] = {
-            "values": np.ascontiguousarray(rec.series.values),
+            "values": self._stored(rec.series.values),
             "mask": np.asarray(rec.series.mask, dtype=bool),
             "hop": np.float64(rec.base.hop),
             "win": np.float64(rec.base.win),
@@ -129,17 +292,51 @@ class FeatureStore:
             "meta": np.array(json.dumps(rec.meta, default=str)),
         }
         for k, v in rec.extras.items():
-            arrays[f"x_{k}"] = np.asarray(v)
+            arrays[f"x_{k}"] = self._stored(v)
         with atomic_path(p, suffix=".tmp.npz") as tmp:
             np.savez(tmp, **arrays)
         self.failure_path(extractor, video_id).unlink(missing_ok=True)
         return p
 
-    def load(self, extractor: str, video_id: str) -> FeatureRecord:
-        """Load a record; raises FeatureError naming the file when missing or damaged."""
+    def _stored(self, v: Any) -> np.ndarray:
+        """``v`` as written: C order, floating point in the store's ``dtype`` when it has one."""
+        a = np.ascontiguousarray(v)
+        if self.dtype is not None and a.dtype.kind == "f" and a.dtype != self.dtype:
+            a = a.astype(self.dtype)
+        return a
+
+    def _missing(self, p: Path, extractor: str, video_id: str) -> FeatureError:
+        return FeatureError(f"{p}: no '{extractor}' features for video '{video_id}' "
+                            f"(run `vaest extract {extractor.split('-')[0]}` first)")
+
+    def open(self, extractor: str, video_id: str, expect: Expect | None = None) -> LazyRecord:
+        """A record whose ``values`` and per-step extras stay on disk (:class:`StoredArray`); the mask, time base
+        and meta are read. ``expect`` checks width and config hash before anything is served."""
         p = self.path(extractor, video_id)
         if not p.exists():
-            raise FeatureError(f"{p}: no '{extractor}' features for video '{video_id}' (run `vaest extract {extractor.split('-')[0]}` first)")
+            raise self._missing(p, extractor, video_id)
+        try:
+            members = _member_offsets(p)
+            with np.load(p, allow_pickle=False) as z:
+                base = TimeBase(hop=float(z["hop"]), win=float(z["win"]), start=float(z["start"]))
+                mask = np.asarray(z["mask"], bool)
+                meta = json.loads(str(z["meta"]))
+                h = str(z["config_hash"])
+                # members not readable in place (none that vaest writes) are read whole
+                arrays = {k: members.get(k) or z[k] for k in z.files if k == "values" or k.startswith("x_")}
+        except Exception as e:
+            raise FeatureError(f"{p}: damaged feature file ({e}); delete it and rerun extraction") from None
+        rec = LazyRecord(arrays.pop("values"), mask, base, meta, h, {k[2:]: v for k, v in arrays.items()})
+        if expect is not None:
+            expect.check(str(p), extractor, rec.dim, h)
+        return rec
+
+    def load(self, extractor: str, video_id: str, expect: Expect | None = None) -> FeatureRecord:
+        """Load a record; raises FeatureError naming the file when missing or damaged, or (with ``expect``) when
+        its width or config hash is not the one asked for."""
+        p = self.path(extractor, video_id)
+        if not p.exists():
+            raise self._missing(p, extractor, video_id)
         try:
             with np.load(p, allow_pickle=False) as z:
                 base = TimeBase(hop=float(z["hop"]), win=float(z["win"]), start=float(z["start"]))
@@ -149,6 +346,8 @@ class FeatureStore:
                 h = str(z["config_hash"])
         except Exception as e:
             raise FeatureError(f"{p}: damaged feature file ({e}); delete it and rerun extraction") from None
+        if expect is not None:
+            expect.check(str(p), extractor, series.dim, h)
         return FeatureRecord(series, extras, meta, h)
 
     def record_failure(self, extractor: str, video_id: str, message: str) -> None:
@@ -206,11 +405,18 @@ class MemoryStore(FeatureStore):
         self._records[(extractor, video_id)] = rec
         return self.path(extractor, video_id)
 
-    def load(self, extractor: str, video_id: str) -> FeatureRecord:
+    def load(self, extractor: str, video_id: str, expect: Expect | None = None) -> FeatureRecord:
         rec = self._records.get((extractor, video_id))
         if rec is None:
             raise FeatureError(f"{self.path(extractor, video_id)}: no '{extractor}' features for '{video_id}'")
+        if expect is not None:
+            expect.check(str(self.path(extractor, video_id)), extractor, rec.series.dim, rec.config_hash)
         return rec
+
+    def open(self, extractor: str, video_id: str, expect: Expect | None = None) -> LazyRecord:
+        """The in-memory record in the :class:`LazyRecord` form (its arrays are already in memory)."""
+        rec = self.load(extractor, video_id, expect)
+        return LazyRecord(rec.values, rec.mask, rec.base, rec.meta, rec.config_hash, dict(rec.extras))
 
     def keep_only(self, video_id: str, extractors: Iterable[str]) -> None:
         """Forget ``video_id``'s records other than ``extractors``' (the predictor, once its models have read

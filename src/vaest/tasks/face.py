@@ -28,8 +28,9 @@ import torch
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
 from vaest.features.face import face_key
-from vaest.features.store import FeatureRecord, FeatureStore
-from vaest.timebase import TimeBase, fill_nearest
+from vaest.features.store import Expect, FeatureRecord, FeatureStore, LazyRecord
+from vaest.metrics import RunningMoments
+from vaest.timebase import TimeBase, nearest_index
 from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
 from vaest.training import Sequence, SequenceTask, TrainConfig, accepts_mask, concat_frame_ccc, fit
 
@@ -106,32 +107,96 @@ class JitteredSequenceTask(SequenceTask):
             self.index = grid
 
 
-def face_inputs(rec: FeatureRecord, parts: tuple[str, ...] = INPUT_PARTS, extra: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Unstandardised per-frame inputs of one video from its ``face-<encoder>`` record.
+class FaceFrames:
+    """One video's per-frame face inputs, built on demand from its record, rows at a time.
+
+    Row ``t`` = [embedding, probabilities (both taken from the nearest face frame where frame ``t`` has none),
+    confidence (0 where no face), extra columns], standardised with ``norm`` when set. Reading ``x[a:b]``
+    gathers just those rows from the record (a :class:`~vaest.features.store.LazyRecord` whose arrays stay on
+    disk, or an in-memory :class:`FeatureRecord`), so a training run holds the inputs of one batch, not of the
+    corpus. Supports ``len``, ``shape`` and slicing, which is all :func:`vaest.windows.take_window` and
+    :func:`vaest.training.predict_sequence` use.
 
     Args:
+        rec: the ``face-<encoder>`` record.
         parts: which of ``emb``, ``probs``, ``conf`` to include (see :func:`input_parts`).
-        extra: (n_frames, K) columns appended as they are (the motion inputs).
-    Returns:
-        x (n_frames, D [+ C] [+ 1] [+ K]) float32 = [embedding, probabilities (both filled from the nearest face
-        frame), confidence (0 where no face), extra]; NaN rows only when the video has no face at all. Built in
-        one array (a 10-minute video's inputs are ~20 MB: no copies of them).
-        found (n_frames,) bool, the face mask.
+        extra: (n_frames, K) columns appended as they are (the motion inputs), in memory.
+        moments: when given, the unstandardised rows of the face frames are added to it (one streaming pass).
+        chunk: rows read at a time by that pass.
+    Attributes:
+        found: (n_frames,) bool, the face mask (record mask and finite embedding).
+        norm: ``{"mean", "std"}`` applied to every row read (None = raw rows); rows still NaN (no face in the
+            whole video) become 0 once standardised.
     """
-    found = np.asarray(rec.mask, bool) & np.isfinite(rec.values).all(1)
-    cols = [rec.values]
-    if "probs" in parts and "probs" in rec.extras:
-        cols.append(rec.extras["probs"])
-    filled = sum(c.shape[1] for c in cols)  # the embedding and probabilities: filled from the nearest face frame
-    if "conf" in parts:
-        conf = np.asarray(rec.extras.get("conf", found.astype(np.float32)), np.float32).reshape(-1, 1)
-        cols.append(np.where(found[:, None], np.nan_to_num(conf), 0.0))
-    if extra is not None:
-        cols.append(extra)
-    x = np.concatenate(cols, axis=1, dtype=np.float32)
-    fill_nearest(x[:, :filled], found, inplace=True)
-    return x, found
+
+    def __init__(self, rec: FeatureRecord | LazyRecord, parts: tuple[str, ...] = INPUT_PARTS,
+                 extra: np.ndarray | None = None, moments: RunningMoments | None = None, chunk: int = 4096):
+        self.rec, self.parts, self.extra = rec, parts, extra
+        self.probs = rec.extras.get("probs") if "probs" in parts else None
+        self.conf = rec.extras.get("conf") if "conf" in parts else None
+        n = len(rec.mask)
+        self.found = np.zeros(n, bool)
+        mask = np.asarray(rec.mask, bool)
+        for a in range(0, n, chunk):  # one pass over the record: the face mask (and the statistics)
+            b = min(a + chunk, n)
+            v = np.asarray(rec.values[a:b])
+            f = mask[a:b] & np.isfinite(v).all(1)
+            self.found[a:b] = f
+            if moments is not None and f.any():
+                rows = np.flatnonzero(f) + a  # face frames are their own source
+                moments.add(self._assemble(v[f], rows, rows, f[f]))
+        self.src = nearest_index(self.found)  # the frame each frame's embedding and probabilities come from
+        self.norm: dict[str, list[float]] | None = None
+        self.dim = int(rec.values.shape[1]) + (0 if self.probs is None else int(self.probs.shape[1])) + \
+            ("conf" in parts) + (0 if extra is None else int(extra.shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.found)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.found), self.dim)
+
+    def _assemble(self, emb: np.ndarray, rows: np.ndarray, src: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """Unstandardised inputs of frames ``rows`` (float32, (len(rows), dim)) from the embeddings ``emb`` of
+        their source frames ``src`` and their face mask ``found``."""
+        cols = [emb]
+        if self.probs is not None:
+            cols.append(np.asarray(self.probs[src]))
+        if "conf" in self.parts:
+            conf = (found.astype(np.float32) if self.conf is None
+                    else np.asarray(self.conf[rows], np.float32).reshape(-1))
+            cols.append(np.where(found, np.nan_to_num(conf), 0.0)[:, None])
+        if self.extra is not None:
+            cols.append(self.extra[rows])
+        return np.concatenate(cols, axis=1, dtype=np.float32)
+
+    def raw(self, start: int, stop: int) -> np.ndarray:
+        """Unstandardised rows ``start:stop``, (stop - start, dim) float32."""
+        rows = np.arange(start, min(stop, len(self.found)))
+        src = self.src[rows]
+        return self._assemble(np.asarray(self.rec.values[src]), rows, src, self.found[rows])
+
+    def __getitem__(self, idx: slice) -> np.ndarray:
+        """Rows ``idx`` (a slice with step 1), standardised with ``norm`` when set; (rows, dim) float32."""
+        if not isinstance(idx, slice) or idx.step not in (None, 1):
+            raise IndexError("FaceFrames takes slices with step 1")
+        start, stop, _ = idx.indices(len(self.found))
+        x = self.raw(start, max(start, stop))
+        return x if self.norm is None else apply_norm(x, self.norm, inplace=True)
+
+
+def face_inputs(rec: FeatureRecord, parts: tuple[str, ...] = INPUT_PARTS, extra: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Unstandardised per-frame inputs of one whole video from its ``face-<encoder>`` record (:class:`FaceFrames`
+    read at once).
+
+    Returns:
+        x (n_frames, D [+ C] [+ 1] [+ K]) float32 (see :class:`FaceFrames`); NaN rows only when the video has no
+        face at all. found (n_frames,) bool, the face mask.
+    """
+    frames = FaceFrames(rec, parts, extra)
+    return frames.raw(0, len(frames)), frames.found
 
 
 MOTION_FEATURES = ("vx", "vy", "vscale", "roll", "vroll")
@@ -173,15 +238,6 @@ def face_motion(track: FeatureRecord, fps: float) -> np.ndarray:
     return out
 
 
-def fit_norm(xs: list[np.ndarray], founds: list[np.ndarray]) -> dict[str, list[float]]:
-    """Per-column mean and std over the face frames of the given videos (std floored at 1e-6)."""
-    rows = [x[f] for x, f in zip(xs, founds) if f.any()]
-    if not rows:
-        raise FeatureError("no training frame has a face: cannot fit the feature normalisation")
-    allx = np.concatenate(rows).astype(np.float64)
-    return {"mean": allx.mean(0).tolist(), "std": np.maximum(allx.std(0), 1e-6).tolist()}
-
-
 def apply_norm(x: np.ndarray, norm: dict[str, list[float]], inplace: bool = False) -> np.ndarray:
     """Standardise (n, D) inputs; rows that are still NaN (video without any face) become 0 (the train mean).
 
@@ -196,21 +252,41 @@ def apply_norm(x: np.ndarray, norm: dict[str, list[float]], inplace: bool = Fals
     return np.nan_to_num(z, nan=0.0, copy=False).astype(np.float32, copy=False)
 
 
-def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, motion: bool = False,
-                        parts: tuple[str, ...] = INPUT_PARTS
-                        ) -> tuple[list[tuple[Video, np.ndarray, np.ndarray, float]], list[str]]:
-    """(video, raw inputs, face mask, fps) for every video with stored features, and the ids without.
+def face_expect(encoder: str, dim: int | None = None, config_hash: str | None = None,
+                who: str | None = None) -> Expect:
+    """What a reader of ``face-<encoder>`` records asks of them: the width given, else the encoder's own width
+    where it is known without loading weights (:func:`vaest.features.face.encoder_feature_dim`), and one config
+    hash for every record (``config_hash``, else the first record's)."""
+    from vaest.features.face import encoder_feature_dim
 
-    ``parts`` as in :func:`face_inputs`; ``motion`` appends :func:`face_motion` from the video's ``facetrack``
-    record (required then).
+    return Expect(who or f"face encoder {encoder!r}", dim if dim is not None else encoder_feature_dim(encoder),
+                  config_hash)
+
+
+def open_face_frames(videos: list[Video], store: FeatureStore, encoder: str, motion: bool = False,
+                     parts: tuple[str, ...] = INPUT_PARTS, expect: Expect | None = None,
+                     moments: RunningMoments | None = None, stats_of: set[str] | None = None
+                     ) -> tuple[list[tuple[Video, FaceFrames, float]], list[str]]:
+    """(video, :class:`FaceFrames`, fps) for every video with stored features (their arrays left on disk), and
+    the ids without.
+
+    ``parts`` as in :class:`FaceFrames`; ``motion`` appends :func:`face_motion` from the video's ``facetrack``
+    record (required then). ``expect`` (default :func:`face_expect`) refuses records of another width or
+    config. ``moments``: the unstandardised face-frame rows of the videos in ``stats_of`` (all when None) are
+    added to it while each record is opened (the one streaming pass of the normalisation statistics).
     """
     key = face_key(encoder)
+    expect = expect or face_expect(encoder)
     out, missing = [], []
     for v in videos:
-        if not store.has(key, v.id):
+        if not store.path(key, v.id).exists() and not store.has(key, v.id):
             missing.append(v.id)
             continue
-        rec = store.load(key, v.id)
+        rec = store.open(key, v.id, expect)
+        declared = rec.meta.get("feature_dim")
+        if declared is not None and int(declared) != rec.dim:
+            raise FeatureError(f"{store.path(key, v.id)}: {rec.dim}-d values, but the record says its encoder "
+                               f"{rec.meta.get('encoder', encoder)!r} gives {declared}-d features")
         fps = float(rec.base.rate)
         mot = None
         if motion:
@@ -218,15 +294,24 @@ def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, 
                 raise FeatureError(f"{store.path('facetrack', v.id)}: no facetrack record for '{v.id}' (needed by the "
                                    "motion inputs; run `vaest extract face`, or train with motion: false)")
             mot = face_motion(store.load("facetrack", v.id), fps)
-            if len(mot) != len(rec.values):
+            if len(mot) != len(rec.mask):
                 raise FeatureError(f"{store.path('facetrack', v.id)}: {len(mot)} frames, but {key} has "
-                                   f"{len(rec.values)}")
-        x, found = face_inputs(rec, parts, mot)
-        out.append((v, x, found, fps))
+                                   f"{len(rec.mask)}")
+        add = moments if (moments is not None and (stats_of is None or v.id in stats_of)) else None
+        out.append((v, FaceFrames(rec, parts, mot, moments=add), fps))
     return out, missing
 
 
-def to_sequence(v: Video, x: np.ndarray, fps: float) -> Sequence:
+def load_face_sequences(videos: list[Video], store: FeatureStore, encoder: str, motion: bool = False,
+                        parts: tuple[str, ...] = INPUT_PARTS, expect: Expect | None = None
+                        ) -> tuple[list[tuple[Video, np.ndarray, np.ndarray, float]], list[str]]:
+    """(video, raw inputs in memory, face mask, fps) for every video with stored features, and the ids without
+    (:func:`open_face_frames` read whole: for applying a model to a video or two)."""
+    opened, missing = open_face_frames(videos, store, encoder, motion, parts, expect)
+    return [(v, f.raw(0, len(f)), f.found, fps) for v, f, fps in opened], missing
+
+
+def to_sequence(v: Video, x: "np.ndarray | FaceFrames", fps: float) -> Sequence:
     """A :class:`vaest.training.Sequence` on the frame grid with the video's labels (NaN where invalid)."""
     labels = v.labels_for(len(x)) if v.has_labels else np.full((len(x), 2), np.nan, np.float32)
     return Sequence(id=v.id, inputs={"x": x}, target=labels, base=TimeBase.frames(fps), n_frames=len(x), fps=fps,
@@ -258,7 +343,10 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     corpus: Corpus = load_corpus(corpus_root)
     store = FeatureStore(features)
     parts = input_parts(st.inputs)
-    loaded, missing = load_face_sequences(list(corpus), store, st.encoder, motion=st.motion, parts=parts)
+    train_ids = {v.id for v in corpus if v.split == st.train_split and v.has_labels}
+    moments = RunningMoments() if st.standardize else None
+    loaded, missing = open_face_frames(list(corpus), store, st.encoder, motion=st.motion, parts=parts,
+                                       moments=moments, stats_of=train_ids)
     if missing:
         log.warning("%d videos have no face-%s features in %s (skipped): %s", len(missing), st.encoder, features,
                     ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
@@ -269,11 +357,16 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
                          f"(run `vaest extract face --encoder {st.encoder}` first)")
     if not val:
         raise VaestError(f"{corpus_root}: no labelled '{st.val_split}' video has face-{st.encoder} features in {features}")
-    norm = fit_norm([t[1] for t in train], [t[2] for t in train])
-    if not st.standardize:  # identity: the checkpoint keeps the same form, so inference needs no special case
-        norm = {"mean": [0.0] * len(norm["mean"]), "std": [1.0] * len(norm["std"])}
-    seq = {t[0].id: to_sequence(t[0], apply_norm(t[1], norm), t[3]) for t in loaded}
-    input_dim = int(next(iter(seq.values())).inputs["x"].shape[1])
+    input_dim = loaded[0][1].dim
+    if moments is not None:
+        if moments.count == 0:
+            raise FeatureError("no training frame has a face: cannot fit the feature normalisation")
+        norm = moments.norm(1e-6)
+    else:  # identity: the checkpoint keeps the same form, so inference needs no special case
+        norm = {"mean": [0.0] * input_dim, "std": [1.0] * input_dim}
+    for _, frames, _ in loaded:
+        frames.norm = norm  # standardised per window as batches are gathered
+    seq = {v.id: to_sequence(v, frames, fps) for v, frames, fps in loaded}
     from vaest.training import seed_everything
 
     seed_everything(cfg.seed)  # same seed, same initial weights: a rerun reproduces the run
@@ -291,16 +384,18 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
                                   "preset": preset, "corpus": str(corpus.root), "features": str(features)})
     layout = list(parts) + (list(MOTION_FEATURES) if st.motion else [])
+    first = loaded[0][1].rec
     extra = {"norm": norm, "inputs": {"store_key": face_key(st.encoder), "layout": layout, "dim": input_dim,
-                                      "motion": st.motion, "parts": list(parts)},
+                                      "motion": st.motion, "parts": list(parts), "emb_dim": int(first.dim),
+                                      "config_hash": first.config_hash},
              "win": st.win, "hop": st.hop, "align_end": st.align_end}
     res = fit(net, task, cfg, out, extra=extra)
     best, _ = load_checkpoint(out / "model.pt", cfg.device)
     pairs = []
-    for v, x, found, fps in loaded:
+    for v, frames, fps in loaded:
         s = seq[v.id]
         pred = task.predict_frames(best, s, cfg.device)
-        save_predictions(out, v.id, pred["va"], fps, emb=pred.get("emb"), mask=found,
+        save_predictions(out, v.id, pred["va"], fps, emb=pred.get("emb"), mask=frames.found,
                          meta={"modality": "face", "encoder": st.encoder, "model": st.model, "split": v.split})
         if v.split == st.val_split and s.frame_labels is not None:
             pairs.append((pred["va"], s.frame_labels))
