@@ -138,11 +138,14 @@ class FaceModel:
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
         """The :class:`~vaest.inference.Track` of ``video`` (None when it has no face features)."""
-        from vaest.tasks.face import apply_norm, load_face_sequences
+        from vaest.tasks.face import apply_norm, face_expect, load_face_sequences
         from vaest.inference import Track
         from vaest.training import predict_sequence
 
-        loaded, _ = load_face_sequences([video], store, self.encoder, motion=self.motion)
+        # records of another width than the model was trained on are refused, naming the store and the run
+        expect = face_expect(self.encoder, dim=self.ck["inputs"].get("emb_dim"),
+                             who=f"the face model {self.run} (encoder {self.encoder!r})")
+        loaded, _ = load_face_sequences([video], store, self.encoder, motion=self.motion, expect=expect)
         if not loaded:
             return None
         _, x, found, fps = loaded[0]

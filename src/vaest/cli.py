@@ -298,13 +298,14 @@ def extract_face_cmd(
     workers: WorkersOpt = None,
     config: ConfigDefaultsOpt = None,
     file_timeout: FileTimeoutOpt = None,
+    dtype: DtypeOpt = "float32",
 ) -> None:
     """Face track (facetrack) and per-frame face features (store key face-<encoder>)."""
     from vaest.features.face import extract_face_features
 
     rep = extract_face_features(corpus, out, encoder=encoder, device=device, weights=weights, batch_size=batch_size,
                                 force=force, engine=engine, address=address, num_workers=workers,
-                                file_timeout=file_timeout)
+                                file_timeout=file_timeout, dtype=dtype)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -373,6 +374,10 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Ray worker
 FileTimeoutOpt = Annotated[Optional[float], typer.Option("--file-timeout", help="ray: seconds a worker may spend on "
                                                          "one media file before it is stopped and the file recorded "
                                                          "as failed (default 3600; 0 = no limit).")]
+
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Storage of feature vectors (embeddings): float32, or "
+                                       "float16 (half the disk and page cache; see docs/performance.md for the "
+                                       "effect on accuracy).")]
 
 
 # --- fusion (vaest.tasks.fusion): `vaest train fusion`, `vaest train late` ---
@@ -554,13 +559,14 @@ def extract_all_cmd(
     workers: WorkersOpt = None,
     config: ConfigDefaultsOpt = None,
     file_timeout: FileTimeoutOpt = None,
+    dtype: DtypeOpt = "float32",
 ) -> None:
     """Every offline default modality in one decoding pass: facetrack, face, mouth, behavior-desc, audio, vad."""
     from vaest.corpus import load_corpus
     from vaest.features.store import FeatureStore
     from vaest.pipeline import default_extractors, extract_all
 
-    rep = extract_all(load_corpus(corpus).videos, FeatureStore(out),
+    rep = extract_all(load_corpus(corpus).videos, FeatureStore(out, dtype=dtype),
                       default_extractors(face_encoder, audio_encoder, device=device), engine, address, workers,
                       file_timeout=file_timeout)
     if rep.failed:
@@ -600,19 +606,32 @@ def predict(
                                         "per frame and person), left, right, or a person id. See docs/persons.md."
                                         )] = "main",
     config: ConfigDefaultsOpt = None,
+    engine: Annotated[str, typer.Option("--engine", help="local: this process; ray: one Predictor per Ray worker, "
+                                        "outputs written here as results arrive (docs/scale.md).")] = "local",
+    address: AddressOpt = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="ray: workers (default: what the cluster "
+                                                   "can place, one CPU each).")] = None,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="ray: GPUs each worker reserves "
+                                                   "(its Predictor then runs on cuda).")] = 0.0,
+    file_timeout: Annotated[Optional[float], typer.Option("--file-timeout", help="ray: seconds a worker may "
+                                                          "spend on one file before it is replaced; the file is "
+                                                          "tried once more, then recorded as failed (default "
+                                                          "3600; 0 = no limit).")] = None,
 ) -> None:
     """Per-frame valence/arousal for media files, folders or globs: OUT/<name>.csv (frame,time,valence,arousal,
     source,<modality>_valence/_arousal,weight_<modality>; empty cell = no estimate), .json (metadata), .png, and
-    OUT/index.csv (input,csv,status,reason). Features are cached in OUT/.features keyed by each file's resolved
-    path, size and modification time. Exit code 1 when any input failed."""
+    OUT/index.csv (input,csv,status,reason,...: every input ever predicted into OUT, latest result per input).
+    Inputs already predicted into OUT with the same settings are skipped (--force redoes them). Features are
+    cached in OUT/.features keyed by each file's resolved path, size and modification time. Exit code 1 when
+    any input of this run failed."""
     from vaest.pipeline import predict as run_predict
 
-    written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot,
-                          people=people, html=html, face_backbone=face_backbone,
-                          audio_backbone=audio_backbone)
-    rows = (out / "index.csv").read_text().count("\n") - 1
+    rows = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot,
+                       people=people, html=html, face_backbone=face_backbone, audio_backbone=audio_backbone,
+                       engine=engine, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                       file_timeout=file_timeout, rows=True)
     _FAST_EXIT[0] = True  # every output is written and closed (atomically): skip the interpreter's teardown
-    if len(written) < rows:
+    if any(r["status"] != "ok" for r in rows):
         raise typer.Exit(1)
 
 

@@ -49,23 +49,30 @@ def extract_all(videos: Sequence[Video], store: FeatureStore, extractors: list |
 def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | None = None,
             device: str = "auto", fill: bool = False, force: bool = False, progress: bool = True,
             plot: bool = True, people: str | int = "main", html: bool = False, face_backbone: str | None = None,
-            audio_backbone: str | None = None) -> dict[str, Path]:
+            audio_backbone: str | None = None, engine: str = "local", address: str | None = None,
+            workers: int | None = None, gpus_per_worker: float = 0.0, file_timeout: float | None = None,
+            rows: bool = False) -> Any:
     """Run vaest on media files, folders or globs; a thin wrapper over :class:`vaest.predictor.Predictor` and
     :func:`vaest.predictor.predict_many` (``OUT/<relative path>.csv|.json|.png`` and ``OUT/index.csv``).
 
     ``html`` also writes a viewer page per input and ``OUT/index.html``; ``face_backbone`` picks the zero-shot
     face encoder, ``audio_backbone`` a speech-emotion model as the zero-shot voice (see
     :class:`~vaest.predictor.Predictor`).
-    Features are cached under ``OUT/.features/<media identity>`` (``force`` recomputes them). Returns input
-    path -> CSV path for the files that succeeded.
+    Features are cached under ``OUT/.features/<media identity>`` (``force`` recomputes them and redoes inputs
+    already predicted into ``out``). ``engine="ray"`` (with ``address``, ``workers``, ``gpus_per_worker``,
+    ``file_timeout``) spreads the files over Ray workers (:func:`vaest.predictor.predict_many`). Returns input
+    path -> CSV path for this run's inputs that succeeded (``rows``: the run's index rows instead).
     """
     from vaest.predictor import Predictor, predict_many
 
     out = Path(out)
-    pr = Predictor(model, device=device, progress=progress, cache=out / ".features", fill=fill, force=force,
-                   people=people, face_backbone=face_backbone, audio_backbone=audio_backbone)
-    rows = predict_many(paths, out, pr, plot=plot, html=html)
-    return {r["input"]: out / r["csv"] for r in rows if r["status"] == "ok"}
+    kwargs = dict(model=model, device=device, progress=progress, cache=out / ".features", fill=fill, force=force,
+                  people=people, face_backbone=face_backbone, audio_backbone=audio_backbone)
+    # the Ray engine builds its Predictors in the workers: none is loaded here
+    pr: Any = Predictor(**kwargs) if engine == "local" else kwargs
+    got = predict_many(paths, out, pr, plot=plot, html=html, engine=engine, address=address, workers=workers,
+                       gpus_per_worker=gpus_per_worker, file_timeout=file_timeout)
+    return got if rows else {r["input"]: out / r["csv"] for r in got if r["status"] == "ok"}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from vaest.corpus import Video
 from vaest.errors import VaestError
@@ -107,37 +107,6 @@ def _error_text(e: BaseException) -> str:
     return str(e) if isinstance(e, VaestError) else f"{type(e).__name__}: {e}"
 
 
-class ExtractionWorker:
-    """A Ray actor body: keeps built extractors across calls and processes one media file per call."""
-
-    def __init__(self) -> None:
-        # Ray sets OMP_NUM_THREADS to the actor's CPUs, so torch in a worker uses only its share of the cores
-        self._built: dict[tuple[str, str, str], Extractor] = {}
-
-    def _get(self, spec: ExtractorSpec) -> Extractor:
-        k = spec.key()
-        if k not in self._built:
-            self._built[k] = spec.build()
-        return self._built[k]
-
-    def run(self, media: Path, videos: list[Video], specs: list[ExtractorSpec], batch_size: int,
-            max_side: int | None) -> tuple[bool, dict[tuple[str, str], FeatureRecord] | str, int, list[int], str]:
-        """Extract one media file.
-
-        Returns (ok, records or error message, frames decoded, positions in ``specs`` of the extractors that
-        could not run on this file, why).
-        """
-        try:
-            extractors = [self._get(s) for s in specs]
-            recs, n, unfed, why = extract_media(media, videos, extractors, batch_size, max_side)
-        except Exception as e:  # reported to the driver, which records the failure and goes on
-            return False, _error_text(e), 0, [], ""
-        return True, recs, n, [extractors.index(e) for e in unfed], why
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
 def connect_ray(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None) -> bool:
     """Connect to the Ray cluster at ``address`` or start a local one (``num_cpus`` CPUs, no dashboard).
 
@@ -163,6 +132,164 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, runtime
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
         log.info("started a local Ray: %s", ray.cluster_resources())
     return True
+
+
+class PoolWorker:
+    """A Ray actor body for :func:`run_actor_pool`: builds its state once (``make_state()``: e.g. a
+    :class:`vaest.predictor.Predictor` with its models loaded) and runs ``call(state, *args)`` per job."""
+
+    def __init__(self, make_state: Callable[[], Any]) -> None:
+        # Ray sets OMP_NUM_THREADS to the actor's CPUs, so torch in a worker uses only its share of the cores
+        self.state = make_state()
+
+    def run(self, call: Callable[..., Any], args: tuple) -> Any:
+        return call(self.state, *args)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@dataclass
+class PoolOutcome:
+    """What became of one job of :func:`run_actor_pool`: ``ok`` and the call's ``result``, or the ``error``
+    text (the call raised, its worker died, or it ran past the per-job timeout), after ``tries`` attempts."""
+
+    ok: bool
+    result: Any = None
+    error: str = ""
+    tries: int = 1
+
+
+def cluster_room(cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """Workers of this size that the connected Ray cluster can place now (GPU workers: by its GPUs)."""
+    import ray
+
+    res = ray.cluster_resources()
+    if gpus_per_worker > 0:
+        return int(res.get("GPU", 0) // gpus_per_worker)
+    return max(1, int(res.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
+
+
+def run_actor_pool(jobs: list[tuple[Any, tuple]], make_state: Callable[[], Any], call: Callable[..., Any],
+                   on_done: Callable[[Any, PoolOutcome], None], num_workers: int, cpus_per_worker: float = 1.0,
+                   gpus_per_worker: float = 0.0, job_timeout: float | None = None, retries: int = 0,
+                   label: str = "ray", total: int | None = None, completed: int = 0) -> None:
+    """Run ``call(state, *args)`` for every ``(key, args)`` job on a pool of Ray actors (Ray already connected).
+
+    Each actor builds its ``state`` once with ``make_state`` (its start-up does not count against a job's
+    clock). Results come back to this process, which hands each to ``on_done(key, outcome)`` as it arrives
+    (the caller writes its outputs there: workers need no shared file system). An actor that dies (a native
+    crash, out of memory, SIGKILL) or is still busy with one job after ``job_timeout`` seconds is killed and
+    replaced; its job is tried again up to ``retries`` times on a fresh actor, then reported as failed. A job
+    whose call raises is reported as failed at once (``call`` should return errors it expects instead).
+
+    Args:
+        jobs: (key, args) pairs, done in this order as workers free up.
+        make_state, call: picklable (module-level functions or classes; Ray ships them to the actors).
+        on_done: called in this process, once per job, in completion order.
+        num_workers: actors (at most one per job).
+        cpus_per_worker, gpus_per_worker: resources each actor reserves.
+        job_timeout: seconds one job may run; None = no limit.
+        retries: further tries of a job whose worker died or hung.
+        label, total, completed: the progress bar.
+    """
+    import ray
+    from ray.exceptions import RayActorError
+
+    remote_cls = ray.remote(PoolWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+    num_workers = max(1, min(num_workers, len(jobs)))
+    actors: list[Any] = []
+
+    def new_actor() -> Any:
+        return remote_cls.remote(make_state)
+
+    try:
+        actors = [new_actor() for _ in range(num_workers)]
+        # a job's clock starts when its worker is up, so a slow actor start-up does not count against it
+        ray.get([a.pid.remote() for a in actors])
+        queue: list[tuple[Any, tuple, int]] = [(k, a, 1) for k, a in jobs]
+        inflight: dict[Any, tuple[int, Any, tuple, int]] = {}
+        started_at: dict[Any, float] = {}
+
+        def submit(slot: int) -> None:
+            if not queue:
+                return
+            key, args, tries = queue.pop(0)
+            ref = actors[slot].run.remote(call, args)
+            inflight[ref] = (slot, key, args, tries)
+            started_at[ref] = time.monotonic()
+
+        def replace(slot: int) -> None:
+            try:
+                ray.kill(actors[slot], no_restart=True)
+            except Exception:  # already gone
+                pass
+            actors[slot] = new_actor()
+            ray.get(actors[slot].pid.remote())
+
+        with make_progress() as prog:
+            task = prog.add_task(label, total=total if total is not None else len(jobs), completed=completed)
+            for slot in range(len(actors)):
+                submit(slot)
+            while inflight:
+                oldest = min(inflight, key=started_at.__getitem__)  # the job whose worker has run longest
+                wait_s = None
+                if job_timeout is not None:
+                    wait_s = max(0.0, started_at[oldest] + job_timeout - time.monotonic())
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
+                stuck = not ready  # only the timeout returns nothing: the oldest job has run past job_timeout
+                ref = oldest if stuck else ready[0]
+                slot, key, args, tries = inflight.pop(ref)
+                started_at.pop(ref, None)
+                lost = ""
+                if stuck:  # alive but stuck on this job: stop the worker
+                    log.warning("%s: no result after %.0f s (--file-timeout); stopping its worker", key, job_timeout)
+                    lost = f"timed out after {job_timeout:g} s (file timeout)"
+                    replace(slot)
+                    outcome = PoolOutcome(False, error=lost, tries=tries)
+                else:
+                    try:
+                        outcome = PoolOutcome(True, ray.get(ref), tries=tries)
+                    except RayActorError as e:  # the worker process died: replace it
+                        lost = f"worker died ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+                        replace(slot)
+                        outcome = PoolOutcome(False, error=lost, tries=tries)
+                    except Exception as e:  # the call raised, or its result was lost
+                        outcome = PoolOutcome(False, error=_error_text(e), tries=tries)
+                if lost and tries <= retries:
+                    log.warning("%s: %s; trying it again on a new worker", key, lost)
+                    queue.insert(0, (key, args, tries + 1))
+                else:
+                    on_done(key, outcome)
+                    prog.advance(task)
+                submit(slot)
+    finally:
+        for a in actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # already gone
+                pass
+
+
+def _extraction_state() -> dict:
+    return {}
+
+
+def _extract_call(built: dict, media: Path, videos: list[Video], specs: list[ExtractorSpec], batch_size: int,
+                  max_side: int | None) -> tuple[bool, dict[tuple[str, str], FeatureRecord] | str, int, list[int], str]:
+    """One media file on a pool worker; ``built`` keeps the worker's extractors across files (built once from
+    their specs). Returns (ok, records or error message, frames decoded, positions in ``specs`` of the
+    extractors that could not run on this file, why)."""
+    try:
+        extractors = []
+        for spec in specs:
+            if spec.key() not in built:
+                built[spec.key()] = spec.build()
+            extractors.append(built[spec.key()])
+        recs, n, unfed, why = extract_media(media, videos, extractors, batch_size, max_side)
+    except Exception as e:  # reported to the driver, which records the failure and goes on
+        return False, _error_text(e), 0, [], ""
+    return True, recs, n, [extractors.index(e) for e in unfed], why
 
 
 def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Iterable[Video],
@@ -232,107 +359,55 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
         return rep
 
     import ray
-    from ray.exceptions import RayActorError
 
     devices = extractor_devices(extractors)
     started = connect_ray(address, num_cpus=None if num_workers is None else max(1, int(num_workers * cpus_per_worker)),
                           runtime_env=runtime_env)
-    actors: list[Any] = []
     try:
         res = ray.cluster_resources()
         if gpus_per_worker is None:  # cuda asks for a GPU; "auto" takes one where the cluster has them
             want = any(d.startswith("cuda") for d in devices) or ("auto" in devices and res.get("GPU", 0) > 0)
             gpus_per_worker = 1.0 if want else 0.0
         gpus = float(gpus_per_worker)
-        if gpus > 0:
-            room = int(res.get("GPU", 0) // gpus)
-            if room < 1:
-                raise VaestError(f"an extractor asks for cuda but the Ray cluster has no GPU ({res}); "
-                                 "set device: cpu or connect to a cluster with GPUs")
-        else:
-            room = max(1, int(res.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
+        room = cluster_room(cpus_per_worker, gpus)
+        if gpus > 0 and room < 1:
+            raise VaestError(f"an extractor asks for cuda but the Ray cluster has no GPU ({res}); "
+                             "set device: cpu or connect to a cluster with GPUs")
         if num_workers is None:
             num_workers = room
         elif num_workers > room:  # actors the cluster cannot place would hold their media files forever
             log.warning("the Ray cluster has room for %d workers (%s); using %d, not %d", room, res, room, num_workers)
             num_workers = room
         num_workers = max(1, min(num_workers, len(jobs)))
-        remote_cls = ray.remote(ExtractionWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus)
-
-        def new_actor() -> Any:
-            return remote_cls.remote()
-
-        actors = [new_actor() for _ in range(num_workers)]
-        # a file's clock starts when its worker is up, so a slow actor start-up does not count against it
-        ray.get([a.pid.remote() for a in actors])
         log.info("ray engine: %d media files on %d workers (%g CPU%s each)", len(jobs), num_workers,
                  cpus_per_worker, f", {gpus:g} GPU" if gpus else "")
         specs_of = {id(e): ExtractorSpec.of(e) for e in extractors}
-        queue = list(jobs)
-        inflight: dict[Any, tuple[int, Path, list[Video], list[Extractor]]] = {}
-        started_at: dict[Any, float] = {}
+        plan = {str(media): (media, vids, todo) for media, vids, todo in jobs}
 
-        def submit(slot: int) -> None:
-            if not queue:
-                return
-            media, vids, todo = queue.pop(0)
-            ref = actors[slot].run.remote(media, vids, [specs_of[id(e)] for e in todo], batch_size, max_side)
-            inflight[ref] = (slot, media, vids, todo)
-            started_at[ref] = time.monotonic()
+        def done(key: str, outcome: PoolOutcome) -> None:
+            media, vids, todo = plan[key]
+            if outcome.ok:
+                ok, out, n, unfed, why = outcome.result
+            else:
+                ok, out, n, unfed, why = False, outcome.error, 0, [], ""
+            if ok:
+                try:
+                    save_records(store, out, force)  # type: ignore[arg-type]
+                    rep.frames += n
+                    if unfed:
+                        record_media_failure(store, rep, media, vids, [todo[i] for i in unfed], why)
+                    else:
+                        rep.done.append(str(media))
+                except Exception as e:  # e.g. disk full: recorded like any failure
+                    record_media_failure(store, rep, media, vids, todo, _error_text(e))
+            else:
+                record_media_failure(store, rep, media, vids, todo, str(out))
 
-        def replace(slot: int) -> None:
-            ray.kill(actors[slot], no_restart=True)
-            actors[slot] = new_actor()
-            ray.get(actors[slot].pid.remote())
-
-        with make_progress() as prog:
-            task = prog.add_task(label, total=len(groups), completed=len(rep.skipped))
-            for slot in range(len(actors)):
-                submit(slot)
-            while inflight:
-                oldest = min(inflight, key=started_at.__getitem__)  # the file whose worker has run longest
-                wait_s = None
-                if file_timeout is not None:
-                    wait_s = max(0.0, started_at[oldest] + file_timeout - time.monotonic())
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
-                stuck = not ready  # only the timeout returns nothing: the oldest file has run past file_timeout
-                ref = oldest if stuck else ready[0]
-                slot, media, vids, todo = inflight.pop(ref)
-                started_at.pop(ref, None)
-                if stuck:  # alive but stuck on this file: stop the worker, record the file, go on
-                    log.warning("%s: no result after %.0f s (--file-timeout); stopping its worker", media,
-                                file_timeout)
-                    ok, out, n, unfed, why = False, f"timed out after {file_timeout:g} s (file timeout)", 0, [], ""
-                    replace(slot)
-                else:
-                    try:
-                        ok, out, n, unfed, why = ray.get(ref)
-                    except RayActorError as e:  # the worker process died: replace it, record this media file
-                        ok, out, n, unfed, why = (False, f"worker died while extracting ({type(e).__name__}: {e})",
-                                                  0, [], "")
-                        replace(slot)
-                    except Exception as e:  # a lost or unreadable result: recorded, the job goes on
-                        ok, out, n, unfed, why = False, f"result lost ({type(e).__name__}: {e})", 0, [], ""
-                if ok:
-                    try:
-                        save_records(store, out, force)  # type: ignore[arg-type]
-                        rep.frames += n
-                        if unfed:
-                            record_media_failure(store, rep, media, vids, [todo[i] for i in unfed], why)
-                        else:
-                            rep.done.append(str(media))
-                    except Exception as e:  # e.g. disk full: recorded like any failure
-                        record_media_failure(store, rep, media, vids, todo, _error_text(e))
-                else:
-                    record_media_failure(store, rep, media, vids, todo, str(out))
-                prog.advance(task)
-                submit(slot)
+        run_actor_pool([(str(media), (media, vids, [specs_of[id(e)] for e in todo], batch_size, max_side))
+                        for media, vids, todo in jobs], _extraction_state, _extract_call, done, num_workers,
+                       cpus_per_worker, gpus, file_timeout, retries=0, label=label, total=len(groups),
+                       completed=len(rep.skipped))
     finally:
-        for a in actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # already gone
-                pass
         if started:
             ray.shutdown()
     rep.seconds = time.time() - t0

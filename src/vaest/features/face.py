@@ -909,10 +909,11 @@ def extract_face_features(corpus_root: str | Path, out: str | Path, encoder: str
                           weights: str | Path | None = None, batch_size: int = 64, force: bool = False,
                           track: FaceTrackConfig | None = None, splits: Sequence[str] | None = None,
                           engine: str = "local", address: str | None = None, num_workers: int | None = None,
-                          file_timeout: float | None = None):
+                          file_timeout: float | None = None, dtype: str | None = None):
     """Run ``facetrack`` + the ``face`` encoder over a corpus into the feature store at ``out``.
 
-    ``engine``/``address``/``num_workers`` choose the local loop or Ray (:func:`vaest.scale.run_extraction`).
+    ``engine``/``address``/``num_workers`` choose the local loop or Ray (:func:`vaest.scale.run_extraction`);
+    ``dtype="float16"`` stores the embeddings in half precision (:class:`vaest.features.store.FeatureStore`).
     Returns the :class:`vaest.features.base.ExtractionReport`.
     """
     from vaest.corpus import load_corpus
@@ -926,7 +927,7 @@ def extract_face_features(corpus_root: str | Path, out: str | Path, encoder: str
                                                 device=device, batch_size=batch_size))
     _ = fe.encoder  # fail early (missing weights) before decoding anything
     fe._enc = None  # built again where it runs (a Ray actor, or here on the first media file)
-    return run_extraction(FeatureStore(out), [ft, fe], videos, engine=engine, address=address,
+    return run_extraction(FeatureStore(out, dtype=dtype), [ft, fe], videos, engine=engine, address=address,
                           num_workers=num_workers, force=force, file_timeout=file_timeout)
 
 

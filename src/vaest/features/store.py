@@ -10,8 +10,8 @@ The archives are written uncompressed (``np.savez``), so every array lies contig
 :meth:`FeatureStore.open` reads a record's header and small arrays but leaves ``values`` and the per-frame
 extras on disk as :class:`StoredArray` objects that read only the rows asked for (training gathers its windows
 per batch this way, and its memory follows the batch, not the corpus). Stores written before this need no
-migration. ``FeatureStore(root, dtype="float16")`` stores floating-point values in half precision (half the
-disk and page cache; readers get float32 back per batch).
+migration. ``FeatureStore(root, dtype="float16")`` stores feature vectors in half precision (half the disk and
+page cache).
 """
 
 from __future__ import annotations
@@ -236,13 +236,17 @@ class LazyRecord:
 
 
 FLOAT_DTYPES = ("float32", "float16")
+# ``dtype`` applies to feature vectors (values at least this wide: embeddings, descriptors); boxes, landmarks,
+# frame times, masks and the extras keep the precision they were produced in
+HALF_MIN_WIDTH = 16
 
 
 class FeatureStore:
     """Read and write feature records under a root folder.
 
-    ``dtype``: ``float16`` stores floating-point arrays (values and extras) in half precision; None or
-    ``float32`` keeps them as produced.
+    ``dtype``: ``float16`` stores the values of feature-vector records (at least ``HALF_MIN_WIDTH`` wide: face,
+    behavior and audio embeddings) in half precision, half their disk and page-cache size; None or ``float32``
+    keeps everything as produced. Readers get float32 back (training converts per batch).
     """
 
     def __init__(self, root: str | os.PathLike, dtype: str | None = None):
@@ -283,7 +287,7 @@ class FeatureStore:
         """Write ``rec`` atomically (temporary file, then rename) and clear any failure marker."""
         p = self.path(extractor, video_id)
         arrays: dict[str, np.ndarray] = {
-            "values": self._stored(rec.series.values),
+            "values": self._stored(rec.series.values, cast=rec.series.dim >= HALF_MIN_WIDTH),
             "mask": np.asarray(rec.series.mask, dtype=bool),
             "hop": np.float64(rec.base.hop),
             "win": np.float64(rec.base.win),
@@ -292,16 +296,18 @@ class FeatureStore:
             "meta": np.array(json.dumps(rec.meta, default=str)),
         }
         for k, v in rec.extras.items():
-            arrays[f"x_{k}"] = self._stored(v)
+            arrays[f"x_{k}"] = self._stored(v, cast=False)
         with atomic_path(p, suffix=".tmp.npz") as tmp:
             np.savez(tmp, **arrays)
         self.failure_path(extractor, video_id).unlink(missing_ok=True)
         return p
 
-    def _stored(self, v: Any) -> np.ndarray:
-        """``v`` as written: C order, floating point in the store's ``dtype`` when it has one."""
-        a = np.ascontiguousarray(v)
-        if self.dtype is not None and a.dtype.kind == "f" and a.dtype != self.dtype:
+    def _stored(self, v: Any, cast: bool) -> np.ndarray:
+        """``v`` as written: C order; with ``cast``, floating point in the store's ``dtype`` when it has one."""
+        a = np.asarray(v)
+        if a.ndim >= 2 and not a.flags.c_contiguous:  # C order: readable in place by StoredArray
+            a = np.ascontiguousarray(a)
+        if cast and self.dtype is not None and a.dtype.kind == "f" and a.dtype != self.dtype:
             a = a.astype(self.dtype)
         return a
 
