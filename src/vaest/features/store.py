@@ -143,6 +143,8 @@ class StoredArray:
             ix = np.where(ix < 0, ix + n, ix)
             if ix.min() < 0 or ix.max() >= n:
                 raise IndexError(f"index out of range for {n} rows")
+            if ix[-1] - ix[0] == len(ix) - 1 and (len(ix) == 1 or bool((np.diff(ix) == 1).all())):
+                return self._read(f, int(ix[0]), int(ix[-1]) + 1)  # one run in order: a plain read
             uniq, inv = np.unique(ix, return_inverse=True)
             # contiguous runs of the wanted rows, one read each (a window's rows are one run or a few)
             cuts = np.flatnonzero(np.diff(uniq) != 1) + 1

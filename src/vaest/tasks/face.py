@@ -160,6 +160,8 @@ class FaceFrames:
     def _assemble(self, emb: np.ndarray, rows: np.ndarray, src: np.ndarray, found: np.ndarray) -> np.ndarray:
         """Unstandardised inputs of frames ``rows`` (float32, (len(rows), dim)) from the embeddings ``emb`` of
         their source frames ``src`` and their face mask ``found``."""
+        if self.probs is None and "conf" not in self.parts and self.extra is None:  # the embedding alone
+            return np.asarray(emb, dtype=np.float32)
         cols = [emb]
         if self.probs is not None:
             cols.append(np.asarray(self.probs[src]))

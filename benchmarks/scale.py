@@ -1,0 +1,350 @@
+"""Training at Aff-Wild2 scale and prediction on Ray: peak memory, epoch time, load time, files per second.
+
+Training (``train``): builds Aff-Wild2-shaped corpora (ABAW label files ``VA_Estimation_Challenge/{Train_Set,
+Validation_Set}/<video>.txt``, videos of 5,000 frames at 30 fps, 81 % train / 19 % val videos, about 5 % of
+frames labelled -5 in runs) with feature stores written through :meth:`FeatureStore.save` (per-frame
+embeddings with a learnable share of the labels, about 2 % of frames without a face), at fractions of
+Aff-Wild2's 2.9M frames and at 256-d (``face-grada``) and 1280-d (``face-emotiefflib``) features. Each run of
+``vaest train face --preset reference --epochs 1`` is its own process under ``/usr/bin/time -v`` (peak RSS =
+its "Maximum resident set size"); the child reports its load time (start to the first training batch: corpus,
+records, normalisation), its epoch time (training + validation, from ``history.json``) and its wall time. The
+floor is ``python -c "import torch, vaest.tasks.face"`` in the same way (the libraries alone).
+``--old SRC`` also runs another checkout's ``src`` (e.g. ``git archive main src``) on the same stores.
+
+Prediction (``ray``): 40 short clips cut from CREMA-D (``--clips``), zero-shot ``vaest predict`` in one process
+(local engine) vs ``--engine ray --workers 1`` and ``--workers 2``, each a separate process: files per second,
+CPU seconds per file (the process and all its children, Ray workers included, from ``os.wait4``), peak RSS of
+the driver and of each worker, and Ray's start-up (connect + first worker ready). ``--kill`` SIGKILLs one Ray
+worker once the first outputs are written and checks that the batch completes with every output.
+
+Usage::
+
+    python benchmarks/scale.py train --sizes 0.01,0.05,0.2 --dims 256,1280 --work /tmp/vaest-scale
+    python benchmarks/scale.py ray --clips /work/shared/data/cremad-av --work /tmp/vaest-ray [--kill]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+AFFWILD2_FRAMES = 2_900_000
+VIDEO_FRAMES = 5000
+ENCODERS = {256: "grada", 1280: "emotiefflib"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Aff-Wild2-shaped corpora
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = None) -> Path:
+    """Write the corpus (labels, ``videos_fps.csv``) and the store under ``root``; returns ``root``."""
+    from vaest.corpus.affwild2 import write_va_file
+    from vaest.features.store import FeatureRecord, FeatureStore
+    from vaest.timebase import TimeBase, TimeSeries
+
+    enc = ENCODERS[dim]
+    done = root / f"built-{enc}.json"
+    if done.exists():
+        return root
+    rng = np.random.default_rng(seed)
+    n_videos = max(2, -(-frames // VIDEO_FRAMES))
+    n_val = max(1, round(0.19 * n_videos))
+    store = FeatureStore(root / "store", dtype=dtype)
+    proj = rng.standard_normal((2, dim)).astype(np.float32)
+    fps_rows = ["video,fps"]
+    left = frames
+    for i in range(n_videos):
+        n = min(VIDEO_FRAMES, left - (n_videos - i - 1)) if i == n_videos - 1 else min(VIDEO_FRAMES, left)
+        left -= n
+        vid = f"vid{i:04d}"
+        split = "Validation_Set" if i < n_val else "Train_Set"
+        # smooth VA: a random walk low-passed, in [-1, 1]
+        walk = np.cumsum(rng.standard_normal((n, 2)) * 0.05, 0)
+        va = np.tanh(walk - walk.mean(0)).astype(np.float32)
+        invalid = np.zeros(n, bool)
+        for s in rng.integers(0, n, size=max(1, n // 400)):  # about 5 % in runs of ~20 frames
+            invalid[s : s + 20] = True
+        lab = va.copy()
+        lab[invalid] = -5
+        write_va_file(root / "corpus" / "VA_Estimation_Challenge" / split / f"{vid}.txt", lab)
+        fps_rows.append(f"{vid},30")
+        emb = rng.standard_normal((n, dim), dtype=np.float32)
+        emb += va @ proj
+        found = rng.random(n) > 0.02
+        emb[~found] = np.nan
+        probs = rng.dirichlet(np.ones(8), size=n).astype(np.float32)
+        probs[~found] = np.nan
+        rec = FeatureRecord(TimeSeries(emb, TimeBase.frames(30.0), found),
+                            {"probs": probs, "conf": found.astype(np.float32)},
+                            {"encoder": enc, "feature_dim": dim}, "bench")
+        store.save(f"face-{enc}", vid, rec)
+    (root / "corpus" / "videos_fps.csv").write_text("\n".join(fps_rows) + "\n")
+    done.write_text(json.dumps({"frames": frames, "dim": dim, "videos": n_videos}))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------------
+# measured children
+# ---------------------------------------------------------------------------------------------------------
+
+
+def child_face(root: Path, dim: int, out: Path) -> None:
+    """One epoch of reference face training (this process is the measured one); prints a JSON line."""
+    t0 = time.perf_counter()
+    marks: dict[str, float] = {}
+
+    class Mark(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "train windows" in record.getMessage() and "load" not in marks:
+                marks["load"] = time.perf_counter() - t0
+
+    logging.getLogger("vaest").addHandler(Mark())
+    logging.getLogger("vaest").setLevel(logging.INFO)
+    from vaest.tasks.face import settings_from, train_face
+
+    st, cfg = settings_from({}, {"preset": "reference", "epochs": 1, "encoder": ENCODERS[dim], "device": "cpu"})
+    import vaest.training as training
+
+    fit = training.fit
+
+    def timed_fit(*a, **k):  # CPU seconds of the epoch (training + validation), robust to other load
+        c = time.process_time()
+        try:
+            return fit(*a, **k)
+        finally:
+            marks["epoch_cpu"] = time.process_time() - c
+            marks["load_cpu"] = c
+
+    import vaest.tasks.face as face_task
+
+    face_task.fit = timed_fit
+    res = train_face(root / "corpus", root / "store", out, encoder=st.encoder, model=st.model, train_cfg=cfg,
+                     settings=st)
+    hist = json.loads((out / "history.json").read_text())
+    print(json.dumps({"load_s": marks.get("load"), "load_cpu_s": marks.get("load_cpu"), "epoch_s": hist["seconds"],
+                      "epoch_cpu_s": marks.get("epoch_cpu"), "wall_s": time.perf_counter() - t0,
+                      "ccc": res["metrics"]["mean"]}))
+
+
+def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run ``cmd`` under /usr/bin/time -v; its peak RSS (MB), wall time and the JSON line it printed last."""
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd}: exit {p.returncode}\n{p.stderr[-3000:]}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) / 1024
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", p.stderr).group(1)
+    parts = [float(x) for x in wall.split(":")]
+    secs = sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", p.stderr).group(1)) for k in ("User", "System"))
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    return {"peak_rss_mb": round(rss), "process_wall_s": round(secs, 1), "process_cpu_s": round(cpu, 1),
+            **(json.loads(lines[-1]) if lines else {})}
+
+
+def run_train(args: argparse.Namespace) -> list[dict]:
+    work = Path(args.work)
+    here = Path(__file__).resolve()
+    results = []
+    srcs = [("new", str(here.parents[1] / "src"))] + ([("old", args.old)] if args.old else [])
+    floor = measured([sys.executable, "-c", "import torch, vaest.tasks.face"],
+                     env={**os.environ, "PYTHONPATH": srcs[0][1]})
+    print(json.dumps({"floor": floor}), flush=True)
+    for dim in [int(d) for d in args.dims.split(",")]:
+        for frac in [float(f) for f in args.sizes.split(",")]:
+            frames = int(round(frac * AFFWILD2_FRAMES))
+            root = work / f"f{frames}-d{dim}"
+            t = time.perf_counter()
+            build(root, frames, dim, dtype=args.dtype)
+            build_s = time.perf_counter() - t
+            for name, src in srcs:
+                if name == "old" and frames > args.old_max_frames:
+                    continue
+                out = root / f"run-{name}"
+                shutil.rmtree(out, ignore_errors=True)
+                env = {**os.environ, "PYTHONPATH": src, "VAEST_NO_PROGRESS": "1", "OMP_NUM_THREADS": "2"}
+                r = measured([sys.executable, str(here), "child-face", "--root", str(root), "--dim", str(dim),
+                              "--out", str(out)], env=env)
+                r.update(code=name, frames=frames, dim=dim, build_s=round(build_s, 1), floor_rss_mb=floor["peak_rss_mb"],
+                         epoch_us_per_frame=round(1e6 * r["epoch_s"] / frames, 1),
+                         epoch_cpu_us_per_frame=round(1e6 * r["epoch_cpu_s"] / frames, 1))
+                print(json.dumps(r), flush=True)
+                results.append(r)
+                shutil.rmtree(out, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ray prediction
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_clips(src: Path, dest: Path, n: int = 40, seconds: float = 2.0) -> list[Path]:
+    """``n`` short clips (first ``seconds`` of CREMA-D's audio-visual files) re-encoded with ffmpeg into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".mp4", ".flv", ".avi", ".mkv"))[:n]
+    out = []
+    for f in files:
+        o = dest / (f.stem + ".mp4")
+        if not o.exists():
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(f), "-t", str(seconds), "-c:v", "libx264",
+                            "-preset", "veryfast", "-c:a", "aac", str(o)], check=True)
+        out.append(o)
+    return out
+
+
+def _tree_rss(pid: int) -> dict[int, int]:
+    """RSS (kB) of ``pid`` and its descendants, from /proc."""
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for ln in Path(f"/proc/{p}/status").read_text().splitlines():
+                if ln.startswith("VmRSS:"):
+                    out[p] = int(ln.split()[1])
+        except OSError:
+            pass
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def run_predict(clips: list[Path], out: Path, extra: list[str], kill: bool = False) -> dict:
+    """One ``vaest predict`` process (and its Ray workers): wall, CPU s (process tree), peak RSS per process."""
+    shutil.rmtree(out, ignore_errors=True)
+    exe = Path(sys.executable).with_name("vaest")
+    env = {**os.environ, "VAEST_NO_PROGRESS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    t0 = time.perf_counter()
+    p = subprocess.Popen([str(exe), "predict", *map(str, clips), "--out", str(out), "--no-plot", "--device", "cpu",
+                          *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    peaks: dict[int, int] = {}
+    killed = None
+    while p.poll() is None:
+        for pid, kb in _tree_rss(p.pid).items():
+            peaks[pid] = max(peaks.get(pid, 0), kb)
+        if kill and killed is None and len(list(out.glob("*.csv"))) >= 4:
+            workers = [pid for pid in _tree_rss(p.pid) if "PoolWorker" in _cmdline(pid)]
+            if workers:
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    _, err = p.communicate()
+    wall = time.perf_counter() - t0
+    ru = os.wait4 if False else None  # noqa: F841 (the child was reaped by Popen; use its rusage below)
+    cpu = _children_cpu()
+    roles = {pid: ("worker" if "PoolWorker" in _cmdline(pid) or pid not in (p.pid,) and "ray::" in _cmdline(pid)
+                   else "other") for pid in peaks}
+    roles[p.pid] = "driver"
+    worker_peaks = sorted((kb // 1024 for pid, kb in peaks.items() if roles.get(pid) == "worker"), reverse=True)
+    rows = (out / "index.csv").read_text().splitlines()[1:] if (out / "index.csv").exists() else []
+    return {"rc": p.returncode, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "files_ok": sum(",ok," in r for r in rows),
+            "files": len(rows), "driver_peak_rss_mb": peaks.get(p.pid, 0) // 1024, "worker_peak_rss_mb": worker_peaks,
+            "killed_worker": killed, "log_tail": err[-600:]}
+
+
+_CPU_SEEN = [0.0]
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the children reaped since the last call (their descendants included, when they waited)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = ru.ru_utime + ru.ru_stime
+    d = total - _CPU_SEEN[0]
+    _CPU_SEEN[0] = total
+    return d
+
+
+def ray_startup() -> dict:
+    """Seconds to start a local Ray (2 CPUs) and get one actor up, then to shut it down (a separate process)."""
+    code = ("import time, ray; t=time.perf_counter(); ray.init(num_cpus=2, include_dashboard=False, "
+            "log_to_driver=False); t1=time.perf_counter()\n"
+            "@ray.remote\nclass A:\n    def pid(self): return 1\n"
+            "a=A.remote(); ray.get(a.pid.remote()); t2=time.perf_counter(); ray.shutdown(); t3=time.perf_counter()\n"
+            "import json; print(json.dumps({'init_s': round(t1-t, 2), 'first_actor_s': round(t2-t1, 2), "
+            "'shutdown_s': round(t3-t2, 2)}))")
+    return measured([sys.executable, "-c", code])
+
+
+def run_ray(args: argparse.Namespace) -> list[dict]:
+    work = Path(args.work)
+    clips = make_clips(Path(args.clips), work / "clips", args.n)
+    results = [{"case": "ray start-up", **ray_startup()}]
+    print(json.dumps(results[-1]), flush=True)
+    _children_cpu()
+    cases = [("local (one process)", []), ("ray, 1 worker", ["--engine", "ray", "--workers", "1"]),
+             ("ray, 2 workers", ["--engine", "ray", "--workers", "2"])]
+    if args.kill:
+        cases.append(("ray, 2 workers, one SIGKILLed", ["--engine", "ray", "--workers", "2"]))
+    for name, extra in cases:
+        r = run_predict(clips, work / "out", extra, kill="SIGKILL" in name)
+        r.update(case=name, files_per_s=round(r["files_ok"] / r["wall_s"], 3),
+                 cpu_s_per_file=round(r["cpu_s"] / max(r["files_ok"], 1), 2))
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--sizes", default="0.01,0.05,0.2", help="fractions of Aff-Wild2's 2.9M frames")
+    t.add_argument("--dims", default="256,1280")
+    t.add_argument("--work", default="/tmp/vaest-scale")
+    t.add_argument("--dtype", default=None, help="float16: stores written in half precision")
+    t.add_argument("--old", default=None, help="another checkout's src folder, run on the same stores")
+    t.add_argument("--old-max-frames", type=int, default=150_000, help="largest size the old code is run at")
+    t.add_argument("--keep", action="store_true", help="keep the stores")
+    t.add_argument("--json", default=None, help="write the results here")
+    c = sub.add_parser("child-face")
+    c.add_argument("--root", required=True)
+    c.add_argument("--dim", type=int, required=True)
+    c.add_argument("--out", required=True)
+    r = sub.add_parser("ray")
+    r.add_argument("--clips", default="/work/shared/data/cremad-av")
+    r.add_argument("--n", type=int, default=40)
+    r.add_argument("--work", default="/tmp/vaest-ray")
+    r.add_argument("--kill", action="store_true")
+    r.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.cmd == "child-face":
+        child_face(Path(args.root), args.dim, Path(args.out))
+        return
+    res = run_train(args) if args.cmd == "train" else run_ray(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
