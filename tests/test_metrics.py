@@ -65,3 +65,25 @@ def test_va_ccc():
     y = np.stack([np.linspace(-1, 1, 20), np.linspace(0, 1, 20)], 1)
     s = va_ccc(y, y)
     assert s["valence"] == pytest.approx(1) and s["mean"] == pytest.approx(1)
+
+
+def test_running_moments_match_the_whole_array_batch_by_batch():
+    from vaest.metrics import RunningMoments
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((5003, 4)) * [1, 10, 1e-3, 5] + [0, 1e4, 3, -2]).astype(np.float32)
+    m = RunningMoments()
+    for i in range(0, len(x), 777):
+        m.add(x[i : i + 777])
+    ref = x.astype(np.float64)
+    np.testing.assert_allclose(m.mean, ref.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m.std(), ref.std(0), rtol=1e-9)
+    assert m.count == 5003
+    x[::3, 1] = np.nan
+    m = RunningMoments(ignore_nan=True)
+    for i in range(0, len(x), 500):
+        m.add(x[i : i + 500])
+    np.testing.assert_allclose(m.mean, np.nanmean(x.astype(np.float64), 0), rtol=1e-12)
+    np.testing.assert_allclose(m.std(), np.nanstd(x.astype(np.float64), 0), rtol=1e-9)
+    norm = m.norm(1e-6)
+    assert len(norm["mean"]) == 4 and min(norm["std"]) >= 1e-6

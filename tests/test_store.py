@@ -120,3 +120,91 @@ def test_memory_store_keep_only_forgets_one_videos_other_records():
     assert s.has("face-fer", "b")  # another video's records are not touched
     with pytest.raises(FeatureError, match="face-fer"):
         s.load("face-fer", "a")
+
+
+def test_records_read_in_place_by_rows_from_old_and_new_files(tmp_path):
+    """open() leaves values and per-step extras on disk: slices and index arrays read just those rows, the same
+    values as load(); a file written by plain np.savez (a store from before) reads the same way."""
+    from vaest.features.store import StoredArray
+
+    fs = FeatureStore(tmp_path)
+    rng = np.random.default_rng(0)
+    vals = rng.standard_normal((300, 7)).astype(np.float32)
+    rec = FeatureRecord(TimeSeries(vals, TimeBase.frames(25.0), np.arange(300) % 7 != 0),
+                        {"probs": rng.random((300, 3)).astype(np.float32), "lm": np.zeros((300, 4, 2))}, {"k": 1}, "h1")
+    fs.save("face-x", "v", rec)
+    lazy = fs.open("face-x", "v")
+    assert isinstance(lazy.values, StoredArray) and lazy.dim == 7 and lazy.config_hash == "h1"
+    np.testing.assert_array_equal(lazy.values[10:50], vals[10:50])
+    idx = np.array([299, 3, 4, 5, 3, 120])
+    np.testing.assert_array_equal(lazy.values[idx], vals[idx])
+    np.testing.assert_array_equal(lazy.extras["probs"][idx], rec.extras["probs"][idx])
+    np.testing.assert_array_equal(lazy.values.memmap(), vals)
+    np.testing.assert_array_equal(lazy.mask, rec.mask)
+    assert lazy.values[290:400].shape == (10, 7) and lazy.base.rate == 25.0
+    # an archive written directly with np.savez (the store's format before this change) opens the same way
+    old = tmp_path / "face-y" / "w.npz"
+    old.parent.mkdir()
+    np.savez(old, values=vals, mask=np.ones(300, bool), hop=np.float64(0.04), win=np.float64(0.04),
+             start=np.float64(0.0), config_hash=np.array("h0"), meta=np.array("{}"))
+    np.testing.assert_array_equal(fs.open("face-y", "w").values[[5, 6, 200]], vals[[5, 6, 200]])
+    # a truncated file is reported, naming it
+    data = old.read_bytes()
+    old.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FeatureError, match="w.npz"):
+        fs.open("face-y", "w").values[250:300]
+
+
+def test_float16_store_halves_feature_vectors_only(tmp_path):
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((50, 32)).astype(np.float32)
+    boxes = (rng.random((50, 4)) * 1000).astype(np.float32)
+    fs = FeatureStore(tmp_path, dtype="float16")
+    fs.save("face-x", "v", FeatureRecord(TimeSeries(emb, TimeBase.frames(30.0)), {"conf": np.ones(50, np.float32)}))
+    fs.save("facetrack", "v", FeatureRecord(TimeSeries(boxes, TimeBase.frames(30.0))))
+    got = fs.load("face-x", "v")
+    assert got.values.dtype == np.float16 and got.extras["conf"].dtype == np.float32
+    assert np.abs(got.values.astype(np.float32) - emb).max() < 4e-3
+    assert fs.load("facetrack", "v").values.dtype == np.float32  # boxes (4 wide) keep their precision
+    with pytest.raises(FeatureError, match="float8"):
+        FeatureStore(tmp_path, dtype="float8")
+
+
+def test_expect_refuses_another_width_or_config_naming_store_asker_and_values(tmp_path):
+    from vaest.features.store import Expect
+
+    fs = FeatureStore(tmp_path / "store")
+    fs.save("face-grada", "a", FeatureRecord(TimeSeries(np.zeros((4, 1280), np.float32), TimeBase.frames(30.0)),
+                                             config_hash="aaa"))
+    fs.save("face-grada", "b", FeatureRecord(TimeSeries(np.zeros((4, 256), np.float32), TimeBase.frames(30.0)),
+                                             config_hash="bbb"))
+    with pytest.raises(FeatureError) as e:
+        fs.open("face-grada", "a", Expect("face encoder 'grada'", dim=256))
+    msg = str(e.value)
+    assert "store" in msg and "a.npz" in msg and "face encoder 'grada'" in msg and "1280" in msg and "256" in msg
+    ex = Expect("face encoder 'grada'", dim=256)
+    with pytest.raises(FeatureError, match="config hash bbb.*expects aaa"):
+        ex.config_hash = "aaa"
+        fs.load("face-grada", "b", ex)
+    # without a given width or hash, the first record served fixes both for the rest
+    first = Expect("a training run")
+    fs.open("face-grada", "a", first)
+    with pytest.raises(FeatureError, match="256-d.*expects 1280-d"):
+        fs.open("face-grada", "b", first)
+
+
+def test_face_training_refuses_records_of_another_width(tmp_path):
+    """1280-d records under face-grada (whose encoder gives 256-d) are refused before any training, naming the
+    store file, the encoder and both widths."""
+    from vaest.corpus.affwild2 import write_va_file
+    from vaest.tasks.face import FaceTrainSettings, train_face
+
+    fs = FeatureStore(tmp_path / "store")
+    for vid, split in (("a", "Train_Set"), ("b", "Validation_Set")):
+        write_va_file(tmp_path / "c" / "VA_Estimation_Challenge" / split / f"{vid}.txt", np.zeros((20, 2), np.float32))
+        fs.save("face-grada", vid, FeatureRecord(TimeSeries(np.zeros((20, 1280), np.float32), TimeBase.frames(30.0)),
+                                                 config_hash="x"))
+    (tmp_path / "c" / "videos_fps.csv").write_text("video,fps\na,30\nb,30\n")
+    with pytest.raises(FeatureError, match=r"store/face-grada/a.npz.*1280-d.*face encoder 'grada' expects 256-d"):
+        train_face(tmp_path / "c", tmp_path / "store", tmp_path / "run", encoder="grada",
+                   settings=FaceTrainSettings(motion=False, inputs="emb"))

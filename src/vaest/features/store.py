@@ -190,7 +190,8 @@ class Expect:
 
     Attributes:
         who: the asker, for messages (e.g. ``encoder 'grada'`` or ``model run runs/face``).
-        dim: feature width (``values.shape[1]``) required, or None.
+        dim: feature width (``values.shape[1]``) required, or None (the first record served then fixes it for
+            the rest: one run reads features of one width).
         config_hash: extractor config hash required, or None (the first record served then fixes it for the
             rest: one training run reads records of one config only).
         same_hash: with ``config_hash`` None, take the first record's hash as the required one.
@@ -203,7 +204,9 @@ class Expect:
 
     def check(self, where: str, extractor: str, dim: int, h: str) -> None:
         """Raise :class:`FeatureError` naming the store file, the asker and both values on a mismatch."""
-        if self.dim is not None and dim != self.dim:
+        if self.dim is None:
+            self.dim = dim
+        elif dim != self.dim:
             raise FeatureError(f"{where}: '{extractor}' features are {dim}-d, but {self.who} expects {self.dim}-d "
                                "(features of another encoder or model under this key; re-extract them)")
         if self.config_hash is None and self.same_hash:

@@ -653,9 +653,13 @@ def build_model(cfg: AudioTrainConfig, items: list[AudioItem], store: FeatureSto
                             dropout=cfg.dropout)
     dim = next(it.x.shape[1] for it in items)
     model = create_model("audio-frames", in_dim=int(dim), proj_dim=cfg.proj_dim, dropout=cfg.dropout)
+    from vaest.metrics import RunningMoments
+
     train = [it.x for it in items if it.split == "train" and len(it.x)] or [it.x for it in items if len(it.x)]
-    allx = np.concatenate(train).astype(np.float64)
-    model.set_normalization(allx.mean(0), allx.std(0))
+    mom = RunningMoments()  # one float64 pass, video by video: no concatenated copy of the corpus
+    for x in train:
+        mom.add(x)
+    model.set_normalization(mom.mean, mom.std())
     return model
 
 

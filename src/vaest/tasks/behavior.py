@@ -23,7 +23,7 @@ from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
 from vaest.features.behavior import (ENCODER_KEYS, Segment, encoder_parts, expression_key, load_segment_features,
                                      record_segments, segment_targets)
-from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.features.store import Expect, FeatureRecord, FeatureStore
 from vaest.timebase import TimeSeries, to_frames
 from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
 from vaest.training import Sequence, SequenceTask, TrainConfig, accepts_mask, concat_frame_ccc, fit
@@ -82,11 +82,14 @@ class BehaviorItem:
     fps: float
 
 
-def load_items(videos: list[Video], store: FeatureStore, st: BehaviorTrainSettings
+def load_items(videos: list[Video], store: FeatureStore, st: BehaviorTrainSettings, expect: Expect | None = None
                ) -> tuple[list[BehaviorItem], list[str]]:
-    """Segment inputs of every video with stored features, and the ids of those without."""
+    """Segment inputs of every video with stored features, and the ids of those without. Records of another
+    width or config hash than ``expect`` asks (default: the first video's) are refused."""
     keys = [ENCODER_KEYS[p] for p in encoder_parts(st.encoder) if p != "expr"]
     items, missing = [], []
+    # one width and one extractor configuration for every video (the first record fixes them)
+    expect = expect or Expect(f"behavior encoder {st.encoder!r} ({st.branch}/{st.pool})")
     for v in videos:
         need_expr = "expr" in encoder_parts(st.encoder)
         if not all(store.has(k, v.id) for k in keys) or (need_expr and expression_key(store, v.id) is None):
@@ -97,22 +100,28 @@ def load_items(videos: list[Video], store: FeatureStore, st: BehaviorTrainSettin
         n_frames = int(rec.meta.get("n_frames") or 0)
         if fps <= 0 or n_frames <= 0:
             raise FeatureError(f"{store.path(keys[0], v.id)}: record has no frame grid (meta n_frames/fps); re-extract it")
-        items.append(BehaviorItem(v, x, valid, rec, record_segments(rec, n_frames, fps), n_frames, fps))
+        expect.check(str(store.path(keys[0], v.id)) if keys else str(store.root), "+".join(keys) or st.encoder,
+                     int(x.shape[1]), rec.config_hash)
+        # the item keeps the record's time base and meta only: its arrays (a VLM record holds every
+        # branch/pool variant) would otherwise stay in memory for the whole run
+        slim = FeatureRecord(TimeSeries(np.zeros((len(x), 0), np.float32), rec.base, rec.mask), {}, rec.meta,
+                             rec.config_hash)
+        items.append(BehaviorItem(v, x, valid, slim, record_segments(rec, n_frames, fps), n_frames, fps))
     return items, missing
 
 
 def fit_norm(items: list[BehaviorItem]) -> dict[str, list[float]]:
-    """Per-column mean and std over the valid training segments (NaN values ignored; std floored at 1e-6)."""
-    rows = [it.x[it.valid] for it in items if it.valid.any()]
-    if not rows:
+    """Per-column mean and std over the valid training segments (NaN values ignored; std floored at 1e-6),
+    accumulated video by video in float64 (:class:`vaest.metrics.RunningMoments`: no copy of the corpus)."""
+    from vaest.metrics import RunningMoments
+
+    mom = RunningMoments(ignore_nan=True)
+    for it in items:
+        if it.valid.any():
+            mom.add(it.x[it.valid])
+    if mom.n is None:
         raise FeatureError("no valid training segment: cannot fit the feature normalisation")
-    allx = np.concatenate(rows).astype(np.float64)
-    with np.errstate(all="ignore"):
-        mean = np.nanmean(np.where(np.isfinite(allx), allx, np.nan), 0)
-        std = np.nanstd(np.where(np.isfinite(allx), allx, np.nan), 0)
-    mean = np.nan_to_num(mean)
-    std = np.maximum(np.nan_to_num(std), 1e-6)
-    return {"mean": mean.tolist(), "std": std.tolist()}
+    return mom.norm(1e-6)
 
 
 def apply_norm(x: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
