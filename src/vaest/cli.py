@@ -607,7 +607,7 @@ def predict(
                                         )] = "main",
     config: ConfigDefaultsOpt = None,
     engine: Annotated[str, typer.Option("--engine", help="local: this process; ray: one Predictor per Ray worker, "
-                                        "outputs written here as results arrive (docs/scale.md).")] = "local",
+                                        "outputs written here as results arrive (README: Scale-out).")] = "local",
     address: AddressOpt = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="ray: workers (default: what the cluster "
                                                    "can place, one CPU each).")] = None,

@@ -381,7 +381,8 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
     tok_masks: list[np.ndarray] = []
     offset = 0
     by_id = {v.id: v for v in videos}
-    for vid, tr in tracks.items():
+    for vid in list(tracks):
+        tr = tracks.pop(vid)  # a video's tracks are dropped once its inputs are built: one copy of the data, not two
         ref = next(tr[m] for m in names if tr[m] is not None)
         n, fps = len(ref), ref.fps
         for m, t in tr.items():
