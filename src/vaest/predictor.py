@@ -1053,12 +1053,12 @@ def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: "Pred
         predictor: a :class:`Predictor`, or the keyword arguments that build one (the Ray engine builds one per
             worker from them; a given Predictor's own ``init_kwargs`` are used there).
         engine: ``local`` (this process) or ``ray``: a pool of Ray actors, each holding one Predictor, while this
-            process writes every output and the index as results arrive (:func:`vaest.scale.run_actor_pool`).
+            process writes every output and the index as results arrive (:func:`vaest.actors.run_actor_pool`).
         address: Ray cluster address (``host:6379``, ``ray://host:10001`` or ``auto``); None starts a local Ray.
         workers: Ray actors (default: what the cluster can place, at most one per input).
         gpus_per_worker, cpus_per_worker: what each actor reserves (a GPU actor's Predictor runs on its GPU).
         file_timeout: seconds a Ray worker may spend on one file before it is replaced (the file is tried once
-            more on a new worker, then recorded as failed); None = :data:`vaest.scale.DEFAULT_FILE_TIMEOUT`,
+            more on a new worker, then recorded as failed); None = :data:`vaest.actors.DEFAULT_FILE_TIMEOUT`,
             0 or less = no limit. A worker that dies is handled the same way.
     Returns:
         This run's index rows (skipped inputs included, with their earlier row).
@@ -1129,7 +1129,7 @@ def _predict_ray(todo: list[tuple[Path, Path]], cls: type, kwargs: dict[str, Any
     written by ``finish`` in this process as they arrive."""
     import functools
 
-    from vaest.scale import DEFAULT_FILE_TIMEOUT, PoolOutcome, cluster_room, connect_ray, run_actor_pool
+    from vaest.actors import DEFAULT_FILE_TIMEOUT, PoolOutcome, cluster_room, connect_ray, run_actor_pool
 
     if not todo:
         return

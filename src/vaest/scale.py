@@ -3,7 +3,8 @@
 Engines:
 
 - ``local``: :func:`vaest.features.base.run_extraction` in this process (decode once, feed every extractor).
-- ``ray``: a pool of Ray actors, one per worker (one CPU each by default, or one GPU each when an extractor's
+- ``ray``: a pool of Ray actors (:func:`vaest.actors.run_actor_pool`, the pool prediction uses too), one per
+  worker (one CPU each by default, or one GPU each when an extractor's
   config asks for ``cuda``, or for ``auto`` on a cluster with GPUs; Ray sets ``CUDA_VISIBLE_DEVICES`` so
   ``cuda`` means the worker's own GPU). Workers are capped to what the cluster can place now. Each actor
   builds every extractor once from its (registry name, config) spec and keeps it for all the media it is given;
@@ -26,11 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from vaest.corpus import Video
 from vaest.errors import VaestError
@@ -44,15 +44,12 @@ from vaest.features.base import (
     save_records,
 )
 from vaest.features.base import run_extraction as run_local
+from vaest.actors import DEFAULT_FILE_TIMEOUT, PoolOutcome, cluster_room, connect_ray, error_text, run_actor_pool
 from vaest.features.store import FeatureRecord, FeatureStore
-from vaest.progress import make_progress
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-# Seconds a Ray worker may spend on one media file before it is killed and the file recorded as failed: ten
-# times what a 15-minute video (the longest in Aff-Wild2) takes with every CPU extractor (RTF ~0.4 on one core).
-DEFAULT_FILE_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -103,174 +100,6 @@ def wants_cuda(extractors: Iterable[Extractor]) -> bool:
     return any(d.startswith("cuda") for d in extractor_devices(extractors))
 
 
-def _error_text(e: BaseException) -> str:
-    return str(e) if isinstance(e, VaestError) else f"{type(e).__name__}: {e}"
-
-
-def connect_ray(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None) -> bool:
-    """Connect to the Ray cluster at ``address`` or start a local one (``num_cpus`` CPUs, no dashboard).
-
-    Returns True when this call started or connected Ray (the caller then shuts it down), False when Ray was
-    already initialised in this process (it is reused and left running).
-    """
-    try:
-        import ray
-    except ImportError:
-        raise VaestError("the Ray engine needs Ray: pip install 'vaest[scale]'") from None
-    if ray.is_initialized():
-        return False
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if runtime_env:
-        kw["runtime_env"] = runtime_env
-    if address:
-        try:
-            ray.init(address=address, **kw)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise VaestError(f"cannot connect to the Ray cluster at {address!r} ({e})") from None
-        log.info("connected to Ray at %s: %s", address, ray.cluster_resources())
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
-        log.info("started a local Ray: %s", ray.cluster_resources())
-    return True
-
-
-class PoolWorker:
-    """A Ray actor body for :func:`run_actor_pool`: builds its state once (``make_state()``: e.g. a
-    :class:`vaest.predictor.Predictor` with its models loaded) and runs ``call(state, *args)`` per job."""
-
-    def __init__(self, make_state: Callable[[], Any]) -> None:
-        # Ray sets OMP_NUM_THREADS to the actor's CPUs, so torch in a worker uses only its share of the cores
-        self.state = make_state()
-
-    def run(self, call: Callable[..., Any], args: tuple) -> Any:
-        return call(self.state, *args)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
-@dataclass
-class PoolOutcome:
-    """What became of one job of :func:`run_actor_pool`: ``ok`` and the call's ``result``, or the ``error``
-    text (the call raised, its worker died, or it ran past the per-job timeout), after ``tries`` attempts."""
-
-    ok: bool
-    result: Any = None
-    error: str = ""
-    tries: int = 1
-
-
-def cluster_room(cpus_per_worker: float, gpus_per_worker: float) -> int:
-    """Workers of this size that the connected Ray cluster can place now (GPU workers: by its GPUs)."""
-    import ray
-
-    res = ray.cluster_resources()
-    if gpus_per_worker > 0:
-        return int(res.get("GPU", 0) // gpus_per_worker)
-    return max(1, int(res.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
-
-
-def run_actor_pool(jobs: list[tuple[Any, tuple]], make_state: Callable[[], Any], call: Callable[..., Any],
-                   on_done: Callable[[Any, PoolOutcome], None], num_workers: int, cpus_per_worker: float = 1.0,
-                   gpus_per_worker: float = 0.0, job_timeout: float | None = None, retries: int = 0,
-                   label: str = "ray", total: int | None = None, completed: int = 0) -> None:
-    """Run ``call(state, *args)`` for every ``(key, args)`` job on a pool of Ray actors (Ray already connected).
-
-    Each actor builds its ``state`` once with ``make_state`` (its start-up does not count against a job's
-    clock). Results come back to this process, which hands each to ``on_done(key, outcome)`` as it arrives
-    (the caller writes its outputs there: workers need no shared file system). An actor that dies (a native
-    crash, out of memory, SIGKILL) or is still busy with one job after ``job_timeout`` seconds is killed and
-    replaced; its job is tried again up to ``retries`` times on a fresh actor, then reported as failed. A job
-    whose call raises is reported as failed at once (``call`` should return errors it expects instead).
-
-    Args:
-        jobs: (key, args) pairs, done in this order as workers free up.
-        make_state, call: picklable (module-level functions or classes; Ray ships them to the actors).
-        on_done: called in this process, once per job, in completion order.
-        num_workers: actors (at most one per job).
-        cpus_per_worker, gpus_per_worker: resources each actor reserves.
-        job_timeout: seconds one job may run; None = no limit.
-        retries: further tries of a job whose worker died or hung.
-        label, total, completed: the progress bar.
-    """
-    import ray
-    from ray.exceptions import RayActorError
-
-    remote_cls = ray.remote(PoolWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
-    num_workers = max(1, min(num_workers, len(jobs)))
-    actors: list[Any] = []
-
-    def new_actor() -> Any:
-        return remote_cls.remote(make_state)
-
-    try:
-        actors = [new_actor() for _ in range(num_workers)]
-        # a job's clock starts when its worker is up, so a slow actor start-up does not count against it
-        ray.get([a.pid.remote() for a in actors])
-        queue: list[tuple[Any, tuple, int]] = [(k, a, 1) for k, a in jobs]
-        inflight: dict[Any, tuple[int, Any, tuple, int]] = {}
-        started_at: dict[Any, float] = {}
-
-        def submit(slot: int) -> None:
-            if not queue:
-                return
-            key, args, tries = queue.pop(0)
-            ref = actors[slot].run.remote(call, args)
-            inflight[ref] = (slot, key, args, tries)
-            started_at[ref] = time.monotonic()
-
-        def replace(slot: int) -> None:
-            try:
-                ray.kill(actors[slot], no_restart=True)
-            except Exception:  # already gone
-                pass
-            actors[slot] = new_actor()
-            ray.get(actors[slot].pid.remote())
-
-        with make_progress() as prog:
-            task = prog.add_task(label, total=total if total is not None else len(jobs), completed=completed)
-            for slot in range(len(actors)):
-                submit(slot)
-            while inflight:
-                oldest = min(inflight, key=started_at.__getitem__)  # the job whose worker has run longest
-                wait_s = None
-                if job_timeout is not None:
-                    wait_s = max(0.0, started_at[oldest] + job_timeout - time.monotonic())
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
-                stuck = not ready  # only the timeout returns nothing: the oldest job has run past job_timeout
-                ref = oldest if stuck else ready[0]
-                slot, key, args, tries = inflight.pop(ref)
-                started_at.pop(ref, None)
-                lost = ""
-                if stuck:  # alive but stuck on this job: stop the worker
-                    log.warning("%s: no result after %.0f s (--file-timeout); stopping its worker", key, job_timeout)
-                    lost = f"timed out after {job_timeout:g} s (file timeout)"
-                    replace(slot)
-                    outcome = PoolOutcome(False, error=lost, tries=tries)
-                else:
-                    try:
-                        outcome = PoolOutcome(True, ray.get(ref), tries=tries)
-                    except RayActorError as e:  # the worker process died: replace it
-                        lost = f"worker died ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
-                        replace(slot)
-                        outcome = PoolOutcome(False, error=lost, tries=tries)
-                    except Exception as e:  # the call raised, or its result was lost
-                        outcome = PoolOutcome(False, error=_error_text(e), tries=tries)
-                if lost and tries <= retries:
-                    log.warning("%s: %s; trying it again on a new worker", key, lost)
-                    queue.insert(0, (key, args, tries + 1))
-                else:
-                    on_done(key, outcome)
-                    prog.advance(task)
-                submit(slot)
-    finally:
-        for a in actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # already gone
-                pass
-
-
 def _extraction_state() -> dict:
     return {}
 
@@ -288,7 +117,7 @@ def _extract_call(built: dict, media: Path, videos: list[Video], specs: list[Ext
             extractors.append(built[spec.key()])
         recs, n, unfed, why = extract_media(media, videos, extractors, batch_size, max_side)
     except Exception as e:  # reported to the driver, which records the failure and goes on
-        return False, _error_text(e), 0, [], ""
+        return False, error_text(e), 0, [], ""
     return True, recs, n, [extractors.index(e) for e in unfed], why
 
 
@@ -399,7 +228,7 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
                     else:
                         rep.done.append(str(media))
                 except Exception as e:  # e.g. disk full: recorded like any failure
-                    record_media_failure(store, rep, media, vids, todo, _error_text(e))
+                    record_media_failure(store, rep, media, vids, todo, error_text(e))
             else:
                 record_media_failure(store, rep, media, vids, todo, str(out))
 
