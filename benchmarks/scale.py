@@ -11,7 +11,7 @@ records, normalisation), its epoch time (training + validation, from ``history.j
 floor is ``python -c "import torch, vaest.tasks.face"`` in the same way (the libraries alone).
 ``--old SRC`` also runs another checkout's ``src`` (e.g. ``git archive main src``) on the same stores.
 
-Prediction (``ray``): 40 short clips cut from CREMA-D (``--clips``), zero-shot ``vaest predict`` in one process
+Prediction (``ray``): 40 short clips (1.5 s) cut from CREMA-D's six videos (``--clips``), zero-shot ``vaest predict`` in one process
 (local engine) vs ``--engine ray --workers 1`` and ``--workers 2``, each a separate process: files per second,
 CPU seconds per file (the process and all its children, Ray workers included, from ``os.wait4``), peak RSS of
 the driver and of each worker, and Ray's start-up (connect + first worker ready). ``--kill`` SIGKILLs one Ray
@@ -199,39 +199,49 @@ def run_train(args: argparse.Namespace) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def make_clips(src: Path, dest: Path, n: int = 40, seconds: float = 2.0) -> list[Path]:
-    """``n`` short clips (first ``seconds`` of CREMA-D's audio-visual files) re-encoded with ffmpeg into ``dest``."""
+def make_clips(src: Path, dest: Path, n: int = 40, seconds: float = 1.5) -> list[Path]:
+    """``n`` short real clips cut from CREMA-D's audio-visual files (``.flv``, about 2 s each) with ffmpeg into
+    ``dest``: clip ``i`` is ``seconds`` of video ``i mod len(videos)`` from 0.05 x (i // len(videos)) s on, so
+    every clip is a different file with its own content."""
     dest.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".mp4", ".flv", ".avi", ".mkv"))[:n]
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in (".mp4", ".flv", ".avi", ".mkv"))
+    if not files:
+        raise SystemExit(f"{src}: no video files")
     out = []
-    for f in files:
-        o = dest / (f.stem + ".mp4")
+    for i in range(n):
+        f = files[i % len(files)]
+        start = 0.05 * (i // len(files))
+        o = dest / f"{f.stem}_{i:02d}.mp4"
         if not o.exists():
-            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(f), "-t", str(seconds), "-c:v", "libx264",
-                            "-preset", "veryfast", "-c:a", "aac", str(o)], check=True)
+            # CREMA-D's flv holds a data stream, mp3 audio and VP6 video: map both media streams, seek after
+            # opening (the VP6 decoder needs the stream from its start)
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(f), "-map", "0:v:0", "-map", "0:a:0",
+                            "-ss", f"{start:.2f}", "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast",
+                            "-pix_fmt", "yuv420p", "-c:a", "aac", str(o)], check=True)
         out.append(o)
     return out
 
 
-def _tree_rss(pid: int) -> dict[int, int]:
-    """RSS (kB) of ``pid`` and its descendants, from /proc."""
+def _tree(pid: int) -> dict[int, tuple[int, float]]:
+    """(RSS kB, CPU seconds so far) of ``pid`` and each of its descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
     kids: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
                 continue
-            kids.setdefault(ppid, []).append(int(d.name))
+            stats[int(d.name)] = fields
+            kids.setdefault(int(fields[1]), []).append(int(d.name))
     out, todo = {}, [pid]
     while todo:
         p = todo.pop()
-        try:
-            for ln in Path(f"/proc/{p}/status").read_text().splitlines():
-                if ln.startswith("VmRSS:"):
-                    out[p] = int(ln.split()[1])
-        except OSError:
-            pass
+        f = stats.get(p)
+        if f is not None:
+            # fields after the name: state ppid ... utime (12th) stime (13th) ... rss (22nd, pages)
+            out[p] = (int(f[21]) * os.sysconf("SC_PAGE_SIZE") // 1024, (int(f[11]) + int(f[12])) / tick)
         todo.extend(kids.get(p, []))
     return out
 
@@ -253,28 +263,32 @@ def run_predict(clips: list[Path], out: Path, extra: list[str], kill: bool = Fal
                           *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                          start_new_session=True)
     peaks: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    names: dict[int, str] = {}
     killed = None
     while p.poll() is None:
-        for pid, kb in _tree_rss(p.pid).items():
+        for pid, (kb, c) in _tree(p.pid).items():
             peaks[pid] = max(peaks.get(pid, 0), kb)
-        if kill and killed is None and len(list(out.glob("*.csv"))) >= 4:
-            workers = [pid for pid in _tree_rss(p.pid) if "PoolWorker" in _cmdline(pid)]
+            cpu[pid] = max(cpu.get(pid, 0.0), c)
+            if "PoolWorker" not in names.get(pid, ""):  # an idle Ray worker becomes the actor later
+                names[pid] = _cmdline(pid)
+        if kill and killed is None and len([q for q in out.glob("*.csv") if q.name != "index.csv"]) >= 4:
+            workers = [pid for pid in _tree(p.pid) if "PoolWorker" in _cmdline(pid)]
             if workers:
                 killed = workers[0]
                 os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
     _, err = p.communicate()
     wall = time.perf_counter() - t0
-    ru = os.wait4 if False else None  # noqa: F841 (the child was reaped by Popen; use its rusage below)
-    cpu = _children_cpu()
-    roles = {pid: ("worker" if "PoolWorker" in _cmdline(pid) or pid not in (p.pid,) and "ray::" in _cmdline(pid)
-                   else "other") for pid in peaks}
-    roles[p.pid] = "driver"
-    worker_peaks = sorted((kb // 1024 for pid, kb in peaks.items() if roles.get(pid) == "worker"), reverse=True)
+    reaped = _children_cpu()  # the driver and what it reaped (Ray's workers are not its children)
+    workers = [pid for pid in peaks if "PoolWorker" in names.get(pid, "")]
     rows = (out / "index.csv").read_text().splitlines()[1:] if (out / "index.csv").exists() else []
-    return {"rc": p.returncode, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "files_ok": sum(",ok," in r for r in rows),
-            "files": len(rows), "driver_peak_rss_mb": peaks.get(p.pid, 0) // 1024, "worker_peak_rss_mb": worker_peaks,
-            "killed_worker": killed, "log_tail": err[-600:]}
+    return {"rc": p.returncode, "wall_s": round(wall, 1), "cpu_s": round(max(sum(cpu.values()), reaped), 1),
+            "cpu_workers_s": round(sum(cpu[q] for q in workers), 1), "cpu_driver_s": round(cpu.get(p.pid, 0.0), 1),
+            "files_ok": sum(",ok," in r for r in rows), "files": len(rows),
+            "driver_peak_rss_mb": peaks.get(p.pid, 0) // 1024,
+            "worker_peak_rss_mb": sorted((peaks[q] // 1024 for q in workers), reverse=True),
+            "processes": len(peaks), "killed_worker": killed, "log_tail": err[-400:]}
 
 
 _CPU_SEEN = [0.0]
