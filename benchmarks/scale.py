@@ -20,7 +20,7 @@ worker once the first outputs are written and checks that the batch completes wi
 Usage::
 
     python benchmarks/scale.py train --sizes 0.01,0.05,0.2 --dims 256,1280 --work /tmp/vaest-scale
-    python benchmarks/scale.py train --sizes 0.05,0.2 --dims 1280 --max-batches 20   # memory at size, less CPU
+    python benchmarks/scale.py train --sizes 0.01,0.05,0.2 --dims 1280 --small   # memory at size, less CPU
     python benchmarks/scale.py ray --clips /work/shared/data/cremad-av --work /tmp/vaest-ray [--kill]
 """
 
@@ -102,10 +102,14 @@ def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def child_face(root: Path, dim: int, out: Path, max_batches: int | None = None) -> None:
+SMALL_MODEL = {"hidden_dim": 32, "heads": 2, "layers": 1}
+
+
+def child_face(root: Path, dim: int, out: Path, max_batches: int | None = None, small: bool = False) -> None:
     """One epoch of reference face training (this process is the measured one); prints a JSON line.
     ``max_batches``: stop the epoch's training after that many batches (validation and the export of every
-    video's predictions still run over the whole corpus)."""
+    video's predictions still run over the whole corpus). ``small``: the reference model at a small size
+    (:data:`SMALL_MODEL`: the same data path, a fraction of the compute) for memory runs at large sizes."""
     t0 = time.perf_counter()
     marks: dict[str, float] = {}
 
@@ -119,7 +123,8 @@ def child_face(root: Path, dim: int, out: Path, max_batches: int | None = None) 
     from vaest.tasks.face import settings_from, train_face
 
     st, cfg = settings_from({}, {"preset": "reference", "epochs": 1, "encoder": ENCODERS[dim], "device": "cpu",
-                                 "max_batches_per_epoch": max_batches})
+                                 "max_batches_per_epoch": max_batches,
+                                 "model_config": SMALL_MODEL if small else None})
     import vaest.training as training
 
     fit = training.fit
@@ -179,11 +184,12 @@ def run_train(args: argparse.Namespace) -> list[dict]:
                 out = root / f"run-{name}"
                 shutil.rmtree(out, ignore_errors=True)
                 env = {**os.environ, "PYTHONPATH": src, "VAEST_NO_PROGRESS": "1", "OMP_NUM_THREADS": "2"}
-                cap = ["--max-batches", str(args.max_batches)] if args.max_batches else []
+                cap = (["--max-batches", str(args.max_batches)] if args.max_batches else []) + \
+                    (["--small"] if args.small else [])
                 r = measured([sys.executable, str(here), "child-face", "--root", str(root), "--dim", str(dim),
                               "--out", str(out), *cap], env=env)
                 r.update(code=name, frames=frames, dim=dim, build_s=round(build_s, 1), floor_rss_mb=floor["peak_rss_mb"],
-                         max_batches=args.max_batches,
+                         max_batches=args.max_batches, small_model=args.small,
                          epoch_us_per_frame=round(1e6 * r["epoch_s"] / frames, 1),
                          epoch_cpu_us_per_frame=round(1e6 * r["epoch_cpu_s"] / frames, 1))
                 print(json.dumps(r), flush=True)
@@ -349,11 +355,13 @@ def main() -> None:
     t.add_argument("--json", default=None, help="write the results here")
     t.add_argument("--max-batches", type=int, default=None,
                    help="cap the epoch's training batches (memory runs at large sizes on a busy machine)")
+    t.add_argument("--small", action="store_true", help="the reference model at a small size (memory runs)")
     c = sub.add_parser("child-face")
     c.add_argument("--root", required=True)
     c.add_argument("--dim", type=int, required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--max-batches", type=int, default=None)
+    c.add_argument("--small", action="store_true")
     r = sub.add_parser("ray")
     r.add_argument("--clips", default="/work/shared/data/cremad-av")
     r.add_argument("--n", type=int, default=40)
@@ -362,7 +370,7 @@ def main() -> None:
     r.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.cmd == "child-face":
-        child_face(Path(args.root), args.dim, Path(args.out), args.max_batches)
+        child_face(Path(args.root), args.dim, Path(args.out), args.max_batches, args.small)
         return
     res = run_train(args) if args.cmd == "train" else run_ray(args)
     if args.json:
