@@ -11,6 +11,9 @@ records, normalisation), its epoch time (training + validation, from ``history.j
 floor is ``python -c "import torch, vaest.tasks.face"`` in the same way (the libraries alone).
 ``--old SRC`` also runs another checkout's ``src`` (e.g. ``git archive main src``) on the same stores.
 
+float16 (``demo-face``): a ``vaest demo`` output's face features copied into a float32 and a float16 store,
+the demo's face training on each (and the old code on float32): validation CCC and store size.
+
 Prediction (``ray``): 40 short clips (1.5 s) cut from CREMA-D's six videos (``--clips``), zero-shot ``vaest predict`` in one process
 (local engine) vs ``--engine ray --workers 1`` and ``--workers 2``, each a separate process: files per second,
 CPU seconds per file (the process and all its children, Ray workers included, from ``os.wait4``), peak RSS of
@@ -22,11 +25,13 @@ Usage::
     python benchmarks/scale.py train --sizes 0.01,0.05,0.2 --dims 256,1280 --work /tmp/vaest-scale
     python benchmarks/scale.py train --sizes 0.01,0.05,0.2 --dims 1280 --small   # memory at size, less CPU
     python benchmarks/scale.py ray --clips /work/shared/data/cremad-av --work /tmp/vaest-ray [--kill]
+    python benchmarks/scale.py demo-face --demo DEMO_OUT [--old OLD_SRC]   # float16 vs float32 face features
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -61,15 +66,15 @@ def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = 
     if done.exists():
         return root
     rng = np.random.default_rng(seed)
-    n_videos = max(2, -(-frames // VIDEO_FRAMES))
+    sizes = [VIDEO_FRAMES] * (frames // VIDEO_FRAMES) + ([frames % VIDEO_FRAMES] if frames % VIDEO_FRAMES else [])
+    if len(sizes) < 2:  # one train and one val video at least
+        sizes = [frames - frames // 2, frames // 2]
+    n_videos = len(sizes)
     n_val = max(1, round(0.19 * n_videos))
     store = FeatureStore(root / "store", dtype=dtype)
     proj = rng.standard_normal((2, dim)).astype(np.float32)
     fps_rows = ["video,fps"]
-    left = frames
-    for i in range(n_videos):
-        n = min(VIDEO_FRAMES, left - (n_videos - i - 1)) if i == n_videos - 1 else min(VIDEO_FRAMES, left)
-        left -= n
+    for i, n in enumerate(sizes):
         vid = f"vid{i:04d}"
         split = "Validation_Set" if i < n_val else "Train_Set"
         # smooth VA: a random walk low-passed, in [-1, 1]
@@ -95,6 +100,30 @@ def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = 
     (root / "corpus" / "videos_fps.csv").write_text("\n".join(fps_rows) + "\n")
     done.write_text(json.dumps({"frames": frames, "dim": dim, "videos": n_videos}))
     return root
+
+
+def build_runs(root: Path, seed: int = 1) -> dict[str, Path]:
+    """Face and behavior prediction runs for the corpus under ``root`` (what fusion trains on), written through
+    :func:`vaest.inference.save_predictions`: per frame a VA pair near the label and a 256-d embedding."""
+    from vaest.corpus import load_corpus
+    from vaest.inference import save_predictions, write_run_json
+
+    runs = {m: root / f"runs-{m}" for m in ("face", "behavior")}
+    if all((r / "run.json").exists() for r in runs.values()):
+        return runs
+    rng = np.random.default_rng(seed)
+    corpus = load_corpus(root / "corpus")
+    proj = rng.standard_normal((2, 256)).astype(np.float32)
+    for v in corpus:
+        lab = np.nan_to_num(v.labels, nan=0.0).astype(np.float32)
+        n = len(lab)
+        for m, noise in (("face", 0.3), ("behavior", 0.5)):
+            va = np.clip(lab + noise * rng.standard_normal((n, 2), dtype=np.float32), -1, 1)
+            emb = rng.standard_normal((n, 256), dtype=np.float32) + va @ proj
+            save_predictions(runs[m], v.id, va, 30.0, emb=emb, mask=np.ones(n, bool), meta={"modality": m})
+    for m, r in runs.items():
+        write_run_json(r, modality=m, corpus=str(root / "corpus"))
+    return runs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,6 +177,22 @@ def child_face(root: Path, dim: int, out: Path, max_batches: int | None = None, 
                       "ccc": res["metrics"]["mean"]}))
 
 
+def child_fusion(root: Path, out: Path, max_batches: int | None = None, small: bool = False) -> None:
+    """One epoch of DCMMoE fusion training on the face and behavior runs of ``root``; prints a JSON line."""
+    t0 = time.perf_counter()
+    from vaest.tasks.fusion import default_train_config, train_fusion
+
+    runs = {m: root / f"runs-{m}" for m in ("face", "behavior")}
+    cfg = dataclasses.replace(default_train_config("dcmmoe"), epochs=1, max_batches_per_epoch=max_batches,
+                              device="cpu")
+    c = time.process_time()
+    res = train_fusion(runs, root / "corpus", out, method="dcmmoe", train_cfg=cfg, crossfit=False,
+                       model_cfg={"d_model": 32, "heads": 2, "layers": 1, "ffn": 64} if small else None)
+    hist = json.loads((out / "history.json").read_text())
+    print(json.dumps({"epoch_s": hist["seconds"], "cpu_s": time.process_time() - c, "wall_s": time.perf_counter() - t0,
+                      "ccc": res["mean"]}))
+
+
 def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Run ``cmd`` under /usr/bin/time -v; its peak RSS (MB), wall time and the JSON line it printed last."""
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
@@ -188,15 +233,77 @@ def run_train(args: argparse.Namespace) -> list[dict]:
                     (["--small"] if args.small else [])
                 r = measured([sys.executable, str(here), "child-face", "--root", str(root), "--dim", str(dim),
                               "--out", str(out), *cap], env=env)
-                r.update(code=name, frames=frames, dim=dim, build_s=round(build_s, 1), floor_rss_mb=floor["peak_rss_mb"],
+                r.update(task="face", code=name, frames=frames, dim=dim, build_s=round(build_s, 1), floor_rss_mb=floor["peak_rss_mb"],
                          max_batches=args.max_batches, small_model=args.small,
                          epoch_us_per_frame=round(1e6 * r["epoch_s"] / frames, 1),
                          epoch_cpu_us_per_frame=round(1e6 * r["epoch_cpu_s"] / frames, 1))
                 print(json.dumps(r), flush=True)
                 results.append(r)
                 shutil.rmtree(out, ignore_errors=True)
+            if args.fusion and dim == max(int(d) for d in args.dims.split(",")):
+                build_runs(root)
+                for name, src in srcs:
+                    if name == "old" and frames > args.old_max_frames:
+                        continue
+                    out = root / f"fusion-{name}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    env = {**os.environ, "PYTHONPATH": src, "VAEST_NO_PROGRESS": "1", "OMP_NUM_THREADS": "2"}
+                    cap = (["--max-batches", str(args.max_batches)] if args.max_batches else []) + \
+                        (["--small"] if args.small else [])
+                    r = measured([sys.executable, str(here), "child-fusion", "--root", str(root), "--out", str(out),
+                                  *cap], env=env)
+                    r.update(task="fusion", code=name, frames=frames, max_batches=args.max_batches,
+                             small_model=args.small)
+                    print(json.dumps(r), flush=True)
+                    results.append(r)
+                    shutil.rmtree(out, ignore_errors=True)
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def child_demo_face(corpus: Path, store: Path, out: Path) -> None:
+    """The demo's face training (``vaest demo``'s settings: 12 epochs, early stop 5, seed 0) on ``store``;
+    prints a JSON line with the validation CCC."""
+    from vaest.tasks.face import train_face
+    from vaest.training import TrainConfig
+
+    res = train_face(corpus, store, out, train_cfg=TrainConfig(epochs=12, early_stop=5, seed=0))
+    print(json.dumps({"ccc": res["metrics"], "best_epoch": res["best_epoch"]}))
+
+
+def run_demo_face(args: argparse.Namespace) -> list[dict]:
+    """float32 vs float16 face features (and the old code on float32) with the demo's face training."""
+    from vaest.features.store import FeatureStore
+
+    work, demo = Path(args.work), Path(args.demo)
+    corpus = work / "corpus"
+    if not corpus.exists():
+        shutil.copytree(demo / "corpus", corpus)
+    stores = {}
+    for dtype in ("float32", "float16"):
+        st = FeatureStore(work / f"features-{dtype}", dtype=dtype)
+        src = FeatureStore(demo / "features")
+        for key in ("face-fer", "facetrack"):
+            for vid in src.videos(key):
+                if not st.path(key, vid).exists():
+                    st.save(key, vid, src.load(key, vid))
+        stores[dtype] = st.root
+    here = Path(__file__).resolve()
+    srcs = [("new", str(here.parents[1] / "src"))] + ([("old", args.old)] if args.old else [])
+    results = []
+    for name, src_dir in srcs:
+        for dtype, root in stores.items():
+            if name == "old" and dtype == "float16":
+                continue
+            out = work / f"run-{name}-{dtype}"
+            shutil.rmtree(out, ignore_errors=True)
+            env = {**os.environ, "PYTHONPATH": src_dir, "VAEST_NO_PROGRESS": "1"}
+            r = measured([sys.executable, str(here), "child-demo-face", "--corpus", str(corpus), "--store", str(root),
+                          "--out", str(out)], env=env)
+            r.update(code=name, dtype=dtype, store_mb=round(sum(p.stat().st_size for p in (root / "face-fer").glob("*.npz")) / 2**20, 1))
+            print(json.dumps(r), flush=True)
+            results.append(r)
     return results
 
 
@@ -356,12 +463,27 @@ def main() -> None:
     t.add_argument("--max-batches", type=int, default=None,
                    help="cap the epoch's training batches (memory runs at large sizes on a busy machine)")
     t.add_argument("--small", action="store_true", help="the reference model at a small size (memory runs)")
+    t.add_argument("--fusion", action="store_true", help="also one epoch of DCMMoE fusion at each size (largest dim)")
+    cf = sub.add_parser("child-fusion")
+    cf.add_argument("--root", required=True)
+    cf.add_argument("--out", required=True)
+    cf.add_argument("--max-batches", type=int, default=None)
+    cf.add_argument("--small", action="store_true")
     c = sub.add_parser("child-face")
     c.add_argument("--root", required=True)
     c.add_argument("--dim", type=int, required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--max-batches", type=int, default=None)
     c.add_argument("--small", action="store_true")
+    d = sub.add_parser("demo-face")
+    d.add_argument("--demo", required=True, help="a `vaest demo` output folder (its corpus and face features)")
+    d.add_argument("--work", default="/tmp/vaest-f16")
+    d.add_argument("--old", default=None)
+    d.add_argument("--json", default=None)
+    cd = sub.add_parser("child-demo-face")
+    cd.add_argument("--corpus", required=True)
+    cd.add_argument("--store", required=True)
+    cd.add_argument("--out", required=True)
     r = sub.add_parser("ray")
     r.add_argument("--clips", default="/work/shared/data/cremad-av")
     r.add_argument("--n", type=int, default=40)
@@ -372,7 +494,13 @@ def main() -> None:
     if args.cmd == "child-face":
         child_face(Path(args.root), args.dim, Path(args.out), args.max_batches, args.small)
         return
-    res = run_train(args) if args.cmd == "train" else run_ray(args)
+    if args.cmd == "child-fusion":
+        child_fusion(Path(args.root), Path(args.out), args.max_batches, args.small)
+        return
+    if args.cmd == "child-demo-face":
+        child_demo_face(Path(args.corpus), Path(args.store), Path(args.out))
+        return
+    res = {"train": run_train, "ray": run_ray, "demo-face": run_demo_face}[args.cmd](args)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
 
