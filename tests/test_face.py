@@ -29,10 +29,10 @@ from vaest.features.face import (
     letterbox,
     list_encoders,
     square_box,
-    zero_shot_va,
 )
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.timebase import TimeBase, TimeSeries
+from vaest.zeroshot import zero_shot_va
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
