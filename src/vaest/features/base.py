@@ -50,7 +50,7 @@ def register_extractor(name: str) -> Callable[[type], type]:
 def _import_all() -> None:
     import importlib
 
-    for mod in ("face", "mouth", "audio", "behavior", "persons", "person_behavior"):
+    for mod in ("face", "mouth", "audio", "behavior", "behavior_desc", "persons", "person_behavior"):
         try:
             importlib.import_module(f"vaest.features.{mod}")
         except ModuleNotFoundError as e:
