@@ -28,7 +28,8 @@ import numpy as np
 from vaest.corpus import Video
 from vaest.features.base import Extractor, register_extractor
 from vaest.features.behavior import BehaviorVLMConfig, BehaviorVLMExtractor
-from vaest.features.behavior_desc import FRAME_FEATURES, BehaviorDescConfig, aggregate_descriptors, person_descriptor_rows
+from vaest.features.behavior_desc import (FRAME_FEATURES, BehaviorDescConfig, aggregate_descriptors,
+                                          person_descriptor_rows)
 from vaest.features.person_tracker import merge_rows, track_plan
 from vaest.features.segments import Segment, plan_segments, segment_base, segment_extras, segment_meta
 from vaest.features.store import FeatureRecord
@@ -42,8 +43,8 @@ PERSON_DESC_KEY = "persons-behavior-desc"
 
 @dataclass
 class PersonBehaviorDescConfig(BehaviorDescConfig):
-    """``behavior-desc`` settings plus the crop window around each person (:func:`vaest.features.face_geometry.person_window`):
-    ``margin`` face widths either side, ``below`` face heights under the face, re-centred when the face box
+    """``behavior-desc`` settings plus the crop window around each person
+    (:func:`vaest.features.face_geometry.person_window`): ``margin`` face widths either side, ``below`` face heights under the face, re-centred when the face box
     overlaps the box the window was centred on by less than ``recentre_iou``
     (:func:`vaest.features.behavior_desc.person_descriptor_rows`)."""
 

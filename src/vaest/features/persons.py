@@ -41,11 +41,16 @@ NO_SPEECH = -1  # speaker code: no speech on this frame
 OFFSCREEN = -2  # speaker code: speech, but no visible mouth moves (off-screen voice)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The face encoder on each person's crops
+# ---------------------------------------------------------------------------------------------------------
+
+
 def encode_person_frames(fe: FaceEncoderExtractor, frames: np.ndarray, boxes: np.ndarray) -> dict[str, np.ndarray]:
     """A face encoder's outputs for one person over frames (B, H, W, 3) with that person's boxes (B, 4).
 
-    Crops are :func:`vaest.features.face_geometry.crop_face` with ``fe``'s crop framing (config or encoder default), encoded by
-    :meth:`FaceEncoderExtractor.encode_crops` (its TTA and thread settings).
+    Crops are :func:`vaest.features.face_geometry.crop_face` with ``fe``'s crop framing (config or encoder
+    default), encoded by :meth:`FaceEncoderExtractor.encode_crops` (its TTA and thread settings).
 
     Returns:
         ``emb`` (B, D), ``probs`` (B, C) (and ``va`` (B, 2)), NaN where the box is NaN.
