@@ -27,7 +27,7 @@ import torch
 
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
-from vaest.features.face import face_key
+from vaest.features.face_registry import face_key
 from vaest.features.store import Expect, FeatureRecord, FeatureStore, LazyRecord
 from vaest.metrics import RunningMoments
 from vaest.timebase import TimeBase, nearest_index
@@ -211,7 +211,7 @@ def face_motion(track: FeatureRecord, fps: float) -> np.ndarray:
     through the outer eye corners (radians, 0 = level) and its rate (radians per second). Velocities are 0
     where this frame or the previous one has no face; roll is 0 where there are no landmarks.
     """
-    from vaest.features.face import EYE_OUTER
+    from vaest.features.face_geometry import EYE_OUTER
 
     boxes = np.asarray(track.values, np.float64)
     n = len(boxes)
@@ -259,7 +259,7 @@ def face_expect(encoder: str, dim: int | None = None, config_hash: str | None = 
     """What a reader of ``face-<encoder>`` records asks of them: the width given, else the encoder's own width
     where it is known without loading weights (:func:`vaest.features.face.encoder_feature_dim`), and one config
     hash for every record (``config_hash``, else the first record's)."""
-    from vaest.features.face import encoder_feature_dim
+    from vaest.features.face_encoders import encoder_feature_dim
 
     return Expect(who or f"face encoder {encoder!r}", dim if dim is not None else encoder_feature_dim(encoder),
                   config_hash)
@@ -421,8 +421,8 @@ def _config_fields(model: str) -> set[str]:
 
 def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[FaceTrainSettings, TrainConfig]:
     """Face settings and training settings from a run config and CLI flags (see
-    :func:`vaest.config.split_settings`)."""
-    from vaest.config import split_settings
+    :func:`vaest.training.split_settings`)."""
+    from vaest.training import split_settings
 
     p, file_cfg, flags = resolve_preset("face", file_cfg, flags)
     st, cfg = split_settings(FaceTrainSettings, file_cfg, flags, "face", base=p.values if p else None)
