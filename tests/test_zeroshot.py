@@ -325,11 +325,11 @@ def zero_shot_result(synth_corpus):
 
 
 def test_predictor_zero_shot_video_fuses_face_and_voice(zero_shot_result):
-    """A talking-face video without a model: the face (minixception) and the voice both enter; the weights are
+    """A talking-face video without a model: the face (the zero-shot ensemble) and the voice both enter; the weights are
     the arousal weights of zero_shot_video; the meta counts the frames per modality set; notes are those of
     the gain-independent voice estimator."""
     from vaest.predictor import ZERO_SHOT_AUDIO_NOTE, ZERO_SHOT_VIDEO_NOTE
-    from vaest.zeroshot import VIDEO_WEIGHTS
+    from vaest.zeroshot import VIDEO_WEIGHTS, ZERO_SHOT_FACE_ENCODER
 
     df, meta = zero_shot_result.frame, zero_shot_result.meta
     assert {"face_valence", "face_arousal", "audio_arousal", "weight_face", "weight_audio"} <= set(df.columns)
@@ -350,7 +350,7 @@ def test_predictor_zero_shot_video_fuses_face_and_voice(zero_shot_result):
     np.testing.assert_allclose((wf + wa)[face | voice], 1.0, atol=1e-6)
     assert (df.loc[face | voice, "source"] == "estimated").all()
     assert ZERO_SHOT_VIDEO_NOTE in meta["notes"] and ZERO_SHOT_AUDIO_NOTE in meta["notes"]
-    assert "minixception" in " ".join(meta["notes"]) and "loudness-only" not in " ".join(meta["notes"])
+    assert ZERO_SHOT_FACE_ENCODER in " ".join(meta["notes"]) and "loudness-only" not in " ".join(meta["notes"])
 
 
 def test_predictor_zero_shot_to_html_and_plot(zero_shot_result, tmp_path):

@@ -572,7 +572,7 @@ def _load_encoder_modules() -> None:
 
 def list_encoders() -> list[str]:
     _load_encoder_modules()
-    return sorted(_ENCODERS)
+    return sorted([*_ENCODERS, "ensemble"])
 
 
 ENCODER_BACKENDS = ("auto", "torch", "onnx")
@@ -638,6 +638,12 @@ def create_encoder(name: str, weights: str | Path | None = None, device: str = "
     ``fer`` defaults to the weights inside the facial-emotion-recognition package; ``tiny`` stays random.
     ``backend`` (:func:`encoder_backend`): ``minixception`` on the CPU runs on ONNX Runtime under ``auto``
     (:class:`vaest.features.face_onnx.MiniXceptionOnnx`: same outputs, no torch import)."""
+    if name == "ensemble":  # the zero-shot face ensemble: ONNX Runtime only (vaest.features.face_onnx)
+        if device != "cpu" or backend == "torch" or config:
+            raise ModelError("the 'ensemble' face encoder runs on ONNX Runtime on the CPU, with no settings")
+        from vaest.features.face_onnx import FaceEnsembleOnnx
+
+        return FaceEnsembleOnnx(weights)  # type: ignore[return-value]
     if not config and encoder_backend(name, weights, device, backend) == "onnx":
         from vaest.features.face_onnx import MiniXceptionOnnx
 

@@ -41,6 +41,10 @@ from vaest.timebase import TimeBase, TimeSeries, to_frames
 if TYPE_CHECKING:
     from vaest.features.behavior import Segment
 
+# face encoder outputs kept per person: embedding, class probabilities, a valence/arousal head's output, and the
+# zero-shot ensemble's arousal reading (vaest.features.face_onnx.FaceEnsembleOnnx)
+ENCODER_OUTPUTS = ("emb", "probs", "va", "probs_arousal")
+
 log = logging.getLogger(__name__)
 
 NO_SPEECH = -1  # speaker code: no speech on this frame
@@ -593,6 +597,8 @@ def encode_person_frames(fe: FaceEncoderExtractor, frames: np.ndarray, boxes: np
            "probs": np.full((B, len(enc.classes)), np.nan, np.float32)}
     if enc.has_va:
         out["va"] = np.full((B, 2), np.nan, np.float32)
+    if getattr(enc, "arousal_probs", False):  # the zero-shot ensemble's arousal reading (one of its networks)
+        out["probs_arousal"] = np.full((B, len(enc.classes)), np.nan, np.float32)
     crops, rows = [], []
     for j in np.flatnonzero(np.isfinite(boxes).all(1)):
         c = crop_face(frames[j], boxes[j], *fe.framing)
@@ -985,7 +991,7 @@ class PersonsExtractor(Extractor):
             meta["classes"] = list(self.face_encoder.encoder.classes)
             raw_found = raw.found
             self._faces_done = {}
-            for k in ("emb", "probs", "va"):
+            for k in ENCODER_OUTPUTS:
                 if not self.face or k not in next(iter(self.face.values())):
                     continue
                 per = _stack_parts([self.face[int(pid)].pop(k) for pid in raw.ids], n)
@@ -1025,6 +1031,6 @@ def person_tracks_from_record(rec: FeatureRecord) -> tuple[PersonTracks, dict[in
     tr = PersonTracks(ids, boxes, rec.extras["conf"].T.astype(np.float32), lms, rec.extras["appearance"],
                       float(rec.meta["fps"]), tuple(rec.meta["frame_size"]), tuple(rec.meta["landmark_ids"]),
                       list(rec.meta.get("cuts", [])))
-    face = {int(p): {k: rec.extras[k][:, i] for k in ("probs", "emb", "va") if k in rec.extras}
+    face = {int(p): {k: rec.extras[k][:, i] for k in ENCODER_OUTPUTS if k in rec.extras}
             for i, p in enumerate(ids)}
     return tr, face
