@@ -577,7 +577,7 @@ def list_encoders() -> list[str]:
 
 ENCODER_BACKENDS = ("auto", "torch", "onnx")
 # encoders that also run on ONNX Runtime (vaest.features.face_onnx), without importing torch
-_ONNX_ENCODERS = ("minixception",)
+_ONNX_ENCODERS = ("minixception", "ensemble")
 
 
 def encoder_backend(name: str, weights: str | Path | None = None, device: str = "cpu", backend: str = "auto") -> str:
@@ -641,7 +641,10 @@ def create_encoder(name: str, weights: str | Path | None = None, device: str = "
     if name == "ensemble":  # the zero-shot face ensemble: ONNX Runtime only (vaest.features.face_onnx)
         if device != "cpu" or backend == "torch" or config:
             raise ModelError("the 'ensemble' face encoder runs on ONNX Runtime on the CPU, with no settings")
-        from vaest.features.face_onnx import FaceEnsembleOnnx
+        from vaest.features.face_onnx import FaceEnsembleOnnx, onnx_available
+
+        if not onnx_available():
+            raise ModelError("the 'ensemble' face encoder needs onnxruntime and onnx (pip install 'vaest[face]')")
 
         return FaceEnsembleOnnx(weights)  # type: ignore[return-value]
     if not config and encoder_backend(name, weights, device, backend) == "onnx":
