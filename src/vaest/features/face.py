@@ -845,15 +845,20 @@ class FaceEncoderExtractor(Extractor):
 # Zero-shot valence / arousal from expression probabilities
 # ---------------------------------------------------------------------------------------------------------
 
-# Russell-circumplex prototypes (valence, arousal) per expression; contempt is our own placement.
+# Valence, arousal per expression: the published mean ratings of the emotion terms on pleasure (valence) and
+# arousal, -1..1, of Russell & Mehrabian (1977), "Evidence for a three-factor theory of emotions", J. Research in
+# Personality 11(3):273-294 (their PAD scores of emotion terms: happy .81/.51, sad -.63/-.27, angry -.51/.59,
+# afraid -.64/.60, disgusted -.60/.35, surprised .40/.67; as reproduced in affective-computing code and, for anger
+# and fear, in Gebhard 2005, ALMA; the paper itself could not be checked offline). Neutral is the origin of the
+# circumplex by definition (not a rating); contempt is not in that list and keeps vaest's own placement.
 CIRCUMPLEX: dict[str, tuple[float, float]] = {
-    "happy": (0.8, 0.5),
+    "happy": (0.81, 0.51),
     "neutral": (0.0, 0.0),
-    "sad": (-0.7, -0.4),
-    "anger": (-0.6, 0.7),
-    "fear": (-0.6, 0.6),
-    "disgust": (-0.7, 0.3),
-    "surprise": (0.3, 0.8),
+    "sad": (-0.63, -0.27),
+    "anger": (-0.51, 0.59),
+    "fear": (-0.64, 0.60),
+    "disgust": (-0.60, 0.35),
+    "surprise": (0.40, 0.67),
     "contempt": (-0.5, 0.3),
 }
 _ALIASES = {"happiness": "happy", "joy": "happy", "angry": "anger", "sadness": "sad", "fearful": "fear",
@@ -873,9 +878,9 @@ def circumplex_prototypes(classes: Sequence[str]) -> np.ndarray:
 
 
 def zero_shot_va(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """Valence/arousal without a trained head: the probability-weighted mean of the classes' circumplex
-    prototypes (Russell: happy (+0.8, +0.5), neutral (0, 0), sad (-0.7, -0.4), anger (-0.6, +0.7),
-    fear (-0.6, +0.6), disgust (-0.7, +0.3), surprise (+0.3, +0.8); contempt (-0.5, +0.3)).
+    """Valence/arousal without a trained head: the probability-weighted mean of the classes' published
+    valence/arousal (:data:`CIRCUMPLEX`: happy (+0.81, +0.51), neutral (0, 0), sad (-0.63, -0.27), anger
+    (-0.51, +0.59), fear (-0.64, +0.60), disgust (-0.60, +0.35), surprise (+0.40, +0.67); contempt (-0.5, +0.3)).
 
     Args:
         probs: (n, C) class probabilities (rows are renormalised to sum 1; NaN rows stay NaN).
