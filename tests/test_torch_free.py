@@ -158,6 +158,7 @@ def test_encoder_backend_rules():
     assert encoder_backend("minixception", device="cuda") == "torch"
     assert encoder_backend("minixception", backend="torch") == "torch"
     assert encoder_backend("fer") == "torch" and encoder_backend("emotiefflib:enet_b0_8_va_mtl") == "torch"
+    assert encoder_backend("ensemble") == "onnx"  # ONNX Runtime only: the zero-shot default never imports torch
     with pytest.raises(ModelError, match="no ONNX Runtime path"):
         encoder_backend("fer", backend="onnx")
     with pytest.raises(ModelError, match="backend 'tf'"):
