@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.zeroshot_face import FPS, HIGH_A, LOW_A, arousal_spearman, clip_crops, emotion_of, encode
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository root importable
+from benchmarks.zeroshot_face import FPS, HIGH_A, LOW_A, arousal_spearman, clip_crops, emotion_of, encode  # noqa: E402
 
 log = logging.getLogger("vaest.benchmarks.zeroshot_av")
 PRIORS = (0.25, 0.5, 1.0)
