@@ -604,3 +604,39 @@ def test_odyssey_ser_layout_loads_through_audio_backbone_and_predicts(tmp_path):
     (folder / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(ModelError, match="odyssey"):
         SpeechEmotionPredictor(str(folder))
+
+
+def test_person_frames_keep_the_ensembles_arousal_probabilities():
+    """``encode_person_frames`` keeps ``probs_arousal`` for an encoder that gives one (the ``ensemble``), on the
+    rows with a box, NaN elsewhere; other encoders get no such key."""
+    from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor
+    from vaest.features.persons import encode_person_frames
+
+    class Stub:
+        classes = ("a", "b")
+        feature_dim = 3
+        has_va = False
+        light = True
+        crop_framing = (1.1, -0.05)
+        flip_default = False
+
+        def __init__(self, arousal: bool):
+            self.arousal_probs = arousal
+
+        def encode(self, crops, device="cpu", batch_size=64, flip=False):
+            n = len(crops)
+            out = {"emb": np.ones((n, 3), np.float32), "probs": np.tile([0.25, 0.75], (n, 1)).astype(np.float32)}
+            if self.arousal_probs:
+                out["probs_arousal"] = np.tile([1.0, 0.0], (n, 1)).astype(np.float32)
+            return out
+
+    frames = np.zeros((3, 40, 40, 3), np.uint8)
+    boxes = np.array([[5, 5, 30, 30], [np.nan] * 4, [5, 5, 30, 30]], np.float32)
+    for arousal in (True, False):
+        fe = FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny"))
+        fe._enc = Stub(arousal)
+        out = encode_person_frames(fe, frames, boxes)
+        assert ("probs_arousal" in out) == arousal
+        if arousal:
+            np.testing.assert_allclose(out["probs_arousal"][[0, 2]], [[1.0, 0.0]] * 2)
+            assert np.isnan(out["probs_arousal"][1]).all()
