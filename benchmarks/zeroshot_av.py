@@ -16,7 +16,6 @@ Usage: ``python benchmarks/zeroshot_av.py [--data ../shared/data/cremad-av] [--j
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -26,7 +25,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository root importable
-from benchmarks.zeroshot_face import FPS, HIGH_A, LOW_A, arousal_spearman, clip_crops, emotion_of, encode  # noqa: E402
+from benchmarks.zeroshot_face import (FPS, HIGH_A, LOW_A, arousal_spearman, clip_crops, cli_videos,  # noqa: E402
+                                      emotion_of, encode)
 
 log = logging.getLogger("vaest.benchmarks.zeroshot_av")
 PRIORS = (0.25, 0.5, 1.0)
@@ -84,14 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from vaest.features.face import create_encoder
     from vaest.metrics import auc
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cremad-av"))
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    videos = sorted(Path(args.data).glob("*.flv"))
-    if not videos:
-        raise SystemExit(f"{args.data}: no CREMA-D .flv clips")
+    args, videos = cli_videos(__doc__, argv)
     ensemble = create_encoder("ensemble")
     parts = {emotion_of(v): clip_parts(v, ensemble) for v in videos}
     for e, p in parts.items():

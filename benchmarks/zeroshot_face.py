@@ -216,20 +216,26 @@ def rows_of(probs: dict[str, dict[str, np.ndarray]], shipped: dict[str, np.ndarr
     }
 
 
+def cli_videos(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, list[Path]]:
+    """The command line of a zero-shot benchmark (``--data`` folder, ``--json`` output) and its CREMA-D videos."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cremad-av"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    videos = sorted(Path(args.data).glob("*.flv"))
+    if not videos:
+        raise SystemExit(f"{args.data}: no CREMA-D .flv clips")
+    return args, videos
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from vaest.features.face import create_encoder
     from vaest.media import iter_frames, read_audio
     from vaest.zeroshot import face_outputs_va, zero_shot_audio
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cremad-av"))
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args, videos = cli_videos(__doc__, argv)
     data = Path(args.data)
-    videos = sorted(data.glob("*.flv"))
-    if not videos:
-        raise SystemExit(f"{data}: no CREMA-D .flv clips")
     nets = {"minixception": create_encoder("minixception"), "fernet": create_encoder("fer")}
     ensemble = create_encoder("ensemble")
     probs: dict[str, dict[str, np.ndarray]] = {}
