@@ -95,6 +95,8 @@ def test_read_torch_legacy_gives_torch_tensors_without_torch(tmp_path):
     for k, v in obj["network"].items():
         np.testing.assert_array_equal(got["network"][k], v.numpy(), err_msg=k)
         assert got["network"][k].dtype == v.numpy().dtype
+    net = read_torch_legacy(path, keep="network")  # one entry only: the others' data are skipped
+    assert list(net) == list(obj["network"]) and np.array_equal(net["a.t"], w.t().numpy())
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pkl", _use_new_zipfile_serialization=False)
     with pytest.raises(ModelError, match="unexpected object"):
         read_torch_legacy(tmp_path / "module.pkl")

@@ -257,10 +257,11 @@ _TORCH_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfS
                  "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
 
 
-def read_torch_legacy(path: str | Path) -> dict[str, Any]:
+def read_torch_legacy(path: str | Path, keep: str | None = None) -> Any:
     """The object saved in a file of torch's legacy (pre-1.6, non-zip) format, read with ``pickle`` and numpy only:
     tensors come back as numpy arrays. Only plain containers, numbers, strings and tensors are rebuilt (any
-    other class raises :class:`ModelError`), so no code from the file runs.
+    other class raises :class:`ModelError`), so no code from the file runs. ``keep``: of a saved dict, only that
+    entry is returned and only its tensors' data read (the rest, e.g. an optimizer's state, is skipped).
 
     The layout (torch/serialization.py, ``_legacy_load``): four pickles (magic number, protocol version, system
     info, the object with its storages as persistent ids), the pickled list of storage keys, then per storage
@@ -275,6 +276,15 @@ def read_torch_legacy(path: str | Path) -> dict[str, Any]:
     class _Tensor:
         def __init__(self, key: str, offset: int, size: tuple[int, ...], stride: tuple[int, ...]):
             self.key, self.offset, self.size, self.stride = key, offset, tuple(size), tuple(stride)
+
+    def _tensors(o: Any) -> list[_Tensor]:
+        if isinstance(o, _Tensor):
+            return [o]
+        if isinstance(o, dict):
+            return [t for v in o.values() for t in _tensors(v)]
+        if isinstance(o, (list, tuple)):
+            return [t for v in o for t in _tensors(v)]
+        return []
 
     def rebuild(storage: str, offset: int, size: Any, stride: Any, *_: Any) -> _Tensor:
         return _Tensor(storage, offset, size, stride)
@@ -299,12 +309,18 @@ def read_torch_legacy(path: str | Path) -> dict[str, Any]:
             for _ in range(3):
                 _Reader(f).load()
             obj = _Reader(f).load()
+            if keep is not None and isinstance(obj, dict) and keep in obj:
+                obj = obj[keep]
             keys = _Reader(f).load()
+            used = {t.key for t in _tensors(obj)}
             data: dict[str, np.ndarray] = {}
             for k in keys:
                 dt = np.dtype(storages[str(k)]["dtype"])
                 n = int(np.frombuffer(f.read(8), "<i8")[0])
-                data[str(k)] = np.frombuffer(f.read(n * dt.itemsize), dt.newbyteorder("<"), count=n)
+                if str(k) in used:
+                    data[str(k)] = np.frombuffer(f.read(n * dt.itemsize), dt.newbyteorder("<"), count=n)
+                else:  # e.g. an optimizer state's storages when only the tensors of one dict entry are kept
+                    f.seek(n * dt.itemsize, 1)
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, IndexError, TypeError) as e:
         raise ModelError(f"{p}: not a torch weights file in the legacy format ({type(e).__name__}: {e})") from None
 
@@ -325,8 +341,7 @@ def read_torch_legacy(path: str | Path) -> dict[str, Any]:
 def read_fernet_state(path: str | Path) -> dict[str, np.ndarray]:
     """The ``facial-emotion-recognition`` network's parameters (its ``model/model.pkl``: a dict whose
     ``network`` entry is the state_dict) as numpy arrays, without torch."""
-    obj = read_torch_legacy(path)
-    state = obj.get("network", obj) if isinstance(obj, dict) else None
+    state = read_torch_legacy(path, keep="network")
     if not isinstance(state, dict) or "linear.2.weight" not in state:
         raise ModelError(f"{path}: no facial-emotion-recognition network state in this file")
     return {k: np.asarray(v) for k, v in state.items()}
