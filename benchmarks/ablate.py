@@ -186,7 +186,8 @@ def _train_behavior(cfg: AblationConfig, corpus: Any, feats: Path, out: Path, va
 
 def _train_fusion(cfg: AblationConfig, corpus_dir: Path, feats: Path, out: Path, values: dict[str, Any],
                   seed: int) -> None:
-    from vaest.tasks.fusion import dcmmoe_preset_kwargs, train_fusion
+    from vaest.tasks.fusion import train_fusion
+    from vaest.tasks.fusion_presets import dcmmoe_preset_kwargs
 
     kw = dcmmoe_preset_kwargs({"preset": REFERENCE}, {"epochs": cfg.fusion_epochs, "early_stop": cfg.early_stop,
                                                       "seed": seed})

@@ -332,7 +332,7 @@ def test_applying_two_windows_per_batch_gives_what_sixteen_give():
 
     from vaest.apply import windows_per_batch
     from vaest.models.temporal import FaceTransformer, FaceTransformerConfig
-    from vaest.training import predict_sequence
+    from vaest.sequences import predict_sequence
 
     assert windows_per_batch("cpu") == 2 and windows_per_batch("cuda:0") == 16
     torch.manual_seed(0)

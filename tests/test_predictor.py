@@ -270,7 +270,8 @@ def test_bundle_with_reference_fusion_applies_in_memory_like_its_export(ref_fusi
     from vaest.corpus import load_corpus
     from vaest.features.store import FeatureStore
     from vaest.inference import load_predictions, read_run_json
-    from vaest.tasks.fusion import AUDIO_TOKEN_KEY, load_track, windows_from_record
+    from vaest.inference import load_track
+    from vaest.inputs.audio_windows import AUDIO_TOKEN_KEY, windows_from_record
 
     run = ref_fusion_runs["fusions"][method]
     info = read_run_json(run)

@@ -17,7 +17,7 @@ from vaest.report import STAGES, evaluate_runs, format_markdown, format_text, st
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     s = make_synthetic_runs(root, n_train=2, n_val=3, n_frames=300, emb_dim=4, seed=5)
-    from vaest.tasks.fusion import late_fusion
+    from vaest.tasks.late import late_fusion
 
     late = root / "runs" / "late"
     late_fusion(s["runs"], s["corpus"], late, method="grid", step=0.1)

@@ -412,7 +412,8 @@ def train_fusion_cmd(
 ) -> None:
     """Train a fusion model on modality run folders and write its run folder (preds with per-frame weights)."""
     from vaest.config import load_config
-    from vaest.tasks.fusion import dcmmoe_preset_kwargs, raav_preset_kwargs, train_fusion
+    from vaest.tasks.fusion import train_fusion
+    from vaest.tasks.fusion_presets import dcmmoe_preset_kwargs, raav_preset_kwargs
 
     file_cfg = load_config(config)
     runs_p, root = _parse_runs(runs, corpus)
@@ -444,7 +445,7 @@ def train_late_cmd(
 ) -> None:
     """Late fusion: per-dimension weights of prediction runs searched on validation CCC; writes a run folder."""
     from vaest.presets import get_preset
-    from vaest.tasks.fusion import late_fusion
+    from vaest.tasks.late import late_fusion
 
     p = get_preset("late", preset)
     given = {"method": method, "n_samples": samples, "step": step, "seed": seed}
