@@ -214,7 +214,7 @@ def test_config_file_gives_defaults_flags_override(tmp_path, monkeypatch):
 
 
 def test_finalize_gaps_stay_empty_unless_fill():
-    from vaest.predictor import finalize
+    from vaest.predictor.result import finalize
 
     raw = np.tile(np.array([[0.5, -0.2]], np.float32), (10, 1))
     raw[6:] = [0.9, 0.9]  # what a model emits on frames without input (its own nearest filling)
@@ -322,7 +322,7 @@ def test_audio_runs_beside_the_frames_only_for_short_media(tmp_path):
     """Short media get their audio work beside the frames (speed), long ones after the frames (memory: the whole
     track and its analysis grow with the length); an unknown duration is not run beside."""
     from vaest.media import probe
-    from vaest.predictor import AUDIO_BESIDE_MAX_S, audio_beside
+    from vaest.predictor.extract import AUDIO_BESIDE_MAX_S, audio_beside
 
     short = make_video(tmp_path / "short.mp4", n_frames=20)
     long = tmp_path / "long.mp4"
