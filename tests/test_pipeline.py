@@ -21,7 +21,7 @@ def _rows(p: Path) -> list[dict]:
 
 def test_predict_zero_shot_mixed_inputs(synth_corpus, tmp_path):
     from vaest.corpus import load_corpus
-    from vaest.media import count_frames
+    from mediautil import count_frames
 
     v = load_corpus(synth_corpus).split("train")[0]
     silent = make_video(tmp_path / "no_audio.mp4", n_frames=20, audio=False)
@@ -129,7 +129,7 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
     import time
 
     import vaest
-    from vaest.media import count_frames
+    from mediautil import count_frames
 
     t0 = time.perf_counter()
     p = vaest.Predictor(model=out / "model", device="cpu")

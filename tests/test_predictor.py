@@ -148,7 +148,7 @@ def test_predictor_reuses_loaded_models(synth_corpus):
 
     import vaest
     from vaest.corpus import load_corpus
-    from vaest.media import count_frames
+    from mediautil import count_frames
 
     media = sorted({v.media for v in load_corpus(synth_corpus).videos if v.media is not None})
     p = vaest.Predictor(device="cpu")

@@ -116,13 +116,6 @@ def _cells(r: dict[str, Any]) -> list[str]:
             f"{r['frames']:,}", _fmt(r["kernels"])]
 
 
-def format_text(rows: list[dict[str, Any]]) -> str:
-    """The stage table as aligned plain text."""
-    cells = [list(COLUMNS)] + [_cells(r) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(COLUMNS))).rstrip() for c in cells)
-
-
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """The stage table as a Markdown table."""
     head = "| " + " | ".join(COLUMNS) + " |"
