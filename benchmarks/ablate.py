@@ -130,7 +130,8 @@ def prepare(cfg: AblationConfig) -> tuple[Path, Path]:
     from vaest.corpus import load_corpus
     from vaest.corpus.synthetic import synthesize
     from vaest.features.store import FeatureStore
-    from vaest.pipeline import default_extractors, extract_all
+    from vaest.features.base import default_extractors
+    from vaest.pipeline import extract_all
 
     out = Path(cfg.out)
     corpus_dir, feats = out / "corpus", out / "features"

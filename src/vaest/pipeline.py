@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vaest.apply import BUNDLE_FILE, MODALITIES, Bundle, load_model  # noqa: F401  (re-exported)
+from vaest.apply import MODALITIES, Bundle
 from vaest.corpus import Video
 from vaest.errors import VaestError
 from vaest.features.base import default_extractors

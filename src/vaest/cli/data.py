@@ -217,7 +217,8 @@ def extract_all_cmd(
     """Every offline default modality in one decoding pass: facetrack, face, mouth, behavior-desc, audio, vad."""
     from vaest.corpus import load_corpus
     from vaest.features.store import FeatureStore
-    from vaest.pipeline import default_extractors, extract_all
+    from vaest.features.base import default_extractors
+    from vaest.pipeline import extract_all
 
     rep = extract_all(load_corpus(corpus).videos, FeatureStore(out),
                       default_extractors(face_encoder, audio_encoder, device=device), engine, address, workers,
