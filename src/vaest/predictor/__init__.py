@@ -11,8 +11,10 @@ feed every extractor (:mod:`vaest.features.base`) -> apply each trained modality
 fuse -> smooth. The feature store is only an optional cache (``cache=FOLDER``), keyed by the media's identity.
 
 The package, one room per concern: :mod:`.core` (the :class:`Predictor`: one file, in memory), :mod:`.people`
-(the per-person path), :mod:`.extract` (what is extracted, the cache identity), :mod:`.result`
-(:class:`PredictionResult` and the post-processing into it), :mod:`.batch` (many files: :func:`predict_many`).
+(the per-person path), :mod:`.steps` (what both paths share: fusion, the zero-shot voice, the metadata),
+:mod:`.extract` (what is extracted, the cache identity), :mod:`.result` (:class:`PredictionResult` and the
+post-processing into it), :mod:`.batch` (many files: :func:`predict_many`). Calls run down that list: the
+Predictor inherits the per-person path and the shared steps, which never call back into :mod:`.core`.
 A new way to run the same Predictor (a live source, a cluster) is a module beside :mod:`.batch` that calls
 :meth:`Predictor.predict` or its steps.
 

@@ -17,6 +17,7 @@ from vaest.corpus import Video
 from vaest.errors import MediaError, VaestError
 from vaest.features.store import FeatureRecord, FeatureStore, MemoryStore
 from vaest.media import MediaInfo
+from vaest.predictor.steps import PredictorSteps
 from vaest.predictor.result import BOX_COLUMNS, MODALITIES, PredictionResult, finalize, frame_modalities
 from vaest.timebase import TimeBase, TimeSeries
 
@@ -60,9 +61,9 @@ def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str,
     return view
 
 
-class PeoplePath:
-    """The per-person steps of :class:`~vaest.predictor.core.Predictor` (a mixin: they use its models, settings
-    and per-video helpers ``_meta``, ``_fuse``, ``_voice`` and ``_voice_note``)."""
+class PeoplePath(PredictorSteps):
+    """The per-person steps of :class:`~vaest.predictor.core.Predictor` (its base class; they use its models and
+    settings, and the shared steps of :class:`~vaest.predictor.steps.PredictorSteps`)."""
 
     bundle: Any
     models: dict[str, Any]
