@@ -13,7 +13,7 @@ from rich.table import Table
 
 from rich.console import Console
 
-from vaest import __version__
+from vaest.version import __version__
 from vaest.device import DEVICE_HELP, check_device, resolve_device
 from vaest.errors import VaestError
 from vaest.progress import setup_logging, show_native_logs

@@ -15,8 +15,8 @@ import numpy as np
 
 from vaest.corpus import Video
 from vaest.errors import FeatureError
-from vaest.features.behavior import (ENCODER_KEYS, Segment, encoder_parts, expression_key, load_segment_features,
-                                     record_segments, segment_targets)
+from vaest.features.behavior import ENCODER_KEYS, encoder_parts, expression_key, load_segment_features
+from vaest.features.segments import Segment, record_segments, segment_targets
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.inputs.settings import BehaviorInputs
 from vaest.sequences import Sequence

@@ -13,7 +13,7 @@ import numpy as np
 
 from vaest.corpus import Video
 from vaest.errors import FeatureError, VaestError
-from vaest.features.face import face_key
+from vaest.features.face_registry import face_key
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.sequences import Sequence
 from vaest.timebase import TimeBase, fill_nearest
@@ -69,7 +69,7 @@ def face_motion(track: FeatureRecord, fps: float) -> np.ndarray:
     through the outer eye corners (radians, 0 = level) and its rate (radians per second). Velocities are 0
     where this frame or the previous one has no face; roll is 0 where there are no landmarks.
     """
-    from vaest.features.face import EYE_OUTER
+    from vaest.features.face_geometry import EYE_OUTER
 
     boxes = np.asarray(track.values, np.float64)
     n = len(boxes)

@@ -34,7 +34,7 @@ def predictor_device(device: str, model: str | Path | None, face_backbone: str, 
     built-in voice cues) takes the CPU under ``auto`` without importing torch to ask for CUDA: MediaPipe, the
     encoder (60k parameters) and the voice cues all run on the CPU there."""
     from vaest.device import check_device, resolve_device
-    from vaest.features.face import encoder_backend
+    from vaest.features.face_encoders import encoder_backend
 
     d = check_device(device)
     if (model is None and audio_backbone is None and d in ("auto", "cpu")
@@ -137,7 +137,7 @@ class Predictor(PeoplePath):
             if getattr(e, "face_encoder", None) is not None:
                 _ = e.face_encoder.encoder
             if e.name == "persons":
-                from vaest.features.persons import PersonTracker
+                from vaest.features.person_tracker import PersonTracker
                 from vaest.progress import native_noise_filtered
 
                 with native_noise_filtered():
@@ -145,7 +145,7 @@ class Predictor(PeoplePath):
                     ptr.process(np.zeros((1, 64, 64, 3), np.uint8))
                     ptr.close()
             if e.name == "facetrack" and not getattr(e, "derived_from", None):
-                from vaest.features.face import FaceTracker
+                from vaest.features.face_tracker import FaceTracker
                 from vaest.progress import native_noise_filtered
 
                 with native_noise_filtered():

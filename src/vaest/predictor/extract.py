@@ -93,7 +93,7 @@ def people_extractors(extractors: list[Extractor], zero_shot: bool, one_pass: bo
     import importlib.util
 
     from vaest.features.base import create_extractor
-    from vaest.features.behavior import BehaviorDescExtractor
+    from vaest.features.behavior_desc import BehaviorDescExtractor
     from vaest.features.face import FaceEncoderExtractor
     from vaest.features.person_behavior import PersonBehaviorDescExtractor, person_desc_config
 

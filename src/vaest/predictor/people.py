@@ -42,7 +42,7 @@ def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str,
     """A feature store holding one person as if they were the video's only face: ``face-<encoder>`` (their
     encoder outputs ``enc``: ``emb`` (n, E), ``probs`` (n, C)) and ``facetrack`` (their boxes and landmarks), so a
     trained face model applies to that person alone."""
-    from vaest.features.face import face_key
+    from vaest.features.face_registry import face_key
 
     k = tracks.index(pid)
     found = tracks.found[k]
@@ -86,8 +86,8 @@ class PeoplePath(PredictorSteps):
         attributed to them or ``fill`` gives a value); ids never switch: each series is one person's."""
         import pandas as pd
 
-        from vaest.features.persons import (OFFSCREEN, attribute_speech, person_rows, person_tracks_from_record,
-                                            select_people, speech_on_frames)
+        from vaest.features.person_tracker import person_tracks_from_record
+        from vaest.features.persons import OFFSCREEN, attribute_speech, person_rows, select_people, speech_on_frames
 
         notes: list[str] = []
         tracks, faces = person_tracks_from_record(store.load("persons", video.id))
@@ -237,7 +237,7 @@ class PeoplePath(PredictorSteps):
         """Person ``pid``'s face :class:`~vaest.inference.Track` (n frames), from their own crops only: zero-shot
         mapping of their expression probabilities, or the trained face model applied to their encoder outputs
         and face track (a one-person view of the store)."""
-        from vaest.features.face import face_key
+        from vaest.features.face_registry import face_key
         from vaest.inference import Track
 
         k = tracks.index(pid)

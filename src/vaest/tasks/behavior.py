@@ -24,8 +24,8 @@ from vaest.errors import FeatureError, VaestError
 from vaest.features.behavior import ENCODER_KEYS, encoder_parts
 from vaest.features.store import FeatureStore
 from vaest.inputs.behavior import BehaviorItem, frame_mask, load_items, to_sequence
-from vaest.sequences import accepts_mask
 from vaest.inputs.settings import BehaviorInputs, inference_record
+from vaest.sequences import accepts_mask
 from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
 from vaest.training import SequenceTask, TrainConfig, concat_frame_ccc, fit
 
@@ -166,8 +166,8 @@ def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: 
 
 def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[BehaviorTrainSettings, TrainConfig]:
     """Behavior settings and training settings (reference behavior defaults) from a run config and CLI flags
-    (see :func:`vaest.config.split_settings`)."""
-    from vaest.config import split_settings
+    (see :func:`vaest.training.split_settings`)."""
+    from vaest.training import split_settings
 
     p, file_cfg, flags = resolve_preset("behavior", file_cfg, flags)
     st, cfg = split_settings(BehaviorTrainSettings, file_cfg, flags, "behavior",

@@ -27,11 +27,11 @@ import torch
 
 from vaest.corpus import Corpus, load_corpus
 from vaest.errors import FeatureError, VaestError
-from vaest.features.face import face_key
-from vaest.inputs.settings import FaceInputs, inference_record
-from vaest.inputs.face import MOTION_FEATURES, apply_norm, input_parts, load_face_sequences, to_sequence
-from vaest.sequences import accepts_mask
+from vaest.features.face_registry import face_key
 from vaest.features.store import FeatureStore
+from vaest.inputs.face import MOTION_FEATURES, apply_norm, input_parts, load_face_sequences, to_sequence
+from vaest.inputs.settings import FaceInputs, inference_record
+from vaest.sequences import accepts_mask
 from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
 from vaest.training import SequenceTask, TrainConfig, concat_frame_ccc, fit
 
@@ -197,8 +197,8 @@ def _config_fields(model: str) -> set[str]:
 
 def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[FaceTrainSettings, TrainConfig]:
     """Face settings and training settings from a run config and CLI flags (see
-    :func:`vaest.config.split_settings`)."""
-    from vaest.config import split_settings
+    :func:`vaest.training.split_settings`)."""
+    from vaest.training import split_settings
 
     p, file_cfg, flags = resolve_preset("face", file_cfg, flags)
     st, cfg = split_settings(FaceTrainSettings, file_cfg, flags, "face", base=p.values if p else None)
