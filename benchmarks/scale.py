@@ -57,7 +57,10 @@ ENCODERS = {256: "grada", 1280: "emotiefflib"}
 
 def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = None) -> Path:
     """Write the corpus (labels, ``videos_fps.csv``) and the store under ``root``; returns ``root``."""
-    from vaest.corpus.affwild2 import write_va_file
+    try:
+        from vaest.corpus.labels import write_va_file
+    except ImportError:  # a checkout from before the corpus split
+        from vaest.corpus.affwild2 import write_va_file
     from vaest.features.store import FeatureRecord, FeatureStore
     from vaest.timebase import TimeBase, TimeSeries
 
@@ -432,7 +435,12 @@ def ray_startup() -> dict:
 def run_ray(args: argparse.Namespace) -> list[dict]:
     work = Path(args.work)
     clips = make_clips(Path(args.clips), work / "clips", args.n)
-    results = [{"case": "ray start-up", **ray_startup()}]
+    # a busy machine starts Ray's processes slowly: give the raylet longer than its default to register
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+    try:
+        results = [{"case": "ray start-up", **ray_startup()}]
+    except RuntimeError as e:
+        results = [{"case": "ray start-up", "error": str(e)[-300:]}]
     print(json.dumps(results[-1]), flush=True)
     _children_cpu()
     cases = [("local (one process)", []), ("ray, 1 worker", ["--engine", "ray", "--workers", "1"]),

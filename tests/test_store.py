@@ -196,7 +196,7 @@ def test_expect_refuses_another_width_or_config_naming_store_asker_and_values(tm
 def test_face_training_refuses_records_of_another_width(tmp_path):
     """1280-d records under face-grada (whose encoder gives 256-d) are refused before any training, naming the
     store file, the encoder and both widths."""
-    from vaest.corpus.affwild2 import write_va_file
+    from vaest.corpus.labels import write_va_file
     from vaest.tasks.face import FaceTrainSettings, train_face
 
     fs = FeatureStore(tmp_path / "store")
