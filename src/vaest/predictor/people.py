@@ -249,7 +249,7 @@ class PeoplePath(PredictorSteps):
             rec = store.load("persons", video.id)
             if "probs" not in enc:
                 return None
-            va = np.where(found[:, None], face_outputs_va(enc, rec.meta["classes"]), np.nan).astype(np.float32)
+            va = np.where(found[:, None], face_outputs_va(enc, rec.meta["classes"], float(tracks.fps)), np.nan).astype(np.float32)
             return Track(va, found & np.isfinite(va).all(1), None, float(tracks.fps)).resized(n)
         model = self.models.get("face")
         if model is None:
