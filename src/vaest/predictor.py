@@ -624,6 +624,16 @@ class Predictor:
         meta["frame_modalities"] = frame_modalities(parts, n)
         return PredictionResult(df, meta)
 
+    def stream(self, source: str, **options: Any) -> Any:
+        """Live estimates of a camera, network stream or byte stream on stdin (``-``): a
+        :class:`vaest.live.LiveStream` to iterate for per-frame :class:`vaest.live.LiveResult` objects (time, frame,
+        person, valence, arousal, each modality, latency), causal (docs/live.md). ``options``: those of
+        :class:`~vaest.live.LiveStream` (``rate``, ``out``, ``audio``, ``queue_size``, ``stall_s``, ``reconnect``,
+        ``preview``, ``max_frames``, ...); ``stop()`` ends it cleanly."""
+        from vaest.live import LiveStream
+
+        return LiveStream(self, source, **options)
+
     # -----------------------------------------------------------------------------------------------------
     # Several people: one series per person (docs/persons.md, "In vaest predict")
     # -----------------------------------------------------------------------------------------------------
