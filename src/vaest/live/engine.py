@@ -248,6 +248,12 @@ class ZeroShotEngine:
         self.tracker.close()
         self.prep.close()
 
+    def prepare_frame(self, frame: np.ndarray) -> Any:
+        """The frame-only part of tracking (shot cut, scheduled detection) of the next arriving frame (1, H, W, 3),
+        for the source's reader thread (:class:`~vaest.features.persons.FramePrep`, its own detection graph). The
+        cut is against the previous arrived frame, as offline when nothing is dropped."""
+        return self.prep(frame)
+
     def _voice_at(self, t: float) -> np.ndarray:
         va = self.voice.at(t) if self.voice is not None else None
         return va if va is not None else _nan2()
@@ -277,8 +283,19 @@ class ZeroShotEngine:
         from vaest.progress import native_noise_filtered
 
         frames = np.stack([a.frame for a in items])
+        # the tracker counts source frames (scheduled detections fall on the frames they fall on offline; a dropped
+        # frame is skipped, not shifted onto the next one)
+        self.tracker.frame_no = items[0].index
+        if all(a.prepared is not None for a in items):  # computed in the reader thread (prepare_frame)
+            from vaest.features.persons import Prepared
+
+            prepared = Prepared(np.concatenate([a.prepared.cuts for a in items]),
+                                {b: a.prepared.dets[0] for b, a in enumerate(items) if 0 in a.prepared.dets})
+        else:
+            self.prep.frame_no = items[0].index
+            prepared = self.prep(frames)
         with native_noise_filtered():  # a new person's FaceMesh graph logs its creation
-            res = self.tracker.process(frames, self.prep(frames))
+            res = self.tracker.process(frames, prepared)
         self.tracker.drop_history()  # the tracks are read here, per batch: nothing kept for an end
         ids = self._chosen()
         B = len(items)

