@@ -84,8 +84,9 @@ def publish(media: Path, to: str = "-", realtime: bool = True, loop: int = 0, to
     return cmd
 
 
-def read_lines(stream, n: int, deadline_s: float) -> list[str]:
-    """Up to ``n`` lines from a pipe, or what came before the deadline / the end of the stream."""
+def read_lines(stream, n: int, deadline_s: float) -> tuple[list[str], bytes]:
+    """At least ``n`` whole lines from a pipe (fewer at the deadline or the end of the stream), and the bytes of a
+    line begun after them."""
     sel = selectors.DefaultSelector()
     sel.register(stream, selectors.EVENT_READ)
     out: list[str] = []
@@ -101,7 +102,20 @@ def read_lines(stream, n: int, deadline_s: float) -> list[str]:
         buf += chunk
         *lines, buf = buf.split(b"\n")
         out += [ln.decode() for ln in lines]
-    return out
+    return out, buf
+
+
+def wait_for_line(stream, text: str, deadline_s: float) -> str | None:
+    """Read lines from a pipe until one starts with ``text`` (returned), the deadline or the end (None)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        lines, _ = read_lines(stream, 1, deadline_s=max(0.0, end - time.monotonic()))
+        if not lines:
+            return None
+        for ln in lines:
+            if ln.startswith(text):
+                return ln
+    return None
 
 
 def run_pipe(publisher: list[str], args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
@@ -154,6 +168,35 @@ def test_causal_smoother_is_the_centred_average_shifted():
         for i in range(k, 60):
             if np.isfinite(x[i, d]):
                 assert out[i, d] == pytest.approx(centred[i - h], abs=1e-6)
+
+
+def test_causal_voice_is_the_zero_shot_voice_of_the_trailing_window():
+    """Each window end T = k * 0.5 s gets the zero-shot voice of exactly [T - 3, T); a frame at t takes the newest
+    window ending at or before t, and nothing once the newest is older than the window."""
+    pytest.importorskip("opensmile", reason="opensmile not installed (pip install 'vaest[audio]')")
+    from vaest.live.engine import CausalVoice
+    from vaest.zeroshot import zero_shot_audio
+
+    sr = 16000
+    t = np.arange(int(4.2 * sr)) / sr  # a voiced, gliding tone with a syllable rhythm: the cues see voiced frames
+    wav = (0.3 * np.sin(2 * np.pi * (140 * t + 25 * t ** 2)) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+           ).astype(np.float32)
+    ring = AudioRing(keep_s=12.0)
+    voice = CausalVoice(ring, lambda w, fps: zero_shot_audio(w, 16000, fps)).start()
+    try:
+        for k in range(1, 9):  # the audio arrives 0.5 s at a time; each piece completes one window
+            ring.write(wav[(k - 1) * sr // 2:k * sr // 2], (k - 1) / 2)
+            assert voice.wait_computed(k, timeout=60), f"window {k} was not computed"
+        ring.write(wav[4 * sr:], 4.0)  # 0.2 s more: no window ends in it
+    finally:
+        voice.close()
+    assert voice.computed == 8 and voice.skipped == 0
+    for T in (3.0, 3.5, 4.0):
+        ref = zero_shot_audio(wav[int((T - 3) * sr):int(T * sr)], sr, fps=1 / 3)[0]
+        np.testing.assert_allclose(voice.at(T + 0.2), ref, equal_nan=True)  # the window ending at T
+    assert np.isfinite(voice.at(4.0)[1])
+    assert voice.at(0.3) is None  # before the first window end (0.5 s)
+    assert voice.at(7.5) is None  # the newest window (4.0) is more than 3 s old
 
 
 def test_source_and_serve_arguments():
@@ -249,10 +292,11 @@ def test_sigterm_mid_stream_leaves_complete_files(astro, tmp_path):
                             stderr=subprocess.PIPE, env=ENV)
     pub.stdout.close()
     try:
-        got = read_lines(proc.stdout, 45, deadline_s=180)
-        assert len(got) == 45, "no estimates before the deadline"
+        got, part = read_lines(proc.stdout, 45, deadline_s=180)
+        assert len(got) >= 45, "no estimates before the deadline"
         proc.send_signal(signal.SIGTERM)
         rest, err = proc.communicate(timeout=60)
+        rest = part + rest
     finally:
         proc.kill()
         pub.kill()
@@ -325,12 +369,14 @@ def test_udp_stream_then_stall(astro, tmp_path):
                             stderr=subprocess.PIPE, env=ENV)
     pub = None
     try:
-        # the listener is up once the models are loaded; the publisher loops until vaest has seen estimates
+        # vaest opens the source right after it says "reading" (models loaded); the clip loops for 9 s
+        assert wait_for_line(proc.stderr, f"vaest live: reading {url}", deadline_s=180)
         pub = subprocess.Popen(publish(astro, to=url, realtime=True, loop=2), stdout=subprocess.DEVNULL)
-        got = read_lines(proc.stdout, 30, deadline_s=180)
-        assert len(got) == 30, "no estimates from the UDP stream"
+        got, part = read_lines(proc.stdout, 30, deadline_s=180)
+        assert len(got) >= 30, "no estimates from the UDP stream"
         pub.wait(timeout=120)  # the publisher ends; the UDP source goes silent
         rest, err = proc.communicate(timeout=120)
+        rest = part + rest
     finally:
         proc.kill()
         if pub is not None:
@@ -377,7 +423,8 @@ def test_live_equals_offline_where_both_are_causal(tmp_path):
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(HAP), "-vf", "fps=30,scale=480:360", "-c:v", "libx264",
                     "-preset", "veryfast", "-g", "30", "-c:a", "aac", str(clip)], check=True, timeout=120)
     off = vaest.Predictor().predict(clip).frame
-    res = run_pipe(publish(clip, realtime=False, tone=False, copy=True), ["--queue", "100000"])
+    # at real time (the voice is computed as the audio arrives), into a queue that never fills
+    res = run_pipe(publish(clip, realtime=True, tone=False, copy=True), ["--queue", "100000"])
     assert res.returncode == 0, res.stderr
     live = pd.DataFrame([json.loads(ln) for ln in res.stdout.splitlines()])
     assert len(live) == len(off)
@@ -391,4 +438,74 @@ def test_live_equals_offline_where_both_are_causal(tmp_path):
     for i in range(k, len(off)):
         if np.isfinite(raw[i]):
             assert live["valence"][i] == pytest.approx(np.nanmean(raw[i - k + 1:i + 1]), abs=2e-3)
-    assert math.isfinite(live["audio_arousal"].astype(float).max())  # the voice is heard live too
+
+
+# ---------------------------------------------------------------- the live page, in a real browser
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A headless Chromium context (fresh profile), as tests/test_view.py drives it; skips with the reason."""
+    from test_view import LAUNCH_ARGS, _chromium
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set VAEST_CHROMIUM; see scripts/setup.sh)")
+    import tempfile
+
+    profile = tempfile.mkdtemp(prefix="vaest-chromium-")
+    with sync_playwright() as p:
+        try:
+            ctx = p.chromium.launch_persistent_context(profile, executable_path=exe, headless=True, args=LAUNCH_ARGS,
+                                                       viewport={"width": 1100, "height": 900})
+        except Exception as e:  # playwright raises its own Error for a browser that will not start
+            pytest.skip(f"Chromium at {exe} does not start: {e}")
+        yield ctx
+        ctx.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_live_page_updates_in_chromium(astro, chromium, tmp_path):
+    pub = subprocess.Popen(publish(astro, realtime=True, loop=-1), stdout=subprocess.PIPE)
+    proc = subprocess.Popen([*_vaest(), "live", "-", "--serve", "127.0.0.1:0", "--rate", "15"], stdin=pub.stdout,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    pub.stdout.close()
+    page = None
+    try:
+        line = wait_for_line(proc.stderr, "vaest live: serving http://127.0.0.1:", deadline_s=180)
+        assert line, "the server did not start"
+        url = line.split("serving ", 1)[1]
+        page = chromium.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(url)
+        page.wait_for_function("window.vaestLive && window.vaestLive.count >= 10", timeout=120_000)
+        n1 = page.evaluate("window.vaestLive.points(0)")
+        t1 = page.evaluate("window.vaestLive.lastTime(0)")
+        page.wait_for_function(f"window.vaestLive.points(1) >= {n1 + 15}", timeout=120_000)  # the curves grow
+        assert page.evaluate("window.vaestLive.lastTime(0)") > t1
+        page.wait_for_function("window.vaestLive.images >= 1 && window.vaestLive.status !== null", timeout=60_000)
+        assert page.evaluate("document.getElementById('vaest-camera').naturalWidth") == 480
+        assert page.evaluate("window.vaestLive.person") == 0
+        page.screenshot(path=str(tmp_path / "live.png"))
+        assert (tmp_path / "live.png").stat().st_size > 10_000
+        assert not errors, errors
+        assert requests and all(u.startswith(url) or u.startswith("data:") for u in requests), requests
+    finally:
+        if page is not None:
+            page.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            pub.kill()
+            pub.wait(timeout=30)
+    assert proc.returncode == 0

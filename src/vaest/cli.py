@@ -664,6 +664,7 @@ def live(
     from vaest.live import SourceFault
     from vaest.live.server import LiveServer, parse_serve
     from vaest.predictor import Predictor
+    from vaest.progress import native_noise_piped
 
     server = LiveServer(*parse_serve(serve), title=f"vaest live: {source}") if serve else None
     predictor = Predictor(model, device, people=people, face_backbone=face_backbone, audio_backbone=audio_backbone)
@@ -680,25 +681,28 @@ def live(
         server.start()
         sys.stderr.write(f"vaest live: serving {server.url}\n")
         sys.stderr.flush()
+    sys.stderr.write(f"vaest live: reading {source}\n")
+    sys.stderr.flush()
     rc = 0
     last_status = 0.0
     try:
-        for r in st:
-            d = {**r.to_json(), "input": st.source.name}
-            try:
-                sys.stdout.write(json.dumps(d) + "\n")
-                sys.stdout.flush()
-            except BrokenPipeError:  # the reader went away: end cleanly, files complete
-                st.stop()
-            if server is not None:
-                server.publish(d)
-                now = time.monotonic()
-                if now - last_status >= 1.0:
-                    last_status = now
-                    lat = st.latency()
-                    server.status({"source": st.source.name, "frames_processed": st.processed,
-                                   "frames_dropped": st.source.dropped, "latency_median_ms": lat["median_ms"],
-                                   "latency_p95_ms": lat["p95_ms"]})
+        with native_noise_piped():  # MediaPipe's graphs log as persons appear; our own lines pass at once
+            for r in st:
+                d = {**r.to_json(), "input": st.source.name}
+                try:
+                    sys.stdout.write(json.dumps(d) + "\n")
+                    sys.stdout.flush()
+                except BrokenPipeError:  # the reader went away: end cleanly, files complete
+                    st.stop()
+                if server is not None:
+                    server.publish(d)
+                    now = time.monotonic()
+                    if now - last_status >= 1.0:
+                        last_status = now
+                        lat = st.latency()
+                        server.status({"source": st.source.name, "frames_processed": st.processed,
+                                       "frames_dropped": st.source.dropped, "latency_median_ms": lat["median_ms"],
+                                       "latency_p95_ms": lat["p95_ms"]})
     except SourceFault as e:
         rc = 1
         sys.stderr.write(f"vaest live: {e}\n")

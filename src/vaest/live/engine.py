@@ -44,9 +44,9 @@ CAUSAL_NOTES = (
     "live: causal estimates; each uses only frames and audio up to its own time",
     "live: smoothing is a trailing moving average of the same kernels (offline: centred), so the smoothed "
     "curve lags the offline one by (kernel - 1) / 2 frames",
-    "live: the voice's arousal at time t is that of the trailing 3 s window ending at the last 0.5 s step "
-    "<= t (offline: the 3 s window centred on t), with the gain and activity thresholds of that window (offline: "
-    "of the whole file)",
+    "live: the voice's arousal at time t is that of the newest trailing 3 s window ending at a 0.5 s step <= t "
+    "that was computed by the time the frame is processed (offline: the 3 s window centred on t), with the gain "
+    "and activity thresholds of that window (offline: of the whole file)",
     "live: person ids are the online tracker's (offline merges tracks of one person after the end and drops "
     "flickers); main = the person visible on most frames so far (offline: over the whole file, speaking frames "
     "added)",
@@ -150,7 +150,7 @@ class CausalVoice:
     def __init__(self, ring: AudioRing, voice: Any, window_s: float = VOICE_WINDOW_S, hop_s: float = VOICE_HOP_S):
         self.ring, self.voice, self.window_s, self.hop_s = ring, voice, window_s, hop_s
         self._values: collections.deque[tuple[float, np.ndarray]] = collections.deque(maxlen=64)
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._stop = threading.Event()
         self._next = hop_s
         self.skipped = 0
@@ -190,7 +190,13 @@ class CausalVoice:
                 continue
             with self._lock:
                 self._values.append((T, va))
-            self.computed += 1
+                self.computed += 1
+                self._lock.notify_all()
+
+    def wait_computed(self, n: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until ``n`` windows have been computed; whether they have."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.computed >= n, timeout)
 
     def at(self, t: float) -> np.ndarray | None:
         """(2,) voice valence/arousal for a frame at ``t`` s (None: no window ended in (t - window_s, t])."""
@@ -280,8 +286,6 @@ class ZeroShotEngine:
         from vaest.features.persons import encode_person_frames
         from vaest.zeroshot import face_outputs_va, zero_shot_video
 
-        from vaest.progress import native_noise_filtered
-
         frames = np.stack([a.frame for a in items])
         # the tracker counts source frames (scheduled detections fall on the frames they fall on offline; a dropped
         # frame is skipped, not shifted onto the next one)
@@ -294,8 +298,7 @@ class ZeroShotEngine:
         else:
             self.prep.frame_no = items[0].index
             prepared = self.prep(frames)
-        with native_noise_filtered():  # a new person's FaceMesh graph logs its creation
-            res = self.tracker.process(frames, prepared)
+        res = self.tracker.process(frames, prepared)
         self.tracker.drop_history()  # the tracks are read here, per batch: nothing kept for an end
         ids = self._chosen()
         B = len(items)

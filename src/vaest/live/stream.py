@@ -121,7 +121,9 @@ class LiveStream:
         try:
             while not self._stop.is_set():
                 try:
-                    items = src.batch(self.batch_max)
+                    want = self.batch_max if self.max_frames is None else min(self.batch_max,
+                                                                              self.max_frames - self.processed)
+                    items = src.batch(want)
                 except SourceFault as e:
                     if e.kind == "ended":
                         self.end_reason = str(e)
