@@ -69,6 +69,10 @@ class LiveResult:
         weights: the fusion's weight per modality (zero-shot: the arousal weights, as offline).
         box: the person's face box (x0, y0, x1, y1) in pixels, NaN where not visible.
         latency_ms: from the frame's arrival (decoded) to this estimate.
+        delay_ms: how far this estimate comes after the frame's time on the stream's own clock, anchored where a
+            frame arrived earliest relative to its time: the latency plus any backlog that built up before
+            arrival (in the pipe, the socket, a reader behind). For a source that keeps real time it stays near
+            the latency; a growing delay is a growing backlog.
     """
 
     frame: int
@@ -81,6 +85,7 @@ class LiveResult:
     weights: dict[str, float] = field(default_factory=dict)
     box: tuple[float, float, float, float] = (math.nan,) * 4
     latency_ms: float = math.nan
+    delay_ms: float = math.nan
     arrived: float = 0.0
 
     def row(self) -> dict[str, Any]:
@@ -111,6 +116,7 @@ class LiveResult:
         for k in sorted(self.weights):
             out[f"weight_{k}"] = num(self.weights[k])
         out["latency_ms"] = num(self.latency_ms, 1)
+        out["delay_ms"] = num(self.delay_ms, 1)
         return out
 
 
@@ -254,12 +260,6 @@ class ZeroShotEngine:
         self.tracker.close()
         self.prep.close()
 
-    def prepare_frame(self, frame: np.ndarray) -> Any:
-        """The frame-only part of tracking (shot cut, scheduled detection) of the next arriving frame (1, H, W, 3),
-        for the source's reader thread (:class:`~vaest.features.persons.FramePrep`, its own detection graph). The
-        cut is against the previous arrived frame, as offline when nothing is dropped."""
-        return self.prep(frame)
-
     def _voice_at(self, t: float) -> np.ndarray:
         va = self.voice.at(t) if self.voice is not None else None
         return va if va is not None else _nan2()
@@ -287,17 +287,12 @@ class ZeroShotEngine:
         from vaest.zeroshot import face_outputs_va, zero_shot_video
 
         frames = np.stack([a.frame for a in items])
-        # the tracker counts source frames (scheduled detections fall on the frames they fall on offline; a dropped
-        # frame is skipped, not shifted onto the next one)
-        self.tracker.frame_no = items[0].index
-        if all(a.prepared is not None for a in items):  # computed in the reader thread (prepare_frame)
-            from vaest.features.persons import Prepared
-
-            prepared = Prepared(np.concatenate([a.prepared.cuts for a in items]),
-                                {b: a.prepared.dets[0] for b, a in enumerate(items) if 0 in a.prepared.dets})
-        else:
-            self.prep.frame_no = items[0].index
-            prepared = self.prep(frames)
+        # the tracker counts source frames: scheduled detections fall on the frames they fall on offline, and a
+        # dropped frame is skipped, not shifted onto the next one. The frame-only work (shot cuts, scheduled
+        # detections) runs here, not in the reader thread: a reader that falls behind would leave frames waiting
+        # in the pipe or socket, unseen by the queue, its drop policy and the latency measurement.
+        self.tracker.frame_no = self.prep.frame_no = items[0].index
+        prepared = self.prep(frames)
         res = self.tracker.process(frames, prepared)
         self.tracker.drop_history()  # the tracks are read here, per batch: nothing kept for an end
         ids = self._chosen()

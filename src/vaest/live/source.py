@@ -57,15 +57,12 @@ class Arrival:
         index: 0-based number of the frame among all frames the source delivered (dropped ones included).
         time: seconds from the source's first frame (its presentation time, kept continuous across restarts).
         arrived: ``time.monotonic()`` when the decoder handed the frame over.
-        prepared: what the source's ``prepare`` hook computed from the frame alone in the reader thread (the
-            engine's shot cut and scheduled face detection), or None.
     """
 
     frame: np.ndarray
     index: int
     time: float
     arrived: float
-    prepared: Any = None
 
 
 @dataclass
@@ -233,19 +230,15 @@ class LiveSource:
         reconnect: reopen a network source that ended, stalled or failed, with backoff (:data:`BACKOFF_S`).
         audio: a second input for the audio (``alsa:default``, a URL, ...) instead of the source's own track.
         max_side: downscale frames larger than this (keeping aspect), as ``iter_frames`` does.
-        prepare: called in the reader thread on each frame (1, H, W, 3) before it is queued (work that depends on
-            the frames alone, so that it runs beside the consumer; ``Arrival.prepared``).
     """
 
     def __init__(self, source: str, queue_size: int = 15, stall_s: float = 5.0, reconnect: bool = False,
-                 audio: str | None = None, max_side: int | None = None, audio_keep_s: float = 12.0,
-                 prepare: Any = None):
+                 audio: str | None = None, max_side: int | None = None, audio_keep_s: float = 12.0):
         self.spec = parse_source(source)
         self.audio_spec = parse_source(audio) if audio else None
         self.queue = FrameQueue(queue_size)
         self.audio = AudioRing(audio_keep_s)
         self.stall_s, self.reconnect, self.max_side = float(stall_s), bool(reconnect), max_side
-        self.prepare = prepare
         self.fps: float | None = None
         self.size: tuple[int, int] = (0, 0)
         self.has_audio = False
@@ -414,8 +407,7 @@ class LiveSource:
         if self._clock is None:
             self._clock = (now, t)
         self.size = (arr.shape[1], arr.shape[0])
-        prepared = self.prepare(arr[None]) if self.prepare is not None else None
-        self.queue.put(Arrival(arr, self.n_arrived, t, now, prepared))
+        self.queue.put(Arrival(arr, self.n_arrived, t, now))
         self.n_arrived += 1
         self.opened.set()
 

@@ -74,6 +74,8 @@ class LiveStream:
         self.recorder: LiveRecorder | None = None
         self._stop = threading.Event()
         self.latency_hist = np.zeros(60_000, np.int64)  # 1 ms bins up to 60 s (bounded memory over any length)
+        self.delay_hist = np.zeros(60_000, np.int64)
+        self._clock0 = math.inf  # earliest (arrival - stream time) seen: the stream clock's anchor
         self.processed = 0
         self.emitted = 0
         self.rows = 0
@@ -114,7 +116,6 @@ class LiveStream:
         src = self.source
         if self.predictor.bundle is None:  # built (and warmed up) before the first frame arrives
             self.engine = self._engine()
-            src.prepare = self.engine.prepare_frame
         src.start()
         if self.out is not None:
             self.recorder = LiveRecorder(self.out, self.stem, self.meta)
@@ -136,11 +137,14 @@ class LiveStream:
                     continue
                 if self.engine is None:
                     self.engine = self._engine()
+                self._clock0 = min(self._clock0, min(a.arrived - a.time for a in items))
                 results = self.engine.step(items)
                 now = time.monotonic()
                 for r in results:
                     r.latency_ms = (now - r.arrived) * 1000.0
+                    r.delay_ms = (now - self._clock0 - r.time) * 1000.0
                     self.latency_hist[min(int(r.latency_ms), len(self.latency_hist) - 1)] += 1
+                    self.delay_hist[min(max(int(r.delay_ms), 0), len(self.delay_hist) - 1)] += 1
                 self.processed += len(items)
                 self.rows += len(results)
                 self.estimated += sum(r.source == "estimated" for r in results)
@@ -167,9 +171,10 @@ class LiveStream:
         if self.fault is not None:
             raise self.fault
 
-    def latency(self) -> dict[str, float | int]:
-        """Latency from a frame's arrival to its estimate (ms): count, median, p95, max bin."""
-        h = self.latency_hist
+    def latency(self, delay: bool = False) -> dict[str, float | int]:
+        """Latency from a frame's arrival to its estimate (ms): count, median, p95, max bin; ``delay``: the same of
+        the delay behind the stream's clock (:attr:`LiveResult.delay_ms`)."""
+        h = self.delay_hist if delay else self.latency_hist
         nz = np.flatnonzero(h)
         return {"n": int(h.sum()), "median_ms": percentile_ms(h, 50), "p95_ms": percentile_ms(h, 95),
                 "max_ms": float(nz[-1] + 1) if len(nz) else math.nan}
@@ -181,6 +186,7 @@ class LiveStream:
         notes = list(getattr(eng, "notes", []))
         voice = getattr(eng, "voice", None)
         lat = self.latency()
+        delay = self.latency(delay=True)
         modalities = ["face", "audio"] if p.bundle is None else sorted(p.models)
         elapsed = time.perf_counter() - self._t0
         complete = self.end_reason is not None and self.fault is None
@@ -203,6 +209,11 @@ class LiveStream:
                                                          else (None if isinstance(v, float) else v))
                                                      for k, v in lat.items()},
                 "latency_definition": "from the frame's arrival (decoded by the reader thread) to its estimate",
+                "delay_ms": {k: (round(v, 1) if isinstance(v, float) and math.isfinite(v)
+                                 else (None if isinstance(v, float) else v)) for k, v in delay.items()},
+                "delay_definition": "from the frame's time on the stream's clock (anchored at the frame that arrived "
+                                    "earliest relative to its time) to its estimate: the latency plus any backlog "
+                                    "before arrival",
                 "audio": src.has_audio, "voice_windows": getattr(voice, "computed", None),
                 "voice_windows_skipped": getattr(voice, "skipped", None), "faults": list(src.faults),
             },
