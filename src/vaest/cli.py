@@ -666,7 +666,7 @@ def live(
     from vaest.predictor import Predictor
     from vaest.progress import native_noise_piped
 
-    server = LiveServer(*parse_serve(serve), title=f"vaest live: {source}") if serve else None
+    server = LiveServer(*parse_serve(serve)) if serve else None
     predictor = Predictor(model, device, people=people, face_backbone=face_backbone, audio_backbone=audio_backbone)
     st = predictor.stream(source, audio=audio, rate=rate, out=out, queue_size=queue, stall_s=stall,
                           reconnect=reconnect, preview=server.image if server else None, max_frames=frames,
@@ -678,6 +678,7 @@ def live(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     if server is not None:
+        server.title = f"vaest live: {st.source.name}"
         server.start()
         sys.stderr.write(f"vaest live: serving {server.url}\n")
         sys.stderr.flush()
