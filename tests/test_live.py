@@ -105,15 +105,16 @@ def read_lines(stream, n: int, deadline_s: float) -> tuple[list[str], bytes]:
     return out, buf
 
 
-def wait_for_line(stream, text: str, deadline_s: float) -> str | None:
-    """Read lines from a pipe until one starts with ``text`` (returned), the deadline or the end (None)."""
+def wait_for_line(stream, text: str, deadline_s: float, contains: bool = False) -> str | None:
+    """Read lines from a pipe until one starts with (``contains``: holds) ``text`` (returned), the deadline or the
+    end (None)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         lines, _ = read_lines(stream, 1, deadline_s=max(0.0, end - time.monotonic()))
         if not lines:
             return None
         for ln in lines:
-            if ln.startswith(text):
+            if ln.startswith(text) or (contains and text in ln):
                 return ln
     return None
 
@@ -382,11 +383,48 @@ def test_udp_stream_then_stall(astro, tmp_path):
         if pub is not None:
             pub.kill()
     assert proc.returncode == 1
-    assert f"vaest live: {url}: stalled: no frame for 3.0 s" in err.decode().splitlines()
+    # the consumer (no frame for 3 s) or the reader (its read timed out) notices first: one line either way
+    stalls = [ln for ln in err.decode().splitlines() if ln.startswith(f"vaest live: {url}: stalled: ")]
+    assert len(stalls) == 1 and ("no frame for 3.0 s" in stalls[0] or "nothing read for 4 s" in stalls[0]), err
     lines = [json.loads(ln) for ln in got + rest.decode().splitlines()]
     assert all(d["input"] == url for d in lines)
     assert sum(d["source"] == "estimated" for d in lines) >= 20
     assert len(pd.read_csv(out / "live.csv")) == len(lines)
+
+
+def test_udp_reconnect_after_the_publisher_restarts(astro, tmp_path):
+    """--reconnect: the publisher stops and comes back; vaest says so on stderr, reopens the port, and the
+    timeline and frame numbers go on; SIGTERM then ends it cleanly."""
+    port = _free_port()
+    url = f"udp://127.0.0.1:{port}"
+    out = tmp_path / "rec"
+    proc = subprocess.Popen([*_vaest(), "live", url, "--stall", "2", "--reconnect", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    pubs = []
+    try:
+        assert wait_for_line(proc.stderr, f"vaest live: reading {url}", deadline_s=180)
+        pubs.append(subprocess.Popen(publish(astro, to=url, realtime=True), stdout=subprocess.DEVNULL))
+        first, part = read_lines(proc.stdout, 20, deadline_s=120)
+        assert len(first) >= 20, "no estimates from the first publisher"
+        pubs[0].wait(timeout=120)
+        # the reader's read times out: it says so and reopens the port (the consumer may say it stalled first)
+        line = wait_for_line(proc.stderr, "; reconnecting in 0.5 s (try 1)", deadline_s=60, contains=True)
+        assert line and line.startswith(f"vaest live: {url}: stalled: nothing read for 3 s"), line
+        pubs.append(subprocess.Popen(publish(astro, to=url, realtime=True, loop=2), stdout=subprocess.DEVNULL))
+        more, part = read_lines(proc.stdout, 1000, deadline_s=120)
+        lines = [json.loads(ln) for ln in first + more]
+        last_first = max(d["frame"] for d in lines[:len(first)])
+        assert max(d["frame"] for d in lines) > last_first + 30, "no estimates after the reconnection"
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        for p in pubs:
+            p.kill()
+    assert proc.returncode == 0, err
+    times = [d["time"] for d in lines]
+    assert times == sorted(times)  # the timeline goes on across the reconnection
+    assert json.loads((out / "live.json").read_text())["live"]["complete"]
 
 
 # ---------------------------------------------------------------- the Python API, and offline agreement

@@ -666,11 +666,15 @@ def live(
     from vaest.predictor import Predictor
     from vaest.progress import native_noise_piped
 
+    def _say(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
     server = LiveServer(*parse_serve(serve)) if serve else None
     predictor = Predictor(model, device, people=people, face_backbone=face_backbone, audio_backbone=audio_backbone)
     st = predictor.stream(source, audio=audio, rate=rate, out=out, queue_size=queue, stall_s=stall,
                           reconnect=reconnect, preview=server.image if server else None, max_frames=frames,
-                          window_s=window, hop_s=hop)
+                          window_s=window, hop_s=hop, on_fault=lambda line: _say(f"vaest live: {line}"))
 
     def on_signal(signum: int, _frame: object) -> None:
         st.stop()

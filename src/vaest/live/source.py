@@ -216,6 +216,8 @@ def _open(spec: SourceSpec, timeout_s: float) -> Any:
     try:
         return av.open(spec.url, format=spec.format, options=dict(spec.options),
                        timeout=(max(timeout_s, 10.0), max(timeout_s, 1.0) + 1.0) if spec.network else None)
+    except av.error.ExitError:
+        raise SourceFault(spec.name, "cannot open", f"nothing received for {max(timeout_s, 10.0):g} s") from None
     except Exception as e:  # PyAV raises one error type per FFmpeg error code
         raise SourceFault(spec.name, "cannot open", f"{type(e).__name__}: {e}") from None
 
@@ -244,6 +246,7 @@ class LiveSource:
         self.has_audio = False
         self.n_arrived = 0
         self.faults: list[str] = []  # one line per fault, as logged
+        self.on_fault: Any = None  # called with each fault line instead of logging it (the CLI: one stderr line)
         self.opened = threading.Event()  # set once the first frame arrived (fps/size known)
         self.finished = threading.Event()  # set when the reader thread has ended (the queue is closed)
         self._stop = threading.Event()
@@ -297,7 +300,10 @@ class LiveSource:
     def _fault(self, kind: str, detail: str) -> None:
         line = f"{self.name}: {kind}: {detail}"
         self.faults.append(line)
-        log.warning("%s", line)
+        if self.on_fault is not None:
+            self.on_fault(line)
+        else:
+            log.warning("%s", line)
 
     # ------------------------------------------------------------------------------------------- reader
     def _run(self) -> None:
@@ -317,8 +323,13 @@ class LiveSource:
                 why = SourceFault(self.name, "ended", f"end of stream after {self.n_arrived} frames")
             except SourceFault as e:
                 why = e
-            except Exception as e:  # a decoder / demuxer error the source caused
-                why = SourceFault(self.name, "undecodable data", f"{type(e).__name__}: {e}")
+            except Exception as e:  # a read timeout (FFmpeg's interrupt) or a demuxer error the source caused
+                import av
+
+                if isinstance(e, av.error.ExitError):
+                    why = SourceFault(self.name, "stalled", f"nothing read for {self.stall_s + 1:g} s")
+                else:
+                    why = SourceFault(self.name, "undecodable data", f"{type(e).__name__}: {e}")
             if not (self.reconnect and self.spec.network) or self._stop.is_set():
                 self.queue.close(why)
                 return

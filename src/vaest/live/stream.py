@@ -55,6 +55,8 @@ class LiveStream:
         reconnect: reopen a network source that ends, stalls or fails (backoff 0.5 s doubling to 8 s).
         preview: called with the newest processed frame (H, W, 3) and its time (the live page's camera image).
         max_frames: stop after this many processed frames (tests, benchmarks).
+        on_fault: called with each fault line the stream survives (a restart, a reconnection, damaged packets)
+            instead of logging it as a warning.
         window_s, hop_s: the bundle engine's window and hop (:class:`~vaest.live.engine.WindowEngine`).
     """
 
@@ -62,11 +64,12 @@ class LiveStream:
                  out: str | Path | None = None, stem: str = "live", queue_size: int = 15, batch_max: int = 8,
                  stall_s: float = 5.0, reconnect: bool = False,
                  preview: Callable[[np.ndarray, float], None] | None = None, max_frames: int | None = None,
-                 window_s: float = 8.0, hop_s: float = 4.0):
+                 window_s: float = 8.0, hop_s: float = 4.0, on_fault: Callable[[str], None] | None = None):
         if rate is not None and not rate > 0:
             raise VaestError(f"rate must be > 0 estimates per second, got {rate}")
         self.predictor = predictor
         self.source = LiveSource(source, queue_size=queue_size, stall_s=stall_s, reconnect=reconnect, audio=audio)
+        self.source.on_fault = on_fault
         self.rate, self.out, self.stem = rate, out, stem
         self.batch_max, self.preview, self.max_frames = max(1, batch_max), preview, max_frames
         self.window_s, self.hop_s = window_s, hop_s
