@@ -444,6 +444,30 @@ def test_predictor_stream_yields_results(astro):
     assert st.meta()["live"]["frames_processed"] == 40
 
 
+def test_bundle_path_runs_the_predictor_on_trailing_windows(astro):
+    """With a trained model the predictor's per-video path runs on the last --window seconds every --hop seconds
+    (here a stand-in face model whose valence is the face box's centre x / 640): every frame gets exactly one row,
+    in order, the last partial hop included, each with the value of its own face box."""
+    from types import SimpleNamespace
+
+    import vaest
+    from test_predict_people import _BoxFaceModel
+
+    p = vaest.Predictor()
+    p.bundle = SimpleNamespace(fusion=None, kernels=(1, 1))
+    p.kernels = (1, 1)
+    p.models = {"face": _BoxFaceModel()}
+    st = p.stream(str(astro), queue_size=1000, window_s=2.0, hop_s=1.0)
+    res = list(st)
+    assert [r.frame for r in res] == list(range(1, 91))
+    assert st.meta()["live"]["engine"] == "window"
+    seen = [r for r in res if np.isfinite(r.box).all()]
+    assert len(seen) >= 80
+    for r in seen:
+        assert r.modalities["face"][0] == pytest.approx((r.box[0] + r.box[2]) / 2 / 640, abs=1e-3)
+        assert r.valence == pytest.approx(r.modalities["face"][0], abs=1e-3)  # kernel 1: no smoothing
+
+
 def need_cremad() -> None:
     if not HAP.is_file():
         pytest.skip(f"real CREMA-D clip not found: {HAP} (the shared data folder is absent)")

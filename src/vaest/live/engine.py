@@ -254,6 +254,10 @@ class ZeroShotEngine:
         self.tracker.frame_no = self.prep.frame_no = 0
         self.tracker.drop_history()
 
+    def flush(self) -> list[LiveResult]:
+        """Nothing is held back: every frame was estimated when it was processed."""
+        return []
+
     def close(self) -> None:
         if self.voice is not None:
             self.voice.close()
@@ -358,6 +362,18 @@ class WindowEngine:
 
     def close(self) -> None:
         pass
+
+    def flush(self) -> list[LiveResult]:
+        """At the end of the stream: the rows of the frames after the last complete hop."""
+        if not self.frames or self.next_end is None:
+            return []
+        end = self.frames[-1].time + 1e-6
+        hop, self.hop_s = self.hop_s, end - (self.next_end - self.hop_s)  # the partial hop
+        try:
+            return self._window(end)
+        finally:
+            self.hop_s = hop
+            self.frames.clear()
 
     def step(self, items: list[Arrival]) -> list[LiveResult]:
         out: list[LiveResult] = []

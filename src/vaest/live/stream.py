@@ -142,29 +142,14 @@ class LiveStream:
                     self.engine = self._engine()
                 self._clock0 = min(self._clock0, min(a.arrived - a.time for a in items))
                 results = self.engine.step(items)
-                now = time.monotonic()
-                for r in results:
-                    r.latency_ms = (now - r.arrived) * 1000.0
-                    r.delay_ms = (now - self._clock0 - r.time) * 1000.0
-                    self.latency_hist[min(int(r.latency_ms), len(self.latency_hist) - 1)] += 1
-                    self.delay_hist[min(max(int(r.delay_ms), 0), len(self.delay_hist) - 1)] += 1
-                self.processed += len(items)
-                self.rows += len(results)
-                self.estimated += sum(r.source == "estimated" for r in results)
-                self._last_time = items[-1].time
-                if self.recorder is not None:
-                    self.recorder.add([r.row() for r in results])
-                if self.preview is not None:
-                    self.preview(items[-1].frame, items[-1].time)
-                for r in results:
-                    if self._due(r):
-                        self.emitted += 1
-                        yield r
+                yield from self._deliver(results, items)
                 if self.max_frames is not None and self.processed >= self.max_frames:
                     self.end_reason = f"{src.name}: stopped after {self.processed} frames (max_frames)"
                     break
             if self._stop.is_set() and self.end_reason is None:
                 self.end_reason = f"{src.name}: stopped (signal or stop()) after {self.processed} frames"
+            if self.engine is not None and self.fault is None:  # a windowed engine's last partial hop
+                yield from self._deliver(self.engine.flush(), [])
         finally:
             src.close()
             if self.engine is not None:
@@ -173,6 +158,29 @@ class LiveStream:
                 self.recorder.close()
         if self.fault is not None:
             raise self.fault
+
+    def _deliver(self, results: list[LiveResult], items: list[Any]) -> Iterator[LiveResult]:
+        """Stamp the latency and delay of ``results`` (from the processed ``items``), record them, yield the
+        due ones."""
+        now = time.monotonic()
+        for r in results:
+            r.latency_ms = (now - r.arrived) * 1000.0
+            r.delay_ms = (now - self._clock0 - r.time) * 1000.0
+            self.latency_hist[min(int(r.latency_ms), len(self.latency_hist) - 1)] += 1
+            self.delay_hist[min(max(int(r.delay_ms), 0), len(self.delay_hist) - 1)] += 1
+        self.processed += len(items)
+        self.rows += len(results)
+        self.estimated += sum(r.source == "estimated" for r in results)
+        if items:
+            self._last_time = items[-1].time
+        if self.recorder is not None:
+            self.recorder.add([r.row() for r in results])
+        if self.preview is not None and items:
+            self.preview(items[-1].frame, items[-1].time)
+        for r in results:
+            if self._due(r):
+                self.emitted += 1
+                yield r
 
     def latency(self, delay: bool = False) -> dict[str, float | int]:
         """Latency from a frame's arrival to its estimate (ms): count, median, p95, max bin; ``delay``: the same of
