@@ -285,18 +285,25 @@ class ZeroShotEngine:
             return [pid]
         return [int(m)] if any(p.pid == int(m) for p in seen) else []
 
-    def step(self, items: list[Arrival]) -> list[LiveResult]:
-        """Estimates of consecutive frames ``items`` (in order), per frame the chosen persons in id order."""
+    def prepare(self, items: list[Arrival]) -> Any:
+        """The frame-only part of tracking of consecutive frames ``items`` (shot cuts, scheduled detections:
+        :class:`~vaest.features.persons.FramePrep`, its own detection graph), run by :class:`~vaest.live.LiveStream`
+        in a thread one batch ahead of :meth:`step` (MediaPipe computes without the GIL: on two cores detection
+        overlaps with the tracker's FaceMesh, as offline in the decoding thread). Scheduled detections fall on the
+        source's frame numbers, as offline; a dropped frame is skipped, not shifted onto the next one."""
+        self.prep.frame_no = items[0].index
+        return self.prep(np.stack([a.frame for a in items]))
+
+    def step(self, items: list[Arrival], prepared: Any = None) -> list[LiveResult]:
+        """Estimates of consecutive frames ``items`` (in order), per frame the chosen persons in id order;
+        ``prepared``: :meth:`prepare` of the same items (computed here when None)."""
         from vaest.features.persons import encode_person_frames
         from vaest.zeroshot import face_outputs_va, zero_shot_video
 
+        if prepared is None:
+            prepared = self.prepare(items)
         frames = np.stack([a.frame for a in items])
-        # the tracker counts source frames: scheduled detections fall on the frames they fall on offline, and a
-        # dropped frame is skipped, not shifted onto the next one. The frame-only work (shot cuts, scheduled
-        # detections) runs here, not in the reader thread: a reader that falls behind would leave frames waiting
-        # in the pipe or socket, unseen by the queue, its drop policy and the latency measurement.
-        self.tracker.frame_no = self.prep.frame_no = items[0].index
-        prepared = self.prep(frames)
+        self.tracker.frame_no = items[0].index
         res = self.tracker.process(frames, prepared)
         self.tracker.drop_history()  # the tracks are read here, per batch: nothing kept for an end
         ids = self._chosen()
@@ -375,7 +382,9 @@ class WindowEngine:
             self.hop_s = hop
             self.frames.clear()
 
-    def step(self, items: list[Arrival]) -> list[LiveResult]:
+    prepare = None  # nothing to compute ahead: each window runs the predictor's whole path
+
+    def step(self, items: list[Arrival], prepared: Any = None) -> list[LiveResult]:
         out: list[LiveResult] = []
         for a in items:
             if self.next_end is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import queue
 import threading
 import time
 from pathlib import Path
@@ -115,6 +116,32 @@ class LiveStream:
         self._last_emit[r.person] = r.time
         return True
 
+    def _ahead(self, handoff: queue.Queue, prepare: Callable[[list[Any]], Any] | None) -> None:
+        """Thread: take batches from the source and run the engine's frame-only work on them (``prepare``), one
+        batch ahead of the estimation; hands over (items, prepared), then a fault, an error or None (done)."""
+
+        def put(x: Any) -> None:
+            while not self._stop.is_set():
+                try:
+                    handoff.put(x, timeout=0.25)
+                    return
+                except queue.Full:
+                    continue
+
+        taken = 0
+        try:
+            while not self._stop.is_set():
+                want = self.batch_max if self.max_frames is None else min(self.batch_max, self.max_frames - taken)
+                if want <= 0:
+                    break
+                items = self.source.batch(want)
+                if items:
+                    taken += len(items)
+                    put((items, prepare(items) if prepare is not None else None))
+            put(None)
+        except BaseException as e:  # a source fault or an error: the estimation loop raises or reports it
+            put(e)
+
     def __iter__(self) -> Iterator[LiveResult]:
         src = self.source
         if self.predictor.bundle is None:  # built (and warmed up) before the first frame arrives
@@ -122,36 +149,46 @@ class LiveStream:
         src.start()
         if self.out is not None:
             self.recorder = LiveRecorder(self.out, self.stem, self.meta)
+        # one batch in hand-over: at most queue_size + 2 batches are held between the source and the estimate
+        handoff: queue.Queue = queue.Queue(maxsize=1)
+        ahead = threading.Thread(target=self._ahead, args=(handoff, getattr(self.engine, "prepare", None)),
+                                 name="vaest-live-prepare", daemon=True)
+        ahead.start()
         try:
-            while not self._stop.is_set():
+            while True:
                 try:
-                    want = self.batch_max if self.max_frames is None else min(self.batch_max,
-                                                                              self.max_frames - self.processed)
-                    items = src.batch(want)
-                except SourceFault as e:
-                    if e.kind == "ended":
-                        self.end_reason = str(e)
-                        log.debug("%s", e)
-                    else:
-                        self.fault = e
-                        self.end_reason = str(e)
-                    break
-                if not items:
+                    got = handoff.get(timeout=0.25)
+                except queue.Empty:
+                    if self._stop.is_set():
+                        break
                     continue
+                if got is None:
+                    if self.max_frames is not None and self.processed >= self.max_frames:
+                        self.end_reason = f"{src.name}: stopped after {self.processed} frames (max_frames)"
+                    break
+                if isinstance(got, SourceFault):
+                    if got.kind == "ended":
+                        log.debug("%s", got)
+                    else:
+                        self.fault = got
+                    self.end_reason = str(got)
+                    break
+                if isinstance(got, BaseException):
+                    raise got
+                items, prepared = got
                 if self.engine is None:
                     self.engine = self._engine()
                 self._clock0 = min(self._clock0, min(a.arrived - a.time for a in items))
-                results = self.engine.step(items)
+                results = self.engine.step(items, prepared)
                 yield from self._deliver(results, items)
-                if self.max_frames is not None and self.processed >= self.max_frames:
-                    self.end_reason = f"{src.name}: stopped after {self.processed} frames (max_frames)"
-                    break
             if self._stop.is_set() and self.end_reason is None:
                 self.end_reason = f"{src.name}: stopped (signal or stop()) after {self.processed} frames"
             if self.engine is not None and self.fault is None:  # a windowed engine's last partial hop
                 yield from self._deliver(self.engine.flush(), [])
         finally:
+            self._stop.set()
             src.close()
+            ahead.join(timeout=10.0)
             if self.engine is not None:
                 self.engine.close()
             if self.recorder is not None:
