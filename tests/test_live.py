@@ -172,8 +172,8 @@ def test_causal_smoother_is_the_centred_average_shifted():
 
 
 def test_causal_voice_is_the_zero_shot_voice_of_the_trailing_window():
-    """Each window end T = k * 0.5 s gets the zero-shot voice of exactly [T - 3, T); a frame at t takes the newest
-    window ending at or before t, and nothing once the newest is older than the window."""
+    """With a 0.5 s hop, each window end T = k * 0.5 s gets the zero-shot voice of exactly [T - 3, T); a frame at t
+    takes the newest window ending at or before t, and nothing once the newest is older than the window."""
     pytest.importorskip("opensmile", reason="opensmile not installed (pip install 'vaest[audio]')")
     from vaest.live.engine import CausalVoice
     from vaest.zeroshot import zero_shot_audio
@@ -183,7 +183,7 @@ def test_causal_voice_is_the_zero_shot_voice_of_the_trailing_window():
     wav = (0.3 * np.sin(2 * np.pi * (140 * t + 25 * t ** 2)) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
            ).astype(np.float32)
     ring = AudioRing(keep_s=12.0)
-    voice = CausalVoice(ring, lambda w, fps: zero_shot_audio(w, 16000, fps)).start()
+    voice = CausalVoice(ring, lambda w, fps: zero_shot_audio(w, 16000, fps), hop_s=0.5).start()
     try:
         for k in range(1, 9):  # the audio arrives 0.5 s at a time; each piece completes one window
             ring.write(wav[(k - 1) * sr // 2:k * sr // 2], (k - 1) / 2)

@@ -643,7 +643,7 @@ def live(
     serve: Annotated[Optional[str], typer.Option("--serve", help="Serve the live page on [HOST:]PORT "
                                                  "(127.0.0.1 by default; port 0 = any free port).")] = None,
     queue: Annotated[int, typer.Option("--queue", help="Frames the queue holds; when full the oldest is dropped "
-                                       "(counted).")] = 15,
+                                       "(counted).")] = 8,
     stall: Annotated[float, typer.Option("--stall", help="Seconds without a frame before the source counts as "
                                          "stalled.")] = 5.0,
     reconnect: Annotated[bool, typer.Option("--reconnect", help="Reopen a network source that ends, stalls or "

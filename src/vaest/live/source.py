@@ -234,7 +234,7 @@ class LiveSource:
         max_side: downscale frames larger than this (keeping aspect), as ``iter_frames`` does.
     """
 
-    def __init__(self, source: str, queue_size: int = 15, stall_s: float = 5.0, reconnect: bool = False,
+    def __init__(self, source: str, queue_size: int = 8, stall_s: float = 5.0, reconnect: bool = False,
                  audio: str | None = None, max_side: int | None = None, audio_keep_s: float = 12.0):
         self.spec = parse_source(source)
         self.audio_spec = parse_source(audio) if audio else None

@@ -62,7 +62,7 @@ class LiveStream:
     """
 
     def __init__(self, predictor: Any, source: str, audio: str | None = None, rate: float | None = None,
-                 out: str | Path | None = None, stem: str = "live", queue_size: int = 15, batch_max: int = 8,
+                 out: str | Path | None = None, stem: str = "live", queue_size: int = 8, batch_max: int = 8,
                  stall_s: float = 5.0, reconnect: bool = False,
                  preview: Callable[[np.ndarray, float], None] | None = None, max_frames: int | None = None,
                  window_s: float = 8.0, hop_s: float = 4.0, on_fault: Callable[[str], None] | None = None):
