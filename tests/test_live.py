@@ -427,6 +427,37 @@ def test_udp_reconnect_after_the_publisher_restarts(astro, tmp_path):
     assert json.loads((out / "live.json").read_text())["live"]["complete"]
 
 
+def test_audio_from_another_input(astro, tmp_path):
+    """--audio: the video on one UDP port without sound, the voice (a tone) on another; the voice windows are
+    computed from the second input."""
+    vport, aport = _free_port(), _free_port()
+    vurl, aurl = f"udp://127.0.0.1:{vport}", f"udp://127.0.0.1:{aport}"
+    out = tmp_path / "rec"
+    proc = subprocess.Popen([*_vaest(), "live", vurl, "--audio", aurl, "--stall", "3", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    pubs = []
+    try:
+        assert wait_for_line(proc.stderr, f"vaest live: reading {vurl}", deadline_s=180)
+        pubs.append(subprocess.Popen(publish(astro, to=vurl, realtime=True, loop=2, tone=False),
+                                     stdout=subprocess.DEVNULL))
+        pubs.append(subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", "-re", "-f", "lavfi", "-i",
+                                      "sine=frequency=180:sample_rate=16000:duration=9", "-c:a", "aac", "-f", "mpegts",
+                                      aurl], stdout=subprocess.DEVNULL))
+        for p in pubs:  # both publishers end after 9 s; then the video source stalls and vaest ends
+            p.wait(timeout=120)
+        got, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        for p in pubs:
+            p.kill()
+    assert proc.returncode == 1 and f"vaest live: {vurl}: stalled" in err.decode(), err
+    assert len(got.decode().splitlines()) >= 30
+    live = json.loads((out / "live.json").read_text())["live"]
+    assert live["audio"] and live["voice_windows"] >= 1, live
+    audio_lines = [ln for ln in err.decode().splitlines() if "audio" in ln]
+    assert all(f"audio stalled: {aurl}: nothing read for 4 s" in ln for ln in audio_lines), audio_lines  # its end
+
+
 # ---------------------------------------------------------------- the Python API, and offline agreement
 
 

@@ -448,8 +448,11 @@ class LiveSource:
                     x = out.to_ndarray().reshape(-1)
                     # the chunk ends now: its start on the frames' clock
                     self.audio.write(x, t0 + time.monotonic() - m0 - len(x) / SAMPLE_RATE)
-        except Exception as e:  # a device that goes away
-            self._fault("audio input failed", f"{self.audio_spec.name}: {type(e).__name__}: {e}")
+        except Exception as e:  # a device that goes away, a network input gone silent
+            if isinstance(e, av.error.ExitError):
+                self._fault("audio stalled", f"{self.audio_spec.name}: nothing read for {self.stall_s + 1:g} s")
+            else:
+                self._fault("audio input failed", f"{self.audio_spec.name}: {type(e).__name__}: {e}")
         finally:
             c.close()
 
