@@ -476,9 +476,10 @@ def test_predictor_stream_yields_results(astro):
 
 
 def test_bundle_path_runs_the_predictor_on_trailing_windows(astro):
-    """With a trained model the predictor's per-video path runs on the last --window seconds every --hop seconds
-    (here a stand-in face model whose valence is the face box's centre x / 640): every frame gets exactly one row,
-    in order, the last partial hop included, each with the value of its own face box."""
+    """With a trained model the predictor's per-video path runs on the last --window seconds every --hop seconds in
+    a worker (here a stand-in face model whose valence is the face box's centre x / 640): rows come in frame order,
+    none twice, the last partial hop included, each with the value of its own face box; a hop that completes while
+    the worker is busy is skipped and counted (a file is read far faster than real time)."""
     from types import SimpleNamespace
 
     import vaest
@@ -490,10 +491,14 @@ def test_bundle_path_runs_the_predictor_on_trailing_windows(astro):
     p.models = {"face": _BoxFaceModel()}
     st = p.stream(str(astro), queue_size=1000, window_s=2.0, hop_s=1.0)
     res = list(st)
-    assert [r.frame for r in res] == list(range(1, 91))
-    assert st.meta()["live"]["engine"] == "window"
+    frames = [r.frame for r in res]
+    assert frames == sorted(set(frames)) and frames[-1] == 90
+    live = st.meta()["live"]
+    assert live["engine"] == "window" and live["windows_run"] >= 2
+    assert live["windows_run"] + live["hops_skipped"] >= 3  # 3 s in 1 s hops (the last one partial)
+    assert len(res) >= 25  # at least the first hop's and the last hop's frames
     seen = [r for r in res if np.isfinite(r.box).all()]
-    assert len(seen) >= 80
+    assert len(seen) >= 0.9 * len(res)
     for r in seen:
         assert r.modalities["face"][0] == pytest.approx((r.box[0] + r.box[2]) / 2 / 640, abs=1e-3)
         assert r.valence == pytest.approx(r.modalities["face"][0], abs=1e-3)  # kernel 1: no smoothing

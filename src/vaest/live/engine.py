@@ -348,13 +348,17 @@ class ZeroShotEngine:
 
 class WindowEngine:
     """A trained bundle live: every ``hop_s`` the predictor's per-video path on the last ``window_s`` seconds
-    (see the module docstring). Frames are held for ``window_s``; :meth:`step` returns the newest hop's rows
-    once a hop is complete, nothing in between."""
+    (see the module docstring). :meth:`step` only files the frames (cheap: the queue never overflows because of
+    the models) and hands a completed hop's window to a worker thread; its rows come out of a later :meth:`step`
+    (or :meth:`flush`) once computed. When the worker is still busy as the next hop completes, that hop is skipped
+    (its frames get no row; ``hops_skipped`` counts them): the estimate stays current instead of queueing up."""
 
     kind = "window"
 
     def __init__(self, predictor: Any, ring: AudioRing | None, fps: float, size: tuple[int, int],
                  window_s: float = 8.0, hop_s: float = 4.0):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.p = predictor
         self.ring = ring
         self.fps = float(fps or 30.0)
@@ -362,45 +366,64 @@ class WindowEngine:
         self.window_s, self.hop_s = float(window_s), float(hop_s)
         self.frames: collections.deque[Arrival] = collections.deque()
         self.next_end: float | None = None
+        self.windows_run = 0
+        self.hops_skipped = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vaest-live-window")
+        self._job: Any = None
         self.notes = [CAUSAL_NOTES[0],
                       f"live: the bundle's models run every {self.hop_s:g} s on the last {self.window_s:g} s of "
                       "frames and audio (offline: on the whole file); each frame's estimate is that of the window "
-                      "ending with its hop, so windowed models see less context before a frame and none after it",
+                      "ending with its hop, so windowed models see less context before a frame and none after it; "
+                      "a hop that completes while the previous window is still computed is skipped",
                       CAUSAL_NOTES[3]]
 
     def close(self) -> None:
-        pass
+        self._pool.shutdown(wait=True)
+
+    def _collect(self, wait: bool) -> list[LiveResult]:
+        if self._job is None or not (wait or self._job.done()):
+            return []
+        job, self._job = self._job, None
+        return job.result()
+
+    def _submit(self, end: float, hop_s: float) -> None:
+        win = [a for a in self.frames if a.time < end]
+        if win:
+            self._job = self._pool.submit(self._window, win, end, hop_s)
+            self.windows_run += 1
 
     def flush(self) -> list[LiveResult]:
-        """At the end of the stream: the rows of the frames after the last complete hop."""
-        if not self.frames or self.next_end is None:
-            return []
-        end = self.frames[-1].time + 1e-6
-        hop, self.hop_s = self.hop_s, end - (self.next_end - self.hop_s)  # the partial hop
-        try:
-            return self._window(end)
-        finally:
-            self.hop_s = hop
-            self.frames.clear()
+        """At the end of the stream: the window being computed, then the frames after the last complete hop."""
+        out = self._collect(wait=True)
+        if self.frames and self.next_end is not None:
+            end = self.frames[-1].time + 1e-6
+            self._submit(end, end - (self.next_end - self.hop_s))  # the partial hop
+            out += self._collect(wait=True)
+        self.frames.clear()
+        return out
 
     prepare = None  # nothing to compute ahead: each window runs the predictor's whole path
 
     def step(self, items: list[Arrival], prepared: Any = None) -> list[LiveResult]:
-        out: list[LiveResult] = []
+        out = self._collect(wait=False)
         for a in items:
             if self.next_end is None:
                 self.next_end = a.time + self.hop_s
             if a.time >= self.next_end and self.frames:
-                out += self._window(self.next_end)
+                out += self._collect(wait=False)
+                if self._job is None:
+                    self._submit(self.next_end, self.hop_s)
+                else:
+                    self.hops_skipped += 1
                 self.next_end += self.hop_s * max(1, math.ceil((a.time - self.next_end) / self.hop_s + 1e-9))
             self.frames.append(a)
             while self.frames and self.frames[0].time < a.time - self.window_s:
                 self.frames.popleft()
         return out
 
-    def _window(self, end: float) -> list[LiveResult]:
-        """Run the predictor on the frames before ``end`` (at most ``window_s``) and return the rows of those
-        in the last hop."""
+    def _window(self, win: list[Arrival], end: float, hop_s: float) -> list[LiveResult]:
+        """Run the predictor on the frames ``win`` (those before ``end``, at most ``window_s``) and return the rows
+        of those in the last ``hop_s``."""
         from pathlib import Path
 
         from vaest.corpus import Video
@@ -408,9 +431,6 @@ class WindowEngine:
         from vaest.features.store import MemoryStore
         from vaest.media import FrameBatch, MediaInfo
 
-        win = [a for a in self.frames if a.time < end]
-        if not win:
-            return []
         t0 = win[0].time
         times = np.array([a.time - t0 for a in win])
         wav = self.ring.window(end, end - t0) if self.ring is not None else np.zeros(0, np.float32)
@@ -426,7 +446,7 @@ class WindowEngine:
         save_records(store, recs, force=True)
         res = self.p._predict_people(name, store, video, times, info, time.perf_counter())
         df = res.frame
-        hop0 = end - self.hop_s
+        hop0 = end - hop_s
         out = []
         by_frame = {k: a for k, a in enumerate(win)}
         for r in df.itertuples(index=False):

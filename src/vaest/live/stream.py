@@ -264,5 +264,6 @@ class LiveStream:
                                     "before arrival",
                 "audio": src.has_audio, "voice_windows": getattr(voice, "computed", None),
                 "voice_windows_skipped": getattr(voice, "skipped", None), "faults": list(src.faults),
+                "windows_run": getattr(eng, "windows_run", None), "hops_skipped": getattr(eng, "hops_skipped", None),
             },
         }
