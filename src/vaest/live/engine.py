@@ -225,7 +225,7 @@ class ZeroShotEngine:
     kind = "zero-shot"
 
     def __init__(self, predictor: Any, ring: AudioRing | None):
-        from vaest.features.persons import FramePrep, PersonTrackConfig, PersonTracker
+        from vaest.features.person_tracker import FramePrep, PersonTrackConfig, PersonTracker
 
         pe = next((e for e in predictor.extractors if e.name == "persons"), None)
         if pe is None or pe.face_encoder is None:
