@@ -4,6 +4,7 @@
   "use strict";
   const WINDOW_S = 30;   // seconds of curves kept on screen
   const TRAIL_S = 3;     // seconds of the plane's trail
+  const GAP_S = 0.5;     // a longer pause between two estimates is drawn as a gap
   const COLORS = { vaest: "#111111", face: "#9467bd", audio: "#2ca02c", behavior: "#ff7f0e" };
   const MODS = ["face", "audio", "behavior"];
   const plotsBox = document.getElementById("vaest-plots");
@@ -32,6 +33,15 @@
 
   function add(e) {
     const s = series(e.person);
+    const n = s.t.length;
+    const dt = n ? e.time - s.t[n - 1] : 0;
+    // a pause well beyond the usual spacing (frames dropped, a stall): drawn as a gap, not as a line
+    if (n && dt > Math.max(GAP_S, 3 * (s.dt || 0))) {
+      s.t.push(s.t[n - 1] + 1e-3);
+      for (const k of KEYS) s[k].push(null);
+    } else if (n) {
+      s.dt = dt;
+    }
     s.t.push(e.time);
     for (const k of KEYS) s[k].push(e[k] === undefined ? null : e[k]);
     const t0 = e.time - WINDOW_S;
