@@ -218,10 +218,10 @@ def offline_agreement(video: Path, work: Path) -> dict[str, Any]:
                                                         "mean_abs": float(np.abs(a - b)[both].mean()),
                                                         "corr": float(np.corrcoef(a[both], b[both])[0, 1])}
     # the smoothing: live final = trailing mean (kernel k) of the raw; offline = centred mean: live at frame i
-    # against offline at i - (k - 1) / 2 (equal where the raw values around agree: the face path)
-    for c, k in (("valence", 7), ("arousal", 13)):
-        h = (k - 1) // 2
-        a, b = m[f"{c}_live"].to_numpy(float)[h:], m[f"{c}_off"].to_numpy(float)[:-h]
+    # against offline at i - (k - 1) / 2 (equal where the raw values around agree: the face path),
+    # and the face's expression pooling: trailing 0.5 s (15 frames) against centred: 7 frames
+    for c, h in (("face_valence", 7), ("face_arousal", 7), ("valence", 10), ("arousal", 13)):
+        a, b = m[f"{c}_live"].to_numpy(float)[2 * h:], m[f"{c}_off"].to_numpy(float)[h:-h]
         both = np.isfinite(a) & np.isfinite(b)
         d = np.abs(a - b)[both]
         res[f"{c}_vs_offline_{h}_frames_earlier"] = {"frames": int(both.sum()), "max_abs": float(d.max()),

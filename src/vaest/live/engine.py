@@ -43,8 +43,10 @@ VOICE_HOP_S = 1.0  # the voice is recomputed every this many seconds of new audi
 # the audio's duration in work at 1 s, 6x at 0.5 s)
 CAUSAL_NOTES = (
     "live: causal estimates; each uses only frames and audio up to its own time",
+    "live: the face's expression probabilities are pooled over the trailing 0.5 s (offline: centred), so the "
+    "face values lag the offline ones by 7 frames at 30 fps",
     "live: smoothing is a trailing moving average of the same kernels (offline: centred), so the smoothed "
-    "curve lags the offline one by (kernel - 1) / 2 frames",
+    "curve lags the offline one by (kernel - 1) / 2 frames more",
     "live: the voice's arousal at time t is that of the newest trailing 3 s window ending at a 1 s step <= t "
     "that was computed by the time the frame is processed (offline: the 3 s window centred on t), with the gain "
     "and activity thresholds of that window (offline: of the whole file)",
@@ -145,6 +147,34 @@ class CausalSmoother:
         return np.clip(out, -1.0, 1.0)
 
 
+class CausalPool:
+    """Trailing mean of the last ``length`` frames' expression probabilities over the frames with a face: the causal
+    form of :func:`vaest.zeroshot.pool_expressions` (centred over the same number of frames), so its value at
+    frame i is the offline one at i - (length - 1) / 2. A frame without a face stays NaN, as offline."""
+
+    def __init__(self, length: int):
+        self._buf: collections.deque[np.ndarray] = collections.deque(maxlen=max(1, int(length)))
+
+    def push(self, rows: np.ndarray) -> np.ndarray:
+        """(B, C) probabilities of the next frames (NaN rows: no face) -> (B, C) pooled."""
+        out = np.full(rows.shape, np.nan, np.float64)
+        for b, r in enumerate(np.asarray(rows, np.float64)):
+            self._buf.append(r)
+            if np.isfinite(r).all():
+                arr = np.stack(self._buf)
+                arr = arr[np.isfinite(arr).all(1)]
+                out[b] = arr.mean(0)
+        return out
+
+
+def pool_length(fps: float) -> int:
+    """Frames in the offline expression pooling window at ``fps`` (as :func:`vaest.zeroshot.pool_expressions`)."""
+    from vaest.zeroshot import FACE_POOL_S
+
+    w = int(round(FACE_POOL_S * fps))
+    return 2 * (w // 2) + 1 if w > 1 else 1
+
+
 class CausalVoice:
     """The zero-shot voice over trailing windows, computed in a worker thread as the audio arrives.
 
@@ -240,6 +270,8 @@ class ZeroShotEngine:
         self.tracker = PersonTracker(self.cfg)
         self._warm_up()
         self.smoothers: dict[int, CausalSmoother] = {}
+        self.pools: dict[tuple[int, str], CausalPool] = {}
+        self.fps = 30.0  # the source's frame rate, set by the stream once known (the pooling window in frames)
         self.voice = CausalVoice(ring, predictor._voice).start() if ring is not None else None
         self.notes = list(CAUSAL_NOTES)
 
@@ -264,6 +296,25 @@ class ZeroShotEngine:
             self.voice.close()
         self.tracker.close()
         self.prep.close()
+
+    def _face_va(self, pid: int, enc: dict[str, np.ndarray] | None, B: int) -> np.ndarray:
+        """(B, 2) zero-shot face valence/arousal of person ``pid`` from their encoder outputs (None: not visible):
+        the encoder's own VA head where it has one, else :func:`vaest.zeroshot.zero_shot_face` of the expression
+        probabilities pooled causally (:class:`CausalPool`; the pools see every frame, visible or not)."""
+        from vaest.zeroshot import face_outputs_va, zero_shot_face
+
+        if enc is not None and "va" in enc and np.isfinite(enc["va"]).any():
+            return face_outputs_va(enc, self.classes).astype(np.float32)
+        C = len(self.classes)
+        pooled = {}
+        for key in ("probs", "probs_arousal"):
+            if key == "probs_arousal" and not getattr(self.fe.encoder, "arousal_probs", False):
+                continue
+            rows = enc[key] if enc is not None else np.full((B, C), np.nan, np.float32)
+            pool = self.pools.setdefault((pid, key), CausalPool(pool_length(self.fps)))
+            pooled[key] = pool.push(rows)
+        return zero_shot_face(pooled["probs"], self.classes, None,
+                              arousal_probs=pooled.get("probs_arousal")).astype(np.float32)
 
     def _voice_at(self, t: float) -> np.ndarray:
         va = self.voice.at(t) if self.voice is not None else None
@@ -299,7 +350,7 @@ class ZeroShotEngine:
         """Estimates of consecutive frames ``items`` (in order), per frame the chosen persons in id order;
         ``prepared``: :meth:`prepare` of the same items (computed here when None)."""
         from vaest.features.persons import encode_person_frames
-        from vaest.zeroshot import face_outputs_va, zero_shot_video
+        from vaest.zeroshot import zero_shot_video
 
         if prepared is None:
             prepared = self.prepare(items)
@@ -312,11 +363,8 @@ class ZeroShotEngine:
         face: dict[int, np.ndarray] = {}
         for pid in ids:
             bx = res.get(pid, (np.full((B, 4), np.nan, np.float32),))[0]
-            if np.isfinite(bx).all(1).any():
-                enc = encode_person_frames(self.fe, frames, bx)
-                face[pid] = face_outputs_va(enc, self.classes).astype(np.float32)
-            else:
-                face[pid] = np.full((B, 2), np.nan, np.float32)
+            enc = encode_person_frames(self.fe, frames, bx) if np.isfinite(bx).all(1).any() else None
+            face[pid] = self._face_va(pid, enc, B)
         voice_ok = len(self.tracker.persons) <= 1  # several persons: the voice belongs to nobody in particular
         audio = np.stack([self._voice_at(a.time) for a in items]) if voice_ok else None
         if audio is not None and not np.isfinite(audio).any():
@@ -375,7 +423,7 @@ class WindowEngine:
                       "frames and audio (offline: on the whole file); each frame's estimate is that of the window "
                       "ending with its hop, so windowed models see less context before a frame and none after it; "
                       "a hop that completes while the previous window is still computed is skipped",
-                      CAUSAL_NOTES[3]]
+                      CAUSAL_NOTES[4]]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

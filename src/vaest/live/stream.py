@@ -178,6 +178,7 @@ class LiveStream:
                 items, prepared = got
                 if self.engine is None:
                     self.engine = self._engine()
+                self.engine.fps = float(src.fps or 30.0)
                 self._clock0 = min(self._clock0, min(a.arrived - a.time for a in items))
                 results = self.engine.step(items, prepared)
                 yield from self._deliver(results, items)
