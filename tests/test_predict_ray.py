@@ -55,7 +55,7 @@ def test_ray_engine_survives_a_killed_and_a_stuck_worker(tmp_path, local_ray):
     pr = Flaky(device="cpu")
     t0 = time.monotonic()
     rows = predict_many([media], out, pr, plot=False, engine="ray", workers=2, file_timeout=10)
-    assert time.monotonic() - t0 < 300
+    assert time.monotonic() - t0 < 1200  # a guard against a hang, not a speed target (a loaded 2-core machine took 523 s)
     status = {Path(r["input"]).name: r["status"] for r in rows}
     assert status == {"a.mp4": "ok", "b.mp4": "ok", "c.mp4": "ok", "die.mp4": "ok", "hang.mp4": "ok",
                       "broken.mp4": "failed"}
