@@ -279,7 +279,7 @@ def _announced_frames(vs, fps: float) -> int:
     return int(round(secs * fps))
 
 
-def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = WORKING_SIDE) -> Iterator[FrameBatch]:
+def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = None) -> Iterator[FrameBatch]:
     """Decode video frames in order, in batches, in display orientation and at the working resolution.
 
     Each frame is scaled once by libswscale (``frame.reformat`` with the :data:`REDUCE_FILTER` area filter, in
@@ -291,7 +291,7 @@ def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = W
     Args:
         path: media file.
         batch_size: frames per batch (fewer for large frames: at most ``MAX_BATCH_BYTES`` per batch).
-        max_side: the working resolution's longer side (:data:`WORKING_SIDE`); None or 0: full size.
+        max_side: the working resolution's longer side; None: :data:`WORKING_SIDE`; 0: full size.
     Yields:
         :class:`FrameBatch` objects; a corrupt tail ends the stream with a warning.
     Raises:
@@ -310,6 +310,8 @@ def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = W
         fps = float(rate) if rate else 30.0
         W, H = vs.codec_context.width or 0, vs.codec_context.height or 0
         sar = _sample_aspect(vs)
+        if max_side is None:
+            max_side = WORKING_SIDE
         out_w, out_h = working_size(W, H, sar, max_side)
         scale = (out_w, out_h) if (out_w, out_h) != (W, H) else None
         if out_w * out_h:  # a 32-frame batch of 4K frames would hold 0.8 GB (twice, while stacking)
@@ -427,6 +429,71 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     finally:
         stop.set()
         th.join()
+
+
+# Still-image formats read as photos (by Pillow); the first frame of an animated file is used.
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# EXIF orientation tag (0x0112) -> what it asks for, as (clockwise rotation, then mirrored left-right)
+EXIF_ORIENTATIONS = {1: (0, False), 2: (0, True), 3: (180, False), 4: (180, True), 5: (90, True),
+                     6: (90, False), 7: (270, True), 8: (270, False)}
+
+
+@dataclass
+class ImageInfo:
+    """What a photo file says about its picture.
+
+    Attributes:
+        stored_size: (width, height) of the stored pixels.
+        exif_orientation: the EXIF orientation tag (1-8; 1 when absent), already applied to the pixels returned.
+        size: (width, height) of the picture as shown (after the orientation).
+    """
+
+    path: Path | None
+    stored_size: tuple[int, int]
+    exif_orientation: int
+    size: tuple[int, int]
+
+    def describe(self) -> dict[str, Any]:
+        rot, mirror = EXIF_ORIENTATIONS.get(self.exif_orientation, (0, False))
+        return {"stored_size": list(self.stored_size), "display_size": list(self.size), "rotation_cw": rot,
+                "mirrored": mirror, "orientation_source": "exif" if self.exif_orientation != 1 else "none",
+                "exif_orientation": self.exif_orientation}
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
+    """A photo as an RGB array (H, W, 3) uint8 in display orientation (its EXIF orientation applied, as
+    viewers show it; alpha dropped, grey and palette images expanded), and its :class:`ImageInfo`.
+
+    Raises:
+        MediaError: missing, empty or unreadable file (naming it).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"{p}: no such file")
+    if p.is_dir():
+        raise MediaError(f"{p}: is a folder, not an image file")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p}: file is empty")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            stored = im.size
+            try:
+                orient = int(im.getexif().get(0x0112, 1) or 1)
+            except Exception:  # a broken EXIF block: the pixels as stored
+                log.warning("%s: unreadable EXIF data; the picture is used as stored", p)
+                orient = 1
+            if orient not in EXIF_ORIENTATIONS:
+                log.warning("%s: EXIF orientation %d is not one of 1-8; the picture is used as stored", p, orient)
+                orient = 1
+            shown = ImageOps.exif_transpose(im) if orient != 1 else im
+            rgb = np.asarray(shown.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise MediaError(f"{p}: cannot read as an image ({type(e).__name__}: {e})") from None
+    h, w = rgb.shape[:2]
+    return np.ascontiguousarray(rgb), ImageInfo(p, (int(stored[0]), int(stored[1])), orient, (w, h))
 
 
 def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:

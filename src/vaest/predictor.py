@@ -57,13 +57,12 @@ from vaest.corpus.affwild2 import VIDEO_EXTS
 from vaest.errors import FeatureError, MediaError, VaestError
 from vaest.features.base import Extractor
 from vaest.features.store import FeatureRecord, FeatureStore, MemoryStore
-from vaest.media import FrameBatch, MediaInfo
+from vaest.media import IMAGE_EXTS, FrameBatch, MediaInfo
 from vaest.timebase import TimeBase, TimeSeries
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("face", "audio", "behavior")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_ONLY_FPS = 30.0
 ZERO_SHOT_AUDIO_NOTE = ("audio: zero-shot voice arousal from gain-independent cues (spectral tilt: alpha ratio, "
                         "Hammarberg index, MFCC 1; F0 range; HNR) over 3 s windows, constants calibrated on RAVDESS; "
@@ -202,6 +201,18 @@ def _from_persons(e: Extractor, persons: Extractor) -> Extractor:
     return e
 
 
+def to_display(df: Any, frame_size: Sequence[int], info: MediaInfo) -> None:
+    """Scale the box columns of ``df`` in place from the working frames' pixels (``frame_size``: width, height)
+    to the displayed picture's (:attr:`vaest.media.MediaInfo.display_size`): the frames were already turned to
+    display orientation, only their size differs."""
+    dw, dh = info.display_size
+    fw, fh = (int(x) for x in frame_size)
+    if not (fw and fh and dw and dh) or (fw, fh) == (dw, dh):
+        return
+    for c, s in zip(BOX_COLUMNS, (dw / fw, dh / fh, dw / fw, dh / fh)):
+        df[c] = df[c] * s
+
+
 def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str, video_id: str) -> MemoryStore:
     """A feature store holding one person as if they were the video's only face: ``face-<encoder>`` (their
     encoder outputs ``enc``: ``emb`` (n, E), ``probs`` (n, C)) and ``facetrack`` (their boxes and landmarks), so a
@@ -269,15 +280,24 @@ class PredictionResult:
 
         ``media``: the input to play beside the curves (None: ``meta["input"]`` where that file exists); a
         format the browser cannot play gets an H.264/AAC proxy beside the page."""
-        from vaest.view import write_frame_page
+        from vaest.view import write_frame_page, write_photo_page
 
         if media is None and self.meta.get("input") and Path(str(self.meta["input"])).is_file():
             media = Path(str(self.meta["input"]))
+        if self.meta.get("kind") == "photo":
+            return write_photo_page(self.frame, self.meta, media, path)
         return write_frame_page(self.frame, self.meta, media, path)
 
     def plot(self, path: str | Path) -> Path:
         """Valence and arousal over time: final curve bold, modalities thin, gaps left as gaps (NaN is not
-        drawn), filled frames dashed; fusion weights underneath; zero-shot cues labelled in the title."""
+        drawn), filled frames dashed; fusion weights underneath; zero-shot cues labelled in the title. A photo's
+        result: the photo with each face's box and values (:func:`vaest.photos.draw_photo`)."""
+        if self.meta.get("kind") == "photo":
+            from vaest.photos import draw_photo
+
+            if not Path(str(self.meta.get("input", ""))).is_file():
+                raise VaestError("the plot of a photo draws on the photo file, and this result has none (an array)")
+            return draw_photo(Path(str(self.meta["input"])), self.frame, path)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -434,12 +454,15 @@ class Predictor:
             or hub id, :class:`vaest.models.ser.SpeechEmotionPredictor`, e.g. audEERING's
             ``wav2vec2-large-robust-12-ft-emotion-msp-dim``) instead of :func:`vaest.zeroshot.zero_shot_audio`;
             it gives valence too (column ``audio_valence``; the video's valence still comes from the face).
+        working_side: the working resolution's longer side (None: :data:`vaest.media.WORKING_SIDE`; 0: full
+            size): frames are decoded in display orientation and reduced to it; boxes in the output are in the
+            displayed picture's pixels all the same.
     """
 
     def __init__(self, model: str | Path | None = None, device: str = "auto", progress: bool = False,
                  cache: str | Path | None = None, fill: bool = False, force: bool = False, batch_size: int = 32,
                  people: str | int = "main", face_backbone: str | None = None,
-                 audio_backbone: str | None = None):
+                 audio_backbone: str | None = None, working_side: int | None = None):
         from vaest.apply import FusionModel, check_fusion_inputs, load_model, load_modality
         from vaest.features.base import default_extractors
         from vaest.postprocess import REFERENCE_KERNELS
@@ -460,6 +483,7 @@ class Predictor:
 
             self._ser = SpeechEmotionPredictor(str(audio_backbone), device=self.device)
         self.progress, self.fill, self.force, self.batch_size = progress, fill, force, batch_size
+        self.working_side = working_side  # None: vaest.media.WORKING_SIDE; 0: full size
         self.cache = Path(cache) if cache is not None else None
         self.people = check_people(people)
         self.model_path = Path(model) if model is not None else None
@@ -550,30 +574,33 @@ class Predictor:
                     self._voice_done = (video.media, fps, self._voice(wav, fps))
 
         with progress_enabled(self.progress):
-            recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size,
+            recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size, self.working_side,
                                                 audio_beside=audio_beside(info.duration), on_audio=on_audio)
         save_records(store, recs, force=True)
         release_free_memory()  # the frame pipeline's buffers, before the models and the outputs allocate theirs
         if unfed:
             raise MediaError(why)
 
-    def predict(self, path: str | Path) -> PredictionResult:
-        """Per-frame valence/arousal of one media file (see the module docstring for the columns).
+    def predict(self, path: str | Path | np.ndarray) -> PredictionResult:
+        """Per-frame valence/arousal of one media file (see the module docstring for the columns); a photo (an
+        image file, or an RGB array (H, W, 3) uint8) gives one row per face (:mod:`vaest.photos`).
 
-        Raises :class:`~vaest.errors.VaestError` (naming the file) for a missing, broken or still-image file.
+        Raises :class:`~vaest.errors.VaestError` (naming the file) for a missing or broken file.
         """
         import pandas as pd
 
         from vaest.media import probe
 
         t0 = time.perf_counter()
+        if isinstance(path, np.ndarray) or Path(path).suffix.lower() in IMAGE_EXTS:
+            from vaest.photos import predict_photo
+
+            return predict_photo(self, path)
         p = Path(path)
         if not p.exists():
             raise MediaError(f"{p}: no such file")
         if p.is_dir():
             raise MediaError(f"{p}: is a folder (use predict_many or `vaest predict FOLDER`)")
-        if p.suffix.lower() in IMAGE_EXTS:
-            raise MediaError(f"{p}: a still image, not a video or audio file")
         info = probe(p)
         audio_only = p.suffix.lower() in AUDIO_EXTS or not info.has_video
         if audio_only and not info.has_audio:
@@ -723,6 +750,7 @@ class Predictor:
                                                                       for d in ("valence", "arousal")]
                  + wcols + ["person", *BOX_COLUMNS])
         df = pd.DataFrame({c: table[c] for c in order})
+        to_display(df, tracks.frame_size, info)
         df["frame"] = df["frame"].astype(np.int64)
         df["person"] = df["person"].astype(np.int64)
         source_all = df["source"].to_numpy()
@@ -749,6 +777,7 @@ class Predictor:
             "audio_attributed": bool(several and "audio" in shared and attribution is not None),
             "cuts": [int(c) for c in tracks.cuts], "frame_size": list(tracks.frame_size),
         }
+        meta["picture"] = {**info.describe(), "working_size": list(tracks.frame_size)}
         return PredictionResult(df, meta)
 
     def _video_parts(self, store: FeatureStore, video: Video, n: int, fps: float, notes: list[str]
@@ -940,8 +969,8 @@ class Predictor:
 
 
 def expand_inputs(inputs: Iterable[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
-    """(file, output stem relative to OUT) for every input: files as given, folders recursively (media and image
-    files by extension; images are reported as failures), glob patterns expanded. Output stems keep each file's
+    """(file, output stem relative to OUT) for every input: files as given, folders recursively (media and photo
+    files by extension), glob patterns expanded. Output stems keep each file's
     path relative to the common folder of all inputs (a folder input counts as its own root), without suffix;
     files that would share a stem (``x.mp4`` and ``x.flv``) keep their suffix in it. Folder contents below
     ``exclude`` (the output folder, when it lies inside an input folder) are left out."""
@@ -1016,7 +1045,10 @@ def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predi
                 if html:
                     from vaest.view import page_for, write_page
 
-                    write_page(csv_path, f, page_for(csv_path), meta=res.meta)
+                    if res.meta.get("kind") == "photo":
+                        res.to_html(page_for(csv_path), media=f)
+                    else:
+                        write_page(csv_path, f, page_for(csv_path), meta=res.meta)
                 rows.append({"input": str(f), "csv": str(csv_path.relative_to(out)), "status": "ok",
                              "reason": "; ".join(n for n in res.meta["notes"] if n.startswith("no "))})
                 log.info("%s: %d frames (%d estimated) -> %s", f, res.meta["n_frames"],
