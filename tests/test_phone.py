@@ -108,6 +108,33 @@ def test_working_resolution_bounds_batch_memory(tmp_path):
     np.testing.assert_allclose(small[5, 5].astype(int), _pattern()[0, 0].astype(int), atol=6)
 
 
+def test_hevc_10bit_phone_clip_is_decoded_upright(tmp_path):
+    """HEVC 10-bit (what recent phones record) with a rotation -90 matrix: frames upright, equal to the 8-bit
+    H.264 twin within compression noise."""
+    import av
+
+    if "libx265" not in av.codecs_available:
+        pytest.skip("PyAV's FFmpeg has no libx265 encoder (needed to write the HEVC test clip)")
+    from vaest.media import iter_frames
+
+    up = np.kron(_pattern(24, 32), np.ones((4, 4, 1), np.uint8))  # 96 x 128
+    stored = np.ascontiguousarray(np.rot90(up, 1))
+    path = tmp_path / "hevc.mp4"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx265", rate=30)
+        vs.width, vs.height, vs.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p10le"
+        vs.options = {"crf": "4", "preset": "ultrafast", "x265-params": "log-level=error"}
+        vs.set_display_rotation(-90)
+        for _ in range(3):
+            for pk in vs.encode(av.VideoFrame.from_ndarray(stored, format="rgb24").reformat(format="yuv420p10le")):
+                c.mux(pk)
+        for pk in vs.encode():
+            c.mux(pk)
+    got = np.concatenate([b.frames for b in iter_frames(path)])
+    assert got.shape[1:] == up.shape
+    assert np.abs(got[0].astype(int) - up.astype(int)).mean() < 4
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Estimates: rotated and large clips against their upright / smaller twins
 # ---------------------------------------------------------------------------------------------------------
@@ -158,7 +185,7 @@ def test_generated_phone_clip_upright_boxes_in_display_coordinates(tmp_path, pre
 
 # Per-frame tolerance of the rotated clips against the upright one (final smoothed valence and arousal of the
 # zero-shot path): the stored pixels are encoded by H.264 in another orientation, so the decoded pictures differ
-# by compression noise only; measured mean |difference| <= ~0.01.
+# by compression noise only; measured (11:22 UTC) mean |difference| 0.005-0.019, largest frame 0.063.
 ROTATED_MEAN_TOL = 0.03
 ROTATED_MAX_TOL = 0.12
 
