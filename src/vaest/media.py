@@ -25,11 +25,12 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-MAX_BATCH_BYTES = 64 * 2**20  # decoded frames held per batch; large frames get smaller batches
+MAX_BATCH_BYTES = 32 * 2**20  # decoded frames held per batch (32 frames of 480x360: 17 MB); larger frames get fewer
 # The working resolution: frames whose longer side (in display orientation, pixels made square) exceeds this are
 # reduced to it while decoding. 960 keeps a face that fills a third of a 16:9 picture's height at ~180 px: above
 # what every face encoder reads (mini-Xception 64 px, FER 48, EfficientNet 224-240 from close-ups) and FaceMesh's
-# 256-px crop of a face with its margin, while a batch of 32 frames stays under 64 MB whatever the source size.
+# 256-px crop of a face with its margin; a batch holds at most MAX_BATCH_BYTES (15 frames of 960x720) whatever
+# the source size.
 WORKING_SIDE = 960
 # libswscale filter of that reduction: the area filter averages every source pixel (no aliasing at large factors)
 # and was the cheapest of the measured ways on 2880x2160 H.264 (docs/performance.md, "Working resolution")
