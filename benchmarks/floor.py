@@ -1,7 +1,7 @@
 """The floor of each prediction path: the least work any implementation must do on a video, in one Python process.
 
 - ``face``: PyAV decode to RGB at the working resolution (a frame larger than ``vaest.media.WORKING_SIDE`` on
-  its longer side is reduced by libswscale's area filter in the same conversion, as vaest decodes it; smaller
+  its longer side is reduced by libswscale in the same conversion, with vaest's filter; smaller
   frames are converted as they are), MediaPipe full-range face detection on every ``detect_every``-th frame and
   FaceMesh in video mode (its own tracking between frames) on every frame. Nothing else: no crops, no frame
   encoder, no files written.

@@ -103,7 +103,7 @@ def test_working_resolution_bounds_batch_memory(tmp_path):
     assert b.frames.shape == (3, side * 3 // 4, side, 3)
     assert b.frames.nbytes <= vm.MAX_BATCH_BYTES
     assert next(iter(vm.iter_frames(src, max_side=480))).frames.shape[1:] == (360, 480, 3)
-    # the area filter averages: a block's colour survives the reduction
+    # a block's colour survives the reduction
     small = next(iter(vm.iter_frames(src, max_side=320))).frames[0]
     np.testing.assert_allclose(small[5, 5].astype(int), _pattern()[0, 0].astype(int), atol=6)
 

@@ -2,8 +2,8 @@
 
 Media is decoded once per video and streamed in batches to every extractor that needs frames, in display
 orientation (the stream's display matrix, or the old ``rotate`` tag, applied; non-square pixels made square) and
-at one working resolution (:data:`WORKING_SIDE`: large frames are reduced in the decoding thread by libswscale's
-area filter, before they are converted to RGB arrays), so that every stage sees what a player shows.
+at one working resolution (:data:`WORKING_SIDE`: large frames are reduced in the decoding thread by libswscale,
+in the same pass that converts them to RGB), so that every stage sees what a player shows.
 Tolerated with a warning: no audio track, variable frame rate, a corrupt tail (frames up to the damage are
 returned). An unreadable file raises :class:`vaest.errors.MediaError` naming it.
 """
@@ -32,9 +32,10 @@ MAX_BATCH_BYTES = 32 * 2**20  # decoded frames held per batch (32 frames of 480x
 # 256-px crop of a face with its margin; a batch holds at most MAX_BATCH_BYTES (15 frames of 960x720) whatever
 # the source size.
 WORKING_SIDE = 960
-# libswscale filter of that reduction: the area filter averages every source pixel (no aliasing at large factors)
-# and was the cheapest of the measured ways on 2880x2160 H.264 (docs/performance.md, "Working resolution")
-REDUCE_FILTER = "AREA"
+# libswscale filter of that reduction, done with the YUV -> RGB conversion in one pass: the cheapest of the ways
+# measured on 2880x2160 H.264 (4.6 ms a frame against 10 for the area filter and 7 for OpenCV's area resize of
+# the planes; docs/performance.md, "Phone and camera media"), and estimates within the area filter's
+REDUCE_FILTER = "FAST_BILINEAR"
 
 
 @dataclass
@@ -283,7 +284,7 @@ def _announced_frames(vs, fps: float) -> int:
 def iter_frames(path: str | Path, batch_size: int = 32, max_side: int | None = None) -> Iterator[FrameBatch]:
     """Decode video frames in order, in batches, in display orientation and at the working resolution.
 
-    Each frame is scaled once by libswscale (``frame.reformat`` with the :data:`REDUCE_FILTER` area filter, in
+    Each frame is scaled once by libswscale (``frame.reformat`` with the :data:`REDUCE_FILTER` filter, in
     the thread that iterates this, e.g. :func:`prefetch`'s) from the decoder's YUV picture straight to an RGB
     array of the working size: pixels made square (sample aspect ratio), longer side at most ``max_side``. Then
     the stream's orientation (display matrix or ``rotate`` tag, :func:`orientation_of`) turns the small array.
