@@ -27,14 +27,17 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 MAX_BATCH_BYTES = 32 * 2**20  # decoded frames held per batch (32 frames of 480x360: 17 MB); larger frames get fewer
 # The working resolution: frames whose longer side (in display orientation, pixels made square) exceeds this are
-# reduced to it while decoding. 960 keeps a face that fills a third of a 16:9 picture's height at ~180 px: above
-# what every face encoder reads (mini-Xception 64 px, FER 48, EfficientNet 224-240 from close-ups) and FaceMesh's
-# 256-px crop of a face with its margin; a batch holds at most MAX_BATCH_BYTES (15 frames of 960x720) whatever
-# the source size.
+# reduced to it while decoding, and every stage works on that picture: detection, FaceMesh and the face
+# encoder's crops too. 960 keeps a face that fills a third of a 16:9 picture's height at 180 px: three times the
+# 48-64 px that the default encoders read (FER, mini-Xception), near FaceMesh's 256-px crop of the face with its
+# margin; EfficientNet-class encoders (224-240 px) get their full input from close-ups (half the height). Crops
+# from the full-size frames would tie the batches' memory to the source size for detail those encoders cannot
+# use; a batch holds at most MAX_BATCH_BYTES (15 frames of 960x720) whatever the source.
 WORKING_SIDE = 960
 # libswscale filter of that reduction, done with the YUV -> RGB conversion in one pass: the cheapest of the ways
 # measured on 2880x2160 H.264 (4.6 ms a frame against 10 for the area filter and 7 for OpenCV's area resize of
-# the planes; docs/performance.md, "Phone and camera media"), and estimates within the area filter's
+# the planes; docs/performance.md, "Phone and camera media"); the estimates of a 4K clip against its 720-line
+# twin stay as close as with the area filter (tests/test_phone.py)
 REDUCE_FILTER = "FAST_BILINEAR"
 
 
