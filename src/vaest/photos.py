@@ -27,17 +27,18 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import numpy as np
 
 from vaest.errors import MediaError, VaestError
 from vaest.media import ImageInfo, read_image
 
-if TYPE_CHECKING:
-    from vaest.predictor import PredictionResult, Predictor
-
 log = logging.getLogger(__name__)
+
+# The predictor's one-person store view (``vaest.predictor.person_view``): passed in by the predictor, which sits
+# above this module, so that a trained face model is applied to a photo's faces as to a video's persons.
+PersonView = Callable[..., Any]
 
 PHOTO_FACE_NOTE = ("photo: every face found by the full-range face detector, each through the face encoder on its "
                    "own; no smoothing and no voice")
@@ -60,7 +61,7 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _persons(predictor: Predictor) -> Any:
+def _persons(predictor: Any) -> Any:
     """The predictor's ``persons`` extractor (its tracker settings and face encoder serve photos too)."""
     ex = next((e for e in predictor.extractors if e.name == "persons"), None)
     if ex is None or getattr(ex, "face_encoder", None) is None:
@@ -68,7 +69,7 @@ def _persons(predictor: Predictor) -> Any:
     return ex
 
 
-def _detector(predictor: Predictor, cfg: Any) -> Any:
+def _detector(predictor: Any, cfg: Any) -> Any:
     """One MediaPipe detection graph per predictor, made on the first photo and reused (stateless per image)."""
     det = getattr(predictor, "_photo_detector", None)
     if det is None:
@@ -81,7 +82,7 @@ def _detector(predictor: Predictor, cfg: Any) -> Any:
     return det
 
 
-def photo_faces(predictor: Predictor, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def photo_faces(predictor: Any, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Faces of one RGB picture (H, W, 3): boxes (N, 4) in its pixels ordered by centre x, detector scores (N,)
     and the face encoder's outputs ``emb`` (N, E), ``probs`` (N, C) (and ``va`` (N, 2)); NaN rows for a face
     whose crop is empty."""
@@ -97,14 +98,13 @@ def photo_faces(predictor: Predictor, rgb: np.ndarray) -> tuple[np.ndarray, np.n
     return boxes, scores, encode_person_frames(ex.face_encoder, frames, boxes)
 
 
-def _bundle_face_va(predictor: Predictor, boxes: np.ndarray, scores: np.ndarray, enc: dict[str, np.ndarray],
-                    size: tuple[int, int], name: str) -> np.ndarray:
+def _bundle_face_va(predictor: Any, boxes: np.ndarray, scores: np.ndarray, enc: dict[str, np.ndarray],
+                    size: tuple[int, int], name: str, person_view: PersonView) -> np.ndarray:
     """(N, 2) valence/arousal of each face from the bundle's trained face model, each face a one-frame sequence
-    (a one-person view of the store, as the video path builds per person)."""
+    (a one-person view of the store built by ``person_view``, as the video path builds per person)."""
     from vaest.corpus import Video
     from vaest.features.face import LANDMARK_IDS
     from vaest.features.persons import PersonTracks
-    from vaest.predictor import person_view
 
     model = predictor.models.get("face")
     n = len(boxes)
@@ -125,13 +125,16 @@ def _bundle_face_va(predictor: Predictor, boxes: np.ndarray, scores: np.ndarray,
     return out
 
 
-def predict_photo(predictor: Predictor, image: str | Path | np.ndarray, name: str | None = None) -> PredictionResult:
-    """Valence/arousal of every face of a photo (a path, or an RGB array (H, W, 3) uint8), one row per face (see
-    the module docstring for the columns); ``name`` labels an array in the metadata. Raises MediaError naming
-    the file for an unreadable one."""
+def predict_photo(predictor: Any, image: str | Path | np.ndarray, person_view: PersonView | None = None,
+                  name: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Valence/arousal of every face of a photo (a path, or an RGB array (H, W, 3) uint8) with a
+    :class:`vaest.predictor.Predictor`'s models: (the table, one row per face, see the module docstring; its
+    metadata), which the predictor wraps as its result. ``person_view``: the predictor's one-person store view,
+    needed with a trained bundle. ``name`` labels an array in the metadata. Raises MediaError naming the file for
+    an unreadable one."""
     import pandas as pd
 
-    from vaest.predictor import PredictionResult, _versions
+    from vaest.config import versions
     from vaest.progress import native_noise_filtered
 
     t0 = time.perf_counter()
@@ -154,7 +157,9 @@ def predict_photo(predictor: Predictor, image: str | Path | np.ndarray, name: st
         notes.append(f"face: zero-shot {predictor.face_backbone}: its own valence/arousal head where it has one, "
                      "else its expression probabilities mapped onto the circumplex")
     else:
-        va = _bundle_face_va(predictor, boxes, scores, enc, info.size, Path(label).stem)
+        if person_view is None:
+            raise VaestError("a trained bundle's face model needs the predictor's person_view for photos")
+        va = _bundle_face_va(predictor, boxes, scores, enc, info.size, Path(label).stem, person_view)
         notes.append("face: the bundle's face model, each face a one-frame sequence")
     ok = np.isfinite(va).all(1) if n else np.zeros(0, bool)
     cols: dict[str, Any] = {"frame": np.ones(max(n, 1), np.int64), "time": np.zeros(max(n, 1))}
@@ -178,8 +183,8 @@ def predict_photo(predictor: Predictor, image: str | Path | np.ndarray, name: st
             "model": str(predictor.model_path.resolve()) if predictor.model_path else "zero-shot",
             "modalities": ["face"] if ok.any() else [], "faces": int(n), "frames_estimated": int(ok.any()),
             "n_frames": 1, "rows": int(len(df)), "classes": classes, "picture": info.describe(), "notes": notes,
-            "device": predictor.device, "versions": _versions(), "seconds": round(time.perf_counter() - t0, 3)}
-    return PredictionResult(df, meta)
+            "device": predictor.device, "versions": versions(), "seconds": round(time.perf_counter() - t0, 3)}
+    return df, meta
 
 
 def draw_photo(image: str | Path | np.ndarray, df: Any, path: str | Path) -> Path:

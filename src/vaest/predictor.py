@@ -595,7 +595,7 @@ class Predictor:
         if isinstance(path, np.ndarray) or Path(path).suffix.lower() in IMAGE_EXTS:
             from vaest.photos import predict_photo
 
-            return predict_photo(self, path)
+            return PredictionResult(*predict_photo(self, path, person_view))
         p = Path(path)
         if not p.exists():
             raise MediaError(f"{p}: no such file")
