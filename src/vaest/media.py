@@ -210,16 +210,21 @@ class FrameBatch:
     times: np.ndarray
 
 
+def _check_file(p: Path, what: str = "media") -> None:
+    """MediaError naming ``p`` when it is missing, a folder or empty."""
+    if not p.exists():
+        raise MediaError(f"{p}: no such file")
+    if p.is_dir():
+        raise MediaError(f"{p}: is a folder, not a{'n' if what[0] in 'aeiou' else ''} {what} file")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p}: file is empty")
+
+
 def _open(path: Path):
     import av
 
     p = Path(path)
-    if not p.exists():
-        raise MediaError(f"{p}: no such file")
-    if p.is_dir():
-        raise MediaError(f"{p}: is a folder, not a media file")
-    if p.stat().st_size == 0:
-        raise MediaError(f"{p}: file is empty")
+    _check_file(p)
     try:
         return av.open(str(p))
     except Exception as e:  # av raises several error types for unreadable input
@@ -475,12 +480,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = Path(path)
-    if not p.exists():
-        raise MediaError(f"{p}: no such file")
-    if p.is_dir():
-        raise MediaError(f"{p}: is a folder, not an image file")
-    if p.stat().st_size == 0:
-        raise MediaError(f"{p}: file is empty")
+    _check_file(p, "image")
     try:
         with Image.open(p) as im:
             im.load()
