@@ -7,7 +7,7 @@
 
 A photo goes through the video path's own pieces, once: the picture in display orientation (its EXIF orientation
 applied, :func:`vaest.media.read_image`), the MediaPipe full-range face detector with the person tracker's
-settings (:func:`vaest.features.face.detect_faces`), the face crops of the predictor's face encoder (its crop
+settings (:func:`vaest.features.face_tracker.detect_faces`), the face crops of the predictor's face encoder (its crop
 framing, mirror TTA and thread settings: :func:`vaest.features.persons.encode_person_frames`) and, zero-shot, the
 same mapping of the encoder's outputs to valence/arousal (:func:`vaest.zeroshot.face_outputs_va`); with a trained
 model bundle, its face model applied to each face as a one-frame sequence. No smoothing, no voice. The crops are
@@ -73,7 +73,7 @@ def _detector(predictor: Any, cfg: Any) -> Any:
     """One MediaPipe detection graph per predictor, made on the first photo and reused (stateless per image)."""
     det = getattr(predictor, "_photo_detector", None)
     if det is None:
-        from vaest.features.face import make_detector
+        from vaest.features.face_tracker import make_detector
         from vaest.progress import native_noise_filtered
 
         with native_noise_filtered():
@@ -86,7 +86,7 @@ def photo_faces(predictor: Any, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Faces of one RGB picture (H, W, 3): boxes (N, 4) in its pixels ordered by centre x, detector scores (N,)
     and the face encoder's outputs ``emb`` (N, E), ``probs`` (N, C) (and ``va`` (N, 2)); NaN rows for a face
     whose crop is empty."""
-    from vaest.features.face import detect_faces
+    from vaest.features.face_tracker import detect_faces
     from vaest.features.persons import encode_person_frames
 
     ex = _persons(predictor)
@@ -103,8 +103,8 @@ def _bundle_face_va(predictor: Any, boxes: np.ndarray, scores: np.ndarray, enc: 
     """(N, 2) valence/arousal of each face from the bundle's trained face model, each face a one-frame sequence
     (a one-person view of the store built by ``person_view``, as the video path builds per person)."""
     from vaest.corpus import Video
-    from vaest.features.face import LANDMARK_IDS
-    from vaest.features.persons import PersonTracks
+    from vaest.features.face_geometry import LANDMARK_IDS
+    from vaest.features.person_tracker import PersonTracks
 
     model = predictor.models.get("face")
     n = len(boxes)
