@@ -329,6 +329,12 @@ def test_photo_folder_csv_per_photo_index_and_pages(tmp_path, predictor):
     page = (out / "two.html").read_text()
     assert page.count("<rect") == 2 and "two.webp" in page
     assert (out / "two.png").stat().st_size > 0
+    # `vaest view` on the folder run rewrites the photo pages from the CSVs and their JSON
+    from vaest.view import view_folder
+
+    (out / "two.html").unlink()
+    view_folder(out)
+    assert (out / "two.html").read_text().count("<rect") == 2 and (out / "index.html").is_file()
 
 
 def test_photo_errors_name_the_file(tmp_path, predictor):
