@@ -18,6 +18,7 @@ import pytest
 
 from mediautil import write_frames
 from test_face import astro_frame, astro_head
+from test_onepass import tiny_bundle  # noqa: F401  (the fixture: a demo bundle at its smallest)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CREMAD_CLIP = SHARED / "cremad-av" / "1001_DFA_ANG_XX.flv"
@@ -348,3 +349,15 @@ def test_photo_errors_name_the_file(tmp_path, predictor):
             predictor.predict(tmp_path / name)
     with pytest.raises(VaestError, match="RGB"):
         predictor.predict(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_photo_with_a_trained_bundle(tmp_path, tiny_bundle):
+    """A trained bundle's face model applies to each face of a photo as a one-frame sequence: two faces, two
+    rows with finite values (the bundle: test_onepass's smallest demo, ~20 s to build on idle cores)."""
+    import vaest
+
+    p = vaest.Predictor(model=tiny_bundle)
+    res = p.predict(_save_jpeg(tmp_path / "two.jpg", astro_frame(size=(560, 320), at=((40, 50), (330, 60)))))
+    assert list(res.frame["person"]) == [0, 1] and (res.frame["source"] == "estimated").all()
+    assert np.isfinite(_va(res)).all() and res.meta["model"] != "zero-shot"
+    assert any("one-frame sequence" in n for n in res.meta["notes"])
