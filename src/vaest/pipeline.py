@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vaest.apply import BUNDLE_FILE, MODALITIES, Bundle, load_model  # noqa: F401  (re-exported)
+from vaest.apply import MODALITIES, Bundle
 from vaest.corpus import Video
 from vaest.errors import VaestError
 from vaest.features.base import default_extractors
@@ -143,11 +143,11 @@ def _plain_average(modality_runs: dict[str, Path], corpus_root: Path, videos: li
     """Equal-weight, mask-aware average of the modality predictions (the baseline fusion has to beat)."""
     from vaest.config import write_run_info
     from vaest.inference import write_run_json
-    from vaest.tasks.fusion import _export_late
+    from vaest.tasks.late import export_late
 
     w = {m: np.array([1.0, 1.0]) for m in modality_runs}
     write_run_info(out, "plain average", {"runs": {k: str(v) for k, v in modality_runs.items()}})
-    _export_late(dict(modality_runs), w, videos, out)
+    export_late(dict(modality_runs), w, videos, out)
     write_run_json(out, modality="late", method="average", corpus=str(corpus_root),
                    runs={k: str(v) for k, v in modality_runs.items()}, weights={m: [1.0, 1.0] for m in modality_runs},
                    weight_names=list(modality_runs))
@@ -171,7 +171,9 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     from vaest.tasks.behavior import behavior_train_config, train_behavior
     from vaest.tasks.crossfit import crossfit, fold_assignment
     from vaest.tasks.face import train_face
-    from vaest.tasks.fusion import default_train_config, late_fusion, train_fusion
+    from vaest.tasks.fusion import train_fusion
+    from vaest.tasks.fusion_presets import default_train_config
+    from vaest.tasks.late import late_fusion
     from vaest.training import TrainConfig
     import dataclasses
 
