@@ -49,13 +49,9 @@ def extract_all(videos: Sequence[Video], store: FeatureStore, extractors: list |
 def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | None = None,
             device: str = "auto", fill: bool = False, force: bool = False, progress: bool = True,
             plot: bool = True, people: str | int = "main", html: bool = False, face_backbone: str | None = None,
-<<<<<<< HEAD
             audio_backbone: str | None = None, engine: str = "local", address: str | None = None,
             workers: int | None = None, gpus_per_worker: float = 0.0, file_timeout: float | None = None,
-            rows: bool = False) -> Any:
-=======
-            audio_backbone: str | None = None, working_side: int | None = None) -> dict[str, Path]:
->>>>>>> main
+            rows: bool = False, working_side: int | None = None) -> Any:
     """Run vaest on media files, folders or globs; a thin wrapper over :class:`vaest.predictor.Predictor` and
     :func:`vaest.predictor.predict_many` (``OUT/<relative path>.csv|.json|.png`` and ``OUT/index.csv``); photos
     give one row per face (:mod:`vaest.photos`). ``working_side``: the working resolution (None: the default).
@@ -71,21 +67,14 @@ def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | No
     from vaest.predictor import Predictor, predict_many
 
     out = Path(out)
-<<<<<<< HEAD
     kwargs = dict(model=model, device=device, progress=progress, cache=out / ".features", fill=fill, force=force,
-                  people=people, face_backbone=face_backbone, audio_backbone=audio_backbone)
+                  people=people, face_backbone=face_backbone, audio_backbone=audio_backbone,
+                  working_side=working_side)
     # the Ray engine builds its Predictors in the workers: none is loaded here
     pr: Any = Predictor(**kwargs) if engine == "local" else kwargs
     got = predict_many(paths, out, pr, plot=plot, html=html, engine=engine, address=address, workers=workers,
                        gpus_per_worker=gpus_per_worker, file_timeout=file_timeout)
     return got if rows else {r["input"]: out / r["csv"] for r in got if r["status"] == "ok"}
-=======
-    pr = Predictor(model, device=device, progress=progress, cache=out / ".features", fill=fill, force=force,
-                   people=people, face_backbone=face_backbone, audio_backbone=audio_backbone,
-                   working_side=working_side)
-    rows = predict_many(paths, out, pr, plot=plot, html=html)
-    return {r["input"]: out / r["csv"] for r in rows if r["status"] == "ok"}
->>>>>>> main
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -121,17 +121,10 @@ def predict(
     any input of this run failed."""
     from vaest.pipeline import predict as run_predict
 
-<<<<<<< HEAD
     rows = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot,
                        people=people, html=html, face_backbone=face_backbone, audio_backbone=audio_backbone,
                        engine=engine, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
-                       file_timeout=file_timeout, rows=True)
-=======
-    written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot,
-                          people=people, html=html, face_backbone=face_backbone,
-                          audio_backbone=audio_backbone, working_side=working_side)
-    rows = (out / "index.csv").read_text().count("\n") - 1
->>>>>>> main
+                       file_timeout=file_timeout, rows=True, working_side=working_side)
     FAST_EXIT[0] = True  # every output is written and closed (atomically): skip the interpreter's teardown
     if any(r["status"] != "ok" for r in rows):
         raise typer.Exit(1)

@@ -102,7 +102,10 @@ def write_outputs(res: "PredictionResult", f: Path, stem: Path, out: Path, plot:
     if html:
         from vaest.view import page_for, write_page
 
-        write_page(csv_path, f, page_for(csv_path), meta=res.meta)
+        if res.meta.get("kind") == "photo":
+            res.to_html(page_for(csv_path), media=f)
+        else:
+            write_page(csv_path, f, page_for(csv_path), meta=res.meta)
     log.info("%s: %d frames (%d estimated) -> %s", f, res.meta["n_frames"], res.meta["frames_estimated"], csv_path)
     return {"input": str(f), "csv": str(csv_path.relative_to(out)), "status": "ok",
             "reason": "; ".join(n for n in res.meta["notes"] if n.startswith("no "))}
@@ -162,30 +165,7 @@ def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: "Pred
         log.info("%d of %d inputs already predicted into %s with the same settings (skipped; force redoes them)",
                  len(done), len(items), out)
 
-<<<<<<< HEAD
     def write_html(index_csv: Path) -> None:
-=======
-                    if res.meta.get("kind") == "photo":
-                        res.to_html(page_for(csv_path), media=f)
-                    else:
-                        write_page(csv_path, f, page_for(csv_path), meta=res.meta)
-                rows.append({"input": str(f), "csv": str(csv_path.relative_to(out)), "status": "ok",
-                             "reason": "; ".join(n for n in res.meta["notes"] if n.startswith("no "))})
-                log.info("%s: %d frames (%d estimated) -> %s", f, res.meta["n_frames"],
-                         res.meta["frames_estimated"], csv_path)
-            except Exception as e:  # one bad file must not stop a batch
-                msg = str(e) if isinstance(e, VaestError) else f"{f}: {type(e).__name__}: {e}"
-                msg = " ".join(msg.split())
-                log.error("%s", msg)
-                rows.append({"input": str(f), "csv": "", "status": "failed", "reason": msg})
-            prog.advance(task)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["input", "csv", "status", "reason"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "index.csv", buf.getvalue())
-    if html:
->>>>>>> main
         from vaest.view import write_index
 
         write_index(index_csv)

@@ -93,7 +93,8 @@ class Predictor(PeoplePath):
         self.init_kwargs: dict[str, Any] = dict(model=None if model is None else str(model), device=device,
                                                 progress=False, cache=None if cache is None else str(cache),
                                                 fill=fill, force=force, batch_size=batch_size, people=people,
-                                                face_backbone=face_backbone, audio_backbone=audio_backbone)
+                                                face_backbone=face_backbone, audio_backbone=audio_backbone,
+                                                working_side=working_side)
         self.face_backbone = face_backbone or ZERO_SHOT_FACE_ENCODER
         self.audio_backbone = audio_backbone
 
