@@ -126,13 +126,15 @@ def synth(
     annotation_lag: Annotated[float, typer.Option(
         help="Raters' mean reaction lag in seconds: labels trail the rendered affect by 0.7-1.3x this per video "
              "(0 = labels equal the affect shown).")] = 1.0,
+    val_fraction: Annotated[float, typer.Option(help="Share of the videos in the validation split.")] = 0.3,
+    test_fraction: Annotated[float, typer.Option(help="Share of the videos in a labelled test split (Test_Set).")] = 0.0,
     config: ConfigDefaultsOpt = None,
 ) -> None:
     """Write a synthetic corpus in the Aff-Wild2 layout whose faces, voices and gestures carry VA labels."""
     from vaest.corpus.synthetic import synthesize
 
     summary = synthesize(out, n_videos=videos, seconds=seconds, seed=seed, fps=fps, workers=workers,
-                         annotation_lag=annotation_lag)
+                         annotation_lag=annotation_lag, val_fraction=val_fraction, test_fraction=test_fraction)
     log.info("synthetic corpus written to %s in %.1f s", out, summary.get("seconds", float("nan")))
 
 
@@ -670,9 +672,10 @@ def submit(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("demo_out"),
-    videos: Annotated[int, typer.Option(help="Synthetic videos.")] = 10,
-    seconds: Annotated[float, typer.Option(help="Seconds per video.")] = 30.0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    videos: Annotated[Optional[int], typer.Option(help="Synthetic videos (default 14: 8 train, 3 val, "
+                                                  "3 test).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Seconds per video (default 30).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (default 0).")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """The whole method on a fresh synthetic corpus: synth, extract, train, fuse, evaluate, submit, predict."""
@@ -681,12 +684,13 @@ def demo(
 
     cfg = build(DemoConfig, load_config(config), {"videos": videos, "seconds": seconds, "seed": seed})
     m = run_demo(out, cfg)
-    t = Table(title="demo: validation CCC (smoothed)")
-    for col in ("run", "valence", "arousal", "mean"):
+    rep = m["reported"]
+    t = Table(title=f"demo: CCC (smoothed), {rep} split; everything chosen on val")
+    for col in ("run", f"{rep} valence", f"{rep} arousal", f"{rep} mean", "val mean"):
         t.add_column(col)
     for name, r in m["runs"].items():
-        sm = r["smoothed"]
-        t.add_row(name, _fmt(sm["valence"]), _fmt(sm["arousal"]), _fmt(sm["mean"]))
+        sm = r[rep]["smoothed"]
+        t.add_row(name, _fmt(sm["valence"]), _fmt(sm["arousal"]), _fmt(sm["mean"]), _fmt(r["val"]["smoothed"]["mean"]))
     console.print(t)
     console.print(f"report: {out / 'report.md'}")
 
