@@ -134,6 +134,8 @@ class FaceModel:
         self.model, self.ck = _checkpoint(self.run, device)
         self.encoder = self.ck["inputs"]["store_key"].split("face-", 1)[1]
         self.motion = bool(self.ck["inputs"].get("motion", False))
+        # the input parts the run was trained on (``emb`` alone for the reference preset and official models)
+        self.parts = tuple(self.ck["inputs"].get("parts") or ("emb", "probs", "conf"))
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
@@ -142,7 +144,7 @@ class FaceModel:
         from vaest.inference import Track
         from vaest.training import predict_sequence
 
-        loaded, _ = load_face_sequences([video], store, self.encoder, motion=self.motion)
+        loaded, _ = load_face_sequences([video], store, self.encoder, motion=self.motion, parts=self.parts)
         if not loaded:
             return None
         _, x, found, fps = loaded[0]

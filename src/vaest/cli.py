@@ -620,7 +620,9 @@ def predict(
 
 @app.command()
 def submit(
-    run: Annotated[Path, typer.Argument(help="Run folder whose predictions to submit (a fusion or late run).")],
+    run: Annotated[Path, typer.Argument(help="Run folder whose predictions to submit (a fusion or late run), or a "
+                                        "model bundle (bundle.json: applied to the split's media as `vaest predict` "
+                                        "does, with its own kernels; --corpus required).")],
     out: Annotated[Path, typer.Option(help="Submission file to write.")],
     corpus: Annotated[Optional[Path], typer.Option(help="Corpus root (default: the run's).")] = None,
     split: Annotated[str, typer.Option(help="Split to submit.")] = "test",
@@ -638,6 +640,18 @@ def submit(
 
     if preset not in (None, "vaest", "reference"):
         raise VaestError(f"unknown submit preset {preset!r}; known: reference, vaest")
+    if (run / "bundle.json").is_file():
+        from vaest.pipeline import bundle_predictions
+
+        if corpus is None:
+            raise VaestError(f"{run} is a model bundle: give --corpus (whose '{split}' media it predicts)")
+        videos = load_corpus(corpus).split(split)
+        got = bundle_predictions(run, videos)
+        if not got:
+            raise VaestError(f"{run}: no prediction for any '{split}' video of {corpus}")
+        n = write_submission(out, got, template)
+        log.info("wrote %s: %d rows for %d videos (bundle %s)", out, n, len(got), run)
+        return
     edge = REFERENCE_EDGE if preset == "reference" else "truncate"
     c = load_corpus(corpus or read_run_json(run)["corpus"])
     if kernels:
@@ -667,6 +681,38 @@ def submit(
         raise VaestError(f"{run}: no predictions for any '{split}' video")
     n = write_submission(out, preds, template)
     log.info("wrote %s: %d rows for %d videos (smoothing kernels %s)", out, n, len(preds), k)
+
+
+@app.command()
+def bundle(
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (bundle.json, a run folder per model, "
+                                      "official.json with the sources).")],
+    face: Annotated[Optional[Path], typer.Option(help="Official face temporal model checkpoint (VisualDynamicModel).")] = None,
+    behavior: Annotated[Optional[Path], typer.Option(help="Official behavior model checkpoint (TextMambaRegressor).")] = None,
+    dcm: Annotated[Optional[Path], typer.Option(help="Official directed cross-modal fusion checkpoint (FusionModel); "
+                                                "needs --face and --behavior.")] = None,
+    settings: Annotated[Optional[Path], typer.Option(help="YAML: per part (face, behavior, dcm) the official "
+                                                     "constructor arguments the weights' shapes do not tell, e.g. "
+                                                     "'face: {num_heads: 8}'.")] = None,
+    face_encoder: Annotated[str, typer.Option(help="Frame encoder whose embeddings the face model reads: "
+                                              "grada:PATH (the official GRADA checkpoint), or any vaest encoder.")] = "grada",
+    behavior_encoder: Annotated[str, typer.Option(help="Behavior features the behavior model reads (vlm: Qwen3-VL, "
+                                                  "multimodal branch, last token).")] = "vlm",
+    kernels: Annotated[str, typer.Option(help="Smoothing kernels 'V,A' of the bundle.")] = "7,13",
+) -> None:
+    """Build a model bundle from official Team RAS checkpoint files (for `vaest predict --model` and `vaest submit`)."""
+    from vaest.config import load_config, write_run_info
+    from vaest.pipeline import bundle_from_official
+
+    cfg = load_config(settings) if settings else {}
+    k = tuple(int(x) for x in kernels.split(","))
+    b = bundle_from_official(out, face=face, behavior=behavior, dcm=dcm, settings=cfg, face_encoder=face_encoder,
+                             behavior_encoder=behavior_encoder, kernels=k)
+    write_run_info(out, "vaest bundle", {"face": face, "behavior": behavior, "dcm": dcm, "settings": cfg,
+                                         "face_encoder": face_encoder, "behavior_encoder": behavior_encoder,
+                                         "kernels": list(k)})
+    console.print(f"bundle: {out / 'bundle.json'} ({', '.join(b.modalities)}"
+                  f"{', fusion ' + b.fusion.name if b.fusion else ''})")
 
 
 @app.command()
