@@ -150,7 +150,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("onepass") / "demo"
     demo(out, DemoConfig(videos=3, seconds=6.0, workers=1, face_epochs=1, audio_epochs=1, behavior_epochs=1,
-                         fusion_epochs=1, crossfit_folds=0))
+                         fusion_epochs=1, crossfit_folds=0, test_fraction=0.0))
     return out / "model"
 
 
