@@ -605,6 +605,11 @@ def demo_table(metrics: Sequence[dict[str, Any]]) -> str:
                    else f"beats every single modality in {wins} of {len(metrics)} seed(s)")
         lines.append(f"- {f} {verdict} on {rep} (margin over the best single modality of each seed: "
                      + ", ".join(f"{d:+.3f}" for d in margin) + ").")
+    hard = m0.get("hard_frames", {}).get(rep, {})
+    if hard:
+        n_hard = max(h["frames"] for h in hard.values())
+        lines += ["", f"On the {n_hard} {rep} frames of seed {c['seed']} where the face is hidden or the voice is silent "
+                  "(mean CCC): " + ", ".join(f"{k} {_fmt(h['mean'])}" for k, h in hard.items()) + "."]
     t = m0["seconds"]
     load = m0.get("load")
     lines += ["", f"Wall time of seed {c['seed']}: **{m0['total_seconds']:.0f} s** for `vaest demo` ("
