@@ -124,7 +124,7 @@ def official_settings(part: str, sd: dict[str, Any], given: dict[str, Any], path
 def bundle_from_official(out: str | Path, face: str | Path | None = None, behavior: str | Path | None = None,
                          dcm: str | Path | None = None, settings: dict[str, dict[str, Any]] | None = None,
                          face_encoder: str = "grada", behavior_encoder: str = "vlm",
-                         kernels: Sequence[int] = REFERENCE_KERNELS) -> Any:
+                         kernels: Sequence[int] = REFERENCE_KERNELS) -> Bundle:
     """Build a vaest bundle (``OUT/bundle.json``, one run folder per model) from official Team RAS checkpoint
     files: the face temporal model (``VisualDynamicModel``), the behavior model (``TextMambaRegressor``) and the
     directed cross-modal fusion (``FusionModel``, which needs the other two), whichever are given.
