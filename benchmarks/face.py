@@ -59,7 +59,12 @@ def benchmark_face(video: str | Path | None = None, seconds: float = 10.0,
     import torch
 
     from vaest.corpus import Video
-    from vaest.features import face as F
+    from vaest.device import torch_threads
+    from vaest.features.face import FaceEncoderExtractor, FaceTrackExtractor
+    from vaest.features.face_encoders import create_encoder
+    from vaest.features.face_geometry import crop_face
+    from vaest.features.face_registry import ENCODERS
+    from vaest.features.face_tracker import FaceTrackConfig, FaceTracker
     from vaest.features.base import run_extraction
     from vaest.features.mouth import MouthExtractor
     from vaest.features.store import FeatureStore
@@ -92,8 +97,8 @@ def benchmark_face(video: str | Path | None = None, seconds: float = 10.0,
         frames = np.concatenate(held)[:max_frames]
         n = len(frames)
 
-        cfg = F.FaceTrackConfig()
-        tr = F.FaceTracker(cfg, [None])
+        cfg = FaceTrackConfig()
+        tr = FaceTracker(cfg, [None])
         tr.detect(frames[0])
         with _Clock() as clk:
             dets = [tr.detect(f) for f in frames]
@@ -108,21 +113,21 @@ def benchmark_face(video: str | Path | None = None, seconds: float = 10.0,
         tr.close()
 
         for every in (1, cfg.detect_every):
-            tr = F.FaceTracker(F.FaceTrackConfig(detect_every=every), [None])
+            tr = FaceTracker(FaceTrackConfig(detect_every=every), [None])
             with _Clock() as clk:
                 res = tr.process(frames)[None]
             record(f"facetrack (detect every {every})", n, clk)
             tr.close()
         found = np.isfinite(res[0]).all(1)
-        crops = [F.crop_face(f, b) for f, b, ok in zip(frames, res[0], found) if ok]
+        crops = [crop_face(f, b) for f, b, ok in zip(frames, res[0], found) if ok]
         crops = [c for c in crops if c is not None]
 
         for name in encoders:
-            enc = F._ENCODERS[name]().eval() if name == "grada" else F.create_encoder(name)
+            enc = ENCODERS[name]().eval() if name == "grada" else create_encoder(name)
             use = crops[:grada_frames] if name == "grada" else crops
             flip = enc.light
             threads = 1 if enc.light else None
-            with F.torch_threads(threads):
+            with torch_threads(threads):
                 enc.encode(use[:4], flip=flip)
                 with _Clock() as clk:
                     enc.encode(use, batch_size=batch_size, flip=flip)
@@ -132,7 +137,7 @@ def benchmark_face(video: str | Path | None = None, seconds: float = 10.0,
         for label, extra in (("extract face (decode+facetrack+fer)", []), ("extract face + mouth", [MouthExtractor()])):
             store = FeatureStore(Path(tmp.name) / f"feats-{len(extra)}")
             with _Clock() as clk:
-                rep = run_extraction(store, [F.FaceTrackExtractor(), F.FaceEncoderExtractor(), *extra], [v])
+                rep = run_extraction(store, [FaceTrackExtractor(), FaceEncoderExtractor(), *extra], [v])
             record(label, rep.frames, clk)
         info = probe(video)
         return {"video": str(video), "frames": int(n), "size": [info.width, info.height], "video_fps": info.fps,

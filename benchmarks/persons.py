@@ -43,8 +43,8 @@ def figures() -> dict[str, Any]:
     import torch
 
     from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor
-    from vaest.features.persons import (PersonTrackConfig, attribute_speech, select_people, speech_on_frames,
-                                        track_persons)
+    from vaest.features.person_tracker import PersonTrackConfig, track_persons
+    from vaest.features.persons import attribute_speech, select_people, speech_on_frames
     from vaest.features.vad import VAD_BASE, speech_probability
     from vaest.media import read_audio
     from vaest.timebase import TimeSeries
@@ -86,8 +86,8 @@ def figures() -> dict[str, Any]:
 
 def speed(paths: list[Path], repeat: int = 4) -> dict[str, float]:
     """Frames/s of the single-face tracker and the person tracker on decoded frames (best of 2)."""
-    from vaest.features.face import FaceTrackConfig, FaceTracker
-    from vaest.features.persons import PersonTrackConfig, PersonTracker
+    from vaest.features.face_tracker import FaceTrackConfig, FaceTracker
+    from vaest.features.person_tracker import PersonTrackConfig, PersonTracker
     from vaest.media import iter_frames
 
     out = {}

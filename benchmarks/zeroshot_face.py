@@ -68,7 +68,7 @@ def haar_crops(frames: np.ndarray) -> list[np.ndarray | None]:
     return out
 
 
-# crop framings of MediaPipe boxes (scale, shift of :func:`vaest.features.face.crop_face`): vaest's default
+# crop framings of MediaPipe boxes (scale, shift of :func:`vaest.features.face_geometry.crop_face`): vaest's default
 # before issue 15, and the framing of the fer package's Haar crops measured on these clips (Haar box + 2 x 10 px
 # = 1.26 x the MediaPipe box side, centre 0.087 side higher: shift -0.087 / 1.26)
 FRAMINGS = {"mediapipe": (1.1, -0.05), "mediapipe-ferframe": (1.26, -0.07)}
@@ -76,7 +76,8 @@ FRAMINGS = {"mediapipe": (1.1, -0.05), "mediapipe-ferframe": (1.26, -0.07)}
 
 def mediapipe_crops(frames: np.ndarray) -> dict[str, list[np.ndarray | None]]:
     """Face crops from vaest's MediaPipe tracker boxes, one list per framing in :data:`FRAMINGS`."""
-    from vaest.features.face import FaceTrackConfig, FaceTracker, crop_face
+    from vaest.features.face_geometry import crop_face
+    from vaest.features.face_tracker import FaceTrackConfig, FaceTracker
 
     tr = FaceTracker(FaceTrackConfig(), [None])
     try:
@@ -89,7 +90,7 @@ def mediapipe_crops(frames: np.ndarray) -> dict[str, list[np.ndarray | None]]:
 
 def encode(enc_name: str, crops: list[np.ndarray | None], flip: bool) -> tuple[np.ndarray, tuple[str, ...]]:
     """(n, C) expression probabilities (NaN rows where no crop) and the class names."""
-    from vaest.features.face import create_encoder
+    from vaest.features.face_encoders import create_encoder
 
     enc = create_encoder(enc_name)
     rows = [i for i, c in enumerate(crops) if c is not None]

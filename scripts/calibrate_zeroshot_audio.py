@@ -3,7 +3,7 @@
 RAVDESS (Livingstone & Russo 2018, PLoS ONE; CC BY-NC-SA 4.0): 24 actors x 60 acted sentences, files named
 ``03-01-EE-II-SS-RR-AA.wav`` (EE emotion, II intensity, AA actor). Each clip's cues are measured with vaest's own
 :func:`vaest.zeroshot.audio_cues` (clip mean of the per-frame cues); the label is the circumplex arousal of the
-acted emotion (:func:`vaest.features.face.circumplex_prototypes`, calm = neutral). The fit is a ridge regression of
+acted emotion (:func:`vaest.zeroshot.circumplex_prototypes`, calm = neutral). The fit is a ridge regression of
 atanh(label) on the cues' standard scores, so that tanh(score) estimates the label. Reported: leave-one-speaker-out
 Spearman / Pearson of the clip-mean arousal that ``zero_shot_audio`` would give, and the same for the CREMA-D
 clips in /work/shared/data/cremad-av (not used in the fit). Prints the constants to paste into zeroshot.py.
@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from vaest.features.face import circumplex_prototypes
 from vaest.io import atomic_path
 from vaest.media import read_audio
 from vaest.progress import track
-from vaest.zeroshot import AUDIO_CUES, AudioCue, arousal_from_cues, audio_cues
+from vaest.zeroshot import AUDIO_CUES, AudioCue, arousal_from_cues, audio_cues, circumplex_prototypes
 
 log = logging.getLogger("calibrate_zeroshot_audio")
 RAVDESS_EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust",

@@ -313,7 +313,7 @@ def _loud_corpus(root: Path, n: int = 6, seconds: float = 30.0, fps: float = 25.
     """Audio-only manifest corpus whose loudness follows arousal (+-12 dB); valence is unrelated noise."""
     import soundfile as sf
 
-    from vaest.corpus.affwild2 import write_va_file
+    from vaest.corpus.labels import write_va_file
 
     rng = np.random.default_rng(seed)
     rows = ["path,split,id,labels,fps"]

@@ -7,10 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaest.corpus.affwild2 import write_va_file
-from vaest.features.behavior import (FRAME_FEATURES, BehaviorDescExtractor, SegmentConfig, aggregate_descriptors,
-                                     landmark_descriptors, load_segment_features, plan_segments, segment_base,
-                                     segment_targets)
+from vaest.corpus.labels import write_va_file
+from vaest.features.behavior import load_segment_features
+from vaest.features.behavior_desc import (
+    FRAME_FEATURES,
+    BehaviorDescExtractor,
+    aggregate_descriptors,
+    landmark_descriptors,
+)
+from vaest.features.segments import SegmentConfig, plan_segments, segment_base, segment_targets
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.media import FrameBatch, MediaInfo
 from vaest.timebase import TimeSeries, to_frames
@@ -125,7 +130,7 @@ def test_landmark_descriptors_read_pose_eyes_mouth_and_brows():
 
 def _obs(boxes, lms, frames):
     try:
-        from vaest.features.face import FaceObs
+        from vaest.features.face_geometry import FaceObs
     except ImportError:  # pragma: no cover - the face module is part of the package
         from types import SimpleNamespace as FaceObs
     conf = np.where(np.isfinite(boxes).all(1), 0.9, 0.0).astype(np.float32)

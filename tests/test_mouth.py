@@ -10,7 +10,7 @@ import pytest
 
 from vaest.corpus import Video
 from vaest.errors import FeatureError
-from vaest.features.face import EYE_OUTER, LANDMARK_IDS, N_LANDMARKS
+from vaest.features.face_geometry import EYE_OUTER, LANDMARK_IDS, N_LANDMARKS
 from vaest.features.mouth import (
     INNER_LIP,
     MouthConfig,
@@ -130,7 +130,7 @@ def test_pulled_lower_lip_opens_the_mouth(tmp_path):
     from test_face import astro_frame, write_video
 
     from vaest.features.base import run_extraction
-    from vaest.features.face import FaceTrackConfig, FaceTracker
+    from vaest.features.face_tracker import FaceTrackConfig, FaceTracker
 
     # lip area grows with the pull (FaceMesh follows the warped lower lip)
     tr = FaceTracker(FaceTrackConfig(), [None])

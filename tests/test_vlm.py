@@ -101,7 +101,7 @@ def test_branch_selection_and_errors(tiny_qwen, tmp_path):
 def test_behavior_vlm_extractor_end_to_end(tiny_qwen, tmp_path):
     from vaest.corpus import Video
     from vaest.features.base import create_extractor, process_media
-    from vaest.features.behavior import plan_segments
+    from vaest.features.segments import plan_segments
     from vaest.features.store import FeatureStore
 
     media = make_video(tmp_path / "v.mp4", n_frames=54, fps=6, size=(64, 48), audio=False)  # 9 s

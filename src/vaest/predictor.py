@@ -165,7 +165,7 @@ def people_extractors(extractors: list[Extractor], zero_shot: bool, one_pass: bo
     import importlib.util
 
     from vaest.features.base import create_extractor
-    from vaest.features.behavior import BehaviorDescExtractor
+    from vaest.features.behavior_desc import BehaviorDescExtractor
     from vaest.features.face import FaceEncoderExtractor
     from vaest.features.person_behavior import PersonBehaviorDescExtractor, person_desc_config
 
@@ -206,7 +206,7 @@ def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str,
     """A feature store holding one person as if they were the video's only face: ``face-<encoder>`` (their
     encoder outputs ``enc``: ``emb`` (n, E), ``probs`` (n, C)) and ``facetrack`` (their boxes and landmarks), so a
     trained face model applies to that person alone."""
-    from vaest.features.face import face_key
+    from vaest.features.face_registry import face_key
 
     k = tracks.index(pid)
     found = tracks.found[k]
@@ -398,7 +398,7 @@ def predictor_device(device: str, model: str | Path | None, face_backbone: str, 
     built-in voice cues) takes the CPU under ``auto`` without importing torch to ask for CUDA: MediaPipe, the
     encoder (60k parameters) and the voice cues all run on the CPU there."""
     from vaest.device import check_device, resolve_device
-    from vaest.features.face import encoder_backend
+    from vaest.features.face_encoders import encoder_backend
 
     d = check_device(device)
     if (model is None and audio_backbone is None and d in ("auto", "cpu")
@@ -500,7 +500,7 @@ class Predictor:
             if getattr(e, "face_encoder", None) is not None:
                 _ = e.face_encoder.encoder
             if e.name == "persons":
-                from vaest.features.persons import PersonTracker
+                from vaest.features.person_tracker import PersonTracker
                 from vaest.progress import native_noise_filtered
 
                 with native_noise_filtered():
@@ -508,7 +508,7 @@ class Predictor:
                     ptr.process(np.zeros((1, 64, 64, 3), np.uint8))
                     ptr.close()
             if e.name == "facetrack" and not getattr(e, "derived_from", None):
-                from vaest.features.face import FaceTracker
+                from vaest.features.face_tracker import FaceTracker
                 from vaest.progress import native_noise_filtered
 
                 with native_noise_filtered():
@@ -636,8 +636,8 @@ class Predictor:
         attributed to them or ``fill`` gives a value); ids never switch: each series is one person's."""
         import pandas as pd
 
-        from vaest.features.persons import (OFFSCREEN, attribute_speech, person_rows, person_tracks_from_record,
-                                            select_people, speech_on_frames)
+        from vaest.features.person_tracker import person_tracks_from_record
+        from vaest.features.persons import OFFSCREEN, attribute_speech, person_rows, select_people, speech_on_frames
 
         notes: list[str] = []
         tracks, faces = person_tracks_from_record(store.load("persons", video.id))
@@ -787,7 +787,7 @@ class Predictor:
         """Person ``pid``'s face :class:`~vaest.inference.Track` (n frames), from their own crops only: zero-shot
         mapping of their expression probabilities, or the trained face model applied to their encoder outputs
         and face track (a one-person view of the store)."""
-        from vaest.features.face import face_key
+        from vaest.features.face_registry import face_key
         from vaest.inference import Track
 
         k = tracks.index(pid)

@@ -18,12 +18,14 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Protocol, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from vaest.config import build
+from vaest.errors import VaestError
 from vaest.io import atomic_path, atomic_write_json
 from vaest.metrics import ccc_loss, ccc_loss_pooled, ccc_loss_windows, va_ccc
 from vaest.progress import make_progress
@@ -31,6 +33,8 @@ from vaest.timebase import TimeBase, TimeSeries, fill_nearest, to_frames
 from vaest.windows import OverlapAverager, take_window, window_starts
 
 log = logging.getLogger(__name__)
+
+C = TypeVar("C")
 
 
 @dataclass
@@ -61,6 +65,35 @@ class TrainConfig:
 
 
 LOSSES = ("ccc", "ccc-window", "ccc-pooled")
+
+
+def split_settings(settings_cls: type[C], file_cfg: dict[str, Any], flags: dict[str, Any], what: str,
+                   train_defaults: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> tuple[C, TrainConfig]:
+    """Split a run config (YAML mapping, then CLI flags; None flags ignored) into a task's settings dataclass and
+    a :class:`TrainConfig`. Keys may be flat or grouped under ``settings:`` / ``train:``;
+    ``train_defaults`` are the task's own optimisation defaults, ``base`` a flat mapping applied over them (a
+    preset's values, :mod:`vaest.presets`); the file and then the flags override both."""
+    s_names = {f.name for f in dataclasses.fields(settings_cls)}  # type: ignore[arg-type]
+    t_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    s_src: dict[str, Any] = {}
+    t_src: dict[str, Any] = dict(train_defaults or {})
+    for k, v in (base or {}).items():
+        (s_src if k in s_names else t_src)[k] = v
+    s_src.update(file_cfg.get("settings") or {})
+    t_src.update(file_cfg.get("train") or {})
+    for src in (file_cfg, flags):
+        for k, v in src.items():
+            if k in ("settings", "train") or v is None:
+                continue
+            key = k.replace("-", "_")
+            if key in s_names:
+                s_src[key] = v
+            elif key in t_names:
+                t_src[key] = v
+            else:
+                raise VaestError(f"unknown setting {k!r} for {what} training; known: "
+                                 f"{', '.join(sorted(s_names | t_names))}")
+    return build(settings_cls, s_src), build(TrainConfig, t_src)
 
 
 def batch_loss(cfg: TrainConfig, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

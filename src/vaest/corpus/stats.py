@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from vaest.corpus import Corpus
+from vaest.corpus.records import Corpus
 
 SPLIT_ORDER = ("train", "val", "test", "predict")
 

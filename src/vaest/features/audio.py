@@ -77,10 +77,6 @@ def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     return 1127.0 * np.log1p(np.asarray(f, dtype=np.float64) / 700.0)
 
 
-def _mel_to_hz(m: np.ndarray | float) -> np.ndarray:
-    return 700.0 * np.expm1(np.asarray(m, dtype=np.float64) / 1127.0)
-
-
 def mel_filterbank(n_mels: int = 64, n_fft: int = 512, sr: int = AUDIO_SR, fmin: float = 20.0,
                    fmax: float | None = None) -> np.ndarray:
     """Triangular filters equally spaced on the mel scale, evaluated at each FFT bin's mel value.

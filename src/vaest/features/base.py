@@ -50,7 +50,7 @@ def register_extractor(name: str) -> Callable[[type], type]:
 def _import_all() -> None:
     import importlib
 
-    for mod in ("face", "mouth", "audio", "behavior", "persons", "person_behavior"):
+    for mod in ("face", "mouth", "audio", "behavior", "behavior_desc", "persons", "person_behavior"):
         try:
             importlib.import_module(f"vaest.features.{mod}")
         except ModuleNotFoundError as e:
@@ -60,15 +60,15 @@ def _import_all() -> None:
 
 
 def list_extractors() -> list[str]:
+    """Names of the registered extractors (sorted; every extractor module imported first)."""
     _import_all()
     return sorted(_EXTRACTORS)
 
 
 def create_extractor(name: str, **config: Any) -> "Extractor":
     """Build a registered extractor from config keyword arguments."""
-    _import_all()
-    if name not in _EXTRACTORS:
-        raise VaestError(f"unknown extractor {name!r}; registered: {', '.join(sorted(_EXTRACTORS))}")
+    if name not in list_extractors():
+        raise VaestError(f"unknown extractor {name!r}; registered: {', '.join(list_extractors())}")
     cls = _EXTRACTORS[name]
     return cls(cls.Config(**config))
 

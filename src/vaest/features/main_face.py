@@ -9,7 +9,7 @@ with a trained bundle"):
 
 - :class:`PersonsFaceTrackExtractor` (store key ``facetrack``): per frame the "main face" among the tracked
   persons (:class:`MainFacePicker`: the person chosen on the previous frame while they are visible, else what
-  :func:`vaest.features.face.choose_faces` picks for the one-face track: the box overlapping the last main box,
+  :func:`vaest.features.face_tracker.choose_faces` picks for the one-face track: the box overlapping the last main box,
   else the largest), published as ``shared["facetrack"] = {video_id: FaceObs}`` (the contract of
   :class:`vaest.features.face.FaceTrackExtractor`) and ``shared["facetrack_person"] = {video_id: (B,) person id,
   -1 = none}``.
@@ -27,17 +27,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from vaest.corpus import Video
 from vaest.errors import FeatureError
-from vaest.features.face import (N_LANDMARKS, FaceEncoderExtractor, FaceObs, FaceTrackExtractor, FrameEncoder,
-                                 _LM_INDEX, choose_faces)
+from vaest.features.face import FaceEncoderExtractor, FaceTrackExtractor
+from vaest.features.face_geometry import LANDMARK_INDEX, N_LANDMARKS, FaceObs
+from vaest.features.face_tracker import choose_faces
 from vaest.features.persons import PersonsExtractor
 from vaest.features.store import FeatureRecord, config_hash
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
+
+if TYPE_CHECKING:
+    from vaest.features.face_nets import FrameEncoder
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ DERIVED_FROM = "persons"
 class MainFacePicker:
     """Which tracked person is the video's main face on each frame, batch after batch (one per video).
 
-    Mirrors the one-face track of :class:`vaest.features.face.FaceTracker`: the face followed so far is kept while
+    Mirrors the one-face track of :class:`vaest.features.face_tracker.FaceTracker`: the face followed so far is kept while
     it is visible (here: the same person id); when it is not, :func:`choose_faces` decides among the visible
     persons (the box overlapping the last main box by more than ``min_iou``, remembered for ``max_gap`` frames,
     else the largest box).
@@ -161,7 +165,7 @@ class PersonsFaceTrackExtractor(FaceTrackExtractor):
         shared["facetrack"] = obs
         shared["facetrack_person"] = picks
         o = obs[self.videos[0].id]
-        self.parts[None].append((o.boxes, o.conf, o.landmarks[:, _LM_INDEX, :2]))
+        self.parts[None].append((o.boxes, o.conf, o.landmarks[:, LANDMARK_INDEX, :2]))
         self.n += len(batch.index)
         self.size = [int(batch.frames.shape[2]), int(batch.frames.shape[1])]
 

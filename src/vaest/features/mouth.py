@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ import numpy as np
 from vaest.corpus import Video
 from vaest.errors import FeatureError
 from vaest.features.base import Extractor, register_extractor
-from vaest.features.face import EYE_OUTER, LANDMARK_GROUPS, FaceObs
+from vaest.features.face_geometry import EYE_OUTER, LANDMARK_GROUPS, FaceObs
 from vaest.features.store import FeatureRecord
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
 from vaest.timebase import TimeBase, TimeSeries
@@ -229,24 +228,3 @@ class MouthExtractor(Extractor):
                 TimeSeries(area.astype(np.float32), TimeBase.frames(fps), np.isfinite(area)),
                 {"open": flags, "coverage": cov.astype(bool)}, meta)
         return out
-
-
-def extract_mouth(corpus_root: str | Path, out: str | Path, force: bool = False, splits: Sequence[str] | None = None,
-                  engine: str = "local", address: str | None = None, num_workers: int | None = None,
-                  preset: str | None = None, file_timeout: float | None = None):
-    """Run ``facetrack`` + ``mouth`` over a corpus into the feature store at ``out`` (local loop or Ray, see
-    :func:`vaest.scale.run_extraction`); returns the extraction report. ``preset="reference"`` applies the
-    official mouth-open rule (:data:`REFERENCE_MOUTH`)."""
-    from vaest.corpus import load_corpus
-    from vaest.features.base import create_extractor
-    from vaest.features.store import FeatureStore
-    from vaest.scale import run_extraction
-
-    corpus = load_corpus(corpus_root)
-    videos = corpus.split(*splits) if splits else list(corpus)
-    if preset not in (None, "vaest", "reference"):
-        raise FeatureError(f"unknown mouth preset {preset!r}; known: reference, vaest")
-    mouth = MouthExtractor(MouthConfig(**REFERENCE_MOUTH) if preset == "reference" else None)
-    return run_extraction(FeatureStore(out), [create_extractor("facetrack"), mouth], videos,
-                          engine=engine, address=address, num_workers=num_workers, force=force,
-                          file_timeout=file_timeout)

@@ -4,13 +4,13 @@ The ``persons`` extractor (:mod:`vaest.features.persons`) tracks every face with
 each person's boxes and full FaceMesh landmarks (``shared["persons"]``) and its tracker
 (``shared["persons_tracker"]``). The extractor here reads them in the same pass, so nothing is decoded twice:
 
-- ``persons-behavior-vlm``: each person's segments sent to the VLM as :func:`vaest.features.persons.person_window`
-  crops of the buffered segment frames (one window per person and segment, as ``person_segment_clip``).
+- ``persons-behavior-vlm``: each person's segments sent to the VLM as :func:`vaest.features.face_geometry.person_window`
+  crops of the buffered segment frames (one window per person and segment, over all the segment's frames).
 - ``persons-behavior-desc``: the offline behavior descriptors (``behavior-desc``) of each person, every frame
-  seen through that person's crop window (:func:`vaest.features.behavior.person_descriptor_rows`: face +- one
+  seen through that person's crop window (:func:`vaest.features.behavior_desc.person_descriptor_rows`: face +- one
   face width, half a face above, two faces below), so another person's face, motion and body never enter.
   Rows are kept per online track and merged into the final persons with the tracker's own clean-up plan
-  (:func:`vaest.features.persons.track_plan`), then aggregated per segment as ``behavior-desc`` does.
+  (:func:`vaest.features.person_tracker.track_plan`), then aggregated per segment as ``behavior-desc`` does.
 
 :func:`person_behavior_record` reads one person back in the ``behavior-desc`` layout, so a trained behavior
 model applies to that person alone (``docs/persons.md``, "Behavior per person").
@@ -27,9 +27,11 @@ import numpy as np
 
 from vaest.corpus import Video
 from vaest.features.base import Extractor, register_extractor
-from vaest.features.behavior import (FRAME_FEATURES, BehaviorDescConfig, BehaviorVLMConfig, BehaviorVLMExtractor,
-                                     Segment, _segment_extras, _segment_meta, aggregate_descriptors,
-                                     person_descriptor_rows, plan_segments, segment_base)
+from vaest.features.behavior import BehaviorVLMConfig, BehaviorVLMExtractor
+from vaest.features.behavior_desc import (FRAME_FEATURES, BehaviorDescConfig, aggregate_descriptors,
+                                          person_descriptor_rows)
+from vaest.features.person_tracker import merge_rows, track_plan
+from vaest.features.segments import Segment, plan_segments, segment_base, segment_extras, segment_meta
 from vaest.features.store import FeatureRecord
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
 from vaest.timebase import TimeSeries
@@ -41,10 +43,10 @@ PERSON_DESC_KEY = "persons-behavior-desc"
 
 @dataclass
 class PersonBehaviorDescConfig(BehaviorDescConfig):
-    """``behavior-desc`` settings plus the crop window around each person (:func:`vaest.features.persons.person_window`):
-    ``margin`` face widths either side, ``below`` face heights under the face, re-centred when the face box
+    """``behavior-desc`` settings plus the crop window around each person
+    (:func:`vaest.features.face_geometry.person_window`): ``margin`` face widths either side, ``below`` face heights under the face, re-centred when the face box
     overlaps the box the window was centred on by less than ``recentre_iou``
-    (:func:`vaest.features.behavior.person_descriptor_rows`)."""
+    (:func:`vaest.features.behavior_desc.person_descriptor_rows`)."""
 
     margin: float = 1.0
     below: float = 2.0
@@ -89,8 +91,6 @@ class PersonBehaviorDescExtractor(Extractor):
         self.n += B
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
-        from vaest.features.persons import merge_rows, track_plan
-
         times = np.concatenate(self.times) if self.times else np.zeros(0)
         n = len(times)
         segs = plan_segments(n, self.fps, times, self.config.segments)
@@ -115,11 +115,11 @@ class PersonBehaviorDescExtractor(Extractor):
         person_ok = np.stack(ok, 1) if P else np.zeros((len(segs), 0), bool)
         out: dict[tuple[str, str], FeatureRecord] = {}
         for v in self.videos:
-            meta = _segment_meta(v.id, segs, n, self.fps, self.config.segments)
+            meta = segment_meta(v.id, segs, n, self.fps, self.config.segments)
             meta.update({"feature_names": names, "ids": list(range(P)), "dim": D,
                          "crop": {"margin": self.config.margin, "below": self.config.below,
                                   "recentre_iou": self.config.recentre_iou}})
-            extras = {**_segment_extras(segs), "person_ok": person_ok}
+            extras = {**segment_extras(segs), "person_ok": person_ok}
             out[(self.name, v.id)] = FeatureRecord(
                 TimeSeries(values, segment_base(self.config.segments), person_ok.any(1) if P else np.zeros(len(segs), bool)),
                 extras, meta)
@@ -164,7 +164,7 @@ PERSON_VLM_KEY = "persons-behavior-vlm"
 @dataclass
 class PersonBehaviorVLMConfig(BehaviorVLMConfig):
     """``behavior-vlm`` settings plus the crop window around each person (``margin`` face widths either side,
-    ``below`` face heights under the face; :func:`vaest.features.persons.person_segment_clip`)."""
+    ``below`` face heights under the face; :func:`vaest.features.face_geometry.person_window`)."""
 
     margin: float = 1.0
     below: float = 2.0
@@ -174,7 +174,7 @@ class PersonBehaviorVLMConfig(BehaviorVLMConfig):
 class PersonBehaviorVLMExtractor(BehaviorVLMExtractor):
     """Store key ``persons-behavior-vlm``: the VLM features of every person's segments, each segment's frames
     cropped to one window around that person (the union of their face boxes over the segment, with margin:
-    :func:`vaest.features.persons.person_window`), in the ``persons`` decoding pass. values (n_segments, P * H)
+    :func:`vaest.features.face_geometry.person_window`), in the ``persons`` decoding pass. values (n_segments, P * H)
     the default feature of the P persons side by side; extras ``start``, ``end``, ``sample``, ``person_ok``
     (n_segments, P) and every ``<branch>_<pool>`` (n_segments, P * H); meta as ``behavior-vlm`` (``texts``: one
     list per person) plus ``ids``, ``dim`` and ``per_person_extras``. A person absent from a whole segment gets
@@ -213,8 +213,6 @@ class PersonBehaviorVLMExtractor(BehaviorVLMExtractor):
         return out
 
     def end(self) -> dict[tuple[str, str], FeatureRecord]:
-        from vaest.features.persons import track_plan
-
         times, segs, got, names, main, H = self._finish()  # answers keyed by (segment index, person id)
         n = len(times)
         plan: list[list[int]] = []
@@ -242,12 +240,12 @@ class PersonBehaviorVLMExtractor(BehaviorVLMExtractor):
         out: dict[tuple[str, str], FeatureRecord] = {}
         values = feats[main] if names else np.zeros((S, 0), np.float32)
         for v in self.videos:
-            meta = _segment_meta(v.id, segs, n, self.fps, self.config.segments)
+            meta = segment_meta(v.id, segs, n, self.fps, self.config.segments)
             meta.update({"texts": texts if self.config.generate else [], "model": self.config.model,
                          "backend": self.config.backend, "default_feature": main, "feature_names": names,
                          "ids": list(range(P)), "dim": H, "per_person_extras": names,
                          "crop": {"margin": self.config.margin, "below": self.config.below}})
-            extras = {**{k: feats[k] for k in names}, **_segment_extras(segs), "person_ok": ok}
+            extras = {**{k: feats[k] for k in names}, **segment_extras(segs), "person_ok": ok}
             out[(self.name, v.id)] = FeatureRecord(TimeSeries(values, base, ok.any(1) if P else np.zeros(S, bool)),
                                                    extras, meta)
         return out

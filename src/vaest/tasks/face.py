@@ -27,7 +27,7 @@ import torch
 
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import FeatureError, VaestError
-from vaest.features.face import face_key
+from vaest.features.face_registry import face_key
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.timebase import TimeBase, fill_nearest
 from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
@@ -144,7 +144,7 @@ def face_motion(track: FeatureRecord, fps: float) -> np.ndarray:
     through the outer eye corners (radians, 0 = level) and its rate (radians per second). Velocities are 0
     where this frame or the previous one has no face; roll is 0 where there are no landmarks.
     """
-    from vaest.features.face import EYE_OUTER
+    from vaest.features.face_geometry import EYE_OUTER
 
     boxes = np.asarray(track.values, np.float64)
     n = len(boxes)
@@ -324,8 +324,8 @@ def _config_fields(model: str) -> set[str]:
 
 def settings_from(file_cfg: dict[str, Any], flags: dict[str, Any]) -> tuple[FaceTrainSettings, TrainConfig]:
     """Face settings and training settings from a run config and CLI flags (see
-    :func:`vaest.config.split_settings`)."""
-    from vaest.config import split_settings
+    :func:`vaest.training.split_settings`)."""
+    from vaest.training import split_settings
 
     p, file_cfg, flags = resolve_preset("face", file_cfg, flags)
     st, cfg = split_settings(FaceTrainSettings, file_cfg, flags, "face", base=p.values if p else None)
