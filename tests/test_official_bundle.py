@@ -118,6 +118,26 @@ def test_bundle_from_official_checkpoints_predicts_as_the_official_modules(offic
     np.testing.assert_allclose(fused.va, va_d[0].numpy(), atol=TOL)
     assert np.abs(fused.va - face.va).max() > 0.01  # the fusion is not a pass-through of the face
 
+    # `vaest submit BUNDLE --features STORE`: the same models on stored features (VLM features come from a GPU
+    # machine), smoothed with the bundle's kernels, in the challenge file
+    from vaest.corpus.labels import write_va_file
+    from vaest.features.store import FeatureStore
+    from vaest.postprocess import postprocess
+    from vaest.submission import read_submission
+
+    disk = FeatureStore(tmp_path / "feats")
+    for key in ("face-tiny", "behavior-vlm"):
+        disk.save(key, "v", store.load(key, "v"))
+    corpus = tmp_path / "abaw"
+    write_va_file(corpus / "annotations" / "VA_Estimation_Challenge" / "Test_Set" / "v.txt",
+                  np.zeros((N, 2), np.float32))
+    sub = tmp_path / "sub.csv"
+    r = CliRunner().invoke(app, ["submit", str(out), "--corpus", str(corpus), "--split", "test", "--features",
+                                 str(disk.root), "--out", str(sub)])
+    assert r.exit_code == 0, r.output
+    got = read_submission(sub)["v"]
+    np.testing.assert_allclose(got, postprocess(va_d[0].numpy(), np.ones(N, bool), b.kernels), atol=2 * TOL)
+
 
 def test_bundle_refuses_what_it_cannot_use(official_files, tmp_path):
     f = official_files["files"]

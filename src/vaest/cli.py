@@ -629,6 +629,9 @@ def submit(
     template: Annotated[Optional[Path], typer.Option(help="Organisers' template: rows are written in its order.")] = None,
     kernels: Annotated[Optional[str], typer.Option(help="Smoothing kernels 'V,A' (default: chosen on validation).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="reference: the official kernels 7,13 with replicate edges.")] = None,
+    features: Annotated[Optional[Path], typer.Option(help="With a bundle: apply it to the features in this store "
+                                                     "(e.g. VLM behavior features extracted elsewhere) instead of "
+                                                     "predicting the media.")] = None,
     config: ConfigDefaultsOpt = None,
 ) -> None:
     """Write an ABAW challenge file (image_location,valence,arousal), post-processed and validated."""
@@ -646,7 +649,13 @@ def submit(
         if corpus is None:
             raise VaestError(f"{run} is a model bundle: give --corpus (whose '{split}' media it predicts)")
         videos = load_corpus(corpus).split(split)
-        got = bundle_predictions(run, videos)
+        if features is not None:
+            from vaest.features.store import FeatureStore
+            from vaest.pipeline import bundle_store_predictions
+
+            got = bundle_store_predictions(run, FeatureStore(features), videos)
+        else:
+            got = bundle_predictions(run, videos)
         if not got:
             raise VaestError(f"{run}: no prediction for any '{split}' video of {corpus}")
         n = write_submission(out, got, template)

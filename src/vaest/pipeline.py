@@ -252,6 +252,40 @@ def bundle_predictions(model: str | Path, videos: Sequence[Video], device: str =
     return out
 
 
+def bundle_store_predictions(model: str | Path, store: FeatureStore, videos: Sequence[Video], device: str = "cpu"
+                             ) -> dict[str, np.ndarray]:
+    """Per-frame (n, 2) valence/arousal of each video from features already in ``store`` (e.g. Qwen3-VL behavior
+    features extracted on a GPU machine, which ``vaest predict`` does not compute): the bundle's modality models,
+    its fusion (or the mask-aware mean of the modalities without one), then its smoothing kernels. Videos without
+    any modality's features are logged and left out."""
+    from vaest.apply import FusionModel, load_modality
+
+    b = load_model(model)
+    mods = {m: load_modality(m, run, device) for m, run in b.modalities.items()}
+    fusion = FusionModel(b.fusion, device) if b.fusion is not None else None
+    out: dict[str, np.ndarray] = {}
+    for v in videos:
+        tracks = {m: obj.apply(store, v) for m, obj in mods.items()}
+        tracks = {m: t for m, t in tracks.items() if t is not None}
+        if not tracks:
+            log.warning("%s: no features of the bundle's modalities in %s; left out", v.id, store.root)
+            continue
+        audio = mods.get("audio")
+        fused = (fusion.apply(tracks, v, getattr(audio, "windows", None), getattr(audio, "token_va", None))
+                 if fusion is not None else None)
+        if fused is None:
+            n = max(len(t.va) for t in tracks.values())
+            same = [t.resized(n) for t in tracks.values()]
+            stack = np.stack([np.where(t.mask[:, None], t.va, np.nan) for t in same])
+            with np.errstate(all="ignore"):
+                va = np.nanmean(stack, axis=0)
+            mask = np.isfinite(va).all(1)
+        else:
+            va, mask = fused.va, fused.mask
+        out[v.id] = postprocess(np.nan_to_num(va), mask, tuple(b.kernels))
+    return out
+
+
 def _behavior_emb_dim(model: Any) -> int:
     """Width of the behavior reference model's exported embedding (one probe forward: it depends on ``emb``)."""
     import torch
