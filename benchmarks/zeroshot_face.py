@@ -1,17 +1,20 @@
-"""Zero-shot valence/arousal on the real CREMA-D clips: what the face path costs, and what the voice adds.
+"""Zero-shot face on the real CREMA-D videos: every option of issue 26 as a row, against the `fer` package's own
+pipeline and the default before issue 26.
 
-Face: each clip is decoded once; faces are found by (a) vaest's MediaPipe tracker with vaest's crop and (b)
-OpenCV's Haar detector with the ``fer`` package's crop (box squared, 10 px margin, image padded by 40 px of
-its bottom rows' mean). Each crop set goes through (1) vaest's ``fer`` encoder (the facial-emotion-recognition
-network, 48x48) and (2) ``minixception`` (the ``fer`` package's own mini-Xception, 64x64, loaded from its
-hdf5 file), then the circumplex mapping with vaest's prototypes and with the plain ones of issue 15.
-Per clip: the mean over frames with a face (pipeline smoothing does not change clip means much; it is
-reported too). Voice: :func:`vaest.zeroshot.zero_shot_audio` on the clips' own audio and on the mp3s, and
-:func:`vaest.zeroshot.zero_shot_video` (face + voice).
+Each clip is decoded once and tracked once (vaest's MediaPipe tracker: boxes, scores, FaceMesh landmarks). Crops:
+the mini-Xception's framing (box x 1.26, centre 0.07 crop sides higher), the same rotated upright on the eye
+line first (``aligned``: landmark-based roll alignment), the tighter framing of the facial-emotion-recognition
+network (1.1, -0.05), and OpenCV's Haar crop as the ``fer`` package makes it (box squared, 10 px margin, image
+padded by 40 px). Networks (both on ONNX Runtime): ``minixception`` (the fer package's FER2013 mini-Xception)
+and ``fernet`` (the facial-emotion-recognition network, vaest's ``fer`` encoder), without and with mirrored-crop
+averaging (``flip``). Mappings: the probability-weighted mean of per-expression valence/arousal (the published
+means now in :data:`vaest.zeroshot.CIRCUMPLEX`, vaest's former prototypes, or issue 15's plain ones), with or
+without temporal pooling of the probabilities (0.5 s) and sharpening (p ** k). ``shipped`` runs the shipped path
+itself: the ``ensemble`` encoder and :func:`vaest.zeroshot.zero_shot_face`.
 
-With 6 clips of one actor the AUCs are made of 4 (happy vs 4 negatives, neutral vs 4 negatives) or 4
-(angry, fearful vs neutral, sad) pairs: one swapped pair moves an AUC by 0.25. Frame-level AUCs pool all
-frames (not independent) and only break ties between clip-level results.
+Per clip: the mean over frames with a face. With 6 clips of one actor the clip AUCs are made of 4 pairs (happy
+vs 4 negatives, neutral vs 4 negatives, angry + fearful vs neutral + sad): one swapped pair moves an AUC by 0.25.
+Frame-level AUCs pool all frames (not independent) and only break ties between clip-level results.
 
 Usage: ``python benchmarks/zeroshot_face.py [--data ../shared/data/cremad-av] [--json out.json]``.
 """
@@ -29,12 +32,15 @@ import numpy as np
 log = logging.getLogger("vaest.benchmarks.zeroshot_face")
 
 # the plain circumplex prototypes of issue 15 (what the fer-package comparison used)
-PLAIN = {"neutral": (0.0, 0.0), "happy": (0.8, 0.5), "sad": (-0.7, -0.4), "angry": (-0.6, 0.8),
+PLAIN = {"neutral": (0.0, 0.0), "happy": (0.8, 0.5), "sad": (-0.7, -0.4), "anger": (-0.6, 0.8),
          "fear": (-0.6, 0.7), "disgust": (-0.7, 0.3), "surprise": (0.2, 0.8)}
+# vaest's prototypes before issue 26 (hand-set)
+FORMER = {"neutral": (0.0, 0.0), "happy": (0.8, 0.5), "sad": (-0.7, -0.4), "anger": (-0.6, 0.7),
+          "fear": (-0.6, 0.6), "disgust": (-0.7, 0.3), "surprise": (0.3, 0.8)}
 NEGATIVE = ("SAD", "ANG", "DIS", "FEA")
 HIGH_A, LOW_A = ("ANG", "FEA"), ("NEU", "SAD")
 HAAR_PAD, HAAR_OFFSET = 40, 10
-DEFAULT = "mediapipe-ferframe/minixception/noflip"  # what vaest's zero-shot face path now does
+FPS = 30.0
 
 
 def emotion_of(path: Path) -> str:
@@ -46,7 +52,7 @@ def haar_crops(frames: np.ndarray) -> list[np.ndarray | None]:
     """The ``fer`` package's face crops (largest Haar face per frame), RGB, or None where no face."""
     import cv2
 
-    from vaest.features.pretrained_face import fer_package_file
+    from vaest.features.face_onnx import fer_package_file
 
     det = cv2.CascadeClassifier(str(fer_package_file("haarcascade_frontalface_default.xml")))
     out: list[np.ndarray | None] = []
@@ -68,42 +74,68 @@ def haar_crops(frames: np.ndarray) -> list[np.ndarray | None]:
     return out
 
 
-# crop framings of MediaPipe boxes (scale, shift of :func:`vaest.features.face_geometry.crop_face`): vaest's default
-# before issue 15, and the framing of the fer package's Haar crops measured on these clips (Haar box + 2 x 10 px
-# = 1.26 x the MediaPipe box side, centre 0.087 side higher: shift -0.087 / 1.26)
-FRAMINGS = {"mediapipe": (1.1, -0.05), "mediapipe-ferframe": (1.26, -0.07)}
+def upright(frame: np.ndarray, box: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """``frame`` rotated about the box centre so that the eye line (FaceMesh eye corners 33/133 and 362/263) is
+    level; unchanged where those landmarks are missing."""
+    import cv2
+
+    eyes = lm[[33, 133, 362, 263], :2]
+    if not np.isfinite(eyes).all():
+        return frame
+    left, right = eyes[:2].mean(0), eyes[2:].mean(0)
+    angle = float(np.degrees(np.arctan2(right[1] - left[1], right[0] - left[0])))
+    centre = (float(0.5 * (box[0] + box[2])), float(0.5 * (box[1] + box[3])))
+    m = cv2.getRotationMatrix2D(centre, angle, 1.0)
+    return cv2.warpAffine(frame, m, (frame.shape[1], frame.shape[0]), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
-def mediapipe_crops(frames: np.ndarray) -> dict[str, list[np.ndarray | None]]:
-    """Face crops from vaest's MediaPipe tracker boxes, one list per framing in :data:`FRAMINGS`."""
+def clip_crops(frames: np.ndarray) -> tuple[dict[str, list[np.ndarray | None]], dict[str, np.ndarray]]:
+    """Crops of one clip per framing, and the tracker's ``boxes`` (n, 4), ``conf`` (n,), ``landmarks`` (n, 478, 3)."""
     from vaest.features.face_geometry import crop_face
     from vaest.features.face_tracker import FaceTrackConfig, FaceTracker
+    from vaest.features.face_onnx import FERNET_FRAMING, MINIXCEPTION_FRAMING
 
     tr = FaceTracker(FaceTrackConfig(), [None])
     try:
-        boxes = tr.process(frames)[None][0]
+        boxes, conf, lms = tr.process(frames)[None]
     finally:
         tr.close()
-    return {name: [crop_face(f, b, sc, sh) if np.isfinite(b).all() else None for f, b in zip(frames, boxes)]
-            for name, (sc, sh) in FRAMINGS.items()}
+    ok = np.isfinite(boxes).all(1)
+
+    def framed(scale_shift: tuple[float, float], align: bool) -> list[np.ndarray | None]:
+        return [crop_face(upright(f, b, lm) if align else f, b, *scale_shift) if o else None
+                for f, b, lm, o in zip(frames, boxes, lms, ok)]
+
+    crops = {"mini": framed(MINIXCEPTION_FRAMING, False), "mini-aligned": framed(MINIXCEPTION_FRAMING, True),
+             "tight": framed(FERNET_FRAMING, False), "tight-aligned": framed(FERNET_FRAMING, True),
+             "haar": haar_crops(frames)}
+    return crops, {"boxes": boxes, "conf": conf, "landmarks": lms}
 
 
-def encode(enc_name: str, crops: list[np.ndarray | None], flip: bool) -> tuple[np.ndarray, tuple[str, ...]]:
-    """(n, C) expression probabilities (NaN rows where no crop) and the class names."""
-    from vaest.features.face_encoders import create_encoder
-
-    enc = create_encoder(enc_name)
+def encode(enc: Any, crops: list[np.ndarray | None], flip: bool, key: str = "probs") -> np.ndarray:
+    """(n, 7) output ``key`` of encoder ``enc`` (NaN rows where no crop)."""
     rows = [i for i, c in enumerate(crops) if c is not None]
-    probs = np.full((len(crops), len(enc.classes)), np.nan, np.float32)
+    out = np.full((len(crops), len(enc.classes)), np.nan, np.float32)
     if rows:
-        probs[rows] = enc.encode([crops[i] for i in rows], flip=flip)["probs"]
-    return probs, enc.classes
+        out[rows] = enc.encode([crops[i] for i in rows], flip=flip)[key]
+    return out
 
 
-def plain_va(probs: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
-    keys = {"anger": "angry", "fearful": "fear"}
-    protos = np.array([PLAIN[keys.get(c.lower(), c.lower())] for c in classes], np.float64)
-    return (probs / probs.sum(1, keepdims=True)) @ protos
+def mapped(probs: np.ndarray, protos: dict[str, tuple[float, float]] | None, power: float, pool: bool) -> np.ndarray:
+    """(n, 2) valence/arousal of (n, 7) FER2013-class probabilities: optional 0.5 s pooling, p ** power, the
+    expected value of ``protos`` (None: the shipped :data:`vaest.zeroshot.CIRCUMPLEX`)."""
+    from vaest.features.face_registry import FER_CLASSES
+    from vaest.zeroshot import FACE_POOL_S, pool_expressions, zero_shot_va
+
+    p = pool_expressions(probs, FPS, FACE_POOL_S) if pool else np.asarray(probs, np.float64)
+    p = np.clip(p, 0.0, None) ** power
+    if protos is None:
+        return zero_shot_va(p, FER_CLASSES)
+    keys = {"angry": "anger", "sad": "sad", "happy": "happy", "fear": "fear", "disgust": "disgust",
+            "surprise": "surprise", "neutral": "neutral"}
+    table = np.array([protos[keys[c.lower()]] for c in FER_CLASSES], np.float64)
+    return (p / p.sum(1, keepdims=True)) @ table
 
 
 def aucs(values: dict[str, np.ndarray]) -> dict[str, float]:
@@ -138,74 +170,110 @@ def arousal_spearman(values: dict[str, np.ndarray]) -> float:
     return float(spearmanr([PROTO_AROUSAL[e] for e in emos], [np.nanmean(values[e][:, 1]) for e in emos]).statistic)
 
 
-def clip_means(values: dict[str, np.ndarray]) -> dict[str, list[float]]:
+def clip_means(values: dict[str, np.ndarray]) -> dict[str, list[float | None]]:
     return {e: [round(float(np.nanmean(v[:, d])), 3) if np.isfinite(v[:, d]).any() else None for d in (0, 1)]
             for e, v in values.items()}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import torch
+def rows_of(probs: dict[str, dict[str, np.ndarray]], shipped: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Each benchmark row: name -> emotion -> (n, 2) valence/arousal. ``probs``: ``crop/net/flip`` -> emotion ->
+    (n, 7); ``shipped``: emotion -> the shipped path's (n, 2)."""
+    emos = list(next(iter(probs.values())))
 
-    from vaest.media import iter_frames, probe, read_audio
-    from vaest.postprocess import REFERENCE_KERNELS, postprocess
-    from vaest.zeroshot import zero_shot_audio, zero_shot_face, zero_shot_video
+    def row(v_src: list[str], a_src: list[str] | None = None, protos: Any = None, power_v: float = 1.0,
+            pool: bool = False) -> dict[str, np.ndarray]:
+        out = {}
+        for e in emos:
+            pv = np.mean([probs[s][e] for s in v_src], 0)
+            pa = np.mean([probs[s][e] for s in (a_src or v_src)], 0)
+            va = mapped(pv, protos, power_v, pool)
+            va[:, 1] = mapped(pa, protos, 1.0, pool)[:, 1]
+            out[e] = va
+        return out
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    m, f = "mini/minixception/noflip", "tight/fernet/noflip"
+    ens = [m, f]
+    return {
+        "fer package: Haar crop, mini-Xception, plain prototypes": row(["haar/minixception/noflip"], protos=PLAIN),
+        "before issue 26 (default): mini-Xception, former prototypes": row([m], protos=FORMER),
+        "mini-Xception, published means": row([m]),
+        "mini-Xception + flip": row(["mini/minixception/flip"]),
+        "mini-Xception, aligned": row(["mini-aligned/minixception/noflip"]),
+        "mini-Xception, pooled 0.5 s": row([m], pool=True),
+        "mini-Xception, valence sharpened k=2": row([m], power_v=2.0),
+        "fernet alone (tight crop)": row([f]),
+        "fernet + flip": row(["tight/fernet/flip"]),
+        "fernet, aligned": row(["tight-aligned/fernet/noflip"]),
+        "ensemble mean (valence and arousal)": row(ens),
+        "ensemble valence, mini-Xception arousal": row(ens, [m]),
+        "  + pooled 0.5 s": row(ens, [m], pool=True),
+        "  + pooled, valence k=2 (the shipped rule)": row(ens, [m], power_v=2.0, pool=True),
+        "  + pooled, valence k=3": row(ens, [m], power_v=3.0, pool=True),
+        "  + pooled, valence k=2, flip": row(["mini/minixception/flip", "tight/fernet/flip"], ["mini/minixception/flip"],
+                                             power_v=2.0, pool=True),
+        "  + pooled, valence k=2, aligned": row(["mini-aligned/minixception/noflip", "tight-aligned/fernet/noflip"],
+                                                ["mini-aligned/minixception/noflip"], power_v=2.0, pool=True),
+        "shipped: `ensemble` encoder + zero_shot_face": shipped,
+    }
+
+
+def cli_videos(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, list[Path]]:
+    """The command line of a zero-shot benchmark (``--data`` folder, ``--json`` output) and its CREMA-D videos."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cremad-av"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(1)
-    data = Path(args.data)
-    videos = sorted(data.glob("*.flv"))
+    videos = sorted(Path(args.data).glob("*.flv"))
     if not videos:
-        raise SystemExit(f"{data}: no CREMA-D .flv clips")
-    variants: dict[str, dict[str, np.ndarray]] = {}
-    audio_va: dict[str, np.ndarray] = {}
-    face_best: dict[str, np.ndarray] = {}
+        raise SystemExit(f"{args.data}: no CREMA-D .flv clips")
+    return args, videos
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from vaest.features.face_encoders import create_encoder
+    from vaest.media import iter_frames, read_audio
+    from vaest.zeroshot import face_outputs_va, zero_shot_audio
+
+    args, videos = cli_videos(__doc__, argv)
+    data = Path(args.data)
+    nets = {"minixception": create_encoder("minixception"), "fernet": create_encoder("fer")}
+    ensemble = create_encoder("ensemble")
+    probs: dict[str, dict[str, np.ndarray]] = {}
+    shipped: dict[str, np.ndarray] = {}
     for v in videos:
         emo = emotion_of(v)
         frames = np.concatenate([b.frames for b in iter_frames(v)])
-        fps = probe(v).fps or 30.0
-        crops = {**mediapipe_crops(frames), "haar": haar_crops(frames)}
+        crops, _ = clip_crops(frames)
         for crop_name, cr in crops.items():
-            for enc_name in ("fer", "minixception"):
+            for net_name, enc in nets.items():
+                if (net_name == "fernet") != crop_name.startswith("tight") and crop_name != "haar":
+                    continue
                 for flip in (False, True):
-                    probs, classes = encode(enc_name, cr, flip)
-                    ok = np.isfinite(probs).all(1)
-                    va = np.full((len(cr), 2), np.nan)
-                    va[ok] = zero_shot_face(probs[ok], classes)
-                    tag = f"{crop_name}/{enc_name}/{'flip' if flip else 'noflip'}"
-                    variants.setdefault(f"{tag}/vaest-prototypes", {})[emo] = va
-                    pv = np.full((len(cr), 2), np.nan)
-                    pv[ok] = plain_va(probs[ok], classes)
-                    variants.setdefault(f"{tag}/plain-prototypes", {})[emo] = pv
-                    sm = postprocess(va.astype(np.float32), ok, REFERENCE_KERNELS)
-                    variants.setdefault(f"{tag}/vaest-prototypes+smoothing", {})[emo] = np.where(ok[:, None], sm, np.nan)
-        face_best[emo] = variants[f"{DEFAULT}/vaest-prototypes"][emo]
-        wav = read_audio(v)
-        audio_va[emo] = zero_shot_audio(wav, 16000, fps)[: len(frames)]
+                    probs.setdefault(f"{crop_name}/{net_name}/{'flip' if flip else 'noflip'}", {})[emo] = encode(enc, cr, flip)
+        out = {k: encode(ensemble, crops["mini"], False, k) for k in ("probs", "probs_arousal")}
+        shipped[emo] = face_outputs_va(out, ensemble.classes, FPS)
         log.info("%s: %d frames, faces: mediapipe %d, haar %d", v.name, len(frames),
-                 sum(c is not None for c in crops["mediapipe"]), sum(c is not None for c in crops["haar"]))
-    out: dict[str, Any] = {"clips": [v.name for v in videos], "face": {}}
-    for name, vals in sorted(variants.items()):
-        out["face"][name] = {"auc": {k: round(x, 3) for k, x in aucs(vals).items()}, "clip_means": clip_means(vals)}
-    fused = {e: zero_shot_video(face_best[e], audio_va[e]).va for e in face_best}
-    out["video"] = {k: {"auc": aucs(v), "clip_means": clip_means(v), "arousal_spearman": arousal_spearman(v)}
-                    for k, v in (("face_only", face_best), ("voice_only", audio_va), ("face+voice", fused))}
+                 sum(c is not None for c in crops["mini"]), sum(c is not None for c in crops["haar"]))
+    rows = rows_of(probs, shipped)
+    res: dict[str, Any] = {"clips": [v.name for v in videos], "face": {}}
+    for name, vals in rows.items():
+        res["face"][name] = {"auc": {k: round(x, 3) for k, x in aucs(vals).items()}, "clip_means": clip_means(vals),
+                             "arousal_spearman": round(arousal_spearman(vals), 3)}
+        a = res["face"][name]["auc"]
+        cm = res["face"][name]["clip_means"]
+        log.info("%-52s clip V hap %.2f neu %.2f A %.2f | frame V neu %.2f A %.2f | Spearman A %+.2f | neutral V %+.2f,"
+                 " fearful A %+.2f, disgusted A %+.2f", name, a["clip_valence_happy_vs_negative"],
+                 a["clip_valence_neutral_vs_negative"], a["clip_arousal_high_vs_low"],
+                 a["frame_valence_neutral_vs_negative"], a["frame_arousal_high_vs_low"],
+                 res["face"][name]["arousal_spearman"], cm["NEU"][0], cm["FEA"][1], cm["DIS"][1])
     mp3 = {emotion_of(p): zero_shot_audio(read_audio(p)) for p in sorted(data.glob("*.mp3"))}
-    out["audio_mp3"] = {"auc": aucs(mp3), "clip_means": clip_means(mp3), "arousal_spearman": arousal_spearman(mp3)}
-    for name, r in out["face"].items():
-        a = r["auc"]
-        log.info("%-62s clip V hap %.2f neu %.2f A %.2f | frame V hap %.2f neu %.2f A %.2f", name,
-                 a["clip_valence_happy_vs_negative"], a["clip_valence_neutral_vs_negative"], a["clip_arousal_high_vs_low"],
-                 a["frame_valence_happy_vs_negative"], a["frame_valence_neutral_vs_negative"], a["frame_arousal_high_vs_low"])
-    for k, r in [*(("video " + k, out["video"][k]) for k in out["video"]), ("mp3 voice", out["audio_mp3"])]:
-        log.info("%-16s arousal Spearman %.2f, AUCs %s, clip means %s", k, r["arousal_spearman"],
-                 {a: round(b, 3) for a, b in r["auc"].items() if np.isfinite(b)}, r["clip_means"])
+    res["audio_mp3"] = {"auc": aucs(mp3), "clip_means": clip_means(mp3), "arousal_spearman": arousal_spearman(mp3)}
+    log.info("mp3 voice: arousal Spearman %.2f, clip means %s", res["audio_mp3"]["arousal_spearman"],
+             res["audio_mp3"]["clip_means"])
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    return out
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return res
 
 
 if __name__ == "__main__":

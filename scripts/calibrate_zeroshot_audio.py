@@ -3,7 +3,7 @@
 RAVDESS (Livingstone & Russo 2018, PLoS ONE; CC BY-NC-SA 4.0): 24 actors x 60 acted sentences, files named
 ``03-01-EE-II-SS-RR-AA.wav`` (EE emotion, II intensity, AA actor). Each clip's cues are measured with vaest's own
 :func:`vaest.zeroshot.audio_cues` (clip mean of the per-frame cues); the label is the circumplex arousal of the
-acted emotion (:func:`vaest.zeroshot.circumplex_prototypes`, calm = neutral). The fit is a ridge regression of
+acted emotion (:data:`LABEL_AROUSAL`: the circumplex prototypes the shipped constants were fitted with). The fit is a ridge regression of
 atanh(label) on the cues' standard scores, so that tanh(score) estimates the label. Reported: leave-one-speaker-out
 Spearman / Pearson of the clip-mean arousal that ``zero_shot_audio`` would give, and the same for the CREMA-D
 clips in /work/shared/data/cremad-av (not used in the fit). Prints the constants to paste into zeroshot.py.
@@ -25,7 +25,7 @@ from scipy.stats import pearsonr, spearmanr
 from vaest.io import atomic_path
 from vaest.media import read_audio
 from vaest.progress import track
-from vaest.zeroshot import AUDIO_CUES, AudioCue, arousal_from_cues, audio_cues, circumplex_prototypes
+from vaest.zeroshot import AUDIO_CUES, AudioCue, arousal_from_cues, audio_cues
 
 log = logging.getLogger("calibrate_zeroshot_audio")
 RAVDESS_EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust",
@@ -35,9 +35,16 @@ SR = 16000
 FPS = 30.0
 
 
+# arousal label per acted emotion: vaest's circumplex prototypes when the shipped voice constants were fitted
+# (issue 15; the face mapping has since moved to published means, vaest.zeroshot.CIRCUMPLEX, which would change
+# the fit a little: these keep the script reproducing the shipped constants)
+LABEL_AROUSAL = {"angry": 0.7, "fearful": 0.6, "happy": 0.5, "disgust": 0.3, "surprised": 0.8, "neutral": 0.0,
+                 "calm": 0.0, "sad": -0.4}
+
+
 def label_arousal(emotion: str) -> float:
-    """Circumplex arousal of an emotion name (vaest's face prototypes)."""
-    return float(circumplex_prototypes([emotion])[0, 1])
+    """Arousal label of an emotion name (:data:`LABEL_AROUSAL`)."""
+    return LABEL_AROUSAL[emotion]
 
 
 def frame_cues(paths: list[Path], cache: Path | None) -> list[np.ndarray]:

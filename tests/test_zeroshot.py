@@ -305,6 +305,85 @@ def test_face_outputs_va_prefers_the_encoders_own_head():
     assert np.isnan(out[1]).all()
 
 
+def test_zero_shot_face_pools_sharpens_and_splits_arousal():
+    """Hand-computed: probabilities are pooled over the centred window (frames with a face only), valence is read
+    from p ** 2 renormalised, arousal from the plain expected value of ``arousal_probs``; rows without a face stay
+    NaN."""
+    from vaest.features.face_registry import FER_CLASSES
+    from vaest.zeroshot import CIRCUMPLEX, pool_expressions, zero_shot_face
+
+    hap, neu, sad = (FER_CLASSES.index(c) for c in ("Happy", "Neutral", "Sad"))
+    p = np.zeros((4, 7))
+    p[0, [hap, neu]] = (0.5, 0.5)
+    p[1, [neu, sad]] = (0.75, 0.25)
+    p[2] = np.nan
+    p[3, sad] = 1.0
+    # window 3 frames (0.1 s at 30 fps): frame 1 averages frames 0 and 1 (frame 2 has no face)
+    pooled = pool_expressions(p, 30.0, 0.1)
+    np.testing.assert_allclose(pooled[1, [hap, neu, sad]], [0.25, 0.625, 0.125])
+    assert np.isnan(pooled[2]).all() and np.allclose(pooled[3, sad], 1.0)
+    np.testing.assert_allclose(pool_expressions(p, None), p)  # single images: nothing pooled
+    va = zero_shot_face(p, FER_CLASSES, fps=None, power=2.0)
+    # frame 1: 0.75^2 : 0.25^2 = 0.9 : 0.1 neutral : sad -> valence 0.1 x sad's; arousal plain: 0.25 x sad's
+    np.testing.assert_allclose(va[1], [0.1 * CIRCUMPLEX["sad"][0], 0.25 * CIRCUMPLEX["sad"][1]], atol=1e-6)
+    assert np.isnan(va[2]).all()
+    arousal_probs = np.tile(np.eye(7)[hap], (4, 1))
+    split = zero_shot_face(p, FER_CLASSES, fps=None, power=2.0, arousal_probs=arousal_probs)
+    np.testing.assert_allclose(split[:, 0], va[:, 0])
+    np.testing.assert_allclose(split[[0, 1, 3], 1], CIRCUMPLEX["happy"][1], atol=1e-6)
+
+
+def test_face_outputs_va_reads_the_ensembles_arousal_probabilities():
+    from vaest.features.face_registry import FER_CLASSES
+    from vaest.zeroshot import face_outputs_va, zero_shot_face
+
+    probs = np.eye(7)[[3, 4]].astype(np.float32)
+    arousal = np.eye(7)[[0, 6]].astype(np.float32)
+    out = face_outputs_va({"probs": probs, "probs_arousal": arousal}, FER_CLASSES, 30.0)
+    np.testing.assert_allclose(out, zero_shot_face(probs, FER_CLASSES, 30.0, arousal_probs=arousal))
+    assert not np.allclose(out[:, 1], zero_shot_face(probs, FER_CLASSES, 30.0)[:, 1])
+
+
+def test_face_and_voice_reliability_hand_computed():
+    """Face: size (box side / 64 px, capped) x detector score x (1 - |yaw|) from nose and cheek landmarks; 0
+    without a face. Voice: speech share over the 3 s cue window x mouth motion / 0.01 (capped), 0 where the
+    mouth is not seen."""
+    from vaest.zeroshot import face_reliability, voice_reliability
+
+    boxes = np.array([[0, 0, 128, 100], [0, 0, 32, 32], [np.nan] * 4], np.float64)
+    conf = np.array([0.9, 0.5, 0.0])
+    lm = np.full((3, 3, 2), np.nan)
+    lm[0, :, 0] = (50, 20, 100)  # nose 30 px from the left cheek, 50 px from the right: yaw 20 / 80 = 0.25
+    r = face_reliability(boxes, conf, lm, landmark_ids=(1, 234, 454))
+    np.testing.assert_allclose(r, [1.0 * 0.9 * 0.75, 0.5 * 0.5 * 1.0, 0.0])
+    speech = np.zeros(180)
+    speech[:90] = 1  # the first 3 s at 30 fps are speech
+    motion = np.full(180, 0.005)
+    motion[-1] = np.nan
+    v = voice_reliability(speech, motion, 30.0)
+    assert v[0] == pytest.approx(0.5 * (46 / 46))  # window 90 frames centred on frame 0: frames 0..45 all speech
+    np.testing.assert_allclose(v[:40], 0.5)
+    assert v[-1] == 0.0 and v[150] == 0.0  # mouth unseen; no speech in the window
+    np.testing.assert_allclose(voice_reliability(speech, None, 30.0)[:40], 1.0)  # audio only: speech share alone
+
+
+def test_zero_shot_video_reliability_weighting_hand_computed():
+    from vaest.zeroshot import RELIABILITY_FLOOR, zero_shot_video
+
+    face = np.array([[0.5, 0.2], [0.5, 0.2], [0.5, 0.2]], np.float32)
+    voice = np.array([[np.nan, 0.8], [np.nan, 0.8], [np.nan, np.nan]], np.float32)
+    w = {"face": (1.0, 1.0), "audio": (0.0, 1.0)}
+    out = zero_shot_video(face, voice, weights=w, reliability={"face": np.array([1.0, 0.25, 0.0]),
+                                                               "audio": np.array([0.5, 0.75, 1.0])})
+    # arousal: frame 0 face 1 : voice 0.5; frame 1 face 0.25 : voice 0.75; frame 2 face alone (floored, never dropped)
+    np.testing.assert_allclose(out.va[:, 1], [(0.2 + 0.5 * 0.8) / 1.5, (0.25 * 0.2 + 0.75 * 0.8) / 1.0, 0.2], atol=1e-6)
+    np.testing.assert_allclose(out.va[:, 0], 0.5)  # valence from the face wherever it has one
+    np.testing.assert_allclose(out.weights["face"][:, 1], [1 / 1.5, 0.25, 1.0], atol=1e-6)
+    assert RELIABILITY_FLOOR > 0
+    # without reliabilities: the prior shares
+    np.testing.assert_allclose(zero_shot_video(face, voice, weights=w).va[:2, 1], 0.5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The zero-shot path of vaest.Predictor / `vaest predict`
 # ---------------------------------------------------------------------------------------------------------
@@ -324,11 +403,11 @@ def zero_shot_result(synth_corpus):
 
 
 def test_predictor_zero_shot_video_fuses_face_and_voice(zero_shot_result):
-    """A talking-face video without a model: the face (minixception) and the voice both enter; the weights are
+    """A talking-face video without a model: the face (the zero-shot ensemble) and the voice both enter; the weights are
     the arousal weights of zero_shot_video; the meta counts the frames per modality set; notes are those of
     the gain-independent voice estimator."""
     from vaest.predictor import ZERO_SHOT_AUDIO_NOTE, ZERO_SHOT_VIDEO_NOTE
-    from vaest.zeroshot import VIDEO_WEIGHTS
+    from vaest.zeroshot import VIDEO_WEIGHTS, ZERO_SHOT_FACE_ENCODER
 
     df, meta = zero_shot_result.frame, zero_shot_result.meta
     assert {"face_valence", "face_arousal", "audio_arousal", "weight_face", "weight_audio"} <= set(df.columns)
@@ -349,7 +428,7 @@ def test_predictor_zero_shot_video_fuses_face_and_voice(zero_shot_result):
     np.testing.assert_allclose((wf + wa)[face | voice], 1.0, atol=1e-6)
     assert (df.loc[face | voice, "source"] == "estimated").all()
     assert ZERO_SHOT_VIDEO_NOTE in meta["notes"] and ZERO_SHOT_AUDIO_NOTE in meta["notes"]
-    assert "minixception" in " ".join(meta["notes"]) and "loudness-only" not in " ".join(meta["notes"])
+    assert ZERO_SHOT_FACE_ENCODER in " ".join(meta["notes"]) and "loudness-only" not in " ".join(meta["notes"])
 
 
 def test_predictor_zero_shot_to_html_and_plot(zero_shot_result, tmp_path):
@@ -524,3 +603,39 @@ def test_odyssey_ser_layout_loads_through_audio_backbone_and_predicts(tmp_path):
     (folder / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(ModelError, match="odyssey"):
         SpeechEmotionPredictor(str(folder))
+
+
+def test_person_frames_keep_the_ensembles_arousal_probabilities():
+    """``encode_person_frames`` keeps ``probs_arousal`` for an encoder that gives one (the ``ensemble``), on the
+    rows with a box, NaN elsewhere; other encoders get no such key."""
+    from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor
+    from vaest.features.persons import encode_person_frames
+
+    class Stub:
+        classes = ("a", "b")
+        feature_dim = 3
+        has_va = False
+        light = True
+        crop_framing = (1.1, -0.05)
+        flip_default = False
+
+        def __init__(self, arousal: bool):
+            self.arousal_probs = arousal
+
+        def encode(self, crops, device="cpu", batch_size=64, flip=False):
+            n = len(crops)
+            out = {"emb": np.ones((n, 3), np.float32), "probs": np.tile([0.25, 0.75], (n, 1)).astype(np.float32)}
+            if self.arousal_probs:
+                out["probs_arousal"] = np.tile([1.0, 0.0], (n, 1)).astype(np.float32)
+            return out
+
+    frames = np.zeros((3, 40, 40, 3), np.uint8)
+    boxes = np.array([[5, 5, 30, 30], [np.nan] * 4, [5, 5, 30, 30]], np.float32)
+    for arousal in (True, False):
+        fe = FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny"))
+        fe._enc = Stub(arousal)
+        out = encode_person_frames(fe, frames, boxes)
+        assert ("probs_arousal" in out) == arousal
+        if arousal:
+            np.testing.assert_allclose(out["probs_arousal"][[0, 2]], [[1.0, 0.0]] * 2)
+            assert np.isnan(out["probs_arousal"][1]).all()

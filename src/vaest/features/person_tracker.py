@@ -25,6 +25,10 @@ from vaest.features.face_tracker import FaceTrackConfig, FaceTracker, TrackState
 from vaest.features.mouth import lip_area
 from vaest.features.store import FeatureRecord
 
+# face encoder outputs kept per person: embedding, class probabilities, a valence/arousal head's output, and the
+# zero-shot ensemble's arousal reading (vaest.features.face_onnx.FaceEnsembleOnnx)
+ENCODER_OUTPUTS = ("emb", "probs", "va", "probs_arousal")
+
 log = logging.getLogger(__name__)
 
 
@@ -569,6 +573,6 @@ def person_tracks_from_record(rec: FeatureRecord) -> tuple[PersonTracks, dict[in
     tr = PersonTracks(ids, boxes, rec.extras["conf"].T.astype(np.float32), lms, rec.extras["appearance"],
                       float(rec.meta["fps"]), tuple(rec.meta["frame_size"]), tuple(rec.meta["landmark_ids"]),
                       list(rec.meta.get("cuts", [])))
-    face = {int(p): {k: rec.extras[k][:, i] for k in ("probs", "emb", "va") if k in rec.extras}
+    face = {int(p): {k: rec.extras[k][:, i] for k in ENCODER_OUTPUTS if k in rec.extras}
             for i, p in enumerate(ids)}
     return tr, face

@@ -29,8 +29,8 @@ from vaest.features.base import Extractor, prepared_key, register_extractor
 from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor
 from vaest.features.face_geometry import FaceObs, crop_face
 from vaest.features.mouth import rolling_nanmean
-from vaest.features.person_tracker import (FramePrep, PersonTrackConfig, PersonTracker, PersonTracks, Prepared,
-                                           finalize_tracks, merge_rows, track_plan)
+from vaest.features.person_tracker import (ENCODER_OUTPUTS, FramePrep, PersonTrackConfig, PersonTracker, PersonTracks,
+                                           Prepared, finalize_tracks, merge_rows, track_plan)
 from vaest.features.store import FeatureRecord, config_hash
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
 from vaest.timebase import TimeBase, TimeSeries, to_frames
@@ -61,6 +61,8 @@ def encode_person_frames(fe: FaceEncoderExtractor, frames: np.ndarray, boxes: np
            "probs": np.full((B, len(enc.classes)), np.nan, np.float32)}
     if enc.has_va:
         out["va"] = np.full((B, 2), np.nan, np.float32)
+    if getattr(enc, "arousal_probs", False):  # the zero-shot ensemble's arousal reading (one of its networks)
+        out["probs_arousal"] = np.full((B, len(enc.classes)), np.nan, np.float32)
     crops, rows = [], []
     for j in np.flatnonzero(np.isfinite(boxes).all(1)):
         c = crop_face(frames[j], boxes[j], *fe.framing)
@@ -398,7 +400,7 @@ class PersonsExtractor(Extractor):
             meta["classes"] = list(self.face_encoder.encoder.classes)
             raw_found = raw.found
             self._faces_done = {}
-            for k in ("emb", "probs", "va"):
+            for k in ENCODER_OUTPUTS:
                 if not self.face or k not in next(iter(self.face.values())):
                     continue
                 per = _stack_parts([self.face[int(pid)].pop(k) for pid in raw.ids], n)
