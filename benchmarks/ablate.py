@@ -130,7 +130,8 @@ def prepare(cfg: AblationConfig) -> tuple[Path, Path]:
     from vaest.corpus import load_corpus
     from vaest.corpus.synthetic import synthesize
     from vaest.features.store import FeatureStore
-    from vaest.pipeline import default_extractors, extract_all
+    from vaest.features.base import default_extractors
+    from vaest.pipeline import extract_all
 
     out = Path(cfg.out)
     corpus_dir, feats = out / "corpus", out / "features"
@@ -186,7 +187,8 @@ def _train_behavior(cfg: AblationConfig, corpus: Any, feats: Path, out: Path, va
 
 def _train_fusion(cfg: AblationConfig, corpus_dir: Path, feats: Path, out: Path, values: dict[str, Any],
                   seed: int) -> None:
-    from vaest.tasks.fusion import dcmmoe_preset_kwargs, train_fusion
+    from vaest.tasks.fusion import train_fusion
+    from vaest.tasks.fusion_presets import dcmmoe_preset_kwargs
 
     kw = dcmmoe_preset_kwargs({"preset": REFERENCE}, {"epochs": cfg.fusion_epochs, "early_stop": cfg.early_stop,
                                                       "seed": seed})

@@ -196,7 +196,7 @@ def loudness_baseline(corpus_root: Path, features: Path, encoder: str = "lmfb",
     from vaest.corpus import load_corpus
     from vaest.features.store import FeatureStore
     from vaest.media import read_audio
-    from vaest.tasks.audio import frames_from_seconds, load_item, second_targets
+    from vaest.inputs.audio import frames_from_seconds, load_item, second_targets
     from vaest.training import concat_frame_ccc
 
     corpus = load_corpus(corpus_root)

@@ -29,7 +29,8 @@ log = logging.getLogger("vaest.benchmarks.reference_ablation")
 
 def _raav(runs: dict, out: Path, seed: int, epochs: int, pred_skip: bool) -> dict[str, float]:
     from vaest.presets import get_preset
-    from vaest.tasks.fusion import default_train_config, split_fusion_preset, train_fusion
+    from vaest.tasks.fusion import train_fusion
+    from vaest.tasks.fusion_presets import default_train_config, split_fusion_preset
     from vaest.config import build
     from vaest.training import TrainConfig
     import dataclasses
@@ -42,7 +43,7 @@ def _raav(runs: dict, out: Path, seed: int, epochs: int, pred_skip: bool) -> dic
 
 
 def _late(runs: dict, out: Path, seed: int, method: str) -> dict[str, float]:
-    from vaest.tasks.fusion import late_fusion
+    from vaest.tasks.late import late_fusion
 
     return late_fusion(runs["runs"], runs["corpus"], out, method=method, n_samples=2000, seed=seed)["metrics"]
 

@@ -25,20 +25,9 @@ from vaest.features.audio import (
 )
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.models.audio import AttentiveStatsPool, audio_param_groups
-from vaest.tasks.audio import (
-    AudioTask,
-    AudioTrainConfig,
-    AugmentConfig,
-    add_noise,
-    add_reverb,
-    apply_gain,
-    augment_waveform,
-    band_filter,
-    label_rule,
-    load_item,
-    second_targets,
-    window_targets,
-)
+from vaest.inputs.audio import label_rule, load_item, second_targets, window_targets
+from vaest.tasks.audio import AudioTask, AudioTrainConfig
+from vaest.tasks.audio_augment import AugmentConfig, add_noise, add_reverb, apply_gain, augment_waveform, band_filter
 from vaest.timebase import TimeBase, TimeSeries
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

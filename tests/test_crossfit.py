@@ -11,7 +11,8 @@ from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import VaestError
 from vaest.features.store import FeatureRecord, FeatureStore
 from vaest.inference import load_predictions, save_predictions, write_run_json
-from vaest.tasks.crossfit import HOLDOUT, crossfit, crossfit_source, fold_assignment
+from vaest.inference import crossfit_source
+from vaest.tasks.crossfit import HOLDOUT, crossfit, fold_assignment
 from vaest.timebase import TimeBase, TimeSeries
 
 
@@ -102,7 +103,7 @@ def test_corpus_with_splits_and_load_corpus_passthrough(tmp_path: Path) -> None:
 
 def test_fusion_trains_on_out_of_fold_predictions(tmp_path: Path) -> None:
     from test_fusion import make_synthetic_runs
-    from vaest.tasks.fusion import build_fusion_data
+    from vaest.inputs.fusion import build_fusion_data
 
     info = make_synthetic_runs(tmp_path, n_train=4, n_val=2, n_frames=120)
     corpus = load_corpus(info["corpus"])

@@ -445,7 +445,7 @@ def test_attention_span_limits_the_receptive_field():
 
 def test_window_padding_and_per_frame_baseline_has_no_context():
     from vaest.models import create_model
-    from vaest.training import predict_sequence
+    from vaest.sequences import predict_sequence
 
     torch.manual_seed(0)
     mlp = create_model("frame-mlp", input_dim=6, hidden=8).eval()
@@ -540,7 +540,7 @@ def test_frame_mlp_baseline_trains_on_the_same_task(tmp_path):
 
 def test_face_motion_from_a_hand_made_track():
     from vaest.features.face_geometry import LANDMARK_IDS
-    from vaest.tasks.face import MOTION_FEATURES, face_motion
+    from vaest.inputs.face import MOTION_FEATURES, face_motion
 
     n, fps = 6, 30.0
     x0 = np.array([0, 3, 6, 9, 12, 15], np.float64)  # 3 px per frame to the right
@@ -569,7 +569,7 @@ def test_face_motion_from_a_hand_made_track():
 
 def test_jittered_windows_shift_within_a_hop():
     from vaest.tasks.face import JitteredSequenceTask
-    from vaest.training import Sequence
+    from vaest.sequences import Sequence
 
     T = 1000
     x = np.arange(T, dtype=np.float32)[:, None]
@@ -656,7 +656,7 @@ def test_face_inputs_in_one_array_with_appended_columns_and_in_place_norm():
     """face_inputs builds [emb, probs, conf, extra] in one array: embedding and probabilities filled from the
     nearest face frame, conf 0 without a face, the extra columns as given; apply_norm in place gives the same
     values as its copying form and writes into the array it was given."""
-    from vaest.tasks.face import apply_norm, face_inputs
+    from vaest.inputs.face import apply_norm, face_inputs
 
     emb = np.array([[np.nan, np.nan], [1.0, 2.0], [np.nan, np.nan], [3.0, 4.0]], np.float32)
     probs = np.array([[np.nan, np.nan], [0.2, 0.8], [np.nan, np.nan], [0.6, 0.4]], np.float32)

@@ -12,7 +12,8 @@ import torch
 from vaest.corpus.labels import write_va_file
 from vaest.inference import load_predictions, save_predictions, write_run_json
 from vaest.models import create_model
-from vaest.training import TrainConfig, predict_sequence
+from vaest.sequences import predict_sequence
+from vaest.training import TrainConfig
 
 # ---------------------------------------------------------------------------------------------------------
 # Synthetic modality runs (also used by the fusion dev script and tests/test_report.py)
@@ -302,7 +303,8 @@ def test_dcmmoe_windowed_inference_covers_every_frame(T):
 
 def test_build_fusion_data_aligns_audio_windows(synth_runs):
     from vaest.corpus import load_corpus
-    from vaest.tasks.fusion import AUDIO_WIN_BASE, build_fusion_data, frame_window_index
+    from vaest.inputs.audio_windows import AUDIO_WIN_BASE, frame_window_index
+    from vaest.inputs.fusion import build_fusion_data
 
     idx = frame_window_index(150, 30.0, AUDIO_WIN_BASE, 3)
     assert tuple(idx[0]) == (0, -1) and tuple(idx[59]) == (0, -1) and tuple(idx[60]) == (1, 0)
@@ -321,7 +323,9 @@ def test_build_fusion_data_aligns_audio_windows(synth_runs):
 def test_build_fusion_data_reads_audio_token_records(tmp_path):
     from vaest.corpus import load_corpus
     from vaest.features.store import FeatureStore
-    from vaest.tasks.fusion import audio_windows, build_fusion_data, load_track
+    from vaest.inference import load_track
+    from vaest.inputs.audio_windows import audio_windows
+    from vaest.inputs.fusion import build_fusion_data
 
     s = make_synthetic_runs(tmp_path, n_train=1, n_val=1, n_frames=330, emb_dim=6, audio_tokens=True)
     rec = FeatureStore(s["runs"]["audio"]).load("audio-tokens", "vid00")
@@ -380,7 +384,7 @@ def test_train_fusion_writes_a_run_folder(synth_runs, tmp_path, method):
 
 
 def test_combine_sets_renormalises_over_present_sets():
-    from vaest.tasks.fusion import combine_sets
+    from vaest.late_fusion import combine_sets
 
     P = np.array([[[0.2, 0.4], [0.6, 0.0], [1.0, -1.0]]] * 3, dtype=np.float32)
     M = np.array([[True, True, True], [True, False, True], [False, False, False]])
@@ -407,7 +411,7 @@ def _known_weight_data(seed=0, N=1500):
 
 
 def test_grid_search_recovers_known_weights():
-    from vaest.tasks.fusion import search_weights
+    from vaest.late_fusion import search_weights
 
     P, M, y, W = _known_weight_data()
     got, best = search_weights(P, M, y, "grid", step=0.05)
@@ -416,7 +420,7 @@ def test_grid_search_recovers_known_weights():
 
 
 def test_dirichlet_search_is_seeded_and_close():
-    from vaest.tasks.fusion import candidate_weights, search_weights
+    from vaest.late_fusion import candidate_weights, search_weights
 
     P, M, y, W = _known_weight_data(1)
     a, _ = search_weights(P, M, y, "dirichlet", n_samples=8000, seed=3)
@@ -431,7 +435,7 @@ def test_dirichlet_search_is_seeded_and_close():
 def test_search_uses_renormalised_frames():
     """Weights searched with missing frames reproduce the renormalised combination of combine_sets."""
     from vaest.metrics import va_ccc
-    from vaest.tasks.fusion import combine_sets, search_weights
+    from vaest.late_fusion import combine_sets, search_weights
 
     P, M, y, W = _known_weight_data(2)
     M[::3, 0] = False
@@ -444,7 +448,7 @@ def test_search_uses_renormalised_frames():
 def test_late_fusion_run_folder_and_search_score(synth_runs, tmp_path):
     from vaest.corpus import load_corpus
     from vaest.inference import evaluate_predictions, read_run_json
-    from vaest.tasks.fusion import late_fusion
+    from vaest.tasks.late import late_fusion
 
     out = tmp_path / "late"
     res = late_fusion(synth_runs["runs"], synth_runs["corpus"], out, method="dirichlet", n_samples=500)

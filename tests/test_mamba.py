@@ -5,7 +5,8 @@ import torch
 from vaest.models import create_model, load_checkpoint
 from vaest.models.mamba import BehaviorMamba, MambaMixer, selective_scan_kernel, selective_scan_ref
 from vaest.timebase import TimeBase
-from vaest.training import Sequence, SequenceTask, TrainConfig, fit
+from vaest.sequences import Sequence
+from vaest.training import SequenceTask, TrainConfig, fit
 
 
 def _small(**kw):

@@ -3,9 +3,9 @@ import logging
 import numpy as np
 import pytest
 
-from mediautil import make_video, make_wav
+from mediautil import count_frames, make_video, make_wav
 from vaest.errors import MediaError
-from vaest.media import count_frames, iter_frames, probe, read_audio
+from vaest.media import iter_frames, probe, read_audio
 
 
 def test_frames_timestamps_and_audio(tmp_path):

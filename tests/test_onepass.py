@@ -86,7 +86,7 @@ def test_derived_records_are_the_chosen_persons_own_tracks_and_encodings(tmp_pat
     from vaest.features.main_face import PersonsFaceEncoderExtractor, PersonsFaceTrackExtractor
     from vaest.features.person_tracker import person_tracks_from_record
     from vaest.features.store import FeatureStore
-    from vaest.predictor import people_extractors
+    from vaest.predictor.extract import people_extractors
 
     def bundle_list():
         return [create_extractor("facetrack"), create_extractor("face", encoder="tiny"), create_extractor("mouth")]
@@ -157,7 +157,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 def _two_pass(pred) -> None:
     """Switch a bundle Predictor to the path before issue 13 (single-face tracker and encoder as a second pass)."""
     from vaest.features.base import default_extractors
-    from vaest.predictor import people_extractors
+    from vaest.predictor.extract import people_extractors
 
     b = pred.bundle
     mods = b.modalities
@@ -331,7 +331,7 @@ def test_applying_two_windows_per_batch_gives_what_sixteen_give():
 
     from vaest.apply import windows_per_batch
     from vaest.models.temporal import FaceTransformer, FaceTransformerConfig
-    from vaest.training import predict_sequence
+    from vaest.sequences import predict_sequence
 
     assert windows_per_batch("cpu") == 2 and windows_per_batch("cuda:0") == 16
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ def _rows(p: Path) -> list[dict]:
 
 def test_predict_zero_shot_mixed_inputs(synth_corpus, tmp_path):
     from vaest.corpus import load_corpus
-    from vaest.media import count_frames
+    from mediautil import count_frames
 
     v = load_corpus(synth_corpus).split("train")[0]
     silent = make_video(tmp_path / "no_audio.mp4", n_frames=20, audio=False)
@@ -115,11 +115,23 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
         np.testing.assert_array_equal(tracks[mod].mask, rec.mask & np.isfinite(rec.values).all(1), err_msg=mod)
     fused = FusionModel(b.fusion).apply(tracks, val, windows)
     np.testing.assert_allclose(fused.va, load_predictions(b.fusion, val.id).values, atol=1e-4)
+    # every run records its inference settings; without that record (a run written before it) the same settings
+    # are derived from its checkpoint and run.json
+    from vaest.inference import read_run_json, write_run_json
+
+    for mod, run in [*b.modalities.items(), ("fusion", b.fusion)]:
+        info = read_run_json(run)
+        recorded = (FusionModel(run) if mod == "fusion" else load_modality(mod, run)).settings
+        assert info["inference"] and recorded.__class__.__name__.lower().startswith(mod), mod
+        write_run_json(run, **{k: v for k, v in info.items() if k != "inference"})
+        derived = (FusionModel(run) if mod == "fusion" else load_modality(mod, run)).settings
+        write_run_json(run, **info)
+        assert derived == recorded, mod
     # the Predictor: one row per decoded frame, modality columns equal to the modality models' outputs
     import time
 
     import vaest
-    from vaest.media import count_frames
+    from mediautil import count_frames
 
     t0 = time.perf_counter()
     p = vaest.Predictor(model=out / "model", device="cpu")
@@ -136,7 +148,7 @@ def test_demo_tiny_end_to_end(synth_corpus, tmp_path):
     import dataclasses
 
     from vaest.features.base import default_extractors, run_extraction
-    from vaest.predictor import people_extractors
+    from vaest.predictor.extract import people_extractors
 
     one = next(v for v in load_corpus(out / "corpus").videos if v.side is None and v.media is not None)
     one = dataclasses.replace(one, face_dir=None)

@@ -202,7 +202,7 @@ class _BoxFaceModel:
 
     def apply(self, store, video):
         from vaest.features.face_registry import face_key
-        from vaest.tasks.fusion import Track
+        from vaest.inference import Track
 
         tr, rec = store.load("facetrack", video.id), store.load(face_key(self.encoder), video.id)
         cx = 0.5 * (tr.values[:, 0] + tr.values[:, 2]) / 640.0
@@ -216,7 +216,7 @@ class _ConstAudioModel:
     windows = None
 
     def apply(self, store, video):
-        from vaest.tasks.fusion import Track
+        from vaest.inference import Track
 
         n = len(store.load("frametimes", video.id).values)
         return Track(np.full((n, 2), 0.5, np.float32), np.ones(n, bool), None, 30.0)
@@ -272,7 +272,7 @@ class _MotionBehaviorModel:
 
     def apply(self, store, video):
         from vaest.features.segments import record_segments
-        from vaest.tasks.fusion import Track
+        from vaest.inference import Track
 
         rec = store.load("behavior-desc", video.id)
         names, n, fps = rec.meta["feature_names"], int(rec.meta["n_frames"]), float(rec.meta["fps"])

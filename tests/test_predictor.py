@@ -148,7 +148,7 @@ def test_predictor_reuses_loaded_models(synth_corpus):
 
     import vaest
     from vaest.corpus import load_corpus
-    from vaest.media import count_frames
+    from mediautil import count_frames
 
     media = sorted({v.media for v in load_corpus(synth_corpus).videos if v.media is not None})
     p = vaest.Predictor(device="cpu")
@@ -214,7 +214,7 @@ def test_config_file_gives_defaults_flags_override(tmp_path, monkeypatch):
 
 
 def test_finalize_gaps_stay_empty_unless_fill():
-    from vaest.predictor import finalize
+    from vaest.predictor.result import finalize
 
     raw = np.tile(np.array([[0.5, -0.2]], np.float32), (10, 1))
     raw[6:] = [0.9, 0.9]  # what a model emits on frames without input (its own nearest filling)
@@ -270,7 +270,8 @@ def test_bundle_with_reference_fusion_applies_in_memory_like_its_export(ref_fusi
     from vaest.corpus import load_corpus
     from vaest.features.store import FeatureStore
     from vaest.inference import load_predictions, read_run_json
-    from vaest.tasks.fusion import AUDIO_TOKEN_KEY, load_track, windows_from_record
+    from vaest.inference import load_track
+    from vaest.inputs.audio_windows import AUDIO_TOKEN_KEY, windows_from_record
 
     run = ref_fusion_runs["fusions"][method]
     info = read_run_json(run)
@@ -321,7 +322,7 @@ def test_audio_runs_beside_the_frames_only_for_short_media(tmp_path):
     """Short media get their audio work beside the frames (speed), long ones after the frames (memory: the whole
     track and its analysis grow with the length); an unknown duration is not run beside."""
     from vaest.media import probe
-    from vaest.predictor import AUDIO_BESIDE_MAX_S, audio_beside
+    from vaest.predictor.extract import AUDIO_BESIDE_MAX_S, audio_beside
 
     short = make_video(tmp_path / "short.mp4", n_frames=20)
     long = tmp_path / "long.mp4"

@@ -63,7 +63,7 @@ def test_head_only_plateau_keeps_the_backbone_lr(tmp_path):
 
 def test_reference_augmentation_order_and_probabilities():
     """Every operation at probability 1 in the official order equals composing the single steps by hand."""
-    from vaest.tasks.audio import AugmentConfig, augment_waveform, fft_lowpass
+    from vaest.tasks.audio_augment import AugmentConfig, augment_waveform, fft_lowpass
 
     x = (np.sin(np.arange(16000) / 7.0) * 0.3).astype(np.float32)
     ref = AugmentConfig.reference()
@@ -154,9 +154,10 @@ def token_runs(tmp_path_factory) -> dict:
 
 
 def test_window_samples_one_per_audio_window():
-    from vaest.tasks.fusion import frame_window_index, window_samples, AUDIO_WIN_BASE
+    from vaest.inputs.audio_windows import AUDIO_WIN_BASE, frame_window_index
+    from vaest.inputs.fusion import window_samples
     from vaest.timebase import TimeBase
-    from vaest.training import Sequence
+    from vaest.sequences import Sequence
 
     n, fps = 300, 30.0  # 10 s: windows start at 0, 2, 4, 6, 8 s
     idx = frame_window_index(n, fps, AUDIO_WIN_BASE, 5)
@@ -220,7 +221,7 @@ def test_reference_subset_search_equals_the_official_script(monkeypatch):
     import importlib
     import itertools
 
-    from vaest.tasks.fusion import reference_subset_search
+    from vaest.late_fusion import reference_subset_search
 
     monkeypatch.syspath_prepend(str(LATE_SCRIPT))
     off = importlib.import_module("predictions_fusion")

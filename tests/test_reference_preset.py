@@ -109,7 +109,8 @@ from test_fusion import synth_runs  # noqa: E402,F401  (module-scoped fixture: f
 def test_dcmmoe_reference_preset_trains_the_official_directed_fusion(synth_runs, tmp_path):  # noqa: F811
     from vaest.corpus import load_corpus
     from vaest.inference import load_predictions, read_run_json
-    from vaest.tasks.fusion import apply_fusion, dcmmoe_preset_kwargs, train_fusion
+    from vaest.tasks.fusion import apply_fusion, train_fusion
+    from vaest.tasks.fusion_presets import dcmmoe_preset_kwargs
 
     file_cfg = {"preset": "reference", "win": 120, "hop": 50, "model": {"hidden_dim": 16, "heads": 2, "layers": 1},
                 "train": {"batch_size": 4}}

@@ -10,14 +10,14 @@ from test_fusion import make_synthetic_runs
 
 from vaest.corpus import load_corpus
 from vaest.inference import evaluate_predictions
-from vaest.report import STAGES, evaluate_runs, format_markdown, format_text, stage_scores, write_report
+from vaest.report import STAGES, evaluate_runs, format_markdown, stage_scores, write_report
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     s = make_synthetic_runs(root, n_train=2, n_val=3, n_frames=300, emb_dim=4, seed=5)
-    from vaest.tasks.fusion import late_fusion
+    from vaest.tasks.late import late_fusion
 
     late = root / "runs" / "late"
     late_fusion(s["runs"], s["corpus"], late, method="grid", step=0.1)
@@ -45,10 +45,8 @@ def test_report_writes_markdown_json_and_pngs(runs, tmp_path):
     all_runs = [*runs["runs"].values(), runs["late"]]
     rows = evaluate_runs(all_runs)
     assert len(rows) == 3 * len(all_runs)
-    txt = format_text(rows)
-    assert "smoothed" in txt and "late" in txt
     md = format_markdown(rows)
-    assert md.count("\n") == len(rows) + 1
+    assert md.count("\n") == len(rows) + 1 and "smoothed" in md and "late" in md
     path = write_report(rows, all_runs, tmp_path / "rep")
     text = path.read_text()
     assert path.name == "report.md" and "| run |" in text and "late (grid)" in text

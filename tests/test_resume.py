@@ -173,7 +173,8 @@ TRAIN_SCRIPT = textwrap.dedent('''
     from torch import nn
     from vaest.timebase import TimeBase
     from vaest.progress import setup_logging
-    from vaest.training import Sequence, SequenceTask, TrainConfig, fit
+    from vaest.sequences import Sequence
+    from vaest.training import SequenceTask, TrainConfig, fit
 
     setup_logging()
     torch.set_num_threads(1)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from vaest.timebase import TimeBase
-from vaest.training import Sequence, SequenceTask, TrainConfig, fit
+from vaest.sequences import Sequence
+from vaest.training import SequenceTask, TrainConfig, fit
 
 
 @dataclasses.dataclass

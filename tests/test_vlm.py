@@ -14,10 +14,17 @@ pytest.importorskip("transformers")
 
 from vaest.errors import ModelError
 from vaest.vlm import (BRANCHES, POOLS, RemoteDescriber, VLMConfig, branch_masks_from_ids, feature_names, load_vlm,
-                       pool_hidden, save_random_qwen3vl, vllm_available, vllm_prompt)
+                       pool_hidden, save_random_qwen3vl, vllm_prompt)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mediautil import make_video  # noqa: E402
+
+
+def vllm_available() -> bool:
+    """vLLM is installed (the precondition of the in-process vLLM tests)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 @pytest.fixture(scope="module")

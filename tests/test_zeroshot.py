@@ -406,7 +406,8 @@ def test_predictor_zero_shot_video_fuses_face_and_voice(zero_shot_result):
     """A talking-face video without a model: the face (the zero-shot ensemble) and the voice both enter; the weights are
     the arousal weights of zero_shot_video; the meta counts the frames per modality set; notes are those of
     the gain-independent voice estimator."""
-    from vaest.predictor import ZERO_SHOT_AUDIO_NOTE, ZERO_SHOT_VIDEO_NOTE
+    from vaest.predictor.people import ZERO_SHOT_VIDEO_NOTE
+    from vaest.predictor.steps import ZERO_SHOT_AUDIO_NOTE
     from vaest.zeroshot import VIDEO_WEIGHTS, ZERO_SHOT_FACE_ENCODER
 
     df, meta = zero_shot_result.frame, zero_shot_result.meta

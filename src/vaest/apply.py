@@ -7,13 +7,16 @@ predictions out (a :class:`~vaest.inference.Track`: ``va`` (n, 2), ``mask`` (n,)
 
     decode -> extract -> FaceModel / AudioModel / BehaviorModel -> FusionModel -> smoothing
 
-The data flow is one way: this module calls the task modules' pure helpers (input loading, normalisation,
-sliding-window inference); nothing it calls imports it back. The training tasks' exports use the same per-video
-helpers (:func:`vaest.tasks.audio.apply_item`, :func:`vaest.tasks.fusion.fuse`, :func:`vaest.tasks.fusion.late_combine`).
+The data flow is one way and never goes through training code: this module reads each run's inference
+settings (:mod:`vaest.inputs.settings`) and calls the per-video input builders of :mod:`vaest.inputs` and the
+sliding-window application of :mod:`vaest.sequences`; the training tasks' exports use the same per-video code
+(:func:`vaest.inputs.audio.apply_item`, :func:`vaest.inputs.fusion.fuse`, :func:`vaest.late_fusion.late_combine`).
 
 A *model bundle* is a folder with ``bundle.json``: the run folders of each modality, the fusion run, the
 post-processing kernels and the extractors they need (paths relative to the bundle); a single run folder
-(``run.json``) also works as a model (its modality alone is applied).
+(``run.json``) also works as a model (its modality alone is applied). Each run folder carries the settings it is
+applied with (``run.json``'s ``inference`` record); runs written before that record have them derived from their
+checkpoint and run.json.
 """
 
 from __future__ import annotations
@@ -130,27 +133,27 @@ class FaceModel:
     modality = "face"
 
     def __init__(self, run: str | Path, device: str = "cpu"):
+        from vaest.inputs.settings import FaceInputs, read_settings
+
         self.run, self.device = Path(run), device
         self.model, self.ck = _checkpoint(self.run, device)
-        self.encoder = self.ck["inputs"]["store_key"].split("face-", 1)[1]
-        self.motion = bool(self.ck["inputs"].get("motion", False))
-        # the input parts the run was trained on (``emb`` alone for the reference preset and official models)
-        self.parts = tuple(self.ck["inputs"].get("parts") or ("emb", "probs", "conf"))
+        self.settings = read_settings(self.run, FaceInputs) or FaceInputs.from_checkpoint(self.ck)
+        self.encoder = self.settings.encoder
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
         """The :class:`~vaest.inference.Track` of ``video`` (None when it has no face features)."""
-        from vaest.tasks.face import apply_norm, load_face_sequences
         from vaest.inference import Track
-        from vaest.training import predict_sequence
+        from vaest.inputs.face import apply_norm, load_face_sequences
+        from vaest.sequences import predict_sequence
 
-        loaded, _ = load_face_sequences([video], store, self.encoder, motion=self.motion, parts=self.parts)
+        st = self.settings
+        loaded, _ = load_face_sequences([video], store, st.encoder, motion=st.motion, parts=st.parts)
         if not loaded:
             return None
         _, x, found, fps = loaded[0]
         x = apply_norm(x, self.ck["norm"], inplace=True)  # x is this call's own array
-        res = predict_sequence(self.model, {"x": x}, int(self.ck.get("win", 400)), int(self.ck.get("hop", 150)),
-                               self.device, windows_per_batch(self.device))
+        res = predict_sequence(self.model, {"x": x}, st.win, st.hop, self.device, windows_per_batch(self.device))
         va = np.asarray(res["va"], np.float32)
         return Track(va, np.asarray(found, bool) & np.isfinite(va).all(1), res.get("emb"), fps)
 
@@ -161,27 +164,25 @@ class BehaviorModel:
     modality = "behavior"
 
     def __init__(self, run: str | Path, device: str = "cpu"):
-        from vaest.tasks.behavior import BehaviorTrainSettings
+        from vaest.inputs.settings import BehaviorInputs, read_settings
 
         self.run, self.device = Path(run), device
         self.model, self.ck = _checkpoint(self.run, device)
-        inp = self.ck["inputs"]
-        self.settings = BehaviorTrainSettings(encoder=inp["encoder"], branch=inp["branch"], pool=inp["pool"])
+        self.settings = read_settings(self.run, BehaviorInputs) or BehaviorInputs.from_checkpoint(self.ck)
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
         """The :class:`~vaest.inference.Track` of ``video`` (None when it has no behavior features)."""
-        from vaest.tasks.behavior import frame_mask, load_items, to_sequence
         from vaest.inference import Track
-        from vaest.training import frames_from_steps, predict_sequence
+        from vaest.inputs.behavior import frame_mask, load_items, to_sequence
+        from vaest.sequences import frames_from_steps, predict_sequence
 
         items, _ = load_items([video], store, self.settings)
         if not items:
             return None
         it = items[0]
         seq = to_sequence(it, self.ck["norm"])
-        res = predict_sequence(self.model, seq.inputs, int(self.ck.get("win", 16)), int(self.ck.get("hop", 8)),
-                               self.device)
+        res = predict_sequence(self.model, seq.inputs, self.settings.win, self.settings.hop, self.device)
         va = frames_from_steps(res["va"], seq.base, seq.n_frames, seq.fps)
         emb = frames_from_steps(res["emb"], seq.base, seq.n_frames, seq.fps) if "emb" in res else None
         return Track(np.asarray(va, np.float32), frame_mask(it) & np.isfinite(va).all(1), emb, it.fps)
@@ -194,12 +195,11 @@ class AudioModel:
     modality = "audio"
 
     def __init__(self, run: str | Path, device: str = "cpu"):
-        from vaest.tasks.audio import AudioTrainConfig
+        from vaest.inputs.settings import AudioInputs, read_settings
 
         self.run, self.device = Path(run), device
         self.model, self.ck = _checkpoint(self.run, device)
-        self.cfg = AudioTrainConfig(encoder=self.ck.get("encoder", "lmfb"), filter=bool(self.ck.get("filter", True)),
-                                    device=device, feature_norm=self.ck.get("feature_norm", "video"))
+        self.settings = read_settings(self.run, AudioInputs) or AudioInputs.from_checkpoint(self.ck)
         self.windows: Any = None  # AudioWindows of the last applied video
         self.token_va: np.ndarray | None = None  # (W, 4, 2) per-token audio predictions of the last video
 
@@ -207,17 +207,18 @@ class AudioModel:
     def apply(self, store: FeatureStore, video: Video):
         """The :class:`~vaest.inference.Track` of ``video`` (None without audio); sets ``self.windows``."""
         from vaest.features.audio import audio_key
-        from vaest.tasks.audio import apply_item, load_item
-        from vaest.tasks.fusion import Track, windows_from_record
+        from vaest.inference import Track
+        from vaest.inputs.audio import apply_item, load_item
+        from vaest.inputs.audio_windows import windows_from_record
 
+        st = self.settings
         self.windows, self.token_va = None, None
-        if not store.has(audio_key(self.cfg.encoder), video.id):
+        if not store.has(audio_key(st.encoder), video.id):
             return None
-        it = load_item(store, video, self.cfg.encoder, self.cfg.filter_config(), self.cfg.min_valid_seconds,
-                       self.cfg.feature_norm)
+        it = load_item(store, video, st.encoder, st.filter_config(), st.min_valid_seconds, st.feature_norm)
         if it.audio_seconds <= 0:
             return None
-        frames, tokens = apply_item(self.model, it, self.cfg.filter, self.cfg.encoder, self.device)
+        frames, tokens = apply_item(self.model, it, st.filter, st.encoder, self.device)
         self.windows = windows_from_record(tokens)
         self.token_va = tokens.extras.get("va")
         va = np.asarray(frames.values, np.float32)
@@ -239,39 +240,47 @@ class FusionModel:
     """A trained fusion run (RAAV, DCMMoE, late, or the reference forms ``raav-reference`` and ``dcm-ref``):
     modality tracks of one video -> fused per-frame VA and per-frame modality weights.
 
-    ``raav-reference`` (``form="reference"``) is applied as its export does: one sample per 4 s audio window, the
-    audio tokens carrying the audio model's per-second prediction, overlapping windows averaged
-    (:class:`~vaest.tasks.fusion.WindowFusionTask`); ``dcm-ref`` reads no audio and cuts windows as recorded in
-    its run.json (``align_end``). Both reproduce :func:`~vaest.tasks.fusion.apply_fusion`'s exports."""
+    ``raav-reference`` is applied as its export does: one sample per 4 s audio window, the audio tokens carrying
+    the audio model's per-second prediction, overlapping windows averaged
+    (:func:`~vaest.inputs.fusion.predict_by_window`); ``dcm-ref`` reads no audio and cuts windows as recorded in
+    its settings (``align_end``). Both reproduce the training exports (``vaest.tasks.fusion.apply_fusion``)."""
 
     def __init__(self, run: str | Path, device: str = "cpu"):
+        from vaest.inputs.settings import FusionInputs, read_settings
+
         self.run, self.device = Path(run), device
-        self.info = read_run_json(self.run)
-        self.names = list(self.info.get("runs") or {})
-        self.late = self.info.get("modality") == "late"
+        info = read_run_json(self.run)
+        recorded = read_settings(self.run, FusionInputs, info)
+        late = recorded.late if recorded is not None else info.get("modality") == "late"
+        self.model: Any = None
+        if not late:
+            self.model, self.ck = _checkpoint(self.run, device)
+        self.settings = recorded or FusionInputs.from_run_json(info, None if late else self.ck)
+        self.names = list(self.settings.runs)
+        self.late = self.settings.late
         if self.late:
-            self.weights = np.stack([np.asarray(self.info["weights"][m], np.float64) for m in self.names])
+            self.weights = np.stack([np.asarray(self.settings.weights[m], np.float64) for m in self.names])
             self.weight_names = list(self.names)
         else:
-            from vaest.tasks.fusion import weight_names
+            from vaest.inputs.fusion import weight_names
 
-            self.model, self.ck = _checkpoint(self.run, device)
-            self.method = self.ck["name"]
+            self.method = self.settings.method
             self.weight_names = weight_names(self.model)
             cfg = self.ck.get("config", {})
             dims = cfg.get("input_dims")  # dcm-ref: {modality: width}
             self.widths = dict(dims) if isinstance(dims, dict) else dict(zip(cfg.get("modalities", ()),
                                                                              cfg.get("in_dims", ())))
-            self.align_end = bool(self.info.get("align_end", False))
 
     @_then_release
     def apply(self, tracks: dict[str, Any], video: Video, audio_windows: Any = None, token_va: Any = None):
         """Fused :class:`~vaest.inference.Track` (extras ``weights`` (n, M) in ``self.weight_names`` order),
         or None when no modality the fusion uses has a track. ``audio_windows``: the audio model's
-        :class:`~vaest.tasks.fusion.AudioWindows` of this video; ``token_va`` (W, 4, 2): its per-token
+        :class:`~vaest.inputs.audio_windows.AudioWindows` of this video; ``token_va`` (W, 4, 2): its per-token
         predictions (``raav-reference`` only; None = zeros, as the export reads a run without them)."""
-        from vaest.tasks.fusion import (Track, WindowFusionTask, build_fusion_data, fuse, late_combine,
-                                        stack_tracks, with_token_va)
+        from vaest.inference import Track
+        from vaest.inputs.audio_windows import with_token_va
+        from vaest.inputs.fusion import build_fusion_data, fuse, predict_by_window, stack_tracks
+        from vaest.late_fusion import late_combine
 
         use = {m: tracks.get(m) for m in self.names}
         if all(t is None for t in use.values()):
@@ -281,6 +290,7 @@ class FusionModel:
             va, eff = late_combine(P, M, self.weights)
             return Track(va.astype(np.float32), M.any(1) & np.isfinite(va).all(1), None, fps,
                          {"weights": eff.mean(-1).astype(np.float32)})
+        st = self.settings
         reference = self.method == "raav-reference"
         if reference and audio_windows is not None:
             audio_windows = with_token_va(audio_windows, token_va)
@@ -293,14 +303,13 @@ class FusionModel:
         seq = data.sequences[0]
         if reference:
             cfg = self.model.config
-            task = WindowFusionTask([], [], list(cfg.modalities), data.table, cfg.audio_dim)
-            res = task.predict(self.model.to(self.device), seq, self.device)
+            res = predict_by_window(self.model.to(self.device), seq, list(cfg.modalities), data.table, cfg.audio_dim,
+                                    self.device)
             va, extras = res["va"], res
             mask = np.any(list(data.available[seq.id].values()), axis=0)
         else:
-            va, mask, extras = next(fuse(self.model, data, int(self.info.get("win", 400)),
-                                         int(self.info.get("hop", 150)), self.device,
-                                         windows_per_batch(self.device), align_end=self.align_end, with_emb=False))
+            va, mask, extras = next(fuse(self.model, data, st.win, st.hop, self.device,
+                                         windows_per_batch(self.device), align_end=st.align_end, with_emb=False))
         va = np.asarray(va, np.float32)
         w = extras.get("weights")
         return Track(va, np.asarray(mask, bool) & np.isfinite(va).all(1), extras.get("emb"), seq.fps,

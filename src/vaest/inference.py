@@ -63,6 +63,20 @@ def run_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / "metrics.json").exists() and (Path(run_dir) / "run.json").exists()
 
 
+CROSSFIT_DIR = "crossfit"
+
+
+def crossfit_dir(run: str | Path) -> Path:
+    return Path(run) / CROSSFIT_DIR
+
+
+def crossfit_source(run: str | Path, video_id: str) -> Path:
+    """The folder to read ``video_id``'s predictions from for fusion training: ``RUN/crossfit`` when it holds
+    that video's out-of-fold predictions, else ``RUN``."""
+    cf = crossfit_dir(run)
+    return cf if FeatureStore(cf).path(PRED_KEY, video_id).exists() else Path(run)
+
+
 def write_run_json(run_dir: str | Path, **info: Any) -> None:
     atomic_write_json(Path(run_dir) / "run.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in info.items()})
 

@@ -119,3 +119,8 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def safe_name(s: str) -> str:
+    """``s`` as a file-name part: every character other than letters, digits, ``-``, ``_`` and ``.`` becomes ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)

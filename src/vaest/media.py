@@ -310,24 +310,6 @@ def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
         c.close()
 
 
-def count_frames(path: str | Path) -> int:
-    """Number of decodable video frames (decodes the whole stream without converting pixels)."""
-    p = Path(path)
-    c = _open(p)
-    n = 0
-    try:
-        if not c.streams.video:
-            raise MediaError(f"{p}: has no video stream")
-        try:
-            for _ in c.decode(c.streams.video[0]):
-                n += 1
-        except Exception as e:
-            log.warning("%s: counting stopped at frame %d (%s)", p, n, e)
-    finally:
-        c.close()
-    return n
-
-
 def fps_or_default(fps: float | None, default: float = 30.0) -> float:
     """A usable frame rate (``default`` when unknown or not finite)."""
     if fps is None or not math.isfinite(fps) or fps <= 0:

@@ -6,7 +6,6 @@ Edge cases: no valid frame -> NaN; zero denominator (both series constant and eq
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -115,12 +114,6 @@ def ccc_loss(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor |
         if ok.any():
             total = total + mse_weight * ((pred[ok] - target[ok]) ** 2).mean()
     return total
-
-
-def mean_ccc(scores: dict[str, float]) -> float:
-    """Mean of valence and arousal CCC (NaN-safe: NaN if either is NaN)."""
-    v, a = scores.get("valence", math.nan), scores.get("arousal", math.nan)
-    return float((v + a) / 2)
 
 
 def ccc_loss_windows(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor | None" = None,

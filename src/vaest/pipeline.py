@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vaest.apply import BUNDLE_FILE, MODALITIES, Bundle, load_model  # noqa: F401  (re-exported)
+from vaest.apply import MODALITIES, Bundle
 from vaest.corpus import Video
 from vaest.errors import VaestError
 from vaest.features.base import default_extractors
@@ -142,6 +142,7 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
     from vaest.features.behavior import ENCODER_KEYS, encoder_parts
     from vaest.features.face_registry import face_key
     from vaest.inference import write_run_json
+    from vaest.inputs.settings import BehaviorInputs, FaceInputs, FusionInputs, inference_record
     from vaest.io import remove_stale_temporaries
     from vaest.models.official import behavior_from_official, dcm_from_official, face_from_official
     from vaest.models.official.common import official_state
@@ -192,7 +193,8 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
                         inputs={"store_key": face_key(face_encoder), "layout": ["emb"], "dim": d, "motion": False,
                                 "parts": ["emb"]}, win=400, hop=150, align_end=True)
         write_run_json(run, modality="face", encoder=face_encoder, model="face-transformer-ref",
-                       official=sources["face"])
+                       official=sources["face"], inference=inference_record(
+                           FaceInputs(encoder=face_encoder, motion=False, parts=("emb",), win=400, hop=150)))
         modalities["face"] = run
     if "behavior" in models:
         m = models["behavior"]
@@ -203,7 +205,8 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
                         inputs={"store_keys": keys, "encoder": behavior_encoder, "branch": "multimodal",
                                 "pool": "last", "dim": d}, win=16, hop=8)
         write_run_json(run, modality="behavior", encoder=behavior_encoder, model="behavior-mamba-ref",
-                       official=sources["behavior"])
+                       official=sources["behavior"], inference=inference_record(
+                           BehaviorInputs(encoder=behavior_encoder, branch="multimodal", pool="last", win=16, hop=8)))
         modalities["behavior"] = run
     fusion = None
     if "dcm" in models:
@@ -216,8 +219,10 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
                                  f"); official names map to {OFFICIAL_NAMES}")
         fusion = out / "dcm"
         save_checkpoint(fusion / "model.pt", m)
-        write_run_json(fusion, modality="fusion", method="dcm-ref", runs={k: f"../{k}" for k in m.config.input_dims},
-                       win=400, hop=150, align_end=True, weight_names=[], form="vaest", official=sources["dcm"])
+        runs = {k: f"../{k}" for k in m.config.input_dims}
+        write_run_json(fusion, modality="fusion", method="dcm-ref", runs=runs, win=400, hop=150, align_end=True,
+                       weight_names=[], form="vaest", official=sources["dcm"], inference=inference_record(
+                           FusionInputs(runs=tuple(runs), method="dcm-ref", win=400, hop=150, align_end=True)))
     b = Bundle(out, modalities, fusion, tuple(int(k) for k in kernels), face_encoder=face_encoder)
     b.save()
     atomic_write_json(out / "official.json", {"converted_by": "vaest bundle", "parts": sources,
@@ -374,11 +379,11 @@ def _plain_average(modality_runs: dict[str, Path], corpus_root: Path, videos: li
     """Equal-weight, mask-aware average of the modality predictions (the baseline fusion has to beat)."""
     from vaest.config import write_run_info
     from vaest.inference import write_run_json
-    from vaest.tasks.fusion import _export_late
+    from vaest.tasks.late import export_late
 
     w = {m: np.array([1.0, 1.0]) for m in modality_runs}
     write_run_info(out, "plain average", {"runs": {k: str(v) for k, v in modality_runs.items()}})
-    _export_late(dict(modality_runs), w, videos, out)
+    export_late(dict(modality_runs), w, videos, out)
     write_run_json(out, modality="late", method="average", corpus=str(corpus_root),
                    runs={k: str(v) for k, v in modality_runs.items()}, weights={m: [1.0, 1.0] for m in modality_runs},
                    weight_names=list(modality_runs))
@@ -402,7 +407,9 @@ def demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     from vaest.tasks.behavior import behavior_train_config, train_behavior
     from vaest.tasks.crossfit import crossfit, fold_assignment
     from vaest.tasks.face import train_face
-    from vaest.tasks.fusion import default_train_config, late_fusion, train_fusion
+    from vaest.tasks.fusion import train_fusion
+    from vaest.tasks.fusion_presets import default_train_config
+    from vaest.tasks.late import late_fusion
     from vaest.training import TrainConfig
     import dataclasses
 

@@ -42,11 +42,6 @@ def register_preset(task: str, name: str, values: dict[str, Any], sources: dict[
     return p
 
 
-def presets_for(task: str) -> dict[str, Preset]:
-    """The presets registered for ``task`` (importing the task module registers them)."""
-    return dict(_PRESETS.get(task, {}))
-
-
 def get_preset(task: str, name: str | None) -> Preset | None:
     """The preset ``name`` of ``task``; None for no preset; a clear error for an unknown name."""
     if name is None or name == "" or name == "none":

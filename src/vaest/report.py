@@ -24,9 +24,10 @@ import numpy as np
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import VaestError
 from vaest.inference import load_predictions, read_run_json
-from vaest.io import atomic_write_json, atomic_write_text
+from vaest.io import atomic_write_json, atomic_write_text, safe_name
 from vaest.metrics import va_ccc
 from vaest.postprocess import choose_kernels, fill, postprocess
+from vaest.view import EvalRun, EvalVideo, write_eval_report
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,6 @@ def _cells(r: dict[str, Any]) -> list[str]:
             f"{r['frames']:,}", _fmt(r["kernels"])]
 
 
-def format_text(rows: list[dict[str, Any]]) -> str:
-    """The stage table as aligned plain text."""
-    cells = [list(COLUMNS)] + [_cells(r) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(COLUMNS))).rstrip() for c in cells)
-
-
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """The stage table as a Markdown table."""
     head = "| " + " | ".join(COLUMNS) + " |"
@@ -149,10 +143,6 @@ def _figure(nrows: int, ncols: int, w: float, h: float):
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
-
-
-def _safe(s: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
 
 
 def plot_curves(path: Path, video: Video, series: dict[str, np.ndarray], labels: np.ndarray, fps: float) -> None:
@@ -231,7 +221,7 @@ def write_report(rows: list[dict[str, Any]], runs: Sequence[str | Path], out_dir
             series[run_label(r, infos[str(r)])] = postprocess(rec.values, rec.mask, tuple(k) if k else None)
         if n is None:
             continue
-        name = f"curves_{_safe(v.id)}.png"
+        name = f"curves_{safe_name(v.id)}.png"
         plot_curves(out / name, v, series, v.labels_for(n), fps)
         images.append((f"{v.id}: predicted vs true", name))
     for r in runs:
@@ -244,7 +234,7 @@ def write_report(rows: list[dict[str, Any]], runs: Sequence[str | Path], out_dir
                 names = names or list(rec.meta.get("weight_names", []))
                 fps = 1.0 / rec.base.hop
         if ws:
-            name = f"weights_{_safe(r.name)}.png"
+            name = f"weights_{safe_name(r.name)}.png"
             plot_weights(out / name, f"{run_label(r, infos[str(r)])}: per-frame modality weights", ws, names, fps)
             images.append((f"{run_label(r, infos[str(r)])}: fusion weights over time", name))
     lines = [f"# vaest evaluation ({split} split)", "",
@@ -260,7 +250,35 @@ def write_report(rows: list[dict[str, Any]], runs: Sequence[str | Path], out_dir
     atomic_write_json(out / "scores.json", rows)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
-    from vaest.view import write_eval_report
-
-    write_eval_report(rows, runs, out, c, split)
+    write_eval_report(COLUMNS, [_cells(r) for r in rows], eval_videos(rows, runs, c, split), out, split, c.root,
+                      len(videos))
     return path
+
+
+def eval_videos(rows: list[dict[str, Any]], runs: Sequence[str | Path], corpus: Corpus, split: str = "val"
+                ) -> list[EvalVideo]:
+    """Every labelled ``split`` video that some run predicts, scored for its page (:func:`vaest.view.write_eval_report`):
+    each run's smoothed predictions (the kernels of ``rows``' smoothed stage) and the CCC of its raw and smoothed
+    predictions on that video, on the first run's time base."""
+    runs = [Path(r) for r in runs]
+    labels_of = {str(r): run_label(r, read_run_json(r)) for r in runs}
+    kernels = {r["run"]: r["kernels"] for r in rows if r["stage"] == "smoothed"}
+    out: list[EvalVideo] = []
+    for v in (v for v in corpus.split(split) if v.has_labels):
+        got = [(r, rec) for r in runs for _, rec in _load_split(r, [v])]
+        if not got:
+            continue
+        hop = float(got[0][1].base.hop)
+        start = float(got[0][1].base.start)
+        n = len(got[0][1].values)
+        y = v.labels_for(n).astype(np.float64)
+        scored = []
+        for r, rec in got:
+            k = kernels.get(str(r)) or None
+            vals = np.asarray(rec.values, dtype=np.float64)[:n]
+            sm = postprocess(vals, rec.mask, tuple(k) if k else None)
+            scored.append(EvalRun(labels_of[str(r)], sm, va_ccc(np.nan_to_num(vals), y[: len(vals)]),
+                                  va_ccc(sm, y[: len(sm)])))
+        out.append(EvalVideo(v.id, v.media, 1.0 / hop, start + np.arange(n) * hop, y, scored,
+                             {labels_of[str(r)]: str(r) for r, _ in got}))
+    return out

@@ -241,7 +241,7 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
     try:
         res = ray.cluster_resources()
         if gpus_per_worker is None:  # cuda asks for a GPU; "auto" takes one where the cluster has them
-            want = any(d.startswith("cuda") for d in devices) or ("auto" in devices and res.get("GPU", 0) > 0)
+            want = wants_cuda(extractors) or ("auto" in devices and res.get("GPU", 0) > 0)
             gpus_per_worker = 1.0 if want else 0.0
         gpus = float(gpus_per_worker)
         if gpus > 0:

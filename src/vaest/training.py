@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import logging
 import math
 import random
@@ -29,8 +28,8 @@ from vaest.errors import VaestError
 from vaest.io import atomic_path, atomic_write_json
 from vaest.metrics import ccc_loss, ccc_loss_pooled, ccc_loss_windows, va_ccc
 from vaest.progress import make_progress
-from vaest.timebase import TimeBase, TimeSeries, fill_nearest, to_frames
-from vaest.windows import OverlapAverager, take_window, window_starts
+from vaest.sequences import Sequence, frames_from_steps, predict_sequence
+from vaest.windows import take_window, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +105,6 @@ def batch_loss(cfg: TrainConfig, pred: torch.Tensor, target: torch.Tensor, mask:
         raise ValueError(f"unknown loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
     fn = ccc_loss_windows if cfg.loss == "ccc-window" else ccc_loss_pooled
     return fn(pred, target, mask, cfg.loss_weights)
-
-
-def accepts_mask(model: nn.Module) -> bool:
-    """Whether ``model.forward`` takes a ``mask`` argument (step validity, True = real step, for padding)."""
-    return "mask" in inspect.signature(model.forward).parameters
 
 
 class Task(Protocol):
@@ -291,72 +285,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | Path,
 
 # ---------------------------------------------------------------------------------------------------------
 # Sequence tasks: per-step features on a time base -> per-step VA (face frames, behavior segments, fusion)
+# (the sequences themselves and their sliding-window application: vaest.sequences)
 # ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Sequence:
-    """One video's model inputs on a time base, with frame-level labels for validation.
-
-    Attributes:
-        id: video id.
-        inputs: name -> (T, ...) arrays on ``base`` (all with the same T).
-        target: (T, 2) step targets (NaN invalid) for training.
-        base: time base of the T steps.
-        n_frames, fps: the video's frame grid.
-        frame_labels: (n_frames, 2) labels on the frame grid (NaN invalid), for the frame-level metric.
-    """
-
-    id: str
-    inputs: dict[str, np.ndarray]
-    target: np.ndarray
-    base: TimeBase
-    n_frames: int
-    fps: float
-    frame_labels: np.ndarray | None = None
-
-    @property
-    def length(self) -> int:
-        return len(self.target)
-
-
-def predict_sequence(model: nn.Module, inputs: dict[str, np.ndarray], win: int, hop: int, device: str = "cpu",
-                     batch_size: int = 16, keys: tuple[str, ...] = ("va", "emb"),
-                     align_end: bool = False) -> dict[str, np.ndarray]:
-    """Sliding-window inference over one sequence with overlap-averaging.
-
-    Args:
-        inputs: name -> (T, ...) arrays.
-        win, hop: window and hop in steps (reference face model: 400 / 150).
-        align_end: windows as :func:`vaest.windows.window_starts` with ``align_end``.
-    A model whose forward takes ``mask`` gets each window's (win,) validity (False on padded steps).
-    Returns:
-        name -> (T, D) float32 for each requested model output present (``va`` (T, 2), ``emb`` (T, H)).
-    """
-    T = len(next(iter(inputs.values())))
-    starts = window_starts(T, win, hop, align_end)
-    outs = {k: OverlapAverager(T) for k in keys}  # averaged as the windows come: no list of every window
-    with_mask = accepts_mask(model)
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(starts), batch_size):
-            chunk = starts[i : i + batch_size]
-            batch = {k: torch.from_numpy(np.stack([take_window(v, s, win)[0] for s in chunk])).to(device)
-                     for k, v in inputs.items()}
-            if with_mask:
-                batch["mask"] = torch.from_numpy(np.stack([take_window(np.zeros(T), s, win)[1] for s in chunk])).to(device)
-            res = model(**batch)
-            for k in keys:
-                if k in res:
-                    for s, p in zip(chunk, res[k].float().cpu().numpy()):
-                        outs[k].add(s, p)
-    return {k: avg.result()[0] for k, avg in outs.items() if avg.started}  # outputs the model gave
-
-
-def frames_from_steps(values: np.ndarray, base: TimeBase, n_frames: int, fps: float) -> np.ndarray:
-    """Expand per-step predictions to the frame grid (overlaps averaged) and fill holes from the nearest frame."""
-    vals, mask = to_frames(TimeSeries(values, base), n_frames, fps)
-    return fill_nearest(vals, mask, inplace=True)  # to_frames' fresh array: no second copy
 
 
 def concat_frame_ccc(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:

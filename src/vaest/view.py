@@ -32,7 +32,7 @@ from urllib.parse import quote
 import numpy as np
 
 from vaest.errors import VaestError
-from vaest.io import atomic_path, atomic_write_text
+from vaest.io import atomic_path, atomic_write_text, safe_name
 from vaest.progress import track
 
 log = logging.getLogger(__name__)
@@ -467,66 +467,72 @@ def _num(x: float) -> str:
     return "nan" if not math.isfinite(x) else f"{x:.4f}"
 
 
-def write_eval_report(rows: list[dict[str, Any]], runs: Sequence[str | Path], out_dir: str | Path, corpus: Any,
-                      split: str = "val", proxy: bool = True) -> Path:
-    """Write ``out_dir/index.html`` for evaluated runs and one page per labelled ``split`` video.
+@dataclass
+class EvalRun:
+    """One run's predictions of one labelled video, scored by :func:`vaest.report.eval_videos`: its label, its
+    smoothed predictions (n', 2) and the CCC of its raw and smoothed predictions (``valence``, ``arousal``,
+    ``mean``)."""
 
-    ``rows``: the stage rows of :func:`vaest.report.evaluate_runs` (their smoothed kernels are reused).
-    The index holds the stage table (per run) and the CCC of each run on each video, raw and smoothed; each
-    video's page (``video_<id>.html``) draws the true curves and every run's smoothed predictions under the
-    video, when its media is found. Returns the index path.
+    label: str
+    smoothed: np.ndarray
+    raw_ccc: dict[str, float]
+    smoothed_ccc: dict[str, float]
+
+
+@dataclass
+class EvalVideo:
+    """One labelled video of an evaluation, as its page draws it: ``times`` (n,) seconds at ``fps``, ``labels``
+    (n, 2), each run's scored predictions (``runs``, first = the one drawn on the valence/arousal plane) and the
+    run folders by label (``folders``)."""
+
+    id: str
+    media: Path | None
+    fps: float
+    times: np.ndarray
+    labels: np.ndarray
+    runs: list[EvalRun]
+    folders: dict[str, str] = field(default_factory=dict)
+
+
+def write_eval_report(stage_head: Sequence[str], stage_cells: Sequence[Sequence[str]], videos: Sequence[EvalVideo],
+                      out_dir: str | Path, split: str = "val", corpus_root: Any = "", n_labelled: int = 0,
+                      proxy: bool = True) -> Path:
+    """Write ``out_dir/index.html`` for evaluated runs and one page per video of ``videos`` (rendering only: the
+    scores come from :mod:`vaest.report`).
+
+    The index holds the stage table (``stage_head`` / ``stage_cells``, one row per run and stage) and the CCC of
+    each run on each video, raw and smoothed; each video's page (``video_<id>.html``) draws the true curves and
+    every run's smoothed predictions under the video, when its media is found. Returns the index path.
     """
-    from vaest.metrics import va_ccc
-    from vaest.postprocess import postprocess
-    from vaest.report import COLUMNS, _cells, _load_split, _safe, run_label
-    from vaest.inference import read_run_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [Path(r) for r in runs]
-    labels_of = {str(r): run_label(r, read_run_json(r)) for r in runs}
-    kernels = {r["run"]: r["kernels"] for r in rows if r["stage"] == "smoothed"}
-    videos = [v for v in corpus.split(split) if v.has_labels]
     per_video: list[list[str]] = []
     for v in track(videos, "video pages"):
-        got = [(r, rec) for r in runs for _, rec in _load_split(r, [v])]
-        if not got:
-            continue
-        hop = float(got[0][1].base.hop)
-        start = float(got[0][1].base.start)
-        n = len(got[0][1].values)
-        y = v.labels_for(n).astype(np.float64)
+        n = len(v.times)
+        page = f"video_{safe_name(v.id)}.html"
         preds = []
-        for i, (r, rec) in enumerate(got):
-            k = kernels.get(str(r)) or None
-            vals = np.asarray(rec.values, dtype=np.float64)[:n]
-            sm = postprocess(vals, rec.mask, tuple(k) if k else None)
-            raw_s = va_ccc(np.nan_to_num(vals), y[: len(vals)])
-            sm_s = va_ccc(sm, y[: len(sm)])
-            preds.append((labels_of[str(r)], sm, PALETTE[i % len(PALETTE)]))
-            page = f"video_{_safe(v.id)}.html"
-            per_video.append([f'<a href="{quote(page)}">{html.escape(v.id)}</a>', html.escape(labels_of[str(r)]),
-                              *(_num(raw_s[d]) for d in ("valence", "arousal", "mean")),
-                              *(_num(sm_s[d]) for d in ("valence", "arousal", "mean"))])
-        t = start + np.arange(n) * hop
+        for i, r in enumerate(v.runs):
+            preds.append((r.label, r.smoothed, PALETTE[i % len(PALETTE)]))
+            per_video.append([f'<a href="{quote(page)}">{html.escape(v.id)}</a>', html.escape(r.label),
+                              *(_num(r.raw_ccc[d]) for d in ("valence", "arousal", "mean")),
+                              *(_num(r.smoothed_ccc[d]) for d in ("valence", "arousal", "mean"))])
         panels = []
         for d, dim in enumerate(("valence", "arousal")):
-            ss = [Series("true", y[:, d], COLORS["true"], 2.0)]
+            ss = [Series("true", v.labels[:, d], COLORS["true"], 2.0)]
             ss += [Series(lab, np.pad(p[:, d], (0, n - len(p)), constant_values=np.nan), col, 1.2)
                    for lab, p, col in preds]
             panels.append(Panel(f"{dim}: true vs smoothed predictions", ss, dim))
         best = preds[0][1]
         plane = (np.pad(best[:, 0], (0, n - len(best)), constant_values=np.nan),
                  np.pad(best[:, 1], (0, n - len(best)), constant_values=np.nan))
-        page_path = out / f"video_{_safe(v.id)}.html"
+        page_path = out / page
         media = prepare_media(v.media, page_path, proxy)
-        meta = {"video": v.id, "split": split, "media": str(v.media), "fps": 1.0 / hop,
-                "plane": f"current point and trail: {preds[0][0]} (smoothed)",
-                "runs": {labels_of[str(r)]: str(r) for r, _ in got}}
-        text = render_page(f"{v.id}: true vs predicted", [Group(v.id, t, np.arange(1, n + 1), panels, plane)],
+        meta = {"video": v.id, "split": split, "media": str(v.media), "fps": v.fps,
+                "plane": f"current point and trail: {preds[0][0]} (smoothed)", "runs": dict(v.folders)}
+        text = render_page(f"{v.id}: true vs predicted", [Group(v.id, v.times, np.arange(1, n + 1), panels, plane)],
                            media, meta, links='<p><a href="index.html">back to the report</a></p>')
         atomic_write_text(page_path, text)
-    stage_html = _table(COLUMNS, [[html.escape(c) for c in _cells(r)] for r in rows], "stages")
+    stage_html = _table(stage_head, [[html.escape(c) for c in r] for r in stage_cells], "stages")
     video_html = _table(["video", "run", "raw valence", "raw arousal", "raw mean", "smoothed valence",
                          "smoothed arousal", "smoothed mean"], per_video)
     text = f"""<!DOCTYPE html>
@@ -538,7 +544,7 @@ td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
 td:first-child, td:nth-child(2), th, table.stages td:nth-child(3) {{ text-align: left; }}
 </style></head><body>
 <h1>vaest evaluation ({html.escape(split)} split)</h1>
-<p>Corpus: {html.escape(str(getattr(corpus, "root", "")))}; {len(videos)} labelled {html.escape(split)} videos.
+<p>Corpus: {html.escape(str(corpus_root))}; {n_labelled} labelled {html.escape(split)} videos.
 CCC over all concatenated frames. Stages: raw stored predictions (no value = 0), filled (holes take the nearest
 frame with input), smoothed (filled + per-dimension moving average with the kernels shown + clip).</p>
 <h2>Per run</h2>

@@ -374,12 +374,6 @@ class TransformersVLM:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def vllm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
 def _require_vllm() -> Any:
     try:
         import vllm

@@ -20,7 +20,7 @@ with a trained bundle"):
 Both records keep the meta keys of the ones they stand in for and add ``derived_from: "persons"``; their config
 hashes differ from the tracker's and the encoder's own, so a cache written by either path never serves the other
 (:func:`vaest.features.base.media_todo` compares hashes). Only the predictor's bundle path uses them
-(:func:`vaest.predictor.people_extractors`); ``vaest extract`` keeps the single-face tracker.
+(:func:`vaest.predictor.extract.people_extractors`); ``vaest extract`` keeps the single-face tracker.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """The audio task: 4 s windows every 2 s with one valence/arousal target per second, cross-modal filtering,
-waveform augmentation, frame-level validation, and the run folder the fusion model reads.
+waveform augmentation (:mod:`vaest.tasks.audio_augment`), frame-level validation, and the run folder the fusion
+model reads.
 
-Windows and targets (reference rules):
+Windows and targets follow the reference rules of :mod:`vaest.inputs.audio` (which builds each video's
+:class:`~vaest.inputs.audio.AudioItem` for training and applying alike):
 
-- window ``k`` covers seconds ``[2k, 2k + 4)`` of the media (:func:`vaest.features.audio.audio_window_starts`);
-  the last one may run past the end (its input is padded by :func:`vaest.windows.take_window`, its missing
-  seconds are masked);
-- the target of each 1 s chunk is the mean of the valid frame labels whose frame midpoint lies in that second
-  (:func:`second_targets`); a chunk without a valid label, or without audio, is masked;
-- a window trains only if at least 2 of its 4 seconds have valid labels (:func:`label_rule`) and, with filtering,
+- window ``k`` covers seconds ``[2k, 2k + 4)`` of the media; its 1 s chunks' targets are the mean valid frame
+  labels of that second (:func:`vaest.inputs.audio.second_targets`);
+- a window trains only if at least 2 of its 4 seconds have valid labels (:func:`~vaest.inputs.audio.label_rule`)
+  and, with filtering,
   if it passes the training rule of :func:`vaest.features.audio.window_reliability` (mouth open >= 1 s of the
   4 s and face coverage >= 0.8). Windows failing a rule are kept in the exports, masked, with their statistics.
 
@@ -30,432 +30,17 @@ from torch import nn
 
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import CorpusError, FeatureError
-from vaest.features.audio import (
-    AUDIO_SR,
-    N_CHUNKS,
-    SECOND_BASE,
-    WIN_S,
-    WINDOW_BASE,
-    FilterConfig,
-    WindowStats,
-    audio_key,
-    audio_window_starts,
-    n_seconds,
-    reliability_from_store,
-)
-from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.features.audio import FilterConfig, audio_key
+from vaest.inputs.audio import TOKENS_KEY, AudioItem, apply_item, input_key, load_item, predict_windows, record_grid
+from vaest.inputs.audio import frames_from_seconds, seconds_from_windows
+from vaest.inputs.settings import AudioInputs, inference_record
+from vaest.tasks.audio_augment import AugmentConfig, augment_waveform
+from vaest.features.store import FeatureStore
 from vaest.media import fps_or_default
 from vaest.progress import track
-from vaest.timebase import TimeBase, TimeSeries, fill_nearest, frame_midpoints, to_frames
 from vaest.training import concat_frame_ccc
-from vaest.windows import overlap_average, take_window
 
 log = logging.getLogger(__name__)
-
-TOKENS_KEY = "audio-tokens"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Waveform augmentation (numpy, seeded by the caller's generator)
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AugmentConfig:
-    """Training-time waveform augmentations, each applied with its probability.
-
-    ``form="vaest"``: reverb (synthetic RIR, rt60), Butterworth-shaped band filter, gain, white/pink noise, in
-    that order. ``form="reference"`` (:func:`augment_waveform_reference`): the official order and operations,
-    gain (p 0.3, +-6 dB) -> white noise (p 0.6, 8-25 dB SNR) -> FFT band limit (p 0.3) -> short reverb (p 0.2),
-    then clipping to [-1, 1] (``src/audio/data/abaw_va_dataset.py``, ``configs/cfg_va_s2s.yaml``).
-    """
-
-    p_noise: float = 0.5
-    snr_db: tuple[float, float] = (8.0, 25.0)
-    p_gain: float = 0.5
-    gain_db: float = 6.0
-    p_band: float = 0.3
-    p_reverb: float = 0.3
-    rt60: tuple[float, float] = (0.2, 0.8)
-    form: str = "vaest"
-
-    @classmethod
-    def reference(cls) -> "AugmentConfig":
-        """The official probabilities (``augment_params`` of ``configs/cfg_va_s2s.yaml``)."""
-        return cls(p_noise=0.6, snr_db=(8.0, 25.0), p_gain=0.3, gain_db=6.0, p_band=0.3, p_reverb=0.2,
-                   form="reference")
-
-
-def _power(x: np.ndarray) -> float:
-    return float(np.mean(np.square(x, dtype=np.float64)))
-
-
-def add_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator, color: str = "white") -> np.ndarray:
-    """Add white or pink noise scaled so that ``10 log10(P_signal / P_noise) == snr_db`` exactly on this clip.
-
-    A silent clip (zero power) is returned unchanged: it has no SNR to set.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    px = _power(x)
-    if px <= 0 or len(x) == 0:
-        return x.copy()
-    n = rng.standard_normal(len(x))
-    if color == "pink":
-        spec = np.fft.rfft(n)
-        f = np.arange(len(spec), dtype=np.float64)
-        f[0] = 1.0
-        n = np.fft.irfft(spec / np.sqrt(f), n=len(x))
-    elif color != "white":
-        raise ValueError(f"unknown noise color {color!r}")
-    n = n - n.mean()
-    pn = _power(n)
-    if pn <= 0:
-        return x.copy()
-    scale = math.sqrt(px / (pn * 10.0 ** (snr_db / 10.0)))
-    return (x + scale * n).astype(np.float32)
-
-
-def apply_gain(x: np.ndarray, gain_db: float) -> np.ndarray:
-    """Scale by ``gain_db`` decibels."""
-    return (np.asarray(x, dtype=np.float32) * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
-
-
-def band_filter(x: np.ndarray, low_hz: float | None, high_hz: float | None, sr: int = AUDIO_SR,
-                order: int = 4) -> np.ndarray:
-    """Zero-phase Butterworth-shaped band filter applied in the frequency domain (high-pass at ``low_hz``,
-    low-pass at ``high_hz``; either may be None). Same shape as ``x``."""
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) == 0:
-        return x.copy()
-    spec = np.fft.rfft(x.astype(np.float64))
-    f = np.fft.rfftfreq(len(x), 1.0 / sr)
-    gain = np.ones_like(f)
-    if high_hz:
-        gain /= np.sqrt(1.0 + (f / high_hz) ** (2 * order))
-    if low_hz:
-        with np.errstate(divide="ignore"):
-            gain /= np.sqrt(1.0 + (low_hz / np.maximum(f, 1e-9)) ** (2 * order))
-    return np.fft.irfft(spec * gain, n=len(x)).astype(np.float32)
-
-
-def synthetic_rir(rt60: float, rng: np.random.Generator, sr: int = AUDIO_SR) -> np.ndarray:
-    """A room impulse response: a direct path then exponentially decaying noise (-60 dB after ``rt60`` s)."""
-    n = max(2, int(min(1.2 * rt60, 1.0) * sr))
-    t = np.arange(n) / sr
-    h = rng.standard_normal(n) * np.exp(-6.907755 * t / rt60) * 0.3
-    h[0] = 1.0
-    return h / np.sqrt(np.sum(h**2))
-
-
-def add_reverb(x: np.ndarray, rt60: float, rng: np.random.Generator, sr: int = AUDIO_SR) -> np.ndarray:
-    """Convolve with :func:`synthetic_rir`, keep the first ``len(x)`` samples and the input's RMS."""
-    from scipy.signal import fftconvolve
-
-    x = np.asarray(x, dtype=np.float32)
-    px = _power(x)
-    if len(x) == 0 or px <= 0:
-        return x.copy()
-    y = fftconvolve(x.astype(np.float64), synthetic_rir(rt60, rng, sr))[: len(x)]
-    py = _power(y)
-    return (y * math.sqrt(px / py) if py > 0 else y).astype(np.float32)
-
-
-def fft_lowpass(x: np.ndarray, keep: float) -> np.ndarray:
-    """Keep the lowest ``keep`` share of the rFFT bins (at least one), zero the rest: (S,) -> (S,)."""
-    spec = np.fft.rfft(np.asarray(x, dtype=np.float64))
-    k = max(1, int(len(spec) * keep))
-    spec[k:] = 0
-    return np.fft.irfft(spec, n=len(x)).astype(np.float32)
-
-
-def augment_waveform_reference(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
-                               sr: int = AUDIO_SR) -> np.ndarray:
-    """The official augmentation chain on a zero-padded window (S,) -> (S,), clipped to [-1, 1].
-
-    Gain U(-g, g) dB; white noise at U(snr) dB against the window's power (both powers floored at 1e-8); band
-    limit: half the time a low-pass keeping U(0.15, 0.45) of the spectrum, else "telephone" = low-pass
-    U(0.18, 0.5) minus low-pass U(0.03, 0.12); reverb: an exponentially decaying noise RIR of U(50, 200) ms
-    (decay U(2, 8) over its length, L1-normalised) mixed in with a wet share U(0.1, 0.4).
-    """
-    y = np.asarray(x, dtype=np.float32).copy()
-    if rng.random() < cfg.p_gain:
-        y = apply_gain(y, float(rng.uniform(-cfg.gain_db, cfg.gain_db)))
-    if rng.random() < cfg.p_noise:
-        snr = float(rng.uniform(*cfg.snr_db))
-        n = rng.standard_normal(len(y))
-        ps, pn = max(_power(y), 1e-8), max(float(np.mean(n**2)), 1e-8)
-        y = (y + n * math.sqrt(ps / (10.0 ** (snr / 10.0) * pn))).astype(np.float32)
-    if rng.random() < cfg.p_band:
-        if rng.random() < 0.5:
-            y = fft_lowpass(y, float(rng.uniform(0.15, 0.45)))
-        else:
-            hi, lo = float(rng.uniform(0.18, 0.5)), float(rng.uniform(0.03, 0.12))
-            y = fft_lowpass(y, hi) - fft_lowpass(y, lo)
-    if rng.random() < cfg.p_reverb and len(y):
-        n_rir = min(max(16, int(rng.uniform(0.05, 0.20) * sr)), len(y))
-        rir = rng.standard_normal(n_rir) * np.exp(-np.linspace(0.0, float(rng.uniform(2.0, 8.0)), n_rir))
-        rir /= max(np.abs(rir).sum(), 1e-6)
-        wet = np.convolve(y.astype(np.float64), rir[::-1])[: len(y)]  # the official conv1d is a correlation
-        mix = float(rng.uniform(0.1, 0.4))
-        y = ((1.0 - mix) * y + mix * wet).astype(np.float32)
-    return np.clip(y, -1.0, 1.0).astype(np.float32)
-
-
-def augment_waveform(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig | None = None,
-                     sr: int = AUDIO_SR) -> np.ndarray:
-    """Random reverb, band filtering, gain and noise (in that order), each with its probability. (S,) -> (S,).
-
-    ``cfg.form == "reference"`` runs :func:`augment_waveform_reference` instead."""
-    cfg = cfg or AugmentConfig()
-    if cfg.form == "reference":
-        return augment_waveform_reference(x, rng, cfg, sr)
-    y = np.asarray(x, dtype=np.float32)
-    if rng.random() < cfg.p_reverb:
-        y = add_reverb(y, float(rng.uniform(*cfg.rt60)), rng, sr)
-    if rng.random() < cfg.p_band:
-        kind = rng.integers(3)
-        low = float(rng.uniform(80, 400)) if kind in (0, 2) else None
-        high = float(rng.uniform(2500, 7000)) if kind in (1, 2) else None
-        y = band_filter(y, low, high, sr)
-    if rng.random() < cfg.p_gain:
-        y = apply_gain(y, float(rng.uniform(-cfg.gain_db, cfg.gain_db)))
-    if rng.random() < cfg.p_noise:
-        y = add_noise(y, float(rng.uniform(*cfg.snr_db)), rng, "pink" if rng.random() < 0.5 else "white")
-    return y
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Windows and targets
-# ---------------------------------------------------------------------------------------------------------
-
-
-def second_targets(labels: np.ndarray, fps: float, n_sec: int, frame_times: np.ndarray | None = None) -> np.ndarray:
-    """Mean valid label of each 1 s bin.
-
-    Args:
-        labels: (n_frames, 2) on the video's frame grid, NaN where invalid.
-        fps: frame rate of that grid; frame ``j`` falls in second ``floor(midpoint_j)``.
-        n_sec: number of bins.
-    Returns:
-        (n_sec, 2) float32, NaN for bins without a valid frame.
-    """
-    lab = np.asarray(labels, dtype=np.float64).reshape(-1, 2)
-    out = np.full((n_sec, 2), np.nan, dtype=np.float32)
-    if len(lab) == 0 or n_sec <= 0:
-        return out
-    b = np.floor(frame_midpoints(len(lab), fps, frame_times)).astype(np.int64)
-    ok = np.isfinite(lab).all(1) & (b >= 0) & (b < n_sec)
-    sums = np.zeros((n_sec, 2))
-    cnt = np.zeros(n_sec)
-    np.add.at(sums, b[ok], lab[ok])
-    np.add.at(cnt, b[ok], 1)
-    has = cnt > 0
-    out[has] = (sums[has] / cnt[has, None]).astype(np.float32)
-    return out
-
-
-def window_targets(sec_targets: np.ndarray, starts: Iterable[int], n_chunks: int = N_CHUNKS) -> np.ndarray:
-    """Per-window targets (n_windows, n_chunks, 2) from per-second targets; seconds past the end are NaN."""
-    out = []
-    for s in starts:
-        seg, valid = take_window(sec_targets, int(s), n_chunks)
-        seg = seg.copy()
-        seg[~valid] = np.nan
-        out.append(seg)
-    return np.stack(out).astype(np.float32) if out else np.zeros((0, n_chunks, 2), np.float32)
-
-
-def label_rule(targets: np.ndarray, min_valid: int = 2) -> np.ndarray:
-    """Reference rule: a window trains if at least ``min_valid`` of its seconds have a valid target. (n_w,) bool."""
-    return np.isfinite(targets).all(-1).sum(-1) >= min_valid
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AudioItem:
-    """One video's audio input, windows, targets and window statistics.
-
-    Attributes:
-        x: (n_steps, D) cached frame features, or (n_samples, 1) waveform (float16) for the waveform models.
-        rate, offset: steps per second of ``x`` and the time of its first step (its time base).
-        starts: (n_windows,) window start seconds; ``n_sec``: 1 s bins of the media.
-        targets: (n_windows, 4, 2) per-second targets (NaN invalid); ``has_audio``: (n_windows, 4) second has audio.
-        label_ok: (n_windows,) the >= 2 valid seconds rule; ``stats``: cross-modal statistics of each window.
-        n_frames, fps, frame_labels: the video's frame grid and its labels (NaN invalid; None when unlabelled).
-    """
-
-    id: str
-    split: str
-    x: np.ndarray
-    rate: float
-    offset: float
-    starts: np.ndarray
-    n_sec: int
-    targets: np.ndarray
-    has_audio: np.ndarray
-    label_ok: np.ndarray
-    stats: WindowStats
-    n_frames: int
-    fps: float
-    frame_labels: np.ndarray | None
-    audio_seconds: float = 0.0
-
-    @property
-    def n_windows(self) -> int:
-        return len(self.starts)
-
-    def train_mask(self, filtering: bool) -> np.ndarray:
-        """Windows that train: label rule, some audio, and (with filtering) the cross-modal training rule."""
-        m = self.label_ok & self.has_audio.any(1)
-        return m & self.stats.train_ok if filtering else m
-
-    def token_mask(self, filtering: bool) -> np.ndarray:
-        """Windows fusion may use: some audio and (with filtering) the cross-modal fusion rule."""
-        m = self.has_audio.any(1)
-        return m & self.stats.fuse_ok if filtering else m
-
-    def window_input(self, k: int, zero_pad: bool = False) -> np.ndarray:
-        """Input of window ``k``: (win_steps, D) features or (win_samples,) float32 waveform.
-
-        A window running past the audio is padded by repeating the last step, or with zeros (``zero_pad``, the
-        reference audio model, which also receives :meth:`window_mask`)."""
-        w = int(round(WIN_S * self.rate))
-        i0 = int(round((float(self.starts[k]) - self.offset) * self.rate))
-        if len(self.x) == 0:
-            seg = np.zeros((w,) + self.x.shape[1:], dtype=np.float32)
-        elif i0 >= len(self.x):
-            seg = np.repeat(self.x[-1:], w, axis=0)
-        else:
-            seg = take_window(self.x, max(i0, 0), w)[0]
-        seg = seg.astype(np.float32)
-        if zero_pad:
-            seg = seg * self.window_mask(k).reshape((-1,) + (1,) * (seg.ndim - 1))
-        return seg[:, 0] if self.rate >= 1000 else seg
-
-    def window_mask(self, k: int) -> np.ndarray:
-        """(win_steps,) bool: the steps of window ``k`` that hold real audio (not padding)."""
-        w = int(round(WIN_S * self.rate))
-        i0 = int(round((float(self.starts[k]) - self.offset) * self.rate))
-        idx = i0 + np.arange(w)
-        return (idx >= 0) & (idx < len(self.x))
-
-
-def _record_grid(store: FeatureStore, video: Video) -> tuple[int, float] | None:
-    for key in ("mouth", "facetrack"):
-        if not video.audio_only and store.has(key, video.id):
-            rec = store.load(key, video.id)
-            return len(rec.values), 1.0 / rec.base.hop
-    return None
-
-
-def frame_grid(store: FeatureStore, video: Video, audio_meta: dict[str, Any]) -> tuple[int, float]:
-    """The video's frame grid (n_frames, fps): the decoded count of a stored ``mouth``/``facetrack`` record, else
-    the container's count and rate, else the label count. Audio-only media use the labels' rate (or 30 fps) and
-    the label count (or the audio duration)."""
-    dur = float(audio_meta.get("duration") or 0.0)
-    if video.audio_only or not audio_meta.get("has_video", True):
-        fps = fps_or_default(video.fps)
-        n = video.n_label_frames
-        return int(n if n else max(1, math.ceil(dur * fps))), fps
-    got = _record_grid(store, video)
-    if got is not None:
-        return got
-    fps = fps_or_default(audio_meta.get("fps") or video.fps)
-    n = int(audio_meta.get("n_frames") or 0)
-    if n <= 0:
-        n = int(video.n_label_frames or 0)
-    if n <= 0:
-        n = max(1, math.ceil(max(dur, float(audio_meta.get("media_duration") or 0.0)) * fps))
-    return n, fps
-
-
-def load_item(store: FeatureStore, video: Video, encoder: str, filt: FilterConfig | None = None,
-              min_valid_seconds: int = 2, feature_norm: str = "video") -> AudioItem:
-    """Build the :class:`AudioItem` of one video from the feature store (audio record, mouth/face/vad records).
-
-    ``feature_norm="video"`` z-scores each dimension of cached frame features within the video (not waveforms);
-    inference must use the setting the model was trained with (saved in its checkpoint as ``feature_norm``).
-    """
-    if feature_norm not in ("global", "video"):
-        raise FeatureError(f"feature_norm must be 'global' or 'video', got {feature_norm!r}")
-    rec = store.load(audio_key(encoder), video.id)
-    meta = rec.meta
-    x = rec.values
-    if feature_norm == "video" and encoder != "wavlm" and len(x):
-        x = x.astype(np.float32)
-        x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-5)
-    n_frames, fps = frame_grid(store, video, meta)
-    labels = video.labels_for(n_frames) if video.has_labels else None
-    audio_s = float(meta.get("duration") or len(rec.values) * rec.base.hop)
-    duration = max(audio_s, n_frames / fps)
-    n_sec = n_seconds(duration)
-    starts = np.asarray(audio_window_starts(duration), dtype=np.int64)
-    if labels is not None:
-        targets = window_targets(second_targets(labels, fps, n_sec), starts)
-    else:
-        targets = np.full((len(starts), N_CHUNKS, 2), np.nan, dtype=np.float32)
-    sec = starts[:, None] + np.arange(N_CHUNKS)[None, :]
-    has_audio = (sec + 0.5 <= audio_s + 1e-9) & (sec < n_sec)
-    stats = reliability_from_store(store, video, starts.astype(np.float64), WIN_S, filt)
-    return AudioItem(video.id, video.split, x, 1.0 / rec.base.hop, rec.base.start, starts, n_sec, targets,
-                     has_audio, label_rule(targets, min_valid_seconds), stats, n_frames, fps, labels, audio_s)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Prediction helpers
-# ---------------------------------------------------------------------------------------------------------
-
-
-def input_key(item: AudioItem) -> str:
-    """Model keyword for an item's input: ``wav`` for waveforms, ``feats`` for frame features."""
-    return "wav" if item.rate >= 1000 else "feats"
-
-
-def predict_windows(model: nn.Module, item: AudioItem, device: str = "cpu",
-                    batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Run the model over every window of an item: ``va`` (n_windows, 4, 2) and ``emb`` (n_windows, 4, E)."""
-    key = input_key(item)
-    vas, embs = [], []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, item.n_windows, batch_size):
-            ks = range(i, min(i + batch_size, item.n_windows))
-            masked = bool(getattr(model, "takes_mask", False))
-            x = np.stack([item.window_input(k, masked) for k in ks])
-            kw = {key: torch.from_numpy(x).to(device)}
-            if masked:
-                kw["mask"] = torch.from_numpy(np.stack([item.window_mask(k) for k in ks])).to(device)
-            out = model(**kw)
-            vas.append(out["va"].float().cpu().numpy())
-            embs.append(out["emb"].float().cpu().numpy())
-    if not vas:
-        return np.zeros((0, N_CHUNKS, 2), np.float32), np.zeros((0, N_CHUNKS, 0), np.float32)
-    return np.concatenate(vas), np.concatenate(embs)
-
-
-def seconds_from_windows(item: AudioItem, per_window: np.ndarray) -> np.ndarray:
-    """Average per-window, per-second outputs (n_windows, 4, D) onto the media's seconds -> (n_sec, D).
-
-    Seconds without audio (and seconds no window covers) are NaN.
-    """
-    vals = np.asarray(per_window, dtype=np.float32).copy()
-    vals[~item.has_audio] = np.nan
-    out, _ = overlap_average(item.n_sec, [int(s) for s in item.starts], list(vals))
-    return out
-
-
-def frames_from_seconds(sec_values: np.ndarray, n_frames: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-second values (n_sec, D) -> frame grid (n_frames, D), filled from the nearest covered frame, and the
-    (n_frames,) mask of frames a second with a value covers. A series with no value gives zeros."""
-    ok = np.isfinite(sec_values).all(1)
-    vals, mask = to_frames(TimeSeries(sec_values, SECOND_BASE, ok), n_frames, fps)
-    vals = fill_nearest(vals, mask, inplace=True)  # to_frames' fresh float32 array: filled and cleaned in place
-    return np.nan_to_num(vals, nan=0.0, copy=False), mask
-
 
 # ---------------------------------------------------------------------------------------------------------
 # The task
@@ -589,9 +174,13 @@ class AudioTrainConfig:
     loss_min_valid: int = 0
     preset: str | None = None
 
+    def inputs(self) -> AudioInputs:
+        """The inference settings of a run trained with this configuration (saved in its run.json)."""
+        return AudioInputs(self.encoder, self.filter, self.feature_norm, self.min_valid_seconds,
+                           self.train_min_open_frac, self.min_coverage, self.fuse_min_open_s, self.speech_threshold)
+
     def filter_config(self) -> FilterConfig:
-        return FilterConfig(self.filter, self.train_min_open_frac, self.min_coverage, self.fuse_min_open_s,
-                            self.speech_threshold)
+        return self.inputs().filter_config()
 
     def train_config(self):
         from vaest.training import TrainConfig
@@ -659,30 +248,6 @@ def build_model(cfg: AudioTrainConfig, items: list[AudioItem], store: FeatureSto
     return model
 
 
-def apply_item(model: nn.Module, it: AudioItem, filtering: bool, encoder: str, device: str = "cpu"
-               ) -> tuple[FeatureRecord, FeatureRecord]:
-    """A trained audio model applied to one item, in memory: the per-frame record (values (n_frames, 2) VA,
-    mask = frames in a usable window with audio, extras ``emb`` (n_frames, E) and ``reliability`` (n_frames,))
-    and the per-window token record (values (n_windows, 4, E), mask = windows fusion may use, extras per-second
-    ``va``, ``has_audio`` and the window statistics). :func:`export_run` writes exactly these two records."""
-    win_va, win_emb = predict_windows(model, it, device)
-    va, covered = frames_from_seconds(seconds_from_windows(it, win_va), it.n_frames, it.fps)
-    emb, _ = frames_from_seconds(seconds_from_windows(it, win_emb), it.n_frames, it.fps)
-    tok = it.token_mask(filtering)
-    _, fmask = to_frames(TimeSeries(np.ones(it.n_windows, np.float32), WINDOW_BASE, tok), it.n_frames, it.fps)
-    rel, rmask = to_frames(TimeSeries(it.stats.reliability.astype(np.float32), WINDOW_BASE, it.has_audio.any(1)),
-                           it.n_frames, it.fps)
-    rel = np.where(rmask, rel[:, 0], 0.0).astype(np.float32)
-    meta = {"modality": "audio", "encoder": encoder, "source": it.stats.source, "filter": filtering}
-    frames = FeatureRecord(TimeSeries(np.asarray(va, np.float32), TimeBase.frames(it.fps), fmask & covered),
-                           {"emb": np.asarray(emb, np.float32), "reliability": rel}, meta)
-    extras = {"va": win_va.astype(np.float32), "has_audio": it.has_audio, "label_ok": it.label_ok,
-              "train_ok": it.train_mask(filtering), **{k: np.asarray(v) for k, v in it.stats.as_arrays().items()}}
-    tokens = FeatureRecord(TimeSeries(win_emb.astype(np.float32), WINDOW_BASE, tok), extras,
-                           {**meta, "n_frames": it.n_frames, "fps": it.fps, "n_sec": it.n_sec})
-    return frames, tokens
-
-
 def export_run(model: nn.Module, items: list[AudioItem], missing: list[Video], store: FeatureStore,
                run: Path, cfg: AudioTrainConfig, device: str = "cpu") -> None:
     """Write per-frame predictions of every video (``save_predictions``) and the per-window audio tokens
@@ -698,7 +263,7 @@ def export_run(model: nn.Module, items: list[AudioItem], missing: list[Video], s
         run_store.save(TOKENS_KEY, it.id, tokens)
     for v in missing:
         n = v.n_label_frames if v.label_path is not None else None
-        got = _record_grid(store, v)
+        got = record_grid(store, v)
         if got is not None:
             n, fps = got
         else:
@@ -782,7 +347,7 @@ def train_audio(features: str | Path, corpus: str | Path | Corpus, out: str | Pa
 
     write_run_json(run, modality="audio", corpus=str(corp.location), features=str(features), encoder=cfg.encoder,
                    model=getattr(best, "registry_name", ""), tokens=TOKENS_KEY,
-                   preset=preset_record(get_preset("audio", cfg.preset)))
+                   preset=preset_record(get_preset("audio", cfg.preset)), inference=inference_record(cfg.inputs()))
     metrics: dict[str, Any] = dict(evaluate_predictions(run, corp, "val"))
     metrics["reliable"] = _reliable_ccc(run, corp)
     metrics.update({"train_windows": cand, "train_windows_kept": kept, "kept_share": kept / max(cand, 1),
@@ -855,8 +420,4 @@ def _register_presets() -> None:
 _register_presets()
 
 
-__all__ = [
-    "AudioItem", "AudioTask", "AudioTrainConfig", "AugmentConfig", "add_noise", "add_reverb", "apply_gain",
-    "augment_waveform", "band_filter", "export_run", "frames_from_seconds", "label_rule", "load_item",
-    "predict_windows", "second_targets", "seconds_from_windows", "train_audio", "window_targets",
-]
+__all__ = ["AudioTask", "AudioTrainConfig", "build_model", "config_from", "export_run", "load_items", "train_audio"]

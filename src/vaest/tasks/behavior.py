@@ -19,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from vaest.corpus import Corpus, Video, load_corpus
+from vaest.corpus import Corpus, load_corpus
 from vaest.errors import FeatureError, VaestError
-from vaest.features.behavior import ENCODER_KEYS, encoder_parts, expression_key, load_segment_features
-from vaest.features.segments import Segment, record_segments, segment_targets
-from vaest.features.store import FeatureRecord, FeatureStore
-from vaest.timebase import TimeSeries, to_frames
+from vaest.features.behavior import ENCODER_KEYS, encoder_parts
+from vaest.features.store import FeatureStore
+from vaest.inputs.behavior import BehaviorItem, frame_mask, load_items, to_sequence
+from vaest.inputs.settings import BehaviorInputs, inference_record
+from vaest.sequences import accepts_mask
 from vaest.presets import get_preset, preset_record, register_preset, resolve_preset
-from vaest.training import Sequence, SequenceTask, TrainConfig, accepts_mask, concat_frame_ccc, fit
+from vaest.training import SequenceTask, TrainConfig, concat_frame_ccc, fit
 
 log = logging.getLogger(__name__)
 
@@ -69,38 +70,6 @@ def behavior_train_config(**overrides: Any) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@dataclass
-class BehaviorItem:
-    """One video's segment inputs (raw), validity, segment spans and frame grid."""
-
-    video: Video
-    x: np.ndarray  # (S, D) unstandardised, NaN where missing
-    valid: np.ndarray  # (S,) bool
-    record: FeatureRecord
-    segments: list[Segment]
-    n_frames: int
-    fps: float
-
-
-def load_items(videos: list[Video], store: FeatureStore, st: BehaviorTrainSettings
-               ) -> tuple[list[BehaviorItem], list[str]]:
-    """Segment inputs of every video with stored features, and the ids of those without."""
-    keys = [ENCODER_KEYS[p] for p in encoder_parts(st.encoder) if p != "expr"]
-    items, missing = [], []
-    for v in videos:
-        need_expr = "expr" in encoder_parts(st.encoder)
-        if not all(store.has(k, v.id) for k in keys) or (need_expr and expression_key(store, v.id) is None):
-            missing.append(v.id)
-            continue
-        x, valid, rec = load_segment_features(store, v.id, st.encoder, st.branch, st.pool)
-        fps = float(rec.meta.get("fps") or 0.0)
-        n_frames = int(rec.meta.get("n_frames") or 0)
-        if fps <= 0 or n_frames <= 0:
-            raise FeatureError(f"{store.path(keys[0], v.id)}: record has no frame grid (meta n_frames/fps); re-extract it")
-        items.append(BehaviorItem(v, x, valid, rec, record_segments(rec, n_frames, fps), n_frames, fps))
-    return items, missing
-
-
 def fit_norm(items: list[BehaviorItem]) -> dict[str, list[float]]:
     """Per-column mean and std over the valid training segments (NaN values ignored; std floored at 1e-6)."""
     rows = [it.x[it.valid] for it in items if it.valid.any()]
@@ -113,27 +82,6 @@ def fit_norm(items: list[BehaviorItem]) -> dict[str, list[float]]:
     mean = np.nan_to_num(mean)
     std = np.maximum(np.nan_to_num(std), 1e-6)
     return {"mean": mean.tolist(), "std": std.tolist()}
-
-
-def apply_norm(x: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
-    """Standardise (S, D) inputs; missing values become 0 (the train mean)."""
-    z = (x - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
-    return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-
-
-def to_sequence(it: BehaviorItem, norm: dict[str, list[float]]) -> Sequence:
-    """Segment sequence with per-segment targets (mean valid frame label) and frame labels for validation."""
-    labels = it.video.labels_for(it.n_frames) if it.video.has_labels else None
-    target = segment_targets(labels, it.segments) if labels is not None else np.full((len(it.x), 2), np.nan, np.float32)
-    target[~it.valid] = np.nan
-    return Sequence(id=it.video.id, inputs={"x": apply_norm(it.x, norm)}, target=target, base=it.record.base,
-                    n_frames=it.n_frames, fps=it.fps, frame_labels=labels)
-
-
-def frame_mask(it: BehaviorItem) -> np.ndarray:
-    """(n_frames,) True where a valid segment covers the frame."""
-    _, m = to_frames(TimeSeries(it.valid.astype(np.float32), it.record.base, it.valid), it.n_frames, it.fps)
-    return m
 
 
 def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: str | Path, encoder: str = "desc",
@@ -163,7 +111,8 @@ def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: 
     out = Path(out)
     corpus: Corpus = load_corpus(corpus_root)
     store = FeatureStore(features)
-    items, missing = load_items(list(corpus), store, st)
+    inputs = BehaviorInputs(st.encoder, st.branch, st.pool, st.win, st.hop)
+    items, missing = load_items(list(corpus), store, inputs)
     keys = "+".join(ENCODER_KEYS[p] for p in encoder_parts(st.encoder))  # "face-*" stands for the expression part
     if missing:
         log.warning("%d videos have no %s features in %s (skipped): %s", len(missing), keys, features,
@@ -208,7 +157,7 @@ def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: 
     atomic_write_json(out / "metrics.json", metrics)
     write_run_json(out, modality="behavior", corpus=corpus.location, features=Path(features), encoder=st.encoder,
                    branch=st.branch, pool=st.pool, model=st.model, store_key=keys, val_split=st.val_split,
-                   preset=preset)
+                   preset=preset, inference=inference_record(inputs))
     log.info("behavior %s: validation CCC valence %.4f arousal %.4f mean %.4f (best epoch %d, %.0f s)", st.model,
              metrics["valence"], metrics["arousal"], metrics["mean"], res.best_epoch, res.seconds)
     return {"metrics": metrics, "best_epoch": res.best_epoch, "seconds": res.seconds, "run": str(out),

@@ -25,7 +25,8 @@ only relates two representations of the same frames); the fit's R^2 is recorded 
 predictions are copied as they are.
 
 Each fold's run and each copied file are written atomically; a rerun skips finished folds.
-:func:`vaest.tasks.fusion.build_fusion_data` reads ``RUN/crossfit`` for train-split videos when it is there.
+:func:`vaest.inputs.fusion.build_fusion_data` reads ``RUN/crossfit`` for train-split videos when it is there
+(:func:`vaest.inference.crossfit_source`).
 """
 
 from __future__ import annotations
@@ -41,20 +42,15 @@ import numpy as np
 from vaest.corpus import Corpus, Video, load_corpus
 from vaest.errors import VaestError
 from vaest.features.store import FeatureRecord, FeatureStore
-from vaest.inference import PRED_KEY, run_finished
+from vaest.inference import PRED_KEY, crossfit_dir, run_finished
 from vaest.io import atomic_path, atomic_write_json
 from vaest.timebase import TimeSeries
 
 log = logging.getLogger(__name__)
 
-CROSSFIT_DIR = "crossfit"
 HOLDOUT = "holdout"
 
 TrainFn = Callable[[Corpus, Path], Any]
-
-
-def crossfit_dir(run: str | Path) -> Path:
-    return Path(run) / CROSSFIT_DIR
 
 
 def fold_assignment(videos: list[Video], folds: int, seed: int = 0) -> list[list[str]]:
@@ -207,11 +203,4 @@ def crossfit(train: TrainFn, corpus_root: str | Path | Corpus, run: str | Path, 
     return out
 
 
-def crossfit_source(run: str | Path, video_id: str) -> Path:
-    """The folder to read ``video_id``'s predictions from for fusion training: ``RUN/crossfit`` when it holds
-    that video's out-of-fold predictions, else ``RUN``."""
-    cf = crossfit_dir(run)
-    return cf if FeatureStore(cf).path(PRED_KEY, video_id).exists() else Path(run)
-
-
-__all__ = ["CROSSFIT_DIR", "HOLDOUT", "crossfit", "crossfit_dir", "crossfit_source", "fold_assignment"]
+__all__ = ["HOLDOUT", "crossfit", "fold_assignment"]

@@ -1,0 +1,5 @@
+"""``python -m vaest.cli``: the console entry point."""
+
+from vaest.cli import main
+
+main()

@@ -1,0 +1,265 @@
+"""``vaest evaluate``, ``vaest predict``, ``vaest submit``, ``vaest demo`` and ``vaest view``: scoring runs,
+predicting media files, the challenge file, the whole method on a synthetic corpus, HTML pages."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from vaest.cli.common import FAST_EXIT, CheckedDeviceOpt, ConfigDefaultsOpt, ConfigOpt, app, console, fmt_cell, log
+
+
+
+@app.command()
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="Run folder(s) written by `vaest train`.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="Corpus root (default: the one recorded in the run).")] = None,
+    split: Annotated[str, typer.Option(help="Split to score.")] = "val",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write all scores as JSON.")] = None,
+    stages: Annotated[bool, typer.Option(help="Also score the post-processing stages (raw, filled, smoothed).")] = True,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write DIR/report.md with the stage table and "
+                                                   "PNG plots (curves, fusion weights).")] = None,
+    config: ConfigDefaultsOpt = None,
+) -> None:
+    """Print the CCC table of one or more runs and write RUN/metrics.json for each."""
+    from vaest.corpus import load_corpus
+    from vaest.inference import evaluate_predictions, read_run_json
+    from vaest.io import atomic_write_json
+
+    t = Table(title=f"{split} CCC")
+    for c in ("run", "modality", "valence", "arousal", "mean", "frames", "clip valence", "clip arousal", "clips"):
+        t.add_column(c, justify="left" if c in ("run", "modality") else "right")
+    allscores = {}
+    cache: dict[str, object] = {}
+    for run in runs:
+        info = read_run_json(run)
+        root = str(corpus or info.get("corpus"))
+        if root not in cache:
+            cache[root] = load_corpus(root)
+        scores = evaluate_predictions(run, cache[root], split)  # type: ignore[arg-type]
+        atomic_write_json(Path(run) / "metrics.json", {k: scores[k] for k in ("valence", "arousal", "mean")})
+        allscores[str(run)] = {"modality": info.get("modality"), **scores}
+        t.add_row(str(run), str(info.get("modality", "?")), fmt_cell(scores["valence"]), fmt_cell(scores["arousal"]),
+                  fmt_cell(scores["mean"]), fmt_cell(int(scores.get("frames", 0))), fmt_cell(scores.get("clip_valence", math.nan)),
+                  fmt_cell(scores.get("clip_arousal", math.nan)), fmt_cell(int(scores.get("clips", 0))))
+    console.print(t)
+    if stages or report:
+        from vaest.report import evaluate_runs, rich_table, write_report
+
+        rows = evaluate_runs(runs, corpus, split)
+        console.print(rich_table(rows, f"{split} CCC by post-processing stage"))
+        for r in rows:
+            allscores[r["run"]].setdefault("stages", {})[r["stage"]] = {
+                k: r[k] for k in ("valence", "arousal", "mean", "kernels")}
+        if report:
+            console.print(f"report: {write_report(rows, runs, report, corpus, split)}")
+    if json_out:
+        atomic_write_json(json_out, allscores)
+
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Video or audio files, folders (searched recursively for media "
+                                                      "by extension) or quoted glob patterns.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Output folder: <relative path>.csv/.json/.png per input and index.csv.")
+                   ] = Path("vaest_out"),
+    model: Annotated[Optional[Path], typer.Option(
+        help="Trained vaest model: a bundle folder (bundle.json, e.g. demo_out/model) or one run folder. None = "
+             "zero-shot: the face through --face-backbone (its VA head, else expressions on the circumplex) and "
+             "the voice's arousal from gain-independent cues (spectral tilt, F0 range; no valence), "
+             "fused per frame for videos.")] = None,
+    face_backbone: Annotated[Optional[str], typer.Option(
+        "--face-backbone", help="Zero-shot face encoder: ensemble (default), minixception, fer, or emotiefflib:<model name "
+                                "or path to a downloaded file> (e.g. emotiefflib:enet_b0_8_va_mtl, loaded offline).")
+                             ] = None,
+    audio_backbone: Annotated[Optional[str], typer.Option(
+        "--audio-backbone", help="Zero-shot voice from a dimensional speech-emotion model: a save_pretrained "
+                                 "folder (e.g. audEERING wav2vec2-large-robust-12-ft-emotion-msp-dim) instead of "
+                                 "the built-in voice cues; gives valence too.")] = None,
+    device: CheckedDeviceOpt = "auto",
+    fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Dense output: frames without any input get the "
+                                       "nearest estimate (source=filled); default leaves them empty (source=none).")
+                    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute cached features (OUT/.features).")] = False,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG plot per input.")] = True,
+    html: Annotated[bool, typer.Option("--html", help="Also write an interactive page per input beside its CSV "
+                                       "(media with its curves) and OUT/index.html.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    people: Annotated[str, typer.Option("--people", help="Several faces: main (one person throughout, the one "
+                                        "present and speaking most; frames without them are gaps), all (one row "
+                                        "per frame and person), left, right, or a person id. See docs/persons.md."
+                                        )] = "main",
+    config: ConfigDefaultsOpt = None,
+) -> None:
+    """Per-frame valence/arousal for media files, folders or globs: OUT/<name>.csv (frame,time,valence,arousal,
+    source,<modality>_valence/_arousal,weight_<modality>; empty cell = no estimate), .json (metadata), .png, and
+    OUT/index.csv (input,csv,status,reason). Features are cached in OUT/.features keyed by each file's resolved
+    path, size and modification time. Exit code 1 when any input failed."""
+    from vaest.pipeline import predict as run_predict
+
+    written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot,
+                          people=people, html=html, face_backbone=face_backbone,
+                          audio_backbone=audio_backbone)
+    rows = (out / "index.csv").read_text().count("\n") - 1
+    FAST_EXIT[0] = True  # every output is written and closed (atomically): skip the interpreter's teardown
+    if len(written) < rows:
+        raise typer.Exit(1)
+
+
+
+@app.command()
+def submit(
+    run: Annotated[Path, typer.Argument(help="Run folder whose predictions to submit (a fusion or late run), or a "
+                                        "model bundle (bundle.json: applied to the split's media as `vaest predict` "
+                                        "does, with its own kernels; --corpus required).")],
+    out: Annotated[Path, typer.Option(help="Submission file to write.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="Corpus root (default: the run's).")] = None,
+    split: Annotated[str, typer.Option(help="Split to submit.")] = "test",
+    template: Annotated[Optional[Path], typer.Option(help="Organisers' template: rows are written in its order.")] = None,
+    kernels: Annotated[Optional[str], typer.Option(help="Smoothing kernels 'V,A' (default: chosen on validation).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="reference: the official kernels 7,13 with replicate edges.")] = None,
+    features: Annotated[Optional[Path], typer.Option(help="With a bundle: apply it to the features in this store "
+                                                     "(e.g. VLM behavior features extracted elsewhere) instead of "
+                                                     "predicting the media.")] = None,
+    config: ConfigDefaultsOpt = None,
+) -> None:
+    """Write an ABAW challenge file (image_location,valence,arousal), post-processed and validated."""
+    from vaest.corpus import load_corpus
+    from vaest.errors import VaestError
+    from vaest.inference import load_predictions, read_run_json
+    from vaest.postprocess import REFERENCE_EDGE, REFERENCE_KERNELS, choose_kernels, fill, postprocess
+    from vaest.submission import write_submission
+
+    if preset not in (None, "vaest", "reference"):
+        raise VaestError(f"unknown submit preset {preset!r}; known: reference, vaest")
+    if (run / "bundle.json").is_file():
+        if corpus is None:
+            raise VaestError(f"{run} is a model bundle: give --corpus (whose '{split}' media it predicts)")
+        videos = load_corpus(corpus).split(split)
+        if features is not None:
+            from vaest.features.store import FeatureStore
+            from vaest.pipeline import bundle_store_predictions
+
+            got = bundle_store_predictions(run, FeatureStore(features), videos)
+        else:
+            from vaest.pipeline import bundle_predictions
+
+            got = bundle_predictions(run, videos)
+        if not got:
+            raise VaestError(f"{run}: no prediction for any '{split}' video of {corpus}")
+        n = write_submission(out, got, template)
+        log.info("wrote %s: %d rows for %d videos (bundle %s)", out, n, len(got), run)
+        return
+    edge = REFERENCE_EDGE if preset == "reference" else "truncate"
+    c = load_corpus(corpus or read_run_json(run)["corpus"])
+    if kernels:
+        k = tuple(int(x) for x in kernels.split(","))
+    elif preset == "reference":
+        k = REFERENCE_KERNELS
+    else:
+        P, Y = [], []
+        for v in c.split("val"):
+            if v.has_labels:
+                try:
+                    rec = load_predictions(run, v.id)
+                except VaestError:
+                    continue
+                P.append(fill(rec.values, rec.mask))
+                Y.append(v.labels_for(len(rec.values)))
+        k = choose_kernels(P, Y) if P else REFERENCE_KERNELS
+    preds = {}
+    for v in c.split(split):
+        try:
+            rec = load_predictions(run, v.id)
+        except VaestError as e:
+            log.error("%s", e)
+            continue
+        preds[v.id] = postprocess(rec.values, rec.mask, k, edge=edge)
+    if not preds:
+        raise VaestError(f"{run}: no predictions for any '{split}' video")
+    n = write_submission(out, preds, template)
+    log.info("wrote %s: %d rows for %d videos (smoothing kernels %s)", out, n, len(preds), k)
+
+
+
+@app.command()
+def bundle(
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (bundle.json, a run folder per model, "
+                                      "official.json with the sources).")],
+    face: Annotated[Optional[Path], typer.Option(help="Official face temporal model checkpoint (VisualDynamicModel).")] = None,
+    behavior: Annotated[Optional[Path], typer.Option(help="Official behavior model checkpoint (TextMambaRegressor).")] = None,
+    dcm: Annotated[Optional[Path], typer.Option(help="Official directed cross-modal fusion checkpoint (FusionModel); "
+                                                "needs --face and --behavior.")] = None,
+    settings: Annotated[Optional[Path], typer.Option(help="YAML: per part (face, behavior, dcm) the official "
+                                                     "constructor arguments the weights' shapes do not tell, e.g. "
+                                                     "'face: {num_heads: 8}'.")] = None,
+    face_encoder: Annotated[str, typer.Option(help="Frame encoder whose embeddings the face model reads: "
+                                              "grada:PATH (the official GRADA checkpoint), or any vaest encoder.")] = "grada",
+    behavior_encoder: Annotated[str, typer.Option(help="Behavior features the behavior model reads (vlm: Qwen3-VL, "
+                                                  "multimodal branch, last token).")] = "vlm",
+    kernels: Annotated[str, typer.Option(help="Smoothing kernels 'V,A' of the bundle.")] = "7,13",
+) -> None:
+    """Build a model bundle from official Team RAS checkpoint files (for `vaest predict --model` and `vaest submit`)."""
+    from vaest.config import load_config, write_run_info
+    from vaest.pipeline import bundle_from_official
+
+    cfg = load_config(settings) if settings else {}
+    k = tuple(int(x) for x in kernels.split(","))
+    b = bundle_from_official(out, face=face, behavior=behavior, dcm=dcm, settings=cfg, face_encoder=face_encoder,
+                             behavior_encoder=behavior_encoder, kernels=k)
+    write_run_info(out, "vaest bundle", {"face": face, "behavior": behavior, "dcm": dcm, "settings": cfg,
+                                         "face_encoder": face_encoder, "behavior_encoder": behavior_encoder,
+                                         "kernels": list(k)})
+    console.print(f"bundle: {out / 'bundle.json'} ({', '.join(b.modalities)}"
+                  f"{', fusion ' + b.fusion.name if b.fusion else ''})")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("demo_out"),
+    videos: Annotated[Optional[int], typer.Option(help="Synthetic videos (default 14: 8 train, 3 val, "
+                                                  "3 test).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Seconds per video (default 30).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (default 0).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The whole method on a fresh synthetic corpus: synth, extract, train, fuse, evaluate, submit, predict."""
+    from vaest.config import build, load_config
+    from vaest.pipeline import DemoConfig, demo as run_demo
+
+    cfg = build(DemoConfig, load_config(config), {"videos": videos, "seconds": seconds, "seed": seed})
+    m = run_demo(out, cfg)
+    rep = m["reported"]
+    t = Table(title=f"demo: CCC (smoothed), {rep} split; everything chosen on val")
+    for col in ("run", f"{rep} valence", f"{rep} arousal", f"{rep} mean", "val mean"):
+        t.add_column(col)
+    for name, r in m["runs"].items():
+        sm = r[rep]["smoothed"]
+        t.add_row(name, fmt_cell(sm["valence"]), fmt_cell(sm["arousal"]), fmt_cell(sm["mean"]),
+                  fmt_cell(r["val"]["smoothed"]["mean"]))
+    console.print(t)
+    console.print(f"report: {out / 'report.md'}")
+
+
+
+@app.command()
+def view(
+    path: Annotated[Path, typer.Argument(help="A prediction CSV, or a folder run of `vaest predict` (with index.csv).")],
+    media: Annotated[Optional[Path], typer.Option(help="The input's media (default: the input named in the JSON "
+                                                  "beside the CSV).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="HTML to write (default: beside the CSV, or "
+                                                "FOLDER/index.html).")] = None,
+) -> None:
+    """Write a self-contained HTML page: the video with its valence/arousal curves (folder: one page per input
+    and index.html)."""
+    from vaest.view import page_for, view_folder, write_page
+
+    if path.is_dir():
+        console.print(f"index: {view_folder(path, out)}")
+    else:
+        console.print(f"page: {write_page(path, media, out or page_for(path))}")
