@@ -77,7 +77,7 @@ def test_learned_fusion_beats_every_modality_on_held_out_videos(corpus_runs, met
 def test_late_fusion_weights_searched_on_val_beat_every_modality_on_test(corpus_runs):
     """The weights are searched on the val frames only; the score is on the test videos."""
     from vaest.inference import read_run_json
-    from vaest.tasks.fusion import late_fusion
+    from vaest.tasks.late import late_fusion
 
     out = corpus_runs["root"] / "late"
     late_fusion(corpus_runs["runs"], corpus_runs["corpus"], out, method="dirichlet", n_samples=500)

@@ -263,7 +263,7 @@ def bundle_store_predictions(model: str | Path, store: FeatureStore, videos: Seq
     features extracted on a GPU machine, which ``vaest predict`` does not compute): the bundle's modality models,
     its fusion (or the mask-aware mean of the modalities without one), then its smoothing kernels. Videos without
     any modality's features are logged and left out."""
-    from vaest.apply import FusionModel, load_modality
+    from vaest.apply import FusionModel, load_model, load_modality
 
     b = load_model(model)
     mods = {m: load_modality(m, run, device) for m, run in b.modalities.items()}
