@@ -93,6 +93,40 @@ def show_native_logs(show: bool) -> None:
 
 
 @contextmanager
+def native_noise_piped() -> Iterator[None]:
+    """As :func:`native_noise_filtered`, for a long-running section whose own stderr lines must come out at once
+    (``vaest live``): file descriptor 2 goes into a pipe that a thread reads line by line, writing every line but
+    the native log noise to the real stderr as it comes. Safe with several threads (nothing swaps the descriptor
+    while the section runs)."""
+    if _SHOW_NATIVE[0]:
+        yield
+        return
+    import threading
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def pump() -> None:
+        with os.fdopen(r, "rb") as src:
+            for line in src:
+                if not NATIVE_NOISE.match(line.decode(errors="replace")):
+                    os.write(saved, line)
+
+    t = threading.Thread(target=pump, name="vaest-stderr", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the pump sees its end
+        t.join(timeout=5.0)
+        os.close(saved)
+
+
+@contextmanager
 def native_noise_filtered() -> Iterator[None]:
     """Capture file descriptor 2 while native libraries run, then write back every line except their log noise
     (lines such as ``W0000 00:00:... inference_feedback_manager.cc:114] ...``). Off after ``show_native_logs(True)``."""

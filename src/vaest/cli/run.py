@@ -1,5 +1,6 @@
-"""``vaest evaluate``, ``vaest predict``, ``vaest submit``, ``vaest demo`` and ``vaest view``: scoring runs,
-predicting media files, the challenge file, the whole method on a synthetic corpus, HTML pages."""
+"""``vaest evaluate``, ``vaest predict``, ``vaest live``, ``vaest submit``, ``vaest demo`` and ``vaest view``:
+scoring runs, predicting media files, live estimates, the challenge file, the whole method on a synthetic corpus,
+HTML pages."""
 
 from __future__ import annotations
 
@@ -109,6 +110,117 @@ def predict(
     FAST_EXIT[0] = True  # every output is written and closed (atomically): skip the interpreter's teardown
     if len(written) < rows:
         raise typer.Exit(1)
+
+
+
+@app.command()
+def live(
+    source: Annotated[str, typer.Argument(help="A camera (/dev/video0 or an index), any stream FFmpeg opens "
+                                               "(rtsp://, rtmp://, srt://, udp://, tcp://, HLS over http(s)://), "
+                                               "or - for a Matroska/MPEG-TS byte stream on stdin.",
+                                          show_default=False)],
+    model: Annotated[Optional[Path], typer.Option(help="Trained vaest model (bundle folder), as predict; None = "
+                                                       "zero-shot.")] = None,
+    face_backbone: Annotated[Optional[str], typer.Option("--face-backbone", help="Zero-shot face encoder, as "
+                                                         "predict.")] = None,
+    audio_backbone: Annotated[Optional[str], typer.Option("--audio-backbone", help="Zero-shot voice model, as "
+                                                          "predict.")] = None,
+    device: CheckedDeviceOpt = "auto",
+    people: Annotated[str, typer.Option("--people", help="main, all, left, right or a person id, as predict "
+                                        "(decided on what was seen so far).")] = "main",
+    audio: Annotated[Optional[str], typer.Option("--audio", help="Audio from another input instead of the "
+                                                 "source's own track: FORMAT:DEVICE (alsa:default, "
+                                                 "pulse:default) or a URL.")] = None,
+    rate: Annotated[Optional[float], typer.Option("--rate", help="Estimates per second on stdout and the page "
+                                                  "(default: every processed frame; --out keeps every frame).")
+                    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Record OUT/live.csv and OUT/live.json as predict "
+                                                "writes them, flushed every second.")] = None,
+    serve: Annotated[Optional[str], typer.Option("--serve", help="Serve the live page on [HOST:]PORT "
+                                                 "(127.0.0.1 by default; port 0 = any free port).")] = None,
+    queue: Annotated[int, typer.Option("--queue", help="Frames the queue holds; when full the oldest is dropped "
+                                       "(counted).")] = 8,
+    stall: Annotated[float, typer.Option("--stall", help="Seconds without a frame before the source counts as "
+                                         "stalled.")] = 5.0,
+    reconnect: Annotated[bool, typer.Option("--reconnect", help="Reopen a network source that ends, stalls or "
+                                            "fails (backoff 0.5 s doubling to 8 s).")] = False,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Stop after this many processed frames.")
+                      ] = None,
+    window: Annotated[float, typer.Option("--window", help="With --model: seconds of context the bundle's "
+                                          "models see.")] = 8.0,
+    hop: Annotated[float, typer.Option("--hop", help="With --model: seconds between two runs of the bundle's "
+                                       "models.")] = 4.0,
+) -> None:
+    """Valence/arousal while it happens: one JSON line per estimate on stdout (time, frame, person, valence,
+    arousal, each modality, source, latency_ms), causal (docs/live.md). SIGINT/SIGTERM end it cleanly; a source
+    that ends, stalls or fails gives one line on stderr (exit 1 unless it ended)."""
+    import json
+    import signal
+    import sys
+    import time
+
+    from vaest.live import SourceFault
+    from vaest.live.server import LiveServer, parse_serve
+    from vaest.predictor import Predictor
+    from vaest.progress import native_noise_piped
+
+    def _say(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    server = LiveServer(*parse_serve(serve)) if serve else None
+    predictor = Predictor(model, device, people=people, face_backbone=face_backbone, audio_backbone=audio_backbone)
+    st = predictor.stream(source, audio=audio, rate=rate, out=out, queue_size=queue, stall_s=stall,
+                          reconnect=reconnect, preview=server.image if server else None, max_frames=frames,
+                          window_s=window, hop_s=hop, on_fault=lambda line: _say(f"vaest live: {line}"))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        st.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    if server is not None:
+        server.title = f"vaest live: {st.source.name}"
+        server.start()
+        sys.stderr.write(f"vaest live: serving {server.url}\n")
+        sys.stderr.flush()
+    sys.stderr.write(f"vaest live: reading {source}\n")
+    sys.stderr.flush()
+    rc = 0
+    last_status = 0.0
+    try:
+        with native_noise_piped():  # MediaPipe's graphs log as persons appear; our own lines pass at once
+            for r in st:
+                d = {**r.to_json(), "input": st.source.name}
+                try:
+                    sys.stdout.write(json.dumps(d) + "\n")
+                    sys.stdout.flush()
+                except BrokenPipeError:  # the reader went away: end cleanly, files complete
+                    st.stop()
+                if server is not None:
+                    server.publish(d)
+                    now = time.monotonic()
+                    if now - last_status >= 1.0:
+                        last_status = now
+                        lat = st.latency()
+                        server.status({"source": st.source.name, "frames_processed": st.processed,
+                                       "frames_dropped": st.source.dropped, "latency_median_ms": lat["median_ms"],
+                                       "latency_p95_ms": lat["p95_ms"]})
+    except SourceFault as e:
+        rc = 1
+        sys.stderr.write(f"vaest live: {e}\n")
+    finally:
+        if server is not None:
+            server.end(st.end_reason or "stopped")
+            server.close()
+    lat = st.latency()
+    if rc == 0:
+        sys.stderr.write(f"vaest live: {st.end_reason}\n")
+    sys.stderr.write(f"vaest live: {st.processed} frames processed of {st.source.n_arrived} arrived, "
+                     f"{st.source.dropped} dropped; latency median {lat['median_ms']:.0f} ms, p95 "
+                     f"{lat['p95_ms']:.0f} ms\n")
+    FAST_EXIT[0] = True
+    raise typer.Exit(rc)
 
 
 

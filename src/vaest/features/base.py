@@ -252,27 +252,31 @@ def _with_prepared(batches: Iterable[FrameBatch], extractors: list[Extractor]
 
 def process_media(media: Path, videos: list[Video], extractors: list[Extractor], batch_size: int = 32,
                   max_side: int | None = None, audio_beside: bool = False,
-                  on_audio: Callable[[np.ndarray], None] | None = None
+                  on_audio: Callable[[np.ndarray], None] | None = None, frames: Iterable[FrameBatch] | None = None,
+                  wav: np.ndarray | None = None, info: MediaInfo | None = None
                   ) -> tuple[dict[tuple[str, str], FeatureRecord], int]:
     """Run extractors on one media file, decoding frames once. Returns records and the number of frames.
+
+    ``frames``, ``wav`` (16 kHz mono) and ``info`` given together stand for media already in memory (the live
+    window of :mod:`vaest.live.engine`): nothing is decoded or read from ``media``, which only names it.
 
     The audio track is read once (16 kHz mono) for the audio extractors and ``on_audio`` (called with it after
     them, e.g. the predictor's zero-shot voice). With ``audio_beside`` that audio work runs in a thread while the
     frames are processed (the predictor: on two cores it takes the audio off the critical path; torch then runs
     on one thread per pipeline), else after the frames (extraction of corpora: least memory)."""
-    info = probe(media)
+    info = info if info is not None else probe(media)
     records: dict[tuple[str, str], FeatureRecord] = {}
     frame_ex = [e for e in extractors if e.kind == "frames"]
     audio_ex = [e for e in extractors if e.kind == "audio"]
     n = 0
 
     def audio_work() -> dict[tuple[str, str], FeatureRecord]:
-        wav = read_audio(media, SAMPLE_RATE)
+        audio = read_audio(media, SAMPLE_RATE) if wav is None else wav
         recs: dict[tuple[str, str], FeatureRecord] = {}
         for e in audio_ex:
-            recs.update(_stamp(e, e.extract_audio(videos, wav, SAMPLE_RATE, info)))
+            recs.update(_stamp(e, e.extract_audio(videos, audio, SAMPLE_RATE, info)))
         if on_audio is not None:
-            on_audio(wav)
+            on_audio(audio)
         return recs
 
     has_audio_work = bool(audio_ex) or on_audio is not None
@@ -294,8 +298,9 @@ def process_media(media: Path, videos: list[Video], extractors: list[Extractor],
                     e.begin(videos, info)
                 # decoding (and the extractors' frame-only `prepare`) runs one batch ahead in a thread
                 # (vaest.media.prefetch): it overlaps with the extractors
-                frames = _with_prepared(iter_frames(media, batch_size=batch_size, max_side=max_side), frame_ex)
-                for batch, shared in prefetch(iter(frames)):
+                source = frames if frames is not None else iter_frames(media, batch_size=batch_size,
+                                                                       max_side=max_side)
+                for batch, shared in prefetch(iter(_with_prepared(source, frame_ex))):
                     for e in frame_ex:
                         e.update(batch, shared)
                     n += len(batch.index)

@@ -429,6 +429,16 @@ class PersonTracker(FaceTracker):
         self._n_done += B
         return out
 
+    def drop_history(self) -> None:
+        """Forget the per-frame arrays kept for :meth:`result` (the tracking state itself stays): live use, where
+        the stream has no end and memory must stay flat; :meth:`result` then covers the frames since."""
+        self._boxes.clear()
+        self._conf.clear()
+        self._lms.clear()
+        self.cuts.clear()
+        self._n_done = 0
+        self._result = None
+
     def side_ids(self) -> dict[str, int | None]:
         """The ``left`` / ``right`` person ids now (Aff-Wild2's ``_left`` / ``_right`` label tracks): of the two
         persons visible longest so far, ordered by their mean box centre x so far; a lone person goes to the

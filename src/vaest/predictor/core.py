@@ -262,6 +262,16 @@ class Predictor(PeoplePath):
         return PredictionResult(df, meta)
 
 
+    def stream(self, source: str, **options: Any) -> Any:
+        """Live estimates of a camera, network stream or byte stream on stdin (``-``): a
+        :class:`vaest.live.LiveStream` to iterate for per-frame :class:`vaest.live.LiveResult` objects (time, frame,
+        person, valence, arousal, each modality, latency), causal (docs/live.md). ``options``: those of
+        :class:`~vaest.live.LiveStream` (``rate``, ``out``, ``audio``, ``queue_size``, ``stall_s``, ``reconnect``,
+        ``preview``, ``max_frames``, ...); ``stop()`` ends it cleanly."""
+        from vaest.live import LiveStream
+
+        return LiveStream(self, source, **options)
+
     def _zero_shot(self, store: FeatureStore, video: Video) -> tuple[dict[str, Any], list[str]]:
         """Zero-shot voice track of an audio-only file (videos go through :meth:`_predict_people`: the person
         tracker, each person's face and the voice attributed to them)."""
