@@ -1,6 +1,8 @@
 """The floor of each prediction path: the least work any implementation must do on a video, in one Python process.
 
-- ``face``: PyAV decode to RGB, MediaPipe full-range face detection on every ``detect_every``-th frame and
+- ``face``: PyAV decode to RGB at the working resolution (a frame larger than ``vaest.media.WORKING_SIDE`` on
+  its longer side is reduced by libswscale in the same conversion, with vaest's filter; smaller
+  frames are converted as they are), MediaPipe full-range face detection on every ``detect_every``-th frame and
   FaceMesh in video mode (its own tracking between frames) on every frame. Nothing else: no crops, no frame
   encoder, no files written.
 - ``audio``: PyAV decode of the audio track to 16 kHz mono and the log-mel encoder (``lmfb``) alone.
@@ -20,13 +22,19 @@ from pathlib import Path
 from typing import Any
 
 
-def face_floor(path: Path, detect_every: int = 3) -> dict[str, Any]:
-    """Seconds spent decoding, detecting and meshing every frame of ``path`` (set-up of the models excluded).
+def face_floor(path: Path, detect_every: int = 3, working_side: int | None = None) -> dict[str, Any]:
+    """Seconds spent decoding (with the reduction to the working size), detecting and meshing every frame of
+    ``path`` (set-up of the models excluded).
 
-    Returns ``{"frames", "decode_s", "detect_s", "mesh_s", "seconds"}`` (``seconds`` = the three summed).
+    Returns ``{"frames", "decode_s", "detect_s", "mesh_s", "seconds", "size"}`` (``seconds`` = the three summed;
+    ``size`` the frames' width x height).
     """
     import av
     import mediapipe as mp
+
+    from vaest.media import REDUCE_FILTER, WORKING_SIDE, working_size
+
+    side = WORKING_SIDE if working_side is None else working_side
 
     det = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
     mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True)
@@ -36,12 +44,20 @@ def face_floor(path: Path, detect_every: int = 3) -> dict[str, Any]:
         vs = c.streams.video[0]
         vs.thread_type = "AUTO"
         it = c.decode(vs)
+        size = None
         while True:
             t0 = time.perf_counter()
             try:
-                frame = next(it).to_ndarray(format="rgb24")
+                fr = next(it)
             except StopIteration:
                 break
+            if size is None:
+                size = working_size(fr.width, fr.height, 1.0, side)
+            if size != (fr.width, fr.height):
+                frame = fr.reformat(width=size[0], height=size[1], format="rgb24",
+                                    interpolation=REDUCE_FILTER).to_ndarray()
+            else:
+                frame = fr.to_ndarray(format="rgb24")
             t1 = time.perf_counter()
             if n % detect_every == 0:
                 det.process(frame)
@@ -53,7 +69,7 @@ def face_floor(path: Path, detect_every: int = 3) -> dict[str, Any]:
     det.close()
     mesh.close()
     return {"frames": n, "decode_s": t_dec, "detect_s": t_det, "mesh_s": t_mesh, "seconds": t_dec + t_det + t_mesh,
-            "detect_every": detect_every}
+            "detect_every": detect_every, "size": f"{size[0]}x{size[1]}" if size else ""}
 
 
 def audio_floor(path: Path) -> dict[str, Any]:

@@ -9,12 +9,15 @@ load average is recorded before and after every command. Results go to ``benchma
 ``docs/benchmarks.md`` is regenerated from that JSON (``--render-only`` re-renders an existing JSON).
 
 Media (built once into a cache folder with ffmpeg): the six CREMA-D clips of ``../shared/data/cremad-av``
-concatenated five times (63 s, 480x360, 30 fps), that video ten times (10.5 min), a 2 s clip, and N 2 s clips
-cut from the long video (default 140) predicted in one call and one by one. Without the shared data a synthetic
+concatenated five times (63 s, 480x360, 30 fps), the same video at 2160 lines (2880x2160, 30 fps, H.264: the
+4:3 picture scaled up, as a phone or camera records it; decoded at the working resolution), that video ten times
+(10.5 min), a 2 s clip, and N 2 s clips cut from the long video (default 140) predicted in one call and one by
+one. Without the shared data a synthetic
 talking-face video takes their place (the JSON and the page say which). ``--quick`` shrinks everything to a few
 seconds of media (for the test of this script, not for figures).
 
-Usage: ``python benchmarks/run.py [--demo demo_out] [--quick] [--clips 140] [--no-components]``
+Usage: ``python benchmarks/run.py [--demo demo_out] [--quick] [--clips 140] [--no-components] [--sizes 63s,2160]
+[--no-clips]``
 """
 
 from __future__ import annotations
@@ -186,6 +189,11 @@ def build_media(cache: Path, quick: bool, n_clips: int) -> dict[str, Any]:
                 "-preset", "veryfast", "-crf", "20", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac",
                 "-ar", "44100", "-ac", "1", str(tmp))
         tmp.replace(video)
+    uhd = cache / "video_2160.mp4"
+    if not quick and not uhd.exists():
+        _ffmpeg("-i", str(video), "-vf", "scale=2880:2160:flags=bicubic", "-c:v", "libx264", "-preset", "veryfast",
+                "-crf", "20", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "copy", str(cache / "uhd.tmp.mp4"))
+        (cache / "uhd.tmp.mp4").replace(uhd)
     long = cache / "video_x10.mp4"
     if not quick and not long.exists():
         lst = cache / "ten.txt"
@@ -202,7 +210,7 @@ def build_media(cache: Path, quick: bool, n_clips: int) -> dict[str, Any]:
     clips = sorted(clip_dir.glob("clip_*.mp4"))
     clips = [c for c in clips if media_seconds(c) > 1.5][:n_clips]
     return {"source": source, "note": note, "video": video, "long": None if quick else long, "short": clips[0],
-            "clips": clips}
+            "clips": clips, "uhd": None if quick else uhd}
 
 
 def floor_of(path: str, video: Path) -> dict[str, Any]:
@@ -266,6 +274,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     res["media"] = {"source": m["source"], "note": m["note"], "video_s": media_seconds(m["video"]),
                     "long_s": media_seconds(m["long"]) if m["long"] else None,
                     "short_s": media_seconds(m["short"]),
+                    "uhd_s": media_seconds(m["uhd"]) if m["uhd"] else None,
                     "clips": len(m["clips"]), "clips_s": sum(media_seconds(c) for c in m["clips"])}
     log.info("media: %s", res["media"])
     model = a.demo / "model"
@@ -278,9 +287,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         runs["help"] = run_command("help", 0.0, None)
         sizes = [("63s", m["video"], res["media"]["video_s"])]
         if not a.quick:  # --quick: the short video alone stands for every size
+            sizes.append(("2160", m["uhd"], res["media"]["uhd_s"]))
             if not a.skip_long:
                 sizes.append(("10min", m["long"], res["media"]["long_s"]))
             sizes.append(("2s", m["short"], res["media"]["short_s"]))
+        if a.sizes:
+            sizes = [s for s in sizes if s[0] in a.sizes.split(",")]
+        res["sizes"] = [s[0] for s in sizes]
         for key, video, secs in sizes:
             log.info("floors on %s", video.name)
             floors[key] = {"face": floor_of("face", video), "audio": floor_of("audio", video)}
@@ -291,19 +304,20 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             if has_bundle:
                 runs[f"predict_bundle_{key}"] = run_command("predict_bundle", secs, both_s, video=video,
                                                             out=work / f"b{key}", model=model)
-        clips = m["clips"]
-        one = run_command("predict_clips_one_call", res["media"]["clips_s"], None, clips=clips, out=work / "c1")
-        runs["predict_clips_one_call"] = one
-        walls, peaks = [], []
-        for i, c in enumerate(clips):
-            r = run_command("predict_zero_shot", media_seconds(c), None, video=c, out=work / f"c{i}")
-            walls.append(r["wall_s"])
-            peaks.append(r["peak_rss_mb"])
-        runs["predict_clips_one_by_one"] = {"command": " ".join(COMMANDS["predict_zero_shot"]) + " (once per clip)",
-                                            "wall_s": sum(walls), "media_s": res["media"]["clips_s"],
-                                            "rtf": sum(walls) / res["media"]["clips_s"], "peak_rss_mb": max(peaks),
-                                            "per_clip_s": sum(walls) / len(walls)}
-        one["per_clip_s"] = one["wall_s"] / len(clips)
+        clips = m["clips"] if not a.no_clips else []
+        if clips:
+            one = run_command("predict_clips_one_call", res["media"]["clips_s"], None, clips=clips, out=work / "c1")
+            runs["predict_clips_one_call"] = one
+            walls, peaks = [], []
+            for i, c in enumerate(clips):
+                r = run_command("predict_zero_shot", media_seconds(c), None, video=c, out=work / f"c{i}")
+                walls.append(r["wall_s"])
+                peaks.append(r["peak_rss_mb"])
+            runs["predict_clips_one_by_one"] = {"command": " ".join(COMMANDS["predict_zero_shot"]) + " (once per clip)",
+                                                "wall_s": sum(walls), "media_s": res["media"]["clips_s"],
+                                                "rtf": sum(walls) / res["media"]["clips_s"],
+                                                "peak_rss_mb": max(peaks), "per_clip_s": sum(walls) / len(walls)}
+            one["per_clip_s"] = one["wall_s"] / len(clips)
     res["floors"] = floors
     res["runs"] = runs
     if not a.no_components and not a.quick:
@@ -344,7 +358,8 @@ def render(r: dict[str, Any]) -> str:
          "<!-- generated by `make bench` (benchmarks/run.py) from benchmarks/results.json: do not edit by hand -->",
          "",
          f"Run {r['date']} on {r['machine']}, Python {r['python']}{' (**--quick**: not figures)' if r['quick'] else ''}. "
-         f"Media: {md['note']}: {md['video_s']:.1f} s (480x360, 30 fps), the same ten times "
+         f"Media: {md['note']}: {md['video_s']:.1f} s (480x360, 30 fps), the same at 2160 lines (`2160`: "
+         "2880x2160 H.264, the picture scaled up; decoded at the working resolution), the same ten times "
          f"({_f(md['long_s'], '{:.0f}')} s), a {md['short_s']:.1f} s clip and {md['clips']} clips of ~2 s. "
          f"Load average (1 min) before/after the run: {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f} "
          "(other work on the machine slows every figure; each row has its own below). GPU: " + r["gpu"] + "."
@@ -356,12 +371,13 @@ def render(r: dict[str, Any]) -> str:
          "the benchmark's own memory is not in it); *CPU* is its user+system time. "
          "RTF = wall / media seconds. *Floor* = the least work of the path in one process on the same media in "
          "the same run (face: PyAV decode to RGB + MediaPipe full-range detection every 3rd frame + FaceMesh "
-         "video mode on every frame; the bundle's floor adds the audio path: decode to 16 kHz + log-mel), "
+         "video mode on every frame, all at the working resolution: larger frames are reduced while decoding, as "
+         "vaest does; the bundle's floor adds the audio path: decode to 16 kHz + log-mel), "
          "model set-up excluded; *x floor* = wall / floor.", "",
          "## Floors", "",
          "| media | frames | decode s | detect s | mesh s | face floor s | face floor RTF | audio floor s | floor process wall s | floor peak RSS MB |",
          "|---|---|---|---|---|---|---|---|---|---|"]
-    secs = {"63s": md["video_s"], "10min": md["long_s"], "2s": md["short_s"]}
+    secs = {"63s": md["video_s"], "10min": md["long_s"], "2s": md["short_s"], "2160": md.get("uhd_s")}
     for k, f in r["floors"].items():
         fa, au = f["face"], f["audio"]
         L.append(f"| {k} | {fa['frames']} | {_f(fa['decode_s'])} | {_f(fa['detect_s'])} | {_f(fa['mesh_s'])} | "
@@ -371,7 +387,8 @@ def render(r: dict[str, Any]) -> str:
           "| command | media | media s | wall s | CPU s | RTF | floor s | x floor | peak RSS MB | load before/after |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for key, p in r["runs"].items():
-        base, _, media = key.rpartition("_") if key.endswith(("63s", "10min", "2s")) else (key, "", "")
+        base, _, media = key.rpartition("_") if key.endswith(("63s", "10min", "2s", "2160")) else (key, "", "")
+        media = "63s at 2880x2160" if media == "2160" else media
         name = _NAMES.get(base, f"`{p['command']}`")
         if key.startswith("predict_clips"):
             name = f"{md['clips']} clips of 2 s, {'one call' if key.endswith('one_call') else 'one process each'}"
@@ -420,6 +437,8 @@ def main() -> None:
     ap.add_argument("--no-components", action="store_true", help="skip the in-process stage throughputs")
     ap.add_argument("--skip-long", action="store_true", help="skip the 10-minute video (its commands take ~10 min)")
     ap.add_argument("--render-only", action="store_true", help="re-render --out from an existing --json")
+    ap.add_argument("--sizes", default="", help="only these media, comma-separated (63s, 2160, 10min, 2s)")
+    ap.add_argument("--no-clips", action="store_true", help="skip the runs on the 2 s clips")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.quick:

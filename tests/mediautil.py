@@ -56,14 +56,22 @@ def make_video(path: Path, n_frames: int = 30, fps: int = 30, size: tuple[int, i
     return Path(path)
 
 
-def write_frames(path: Path, frames: list[np.ndarray], fps: int = 30, crf: int = 16) -> Path:
-    """Write RGB frames (H, W, 3) uint8 as a near-lossless H.264 file (no audio)."""
+def write_frames(path: Path, frames: list[np.ndarray], fps: int = 30, crf: int = 16, rotation: int | None = None,
+                 hflip: bool = False, sar: Fraction | None = None) -> Path:
+    """Write RGB frames (H, W, 3) uint8 as a near-lossless H.264 file (no audio).
+
+    ``rotation`` / ``hflip``: a display matrix (counter-clockwise degrees, then a mirror), as phones write;
+    ``sar``: a sample aspect ratio (non-square pixels)."""
     import av
 
     c = av.open(str(path), "w")
     vs = c.add_stream("libx264", rate=fps)
     vs.width, vs.height, vs.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
     vs.options = {"preset": "ultrafast", "crf": str(crf)}
+    if rotation is not None or hflip:
+        vs.set_display_rotation(rotation or 0, hflip=hflip)
+    if sar is not None:
+        vs.codec_context.sample_aspect_ratio = sar
     for f in frames:
         for p in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
             c.mux(p)

@@ -177,11 +177,15 @@ def test_huge_frames_are_decoded_in_smaller_batches(media, monkeypatch):
     depend on the decoding batch size."""
     import vaest.media as vm
 
-    sizes = [b.frames.shape[0] for b in vm.iter_frames(media["huge"], batch_size=32)]
-    assert sizes == [3] and 3 * 3840 * 2160 * 3 < vm.MAX_BATCH_BYTES
-    monkeypatch.setattr(vm, "MAX_BATCH_BYTES", 2 * 3840 * 2160 * 3)
-    assert [b.frames.shape[0] for b in vm.iter_frames(media["huge"], batch_size=32)] == [2, 1]
+    # full size (max_side=0): three 4K frames fit the cap, two do not
+    sizes = [b.frames.shape[0] for b in vm.iter_frames(media["huge"], batch_size=32, max_side=0)]
+    assert sizes == [1, 1, 1] and 3840 * 2160 * 3 < vm.MAX_BATCH_BYTES < 2 * 3840 * 2160 * 3
+    monkeypatch.setattr(vm, "MAX_BATCH_BYTES", 3 * 3840 * 2160 * 3)
+    assert [b.frames.shape[0] for b in vm.iter_frames(media["huge"], batch_size=32, max_side=0)] == [3]
     assert [b.frames.shape[1:] for b in vm.iter_frames(media["huge"], max_side=640)] == [(360, 640, 3)]
+    # the default working resolution: reduced while decoding
+    side = vm.WORKING_SIDE
+    assert [b.frames.shape[1:] for b in vm.iter_frames(media["huge"])] == [(side * 9 // 16, side, 3)]
     monkeypatch.setattr(vm, "MAX_BATCH_BYTES", 4 * 640 * 360 * 3)
     vids = [Video("two_left", media["two_faces"], "train", side="left"),
             Video("two_right", media["two_faces"], "train", side="right")]

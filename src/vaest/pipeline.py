@@ -50,9 +50,10 @@ def extract_all(videos: Sequence[Video], store: FeatureStore, extractors: list |
 def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | None = None,
             device: str = "auto", fill: bool = False, force: bool = False, progress: bool = True,
             plot: bool = True, people: str | int = "main", html: bool = False, face_backbone: str | None = None,
-            audio_backbone: str | None = None) -> dict[str, Path]:
+            audio_backbone: str | None = None, working_side: int | None = None) -> dict[str, Path]:
     """Run vaest on media files, folders or globs; a thin wrapper over :class:`vaest.predictor.Predictor` and
-    :func:`vaest.predictor.predict_many` (``OUT/<relative path>.csv|.json|.png`` and ``OUT/index.csv``).
+    :func:`vaest.predictor.predict_many` (``OUT/<relative path>.csv|.json|.png`` and ``OUT/index.csv``); photos
+    give one row per face (:mod:`vaest.photos`). ``working_side``: the working resolution (None: the default).
 
     ``html`` also writes a viewer page per input and ``OUT/index.html``; ``face_backbone`` picks the zero-shot
     face encoder, ``audio_backbone`` a speech-emotion model as the zero-shot voice (see
@@ -64,7 +65,8 @@ def predict(paths: Sequence[str | Path], out: str | Path, model: str | Path | No
 
     out = Path(out)
     pr = Predictor(model, device=device, progress=progress, cache=out / ".features", fill=fill, force=force,
-                   people=people, face_backbone=face_backbone, audio_backbone=audio_backbone)
+                   people=people, face_backbone=face_backbone, audio_backbone=audio_backbone,
+                   working_side=working_side)
     rows = predict_many(paths, out, pr, plot=plot, html=html)
     return {r["input"]: out / r["csv"] for r in rows if r["status"] == "ok"}
 

@@ -350,6 +350,8 @@ def write_page(csv_path: str | Path, media_path: str | Path | None, out_html: st
     if media_path is None and meta.get("input"):
         cand = Path(str(meta["input"]))
         media_path = cand if cand.is_absolute() or cand.exists() else csv_path.parent / cand
+    if meta.get("kind") == "photo":
+        return write_photo_page(df, meta, media_path, out_html)
     return write_frame_page(df, meta, media_path, out_html, proxy, {"prediction": str(csv_path)})
 
 
@@ -368,6 +370,68 @@ def write_frame_page(df, meta: dict[str, Any], media_path: str | Path | None, ou
     atomic_write_text(out, render_page(title, groups, media, {**info, **meta}))
     log.info("page: %s", out)
     return out
+
+
+def write_photo_page(df, meta: dict[str, Any], image_path: str | Path | None, out_html: str | Path) -> Path:
+    """Write the page of a photo's prediction (one row per face, :mod:`vaest.photos`): the photo with each
+    face's box, person id, valence and arousal drawn over it (SVG in the photo's displayed pixels; browsers show
+    the image in its EXIF orientation, as the boxes are), and the table of the faces. The photo is referenced
+    by a path relative to the page."""
+    out = Path(out_html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    size = (meta.get("picture") or {}).get("display_size") or [0, 0]
+    w, h = int(size[0]), int(size[1])
+    img = ""
+    note = "no photo file (an array was predicted)"
+    if image_path is not None and Path(image_path).is_file():
+        rel = quote(Path(os.path.relpath(Path(image_path).resolve(), out.resolve().parent)).as_posix())
+        marks = []
+        for r in df.itertuples(index=False):
+            b = [getattr(r, c, math.nan) for c in ("box_x0", "box_y0", "box_x1", "box_y1")]
+            if not all(math.isfinite(float(x)) for x in b):
+                continue
+            v, a = float(r.valence), float(r.arousal)
+            label = f"{int(r.person)}: v {v:+.2f} a {a:+.2f}" if math.isfinite(v) and math.isfinite(a) \
+                else f"{int(r.person)}"
+            sw = max(2.0, max(w, h) / 300)
+            marks.append(f'<rect x="{b[0]:.1f}" y="{b[1]:.1f}" width="{b[2] - b[0]:.1f}" height="{b[3] - b[1]:.1f}" '
+                         f'fill="none" stroke="#ffc800" stroke-width="{sw:.1f}"/>'
+                         f'<text x="{b[0]:.1f}" y="{max(b[1] - sw, 4 * sw):.1f}" font-size="{6 * sw:.0f}" '
+                         f'fill="#ffc800" stroke="#000" stroke-width="{sw / 4:.1f}">{html.escape(label)}</text>')
+        img = (f'<svg id="vaest-photo" viewBox="0 0 {w} {h}" style="max-width:100%;max-height:80vh" '
+               f'xmlns="http://www.w3.org/2000/svg"><image href="{html.escape(rel)}" x="0" y="0" width="{w}" '
+               f'height="{h}"/>{"".join(marks)}</svg>')
+        note = f"photo: {Path(image_path).name} ({w}x{h} as shown)"
+    cols = [c for c in df.columns if c not in ("frame", "time")]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(getattr(r, c)))}</td>" for c in cols) + "</tr>"
+                   for r in df[cols].itertuples(index=False))
+    title = Path(str(meta.get("input") or out.stem)).name
+    text = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 12px 18px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px solid #ddd; padding: 2px 6px; }}
+.vaest-note {{ color: #666; font-size: 12px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<div>{img}</div><div class="vaest-note">{html.escape(note)}</div>
+<h2>faces</h2><table id="vaest-faces"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<details open><summary>metadata</summary><table class="meta">
+{_meta_rows(meta)}
+</table></details>
+</body></html>
+"""
+    atomic_write_text(out, text)
+    log.info("page: %s", out)
+    return out
+
+
+def _cell(x: Any) -> str:
+    """A table cell: numbers with 4 decimals, NaN empty."""
+    if isinstance(x, (float, np.floating)):
+        return "" if not math.isfinite(float(x)) else f"{float(x):.4f}"
+    return str(x)
 
 
 # ---------------------------------------------------------------- folder runs

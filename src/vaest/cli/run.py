@@ -65,8 +65,9 @@ def evaluate(
 
 @app.command()
 def predict(
-    inputs: Annotated[list[str], typer.Argument(help="Video or audio files, folders (searched recursively for media "
-                                                      "by extension) or quoted glob patterns.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Video, audio or photo (JPEG, PNG, WebP) files, folders "
+                                                      "(searched recursively for media by extension) or quoted "
+                                                      "glob patterns.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Output folder: <relative path>.csv/.json/.png per input and index.csv.")
                    ] = Path("vaest_out"),
     model: Annotated[Optional[Path], typer.Option(
@@ -95,6 +96,10 @@ def predict(
                                         "present and speaking most; frames without them are gaps), all (one row "
                                         "per frame and person), left, right, or a person id. See docs/persons.md."
                                         )] = "main",
+    working_side: Annotated[Optional[int], typer.Option(
+        "--working-side", help="Working resolution: frames (in display orientation) are reduced while decoding "
+                               "so that their longer side is at most this many pixels (default 960; 0 = full "
+                               "size). Boxes are written in the displayed picture's pixels either way.")] = None,
     config: ConfigDefaultsOpt = None,
 ) -> None:
     """Per-frame valence/arousal for media files, folders or globs: OUT/<name>.csv (frame,time,valence,arousal,
@@ -105,7 +110,7 @@ def predict(
 
     written = run_predict(inputs, out, model, device, fill=fill, force=force, progress=progress, plot=plot,
                           people=people, html=html, face_backbone=face_backbone,
-                          audio_backbone=audio_backbone)
+                          audio_backbone=audio_backbone, working_side=working_side)
     rows = (out / "index.csv").read_text().count("\n") - 1
     FAST_EXIT[0] = True  # every output is written and closed (atomically): skip the interpreter's teardown
     if len(written) < rows:

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def expand_inputs(inputs: Iterable[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
-    """(file, output stem relative to OUT) for every input: files as given, folders recursively (media and image
-    files by extension; images are reported as failures), glob patterns expanded. Output stems keep each file's
+    """(file, output stem relative to OUT) for every input: files as given, folders recursively (media and photo
+    files by extension), glob patterns expanded. Output stems keep each file's
     path relative to the common folder of all inputs (a folder input counts as its own root), without suffix;
     files that would share a stem (``x.mp4`` and ``x.flv``) keep their suffix in it. Folder contents below
     ``exclude`` (the output folder, when it lies inside an input folder) are left out."""
@@ -99,7 +99,10 @@ def predict_many(inputs: Sequence[str | Path], out: str | Path, predictor: Predi
                 if html:
                     from vaest.view import page_for, write_page
 
-                    write_page(csv_path, f, page_for(csv_path), meta=res.meta)
+                    if res.meta.get("kind") == "photo":
+                        res.to_html(page_for(csv_path), media=f)
+                    else:
+                        write_page(csv_path, f, page_for(csv_path), meta=res.meta)
                 rows.append({"input": str(f), "csv": str(csv_path.relative_to(out)), "status": "ok",
                              "reason": "; ".join(n for n in res.meta["notes"] if n.startswith("no "))})
                 log.info("%s: %d frames (%d estimated) -> %s", f, res.meta["n_frames"],

@@ -71,12 +71,15 @@ class Predictor(PeoplePath):
             or hub id, :class:`vaest.models.ser.SpeechEmotionPredictor`, e.g. audEERING's
             ``wav2vec2-large-robust-12-ft-emotion-msp-dim``) instead of :func:`vaest.zeroshot.zero_shot_audio`;
             it gives valence too (column ``audio_valence``; the video's valence still comes from the face).
+        working_side: the working resolution's longer side (None: :data:`vaest.media.WORKING_SIDE`; 0: full
+            size): frames are decoded in display orientation and reduced to it; boxes in the output are in the
+            displayed picture's pixels all the same.
     """
 
     def __init__(self, model: str | Path | None = None, device: str = "auto", progress: bool = False,
                  cache: str | Path | None = None, fill: bool = False, force: bool = False, batch_size: int = 32,
                  people: str | int = "main", face_backbone: str | None = None,
-                 audio_backbone: str | None = None):
+                 audio_backbone: str | None = None, working_side: int | None = None):
         from vaest.apply import FusionModel, check_fusion_inputs, load_model, load_modality
         from vaest.features.base import default_extractors
         from vaest.postprocess import REFERENCE_KERNELS
@@ -97,6 +100,7 @@ class Predictor(PeoplePath):
 
             self._ser = SpeechEmotionPredictor(str(audio_backbone), device=self.device)
         self.progress, self.fill, self.force, self.batch_size = progress, fill, force, batch_size
+        self.working_side = working_side  # None: vaest.media.WORKING_SIDE; 0: full size
         self.cache = Path(cache) if cache is not None else None
         self.people = check_people(people)
         self.model_path = Path(model) if model is not None else None
@@ -187,30 +191,34 @@ class Predictor(PeoplePath):
                     self._voice_done = (video.media, fps, self._voice(wav, fps))
 
         with progress_enabled(self.progress):
-            recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size,
+            recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size, self.working_side,
                                                 audio_beside=audio_beside(info.duration), on_audio=on_audio)
         save_records(store, recs, force=True)
         release_free_memory()  # the frame pipeline's buffers, before the models and the outputs allocate theirs
         if unfed:
             raise MediaError(why)
 
-    def predict(self, path: str | Path) -> PredictionResult:
+    def predict(self, path: str | Path | np.ndarray) -> PredictionResult:
         """Per-frame valence/arousal of one media file (see the module docstring for the columns).
 
-        Raises :class:`~vaest.errors.VaestError` (naming the file) for a missing, broken or still-image file.
+        A photo (an image file, or an RGB array (H, W, 3) uint8) gives one row per face (:mod:`vaest.photos`).
+        Raises :class:`~vaest.errors.VaestError` (naming the file) for a missing or broken file.
         """
         import pandas as pd
 
         from vaest.media import probe
 
         t0 = time.perf_counter()
+        if isinstance(path, np.ndarray) or Path(path).suffix.lower() in IMAGE_EXTS:
+            from vaest.photos import predict_photo
+            from vaest.predictor.people import person_view
+
+            return PredictionResult(*predict_photo(self, path, person_view))
         p = Path(path)
         if not p.exists():
             raise MediaError(f"{p}: no such file")
         if p.is_dir():
             raise MediaError(f"{p}: is a folder (use predict_many or `vaest predict FOLDER`)")
-        if p.suffix.lower() in IMAGE_EXTS:
-            raise MediaError(f"{p}: a still image, not a video or audio file")
         info = probe(p)
         audio_only = p.suffix.lower() in AUDIO_EXTS or not info.has_video
         if audio_only and not info.has_audio:

@@ -15,10 +15,9 @@ import numpy as np
 from vaest.corpus import Video
 from vaest.features.base import Extractor
 from vaest.features.store import FeatureRecord
-from vaest.media import FrameBatch, MediaInfo
+from vaest.media import IMAGE_EXTS, FrameBatch, MediaInfo  # noqa: F401  (IMAGE_EXTS: this package's name for it)
 from vaest.timebase import TimeBase, TimeSeries
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_ONLY_FPS = 30.0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -36,6 +36,18 @@ def check_people(people: str | int) -> str:
     if m in PEOPLE_MODES or m.isdigit():
         return m
     raise VaestError(f"people={people!r}: expected one of {', '.join(PEOPLE_MODES)} or a person id (0, 1, ...)")
+
+
+def to_display(df: Any, frame_size: Sequence[int], info: MediaInfo) -> None:
+    """Scale the box columns of ``df`` in place from the working frames' pixels (``frame_size``: width, height)
+    to the displayed picture's (:attr:`vaest.media.MediaInfo.display_size`): the frames were already turned to
+    display orientation, only their size differs."""
+    dw, dh = info.display_size
+    fw, fh = (int(x) for x in frame_size)
+    if not (fw and fh and dw and dh) or (fw, fh) == (dw, dh):
+        return
+    for c, s in zip(BOX_COLUMNS, (dw / fw, dh / fh, dw / fw, dh / fh)):
+        df[c] = df[c] * s
 
 
 def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str, video_id: str) -> MemoryStore:
@@ -173,6 +185,7 @@ class PeoplePath(PredictorSteps):
                                                                       for d in ("valence", "arousal")]
                  + wcols + ["person", *BOX_COLUMNS])
         df = pd.DataFrame({c: table[c] for c in order})
+        to_display(df, tracks.frame_size, info)
         df["frame"] = df["frame"].astype(np.int64)
         df["person"] = df["person"].astype(np.int64)
         source_all = df["source"].to_numpy()
@@ -199,6 +212,7 @@ class PeoplePath(PredictorSteps):
             "audio_attributed": bool(several and "audio" in shared and attribution is not None),
             "cuts": [int(c) for c in tracks.cuts], "frame_size": list(tracks.frame_size),
         }
+        meta["picture"] = {**info.describe(), "working_size": list(tracks.frame_size)}
         return PredictionResult(df, meta)
 
     def _video_parts(self, store: FeatureStore, video: Video, n: int, fps: float, notes: list[str]

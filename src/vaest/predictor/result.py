@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vaest.errors import VaestError
+
 MODALITIES = ("face", "audio", "behavior")
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 
@@ -60,15 +62,24 @@ class PredictionResult:
 
         ``media``: the input to play beside the curves (None: ``meta["input"]`` where that file exists); a
         format the browser cannot play gets an H.264/AAC proxy beside the page."""
-        from vaest.view import write_frame_page
+        from vaest.view import write_frame_page, write_photo_page
 
         if media is None and self.meta.get("input") and Path(str(self.meta["input"])).is_file():
             media = Path(str(self.meta["input"]))
+        if self.meta.get("kind") == "photo":
+            return write_photo_page(self.frame, self.meta, media, path)
         return write_frame_page(self.frame, self.meta, media, path)
 
     def plot(self, path: str | Path) -> Path:
         """Valence and arousal over time: final curve bold, modalities thin, gaps left as gaps (NaN is not
-        drawn), filled frames dashed; fusion weights underneath; zero-shot cues labelled in the title."""
+        drawn), filled frames dashed; fusion weights underneath; zero-shot cues labelled in the title. A photo's
+        result: the photo with each face's box and values (:func:`vaest.photos.draw_photo`)."""
+        if self.meta.get("kind") == "photo":
+            from vaest.photos import draw_photo
+
+            if not Path(str(self.meta.get("input", ""))).is_file():
+                raise VaestError("the plot of a photo draws on the photo file, and this result has none (an array)")
+            return draw_photo(Path(str(self.meta["input"])), self.frame, path)
         import matplotlib
 
         matplotlib.use("Agg")
