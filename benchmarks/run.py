@@ -416,7 +416,8 @@ def render(r: dict[str, Any]) -> str:
         for k, v in r["train_seconds_per_epoch"].items():
             L.append(f"| {k} | {v:.1f} |")
     if r.get("demo_seconds"):
-        L += ["", "Demo steps (s): " + ", ".join(f"{k} {v}" for k, v in r["demo_seconds"].items())]
+        L += ["", "Demo steps (s) of the benchmarked demo folder (its own run; the README's demo figures and times are "
+              "those of `docs/demo/metrics-seed*.json`): " + ", ".join(f"{k} {v}" for k, v in r["demo_seconds"].items())]
     L += ["", "## GPU", "", r["gpu"] + ". The reference-size models (GRADA, WavLM-Large, Qwen3-VL-4B, Mamba with "
           "CUDA kernels) have no measured GPU throughput here; no estimate for an Aff-Wild2-sized corpus is given "
           "without one."]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_shared
 
 from vaest.corpus import Video
 from vaest.features.audio import (
@@ -449,10 +450,7 @@ def test_vad_chunk_by_chunk_equals_silero_whole_signal_forward():
 
 
 def _cremad() -> Path:
-    d = SHARED / "cremad-av"
-    if not d.is_dir():
-        pytest.skip(f"real clips not found at {d} (the shared data folder sits beside the repository)")
-    return d
+    return require_shared("data/cremad-av")
 
 
 def test_cremad_silence_around_real_speech_is_filtered():

@@ -189,10 +189,7 @@ def test_aggregate_blinks_and_missing_faces():
 
 def test_desc_extractor_on_the_synthetic_corpus(request, tmp_path):
     pytest.importorskip("mediapipe")
-    try:
-        root = Path(request.getfixturevalue("synth_corpus"))
-    except pytest.FixtureLookupError:
-        pytest.skip("no synth_corpus fixture in conftest.py")
+    root = Path(request.getfixturevalue("synth_corpus"))  # after the mediapipe check: built only when it can run
     from vaest.corpus import load_corpus
     from vaest.features.base import create_extractor, run_extraction
 

@@ -11,6 +11,7 @@ from vaest.corpus.labels import read_va_file, write_va_file
 from vaest.corpus.records import reconcile_labels
 from vaest.corpus.stats import corpus_stats
 from vaest.errors import CorpusError, LabelError
+from conftest import require_shared
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -128,9 +129,7 @@ def test_folder_and_missing(tmp_path):
 
 
 def test_real_affwild2_annotations():
-    root = SHARED / "affwild2-va-labels"
-    if not root.exists():
-        pytest.skip(f"real Aff-Wild2 labels not found at {root}")
+    root = require_shared("data/affwild2-va-labels")
     c = load_corpus(root)
     assert len(c) == 356
     st = corpus_stats(c)

@@ -12,6 +12,7 @@ import torch
 
 from mediautil import write_frames as write_video
 from vaest.corpus import Video
+from conftest import require_fer_torch, require_shared
 from vaest.errors import ModelError, VaestError
 from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor, FaceTrackExtractor
 from vaest.features.face_encoders import create_encoder, list_encoders
@@ -175,10 +176,8 @@ def test_grada_preprocessing_is_the_reference_letterbox():
 def test_fer_encoder_loads_package_weights():
     from vaest.features.face_registry import fer_weights_path
 
-    try:
-        path = fer_weights_path()
-    except ModelError as e:
-        pytest.skip(f"facial-emotion-recognition weights not installed: {e}")
+    require_fer_torch()  # the weights ship in the optional facial-emotion-recognition package
+    path = fer_weights_path()
     enc = create_encoder("fer")
     assert enc.classes == FER_CLASSES and enc.feature_dim == 256
     w0 = enc.conv_1[1].weight.detach().clone()
@@ -350,13 +349,10 @@ def test_cropped_aligned_images_are_used(tmp_path):
 
 
 def test_synthetic_corpus_faces(request, tmp_path):
-    """On the shared synthetic corpus (when the fixture exists): faces found where visible, mouth area follows
+    """On the shared synthetic corpus: faces found where visible, mouth area follows
     the rendered jaw opening."""
     _mediapipe()
-    try:
-        root = Path(request.getfixturevalue("synth_corpus"))
-    except pytest.FixtureLookupError:
-        pytest.skip("no synth_corpus fixture in conftest.py")
+    root = Path(request.getfixturevalue("synth_corpus"))  # after the mediapipe check: built only when it can run
     from vaest.corpus import load_corpus
     from vaest.features.base import run_extraction
     from vaest.features.mouth import MouthExtractor
@@ -384,16 +380,11 @@ def test_cremad_zero_shot_valence_ranks_happy_first(tmp_path):
     """Real talking faces: a face in nearly every frame; zero-shot valence of the happy clip above the sad,
     angry, disgusted and fearful ones."""
     clips = [SHARED / "cremad-av" / f"1001_DFA_{e}_XX.flv" for e in CREMAD]
-    if not all(p.exists() for p in clips):
-        pytest.skip(f"real clips not found under {SHARED / 'cremad-av'} (shared/ data absent)")
+    for p in clips:
+        require_shared(str(p.relative_to(SHARED.parent)))
     _mediapipe()
+    require_fer_torch()
     from vaest.features.base import run_extraction
-    from vaest.features.face_registry import fer_weights_path
-
-    try:
-        fer_weights_path()
-    except ModelError as e:
-        pytest.skip(str(e))
     vids = [Video(id=e, media=p, split="predict") for e, p in zip(CREMAD, clips)]
     store = FeatureStore(tmp_path / "feats")
     assert not run_extraction(store, [FaceTrackExtractor(), FaceEncoderExtractor()], vids).failed

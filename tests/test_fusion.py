@@ -38,7 +38,7 @@ def stretches(rng: np.random.Generator, n: int, share: float, min_len: int, max_
 
 
 def make_synthetic_runs(root: Path, n_train: int = 8, n_val: int = 4, n_frames: int = 600, fps: float = 30.0,
-                        emb_dim: int = 16, seed: int = 0, audio_tokens: bool = False) -> dict:
+                        emb_dim: int = 16, seed: int = 0, audio_tokens: bool = False, n_test: int = 0) -> dict:
     """An ABAW-layout label corpus and three modality run folders with known reliability structure.
 
     face: truth + noise where the face is visible (mask False and stale values in hidden stretches);
@@ -46,7 +46,7 @@ def make_synthetic_runs(root: Path, n_train: int = 8, n_val: int = 4, n_frames: 
     extra ``reliability`` = speaking; behavior: weak (valence through posture, arousal barely).
     ``audio_tokens`` also writes the audio run's ``audio-tokens`` records as the audio task does (values
     (W, 4, H) per-second embeddings of 4 s / 2 s windows, mask = window with >= 1 s of speech, extra
-    ``has_audio`` (W, 4)).
+    ``has_audio`` (W, 4)). ``n_test`` more videos (after train and val) go to a labelled ``Test_Set``.
     Returns {"corpus": root, "runs": {name: run}, "truth": {vid: dict}}.
     """
     rng = np.random.default_rng(seed)
@@ -55,8 +55,8 @@ def make_synthetic_runs(root: Path, n_train: int = 8, n_val: int = 4, n_frames: 
     runs = {m: root / "runs" / m for m in ("face", "behavior", "audio")}
     proj = {m: rng.normal(size=(2, emb_dim)).astype(np.float32) for m in runs}
     truth = {}
-    for i in range(n_train + n_val):
-        split = "Train_Set" if i < n_train else "Validation_Set"
+    for i in range(n_train + n_val + n_test):
+        split = "Train_Set" if i < n_train else "Validation_Set" if i < n_train + n_val else "Test_Set"
         vid = f"vid{i:02d}"
         n = n_frames
         y = np.stack([0.6 * np.tanh(smooth_noise(rng, n, 40)), 0.5 * np.tanh(smooth_noise(rng, n, 25))], 1)
@@ -445,7 +445,7 @@ def test_search_uses_renormalised_frames():
     np.testing.assert_allclose([s["valence"], s["arousal"]], best, atol=1e-5)
 
 
-def test_late_fusion_run_beats_single_sets(synth_runs, tmp_path):
+def test_late_fusion_run_folder_and_search_score(synth_runs, tmp_path):
     from vaest.corpus import load_corpus
     from vaest.inference import evaluate_predictions, read_run_json
     from vaest.tasks.late import late_fusion
@@ -456,6 +456,8 @@ def test_late_fusion_run_beats_single_sets(synth_runs, tmp_path):
     assert info["modality"] == "late" and set(info["weights"]) == {"face", "behavior", "audio"}
     assert all(len(w) == 2 for w in info["weights"].values())
     np.testing.assert_allclose(np.sum(list(info["weights"].values()), 0), [1, 1], atol=1e-9)
+    # the searched weights' own score (on the frames they were searched on) is at least each one-hot candidate's;
+    # that the weights generalise is tested on held-out videos in tests/test_fusion_learning.py
     c = load_corpus(synth_runs["corpus"])
     singles = [evaluate_predictions(r, c, "val")["mean"] for r in synth_runs["runs"].values()]
     assert res["metrics"]["mean"] >= max(singles) - 1e-6

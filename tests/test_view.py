@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import require_browser
 from mediautil import make_video, make_wav
 
 from vaest.errors import VaestError
@@ -192,30 +194,17 @@ def test_evaluate_report_writes_index_and_video_pages(eval_report):
 
 # ---------------------------------------------------------------- in a real browser
 
-def _chromium() -> str | None:
-    for name in (os.environ.get("VAEST_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    """A headless Chromium context (fresh profile); skips with the reason when none can be driven."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set VAEST_CHROMIUM; see scripts/setup.sh)")
+    """A headless Chromium context (fresh profile). Skips naming what is missing (Playwright, a Chromium binary;
+    under CI=true their absence fails); a browser that is there but will not start fails the tests."""
+    exe = require_browser()
+    from playwright.sync_api import sync_playwright
+
     profile = tempfile.mkdtemp(prefix="vaest-chromium-")
     with sync_playwright() as p:
-        try:
-            ctx = p.chromium.launch_persistent_context(profile, executable_path=exe, headless=True, args=LAUNCH_ARGS,
-                                                       viewport={"width": 1100, "height": 900})
-        except Exception as e:  # playwright raises its own Error for a browser that will not start
-            pytest.skip(f"Chromium at {exe} does not start: {e}")
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=exe, headless=True, args=LAUNCH_ARGS,
+                                                   viewport={"width": 1100, "height": 900})
         yield ctx
         ctx.close()
     shutil.rmtree(profile, ignore_errors=True)

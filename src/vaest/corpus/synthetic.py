@@ -31,7 +31,7 @@ undelayed trajectory as ``affect_valence`` / ``affect_arousal`` (``valence`` / `
 Layout written below ``OUT``::
 
     videos/<name>.mp4                                        H.264 yuv420p + AAC mono 16 kHz
-    annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set}/<label>.txt
+    annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set[,Test_Set]}/<label>.txt
     cropped_aligned/<label>/%05d.jpg                         112x112 aligned crops, 1-based, visible faces only
     synth_truth/<label>.npz                                  per-frame labels, rendered affect and latent signals
     videos_fps.csv                                           ``video_name,fps`` as the organisers ship it
@@ -963,7 +963,7 @@ class _VideoJob:
     seed: int
     n_frames: int
     fps: float
-    split: str  # "Train_Set" | "Validation_Set"
+    split: str  # "Train_Set" | "Validation_Set" | "Test_Set"
     two_person: bool
     force_invalid: bool
     threads: int
@@ -1154,17 +1154,19 @@ def synthesize(
     val_fraction: float = 0.3,
     workers: int = 2,
     annotation_lag: float = 1.0,
+    test_fraction: float = 0.0,
 ) -> dict:
     """Write a synthetic Aff-Wild2-layout corpus below ``out`` (see the module docstring for the layout).
 
-    Videos are named ``synth-000``, ``synth-001``, ...; the last ``round(val_fraction * n_videos)``
-    (at least one) go to the validation split, and video 4 (or the last one when there are fewer than 5)
+    Videos are named ``synth-000``, ``synth-001``, ...; the last ``round(test_fraction * n_videos)`` go to a
+    labelled test split (``Test_Set``: none by default), the ``round(val_fraction * n_videos)`` before them (at
+    least one) to the validation split, the rest to train (at least one); video 4 (or the last one when there are fewer than 5)
     shows two people with labels ``<name>_left`` / ``<name>_right``. The same ``seed`` gives the same
     labels, truth and decoded media whatever ``workers`` is. ``annotation_lag`` is the raters' mean
     reaction lag in seconds (see the module docstring): it changes the label files only, never the media.
 
     Returns:
-        summary dict: ``train`` / ``val`` (label names per split), ``videos`` (video names),
+        summary dict: ``train`` / ``val`` / ``test`` (label names per split), ``videos`` (video names),
         ``frames`` (per video), ``total_frames``, ``seconds_taken`` (wall clock, also as ``seconds``),
         ``cpu_seconds`` (summed over the workers), ``out``.
 
@@ -1184,25 +1186,33 @@ def synthesize(
             f"annotation_lag must lie in [0, {seconds / (2 * _LAG_SPREAD[1]):.2f}] s for {seconds} s videos "
             f"(at most half a video once varied), got {annotation_lag}"
         )
+    if not (0.0 <= test_fraction < 1.0 and 0.0 <= val_fraction < 1.0):
+        raise VaestError(f"val_fraction and test_fraction must lie in [0, 1), got {val_fraction}, {test_fraction}")
+    n_test = int(round(test_fraction * n_videos))
+    n_val = int(min(n_videos - 1 - n_test, max(1, round(val_fraction * n_videos))))
+    if n_val < 1:
+        raise VaestError(f"{n_videos} videos leave no training video with {n_val} validation and {n_test} test "
+                         "videos; add videos or lower the fractions")
     _espeak_binary()
-    n_val = int(min(n_videos - 1, max(1, round(val_fraction * n_videos))))
-    n_train = n_videos - n_val
+    n_train = n_videos - n_val - n_test
     two_idx = 4 if n_videos > 4 else n_videos - 1
     n_frames = int(round(seconds * fps))
     workers = max(1, int(workers))
     threads = 1  # x264's output depends on its thread count: keep it fixed so media do not depend on `workers`
     jobs = []
     for i in range(n_videos):
-        split = "Train_Set" if i < n_train else "Validation_Set"
+        split = "Train_Set" if i < n_train else "Validation_Set" if i < n_train + n_val else "Test_Set"
         jobs.append(
             _VideoJob(
                 out=str(out), name=f"synth-{i:03d}", index=i, seed=int(seed), n_frames=n_frames, fps=float(fps),
-                split=split, two_person=i == two_idx, force_invalid=i in (0, n_train), threads=threads,
+                split=split, two_person=i == two_idx, force_invalid=i in (0, n_train, n_train + n_val),
+                threads=threads,
                 annotation_lag=float(annotation_lag),
             )
         )
     for sub in ("videos", "annotations/VA_Estimation_Challenge/Train_Set",
-                "annotations/VA_Estimation_Challenge/Validation_Set", "cropped_aligned", "synth_truth"):
+                "annotations/VA_Estimation_Challenge/Validation_Set", "cropped_aligned", "synth_truth") + (
+                ("annotations/VA_Estimation_Challenge/Test_Set",) if n_test else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     log.info("synthesizing %d videos of %.1f s at %.2f fps into %s (%d workers, annotation lag %.2f s)",
              n_videos, seconds, fps, out, workers, annotation_lag)
@@ -1236,6 +1246,7 @@ def synthesize(
         "out": str(out),
         "train": [lab["label"] for v in videos if v["split"] == "Train_Set" for lab in v["labels"]],
         "val": [lab["label"] for v in videos if v["split"] == "Validation_Set" for lab in v["labels"]],
+        "test": [lab["label"] for v in videos if v["split"] == "Test_Set" for lab in v["labels"]],
         "videos": [v["name"] for v in videos],
         "frames": {v["name"]: v["frames"] for v in videos},
         "total_frames": int(sum(v["frames"] for v in videos)),
@@ -1255,7 +1266,7 @@ def synthesize(
             "generator": "vaest.corpus.synthetic",
             "vaest_version": __version__,
             "settings": {"n_videos": n_videos, "seconds": seconds, "seed": seed, "fps": fps,
-                         "val_fraction": val_fraction, "workers": workers, "annotation_lag": annotation_lag},
+                         "val_fraction": val_fraction, "test_fraction": test_fraction, "workers": workers, "annotation_lag": annotation_lag},
             "audio_rate": _AUDIO_RATE,
             "real_label_stats": REAL_LABEL_STATS,
             "videos": videos,

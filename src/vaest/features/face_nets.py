@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -257,6 +257,15 @@ class GradaEncoder(FrameEncoder):
         self.activation_embeddings = nn.Tanh()
         self.classifier = nn.Linear(c.emb_dim, c.num_classes)
         self.regression = nn.Linear(c.emb_dim, 2)
+
+    @classmethod
+    def from_option(cls, variant: str, weights: str | Path | None = None, device: str = "cpu",
+                    **config: Any) -> "GradaEncoder":
+        """``grada:<path to affective_static_efficientNet_b1.pth>``: the checkpoint named in the option itself, so
+        that a bundle records it with the encoder (``vaest bundle --face-encoder grada:PATH``)."""
+        enc = cls(GradaConfig(**config))
+        enc.load_weights(weights if weights is not None else variant)
+        return enc.to(device).eval()
 
     @property
     def feature_dim(self) -> int:
