@@ -331,3 +331,18 @@ def test_audio_runs_beside_the_frames_only_for_short_media(tmp_path):
                     "-c:v", "libx264", "-c:a", "aac", "-shortest", str(long)], check=True)
     assert audio_beside(probe(short).duration) and not audio_beside(probe(long).duration)
     assert not audio_beside(None) and not audio_beside(0.0)
+
+
+def test_cache_key_names_a_non_default_working_size(tmp_path):
+    """Features made at one working size are never served to a run at another: a non-default
+    ``working_side`` gets its own cache folder, the default keeps the plain media key (old caches stay valid)."""
+    import vaest
+    from vaest.media import WORKING_SIDE
+    from vaest.predictor.extract import media_key
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not decoded here")
+    stores = {side: vaest.Predictor(device="cpu", cache=tmp_path / "cache", working_side=side)._store(clip).root
+              for side in (None, WORKING_SIDE, 480, 0)}
+    assert stores[None] == stores[WORKING_SIDE] == tmp_path / "cache" / media_key(clip)
+    assert stores[480].name == media_key(clip) + "-w480" and stores[0].name == media_key(clip) + "-w0"

@@ -19,7 +19,7 @@ import numpy as np
 from vaest.corpus import AUDIO_EXTS, Video
 from vaest.errors import FeatureError, MediaError, VaestError
 from vaest.features.store import FeatureStore, MemoryStore
-from vaest.media import MediaInfo
+from vaest.media import WORKING_SIDE, MediaInfo
 from vaest.predictor.extract import AUDIO_ONLY_FPS, IMAGE_EXTS, FrameTimes, audio_beside, media_key, people_extractors
 from vaest.predictor.people import PeoplePath, check_people
 from vaest.predictor.result import MODALITIES, PredictionResult, finalize, frame_modalities
@@ -169,7 +169,10 @@ class Predictor(PeoplePath):
     def _store(self, path: Path) -> FeatureStore:
         if self.cache is None:
             return MemoryStore(path.name)
-        return FeatureStore(self.cache / media_key(path))
+        key = media_key(path)
+        if self.working_side is not None and self.working_side != WORKING_SIDE:
+            key += f"-w{self.working_side}"  # features made at another working size are not reused
+        return FeatureStore(self.cache / key)
 
     def _extract(self, store: FeatureStore, video: Video, info: MediaInfo) -> None:
         """Run the extractors that ``store`` lacks (all with ``force``) on the media (``info``: its probe),
