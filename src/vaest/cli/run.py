@@ -273,11 +273,11 @@ def submit(
         videos = load_corpus(corpus).split(split)
         if features is not None:
             from vaest.features.store import FeatureStore
-            from vaest.pipeline import bundle_store_predictions
+            from vaest.bundles import bundle_store_predictions
 
             got = bundle_store_predictions(run, FeatureStore(features), videos)
         else:
-            from vaest.pipeline import bundle_predictions
+            from vaest.bundles import bundle_predictions
 
             got = bundle_predictions(run, videos)
         if not got:
@@ -336,7 +336,7 @@ def bundle(
 ) -> None:
     """Build a model bundle from official Team RAS checkpoint files (for `vaest predict --model` and `vaest submit`)."""
     from vaest.config import load_config, write_run_info
-    from vaest.pipeline import bundle_from_official
+    from vaest.bundles import bundle_from_official
 
     cfg = load_config(settings) if settings else {}
     k = tuple(int(x) for x in kernels.split(","))
