@@ -3,8 +3,9 @@
 Run it with the code *before* a speed change (e.g. ``git archive <commit> src | tar -x -C /tmp/base`` and
 ``PYTHONPATH=/tmp/base/src python benchmarks/predict_reference.py``): it predicts one real CREMA-D clip
 zero-shot (1 torch thread) and writes the per-frame columns at full float precision to
-``tests/data/predict_reference.csv``. The committed file was made with commit 437aace (the zero-shot rules of issue 15, before issue 13's
-predict speed work).
+``tests/data/predict_reference.csv``. The committed file was made with commit 1e59cc1 (issue 26's zero-shot rules: the `ensemble` face encoder and
+the published expression means), after issue 13's predict speed work; the file before it came from 437aace
+(issue 15's rules, before the speed work).
 
 Usage: ``python benchmarks/predict_reference.py [--clip PATH] [--out tests/data/predict_reference.csv]``
 """

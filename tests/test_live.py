@@ -544,16 +544,12 @@ def test_live_equals_offline_where_both_are_causal(tmp_path):
 
 @pytest.fixture(scope="module")
 def chromium():
-    """A headless Chromium context (fresh profile), as tests/test_view.py drives it; skips with the reason."""
-    from test_view import LAUNCH_ARGS, _chromium
+    """A headless Chromium context (fresh profile), as tests/test_view.py drives it (conftest.require_browser)."""
+    from conftest import require_browser
+    from test_view import LAUNCH_ARGS
 
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set VAEST_CHROMIUM; see scripts/setup.sh)")
+    exe = require_browser()  # skips naming what is missing; under CI a failure
+    from playwright.sync_api import sync_playwright
     import tempfile
 
     profile = tempfile.mkdtemp(prefix="vaest-chromium-")

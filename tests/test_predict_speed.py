@@ -5,7 +5,8 @@ Tolerances:
 - encoder, channels-last vs the plain NCHW computation of the same weights: atol 1e-5 on probabilities and
   embeddings (values of order 1): only the float summation order differs (measured: <= 1e-6);
 - whole ``Predictor.predict`` on a real CREMA-D clip vs the outputs of the code before the change
-  (``tests/data/predict_reference.csv``, written by ``benchmarks/predict_reference.py`` with commit 437aace: the zero-shot rules as they are, before the speed work):
+  (``tests/data/predict_reference.csv``, written by ``benchmarks/predict_reference.py``; first with commit 437aace,
+  before the speed work, and rewritten with commit 1e59cc1 when issue 26 changed the zero-shot rules on purpose):
   1e-3 on valence/arousal (on a -1..1 scale, 10x the encoder's rounding after the smoothing and fusion, and far
   below a changed crop, detection or frame order, which move frames by 0.01-0.3), 0.05 px on the boxes (the
   tracker itself is unchanged, so boxes must agree to float printing), and the same frames with/without values.
