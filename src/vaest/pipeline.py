@@ -416,8 +416,9 @@ def demo_table(metrics: Sequence[dict[str, Any]]) -> str:
         x = np.array([m["runs"][name][rep]["smoothed"]["mean"] for m in metrics], dtype=float)
         per[name] = x
         sd = float(x.std(ddof=1)) if len(x) > 1 else math.nan
+        sd_cell = _fmt(sd) if len(x) > 1 else "–"  # one seed has no spread
         lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in x) +
-                     f" | {_fmt(x.mean())} | {_fmt(sd)} | {_fmt(x.min())} |")
+                     f" | {_fmt(x.mean())} | {sd_cell} | {_fmt(x.min())} |")
     best_single = np.max(np.stack([per[m] for m in MODALITIES]), axis=0)
     lines.append("")
     for f in FUSIONS:
