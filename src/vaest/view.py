@@ -84,7 +84,8 @@ class Group:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _asset(name: str) -> str:
+def asset(name: str) -> str:
+    """The text of a packaged asset (``vaest/assets/<name>``), to inline into a self-contained page."""
     return resources.files("vaest").joinpath("assets", name).read_text(encoding="utf-8")
 
 
@@ -225,7 +226,7 @@ def render_page(title: str, groups: Sequence[Group], media: dict[str, Any], meta
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
-<style>{_asset("uPlot.min.css")}</style>
+<style>{asset("uPlot.min.css")}</style>
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 12px 18px; color: #222; }}
 h1 {{ font-size: 18px; margin: 4px 0 8px; }}
@@ -257,8 +258,9 @@ table.meta th, table.meta td {{ border: 1px solid #ddd; padding: 2px 6px; text-a
 {_meta_rows(meta)}
 </table></details>
 <script id="vaest-data" type="application/json">{_script_json(data)}</script>
-<script>{_asset("uPlot.iife.min.js")}</script>
-<script>{_asset("view.js")}</script>
+<script>{asset("uPlot.iife.min.js")}</script>
+<script>{asset("plane.js")}</script>
+<script>{asset("view.js")}</script>
 </body></html>
 """
 

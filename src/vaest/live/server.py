@@ -18,12 +18,12 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from vaest.errors import VaestError
+from vaest.view import asset
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ def parse_serve(spec: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _asset(name: str) -> str:
-    return resources.files("vaest").joinpath("assets", name).read_text(encoding="utf-8")
-
-
 def live_page(title: str) -> str:
     """The HTML of the live page (self-contained but for its event stream ``/events``)."""
     return f"""<!DOCTYPE html>
@@ -51,7 +47,7 @@ def live_page(title: str) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
 <link rel="icon" href="data:,">
-<style>{_asset("uPlot.min.css")}</style>
+<style>{asset("uPlot.min.css")}</style>
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 12px 18px; color: #222; }}
 h1 {{ font-size: 18px; margin: 4px 0 8px; }}
@@ -73,8 +69,9 @@ h1 {{ font-size: 18px; margin: 4px 0 8px; }}
 <div id="vaest-readout"></div>
 <div id="vaest-status" class="vaest-note"></div>
 <div id="vaest-plots"></div>
-<script>{_asset("uPlot.iife.min.js")}</script>
-<script>{_asset("live.js")}</script>
+<script>{asset("uPlot.iife.min.js")}</script>
+<script>{asset("plane.js")}</script>
+<script>{asset("live.js")}</script>
 </body></html>
 """
 
