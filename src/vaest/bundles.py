@@ -17,23 +17,13 @@ from vaest.apply import Bundle
 from vaest.corpus import Video
 from vaest.errors import VaestError
 from vaest.features.store import FeatureStore
-from vaest.io import atomic_write_json
+from vaest.io import atomic_write_json, file_sha256
 from vaest.postprocess import REFERENCE_KERNELS, postprocess
 
 log = logging.getLogger(__name__)
 
 
 OFFICIAL_PARTS = ("face", "behavior", "dcm")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _layer_count(sd: dict[str, Any], prefix: str) -> int:
@@ -133,7 +123,7 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
             models[part] = convert(sd, **kw)
         except TypeError as e:  # a setting the official constructor does not take
             raise VaestError(f"{path}: official {part} settings {sorted(kw)}: {e}") from None
-        sources[part] = {"source": str(path.resolve()), "sha256": _sha256(path), "settings": kw}
+        sources[part] = {"source": str(path.resolve()), "sha256": file_sha256(path), "settings": kw}
     modalities: dict[str, Path] = {}
     if "face" in models:
         m = models["face"]
