@@ -181,6 +181,13 @@ class BehaviorModel:
         self.run, self.device = Path(run), device
         self.model, self.ck = _checkpoint(self.run, device)
         self.settings = read_settings(self.run, BehaviorInputs) or BehaviorInputs.from_checkpoint(self.ck)
+        from vaest.features.store import Expect
+
+        # segment inputs of another width than the model was trained on are refused, naming the store file and
+        # the run (one reader for every video; the config hash is not compared: the checkpoint does not keep it)
+        st = self.settings
+        self.expect = Expect(f"the behavior model {self.run} (encoder {st.encoder!r}, {st.branch}/{st.pool})",
+                             self.ck.get("inputs", {}).get("dim"), same_hash=False)
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
@@ -189,7 +196,7 @@ class BehaviorModel:
         from vaest.inputs.behavior import frame_mask, load_items, to_sequence
         from vaest.sequences import frames_from_steps, predict_sequence
 
-        items, _ = load_items([video], store, self.settings)
+        items, _ = load_items([video], store, self.settings, self.expect)
         if not items:
             return None
         it = items[0]
