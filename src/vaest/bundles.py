@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 OFFICIAL_PARTS = ("face", "behavior", "dcm", "audio", "raav")
 # official modality names of the RAAV fusion -> vaest modality runs (the official best run: face and qwen_mm)
 RAAV_RENAME = {"qwen_mm": "behavior"}
-# what the official RAAV constructor takes but the converter reads off the tensors (accepted and checked or ignored)
+# official RAAV constructor arguments the converter reads off the tensors: given in --settings (e.g. pasted from the
+# official config), the widths and counts are checked against the tensors; modality_priors, only the initial value
+# of the learned log-priors the checkpoint holds, is not used
 _RAAV_FROM_TENSORS = ("hidden", "num_temporal_layers", "num_audio_latents", "modality_priors")
 
 
@@ -88,7 +90,7 @@ def official_settings(part: str, sd: dict[str, Any], given: dict[str, Any], path
 def _audio_backbone_config(source: str) -> dict[str, Any]:
     """The transformers config (as a dict) of the official audio model's backbone: ``source`` is a folder written
     by ``save_pretrained`` (only its ``config.json`` is read, no weights), that ``config.json`` itself, or a hub id
-    in the local cache. The official checkpoint holds the backbone's weights, not its architecture settings."""
+    (from the Hugging Face cache or hub). The official checkpoint holds the backbone's weights, not its architecture settings."""
     try:
         from transformers import AutoConfig
     except ImportError:
