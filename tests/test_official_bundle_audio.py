@@ -16,11 +16,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from test_official import lengths_mask
 from test_official_audio import _Batch, chimera_stub, official_audio  # noqa: F401  (fixtures)
-from test_official_bundle import FPS, N, TOL, _features, official_files  # noqa: F401  (fixture)
+from test_official_bundle import (FPS, N, TOL, _features, official_files,  # noqa: F401  (fixture)
+                                  official_outputs, submit_from_store)
 from vaest.cli import app
-from vaest.features.store import FeatureRecord, FeatureStore, MemoryStore
+from vaest.features.store import FeatureRecord, MemoryStore
 from vaest.timebase import TimeBase, TimeSeries
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,13 +79,7 @@ def test_bundle_with_official_audio_and_raav_predicts_as_the_official_modules(of
     wav = _with_audio(store)
     # the official modules' outputs on the same features
     preds, feats = _official_audio_windows(audio_model, wm, wav)
-    with torch.no_grad():
-        emb_f, va_f = official_files["face"].forward_with_embeddings(torch.from_numpy(x)[None],
-                                                                     mask=lengths_mask([N], N))
-        ob = official_files["behavior"]
-        sx, valid = torch.from_numpy(segs)[None], torch.ones(1, 3, dtype=torch.bool)
-        va_b = ob(features=sx, valid_mask=valid)[0].numpy()
-        emb_b = ob.features_from_hidden(ob.encode(features=sx, valid_mask=valid), "head_dropout")[0].numpy()
+    emb_f, va_f, va_b, emb_b = official_outputs(official_files, x, segs)
     base = store.load("behavior-vlm", "v").base
     beh_va, beh_emb = frames_from_steps(va_b, base, N, FPS), frames_from_steps(emb_b, base, N, FPS)
     face_emb, face_va = emb_f[0].numpy(), va_f[0].numpy()
@@ -183,21 +177,9 @@ def test_bundle_with_official_audio_and_raav_predicts_as_the_official_modules(of
     assert np.abs(fused.va - face.va).max() > 0.01  # the fusion is not a pass-through of the face
 
     # `vaest submit BUNDLE --features STORE`: the same models on stored features, smoothed with the bundle's kernels
-    from vaest.corpus.labels import write_va_file
     from vaest.postprocess import postprocess
-    from vaest.submission import read_submission
 
-    disk = FeatureStore(tmp_path / "feats")
-    for key in ("face-tiny", "behavior-vlm", "audio-wavlm", "mouth"):
-        disk.save(key, "v", store.load(key, "v"))
-    corpus = tmp_path / "abaw"
-    write_va_file(corpus / "annotations" / "VA_Estimation_Challenge" / "Test_Set" / "v.txt",
-                  np.zeros((N, 2), np.float32))
-    sub = tmp_path / "sub.csv"
-    r = CliRunner().invoke(app, ["submit", str(out), "--corpus", str(corpus), "--split", "test", "--features",
-                                 str(disk.root), "--out", str(sub)])
-    assert r.exit_code == 0, r.output
-    got = read_submission(sub)["v"]
+    got = submit_from_store(out, store, ("face-tiny", "behavior-vlm", "audio-wavlm", "mouth"), tmp_path)
     np.testing.assert_allclose(got, postprocess(want.astype(np.float32), np.ones(N, bool), b.kernels), atol=2 * TOL)
 
 
