@@ -134,7 +134,8 @@ def test_bundle_with_official_audio_and_raav_predicts_as_the_official_modules(of
     backbone = root / "wavlm"
     audio_model.backbone.config.save_pretrained(backbone)  # the architecture only (config.json), no weights
     settings = root / "settings.yaml"
-    settings.write_text(official_files["settings"].read_text() + "audio: {unfreeze_last_n_layers: 2}\n"
+    settings.write_text(official_files["settings"].read_text() + "audio: {unfreeze_last_n_layers: 2, model_name: 3loi/SER-Odyssey-Baseline-WavLM-Multi-Attributes, "
+                        "freeze_backbone: false, pooling: attn_stats}\n"
                         "raav: {num_heads: 4, hidden: 16, use_predictions: true}\n")
     f = official_files["files"]
     out = tmp_path / "bundle"

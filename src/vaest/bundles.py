@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 OFFICIAL_PARTS = ("face", "behavior", "dcm", "audio", "raav")
 # official modality names of the RAAV fusion -> vaest modality runs (the official best run: face and qwen_mm)
 RAAV_RENAME = {"qwen_mm": "behavior"}
+# official audio constructor arguments (configs/cfg_test_w_audio.yaml model.params) with no effect on a trained model
+_AUDIO_TRAINING_ONLY = ("model_name", "freeze_backbone")
 # official RAAV constructor arguments the converter reads off the tensors: given in --settings (e.g. pasted from the
 # official config), the widths and counts are checked against the tensors; modality_priors, only the initial value
 # of the learned log-priors the checkpoint holds, is not used
@@ -109,7 +111,8 @@ def _convert(part: str, sd: dict[str, Any], kw: dict[str, Any], path: Path, audi
                                        face_from_official, raav_from_official)
 
     try:
-        if part == "audio":
+        if part == "audio":  # the ssl weights' hub id and the freezing switch only matter when training starts
+            kw = {k: v for k, v in kw.items() if k not in _AUDIO_TRAINING_ONLY}
             return audio_from_official(sd, _audio_backbone_config(audio_backbone), **kw)
         if part == "raav":
             kw = dict(kw)
