@@ -332,7 +332,7 @@ def bundle(
                                                  "not with --dcm.")] = None,
     audio_backbone: Annotated[str, typer.Option(help="Where the audio backbone's architecture is read (the "
                                                 "checkpoint holds its weights only): a folder written by "
-                                                "save_pretrained, its config.json, or a cached hub id.")]
+                                                "save_pretrained, its config.json, or a hub id.")]
                     = "microsoft/wavlm-large",
     settings: Annotated[Optional[Path], typer.Option(help="YAML: per part (face, behavior, dcm, audio, raav) the "
                                                      "official constructor arguments the weights' shapes do not "
