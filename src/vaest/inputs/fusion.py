@@ -137,15 +137,92 @@ class FusionData:
 
 
 
-def _modality_input(t: Track | None, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``[emb, va]`` (n, width) float32 and mask (n,); zeros and all-False when the modality has no track."""
+class FrameInput:
+    """One modality's fusion input of one video, ``[emb, va]`` (n, width) float32 with NaN and inf replaced as
+    :func:`numpy.nan_to_num` does, gathered only for the rows asked for (a training window, a batch's samples).
+
+    ``parts`` are read side by side: the track's ``emb`` (a :class:`~vaest.features.store.StoredArray` when read
+    from a run folder: it stays on disk) and ``va`` (in memory). A part shorter than ``n`` reads as zeros past
+    its end (what :meth:`~vaest.inference.Track.resized` pads, after nan_to_num), a longer one is cut to ``n``;
+    no parts = a modality without a track: zeros, and no memory. Indexed like an array by the windowing helper
+    (:func:`vaest.windows.take_window`) and the batch builders: ``x[i:j]``, ``x[index_array]``, ``x[i]``; the
+    rows are the same floats as the whole array built at once.
+    """
+
+    def __init__(self, parts: Seq[Any], n: int, width: int | None = None):
+        self.parts = list(parts)
+        w = sum(int(p.shape[1]) for p in self.parts)
+        if width is not None and self.parts and w != width:
+            raise FeatureError(f"modality input width {w} differs from {width} in other videos of the run")
+        self.shape = (int(n), w if self.parts or width is None else int(width))
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        """Rows ``idx`` (slice, int or 1-D integer index array) as a fresh (k, width) float32 array."""
+        n = self.shape[0]
+        if isinstance(idx, (int, np.integer)):
+            i = int(idx) + (n if idx < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {idx} out of range for {n} rows")
+            return self[i : i + 1][0]
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(n)
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            stop = max(start, stop)
+            out = np.zeros((stop - start, self.shape[1]), np.float32)
+            c = 0
+            for p in self.parts:
+                w, e = int(p.shape[1]), min(stop, len(p))
+                if e > start:
+                    out[: e - start, c : c + w] = p[start:e]
+                c += w
+        else:
+            ix = np.asarray(idx, dtype=np.int64)
+            if ix.ndim != 1:
+                raise IndexError("FrameInput takes a slice, an int or a 1-D index array")
+            ix = np.where(ix < 0, ix + n, ix)
+            if len(ix) and (ix.min() < 0 or ix.max() >= n):
+                raise IndexError(f"index out of range for {n} rows")
+            out = np.zeros((len(ix), self.shape[1]), np.float32)
+            c = 0
+            for p in self.parts:
+                w = int(p.shape[1])
+                inside = ix < len(p)
+                if inside.all():
+                    out[:, c : c + w] = p[ix]
+                elif inside.any():
+                    out[inside, c : c + w] = p[ix[inside]]
+                c += w
+        return np.nan_to_num(out, copy=False)
+
+    def read(self) -> np.ndarray:
+        """All rows, in memory."""
+        return self[:]
+
+
+def _fit(mask: np.ndarray, n: int) -> np.ndarray:
+    """A (m,) bool mask cut or padded (False) to ``n``."""
+    out = np.zeros(n, dtype=bool)
+    k = min(n, len(mask))
+    out[:k] = mask[:k]
+    return out
+
+
+def _modality_input(t: Track | None, n: int, width: int) -> tuple[FrameInput, np.ndarray]:
+    """``[emb, va]`` (n, width) (:class:`FrameInput`: rows read when asked for) and mask (n,) of a track of any
+    length; zeros and all-False when the modality has no track."""
     if t is None:
-        return np.zeros((n, width), dtype=np.float32), np.zeros(n, dtype=bool)
+        return FrameInput([], n, width), np.zeros(n, dtype=bool)
     parts = ([t.emb] if t.emb is not None else []) + [t.va]
-    x = np.nan_to_num(np.concatenate(parts, 1, dtype=np.float32), copy=False)  # one (n, width) array, no copies
-    if x.shape[1] != width:
-        raise FeatureError(f"modality input width {x.shape[1]} differs from {width} in other videos of the run")
-    return x, t.mask.copy()
+    return FrameInput(parts, n, width), _fit(t.mask, n)
 
 
 
@@ -223,13 +300,15 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
             if t is not None and len(t) != n:
                 log.warning("%s: %s predictions have %d frames, %s has %d; aligned to %d", vid, m, len(t),
                             names[0], n, n)
-                tr[m] = t.resized(n)
-        inputs: dict[str, np.ndarray] = {}
+        inputs: dict[str, Any] = {}
         avail: dict[str, np.ndarray] = {}
-        for m in names:
+        for m in names:  # FrameInput cuts or pads a track of another length to n itself
             inputs[m], inputs[f"{m}_mask"] = _modality_input(tr[m], n, widths[m])
             avail[m] = inputs[f"{m}_mask"]
         at = tr.get(AUDIO)
+        a_in = at
+        if at is not None and len(at) != n:
+            at = at.resized(n)  # its emb read whole for this video's windows (the audio tokens are built here)
         if audio_run is not None and AUDIO in widths:
             if at is None:
                 avail[AUDIO] = np.zeros(n, dtype=bool)
@@ -249,7 +328,7 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
                     tok_masks.append(aw.token_mask)
                     offset += len(aw.tokens)
                 else:
-                    inputs[AUDIO], _ = _modality_input(at, n, widths[AUDIO])
+                    inputs[AUDIO], _ = _modality_input(a_in, n, widths[AUDIO])
                     inputs["audio_mask"] = avail[AUDIO]
         v = by_id[vid]
         labels = v.labels_for(n) if v.has_labels else np.full((n, 2), np.nan, dtype=np.float32)
