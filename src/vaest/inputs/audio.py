@@ -91,12 +91,45 @@ def label_rule(targets: np.ndarray, min_valid: int = 2) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 
+class VideoStandardized:
+    """Cached frame features z-scored within their video (``feature_norm="video"``), read by rows on demand.
+
+    ``x`` is the stored (T, D) record (a :class:`~vaest.features.store.StoredArray` from
+    :meth:`FeatureStore.open`: it stays on disk) and ``mean``/``std`` (D,) float32 its per-video statistics
+    (:meth:`of`: one whole read of that video, then dropped). ``z[i:j]`` gives ``(x[i:j] - mean) / std`` in
+    float32, the same floats as standardising the whole array at once.
+    """
+
+    def __init__(self, x: Any, mean: np.ndarray, std: np.ndarray):
+        self.x, self.mean, self.std = x, mean, std
+        self.shape = tuple(x.shape)
+        self.dtype = np.dtype(np.float32)
+
+    @classmethod
+    def of(cls, x: Any) -> "VideoStandardized":
+        """Statistics as the former whole-array form: float32 mean and std over the video, std floored at 1e-5."""
+        whole = np.asarray(x[:]).astype(np.float32)
+        return cls(x, whole.mean(0), np.maximum(whole.std(0), 1e-5))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        return (np.asarray(self.x[idx]).astype(np.float32) - self.mean) / self.std
+
+
 @dataclass
 class AudioItem:
     """One video's audio input, windows, targets and window statistics.
 
     Attributes:
-        x: (n_steps, D) cached frame features, or (n_samples, 1) waveform (float16) for the waveform models.
+        x: (n_steps, D) cached frame features, or (n_samples, 1) waveform (float16) for the waveform models;
+            left in the store (a :class:`~vaest.features.store.StoredArray`, or :class:`VideoStandardized` over
+            one) and read by window, so training's memory does not grow with hours of audio.
         rate, offset: steps per second of ``x`` and the time of its first step (its time base).
         starts: (n_windows,) window start seconds; ``n_sec``: 1 s bins of the media.
         targets: (n_windows, 4, 2) per-second targets (NaN invalid); ``has_audio``: (n_windows, 4) second has audio.
@@ -195,15 +228,15 @@ def load_item(store: FeatureStore, video: Video, encoder: str, filt: FilterConfi
 
     ``feature_norm="video"`` z-scores each dimension of cached frame features within the video (not waveforms);
     inference must use the setting the model was trained with (saved in its checkpoint as ``feature_norm``).
+    The features stay in the store (:meth:`FeatureStore.open`): windows read their rows when asked for.
     """
     if feature_norm not in ("global", "video"):
         raise FeatureError(f"feature_norm must be 'global' or 'video', got {feature_norm!r}")
-    rec = store.load(audio_key(encoder), video.id)
+    rec = store.open(audio_key(encoder), video.id)
     meta = rec.meta
-    x = rec.values
+    x: Any = rec.values
     if feature_norm == "video" and encoder != "wavlm" and len(x):
-        x = x.astype(np.float32)
-        x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-5)
+        x = VideoStandardized.of(x)
     n_frames, fps = frame_grid(store, video, meta)
     labels = video.labels_for(n_frames) if video.has_labels else None
     audio_s = float(meta.get("duration") or len(rec.values) * rec.base.hop)
