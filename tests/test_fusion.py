@@ -344,13 +344,13 @@ def test_build_fusion_data_reads_audio_token_records(tmp_path):
     assert set(idx[int(5.5 * 30)] - rows.min()) == {1, 2}
 
 
-def test_frame_input_reads_the_rows_of_the_whole_input_from_disk(tmp_path):
+def test_fusion_input_reads_the_rows_of_the_whole_input_from_disk(tmp_path):
     """A track stored in a run folder, 5 frames of 2-d emb with NaN and inf, read into a video grid of 7 frames
     (shorter track: zeros past its end) and of 3 frames (longer track: cut); the rows of every way of indexing
     equal the hand-written input ``[emb, va]`` with NaN -> 0 and inf -> float32's largest."""
-    from vaest.features.store import StoredArray
+    from vaest.features.store import RowView, StoredArray
     from vaest.inference import load_track
-    from vaest.inputs.fusion import FrameInput, _modality_input
+    from vaest.inputs.fusion import _modality_input
     from vaest.windows import take_window
 
     big = np.finfo(np.float32).max
@@ -362,7 +362,7 @@ def test_frame_input_reads_the_rows_of_the_whole_input_from_disk(tmp_path):
     want = np.array([[1, 2, .1, .2], [3, 0, .3, .4], [5, 6, 0, 0], [big, 8, .7, .8], [9, 10, .9, -1],
                      [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
     x, mask = _modality_input(t, 7, 4)
-    assert isinstance(x, FrameInput) and x.shape == (7, 4) and len(x) == 7
+    assert isinstance(x, RowView) and x.shape == (7, 4) and len(x) == 7
     np.testing.assert_array_equal(mask, [1, 1, 0, 1, 1, 0, 0])
     np.testing.assert_array_equal(x[:], want)
     np.testing.assert_array_equal(x[2:6], want[2:6])
@@ -390,8 +390,8 @@ def test_fusion_batches_from_disk_equal_those_of_inputs_in_memory(synth_runs):
     tasks (frame windows with audio tokens, reference samples of one audio window) and the windowed predictions
     are the same as from the whole inputs read into memory (the former path)."""
     from vaest.corpus import load_corpus
-    from vaest.features.store import StoredArray
-    from vaest.inputs.fusion import FrameInput, build_fusion_data, fuse
+    from vaest.features.store import RowView, StoredArray
+    from vaest.inputs.fusion import build_fusion_data, fuse
     from vaest.sequences import Sequence
     from vaest.tasks.fusion import FusionTask, WindowFusionTask
 
@@ -402,11 +402,11 @@ def test_fusion_batches_from_disk_equal_those_of_inputs_in_memory(synth_runs):
         for sq in lazy:
             for m in ("face", "behavior") + (("audio",) if method == "dcmmoe" else ()):
                 x = sq.inputs[m]
-                assert isinstance(x, FrameInput) and isinstance(x.parts[0], StoredArray), (method, m)
+                assert isinstance(x, RowView) and isinstance(x.parts[0], StoredArray), (method, m)
                 rec = load_predictions(synth_runs["runs"][m], sq.id)  # the whole stored record, by hand
                 whole = np.nan_to_num(np.concatenate([rec.extras["emb"], rec.values], 1, dtype=np.float32))
                 np.testing.assert_array_equal(x[:], whole)
-        eager = [Sequence(s.id, {k: v.read() if isinstance(v, FrameInput) else v for k, v in s.inputs.items()},
+        eager = [Sequence(s.id, {k: v.read() if isinstance(v, RowView) else v for k, v in s.inputs.items()},
                           s.target, s.base, s.n_frames, s.fps, s.frame_labels) for s in lazy]
         assert all(isinstance(v, np.ndarray) for s in eager for v in s.inputs.values())
         if method == "raav":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterable
 
 import numpy as np
@@ -37,7 +38,7 @@ from vaest.features.audio import (
     n_seconds,
     reliability_from_store,
 )
-from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.features.store import FeatureRecord, FeatureStore, RowView
 from vaest.media import fps_or_default
 from vaest.timebase import TimeBase, TimeSeries, fill_nearest, frame_midpoints, to_frames
 from vaest.windows import overlap_average, take_window
@@ -91,35 +92,16 @@ def label_rule(targets: np.ndarray, min_valid: int = 2) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class VideoStandardized:
-    """Cached frame features z-scored within their video (``feature_norm="video"``), read by rows on demand.
+def _zscore(mean: np.ndarray, std: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return (x - mean) / std
 
-    ``x`` is the stored (T, D) record (a :class:`~vaest.features.store.StoredArray` from
-    :meth:`FeatureStore.open`: it stays on disk) and ``mean``/``std`` (D,) float32 its per-video statistics
-    (:meth:`of`: one whole read of that video, then dropped). ``z[i:j]`` gives ``(x[i:j] - mean) / std`` in
-    float32, the same floats as standardising the whole array at once.
-    """
 
-    def __init__(self, x: Any, mean: np.ndarray, std: np.ndarray):
-        self.x, self.mean, self.std = x, mean, std
-        self.shape = tuple(x.shape)
-        self.dtype = np.dtype(np.float32)
-
-    @classmethod
-    def of(cls, x: Any) -> "VideoStandardized":
-        """Statistics as the former whole-array form: float32 mean and std over the video, std floored at 1e-5."""
-        whole = np.asarray(x[:]).astype(np.float32)
-        return cls(x, whole.mean(0), np.maximum(whole.std(0), 1e-5))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        return (np.asarray(self.x[idx]).astype(np.float32) - self.mean) / self.std
+def video_standardized(x: Any) -> RowView:
+    """Cached frame features (T, D) z-scored within their video (``feature_norm="video"``), read by rows on
+    demand: the statistics come from one whole read of that video (float32 mean and std, std floored at 1e-5,
+    as standardising the whole array), then only they are kept; a window's rows are ``(x - mean) / std``."""
+    whole = np.asarray(x[:]).astype(np.float32)
+    return RowView([x], transform=partial(_zscore, whole.mean(0), np.maximum(whole.std(0), 1e-5)))
 
 
 @dataclass
@@ -128,8 +110,9 @@ class AudioItem:
 
     Attributes:
         x: (n_steps, D) cached frame features, or (n_samples, 1) waveform (float16) for the waveform models;
-            left in the store (a :class:`~vaest.features.store.StoredArray`, or :class:`VideoStandardized` over
-            one) and read by window, so training's memory does not grow with hours of audio.
+            left in the store (a :class:`~vaest.features.store.StoredArray`, or :func:`video_standardized`'s
+            :class:`~vaest.features.store.RowView` over one) and read by window, so training's memory does not
+            grow with hours of audio.
         rate, offset: steps per second of ``x`` and the time of its first step (its time base).
         starts: (n_windows,) window start seconds; ``n_sec``: 1 s bins of the media.
         targets: (n_windows, 4, 2) per-second targets (NaN invalid); ``has_audio``: (n_windows, 4) second has audio.
@@ -236,7 +219,7 @@ def load_item(store: FeatureStore, video: Video, encoder: str, filt: FilterConfi
     meta = rec.meta
     x: Any = rec.values
     if feature_norm == "video" and encoder != "wavlm" and len(x):
-        x = VideoStandardized.of(x)
+        x = video_standardized(x)
     n_frames, fps = frame_grid(store, video, meta)
     labels = video.labels_for(n_frames) if video.has_labels else None
     audio_s = float(meta.get("duration") or len(rec.values) * rec.base.hop)

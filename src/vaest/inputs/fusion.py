@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from vaest.corpus import Video
-from vaest.errors import FeatureError, VaestError
+from vaest.errors import VaestError
+from vaest.features.store import RowView
 from vaest.inference import Track, crossfit_source, load_track, read_run_json
 from vaest.inputs.audio_windows import (N_TOKENS, AudioWindows, audio_windows, covered_by,
                                         frame_window_index)
@@ -137,75 +138,9 @@ class FusionData:
 
 
 
-class FrameInput:
-    """One modality's fusion input of one video, ``[emb, va]`` (n, width) float32 with NaN and inf replaced as
-    :func:`numpy.nan_to_num` does, gathered only for the rows asked for (a training window, a batch's samples).
-
-    ``parts`` are read side by side: the track's ``emb`` (a :class:`~vaest.features.store.StoredArray` when read
-    from a run folder: it stays on disk) and ``va`` (in memory). A part shorter than ``n`` reads as zeros past
-    its end (what :meth:`~vaest.inference.Track.resized` pads, after nan_to_num), a longer one is cut to ``n``;
-    no parts = a modality without a track: zeros, and no memory. Indexed like an array by the windowing helper
-    (:func:`vaest.windows.take_window`) and the batch builders: ``x[i:j]``, ``x[index_array]``, ``x[i]``; the
-    rows are the same floats as the whole array built at once.
-    """
-
-    def __init__(self, parts: Seq[Any], n: int, width: int | None = None):
-        self.parts = list(parts)
-        w = sum(int(p.shape[1]) for p in self.parts)
-        if width is not None and self.parts and w != width:
-            raise FeatureError(f"modality input width {w} differs from {width} in other videos of the run")
-        self.shape = (int(n), w if self.parts or width is None else int(width))
-        self.dtype = np.dtype(np.float32)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def ndim(self) -> int:
-        return 2
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        """Rows ``idx`` (slice, int or 1-D integer index array) as a fresh (k, width) float32 array."""
-        n = self.shape[0]
-        if isinstance(idx, (int, np.integer)):
-            i = int(idx) + (n if idx < 0 else 0)
-            if not 0 <= i < n:
-                raise IndexError(f"row {idx} out of range for {n} rows")
-            return self[i : i + 1][0]
-        if isinstance(idx, slice):
-            start, stop, step = idx.indices(n)
-            if step != 1:
-                return self[np.arange(start, stop, step)]
-            stop = max(start, stop)
-            out = np.zeros((stop - start, self.shape[1]), np.float32)
-            c = 0
-            for p in self.parts:
-                w, e = int(p.shape[1]), min(stop, len(p))
-                if e > start:
-                    out[: e - start, c : c + w] = p[start:e]
-                c += w
-        else:
-            ix = np.asarray(idx, dtype=np.int64)
-            if ix.ndim != 1:
-                raise IndexError("FrameInput takes a slice, an int or a 1-D index array")
-            ix = np.where(ix < 0, ix + n, ix)
-            if len(ix) and (ix.min() < 0 or ix.max() >= n):
-                raise IndexError(f"index out of range for {n} rows")
-            out = np.zeros((len(ix), self.shape[1]), np.float32)
-            c = 0
-            for p in self.parts:
-                w = int(p.shape[1])
-                inside = ix < len(p)
-                if inside.all():
-                    out[:, c : c + w] = p[ix]
-                elif inside.any():
-                    out[inside, c : c + w] = p[ix[inside]]
-                c += w
-        return np.nan_to_num(out, copy=False)
-
-    def read(self) -> np.ndarray:
-        """All rows, in memory."""
-        return self[:]
+def finite(x: np.ndarray) -> np.ndarray:
+    """NaN -> 0 and +-inf -> the largest float32 (:func:`numpy.nan_to_num`), in place: fusion's input rule."""
+    return np.nan_to_num(x, copy=False)
 
 
 def _fit(mask: np.ndarray, n: int) -> np.ndarray:
@@ -216,13 +151,15 @@ def _fit(mask: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _modality_input(t: Track | None, n: int, width: int) -> tuple[FrameInput, np.ndarray]:
-    """``[emb, va]`` (n, width) (:class:`FrameInput`: rows read when asked for) and mask (n,) of a track of any
-    length; zeros and all-False when the modality has no track."""
+def _modality_input(t: Track | None, n: int, width: int) -> tuple[RowView, np.ndarray]:
+    """``[emb, va]`` (n, width) float32 with NaN -> 0 (:func:`finite`) and mask (n,) of a track of any length
+    (cut, or zeros and False past its end: what :meth:`~vaest.inference.Track.resized` pads, made finite); a
+    :class:`~vaest.features.store.RowView`, so a stored ``emb`` is read by the rows a window asks for. Zeros and
+    all-False (and no memory) when the modality has no track."""
     if t is None:
-        return FrameInput([], n, width), np.zeros(n, dtype=bool)
+        return RowView([], n, width, finite), np.zeros(n, dtype=bool)
     parts = ([t.emb] if t.emb is not None else []) + [t.va]
-    return FrameInput(parts, n, width), _fit(t.mask, n)
+    return RowView(parts, n, width, finite), _fit(t.mask, n)
 
 
 
@@ -302,7 +239,7 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
                             names[0], n, n)
         inputs: dict[str, Any] = {}
         avail: dict[str, np.ndarray] = {}
-        for m in names:  # FrameInput cuts or pads a track of another length to n itself
+        for m in names:  # the input's RowView cuts or pads a track of another length to n itself
             inputs[m], inputs[f"{m}_mask"] = _modality_input(tr[m], n, widths[m])
             avail[m] = inputs[f"{m}_mask"]
         at = tr.get(AUDIO)
