@@ -71,6 +71,20 @@ def _features(seed: int = 0) -> tuple[MemoryStore, Video, np.ndarray, np.ndarray
     return store, Video(id="v", media=None, split="test", fps=FPS), x, segs
 
 
+def official_outputs(official_files, x: np.ndarray, segs: np.ndarray):
+    """The official face model on the face features ``x`` (N, FACE_IN): embedding (1, N, FACE_H) and VA (1, N, 2)
+    tensors; the official behavior model on the segment features ``segs`` (3, BEH_IN): VA (3, 2) and the embedding
+    the fusions read (3, E) arrays."""
+    with torch.no_grad():
+        emb_f, va_f = official_files["face"].forward_with_embeddings(torch.from_numpy(x)[None],
+                                                                     mask=lengths_mask([N], N))
+        ob = official_files["behavior"]
+        sx, valid = torch.from_numpy(segs)[None], torch.ones(1, len(segs), dtype=torch.bool)
+        va_b = ob(features=sx, valid_mask=valid)[0].numpy()
+        emb_b = ob.features_from_hidden(ob.encode(features=sx, valid_mask=valid), "head_dropout")[0].numpy()
+    return emb_f, va_f, va_b, emb_b
+
+
 def test_bundle_from_official_checkpoints_predicts_as_the_official_modules(official_files, tmp_path):
     from vaest.apply import FusionModel, load_model, load_modality
     from vaest.inference import read_run_json
@@ -98,13 +112,7 @@ def test_bundle_from_official_checkpoints_predicts_as_the_official_modules(offic
     face = load_modality("face", b.modalities["face"]).apply(store, video)
     beh = load_modality("behavior", b.modalities["behavior"]).apply(store, video)
     fused = FusionModel(b.fusion).apply({"face": face, "behavior": beh}, video)
-    with torch.no_grad():
-        emb_f, va_f = official_files["face"].forward_with_embeddings(torch.from_numpy(x)[None],
-                                                                     mask=lengths_mask([N], N))
-        ob = official_files["behavior"]
-        sx, valid = torch.from_numpy(segs)[None], torch.ones(1, 3, dtype=torch.bool)
-        va_b = ob(features=sx, valid_mask=valid)[0].numpy()
-        emb_b = ob.features_from_hidden(ob.encode(features=sx, valid_mask=valid), "head_dropout")[0].numpy()
+    emb_f, va_f, va_b, emb_b = official_outputs(official_files, x, segs)
     np.testing.assert_allclose(face.va, va_f[0].numpy(), atol=TOL)
     np.testing.assert_allclose(face.emb, emb_f[0].numpy(), atol=TOL)
     base = store.load("behavior-vlm", "v").base
@@ -120,23 +128,30 @@ def test_bundle_from_official_checkpoints_predicts_as_the_official_modules(offic
 
     # `vaest submit BUNDLE --features STORE`: the same models on stored features (VLM features come from a GPU
     # machine), smoothed with the bundle's kernels, in the challenge file
+    from vaest.postprocess import postprocess
+
+    got = submit_from_store(out, store, ("face-tiny", "behavior-vlm"), tmp_path)
+    np.testing.assert_allclose(got, postprocess(va_d[0].numpy(), np.ones(N, bool), b.kernels), atol=2 * TOL)
+
+
+def submit_from_store(bundle, store: MemoryStore, keys, tmp_path) -> np.ndarray:
+    """`vaest submit BUNDLE --features STORE --split test` on video ``v``'s records ``keys`` of ``store`` (written to
+    a store on disk beside a one-video test split): the (N, 2) rows of the challenge file."""
     from vaest.corpus.labels import write_va_file
     from vaest.features.store import FeatureStore
-    from vaest.postprocess import postprocess
     from vaest.submission import read_submission
 
     disk = FeatureStore(tmp_path / "feats")
-    for key in ("face-tiny", "behavior-vlm"):
+    for key in keys:
         disk.save(key, "v", store.load(key, "v"))
     corpus = tmp_path / "abaw"
     write_va_file(corpus / "annotations" / "VA_Estimation_Challenge" / "Test_Set" / "v.txt",
                   np.zeros((N, 2), np.float32))
     sub = tmp_path / "sub.csv"
-    r = CliRunner().invoke(app, ["submit", str(out), "--corpus", str(corpus), "--split", "test", "--features",
+    r = CliRunner().invoke(app, ["submit", str(bundle), "--corpus", str(corpus), "--split", "test", "--features",
                                  str(disk.root), "--out", str(sub)])
     assert r.exit_code == 0, r.output
-    got = read_submission(sub)["v"]
-    np.testing.assert_allclose(got, postprocess(va_d[0].numpy(), np.ones(N, bool), b.kernels), atol=2 * TOL)
+    return read_submission(sub)["v"]
 
 
 def test_bundle_refuses_what_it_cannot_use(official_files, tmp_path):

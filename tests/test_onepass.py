@@ -82,7 +82,7 @@ def test_derived_records_are_the_chosen_persons_own_tracks_and_encodings(tmp_pat
     cache."""
     _mediapipe()
     from vaest.corpus import Video
-    from vaest.features.base import _with_requirements, create_extractor, media_todo, run_extraction
+    from vaest.features.base import create_extractor, media_todo, run_extraction, with_requirements
     from vaest.features.main_face import PersonsFaceEncoderExtractor, PersonsFaceTrackExtractor
     from vaest.features.person_tracker import person_tracks_from_record
     from vaest.features.store import FeatureStore
@@ -95,7 +95,7 @@ def test_derived_records_are_the_chosen_persons_own_tracks_and_encodings(tmp_pat
     video = Video(id="two", media=path, split="predict", fps=30.0)
     one = people_extractors(bundle_list(), zero_shot=False)
     assert [type(e).__name__ for e in one[:2]] == ["PersonsFaceTrackExtractor", "PersonsFaceEncoderExtractor"]
-    assert [e.name for e in _with_requirements(one)][:3] == ["persons", "facetrack", "face"]
+    assert [e.name for e in with_requirements(one)][:3] == ["persons", "facetrack", "face"]
     store = FeatureStore(tmp_path / "one")
     assert not run_extraction(store, one, [video]).failed
     tr, faces = person_tracks_from_record(store.load("persons", "two"))
@@ -127,13 +127,13 @@ def test_derived_records_are_the_chosen_persons_own_tracks_and_encodings(tmp_pat
         assert set(a) - set(b) <= {"derived_from", "persons_config_hash"} and set(b) <= set(a), key
         assert store.stored_hash(key, "two") != old.stored_hash(key, "two")
     # a cache written by the two-pass path: the derived records are recomputed (with persons to feed them) ...
-    todo = media_todo(old, _with_requirements(one), [video])
+    todo = media_todo(old, with_requirements(one), [video])
     assert {type(e) for e in todo} >= {PersonsFaceTrackExtractor, PersonsFaceEncoderExtractor}
     assert "persons" in [e.name for e in todo]
     # ... and a one-pass cache does not hand its records to the single-face extractors (``mouth`` keeps its own
     # config hash, as any extractor downstream of facetrack: its stored record is kept)
-    assert {e.name for e in media_todo(store, _with_requirements(bundle_list()), [video])} == {"facetrack", "face"}
-    assert not media_todo(store, _with_requirements(one), [video])  # rerun: nothing to do
+    assert {e.name for e in media_todo(store, with_requirements(bundle_list()), [video])} == {"facetrack", "face"}
+    assert not media_todo(store, with_requirements(one), [video])  # rerun: nothing to do
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,7 +23,15 @@ from vaest.postprocess import REFERENCE_KERNELS, postprocess
 log = logging.getLogger(__name__)
 
 
-OFFICIAL_PARTS = ("face", "behavior", "dcm")
+OFFICIAL_PARTS = ("face", "behavior", "dcm", "audio", "raav")
+# official modality names of the RAAV fusion -> vaest modality runs (the official best run: face and qwen_mm)
+RAAV_RENAME = {"qwen_mm": "behavior"}
+# official audio constructor arguments (configs/cfg_test_w_audio.yaml model.params) with no effect on a trained model
+_AUDIO_TRAINING_ONLY = ("model_name", "freeze_backbone")
+# official RAAV constructor arguments the converter reads off the tensors: given in --settings (e.g. pasted from the
+# official config), the widths and counts are checked against the tensors; modality_priors, only the initial value
+# of the learned log-priors the checkpoint holds, is not used
+_RAAV_FROM_TENSORS = ("hidden", "num_temporal_layers", "num_audio_latents", "modality_priors")
 
 
 def _sha256(path: Path) -> str:
@@ -50,15 +58,25 @@ def _first_matrix(sd: dict[str, Any], prefix: str, path: Path) -> tuple[int, int
 
 
 def official_settings(part: str, sd: dict[str, Any], given: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Keyword arguments of the official constructor for ``part`` (face / behavior / dcm): the widths and layer
-    counts read off the state_dict's shapes, then ``given`` (from ``--settings``: what shapes cannot tell, e.g.
-    ``num_heads``), which wins; the rest keeps the official defaults."""
+    """Keyword arguments of the official converter for ``part`` (face / behavior / dcm / audio / raav): the widths
+    and layer counts read off the state_dict's shapes, then ``given`` (from ``--settings``: what shapes cannot tell,
+    e.g. ``num_heads``), which wins; the rest keeps the official defaults. audio: the attention pooling's width;
+    raav: the official ``frame_modalities`` in the order of their projections and their vaest names (``qwen_mm``
+    -> ``behavior``)."""
     if part == "face":
         hidden, inp = _first_matrix(sd, "image_proj.", path)
         kw: dict[str, Any] = {"input_dim": inp, "hidden_dim": hidden, "tr_layers": _layer_count(sd, "transformer.")}
     elif part == "behavior":
         d_model, inp = _first_matrix(sd, "image_proj.", path)
         kw = {"input_dim": inp, "d_model": d_model, "num_layers": _layer_count(sd, "mamba.")}
+    elif part == "audio":
+        att, _ = _first_matrix(sd, "pool.proj.", path)
+        kw = {"attn_hidden_dim": att}
+    elif part == "raav":
+        mods = [k.split(".")[1] for k in sd if k.startswith("frame_projectors.") and k.endswith(".weight")]
+        if not mods:
+            raise VaestError(f"{path}: no 'frame_projectors.*' tensors: not an official MultimodalFusionModelV4")
+        kw = {"frame_modalities": mods, "rename": {m: RAAV_RENAME[m] for m in mods if m in RAAV_RENAME}}
     else:
         mods = sorted({k.split(".")[1] for k in sd if k.startswith("projections.")})
         dims = {m: _first_matrix(sd, f"projections.{m}.", path) for m in mods}
@@ -71,47 +89,104 @@ def official_settings(part: str, sd: dict[str, Any], given: dict[str, Any], path
     return {**kw, **dict(given or {})}
 
 
+def _audio_backbone_config(source: str) -> dict[str, Any]:
+    """The transformers config (as a dict) of the official audio model's backbone: ``source`` is a folder written
+    by ``save_pretrained`` (only its ``config.json`` is read, no weights), that ``config.json`` itself, or a hub id
+    (from the Hugging Face cache or hub). The official checkpoint holds the backbone's weights, not its architecture settings."""
+    try:
+        from transformers import AutoConfig
+    except ImportError:
+        raise VaestError("the official audio model needs 'transformers' (pip install 'vaest[audio]')") from None
+    try:
+        return AutoConfig.from_pretrained(source).to_dict()
+    except Exception as e:  # not found, not a config: one clear error naming it
+        raise VaestError(f"{source}: cannot read the audio backbone's config ({type(e).__name__}: {e}); give "
+                         "--audio-backbone a local folder written by save_pretrained (e.g. a copy of "
+                         "microsoft/wavlm-large) or its config.json") from None
+
+
+def _convert(part: str, sd: dict[str, Any], kw: dict[str, Any], path: Path, audio_backbone: str) -> Any:
+    """The vaest reference model of one official state_dict (``kw``: :func:`official_settings`)."""
+    from vaest.models.official import (audio_from_official, behavior_from_official, dcm_from_official,
+                                       face_from_official, raav_from_official)
+
+    try:
+        if part == "audio":  # the ssl weights' hub id and the freezing switch only matter when training starts
+            kw = {k: v for k, v in kw.items() if k not in _AUDIO_TRAINING_ONLY}
+            return audio_from_official(sd, _audio_backbone_config(audio_backbone), **kw)
+        if part == "raav":
+            kw = dict(kw)
+            if not kw.pop("use_predictions", True):
+                raise VaestError(f"{path}: an official RAAV trained without use_predictions; vaest feeds every "
+                                 "input as [embedding, valence, arousal] (the official configuration)")
+            told = {k: kw.pop(k) for k in _RAAV_FROM_TENSORS if k in kw}
+            model = raav_from_official(sd, kw.pop("frame_modalities"), **kw)
+            c = model.config
+            have = {"hidden": c.hidden, "num_temporal_layers": c.temporal_layers, "num_audio_latents": c.n_latents}
+            wrong = {k: (v, have[k]) for k, v in told.items() if k in have and int(v) != have[k]}
+            if wrong:
+                raise VaestError(f"{path}: settings {', '.join(f'{k} {v}' for k, (v, _) in wrong.items())} differ "
+                                 f"from the checkpoint's tensors ({', '.join(f'{k} {h}' for k, (_, h) in wrong.items())})")
+            return model
+        convert = {"face": face_from_official, "behavior": behavior_from_official, "dcm": dcm_from_official}[part]
+        return convert(sd, **kw)
+    except TypeError as e:  # a setting the official constructor does not take
+        raise VaestError(f"{path}: official {part} settings {sorted(kw)}: {e}") from None
+
+
 def bundle_from_official(out: str | Path, face: str | Path | None = None, behavior: str | Path | None = None,
                          dcm: str | Path | None = None, settings: dict[str, dict[str, Any]] | None = None,
                          face_encoder: str = "grada", behavior_encoder: str = "vlm",
-                         kernels: Sequence[int] = REFERENCE_KERNELS) -> Bundle:
+                         kernels: Sequence[int] = REFERENCE_KERNELS, audio: str | Path | None = None,
+                         raav: str | Path | None = None, audio_backbone: str = "microsoft/wavlm-large") -> Bundle:
     """Build a vaest bundle (``OUT/bundle.json``, one run folder per model) from official Team RAS checkpoint
-    files: the face temporal model (``VisualDynamicModel``), the behavior model (``TextMambaRegressor``) and the
-    directed cross-modal fusion (``FusionModel``, which needs the other two), whichever are given.
+    files: the face temporal model (``VisualDynamicModel``), the behavior model (``TextMambaRegressor``), the
+    audio model (``WavLMS2SModelV1``) and one fusion, either the directed cross-modal fusion (``FusionModel``,
+    which needs face and behavior) or RAAV (``MultimodalFusionModelV4``, which needs the audio model and the frame
+    modalities it was trained on), whichever are given.
 
     Each file is converted by :mod:`vaest.models.official` (strict: every tensor used) and saved as a vaest
     checkpoint with the inputs the official model reads (face: the ``face-<face_encoder>`` embedding as stored;
-    behavior: the ``behavior_encoder`` features, multimodal branch, last token; windows as the reference preset).
-    The sources (path, SHA-256, constructor settings) are recorded in each run's ``run.json`` and in
-    ``OUT/official.json``. ``settings``: per part (``face``, ``behavior``, ``dcm``), official constructor keyword
-    arguments that the state_dict's shapes do not tell (e.g. ``num_heads``). Returns the saved
-    :class:`~vaest.apply.Bundle`.
+    behavior: the ``behavior_encoder`` features, multimodal branch, last token; audio: the 16 kHz waveform in
+    4 s windows every 2 s, zero-padded with its mask, windows kept for fusion by the cross-modal rule; windows as
+    the reference presets). The fusions are applied as vaest applies its own runs of the same form (``dcm-ref``;
+    RAAV ``raav-reference``: one sample per audio window, tokens carrying the audio prediction). The sources (path,
+    SHA-256, settings) are recorded in each run's ``run.json`` and in ``OUT/official.json``. ``settings``: per part
+    (``face``, ``behavior``, ``dcm``, ``audio``, ``raav``), official keyword arguments that the state_dict's
+    shapes do not tell (e.g. ``num_heads``; raav: ``rename`` {official modality: vaest modality}).
+    ``audio_backbone``: where the audio backbone's config is read (:func:`_audio_backbone_config`). Returns the
+    saved :class:`~vaest.apply.Bundle`.
     """
     import torch
 
     from vaest.features.behavior import ENCODER_KEYS, encoder_parts
     from vaest.features.face_registry import face_key
     from vaest.inference import write_run_json
-    from vaest.inputs.settings import BehaviorInputs, FaceInputs, FusionInputs, inference_record
+    from vaest.inputs.audio import TOKENS_KEY
+    from vaest.inputs.fusion import weight_names
+    from vaest.inputs.settings import AudioInputs, BehaviorInputs, FaceInputs, FusionInputs, inference_record
     from vaest.io import remove_stale_temporaries
-    from vaest.models.official import behavior_from_official, dcm_from_official, face_from_official
     from vaest.models.official.common import official_state
     from vaest.models.official.dcmmoe import OFFICIAL_NAMES
     from vaest.training import save_checkpoint
 
-    given = {"face": face, "behavior": behavior, "dcm": dcm}
+    given = {"face": face, "behavior": behavior, "audio": audio, "dcm": dcm, "raav": raav}
     settings = dict(settings or {})
     unknown = set(settings) - set(OFFICIAL_PARTS)
     if unknown:
         raise VaestError(f"official settings for unknown part(s) {sorted(unknown)}; known: {', '.join(OFFICIAL_PARTS)}")
     if not any(given.values()):
-        raise VaestError("vaest bundle: give at least one official checkpoint (--face, --behavior, --dcm)")
+        raise VaestError("vaest bundle: give at least one official checkpoint (--face, --behavior, --audio, --dcm, "
+                         "--raav)")
     if dcm is not None and (face is None or behavior is None):
         raise VaestError("vaest bundle: the official fusion (--dcm) reads the face and behavior models' outputs; "
                          "give --face and --behavior too")
+    if dcm is not None and raav is not None:
+        raise VaestError("vaest bundle: a bundle holds one fusion; give --dcm or --raav, not both")
+    if raav is not None and audio is None:
+        raise VaestError("vaest bundle: the official RAAV fusion (--raav) attends to the audio model's tokens; "
+                         "give --audio too")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
     sources: dict[str, dict[str, Any]] = {}
     models: dict[str, Any] = {}
     for part, path in given.items():
@@ -128,13 +203,21 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
             raise VaestError(f"{path}: not a state_dict or a checkpoint dict (got {type(obj).__name__})")
         sd = official_state(obj)
         kw = official_settings(part, sd, settings.get(part, {}), path)
-        convert = {"face": face_from_official, "behavior": behavior_from_official, "dcm": dcm_from_official}[part]
-        try:
-            models[part] = convert(sd, **kw)
-        except TypeError as e:  # a setting the official constructor does not take
-            raise VaestError(f"{path}: official {part} settings {sorted(kw)}: {e}") from None
+        models[part] = _convert(part, sd, kw, path, audio_backbone)
         sources[part] = {"source": str(path.resolve()), "sha256": _sha256(path), "settings": kw}
+        if part == "audio":
+            local = Path(audio_backbone)
+            sources[part]["backbone_config"] = str(local.resolve()) if local.exists() else audio_backbone
+    if "raav" in models:  # its frame modalities must be runs of this bundle (checked before anything is written)
+        need = [m for m in models["raav"].config.modalities if m not in models]
+        if need:
+            raise VaestError(f"{raav}: the official RAAV reads frame modalities {list(models['raav'].config.modalities)}"
+                             f" (vaest names; official -> vaest: settings raav.rename); give "
+                             f"{', '.join('--' + m for m in need)} too")
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     modalities: dict[str, Path] = {}
+    emb: dict[str, int] = {}  # width of each modality's embedding, as fusion reads it
     if "face" in models:
         m = models["face"]
         d = m.config.input_dim
@@ -146,6 +229,7 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
                        official=sources["face"], inference=inference_record(
                            FaceInputs(encoder=face_encoder, motion=False, parts=("emb",), win=400, hop=150)))
         modalities["face"] = run
+        emb["face"] = m.config.hidden_dim
     if "behavior" in models:
         m = models["behavior"]
         d = m.config.input_dim
@@ -158,10 +242,19 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
                        official=sources["behavior"], inference=inference_record(
                            BehaviorInputs(encoder=behavior_encoder, branch="multimodal", pool="last", win=16, hop=8)))
         modalities["behavior"] = run
+        emb["behavior"] = _behavior_emb_dim(m)
+    if "audio" in models:
+        m = models["audio"]
+        run = out / "audio"
+        st = AudioInputs(encoder="wavlm")  # the reference preset's inference settings (cross-modal filter on)
+        save_checkpoint(run / "model.pt", m, encoder=st.encoder, filter=st.filter, feature_norm=st.feature_norm)
+        write_run_json(run, modality="audio", encoder=st.encoder, model="audio-wavlm-reference", tokens=TOKENS_KEY,
+                       official=sources["audio"], inference=inference_record(st))
+        modalities["audio"] = run
+        emb["audio"] = m.config.emb_dim
     fusion = None
     if "dcm" in models:
         m = models["dcm"]
-        emb = {"face": models["face"].config.hidden_dim, "behavior": _behavior_emb_dim(models["behavior"])}
         for name, width in m.config.input_dims.items():
             if name not in emb or width != emb[name] + 2:
                 raise VaestError(f"{dcm}: official fusion input '{name}' has width {width}; vaest feeds each modality "
@@ -173,7 +266,22 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
         write_run_json(fusion, modality="fusion", method="dcm-ref", runs=runs, win=400, hop=150, align_end=True,
                        weight_names=[], form="vaest", official=sources["dcm"], inference=inference_record(
                            FusionInputs(runs=tuple(runs), method="dcm-ref", win=400, hop=150, align_end=True)))
-    b = Bundle(out, modalities, fusion, tuple(int(k) for k in kernels), face_encoder=face_encoder)
+    if "raav" in models:
+        m = models["raav"]
+        c = m.config
+        widths = {**dict(zip(c.modalities, c.in_dims)), "audio": c.audio_dim}
+        for name, width in widths.items():
+            if width != emb[name] + 2:
+                raise VaestError(f"{raav}: official RAAV input '{name}' has width {width}; vaest feeds each modality "
+                                 f"as [embedding, valence, arousal] ({', '.join(f'{k} {v + 2}' for k, v in emb.items())})")
+        fusion = out / "raav"
+        save_checkpoint(fusion / "model.pt", m)
+        runs = {k: f"../{k}" for k in (*c.modalities, "audio")}
+        write_run_json(fusion, modality="fusion", method="raav", runs=runs, win=400, hop=150,
+                       weight_names=weight_names(m), form="reference", official=sources["raav"],
+                       inference=inference_record(FusionInputs(runs=tuple(runs), method=m.registry_name)))
+    b = Bundle(out, modalities, fusion, tuple(int(k) for k in kernels), face_encoder=face_encoder,
+               audio_encoder="wavlm" if "audio" in models else "lmfb")
     b.save()
     atomic_write_json(out / "official.json", {"converted_by": "vaest bundle", "parts": sources,
                                               "face_encoder": face_encoder, "behavior_encoder": behavior_encoder,

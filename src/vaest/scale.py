@@ -37,11 +37,11 @@ from vaest.errors import VaestError
 from vaest.features.base import (
     ExtractionReport,
     Extractor,
-    _with_requirements,
     extract_media,
     media_todo,
     record_media_failure,
     save_records,
+    with_requirements,
 )
 from vaest.features.base import run_extraction as run_local
 from vaest.actors import DEFAULT_FILE_TIMEOUT, PoolOutcome, cluster_room, connect_ray, error_text, run_actor_pool
@@ -166,7 +166,7 @@ def _run_ray(store: FeatureStore, extractors: list[Extractor], videos: Iterable[
              num_workers: int | None, batch_size: int, max_side: int | None, force: bool,
              cpus_per_worker: float, gpus_per_worker: float | None, runtime_env: dict | None,
              file_timeout: float | None) -> ExtractionReport:
-    extractors = _with_requirements(list(extractors))
+    extractors = with_requirements(list(extractors))
     from vaest.features.base import group_media
 
     groups = group_media(videos)

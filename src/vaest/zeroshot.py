@@ -157,9 +157,9 @@ class AudioCue:
 # 1440 clips; the copy in github.com/simiya/Projet-Son-Jedha) by scripts/calibrate_zeroshot_audio.py: centre and
 # scale are the corpus mean and standard deviation of each cue's clip mean, weight a ridge fit of atanh(circumplex
 # arousal of the acted emotion) on the standard scores, AUDIO_BIAS puts neutral and calm clips at 0. Cues with
-# weight 0 are measured but left out of the fit (loudness dynamics, voicing ratio, spectral slopes, H1-H2: no
-# gain on held-out speakers; F0 level: it mostly measures the speaker's sex); held-out-speaker figures and the
-# command in docs/real-data.md. The data is not needed at run time.
+# weight 0 are measured but left out of the fit (loudness dynamics, voicing ratio, spectral slopes, H1-H2: +0.005
+# Pearson together on held-out speakers; F0 level: it mostly measures the speaker's sex); held-out-speaker figures
+# and the command in docs/real-data.md. The data is not needed at run time.
 AUDIO_CUES: tuple[AudioCue, ...] = (
     AudioCue("alpha_ratio", centre=-11.000, scale=4.174, weight=+0.050),
     AudioCue("hammarberg", centre=20.605, scale=4.344, weight=-0.081),

@@ -325,9 +325,18 @@ def bundle(
     behavior: Annotated[Optional[Path], typer.Option(help="Official behavior model checkpoint (TextMambaRegressor).")] = None,
     dcm: Annotated[Optional[Path], typer.Option(help="Official directed cross-modal fusion checkpoint (FusionModel); "
                                                 "needs --face and --behavior.")] = None,
-    settings: Annotated[Optional[Path], typer.Option(help="YAML: per part (face, behavior, dcm) the official "
-                                                     "constructor arguments the weights' shapes do not tell, e.g. "
-                                                     "'face: {num_heads: 8}'.")] = None,
+    audio: Annotated[Optional[Path], typer.Option(help="Official audio model checkpoint (WavLMS2SModelV1, "
+                                                  "attn_stats pooling); reads the 16 kHz waveform.")] = None,
+    raav: Annotated[Optional[Path], typer.Option(help="Official RAAV fusion checkpoint (MultimodalFusionModelV4); "
+                                                 "needs --audio and its frame modalities (--face, --behavior); "
+                                                 "not with --dcm.")] = None,
+    audio_backbone: Annotated[str, typer.Option(help="Where the audio backbone's architecture is read (the "
+                                                "checkpoint holds its weights only): a folder written by "
+                                                "save_pretrained, its config.json, or a hub id.")]
+                    = "microsoft/wavlm-large",
+    settings: Annotated[Optional[Path], typer.Option(help="YAML: per part (face, behavior, dcm, audio, raav) the "
+                                                     "official constructor arguments the weights' shapes do not "
+                                                     "tell, e.g. 'face: {num_heads: 8}'.")] = None,
     face_encoder: Annotated[str, typer.Option(help="Frame encoder whose embeddings the face model reads: "
                                               "grada:PATH (the official GRADA checkpoint), or any vaest encoder.")] = "grada",
     behavior_encoder: Annotated[str, typer.Option(help="Behavior features the behavior model reads (vlm: Qwen3-VL, "
@@ -341,8 +350,10 @@ def bundle(
     cfg = load_config(settings) if settings else {}
     k = tuple(int(x) for x in kernels.split(","))
     b = bundle_from_official(out, face=face, behavior=behavior, dcm=dcm, settings=cfg, face_encoder=face_encoder,
-                             behavior_encoder=behavior_encoder, kernels=k)
-    write_run_info(out, "vaest bundle", {"face": face, "behavior": behavior, "dcm": dcm, "settings": cfg,
+                             behavior_encoder=behavior_encoder, kernels=k, audio=audio, raav=raav,
+                             audio_backbone=audio_backbone)
+    write_run_info(out, "vaest bundle", {"face": face, "behavior": behavior, "audio": audio, "dcm": dcm,
+                                         "raav": raav, "audio_backbone": audio_backbone, "settings": cfg,
                                          "face_encoder": face_encoder, "behavior_encoder": behavior_encoder,
                                          "kernels": list(k)})
     console.print(f"bundle: {out / 'bundle.json'} ({', '.join(b.modalities)}"

@@ -153,7 +153,7 @@ class ExtractionReport:
         return s
 
 
-def _with_requirements(extractors: list[Extractor]) -> list[Extractor]:
+def with_requirements(extractors: list[Extractor]) -> list[Extractor]:
     """Add missing required frame extractors (default config) and order them so requirements run first."""
     by_name = {e.name: e for e in extractors}
     ordered: list[Extractor] = []
@@ -372,7 +372,7 @@ def run_extraction(store: FeatureStore, extractors: list[Extractor], videos: Ite
                    batch_size: int = 32, max_side: int | None = None, force: bool = False) -> ExtractionReport:
     """Extract features for every media file of ``videos`` with the local engine (see :mod:`vaest.scale`
     for Ray). Finished media are skipped; a failing media file is recorded and the job goes on."""
-    extractors = _with_requirements(list(extractors))
+    extractors = with_requirements(list(extractors))
     groups = group_media(videos)
     rep = ExtractionReport()
     t0 = time.time()

@@ -5,18 +5,18 @@ Two engines, chosen by the predictor's model:
 - :class:`ZeroShotEngine` (no model): the person tracker (:class:`vaest.features.persons.PersonTracker` with its
   :class:`~vaest.features.persons.FramePrep`, the ``persons`` extractor's settings), the predictor's warm face
   encoder on each chosen person's crops (:func:`~vaest.features.persons.encode_person_frames`), the zero-shot face
-  mapping (:func:`vaest.zeroshot.face_outputs_va`), the zero-shot voice (the predictor's ``_voice``: the built-in
+  mapping (:func:`vaest.zeroshot.face_outputs_va`), the zero-shot voice (the predictor's ``voice_track``: the built-in
   cues or its speech-emotion model) over a trailing window (:class:`CausalVoice`), the zero-shot fusion
   (:func:`vaest.zeroshot.zero_shot_video`) and a trailing moving average (:class:`CausalSmoother`), frame by
   frame. What differs from offline ``predict`` is listed in :data:`CAUSAL_NOTES` (and docs/live.md).
 - :class:`WindowEngine` (a trained bundle): the bundle's models are windowed (a face transformer over seconds of
   frames, 4 s audio windows, fusion over windows), so every ``hop_s`` seconds the predictor's whole per-video
-  path (its extractors, models and fusion: ``Predictor._predict_people``) runs on the last ``window_s`` seconds
+  path (its extractors, models and fusion: ``Predictor.predict_people``) runs on the last ``window_s`` seconds
   of frames and audio, and the frames of the newest hop are emitted: causal (nothing after a frame's hop is
   used), with a latency of about one hop plus the computation.
 
 The engines only take the predictor object (a protocol: its ``extractors``, ``bundle``, ``kernels``, ``people``,
-``_voice`` and, for bundles, ``_predict_people``); they import nothing above :mod:`vaest.features`/``zeroshot``.
+``voice_track`` and, for bundles, ``predict_people``); they import nothing above :mod:`vaest.features`/``zeroshot``.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class CausalVoice:
     """The zero-shot voice over trailing windows, computed in a worker thread as the audio arrives.
 
     Every ``hop_s`` of audio (window ends T = k * hop_s) the ``voice`` function (16 kHz waveform, fps -> (n, 2),
-    the predictor's ``_voice``) is run on the ``window_s`` seconds before T, with the frame rate that makes it one
+    the predictor's ``voice_track``) is run on the ``window_s`` seconds before T, with the frame rate that makes it one
     output row covering exactly that window. :meth:`at` gives a frame at time t the value of the last window ending
     at or before t (None when there is none from the last ``window_s``). When the computation falls behind, window
     ends are skipped (``skipped`` counts them) rather than queued."""
@@ -272,7 +272,7 @@ class ZeroShotEngine:
         self.smoothers: dict[int, CausalSmoother] = {}
         self.pools: dict[tuple[int, str], CausalPool] = {}
         self.fps = 30.0  # the source's frame rate, set by the stream once known (the pooling window in frames)
-        self.voice = CausalVoice(ring, predictor._voice).start() if ring is not None else None
+        self.voice = CausalVoice(ring, predictor.voice_track).start() if ring is not None else None
         self.notes = list(CAUSAL_NOTES)
 
     def _warm_up(self) -> None:
@@ -475,7 +475,7 @@ class WindowEngine:
         from pathlib import Path
 
         from vaest.corpus import Video
-        from vaest.features.base import _with_requirements, process_media, save_records
+        from vaest.features.base import process_media, save_records, with_requirements
         from vaest.features.store import MemoryStore
         from vaest.media import FrameBatch, MediaInfo
 
@@ -486,13 +486,13 @@ class WindowEngine:
         info = MediaInfo(name, True, bool(len(wav)), self.fps, len(win), float(end - t0), self.size[0],
                          self.size[1], 16000 if len(wav) else 0)
         video = Video(id="live", media=name, split="predict", fps=self.fps, audio_only=False)
-        exs = _with_requirements(list(self.p.extractors))
+        exs = with_requirements(list(self.p.extractors))
         batches = [FrameBatch(np.stack([a.frame for a in win[i:i + 32]]), np.arange(i, min(i + 32, len(win))),
                               times[i:i + 32]) for i in range(0, len(win), 32)]
         recs, _ = process_media(name, [video], exs, frames=batches, wav=wav, info=info)
         store = MemoryStore("live")
         save_records(store, recs, force=True)
-        res = self.p._predict_people(name, store, video, times, info, time.perf_counter())
+        res = self.p.predict_people(name, store, video, times, info, time.perf_counter())
         df = res.frame
         hop0 = end - hop_s
         out = []

@@ -177,14 +177,14 @@ class Predictor(PeoplePath):
     def _extract(self, store: FeatureStore, video: Video, info: MediaInfo) -> None:
         """Run the extractors that ``store`` lacks (all with ``force``) on the media (``info``: its probe),
         frames decoded once."""
-        from vaest.features.base import (_with_requirements, extract_media, media_todo, release_free_memory,
-                                         save_records)
+        from vaest.features.base import (extract_media, media_todo, release_free_memory, save_records,
+                                         with_requirements)
         from vaest.progress import progress_enabled
 
         exs = [e for e in self.extractors if not (video.audio_only and e.kind == "frames")]
         if not video.audio_only:
             exs = exs + [FrameTimes()]
-        exs = _with_requirements(exs)
+        exs = with_requirements(exs)
         todo = media_todo(store, exs, [video], self.force or isinstance(store, MemoryStore))
         if not todo:
             log.info("%s: features from the cache %s", video.media, store.root)
@@ -197,7 +197,7 @@ class Predictor(PeoplePath):
 
                 fps = float(fps_or_default(video.fps))  # the persons tracks' rate (the frame grid of the output)
                 if wav.size:
-                    self._voice_done = (video.media, fps, self._voice(wav, fps))
+                    self._voice_done = (video.media, fps, self.voice_track(wav, fps))
 
         with progress_enabled(self.progress):
             recs, _, unfed, why = extract_media(video.media, [video], todo, self.batch_size, self.working_side,
@@ -243,7 +243,7 @@ class Predictor(PeoplePath):
         else:
             times = store.load("frametimes", video.id).values[:, 0].astype(np.float64)
         if not audio_only and store.has("persons", video.id):
-            return self._predict_people(p, store, video, times, info, t0)
+            return self.predict_people(p, store, video, times, info, t0)
         if self.bundle is None:
             parts, znotes = self._zero_shot(store, video)
             notes += znotes
@@ -290,7 +290,7 @@ class Predictor(PeoplePath):
         return LiveStream(self, source, **options)
 
     def _zero_shot(self, store: FeatureStore, video: Video) -> tuple[dict[str, Any], list[str]]:
-        """Zero-shot voice track of an audio-only file (videos go through :meth:`_predict_people`: the person
+        """Zero-shot voice track of an audio-only file (videos go through :meth:`predict_people`: the person
         tracker, each person's face and the voice attributed to them)."""
         from vaest.media import read_audio
         from vaest.inference import Track
@@ -300,7 +300,7 @@ class Predictor(PeoplePath):
         wav = read_audio(video.media)
         if wav.size == 0:
             raise MediaError(f"{video.media}: no audio samples to analyse")
-        va = self._voice(wav, AUDIO_ONLY_FPS)
+        va = self.voice_track(wav, AUDIO_ONLY_FPS)
         return {"audio": Track(va, np.isfinite(va[:, 1]), None, AUDIO_ONLY_FPS)}, [self._voice_note()]
 
 

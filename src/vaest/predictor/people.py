@@ -89,7 +89,7 @@ class PeoplePath(PredictorSteps):
     # -----------------------------------------------------------------------------------------------------
     # Several people: one series per person (docs/persons.md, "In vaest predict")
     # -----------------------------------------------------------------------------------------------------
-    def _predict_people(self, p: Path, store: FeatureStore, video: Video, times: np.ndarray, info: MediaInfo,
+    def predict_people(self, p: Path, store: FeatureStore, video: Video, times: np.ndarray, info: MediaInfo,
                         t0: float) -> PredictionResult:
         """Per-person prediction of a video with a ``persons`` record: the per-video computation (voice,
         behavior) once, then per chosen person their own face, the voice attributed to them, fusion, smoothing.
@@ -232,7 +232,7 @@ class PeoplePath(PredictorSteps):
                     va = done[2]  # computed beside the frames, from the extraction's read of the audio
                 else:
                     wav = read_audio(video.media)
-                    va = self._voice(wav, fps) if wav.size else None
+                    va = self.voice_track(wav, fps) if wav.size else None
                 if va is not None:
                     parts["audio"] = Track(va, np.isfinite(va[:, 1]), None, fps)
                     notes.append(self._voice_note())

@@ -1,6 +1,6 @@
 """The per-video steps both of the predictor's paths use (the single-series path of
 :mod:`vaest.predictor.core` and the per-person path of :mod:`vaest.predictor.people`): fusing the modality tracks
-(:meth:`PredictorSteps._fuse`), the zero-shot voice (:meth:`PredictorSteps._voice`) and the result's metadata
+(:meth:`PredictorSteps._fuse`), the zero-shot voice (:meth:`PredictorSteps.voice_track`) and the result's metadata
 (:meth:`PredictorSteps._meta`). A base class of :class:`~vaest.predictor.core.Predictor`, so that both paths call
 down into it and never up into the class that composes them.
 """
@@ -67,7 +67,7 @@ class PredictorSteps:
             "seconds": round(time.perf_counter() - t0, 3),
         }
 
-    def _voice(self, wav: np.ndarray, fps: float) -> np.ndarray:
+    def voice_track(self, wav: np.ndarray, fps: float) -> np.ndarray:
         """(n, 2) zero-shot voice valence/arousal of a 16 kHz waveform on the ``fps`` grid."""
         from vaest.zeroshot import zero_shot_audio
 

@@ -12,8 +12,10 @@ from vaest.errors import ModelError
 
 
 def official_state(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The state_dict in ``obj``: ``obj`` itself, or its ``model`` / ``state_dict`` entry (official checkpoints)."""
-    for key in ("model", "state_dict"):
+    """The state_dict in ``obj``: ``obj`` itself, or its ``model`` / ``state_dict`` / ``model_state_dict`` entry
+    (official checkpoints: the face and fusion scripts save ``model``, the behavior script ``state_dict``, the
+    chimera_ml trainer of the audio model and RAAV ``model_state_dict``)."""
+    for key in ("model", "state_dict", "model_state_dict"):
         if key in obj and isinstance(obj[key], Mapping):
             return dict(obj[key])
     return dict(obj)
