@@ -173,8 +173,9 @@ class StoredArray:
 class RowView:
     """Rows of one or more arrays side by side, ``(n, sum of widths)`` float32, gathered only when asked for.
 
-    The one lazy input of training (fusion's ``[emb, va]``, the audio features z-scored per video, the behavior
-    segment features standardised): ``parts`` are :class:`StoredArray` objects (their rows stay on disk) or
+    The lazy inputs of fusion (``[emb, va]``), audio (features z-scored per video) and behavior (segment
+    features standardised) training; face training's frames, gathered from the nearest face frame, are
+    :class:`vaest.inputs.face.FaceFrames`. ``parts`` are :class:`StoredArray` objects (their rows stay on disk) or
     in-memory arrays, each (T_i, D_i) or (T_i,); a part shorter than ``n`` reads as zeros past its end, a longer
     one is cut to ``n``. ``transform`` maps each gathered float32 block (k, D) to the rows served (a
     standardisation, NaN replacement); it must act row by row, so that every window or batch gets the same
