@@ -15,6 +15,14 @@ over in memory by the predictor. Everything meets on the video's frame grid: :fu
 
 Frames where a modality has no real input are masked, never zero-filled as if real.
 
+Memory: a frame modality's input is a :class:`~vaest.features.store.RowView` over the track's ``emb`` left in
+the run folder (``preds/<video>.npz`` is uncompressed, :func:`vaest.inference.load_track`) and its ``va``: a
+training window or batch reads its rows, so the 1 KB per frame of a 256-d embedding is never held for the
+corpus. Held per frame: ``va`` (8 B per modality), masks (1 B each), labels (target and frame labels, 16 B) and
+RAAV's ``audio_index`` (16 B). The audio tokens (:class:`AudioTable`) stay in memory: 4 tokens of H (+2) floats
+per 4 s window every 2 s, ~2 KB per second of audio at H = 256 (~200 MB for Aff-Wild2's 27 hours, against
+~6 GB of frame inputs read whole before).
+
 :func:`fuse` applies a fusion model on frame windows; the reference RAAV (one sample per 4 s audio window,
 :func:`window_samples`) is applied by :func:`predict_by_window`.
 """
