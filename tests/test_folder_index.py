@@ -88,3 +88,43 @@ def test_two_runs_into_one_folder_list_both_and_a_rerun_skips(tmp_path):
     assert "1 of 2 inputs already predicted" in err
     html = (out / "index.html").read_text()
     assert all(f"v{i}.mp4" in html for i in range(5))
+
+
+class _FakeMsvcrt:
+    """Stands in for Windows' ``msvcrt``: records each ``locking`` call (mode, file position, bytes) and refuses
+    the first ``busy`` lock attempts as a lock held elsewhere does (OSError)."""
+
+    LK_UNLCK, LK_LOCK, LK_NBLCK = 0, 1, 2
+
+    def __init__(self, busy: int = 0):
+        self.calls: list[tuple[int, int, int]] = []
+        self.busy = busy
+
+    def locking(self, fd: int, mode: int, nbytes: int) -> None:
+        self.calls.append((mode, os.lseek(fd, 0, os.SEEK_CUR), nbytes))
+        if mode == self.LK_NBLCK and self.busy:
+            self.busy -= 1
+            raise OSError(36, "Resource deadlock avoided")
+
+
+def test_windows_lock_takes_and_releases_the_first_byte_retrying_while_held(tmp_path, monkeypatch):
+    """Without fcntl (Windows) the index lock is msvcrt.locking of the lock file's first byte: retried while
+    another process holds it, released after the merge, and a lock held past the bounded wait is one clear
+    error naming the lock file (nothing merged)."""
+    import vaest.folder_index as fi
+
+    fake = _FakeMsvcrt(busy=2)
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError, as on Windows
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    monkeypatch.setattr(fi, "LOCK_RETRY_S", 0.0)
+    (tmp_path / fi.LOCK_NAME).write_bytes(b"xyz")  # an existing lock file: the append mode must not move the lock
+    merge_index(tmp_path, [_row("a.mp4", "2026-01-01T00:00:00.000000Z")])
+    assert fake.calls == [(fake.LK_NBLCK, 0, 1)] * 3 + [(fake.LK_UNLCK, 0, 1)]
+    assert [r["input"] for r in read_index(tmp_path)] == ["a.mp4"]
+    held = _FakeMsvcrt(busy=10 ** 9)
+    monkeypatch.setitem(sys.modules, "msvcrt", held)
+    monkeypatch.setattr(fi, "LOCK_WAIT_S", 0.05)
+    with pytest.raises(fi.VaestError, match=r"\.index\.lock: another process has held the index lock"):
+        merge_index(tmp_path, [_row("b.mp4", "2026-01-01T00:00:01.000000Z")])
+    assert all(c[0] == held.LK_NBLCK for c in held.calls) and len(held.calls) >= 2
+    assert [r["input"] for r in read_index(tmp_path)] == ["a.mp4"]

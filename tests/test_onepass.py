@@ -126,6 +126,11 @@ def test_derived_records_are_the_chosen_persons_own_tracks_and_encodings(tmp_pat
         a, b = store.load(key, "two").meta, old.load(key, "two").meta
         assert set(a) - set(b) <= {"derived_from", "persons_config_hash"} and set(b) <= set(a), key
         assert store.stored_hash(key, "two") != old.stored_hash(key, "two")
+    # ... but the predictor's face records and `vaest extract`'s live in one feature space: same features hash
+    # (what applying a trained model checks), also on the persons record whose encodings a person's view serves
+    fh = old.load("face-tiny", "two").meta["features_hash"]
+    assert store.load("face-tiny", "two").meta["features_hash"] == fh == store.load("persons", "two").meta["features_hash"]
+    assert fh == create_extractor("face", encoder="tiny", batch_size=7, device="cpu").features_hash()
     # a cache written by the two-pass path: the derived records are recomputed (with persons to feed them) ...
     todo = media_todo(old, with_requirements(one), [video])
     assert {type(e) for e in todo} >= {PersonsFaceTrackExtractor, PersonsFaceEncoderExtractor}

@@ -45,7 +45,10 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_engine_survives_a_killed_and_a_stuck_worker(tmp_path, local_ray):
+def test_ray_engine_survives_a_killed_and_a_stuck_worker(tmp_path, local_ray, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="vaest.actors")
     media = tmp_path / "in"
     media.mkdir()
     for name in ("a", "die", "b", "hang", "c"):
@@ -62,6 +65,9 @@ def test_ray_engine_survives_a_killed_and_a_stuck_worker(tmp_path, local_ray):
     # the killed and the stuck file were really tried first in a worker (not the driver), then redone
     assert int((media / "die.tried").read_text()) != os.getpid()
     assert (media / "hang.tried").exists()
+    # each worker (the two started, the two replacements) ran its pools with one thread: its 1 CPU of the 2
+    ready = [r.getMessage() for r in caplog.records if "ready: state built" in r.getMessage()]
+    assert len(ready) == 4 and all("threads: torch 1, opencv 1" in m for m in ready), ready
     index = {Path(r["input"]).name: r for r in read_index(out)}
     assert sorted(index) == sorted(status) and all((out / index[n]["csv"]).is_file() for n in status if n != "broken.mp4")
     # the same results as the local engine

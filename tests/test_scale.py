@@ -210,6 +210,29 @@ def test_stuck_worker_is_stopped_after_the_file_timeout(tmp_path, media, local_r
     assert list(rep.failed) == [str(media[0].media)] and len(rep.skipped) == 2
 
 
+def test_limit_threads_sizes_every_pool_a_worker_runs():
+    """A Ray worker's thread budget (in a fresh process: the pools are process-wide): torch's, OpenCV's and the
+    BLAS/OpenMP pools already loaded are set to it, and the environment asks it of libraries loaded later."""
+    import json
+    import subprocess
+
+    code = ("import json, os, cv2, torch, numpy\n"
+            "from vaest.actors import THREAD_ENV, limit_threads\n"
+            "got = limit_threads(1)\n"
+            "print(json.dumps({'got': got, 'torch': torch.get_num_threads(),\n"
+            "                  'opencv': cv2.getNumThreads(), 'env': [os.environ[k] for k in THREAD_ENV]}))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["torch"] == d["opencv"] == 1 and d["got"]["torch"] == d["got"]["opencv"] == 1
+    assert d["got"].get("blas", 1) == 1 and d["env"] == ["1"] * 4
+    from vaest.actors import worker_threads
+
+    assert [worker_threads(c) for c in (0.25, 1.0, 1.5, 4.0)] == [1, 1, 1, 4]
+
+
 def test_engine_errors(tmp_path, local_ray):
     vid = Video("w", make_wav(tmp_path / "w.wav"), "train", audio_only=True)
     with pytest.raises(VaestError, match="unknown extraction engine"):

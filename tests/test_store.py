@@ -208,3 +208,39 @@ def test_face_training_refuses_records_of_another_width(tmp_path):
     with pytest.raises(FeatureError, match=r"store/face-grada/a.npz.*1280-d.*face encoder 'grada' expects 256-d"):
         train_face(tmp_path / "c", tmp_path / "store", tmp_path / "run", encoder="grada",
                    settings=FaceTrainSettings(motion=False, inputs="emb"))
+
+
+def test_expect_checks_the_features_hash_and_serves_older_records_with_one_warning(tmp_path, caplog):
+    """A reader given a features hash (a trained model's) refuses a record of another, naming the store file, the
+    asker and both hashes; records written before records carried one are served, with one warning per reader;
+    the in-memory store checks the same."""
+    import logging
+
+    from vaest.features.store import Expect, MemoryStore
+
+    fs = FeatureStore(tmp_path / "store")
+
+    def rec(meta):
+        return FeatureRecord(TimeSeries(np.zeros((4, 8), np.float32), TimeBase.frames(30.0)), meta=meta,
+                             config_hash="c1")
+
+    fs.save("face-x", "a", rec({"features_hash": "f1"}))
+    fs.save("face-x", "b", rec({"features_hash": "f2"}))
+    fs.save("face-x", "old1", rec({}))
+    fs.save("face-x", "old2", rec({}))
+    ex = Expect("the face model runs/m (encoder 'x')", dim=8, same_hash=False, features_hash="f1")
+    assert fs.open("face-x", "a", ex).dim == 8
+    with pytest.raises(FeatureError) as e:
+        fs.load("face-x", "b", ex)
+    msg = str(e.value)
+    assert str(tmp_path / "store" / "face-x" / "b.npz") in msg and "encoder 'x'" in msg and "f2" in msg and "f1" in msg
+    with caplog.at_level(logging.WARNING, logger="vaest.features.store"):
+        fs.open("face-x", "old1", ex)
+        fs.load("face-x", "old2", ex)
+    assert sum("written before" in r.getMessage() for r in caplog.records) == 1
+    mem = MemoryStore()
+    mem.save("face-x", "b", rec({"features_hash": "f2"}))
+    with pytest.raises(FeatureError, match="features hash f2.*trained on features hash f1"):
+        mem.open("face-x", "b", ex)
+    # without a features hash to check (a checkpoint from before): nothing is refused on it
+    assert fs.load("face-x", "b", Expect("old model", dim=8, same_hash=False)).series.dim == 8

@@ -55,19 +55,85 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, runtime
     return True
 
 
-class PoolWorker:
-    """A Ray actor body for :func:`run_actor_pool`: builds its state once (``make_state()``: e.g. a
-    :class:`vaest.predictor.Predictor` with its models loaded) and runs ``call(state, *args)`` per job."""
+# Environment variables that size the thread pools of libraries loaded after they are set (OpenMP: torch's
+# intra-op pool; the BLAS libraries numpy and torch link; numexpr)
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
-    def __init__(self, make_state: Callable[[], Any]) -> None:
-        # Ray sets OMP_NUM_THREADS to the actor's CPUs, so torch in a worker uses only its share of the cores
+
+def worker_threads(cpus_per_worker: float) -> int:
+    """Compute threads of a worker that reserves ``cpus_per_worker`` CPUs: their whole number, at least 1 (what
+    Ray gives OpenMP: ``OMP_NUM_THREADS``)."""
+    return max(1, int(cpus_per_worker))
+
+
+def limit_threads(n: int) -> dict[str, int]:
+    """Size this process's compute thread pools to ``n`` threads: the :data:`THREAD_ENV` variables (for libraries
+    loaded later), torch's intra-op pool, OpenCV's and the BLAS / OpenMP pools already loaded (``threadpoolctl``).
+
+    Why: a pool sized to the machine's cores in each of several workers on those cores oversubscribes them, and
+    idle pool threads that spin-wait (OpenBLAS, OpenCV's pool, OpenMP) burn CPU for nothing. Ray caps only
+    OpenMP (``OMP_NUM_THREADS``), and only for libraries loaded after the actor starts, while numpy's OpenBLAS
+    and OpenCV are loaded earlier (a worker imports numpy with Ray) and keep one thread per core. Returns the
+    pools' sizes as set (``torch``, ``opencv``, ``blas``: those found)."""
+    for k in THREAD_ENV:
+        os.environ[k] = str(n)
+    out: dict[str, int] = {}
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+        out["torch"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    try:
+        import cv2
+
+        cv2.setNumThreads(n)
+        out["opencv"] = cv2.getNumThreads()
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        threadpool_limits(limits=n)  # kept for the life of the process
+        out["blas"] = max((int(p["num_threads"]) for p in threadpool_info()), default=n)
+    except ImportError:
+        pass
+    return out
+
+
+class PoolWorker:
+    """A Ray actor body for :func:`run_actor_pool`: sizes its thread pools to its CPUs (:func:`limit_threads`),
+    builds its state once (``make_state()``: e.g. a :class:`vaest.predictor.Predictor` with its models loaded) and
+    runs ``call(state, *args)`` per job."""
+
+    def __init__(self, make_state: Callable[[], Any], threads: int = 1) -> None:
+        import resource
+
+        t0 = time.perf_counter()
+        self.threads = limit_threads(threads)
         self.state = make_state()
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.started = {"pid": os.getpid(), "build_s": time.perf_counter() - t0,
+                        "cpu_s": ru.ru_utime + ru.ru_stime, "threads": self.threads}
 
     def run(self, call: Callable[..., Any], args: tuple) -> Any:
         return call(self.state, *args)
 
     def pid(self) -> int:
         return os.getpid()
+
+    def ready(self) -> dict[str, Any]:
+        """How this worker started: ``pid``, ``build_s`` (wall seconds of ``make_state``), ``cpu_s`` (CPU seconds
+        of the worker process until its state was built: Ray's worker start-up, imports, models) and
+        ``threads`` (:func:`limit_threads`' pool sizes)."""
+        return self.started
+
+
+def log_ready(info: dict[str, Any]) -> None:
+    """One log line per started worker (its start-up cost and thread pools; the driver logs it)."""
+    log.info("ray worker %d ready: state built in %.1f s, %.1f CPU s since the worker started; threads: %s",
+             info["pid"], info["build_s"], info["cpu_s"], ", ".join(f"{k} {v}" for k, v in info["threads"].items()) or "-")
 
 
 @dataclass
@@ -109,7 +175,8 @@ def run_actor_pool(jobs: list[tuple[Any, tuple]], make_state: Callable[[], Any],
         make_state, call: picklable (module-level functions or classes; Ray ships them to the actors).
         on_done: called in this process, once per job, in completion order.
         num_workers: actors (at most one per job).
-        cpus_per_worker, gpus_per_worker: resources each actor reserves.
+        cpus_per_worker, gpus_per_worker: resources each actor reserves; each actor's compute thread pools get
+            :func:`worker_threads` threads (:func:`limit_threads`).
         job_timeout: seconds one job may run; None = no limit.
         retries: further tries of a job whose worker died or hung.
         label, total, completed: the progress bar.
@@ -119,15 +186,17 @@ def run_actor_pool(jobs: list[tuple[Any, tuple]], make_state: Callable[[], Any],
 
     remote_cls = ray.remote(PoolWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
     num_workers = max(1, min(num_workers, len(jobs)))
+    threads = worker_threads(cpus_per_worker)
     actors: list[Any] = []
 
     def new_actor() -> Any:
-        return remote_cls.remote(make_state)
+        return remote_cls.remote(make_state, threads)
 
     try:
         actors = [new_actor() for _ in range(num_workers)]
         # a job's clock starts when its worker is up, so a slow actor start-up does not count against it
-        ray.get([a.pid.remote() for a in actors])
+        for info in ray.get([a.ready.remote() for a in actors]):
+            log_ready(info)
         queue: list[tuple[Any, tuple, int]] = [(k, a, 1) for k, a in jobs]
         inflight: dict[Any, tuple[int, Any, tuple, int]] = {}
         started_at: dict[Any, float] = {}
@@ -146,7 +215,7 @@ def run_actor_pool(jobs: list[tuple[Any, tuple]], make_state: Callable[[], Any],
             except Exception:  # already gone
                 pass
             actors[slot] = new_actor()
-            ray.get(actors[slot].pid.remote())
+            log_ready(ray.get(actors[slot].ready.remote()))
 
         with make_progress() as prog:
             task = prog.add_task(label, total=total if total is not None else len(jobs), completed=completed)

@@ -139,19 +139,28 @@ class FaceModel:
         self.model, self.ck = _checkpoint(self.run, device)
         self.settings = read_settings(self.run, FaceInputs) or FaceInputs.from_checkpoint(self.ck)
         self.encoder = self.settings.encoder
+        from vaest.inputs.face import face_expect
+
+        # records of another width, or of another encoder configuration (features hash), than the model was
+        # trained on are refused, naming the store file, the run and both values; one reader for every video
+        inputs = self.ck.get("inputs", {})
+        self.expect = face_expect(self.encoder, dim=inputs.get("emb_dim"), same_hash=False,
+                                  who=f"the face model {self.run} (encoder {self.encoder!r})",
+                                  features_hash=inputs.get("features_hash"))
+        if self.expect.features_hash is None:
+            log.warning("%s: trained before checkpoints recorded their features hash: the encoder configuration of "
+                        "the features it is applied to is not checked (width only)", self.run)
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
         """The :class:`~vaest.inference.Track` of ``video`` (None when it has no face features)."""
         from vaest.inference import Track
-        from vaest.inputs.face import apply_norm, face_expect, load_face_sequences
+        from vaest.inputs.face import apply_norm, load_face_sequences
         from vaest.sequences import predict_sequence
 
         st = self.settings
-        # records of another width than the model was trained on are refused, naming the store and the run
-        expect = face_expect(st.encoder, dim=self.ck["inputs"].get("emb_dim"),
-                             who=f"the face model {self.run} (encoder {st.encoder!r})")
-        loaded, _ = load_face_sequences([video], store, st.encoder, motion=st.motion, parts=st.parts, expect=expect)
+        loaded, _ = load_face_sequences([video], store, st.encoder, motion=st.motion, parts=st.parts,
+                                        expect=self.expect)
         if not loaded:
             return None
         _, x, found, fps = loaded[0]
@@ -172,6 +181,13 @@ class BehaviorModel:
         self.run, self.device = Path(run), device
         self.model, self.ck = _checkpoint(self.run, device)
         self.settings = read_settings(self.run, BehaviorInputs) or BehaviorInputs.from_checkpoint(self.ck)
+        from vaest.features.store import Expect
+
+        # segment inputs of another width than the model was trained on are refused, naming the store file and
+        # the run (one reader for every video; the config hash is not compared: the checkpoint does not keep it)
+        st = self.settings
+        self.expect = Expect(f"the behavior model {self.run} (encoder {st.encoder!r}, {st.branch}/{st.pool})",
+                             self.ck.get("inputs", {}).get("dim"), same_hash=False)
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
@@ -180,7 +196,7 @@ class BehaviorModel:
         from vaest.inputs.behavior import frame_mask, load_items, to_sequence
         from vaest.sequences import frames_from_steps, predict_sequence
 
-        items, _ = load_items([video], store, self.settings)
+        items, _ = load_items([video], store, self.settings, self.expect)
         if not items:
             return None
         it = items[0]

@@ -17,7 +17,7 @@ from vaest.apply import Bundle
 from vaest.corpus import Video
 from vaest.errors import VaestError
 from vaest.features.store import FeatureStore
-from vaest.io import atomic_write_json
+from vaest.io import atomic_write_json, file_sha256
 from vaest.postprocess import REFERENCE_KERNELS, postprocess
 
 log = logging.getLogger(__name__)
@@ -32,16 +32,6 @@ _AUDIO_TRAINING_ONLY = ("model_name", "freeze_backbone")
 # official config), the widths and counts are checked against the tensors; modality_priors, only the initial value
 # of the learned log-priors the checkpoint holds, is not used
 _RAAV_FROM_TENSORS = ("hidden", "num_temporal_layers", "num_audio_latents", "modality_priors")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _layer_count(sd: dict[str, Any], prefix: str) -> int:
@@ -204,7 +194,7 @@ def bundle_from_official(out: str | Path, face: str | Path | None = None, behavi
         sd = official_state(obj)
         kw = official_settings(part, sd, settings.get(part, {}), path)
         models[part] = _convert(part, sd, kw, path, audio_backbone)
-        sources[part] = {"source": str(path.resolve()), "sha256": _sha256(path), "settings": kw}
+        sources[part] = {"source": str(path.resolve()), "sha256": file_sha256(path), "settings": kw}
         if part == "audio":
             local = Path(audio_backbone)
             sources[part]["backbone_config"] = str(local.resolve()) if local.exists() else audio_backbone

@@ -4,7 +4,8 @@
 merges its rows into what is there instead of rewriting the file: rows of other inputs are kept, and for an
 input predicted again the row with the later ``time`` wins (so two runs that finish the same input in either
 order leave the newer result listed). The read-merge-write happens under an exclusive lock on
-``OUT/.index.lock`` (``fcntl.flock``, released by the kernel if the process dies), and the file is replaced
+``OUT/.index.lock`` (``fcntl.flock`` on POSIX, ``msvcrt.locking`` of its first byte on Windows; both released
+by the system if the process dies), and the file is replaced
 atomically, so runs into one folder at the same time, local or on Ray, never lose each other's rows and a
 reader never sees a half-written index.
 
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from vaest.errors import VaestError
 from vaest.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -38,22 +40,55 @@ def now_stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
 
+# Windows: msvcrt.locking does not wait by itself beyond its own 10 x 1 s (LK_LOCK); the lock is taken with
+# LK_NBLCK, retried every LOCK_RETRY_S up to LOCK_WAIT_S (a merge holds it for milliseconds, an HTML rebuild of
+# a large index for well under a second)
+LOCK_WAIT_S = 120.0
+LOCK_RETRY_S = 0.05
+
+
 @contextlib.contextmanager
 def index_lock(out: str | os.PathLike) -> Iterator[None]:
-    """Hold the exclusive lock of folder ``out``'s index (blocks while another process holds it)."""
+    """Hold the exclusive lock of folder ``out``'s index (blocks while another process holds it; on Windows for
+    at most :data:`LOCK_WAIT_S`, then :class:`~vaest.errors.VaestError` naming the lock file)."""
     path = Path(out) / LOCK_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f:
         try:
             import fcntl
-        except ImportError:  # not POSIX: no lock (concurrent runs into one folder are then unsafe)
-            yield
+        except ImportError:  # Windows
+            with _msvcrt_lock(f, path):
+                yield
             return
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _msvcrt_lock(f: io.BufferedRandom, path: Path) -> Iterator[None]:
+    """Hold ``msvcrt.locking`` of the lock file's first byte (the region every run locks), retried up to
+    :data:`LOCK_WAIT_S`."""
+    import msvcrt
+
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        f.seek(0)  # locking() locks from the current position
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise VaestError(f"{path}: another process has held the index lock for over {LOCK_WAIT_S:.0f} s "
+                                 "(a vaest run writing into this folder); try again when it is done") from None
+            time.sleep(LOCK_RETRY_S)
+    try:
+        yield
+    finally:
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 def read_index(out: str | os.PathLike) -> list[dict[str, str]]:

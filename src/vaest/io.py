@@ -124,3 +124,15 @@ def _json_default(o: Any) -> Any:
 def safe_name(s: str) -> str:
     """``s`` as a file-name part: every character other than letters, digits, ``-``, ``_`` and ``.`` becomes ``_``."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB blocks (the identity of a weights file wherever it
+    lies: bundle sources, the feature identity of a face encoder's records)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -117,6 +117,14 @@ class Extractor:
             cfg.pop(k, None)
         return config_hash({"name": self.name, **cfg})
 
+    def features_hash(self) -> str:
+        """Identity of the space the feature values live in, stamped on every record as ``meta["features_hash"]``
+        and recorded by training in its checkpoint, so that applying a trained model refuses features of another
+        space (:class:`vaest.features.store.Expect`). Unlike :meth:`config_hash` (the cache identity: which
+        extractor wrote the record, with which tracker), it covers only what changes the values' meaning, so the
+        same features hash the same whichever command made them. Default: the config hash."""
+        return self.config_hash()
+
     # frame extractors
     def begin(self, videos: list[Video], info: MediaInfo) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -212,6 +220,7 @@ def _stamp(e: Extractor, recs: dict[tuple[str, str], FeatureRecord]) -> dict[tup
     for rec in recs.values():
         rec.config_hash = h
         rec.meta.setdefault("extractor", e.name)
+        rec.meta.setdefault("features_hash", e.features_hash())
         rec.meta.setdefault("config", dataclasses.asdict(e.config) if dataclasses.is_dataclass(e.config) else {})
     return recs
 

@@ -166,6 +166,7 @@ class FaceEncoderExtractor(Extractor):
     def __init__(self, config: Any = None):
         super().__init__(config)
         self._enc: FrameEncoder | None = None
+        self._features_hash: str | None = None
 
     def outputs(self) -> list[str]:
         return [face_key(self.config.encoder)]
@@ -190,6 +191,28 @@ class FaceEncoderExtractor(Extractor):
         sc, sh = self.encoder.crop_framing
         c = self.config
         return (sc if c.crop_scale is None else c.crop_scale, sh if c.crop_shift is None else c.crop_shift)
+
+    def features_hash(self) -> str:
+        """Identity of this encoder's feature space (see :meth:`Extractor.features_hash`): the encoder, its
+        weights (the SHA-256 of the file given or of the encoder's default file: the same weights hash the same
+        wherever they lie and however they were named; None for random weights),
+        the crop framing and the mirror TTA as resolved (an explicit setting equal to the encoder's default
+        hashes like the default). Not in it: runtime settings (device, batch size, threads, backend), the face
+        tracker that found the faces (the predictor's person tracker or ``vaest extract``'s single-face one),
+        whether a corpus's ``cropped_aligned`` images were the crops (``meta["source"]``) and the working
+        resolution: they move the values within one space, and a model trained on one applies to the other."""
+        if self._features_hash is None:
+            from vaest.features.store import config_hash
+            from vaest.io import file_sha256
+
+            w = self.config.weights
+            if w is None:  # the file the encoder loaded by default (torch and ONNX Runtime builds alike)
+                default = getattr(self.encoder, "default_weights", None)
+                w = default() if callable(default) else getattr(self.encoder, "weights", None)
+            weights = file_sha256(w) if w is not None and Path(w).is_file() else w
+            self._features_hash = config_hash({"name": "face", "encoder": self.config.encoder, "weights": weights,
+                                               "framing": [float(x) for x in self.framing], "flip": self.flip})
+        return self._features_hash
 
     def begin(self, videos: list[Video], info: MediaInfo) -> None:
         self.videos = videos

@@ -398,6 +398,7 @@ class PersonsExtractor(Extractor):
         if self.face_encoder is not None:
             meta["encoder"] = self.face_encoder.config.encoder
             meta["classes"] = list(self.face_encoder.encoder.classes)
+            meta["features_hash"] = self.face_encoder.features_hash()  # the space of the emb/probs extras
             raw_found = raw.found
             self._faces_done = {}
             for k in ENCODER_OUTPUTS:

@@ -286,15 +286,22 @@ class Expect:
         config_hash: extractor config hash required, or None (the first record served then fixes it for the
             rest: one training run reads records of one config only).
         same_hash: with ``config_hash`` None, take the first record's hash as the required one.
+        features_hash: the feature-space identity required (``meta["features_hash"]``, see
+            :meth:`vaest.features.base.Extractor.features_hash`: what a trained model's checkpoint records of its
+            training features), or None (not checked). A record written before records carried it is served
+            with one warning per reader.
     """
 
     who: str
     dim: int | None = None
     config_hash: str | None = None
     same_hash: bool = True
+    features_hash: str | None = None
+    _warned: bool = field(default=False, repr=False)
 
-    def check(self, where: str, extractor: str, dim: int, h: str) -> None:
-        """Raise :class:`FeatureError` naming the store file, the asker and both values on a mismatch."""
+    def check(self, where: str, extractor: str, dim: int, h: str, features_hash: str | None = None) -> None:
+        """Raise :class:`FeatureError` naming the store file, the asker and both values on a mismatch
+        (``features_hash``: the record's ``meta["features_hash"]``)."""
         if self.dim is None:
             self.dim = dim
         elif dim != self.dim:
@@ -306,6 +313,18 @@ class Expect:
             raise FeatureError(f"{where}: '{extractor}' features have config hash {h}, but {self.who} expects "
                                f"{self.config_hash} (records of another extractor configuration; re-extract them "
                                "or point at the store they came from)")
+        if self.features_hash is None:
+            return
+        if features_hash is None:
+            if not self._warned:
+                self._warned = True
+                log.warning("%s: '%s' record written before records carried a features hash: not checked against "
+                            "%s's %s (re-extract to have it checked)", where, extractor, self.who, self.features_hash)
+        elif features_hash != self.features_hash:
+            raise FeatureError(f"{where}: '{extractor}' features have features hash {features_hash}, but {self.who} "
+                               f"was trained on features hash {self.features_hash} (another encoder configuration: "
+                               "weights, crop framing or mirror TTA; extract them with the configuration the model "
+                               "was trained on)")
 
 
 @dataclass
@@ -430,7 +449,7 @@ class FeatureStore:
             raise FeatureError(f"{p}: damaged feature file ({e}); delete it and rerun extraction") from None
         rec = LazyRecord(arrays.pop("values"), mask, base, meta, h, {k[2:]: v for k, v in arrays.items()})
         if expect is not None:
-            expect.check(str(p), extractor, rec.dim, h)
+            expect.check(str(p), extractor, rec.dim, h, meta.get("features_hash"))
         return rec
 
     def load(self, extractor: str, video_id: str, expect: Expect | None = None) -> FeatureRecord:
@@ -449,7 +468,7 @@ class FeatureStore:
         except Exception as e:
             raise FeatureError(f"{p}: damaged feature file ({e}); delete it and rerun extraction") from None
         if expect is not None:
-            expect.check(str(p), extractor, series.dim, h)
+            expect.check(str(p), extractor, series.dim, h, meta.get("features_hash"))
         return FeatureRecord(series, extras, meta, h)
 
     def record_failure(self, extractor: str, video_id: str, message: str) -> None:
@@ -512,7 +531,8 @@ class MemoryStore(FeatureStore):
         if rec is None:
             raise FeatureError(f"{self.path(extractor, video_id)}: no '{extractor}' features for '{video_id}'")
         if expect is not None:
-            expect.check(str(self.path(extractor, video_id)), extractor, rec.series.dim, rec.config_hash)
+            expect.check(str(self.path(extractor, video_id)), extractor, rec.series.dim, rec.config_hash,
+                         rec.meta.get("features_hash"))
         return rec
 
     def open(self, extractor: str, video_id: str, expect: Expect | None = None) -> LazyRecord:

@@ -180,14 +180,15 @@ def apply_norm(x: np.ndarray, norm: dict[str, list[float]], inplace: bool = Fals
 
 
 def face_expect(encoder: str, dim: int | None = None, config_hash: str | None = None,
-                who: str | None = None) -> Expect:
+                who: str | None = None, features_hash: str | None = None, same_hash: bool = True) -> Expect:
     """What a reader of ``face-<encoder>`` records asks of them: the width given, else the encoder's own width
-    where it is known without loading weights (:func:`vaest.features.face.encoder_feature_dim`), and one config
-    hash for every record (``config_hash``, else the first record's)."""
+    where it is known without loading weights (:func:`vaest.features.face.encoder_feature_dim`); one config
+    hash for every record (``config_hash``, else with ``same_hash`` the first record's: a training run); and,
+    applying a trained model, the feature-space identity its checkpoint recorded (``features_hash``)."""
     from vaest.features.face_encoders import encoder_feature_dim
 
     return Expect(who or f"face encoder {encoder!r}", dim if dim is not None else encoder_feature_dim(encoder),
-                  config_hash)
+                  config_hash, same_hash, features_hash)
 
 
 def open_face_frames(videos: list[Video], store: FeatureStore, encoder: str, motion: bool = False,

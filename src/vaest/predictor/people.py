@@ -50,10 +50,12 @@ def to_display(df: Any, frame_size: Sequence[int], info: MediaInfo) -> None:
         df[c] = df[c] * s
 
 
-def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str, video_id: str) -> MemoryStore:
+def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str, video_id: str,
+                features_hash: str | None = None) -> MemoryStore:
     """A feature store holding one person as if they were the video's only face: ``face-<encoder>`` (their
-    encoder outputs ``enc``: ``emb`` (n, E), ``probs`` (n, C)) and ``facetrack`` (their boxes and landmarks), so a
-    trained face model applies to that person alone."""
+    encoder outputs ``enc``: ``emb`` (n, E), ``probs`` (n, C); ``features_hash``: the ``persons`` record's, the
+    identity of its encoder's space) and ``facetrack`` (their boxes and landmarks), so a trained face model applies
+    to that person alone."""
     from vaest.features.face_registry import face_key
 
     k = tracks.index(pid)
@@ -65,7 +67,8 @@ def person_view(tracks: Any, enc: dict[str, np.ndarray], pid: int, encoder: str,
         extras["va"] = np.asarray(enc["va"], np.float32)
     emb = np.asarray(enc["emb"], np.float32)
     view.save(face_key(encoder), video_id, FeatureRecord(TimeSeries(emb, base, found & np.isfinite(emb).all(1)),
-                                                         extras, {"encoder": encoder}))
+                                                         extras, {"encoder": encoder,
+                                                                 "features_hash": features_hash}))
     view.save("facetrack", video_id, FeatureRecord(TimeSeries(tracks.boxes[k].astype(np.float32), base, found),
                                                    {"conf": tracks.conf[k], "landmarks": tracks.landmarks[k]},
                                                    {"landmark_ids": list(tracks.landmark_ids),
@@ -84,6 +87,7 @@ class PeoplePath(PredictorSteps):
     fill: bool
     face_backbone: str
     _voice_done: Any
+    _persons_features_hash: str | None  # the persons record's (identity of its face encoder's space)
 
 
     # -----------------------------------------------------------------------------------------------------
@@ -102,7 +106,10 @@ class PeoplePath(PredictorSteps):
         from vaest.features.persons import OFFSCREEN, attribute_speech, person_rows, select_people, speech_on_frames
 
         notes: list[str] = []
-        tracks, faces = person_tracks_from_record(store.load("persons", video.id))
+        persons = store.load("persons", video.id)
+        tracks, faces = person_tracks_from_record(persons)
+        self._persons_features_hash = persons.meta.get("features_hash")
+        del persons
         n = len(times)
         fps = float(info.fps) if info.fps else float(tracks.fps)
         if tracks.n_frames != n:
@@ -273,7 +280,7 @@ class PeoplePath(PredictorSteps):
             return tr.resized(n) if tr is not None else None
         if "emb" not in enc:
             return None
-        view = person_view(tracks, enc, pid, model.encoder, video.id)
+        view = person_view(tracks, enc, pid, model.encoder, video.id, self._persons_features_hash)
         tr = model.apply(view, video)
         return tr.resized(n) if tr is not None else None
 

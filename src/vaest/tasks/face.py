@@ -166,7 +166,8 @@ def train_face(corpus_root: str | Path | Corpus, features: str | Path, out: str 
     first = loaded[0][1].rec
     extra = {"norm": norm, "inputs": {"store_key": face_key(st.encoder), "layout": layout, "dim": input_dim,
                                       "motion": st.motion, "parts": list(parts), "emb_dim": int(first.dim),
-                                      "config_hash": first.config_hash},
+                                      "config_hash": first.config_hash,
+                                      "features_hash": first.meta.get("features_hash")},
              "win": st.win, "hop": st.hop, "align_end": st.align_end}
     res = fit(net, task, cfg, out, extra=extra)
     best, _ = load_checkpoint(out / "model.pt", cfg.device)
