@@ -5,7 +5,8 @@ tests/test_fusion_learning.py (``make_synthetic_runs``: face, behavior and audio
 written once by ``gen``). ``modalities``: audio (``feature_norm`` video and global) and behavior, 3 epochs (2 for
 global audio), on a `vaest demo` output's corpus and feature store (DEMO/corpus, DEMO/features). Each writes
 OUT/<name>/ run folders and OUT/digest.json: metrics, every epoch's loss and validation CCC, and a SHA-1 of
-every exported array; ``compare`` says which entries are identical (timings left out).
+every exported array; ``compare`` says which entries are identical (timings left out). ``demo-fusion``: the
+demo's RAAV and DCMMoE training with its settings on a copy of a demo output's modality runs (DEMO/runs).
 
 Usage (run each with the checkout's ``src`` on PYTHONPATH)::
 
@@ -13,6 +14,7 @@ Usage (run each with the checkout's ``src`` on PYTHONPATH)::
     PYTHONPATH=OLD/src python benchmarks/stream_equal.py fusion DATA OUT_OLD
     PYTHONPATH=NEW/src python benchmarks/stream_equal.py fusion DATA OUT_NEW
     PYTHONPATH=NEW/src python benchmarks/stream_equal.py modalities DEMO OUT  # likewise old and new
+    PYTHONPATH=NEW/src python benchmarks/stream_equal.py demo-fusion DEMO OUT  # likewise old and new
     python benchmarks/stream_equal.py compare OUT_OLD/digest.json OUT_NEW/digest.json
 """
 
@@ -86,6 +88,24 @@ def modality_jobs(demo: Path) -> dict[str, Callable[[Path], Any]]:
     }
 
 
+def demo_fusion_jobs(demo: Path) -> dict[str, Callable[[Path], Any]]:
+    """The demo's own fusion training (``vaest demo`` defaults: 12 epochs, early stop 5, seed 0, lr 2e-4 for
+    RAAV and 1e-4 for DCMMoE, DCMMoE d_model 128 without attention dropout, out-of-fold train predictions) on a
+    copy of its modality runs (DEMO/runs/{face,behavior,audio}) and features."""
+    from vaest.tasks.fusion import default_train_config, train_fusion
+
+    runs = {m: demo / "runs" / m for m in ("face", "behavior", "audio")}
+
+    def job(method: str) -> Callable[[Path], Any]:
+        cfg = dataclasses.replace(default_train_config(method), epochs=12, early_stop=5, seed=0,
+                                  lr=2e-4 if method == "raav" else 1e-4)
+        mcfg = {"d_model": 128, "attn_dropout": 0.0} if method == "dcmmoe" else None
+        return lambda o: train_fusion(runs, demo / "corpus", o, method, train_cfg=cfg, features_root=demo / "features",
+                                      model_cfg=mcfg)
+
+    return {"raav": job("raav"), "dcmmoe": job("dcmmoe")}
+
+
 def compare(a_path: str, b_path: str) -> bool:
     def clean(d: Any) -> Any:
         return {k: clean(v) for k, v in d.items() if k != "train_seconds"} if isinstance(d, dict) else d
@@ -118,7 +138,8 @@ def main() -> None:
     import vaest
 
     print("vaest from", vaest.__file__, flush=True)
-    run_all(fusion_jobs(src) if cmd == "fusion" else modality_jobs(src), Path(sys.argv[3]))
+    jobs = {"fusion": fusion_jobs, "modalities": modality_jobs, "demo-fusion": demo_fusion_jobs}[cmd](src)
+    run_all(jobs, Path(sys.argv[3]))
 
 
 if __name__ == "__main__":
