@@ -25,7 +25,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -185,7 +185,7 @@ class RowView:
     """
 
     def __init__(self, parts: Iterable[Any], n: int | None = None, width: int | None = None,
-                 transform: Any = None):
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None):
         self.parts = list(parts)
         if n is None:
             n = len(self.parts[0]) if self.parts else 0

@@ -93,6 +93,7 @@ def label_rule(targets: np.ndarray, min_valid: int = 2) -> np.ndarray:
 
 
 def _zscore(mean: np.ndarray, std: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(k, D) rows standardised with a video's (D,) float32 mean and std."""
     return (x - mean) / std
 
 
