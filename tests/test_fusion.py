@@ -369,6 +369,12 @@ def test_fusion_input_reads_the_rows_of_the_whole_input_from_disk(tmp_path):
     np.testing.assert_array_equal(x[np.array([6, 0, 3, 3, 5])], want[[6, 0, 3, 3, 5]])
     np.testing.assert_array_equal(x[-1], want[6])
     np.testing.assert_array_equal(x[::3], want[::3])
+    pick = np.array([1, 0, 0, 1, 0, 0, 1], bool)  # a boolean mask selects rows (not rows 0 and 1)
+    np.testing.assert_array_equal(x[pick], want[[0, 3, 6]])
+    np.testing.assert_array_equal(x[pick, 1:3], want[[0, 3, 6], 1:3])
+    np.testing.assert_array_equal(t.emb[pick[:5]], emb[[0, 3]])
+    with pytest.raises(IndexError):
+        t.emb[pick]
     # a window running past the end repeats the last row (the windowing helper, on the lazy input)
     w, valid = take_window(x, 5, 4)
     np.testing.assert_array_equal(w, want[[5, 6, 6, 6]])
