@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/scale.py train --sizes 0.01,0.05,0.2 --dims 256,1280 --work /tmp/vaest-scale
     python benchmarks/scale.py train --sizes 0.01,0.05,0.2 --dims 1280 --small   # memory at size, less CPU
+    python benchmarks/scale.py train --sizes 0.01,0.05 --dims 256 --fusion-only --old OLD_SRC   # fusion (DCMMoE)
     python benchmarks/scale.py ray --clips /work/shared/data/cremad-av --work /tmp/vaest-ray [--kill]
     python benchmarks/scale.py demo-face --demo DEMO_OUT [--old OLD_SRC]   # float16 vs float32 face features
 """
@@ -55,8 +56,9 @@ ENCODERS = {256: "grada", 1280: "emotiefflib"}
 # ---------------------------------------------------------------------------------------------------------
 
 
-def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = None) -> Path:
-    """Write the corpus (labels, ``videos_fps.csv``) and the store under ``root``; returns ``root``."""
+def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = None, store_too: bool = True) -> Path:
+    """Write the corpus (labels, ``videos_fps.csv``) and the store under ``root``; returns ``root``.
+    ``store_too=False``: the corpus only (what fusion needs), the same labels."""
     try:
         from vaest.corpus.labels import write_va_file
     except ImportError:  # a checkout from before the corpus split
@@ -66,7 +68,7 @@ def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = 
 
     enc = ENCODERS[dim]
     done = root / f"built-{enc}.json"
-    if done.exists():
+    if done.exists() or (not store_too and (root / "built-corpus.json").exists()):
         return root
     rng = np.random.default_rng(seed)
     sizes = [VIDEO_FRAMES] * (frames // VIDEO_FRAMES) + ([frames % VIDEO_FRAMES] if frames % VIDEO_FRAMES else [])
@@ -90,6 +92,8 @@ def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = 
         lab[invalid] = -5
         write_va_file(root / "corpus" / "VA_Estimation_Challenge" / split / f"{vid}.txt", lab)
         fps_rows.append(f"{vid},30")
+        if not store_too:
+            continue
         emb = rng.standard_normal((n, dim), dtype=np.float32)
         emb += va @ proj
         found = rng.random(n) > 0.02
@@ -101,7 +105,8 @@ def build(root: Path, frames: int, dim: int, seed: int = 0, dtype: str | None = 
                             {"encoder": enc, "feature_dim": dim}, "bench")
         store.save(f"face-{enc}", vid, rec)
     (root / "corpus" / "videos_fps.csv").write_text("\n".join(fps_rows) + "\n")
-    done.write_text(json.dumps({"frames": frames, "dim": dim, "videos": n_videos}))
+    (done if store_too else root / "built-corpus.json").write_text(
+        json.dumps({"frames": frames, "dim": dim, "videos": n_videos}))
     return root
 
 
@@ -183,8 +188,19 @@ def child_face(root: Path, dim: int, out: Path, max_batches: int | None = None, 
 def child_fusion(root: Path, out: Path, max_batches: int | None = None, small: bool = False) -> None:
     """One epoch of DCMMoE fusion training on the face and behavior runs of ``root``; prints a JSON line."""
     t0 = time.perf_counter()
+    import vaest.tasks.fusion as tf
     from vaest.tasks.fusion import default_train_config, train_fusion
 
+    inner, load_cpu = tf.build_fusion_data, []
+
+    def timed_build(*a, **k):  # CPU seconds of reading the runs and building the inputs
+        c0 = time.process_time()
+        try:
+            return inner(*a, **k)
+        finally:
+            load_cpu.append(time.process_time() - c0)
+
+    tf.build_fusion_data = timed_build
     runs = {m: root / f"runs-{m}" for m in ("face", "behavior")}
     cfg = dataclasses.replace(default_train_config("dcmmoe"), epochs=1, max_batches_per_epoch=max_batches,
                               device="cpu")
@@ -193,11 +209,12 @@ def child_fusion(root: Path, out: Path, max_batches: int | None = None, small: b
                        model_cfg={"d_model": 32, "heads": 2, "layers": 1, "ffn": 64} if small else None)
     hist = json.loads((out / "history.json").read_text())
     print(json.dumps({"epoch_s": hist["seconds"], "cpu_s": time.process_time() - c, "wall_s": time.perf_counter() - t0,
-                      "ccc": res["mean"]}))
+                      "load_cpu_s": round(load_cpu[0], 2) if load_cpu else None, "ccc": res["mean"]}))
 
 
 def measured(cmd: list[str], env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,)) -> dict:
     """Run ``cmd`` under /usr/bin/time -v; its peak RSS (MB), wall time and the JSON line it printed last."""
+    load = os.getloadavg()[0]  # the machine is shared: the 1-minute load average when the run starts
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     if p.returncode not in ok_codes:
         raise RuntimeError(f"{cmd}: exit {p.returncode}\n{p.stderr[-3000:]}")
@@ -208,6 +225,7 @@ def measured(cmd: list[str], env: dict[str, str] | None = None, ok_codes: tuple[
     cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", p.stderr).group(1)) for k in ("User", "System"))
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     return {"peak_rss_mb": round(rss), "process_wall_s": round(secs, 1), "process_cpu_s": round(cpu, 1),
+            "load_avg_start": round(load, 2), "load_avg_end": round(os.getloadavg()[0], 2),
             **(json.loads(lines[-1]) if lines else {})}
 
 
@@ -216,7 +234,7 @@ def run_train(args: argparse.Namespace) -> list[dict]:
     here = Path(__file__).resolve()
     results = []
     srcs = [("new", str(here.parents[1] / "src"))] + ([("old", args.old)] if args.old else [])
-    floor = measured([sys.executable, "-c", "import torch, vaest.tasks.face"],
+    floor = measured([sys.executable, "-c", f"import torch, vaest.tasks.{'fusion' if args.fusion_only else 'face'}"],
                      env={**os.environ, "PYTHONPATH": srcs[0][1]})
     print(json.dumps({"floor": floor}), flush=True)
     for dim in [int(d) for d in args.dims.split(",")]:
@@ -224,9 +242,11 @@ def run_train(args: argparse.Namespace) -> list[dict]:
             frames = int(round(frac * AFFWILD2_FRAMES))
             root = work / f"f{frames}-d{dim}"
             t = time.perf_counter()
-            build(root, frames, dim, dtype=args.dtype)
+            build(root, frames, dim, dtype=args.dtype, store_too=not args.fusion_only)
             build_s = time.perf_counter() - t
             for name, src in srcs:
+                if args.fusion_only:
+                    break
                 if name == "old" and frames > args.old_max_frames:
                     continue
                 out = root / f"run-{name}"
@@ -243,7 +263,7 @@ def run_train(args: argparse.Namespace) -> list[dict]:
                 print(json.dumps(r), flush=True)
                 results.append(r)
                 shutil.rmtree(out, ignore_errors=True)
-            if args.fusion and dim == max(int(d) for d in args.dims.split(",")):
+            if (args.fusion or args.fusion_only) and dim == max(int(d) for d in args.dims.split(",")):
                 build_runs(root)
                 for name, src in srcs:
                     if name == "old" and frames > args.old_max_frames:
@@ -499,6 +519,8 @@ def main() -> None:
                    help="cap the epoch's training batches (memory runs at large sizes on a busy machine)")
     t.add_argument("--small", action="store_true", help="the reference model at a small size (memory runs)")
     t.add_argument("--fusion", action="store_true", help="also one epoch of DCMMoE fusion at each size (largest dim)")
+    t.add_argument("--fusion-only", action="store_true",
+                   help="only the DCMMoE fusion epoch (the corpus and the two 256-d prediction runs; no face store)")
     cf = sub.add_parser("child-fusion")
     cf.add_argument("--root", required=True)
     cf.add_argument("--out", required=True)

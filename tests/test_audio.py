@@ -342,6 +342,40 @@ def test_items_and_batches_from_the_store(tmp_path):
     assert int(b["target_mask"].sum()) == 4 * 4 - 1
 
 
+def test_item_reads_its_windows_from_the_store_standardised_as_the_whole_video(tmp_path):
+    """The item's features stay in the store; each window's rows are the whole video z-scored (float32 mean,
+    std floored at 1e-5), by hand, including the padded last window and a window past the audio; the
+    ``global`` form reads the stored rows as they are (here float16, cast per window)."""
+    from vaest.features.store import RowView, StoredArray
+
+    store = FeatureStore(tmp_path / "feats")
+    fps, secs = 10.0, 9.0
+    v = Video("v", Path("v.wav"), "train", fps=fps, audio_only=True, _labels=np.zeros((90, 2), np.float32))
+    feats = np.random.default_rng(1).normal(3.0, 2.0, size=(598, 6)).astype(np.float32)
+    feats[:, 5] = 7.0  # a constant column: std floored
+    store.save("audio-lmfb", "v", FeatureRecord(TimeSeries(feats, TimeBase(0.01, 0.025)), {},
+                                                {"duration": secs, "has_video": False}))
+    it = load_item(store, v, "lmfb")
+    assert isinstance(it.x, RowView) and isinstance(it.x.parts[0], StoredArray) and len(it.x) == 598
+    mean, std = feats.mean(0), np.maximum(feats.std(0), 1e-5)
+    assert std[5] == np.float32(1e-5)
+    z = (feats - mean) / std
+    np.testing.assert_array_equal(it.x[:], z)
+    np.testing.assert_array_equal(it.window_input(0), z[0:400])
+    # window 1 = rows 200..600 of 598: the last row repeated twice; window 2: 198 rows and 202 repeats
+    np.testing.assert_array_equal(it.window_input(1), np.concatenate([z[200:598], z[[597, 597]]]))
+    np.testing.assert_array_equal(it.window_input(2), z[np.minimum(np.arange(400, 800), 597)])
+    np.testing.assert_array_equal(it.window_input(2, zero_pad=True)[198:], 0)
+    np.testing.assert_array_equal(it.window_input(3), np.repeat(z[-1:], 400, 0))  # starts past the audio
+    half = FeatureStore(tmp_path / "half")
+    half.save("audio-lmfb", "v", FeatureRecord(TimeSeries(feats.astype(np.float16), TimeBase(0.01, 0.025)), {},
+                                               {"duration": secs, "has_video": False}))
+    g = load_item(half, v, "lmfb", feature_norm="global")
+    assert isinstance(g.x, StoredArray) and g.x.dtype == np.float16
+    np.testing.assert_array_equal(g.window_input(2), feats.astype(np.float16)[400:598].astype(np.float32)[
+        np.minimum(np.arange(400), 197)])
+
+
 def test_training_learns_arousal_from_loudness_and_writes_run(tmp_path):
     from vaest.corpus import load_corpus
     from vaest.features.audio import audio_extractors

@@ -318,6 +318,45 @@ def test_baseline_and_vlm_branch_selection(tmp_path):
         load_segment_features(FeatureStore(feats), ids[0], "vlm", "text", "std")
 
 
+def test_behavior_inputs_are_read_from_the_store_by_rows_as_the_whole_standardised_array(tmp_path):
+    """desc+vlm(visual/mean) segment inputs stay in the store (one chosen VLM variant of the record); the
+    normalisation and every window of the sequence are the whole concatenated array's, computed by hand
+    (missing values -> 0 after standardising)."""
+    from vaest.features.store import RowView, StoredArray
+    from vaest.inputs.behavior import load_items, to_sequence
+    from vaest.inputs.settings import BehaviorInputs
+    from vaest.corpus import load_corpus
+    from vaest.tasks.behavior import fit_norm
+    from vaest.windows import take_window
+
+    root, feats, ids, n = _fake_corpus(tmp_path, n_train=2, n_val=1)
+    store = FeatureStore(feats)
+    rec = store.load("behavior-desc", ids[0])
+    x0 = rec.values.copy()
+    x0[3, 1] = np.nan  # a missing value
+    store.save("behavior-desc", ids[0], FeatureRecord(TimeSeries(x0, rec.base, rec.mask), rec.extras, rec.meta))
+    items, missing = load_items(load_corpus(root).videos, store, BehaviorInputs("desc+vlm", "visual", "mean"))
+    assert not missing and len(items) == 3
+    whole = {}
+    for it in items:
+        assert isinstance(it.x, RowView) and all(isinstance(p, StoredArray) for p in it.x.parts)
+        whole[it.video.id] = np.concatenate([store.load("behavior-desc", it.video.id).values,
+                                             store.load("behavior-vlm", it.video.id).extras["visual_mean"]], 1)
+        np.testing.assert_array_equal(it.x[:], whole[it.video.id])
+    train = [it for it in items if it.video.split == "train"]
+    norm = fit_norm(train)
+    rows = np.concatenate([whole[it.video.id][it.valid] for it in train]).astype(np.float64)
+    np.testing.assert_allclose(norm["mean"], np.nanmean(rows, 0), rtol=1e-12)
+    np.testing.assert_allclose(norm["std"], np.maximum(np.nanstd(rows, 0), 1e-6), rtol=1e-9)
+    seq = to_sequence(items[0], norm)
+    z = (whole[ids[0]] - np.float32(norm["mean"])) / np.float32(norm["std"])
+    z = np.nan_to_num(z, nan=0.0).astype(np.float32)
+    assert z[3, 1] == 0 and seq.inputs["x"].shape == z.shape
+    np.testing.assert_array_equal(seq.inputs["x"][:], z)
+    w, valid = take_window(seq.inputs["x"], len(z) - 3, 8)  # the last window, padded with its last row
+    np.testing.assert_array_equal(w, z[np.minimum(np.arange(len(z) - 3, len(z) + 5), len(z) - 1)])
+
+
 def test_cli_trains_behavior(tmp_path):
     from typer.testing import CliRunner
 

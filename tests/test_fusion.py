@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vaest.corpus.labels import write_va_file
+from vaest.errors import FeatureError
 from vaest.inference import load_predictions, save_predictions, write_run_json
 from vaest.models import create_model
 from vaest.sequences import predict_sequence
@@ -341,6 +342,123 @@ def test_build_fusion_data_reads_audio_token_records(tmp_path):
     np.testing.assert_array_equal(data.table.tokens[torch.from_numpy(rows)].numpy(), rec.values[rows - rows.min()])
     # the frame at 5.5 s lies in windows 1 ([2, 6)) and 2 ([4, 8))
     assert set(idx[int(5.5 * 30)] - rows.min()) == {1, 2}
+
+
+def test_fusion_input_reads_the_rows_of_the_whole_input_from_disk(tmp_path):
+    """A track stored in a run folder, 5 frames of 2-d emb with NaN and inf, read into a video grid of 7 frames
+    (shorter track: zeros past its end) and of 3 frames (longer track: cut); the rows of every way of indexing
+    equal the hand-written input ``[emb, va]`` with NaN -> 0 and inf -> float32's largest."""
+    from vaest.features.store import RowView, StoredArray
+    from vaest.inference import load_track
+    from vaest.inputs.fusion import _modality_input
+    from vaest.windows import take_window
+
+    big = np.finfo(np.float32).max
+    emb = np.array([[1, 2], [3, np.nan], [5, 6], [np.inf, 8], [9, 10]], np.float32)
+    va = np.array([[.1, .2], [.3, .4], [np.nan, np.nan], [.7, .8], [.9, -1]], np.float32)
+    save_predictions(tmp_path, "v", va, 30.0, emb=emb, mask=np.array([1, 1, 0, 1, 1], bool))
+    t = load_track(tmp_path, "v")
+    assert isinstance(t.emb, StoredArray)  # left on disk
+    want = np.array([[1, 2, .1, .2], [3, 0, .3, .4], [5, 6, 0, 0], [big, 8, .7, .8], [9, 10, .9, -1],
+                     [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
+    x, mask = _modality_input(t, 7, 4)
+    assert isinstance(x, RowView) and x.shape == (7, 4) and len(x) == 7
+    np.testing.assert_array_equal(mask, [1, 1, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(x[:], want)
+    np.testing.assert_array_equal(x[2:6], want[2:6])
+    np.testing.assert_array_equal(x[np.array([6, 0, 3, 3, 5])], want[[6, 0, 3, 3, 5]])
+    np.testing.assert_array_equal(x[-1], want[6])
+    np.testing.assert_array_equal(x[::3], want[::3])
+    pick = np.array([1, 0, 0, 1, 0, 0, 1], bool)  # a boolean mask selects rows (not rows 0 and 1)
+    np.testing.assert_array_equal(x[pick], want[[0, 3, 6]])
+    np.testing.assert_array_equal(x[pick, 1:3], want[[0, 3, 6], 1:3])
+    np.testing.assert_array_equal(t.emb[pick[:5]], emb[[0, 3]])
+    with pytest.raises(IndexError):
+        t.emb[pick]
+    # a window running past the end repeats the last row (the windowing helper, on the lazy input)
+    w, valid = take_window(x, 5, 4)
+    np.testing.assert_array_equal(w, want[[5, 6, 6, 6]])
+    np.testing.assert_array_equal(valid, [1, 1, 0, 0])
+    cut, cmask = _modality_input(t, 3, 4)
+    np.testing.assert_array_equal(cut[:], want[:3])
+    np.testing.assert_array_equal(cut[np.array([2, 1])], want[[2, 1]])
+    np.testing.assert_array_equal(cmask, [1, 1, 0])
+    with pytest.raises(IndexError):
+        cut[np.array([3])]
+    none, nmask = _modality_input(None, 4, 4)
+    assert none.shape == (4, 4) and not none[1:3].any() and not nmask.any()
+    with pytest.raises(FeatureError, match="width 4 differs from 6"):
+        _modality_input(t, 7, 6)
+
+
+def test_fusion_batches_from_disk_equal_those_of_inputs_in_memory(synth_runs):
+    """build_fusion_data leaves every frame modality's embedding in the run folders; the training batches of both
+    tasks (frame windows with audio tokens, reference samples of one audio window) and the windowed predictions
+    are the same as from the whole inputs read into memory (the former path)."""
+    from vaest.corpus import load_corpus
+    from vaest.features.store import RowView, StoredArray
+    from vaest.inputs.fusion import build_fusion_data, fuse
+    from vaest.sequences import Sequence
+    from vaest.tasks.fusion import FusionTask, WindowFusionTask
+
+    c = load_corpus(synth_runs["corpus"])
+    for method in ("raav", "dcmmoe"):
+        data = build_fusion_data(synth_runs["runs"], c.videos, method)
+        lazy = data.sequences
+        for sq in lazy:
+            for m in ("face", "behavior") + (("audio",) if method == "dcmmoe" else ()):
+                x = sq.inputs[m]
+                assert isinstance(x, RowView) and isinstance(x.parts[0], StoredArray), (method, m)
+                rec = load_predictions(synth_runs["runs"][m], sq.id)  # the whole stored record, by hand
+                whole = np.nan_to_num(np.concatenate([rec.extras["emb"], rec.values], 1, dtype=np.float32))
+                np.testing.assert_array_equal(x[:], whole)
+        eager = [Sequence(s.id, {k: v.read() if isinstance(v, RowView) else v for k, v in s.inputs.items()},
+                          s.target, s.base, s.n_frames, s.fps, s.frame_labels) for s in lazy]
+        assert all(isinstance(v, np.ndarray) for s in eager for v in s.inputs.values())
+        if method == "raav":
+            tasks = [WindowFusionTask(lazy[:4], [], ["face", "behavior"], data.table, data.audio_dim),
+                     WindowFusionTask(eager[:4], [], ["face", "behavior"], data.table, data.audio_dim)]
+        else:
+            tasks = [FusionTask(lazy[:4], [], 100, 40, data.table), FusionTask(eager[:4], [], 100, 40, data.table)]
+        a, b = (list(t.train_batches(np.random.default_rng(5), 3)) for t in tasks)
+        assert len(a) == len(b) > 2
+        for ba, bb in zip(a, b):
+            assert ba.keys() == bb.keys()
+            for k in ba:
+                torch.testing.assert_close(ba[k], bb[k], rtol=0, atol=0, equal_nan=True, msg=f"{method} {k}")
+        if method == "dcmmoe":
+            model = create_model("dcmmoe", modalities=tuple(data.dims), in_dims=tuple(data.dims.values()),
+                                 d_model=8, ffn=16, layers=1)
+            data_eager = type(data)(eager, data.available, data.dims, data.table, data.audio_dim, data.split)
+            for (va1, m1, e1), (va2, m2, e2) in zip(fuse(model, data, 100, 40), fuse(model, data_eager, 100, 40)):
+                np.testing.assert_array_equal(va1, va2)
+                np.testing.assert_array_equal(e1["weights"], e2["weights"])
+
+
+def test_fusion_reads_a_shorter_track_as_masked_zeros_past_its_end(synth_runs, tmp_path, caplog):
+    """A behavior run whose predictions of a video stop 50 frames early: the video's behavior input is the
+    stored rows, then zeros, masked there (as the whole track padded and NaN-filled used to be)."""
+    import shutil
+
+    from vaest.corpus import load_corpus
+    from vaest.inputs.fusion import build_fusion_data
+
+    runs = {m: tmp_path / m for m in ("face", "behavior")}
+    for m in runs:
+        shutil.copytree(synth_runs["runs"][m], runs[m])
+    rec = load_predictions(runs["behavior"], "vid00")
+    n = len(rec.values)
+    save_predictions(runs["behavior"], "vid00", rec.values[: n - 50], 30.0, emb=rec.extras["emb"][: n - 50],
+                     mask=rec.mask[: n - 50])
+    vids = [v for v in load_corpus(synth_runs["corpus"]).videos if v.id == "vid00"]
+    with caplog.at_level("WARNING"):
+        seq = build_fusion_data(runs, vids, "dcmmoe").sequences[0]
+    assert "behavior predictions have 310 frames" in caplog.text
+    x = seq.inputs["behavior"]
+    assert x.shape[0] == n == 360
+    np.testing.assert_array_equal(x[: n - 50], np.concatenate([rec.extras["emb"], rec.values], 1)[: n - 50])
+    assert not x[n - 50 :].any() and not seq.inputs["behavior_mask"][n - 50 :].any()
+    np.testing.assert_array_equal(seq.inputs["behavior_mask"][: n - 50], rec.mask[: n - 50])
 
 
 @pytest.mark.parametrize("method", ["raav", "dcmmoe"])

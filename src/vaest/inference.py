@@ -20,7 +20,7 @@ import numpy as np
 
 from vaest.corpus import Corpus
 from vaest.errors import FeatureError, VaestError
-from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.features.store import FeatureRecord, FeatureStore, StoredArray
 from vaest.io import atomic_write_json
 from vaest.metrics import va_ccc
 from vaest.timebase import TimeBase, TimeSeries
@@ -142,11 +142,13 @@ class Track:
     Attributes:
         va: (n, 2) float32; mask: (n,) bool, real input; emb: (n, H) float32 or None; fps: frame rate;
         extras: other per-frame arrays of the record (``reliability``, ``weights``, ...).
+    A track read from a run folder (:func:`load_track`) leaves ``emb`` on disk: a
+    :class:`~vaest.features.store.StoredArray` that reads the rows asked for (``emb[:]`` for all of them).
     """
 
     va: np.ndarray
     mask: np.ndarray
-    emb: np.ndarray | None
+    emb: "np.ndarray | StoredArray | None"
     fps: float
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -158,11 +160,12 @@ class Track:
         if n == len(self):
             return self
 
-        def fit_len(a: np.ndarray | None, fill: Any) -> np.ndarray | None:
+        def fit_len(a: Any, fill: Any) -> np.ndarray | None:
             if a is None:
                 return None
-            if len(a) >= n:
-                return a[:n]
+            a = a[: min(len(a), n)]  # an array, also from a StoredArray (read here: the callers need it whole)
+            if len(a) == n:
+                return a
             pad = np.full((n - len(a),) + a.shape[1:], fill, dtype=a.dtype)
             return np.concatenate([a, pad])
 
@@ -171,15 +174,19 @@ class Track:
 
 
 def load_track(run: str | Path, video_id: str) -> Track | None:
-    """The predictions of ``video_id`` in run folder ``run``; None when the run has none for that video."""
+    """The predictions of ``video_id`` in run folder ``run``; None when the run has none for that video.
+
+    ``emb`` stays on disk (:class:`~vaest.features.store.StoredArray`, float32 as
+    :func:`save_predictions` writes it): fusion training gathers its rows per window, so its memory does not
+    grow with the corpus (256-d: 1 KB per frame). ``va`` (8 B/frame), the mask and the other extras are read."""
     try:
-        rec = load_predictions(run, video_id)
+        rec = pred_store(run).open(PRED_KEY, video_id)
     except FeatureError:
         return None
-    va = np.asarray(rec.values, dtype=np.float32)
+    va = np.asarray(rec.values[:], dtype=np.float32)
     mask = np.asarray(rec.mask, dtype=bool) & np.isfinite(va).all(1)
-    extras = dict(rec.extras)
-    emb = extras.pop("emb", None)
-    if emb is not None:
-        emb = np.asarray(emb, dtype=np.float32)
+    extras = {k: v[:] for k, v in rec.extras.items() if k != "emb"}
+    emb = rec.extras.get("emb")
+    if emb is not None and (emb.dtype != np.float32 or np.ndim(emb) != 2):
+        emb = np.asarray(emb[:], dtype=np.float32)  # not as save_predictions writes it: read (and cast) whole
     return Track(va, mask, emb, 1.0 / rec.base.hop, extras)

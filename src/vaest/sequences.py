@@ -28,7 +28,9 @@ class Sequence:
 
     Attributes:
         id: video id.
-        inputs: name -> (T, ...) arrays on ``base`` (all with the same T).
+        inputs: name -> (T, ...) arrays on ``base`` (all with the same T), or objects read by rows like them
+            (``len``, ``shape``, ``x[i:j]`` and ``x[index_array]`` giving arrays: a
+            :class:`~vaest.features.store.RowView`, whose rows stay on disk until a window asks for them).
         target: (T, 2) step targets (NaN invalid) for training.
         base: time base of the T steps.
         n_frames, fps: the video's frame grid.

@@ -31,7 +31,7 @@ from vaest.features.face_geometry import person_window
 from vaest.features.face_tracker import track_key
 from vaest.features.segments import (Segment, SegmentConfig, make_segment, plan_segments, record_segments, segment_base,
                                      segment_extras, segment_meta)
-from vaest.features.store import FeatureRecord, FeatureStore, config_hash
+from vaest.features.store import FeatureRecord, FeatureStore, LazyRecord, RowView, config_hash
 from vaest.media import FrameBatch, MediaInfo, fps_or_default
 from vaest.presets import register_preset
 from vaest.timebase import TimeSeries
@@ -335,43 +335,47 @@ def expression_stats(probs: np.ndarray, found: np.ndarray, segments: Sequence[Se
 
 
 def load_segment_features(store: FeatureStore, video_id: str, encoder: str = "desc", branch: str = "multimodal",
-                          pool: str = "last") -> tuple[np.ndarray, np.ndarray, FeatureRecord]:
-    """Per-segment inputs of one video: (n_segments, D) float32 (NaN where missing), (n_segments,) valid mask,
-    and the first part's record (time base, segment meta). ``branch``/``pool`` pick the VLM feature."""
-    xs, masks, first = [], [], None
+                          pool: str = "last") -> tuple[RowView, np.ndarray, LazyRecord]:
+    """Per-segment inputs of one video: (n_segments, D) float32 (NaN where missing) as a
+    :class:`~vaest.features.store.RowView` whose stored parts stay on disk until rows are asked for (``x[:]``
+    for all), the (n_segments,) valid mask, and the first part's record (time base, segment meta; opened, not
+    read). ``branch``/``pool`` pick the VLM feature (only that one is read of a record holding every variant)."""
+    xs: list[Any] = []
+    masks, first = [], None
     for part in encoder_parts(encoder):
         if part == "expr":
             key = expression_key(store, video_id)
             if key is None:
                 raise FeatureError(f"{store.root}: no face-<encoder> features for video '{video_id}' "
                                    "(run `vaest extract face` first, or drop +expr)")
-            face = store.load(key, video_id)
+            face = store.open(key, video_id)
             if "probs" not in face.extras:
                 raise FeatureError(f"{store.path(key, video_id)}: no expression probabilities (extra 'probs')")
             meta = first.meta  # type: ignore[union-attr]
             segs = record_segments(first, int(meta["n_frames"]), float(meta["fps"]))  # type: ignore[arg-type]
-            xs.append(expression_stats(np.asarray(face.extras["probs"], np.float32), np.asarray(face.mask, bool), segs))
+            xs.append(expression_stats(np.asarray(face.extras["probs"][:], np.float32), np.asarray(face.mask, bool),
+                                       segs))
             continue
         key = ENCODER_KEYS[part]
-        rec = store.load(key, video_id)
+        rec = store.open(key, video_id)
         if part == "vlm":
             name = f"{branch}_{pool}"
             if name in rec.extras:
-                x = np.asarray(rec.extras[name], np.float32)
+                x = rec.extras[name]
             elif name == rec.meta.get("default_feature"):
-                x = np.asarray(rec.values, np.float32)
+                x = rec.values
             else:
                 avail = rec.meta.get("feature_names") or sorted(rec.extras)
                 raise FeatureError(f"{store.path(key, video_id)}: no VLM feature {name!r}; stored: {', '.join(avail)}")
         else:
-            x = np.asarray(rec.values, np.float32)
+            x = rec.values
         if first is not None and len(x) != len(first.values):
             raise FeatureError(f"{store.path(key, video_id)}: {len(x)} segments, but {len(first.values)} in "
                                f"{store.path(ENCODER_KEYS[encoder_parts(encoder)[0]], video_id)}")
         first = first or rec
         xs.append(x)
         masks.append(np.asarray(rec.mask, bool))
-    return np.concatenate(xs, 1), np.logical_and.reduce(masks), first  # type: ignore[return-value]
+    return RowView(xs), np.logical_and.reduce(masks), first  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vaest.features.store import FeatureRecord
+from vaest.features.store import FeatureRecord, LazyRecord
 from vaest.timebase import TimeBase, frame_midpoints
 
 
@@ -139,12 +139,13 @@ def segment_extras(segs: Sequence[Segment]) -> dict[str, np.ndarray]:
             "sample": np.asarray([s.sample for s in segs], np.int64).reshape(len(segs), -1)}
 
 
-def record_segments(rec: FeatureRecord, n_frames: int, fps: float) -> list[Segment]:
-    """Segment spans of a stored record: true ``start``/``end`` (extras), frames by midpoint (``first:stop``)."""
+def record_segments(rec: "FeatureRecord | LazyRecord", n_frames: int, fps: float) -> list[Segment]:
+    """Segment spans of a stored record (loaded or opened): true ``start``/``end`` (extras), frames by midpoint
+    (``first:stop``)."""
     n = len(rec.values)
     starts, ends = rec.base.spans(n)
     if "start" in rec.extras and "end" in rec.extras:
-        starts, ends = np.asarray(rec.extras["start"], float), np.asarray(rec.extras["end"], float)
+        starts, ends = np.asarray(rec.extras["start"][:], float), np.asarray(rec.extras["end"][:], float)
     mids = frame_midpoints(n_frames, fps)
     out = []
     for i, (a, b) in enumerate(zip(starts, ends)):

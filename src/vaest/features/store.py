@@ -25,7 +25,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -90,6 +90,16 @@ class StoredItem:
     win: float
 
 
+def _row_index(idx: Any, n: int) -> np.ndarray:
+    """Integer row numbers of an index array; a boolean mask of ``n`` rows gives the rows it selects."""
+    a = np.asarray(idx)
+    if a.dtype == bool:
+        if a.shape != (n,):
+            raise IndexError(f"boolean index of shape {a.shape} for {n} rows")
+        return np.flatnonzero(a)
+    return a.astype(np.int64, copy=False)
+
+
 class StoredArray:
     """An array inside an uncompressed ``.npz`` member, read from disk by rows on demand (never whole).
 
@@ -122,7 +132,7 @@ class StoredArray:
         return out
 
     def __getitem__(self, idx: Any) -> np.ndarray:
-        """Rows ``idx`` (a slice with step 1, an int, or an integer index array) as an in-memory array."""
+        """Rows ``idx`` (a slice, an int, an integer index array or a boolean mask) as an in-memory array."""
         n = self.shape[0]
         with open(self.path, "rb", buffering=0) as f:
             if isinstance(idx, slice):
@@ -135,7 +145,7 @@ class StoredArray:
                 if not 0 <= i < n:
                     raise IndexError(f"row {idx} out of range for {n} rows")
                 return self._read(f, i, i + 1)[0]
-            ix = np.asarray(idx, dtype=np.int64)
+            ix = _row_index(idx, n)
             if ix.ndim != 1:
                 raise IndexError("StoredArray takes a slice, an int or a 1-D index array")
             if len(ix) == 0:
@@ -158,6 +168,87 @@ class StoredArray:
     def memmap(self) -> np.memmap:
         """A read-only memory map of the array (its touched pages count in this process's resident memory)."""
         return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+
+
+class RowView:
+    """Rows of one or more arrays side by side, ``(n, sum of widths)`` float32, gathered only when asked for.
+
+    The lazy inputs of fusion (``[emb, va]``), audio (features z-scored per video) and behavior (segment
+    features standardised) training; face training's frames, gathered from the nearest face frame, are
+    :class:`vaest.inputs.face.FaceFrames`. ``parts`` are :class:`StoredArray` objects (their rows stay on disk) or
+    in-memory arrays, each (T_i, D_i) or (T_i,); a part shorter than ``n`` reads as zeros past its end, a longer
+    one is cut to ``n``. ``transform`` maps each gathered float32 block (k, D) to the rows served (a
+    standardisation, NaN replacement); it must act row by row, so that every window or batch gets the same
+    floats as transforming the whole array at once. Indexed like an array by the windowing helper
+    (:func:`vaest.windows.take_window`) and the batch builders: ``v[i:j]``, ``v[index_array]``, ``v[mask]``,
+    ``v[i]``.
+    """
+
+    def __init__(self, parts: Iterable[Any], n: int | None = None, width: int | None = None,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None):
+        self.parts = list(parts)
+        if n is None:
+            n = len(self.parts[0]) if self.parts else 0
+        widths = [int(np.prod(p.shape[1:], dtype=np.int64)) for p in self.parts]
+        w = sum(widths)
+        if width is not None and self.parts and w != width:
+            raise FeatureError(f"input width {w} differs from {width} in other videos of the run")
+        self._widths = widths
+        self.shape = (int(n), w if self.parts or width is None else int(width))
+        self.dtype = np.dtype(np.float32)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        """Rows ``idx`` (slice, int, 1-D integer index array or boolean mask; ``(rows, columns)`` also) as a
+        fresh (k, width) float32 array."""
+        n = self.shape[0]
+        if isinstance(idx, tuple):  # rows, then columns of those rows
+            return self[idx[0]][(slice(None),) + idx[1:]] if idx else self[:]
+        if isinstance(idx, (int, np.integer)):
+            i = int(idx) + (n if idx < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {idx} out of range for {n} rows")
+            return self[i : i + 1][0]
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(n)
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            stop = max(start, stop)
+            out = np.zeros((stop - start, self.shape[1]), np.float32)
+            c = 0
+            for p, w in zip(self.parts, self._widths):
+                e = min(stop, len(p))
+                if e > start:
+                    out[: e - start, c : c + w] = np.reshape(p[start:e], (e - start, w))
+                c += w
+        else:
+            ix = _row_index(idx, n)
+            if ix.ndim != 1:
+                raise IndexError("RowView takes a slice, an int or a 1-D index array")
+            ix = np.where(ix < 0, ix + n, ix)
+            if len(ix) and (ix.min() < 0 or ix.max() >= n):
+                raise IndexError(f"index out of range for {n} rows")
+            out = np.zeros((len(ix), self.shape[1]), np.float32)
+            c = 0
+            for p, w in zip(self.parts, self._widths):
+                inside = ix < len(p)
+                if inside.all():
+                    out[:, c : c + w] = np.reshape(p[ix], (len(ix), w))
+                elif inside.any():
+                    out[inside, c : c + w] = np.reshape(p[ix[inside]], (int(inside.sum()), w))
+                c += w
+        return out if self.transform is None else self.transform(out)
+
+    def read(self) -> np.ndarray:
+        """All rows, in memory."""
+        return self[:]
 
 
 def _member_offsets(path: Path) -> dict[str, StoredArray | None]:

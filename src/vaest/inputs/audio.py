@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterable
 
 import numpy as np
@@ -37,7 +38,7 @@ from vaest.features.audio import (
     n_seconds,
     reliability_from_store,
 )
-from vaest.features.store import FeatureRecord, FeatureStore
+from vaest.features.store import FeatureRecord, FeatureStore, RowView
 from vaest.media import fps_or_default
 from vaest.timebase import TimeBase, TimeSeries, fill_nearest, frame_midpoints, to_frames
 from vaest.windows import overlap_average, take_window
@@ -91,12 +92,28 @@ def label_rule(targets: np.ndarray, min_valid: int = 2) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _zscore(mean: np.ndarray, std: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(k, D) rows standardised with a video's (D,) float32 mean and std."""
+    return (x - mean) / std
+
+
+def video_standardized(x: Any) -> RowView:
+    """Cached frame features (T, D) z-scored within their video (``feature_norm="video"``), read by rows on
+    demand: the statistics come from one whole read of that video (float32 mean and std, std floored at 1e-5,
+    as standardising the whole array), then only they are kept; a window's rows are ``(x - mean) / std``."""
+    whole = np.asarray(x[:]).astype(np.float32)
+    return RowView([x], transform=partial(_zscore, whole.mean(0), np.maximum(whole.std(0), 1e-5)))
+
+
 @dataclass
 class AudioItem:
     """One video's audio input, windows, targets and window statistics.
 
     Attributes:
-        x: (n_steps, D) cached frame features, or (n_samples, 1) waveform (float16) for the waveform models.
+        x: (n_steps, D) cached frame features, or (n_samples, 1) waveform (float16) for the waveform models;
+            left in the store (a :class:`~vaest.features.store.StoredArray`, or :func:`video_standardized`'s
+            :class:`~vaest.features.store.RowView` over one) and read by window, so training's memory does not
+            grow with hours of audio.
         rate, offset: steps per second of ``x`` and the time of its first step (its time base).
         starts: (n_windows,) window start seconds; ``n_sec``: 1 s bins of the media.
         targets: (n_windows, 4, 2) per-second targets (NaN invalid); ``has_audio``: (n_windows, 4) second has audio.
@@ -195,15 +212,15 @@ def load_item(store: FeatureStore, video: Video, encoder: str, filt: FilterConfi
 
     ``feature_norm="video"`` z-scores each dimension of cached frame features within the video (not waveforms);
     inference must use the setting the model was trained with (saved in its checkpoint as ``feature_norm``).
+    The features stay in the store (:meth:`FeatureStore.open`): windows read their rows when asked for.
     """
     if feature_norm not in ("global", "video"):
         raise FeatureError(f"feature_norm must be 'global' or 'video', got {feature_norm!r}")
-    rec = store.load(audio_key(encoder), video.id)
+    rec = store.open(audio_key(encoder), video.id)
     meta = rec.meta
-    x = rec.values
+    x: Any = rec.values
     if feature_norm == "video" and encoder != "wavlm" and len(x):
-        x = x.astype(np.float32)
-        x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-5)
+        x = video_standardized(x)
     n_frames, fps = frame_grid(store, video, meta)
     labels = video.labels_for(n_frames) if video.has_labels else None
     audio_s = float(meta.get("duration") or len(rec.values) * rec.base.hop)

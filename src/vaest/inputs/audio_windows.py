@@ -117,7 +117,7 @@ def windows_from_record(rec: FeatureRecord, where: str = "audio tokens") -> Audi
 
 def windows_from_track(track: Track, features_root: Path | None = None, video: Video | None = None) -> AudioWindows:
     """Fallback without a token record: one token per second from the per-frame audio embedding."""
-    emb = track.emb if track.emb is not None else track.va
+    emb = (track.emb if track.emb is not None else track.va)[:]  # a stored emb is read whole: one video
     n = len(track)
     mids = frame_midpoints(n, track.fps)
     n_sec = max(1, int(math.ceil(n / track.fps - 1e-6)))

@@ -10,6 +10,7 @@ onto the frames (:func:`frame_mask` marks the frames a valid segment covers).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from vaest.corpus import Video
 from vaest.errors import FeatureError
 from vaest.features.behavior import ENCODER_KEYS, encoder_parts, expression_key, load_segment_features
 from vaest.features.segments import Segment, record_segments, segment_targets
-from vaest.features.store import Expect, FeatureRecord, FeatureStore
+from vaest.features.store import Expect, FeatureRecord, FeatureStore, RowView
 from vaest.inputs.settings import BehaviorInputs
 from vaest.sequences import Sequence
 from vaest.timebase import TimeSeries, to_frames
@@ -28,7 +29,7 @@ class BehaviorItem:
     """One video's segment inputs (raw), validity, segment spans and frame grid."""
 
     video: Video
-    x: np.ndarray  # (S, D) unstandardised, NaN where missing
+    x: RowView  # (S, D) unstandardised, NaN where missing; rows read from the store when asked for
     valid: np.ndarray  # (S,) bool
     record: FeatureRecord
     segments: list[Segment]
@@ -56,26 +57,27 @@ def load_items(videos: list[Video], store: FeatureStore, st: BehaviorInputs, exp
             raise FeatureError(f"{store.path(keys[0], v.id)}: record has no frame grid (meta n_frames/fps); re-extract it")
         expect.check(str(store.path(keys[0], v.id)) if keys else str(store.root), "+".join(keys) or st.encoder,
                      int(x.shape[1]), rec.config_hash)
-        # the item keeps the record's time base and meta only: its arrays (a VLM record holds every
-        # branch/pool variant) would otherwise stay in memory for the whole run
+        # the item keeps the record's time base, mask and meta; its features stay in the store (x: a RowView)
         slim = FeatureRecord(TimeSeries(np.zeros((len(x), 0), np.float32), rec.base, rec.mask), {}, rec.meta,
                              rec.config_hash)
         items.append(BehaviorItem(v, x, valid, slim, record_segments(rec, n_frames, fps), n_frames, fps))
     return items, missing
 
 
-def apply_norm(x: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
-    """Standardise (S, D) inputs; missing values become 0 (the train mean)."""
+def apply_norm(norm: dict[str, list[float]], x: np.ndarray) -> np.ndarray:
+    """Standardise (k, D) inputs row by row; missing values become 0 (the train mean)."""
     z = (x - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
     return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
 def to_sequence(it: BehaviorItem, norm: dict[str, list[float]]) -> Sequence:
-    """Segment sequence with per-segment targets (mean valid frame label) and frame labels for validation."""
+    """Segment sequence with per-segment targets (mean valid frame label) and frame labels for validation; its
+    input ``x`` is the item's rows standardised as they are read (:func:`apply_norm` on each window)."""
     labels = it.video.labels_for(it.n_frames) if it.video.has_labels else None
     target = segment_targets(labels, it.segments) if labels is not None else np.full((len(it.x), 2), np.nan, np.float32)
     target[~it.valid] = np.nan
-    return Sequence(id=it.video.id, inputs={"x": apply_norm(it.x, norm)}, target=target, base=it.record.base,
+    x = RowView(it.x.parts, len(it.x), transform=partial(apply_norm, norm))
+    return Sequence(id=it.video.id, inputs={"x": x}, target=target, base=it.record.base,
                     n_frames=it.n_frames, fps=it.fps, frame_labels=labels)
 
 

@@ -15,6 +15,14 @@ over in memory by the predictor. Everything meets on the video's frame grid: :fu
 
 Frames where a modality has no real input are masked, never zero-filled as if real.
 
+Memory: a frame modality's input is a :class:`~vaest.features.store.RowView` over the track's ``emb`` left in
+the run folder (``preds/<video>.npz`` is uncompressed, :func:`vaest.inference.load_track`) and its ``va``: a
+training window or batch reads its rows, so the 1 KB per frame of a 256-d embedding is never held for the
+corpus. Held per frame: ``va`` (8 B per modality), masks (1 B each), labels (target and frame labels, 16 B) and
+RAAV's ``audio_index`` (16 B). The audio tokens (:class:`AudioTable`) stay in memory: 4 tokens of H (+2) floats
+per 4 s window every 2 s, ~2 KB per second of audio at H = 256 (~200 MB for Aff-Wild2's 27 hours, against
+~6 GB of frame inputs read whole before).
+
 :func:`fuse` applies a fusion model on frame windows; the reference RAAV (one sample per 4 s audio window,
 :func:`window_samples`) is applied by :func:`predict_by_window`.
 """
@@ -31,7 +39,8 @@ import torch
 from torch import nn
 
 from vaest.corpus import Video
-from vaest.errors import FeatureError, VaestError
+from vaest.errors import VaestError
+from vaest.features.store import RowView
 from vaest.inference import Track, crossfit_source, load_track, read_run_json
 from vaest.inputs.audio_windows import (N_TOKENS, AudioWindows, audio_windows, covered_by,
                                         frame_window_index)
@@ -137,15 +146,28 @@ class FusionData:
 
 
 
-def _modality_input(t: Track | None, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``[emb, va]`` (n, width) float32 and mask (n,); zeros and all-False when the modality has no track."""
+def finite(x: np.ndarray) -> np.ndarray:
+    """NaN -> 0 and +-inf -> the largest float32 (:func:`numpy.nan_to_num`), in place: fusion's input rule."""
+    return np.nan_to_num(x, copy=False)
+
+
+def _fit(mask: np.ndarray, n: int) -> np.ndarray:
+    """A (m,) bool mask cut or padded (False) to ``n``."""
+    out = np.zeros(n, dtype=bool)
+    k = min(n, len(mask))
+    out[:k] = mask[:k]
+    return out
+
+
+def _modality_input(t: Track | None, n: int, width: int) -> tuple[RowView, np.ndarray]:
+    """``[emb, va]`` (n, width) float32 with NaN -> 0 (:func:`finite`) and mask (n,) of a track of any length
+    (cut, or zeros and False past its end: what :meth:`~vaest.inference.Track.resized` pads, made finite); a
+    :class:`~vaest.features.store.RowView`, so a stored ``emb`` is read by the rows a window asks for. Zeros and
+    all-False (and no memory) when the modality has no track."""
     if t is None:
-        return np.zeros((n, width), dtype=np.float32), np.zeros(n, dtype=bool)
+        return RowView([], n, width, finite), np.zeros(n, dtype=bool)
     parts = ([t.emb] if t.emb is not None else []) + [t.va]
-    x = np.nan_to_num(np.concatenate(parts, 1, dtype=np.float32), copy=False)  # one (n, width) array, no copies
-    if x.shape[1] != width:
-        raise FeatureError(f"modality input width {x.shape[1]} differs from {width} in other videos of the run")
-    return x, t.mask.copy()
+    return RowView(parts, n, width, finite), _fit(t.mask, n)
 
 
 
@@ -223,13 +245,15 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
             if t is not None and len(t) != n:
                 log.warning("%s: %s predictions have %d frames, %s has %d; aligned to %d", vid, m, len(t),
                             names[0], n, n)
-                tr[m] = t.resized(n)
-        inputs: dict[str, np.ndarray] = {}
+        inputs: dict[str, Any] = {}
         avail: dict[str, np.ndarray] = {}
-        for m in names:
+        for m in names:  # the input's RowView cuts or pads a track of another length to n itself
             inputs[m], inputs[f"{m}_mask"] = _modality_input(tr[m], n, widths[m])
             avail[m] = inputs[f"{m}_mask"]
         at = tr.get(AUDIO)
+        a_in = at
+        if at is not None and len(at) != n:
+            at = at.resized(n)  # its emb read whole for this video's windows (the audio tokens are built here)
         if audio_run is not None and AUDIO in widths:
             if at is None:
                 avail[AUDIO] = np.zeros(n, dtype=bool)
@@ -249,7 +273,7 @@ def build_fusion_data(runs: dict[str, Path], videos: list[Video], method: str = 
                     tok_masks.append(aw.token_mask)
                     offset += len(aw.tokens)
                 else:
-                    inputs[AUDIO], _ = _modality_input(at, n, widths[AUDIO])
+                    inputs[AUDIO], _ = _modality_input(a_in, n, widths[AUDIO])
                     inputs["audio_mask"] = avail[AUDIO]
         v = by_id[vid]
         labels = v.labels_for(n) if v.has_labels else np.full((n, 2), np.nan, dtype=np.float32)

@@ -245,9 +245,9 @@ def build_model(cfg: AudioTrainConfig, items: list[AudioItem], store: FeatureSto
     from vaest.metrics import RunningMoments
 
     train = [it.x for it in items if it.split == "train" and len(it.x)] or [it.x for it in items if len(it.x)]
-    mom = RunningMoments()  # one float64 pass, video by video: no concatenated copy of the corpus
+    mom = RunningMoments()  # one float64 pass, video by video (each read from the store): no copy of the corpus
     for x in train:
-        mom.add(x)
+        mom.add(x[:])
     model.set_normalization(mom.mean, mom.std())
     return model
 
