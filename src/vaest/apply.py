@@ -183,11 +183,14 @@ class BehaviorModel:
         self.settings = read_settings(self.run, BehaviorInputs) or BehaviorInputs.from_checkpoint(self.ck)
         from vaest.features.store import Expect
 
-        # segment inputs of another width than the model was trained on are refused, naming the store file and
-        # the run (one reader for every video; the config hash is not compared: the checkpoint does not keep it)
-        st = self.settings
+        # segment inputs of another width, or of another extractor configuration (features hash), than the model
+        # was trained on are refused, naming the store file, the run and both values (one reader for every video)
+        st, inputs = self.settings, self.ck.get("inputs", {})
         self.expect = Expect(f"the behavior model {self.run} (encoder {st.encoder!r}, {st.branch}/{st.pool})",
-                             self.ck.get("inputs", {}).get("dim"), same_hash=False)
+                             inputs.get("dim"), same_hash=False, features_hash=inputs.get("features_hash"))
+        if self.expect.features_hash is None:
+            log.warning("%s: trained before checkpoints recorded their features hash: the extractor configuration "
+                        "of the features it is applied to is not checked (width only)", self.run)
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
@@ -219,6 +222,16 @@ class AudioModel:
         self.run, self.device = Path(run), device
         self.model, self.ck = _checkpoint(self.run, device)
         self.settings = read_settings(self.run, AudioInputs) or AudioInputs.from_checkpoint(self.ck)
+        from vaest.features.store import Expect
+
+        # records of another width, or of another extractor configuration (features hash), than the model was
+        # trained on are refused, naming the store file, the run and both values (one reader for every video)
+        inputs = self.ck.get("inputs", {})
+        self.expect = Expect(f"the audio model {self.run} (encoder {self.settings.encoder!r})", inputs.get("dim"),
+                             same_hash=False, features_hash=inputs.get("features_hash"))
+        if self.expect.features_hash is None:
+            log.warning("%s: trained before checkpoints recorded their features hash: the extractor configuration "
+                        "of the features it is applied to is not checked", self.run)
         self.windows: Any = None  # AudioWindows of the last applied video
         self.token_va: np.ndarray | None = None  # (W, 4, 2) per-token audio predictions of the last video
 
@@ -234,7 +247,8 @@ class AudioModel:
         self.windows, self.token_va = None, None
         if not store.has(audio_key(st.encoder), video.id):
             return None
-        it = load_item(store, video, st.encoder, st.filter_config(), st.min_valid_seconds, st.feature_norm)
+        it = load_item(store, video, st.encoder, st.filter_config(), st.min_valid_seconds, st.feature_norm,
+                       self.expect)
         if it.audio_seconds <= 0:
             return None
         frames, tokens = apply_item(self.model, it, st.filter, st.encoder, self.device)

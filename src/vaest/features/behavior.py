@@ -339,9 +339,12 @@ def load_segment_features(store: FeatureStore, video_id: str, encoder: str = "de
     """Per-segment inputs of one video: (n_segments, D) float32 (NaN where missing) as a
     :class:`~vaest.features.store.RowView` whose stored parts stay on disk until rows are asked for (``x[:]``
     for all), the (n_segments,) valid mask, and the first part's record (time base, segment meta; opened, not
-    read). ``branch``/``pool`` pick the VLM feature (only that one is read of a record holding every variant)."""
+    read). ``branch``/``pool`` pick the VLM feature (only that one is read of a record holding every variant).
+    With several parts, the returned record's ``meta["features_hash"]`` is the parts' features hashes joined by
+    ``+`` (None where one has none): the identity of the combined input space a trained model is checked against."""
     xs: list[Any] = []
     masks, first = [], None
+    hashes: list[str | None] = []
     for part in encoder_parts(encoder):
         if part == "expr":
             key = expression_key(store, video_id)
@@ -349,6 +352,7 @@ def load_segment_features(store: FeatureStore, video_id: str, encoder: str = "de
                 raise FeatureError(f"{store.root}: no face-<encoder> features for video '{video_id}' "
                                    "(run `vaest extract face` first, or drop +expr)")
             face = store.open(key, video_id)
+            hashes.append(face.meta.get("features_hash"))
             if "probs" not in face.extras:
                 raise FeatureError(f"{store.path(key, video_id)}: no expression probabilities (extra 'probs')")
             meta = first.meta  # type: ignore[union-attr]
@@ -358,6 +362,7 @@ def load_segment_features(store: FeatureStore, video_id: str, encoder: str = "de
             continue
         key = ENCODER_KEYS[part]
         rec = store.open(key, video_id)
+        hashes.append(rec.meta.get("features_hash"))
         if part == "vlm":
             name = f"{branch}_{pool}"
             if name in rec.extras:
@@ -375,6 +380,8 @@ def load_segment_features(store: FeatureStore, video_id: str, encoder: str = "de
         first = first or rec
         xs.append(x)
         masks.append(np.asarray(rec.mask, bool))
+    if len(hashes) > 1:  # the combined space: every part's identity (a copy: a memory store's record is shared)
+        first.meta = {**first.meta, "features_hash": None if None in hashes else "+".join(hashes)}  # type: ignore
     return RowView(xs), np.logical_and.reduce(masks), first  # type: ignore[return-value]
 
 

@@ -28,8 +28,8 @@ import numpy as np
 from vaest.corpus import Video
 from vaest.features.base import Extractor, register_extractor
 from vaest.features.behavior import BehaviorVLMConfig, BehaviorVLMExtractor
-from vaest.features.behavior_desc import (FRAME_FEATURES, BehaviorDescConfig, aggregate_descriptors,
-                                          person_descriptor_rows)
+from vaest.features.behavior_desc import (FRAME_FEATURES, BehaviorDescConfig, BehaviorDescExtractor,
+                                          aggregate_descriptors, person_descriptor_rows)
 from vaest.features.person_tracker import merge_rows, track_plan
 from vaest.features.segments import Segment, plan_segments, segment_base, segment_extras, segment_meta
 from vaest.features.store import FeatureRecord
@@ -62,6 +62,13 @@ class PersonBehaviorDescExtractor(Extractor):
 
     Config: ClassVar[type] = PersonBehaviorDescConfig
     requires: ClassVar[tuple[str, ...]] = ("persons",)
+
+    def features_hash(self) -> str:
+        """The features hash of ``behavior-desc`` with the same settings: a person's crop window moves the values
+        within that space (as the tracker that found the faces does for the face encoder), and a behavior model
+        trained on ``behavior-desc`` is applied to each person's slice of this record."""
+        own = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(BehaviorDescConfig)}
+        return BehaviorDescExtractor(BehaviorDescConfig(**own)).features_hash()
 
     def begin(self, videos: list[Video], info: MediaInfo) -> None:
         self.videos = videos

@@ -322,9 +322,9 @@ class Expect:
                             "%s's %s (re-extract to have it checked)", where, extractor, self.who, self.features_hash)
         elif features_hash != self.features_hash:
             raise FeatureError(f"{where}: '{extractor}' features have features hash {features_hash}, but {self.who} "
-                               f"was trained on features hash {self.features_hash} (another encoder configuration: "
-                               "weights, crop framing or mirror TTA; extract them with the configuration the model "
-                               "was trained on)")
+                               f"was trained on features hash {self.features_hash} (another encoder configuration, e.g. the "
+                               "face encoder's weights, crop framing or mirror TTA, or the audio or behavior "
+                               "extractor's settings; extract them with the configuration the model was trained on)")
 
 
 @dataclass

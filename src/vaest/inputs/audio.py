@@ -38,7 +38,7 @@ from vaest.features.audio import (
     n_seconds,
     reliability_from_store,
 )
-from vaest.features.store import FeatureRecord, FeatureStore, RowView
+from vaest.features.store import Expect, FeatureRecord, FeatureStore, RowView
 from vaest.media import fps_or_default
 from vaest.timebase import TimeBase, TimeSeries, fill_nearest, frame_midpoints, to_frames
 from vaest.windows import overlap_average, take_window
@@ -207,16 +207,18 @@ def frame_grid(store: FeatureStore, video: Video, audio_meta: dict[str, Any]) ->
 
 
 def load_item(store: FeatureStore, video: Video, encoder: str, filt: FilterConfig | None = None,
-              min_valid_seconds: int = 2, feature_norm: str = "video") -> AudioItem:
+              min_valid_seconds: int = 2, feature_norm: str = "video", expect: Expect | None = None) -> AudioItem:
     """Build the :class:`AudioItem` of one video from the feature store (audio record, mouth/face/vad records).
 
     ``feature_norm="video"`` z-scores each dimension of cached frame features within the video (not waveforms);
     inference must use the setting the model was trained with (saved in its checkpoint as ``feature_norm``).
     The features stay in the store (:meth:`FeatureStore.open`): windows read their rows when asked for.
+    ``expect`` checks the audio record's width, config hash and features hash before anything is read
+    (:class:`~vaest.features.store.Expect`: one per training run or applied model).
     """
     if feature_norm not in ("global", "video"):
         raise FeatureError(f"feature_norm must be 'global' or 'video', got {feature_norm!r}")
-    rec = store.open(audio_key(encoder), video.id)
+    rec = store.open(audio_key(encoder), video.id, expect)
     meta = rec.meta
     x: Any = rec.values
     if feature_norm == "video" and encoder != "wavlm" and len(x):

@@ -40,7 +40,8 @@ class BehaviorItem:
 def load_items(videos: list[Video], store: FeatureStore, st: BehaviorInputs, expect: Expect | None = None
                ) -> tuple[list[BehaviorItem], list[str]]:
     """Segment inputs of every video with stored features, and the ids of those without. Records of another
-    width or config hash than ``expect`` asks (default: the first video's) are refused."""
+    width or config hash than ``expect`` asks (default: the first video's), or of another features hash where it
+    asks one (a trained model's), are refused."""
     keys = [ENCODER_KEYS[p] for p in encoder_parts(st.encoder) if p != "expr"]
     items, missing = [], []
     # one width and one extractor configuration for every video (the first record fixes them)
@@ -56,7 +57,7 @@ def load_items(videos: list[Video], store: FeatureStore, st: BehaviorInputs, exp
         if fps <= 0 or n_frames <= 0:
             raise FeatureError(f"{store.path(keys[0], v.id)}: record has no frame grid (meta n_frames/fps); re-extract it")
         expect.check(str(store.path(keys[0], v.id)) if keys else str(store.root), "+".join(keys) or st.encoder,
-                     int(x.shape[1]), rec.config_hash)
+                     int(x.shape[1]), rec.config_hash, rec.meta.get("features_hash"))
         # the item keeps the record's time base, mask and meta; its features stay in the store (x: a RowView)
         slim = FeatureRecord(TimeSeries(np.zeros((len(x), 0), np.float32), rec.base, rec.mask), {}, rec.meta,
                              rec.config_hash)

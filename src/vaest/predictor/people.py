@@ -308,7 +308,8 @@ class PeoplePath(PredictorSteps):
             return None
         enc = faces.get(int(pid), {})
         if "emb" in enc and "probs" in enc:
-            view = person_view(tracks, enc, pid, store.load("persons", video.id).meta.get("encoder", "fer"), video.id)
+            view = person_view(tracks, enc, pid, store.load("persons", video.id).meta.get("encoder", "fer"), video.id,
+                               self._persons_features_hash)
         else:
             view = MemoryStore(f"person-{pid}")
         view.save("behavior-desc", video.id, rec)

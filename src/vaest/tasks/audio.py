@@ -35,7 +35,7 @@ from vaest.inputs.audio import TOKENS_KEY, AudioItem, apply_item, input_key, loa
 from vaest.inputs.audio import frames_from_seconds, seconds_from_windows
 from vaest.inputs.settings import AudioInputs, inference_record
 from vaest.tasks.audio_augment import AugmentConfig, augment_waveform
-from vaest.features.store import FeatureStore
+from vaest.features.store import Expect, FeatureStore
 from vaest.media import fps_or_default
 from vaest.progress import track
 from vaest.training import concat_frame_ccc
@@ -196,9 +196,12 @@ class AudioTrainConfig:
                            loss_weights=tuple(self.loss_weights), mse_weight=self.mse_weight)
 
 
-def load_items(store: FeatureStore, corpus: Corpus, cfg: AudioTrainConfig) -> tuple[list[AudioItem], list[Video]]:
-    """Items of every video with stored audio features, and the videos without them."""
+def load_items(store: FeatureStore, corpus: Corpus, cfg: AudioTrainConfig,
+               expect: Expect | None = None) -> tuple[list[AudioItem], list[Video]]:
+    """Items of every video with stored audio features, and the videos without them. Records of another width or
+    config hash than ``expect`` asks (default: the first video's; it then holds them) are refused."""
     key = audio_key(cfg.encoder)
+    expect = expect if expect is not None else Expect(f"audio encoder {cfg.encoder!r}")
     items, missing = [], []
     filt = cfg.filter_config()
     no_mouth = 0
@@ -206,7 +209,7 @@ def load_items(store: FeatureStore, corpus: Corpus, cfg: AudioTrainConfig) -> tu
         if v.media is None or not store.has(key, v.id):
             missing.append(v)
             continue
-        it = load_item(store, v, cfg.encoder, filt, cfg.min_valid_seconds, cfg.feature_norm)
+        it = load_item(store, v, cfg.encoder, filt, cfg.min_valid_seconds, cfg.feature_norm, expect)
         if it.stats.source != "mouth" and not v.audio_only:
             no_mouth += 1
         items.append(it)
@@ -217,6 +220,15 @@ def load_items(store: FeatureStore, corpus: Corpus, cfg: AudioTrainConfig) -> tu
         log.warning("%d video(s) have no '%s' features in %s (e.g. %s); their predictions are masked",
                     len(missing), key, store.root, missing[0].id)
     return items, missing
+
+
+def training_inputs(store: FeatureStore, encoder: str, video_id: str, expect: Expect) -> dict[str, Any]:
+    """What the checkpoint records of the features it was trained on (``inputs``): the store key, the width and
+    config hash every record read had (``expect``), and the features hash of a training record (applying the model
+    refuses records of another one: :class:`~vaest.apply.AudioModel`)."""
+    rec = store.open(audio_key(encoder), video_id)
+    return {"store_key": audio_key(encoder), "dim": expect.dim, "config_hash": expect.config_hash,
+            "features_hash": rec.meta.get("features_hash")}
 
 
 def build_model(cfg: AudioTrainConfig, items: list[AudioItem], store: FeatureStore) -> nn.Module:
@@ -324,7 +336,8 @@ def train_audio(features: str | Path, corpus: str | Path | Corpus, out: str | Pa
     run.mkdir(parents=True, exist_ok=True)
     store = FeatureStore(features)
     corp = load_corpus(corpus)
-    items, missing = load_items(store, corp, cfg)
+    expect = Expect(f"audio encoder {cfg.encoder!r}")  # one width and one extractor configuration for the run
+    items, missing = load_items(store, corp, cfg, expect)
     train = [it for it in items if it.split == "train" and it.frame_labels is not None]
     val = [it for it in items if it.split == "val" and it.frame_labels is not None]
     if not train:
@@ -344,7 +357,8 @@ def train_audio(features: str | Path, corpus: str | Path | Corpus, out: str | Pa
     write_run_info(run, "vaest train audio", cfg)
     res = fit(model, task, cfg.train_config(), run, param_groups=groups,
               extra={"encoder": cfg.encoder, "features": str(features), "filter": cfg.filter,
-                     "feature_norm": cfg.feature_norm})
+                     "feature_norm": cfg.feature_norm, "inputs": training_inputs(store, cfg.encoder, train[0].id,
+                                                                                 expect)})
     best, _ = load_checkpoint(run / "model.pt", cfg.device)
     export_run(best, items, missing, store, run, cfg, cfg.device)
     from vaest.presets import get_preset, preset_record

@@ -141,7 +141,9 @@ def train_behavior(corpus_root: str | Path | Corpus, features: str | Path, out: 
     write_run_info(out, command, {"settings": dataclasses.asdict(st), "train": dataclasses.asdict(cfg),
                                   "preset": preset, "corpus": str(corpus.root), "features": str(features)})
     extra = {"norm": norm, "inputs": {"store_keys": keys, "encoder": st.encoder, "branch": st.branch,
-                                      "pool": st.pool, "dim": input_dim}, "win": st.win, "hop": st.hop}
+                                      "pool": st.pool, "dim": input_dim, "config_hash": train[0].record.config_hash,
+                                      "features_hash": train[0].record.meta.get("features_hash")},
+             "win": st.win, "hop": st.hop}
     res = fit(net, task, cfg, out, extra=extra)
     best, _ = load_checkpoint(out / "model.pt", cfg.device)
     pairs = []
