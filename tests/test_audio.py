@@ -585,3 +585,62 @@ def test_cli_extract_and_train_on_synthetic_corpus(synth_corpus, tmp_path):
         assert (tok.extras["open_seconds"][ok] >= 1.0 - 1e-9).all() and (tok.extras["coverage"][ok] >= 0.8 - 1e-9).all()
     r = CliRunner().invoke(app, ["evaluate", str(run)])
     assert r.exit_code == 0, r.output
+
+
+def test_audio_model_refuses_features_of_another_extractor_configuration(tmp_path, caplog):
+    """Trained on one log-mel configuration's records, the checkpoint records their width and features hash;
+    applied to a store of another configuration (same width, other pre-emphasis; or other width) it is refused
+    naming the store file, the key, the run and both values; the same configuration is served; a checkpoint
+    without the hash (trained before) warns once and applies. Training on a store mixing two configurations is
+    refused."""
+    import logging
+
+    from vaest.apply import AudioModel
+    from vaest.corpus import load_corpus
+    from vaest.errors import FeatureError
+    from vaest.features.base import create_extractor, run_extraction
+    from vaest.models import load_checkpoint
+    from vaest.tasks.audio import train_audio
+
+    (tmp_path / "c").mkdir()
+    manifest = _loud_corpus(tmp_path / "c", n=3, seconds=10.0)
+    videos = load_corpus(manifest).videos
+    feats = tmp_path / "feats"
+    lmfb = create_extractor("audio-lmfb")
+    assert not run_extraction(FeatureStore(feats), [lmfb], videos).failed
+    run = tmp_path / "run"
+    train_audio(feats, manifest, run, AudioTrainConfig(encoder="lmfb", epochs=1, ema=None, batch_size=8))
+    inputs = load_checkpoint(run / "model.pt")[1]["inputs"]
+    assert inputs["features_hash"] == lmfb.features_hash() and inputs["dim"] == 64
+
+    with caplog.at_level(logging.WARNING, logger="vaest"):
+        model = AudioModel(run)
+        assert model.apply(FeatureStore(feats), videos[-1]).va.shape == (250, 2)  # same configuration: served
+    assert not any("features hash" in r.getMessage() for r in caplog.records)
+
+    other = FeatureStore(tmp_path / "other")
+    pre = create_extractor("audio-lmfb", preemphasis=0.9)
+    assert not run_extraction(other, [pre], videos[-1:]).failed
+    with pytest.raises(FeatureError) as e:
+        model.apply(other, videos[-1])
+    msg = str(e.value)
+    assert str(other.path("audio-lmfb", videos[-1].id)) in msg and "'audio-lmfb'" in msg and str(run) in msg
+    assert f"features hash {pre.features_hash()}" in msg and f"trained on features hash {lmfb.features_hash()}" in msg
+    narrow = FeatureStore(tmp_path / "narrow")
+    assert not run_extraction(narrow, [create_extractor("audio-lmfb", n_mels=32)], videos[-1:]).failed
+    with pytest.raises(FeatureError, match=r"32-d, but the audio model .* expects 64-d"):
+        model.apply(narrow, videos[-1])
+
+    # a checkpoint from before features hashes: warned once when loaded, never refused on it
+    ck = torch.load(run / "model.pt", weights_only=False)
+    del ck["inputs"]
+    torch.save(ck, run / "model.pt")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vaest"):
+        assert AudioModel(run).apply(other, videos[-1]).va.shape == (250, 2)
+    assert sum("features hash" in r.getMessage() for r in caplog.records) == 1
+
+    # training reads one configuration: a store where one video was re-extracted otherwise is refused
+    assert not run_extraction(FeatureStore(feats), [pre], videos[-1:], force=True).failed
+    with pytest.raises(FeatureError, match="config hash"):
+        train_audio(feats, manifest, tmp_path / "mixed", AudioTrainConfig(encoder="lmfb", epochs=1, ema=None))

@@ -396,3 +396,82 @@ def test_expression_statistics_join_the_segments(tmp_path):
     assert np.allclose(e[1, :3], [1, 0, 0]) and np.allclose(e[-1, :3], [0, 0.5, 0.5]) and np.allclose(e[-1, 3:], 0)
     segs = plan_segments(n, 30.0)
     assert np.allclose(expression_stats(probs, found, segs)[9, :3], [0.5, 0.25, 0.25])  # 18-22 s straddles 20 s
+
+
+def _stamp_features_hash(store: FeatureStore, key: str, vid: str, h: str | None) -> None:
+    """Rewrite one stored record with ``meta["features_hash"] = h`` (what extraction stamps on every record)."""
+    rec = store.load(key, vid)
+    meta = {k: v for k, v in rec.meta.items() if k != "features_hash"}
+    if h is not None:
+        meta["features_hash"] = h
+    store.save(key, vid, FeatureRecord(rec.series, rec.extras, meta))
+
+
+def test_applying_a_behavior_model_refuses_descriptors_of_another_configuration(tmp_path, caplog):
+    """Trained on one behavior-desc configuration's records, the model records their features hash; applied to
+    a store of another configuration it is refused naming the store file, the key, the run and both hashes; the
+    same configuration is served; a checkpoint without the hash (trained before) warns once and applies, and so
+    does a record without one. A person's slice (persons-behavior-desc) hashes like behavior-desc."""
+    import logging
+
+    import torch
+
+    from vaest.apply import BehaviorModel
+    from vaest.corpus import Video
+    from vaest.errors import FeatureError
+    from vaest.features.behavior_desc import BehaviorDescConfig, BehaviorDescExtractor
+    from vaest.features.person_behavior import PersonBehaviorDescExtractor, person_desc_config
+    from vaest.models import load_checkpoint
+    from vaest.tasks.behavior import BehaviorTrainSettings, behavior_train_config, train_behavior
+
+    trained = BehaviorDescExtractor().features_hash()
+    other_cfg = BehaviorDescConfig(small_width=64)
+    other_h = BehaviorDescExtractor(other_cfg).features_hash()
+    assert trained != other_h
+    # the per-person descriptors (the predictor's, another config hash) live in behavior-desc's space
+    for cfg in (BehaviorDescConfig(), other_cfg):
+        person = PersonBehaviorDescExtractor(person_desc_config(cfg))
+        assert person.features_hash() == BehaviorDescExtractor(cfg).features_hash()
+        assert person.config_hash() != BehaviorDescExtractor(cfg).config_hash()
+
+    root, feats, ids, n = _fake_corpus(tmp_path, n_train=2, n_val=1, seconds=20)
+    store = FeatureStore(feats)
+    for vid in ids:
+        _stamp_features_hash(store, "behavior-desc", vid, trained)
+    run = tmp_path / "run"
+    train_behavior(root, feats, run, train_cfg=behavior_train_config(epochs=1, batch_size=4),
+                   settings=BehaviorTrainSettings(model_config=SMALL))
+    assert load_checkpoint(run / "model.pt")[1]["inputs"]["features_hash"] == trained
+    video = Video(id=ids[-1], media=None, split="Validation_Set")
+    with caplog.at_level(logging.WARNING, logger="vaest"):
+        model = BehaviorModel(run)
+        assert model.apply(store, video).va.shape == (n, 2)  # same configuration: served
+    assert not any("features hash" in r.getMessage() for r in caplog.records)
+
+    other = FeatureStore(tmp_path / "other")
+    other.save("behavior-desc", ids[-1], store.load("behavior-desc", ids[-1]))
+    _stamp_features_hash(other, "behavior-desc", ids[-1], other_h)
+    with pytest.raises(FeatureError) as e:
+        model.apply(other, video)
+    msg = str(e.value)
+    assert str(other.path("behavior-desc", ids[-1])) in msg and "'behavior-desc'" in msg and str(run) in msg
+    assert f"features hash {other_h}" in msg and f"trained on features hash {trained}" in msg
+
+    # a record extracted before records carried the hash: served, one warning for the model's reader
+    _stamp_features_hash(other, "behavior-desc", ids[-1], None)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vaest"):
+        assert model.apply(other, video).va.shape == (n, 2)
+        assert model.apply(other, video).va.shape == (n, 2)
+    assert sum("features hash" in r.getMessage() for r in caplog.records) == 1
+
+    # a checkpoint from before features hashes: warned once when loaded, never refused on it
+    ck = torch.load(run / "model.pt", weights_only=False)
+    del ck["inputs"]["features_hash"]
+    torch.save(ck, run / "model.pt")
+    _stamp_features_hash(other, "behavior-desc", ids[-1], other_h)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vaest"):
+        old = BehaviorModel(run)
+        assert old.apply(other, video).va.shape == (n, 2)
+    assert sum("features hash" in r.getMessage() for r in caplog.records) == 1
