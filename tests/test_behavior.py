@@ -475,3 +475,24 @@ def test_applying_a_behavior_model_refuses_descriptors_of_another_configuration(
         old = BehaviorModel(run)
         assert old.apply(other, video).va.shape == (n, 2)
     assert sum("features hash" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_combined_inputs_carry_every_parts_features_hash(tmp_path):
+    """desc+expr inputs are identified by both parts' features hashes (joined by '+'), None when a part's record
+    has none; a single part keeps its own; the stored records' meta is not changed."""
+    from vaest.features.store import MemoryStore
+    from vaest.timebase import TimeBase
+
+    root, feats, ids, n = _fake_corpus(tmp_path, n_train=1, n_val=0)
+    disk = FeatureStore(feats)
+    store = MemoryStore()
+    store.save("behavior-desc", ids[0], disk.load("behavior-desc", ids[0]))
+    store.load("behavior-desc", ids[0]).meta["features_hash"] = "d1"
+    face = FeatureRecord(TimeSeries(np.zeros((n, 2), np.float32), TimeBase.frames(30.0)),
+                         {"probs": np.full((n, 3), 1 / 3, np.float32)}, {})
+    store.save("face-fer", ids[0], face)
+    assert load_segment_features(store, ids[0], "desc+expr")[2].meta["features_hash"] is None
+    face.meta["features_hash"] = "f1"
+    assert load_segment_features(store, ids[0], "desc+expr")[2].meta["features_hash"] == "d1+f1"
+    assert load_segment_features(store, ids[0], "desc")[2].meta["features_hash"] == "d1"
+    assert store.load("behavior-desc", ids[0]).meta["features_hash"] == "d1"  # the stored record is untouched
