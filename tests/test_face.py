@@ -583,6 +583,32 @@ def test_features_hash_of_default_weights_equals_the_same_file_named(tmp_path):
         assert fh(backend="onnx") == base
 
 
+def test_features_hash_of_a_weights_file_named_in_the_encoder_option(tmp_path):
+    """``emotiefflib:/path/to/<model>.pt`` (the weights named in the encoder option, no default file on this
+    machine) hashes like ``emotiefflib:<model>`` with ``weights`` = the same file, wherever it lies; other
+    weights hash differently."""
+    import torch
+
+    from vaest.features.pretrained_face import TimmEfficientNetB0
+
+    torch.manual_seed(0)
+    a = tmp_path / "a" / "enet_b0_8_va_mtl.pt"
+    b = tmp_path / "b" / "enet_b0_8_va_mtl.pt"
+    for p in (a, b):
+        p.parent.mkdir()
+    torch.save(TimmEfficientNetB0(10).eval().state_dict(), a)
+    b.write_bytes(a.read_bytes())
+    other = tmp_path / "other.pt"
+    torch.save(TimmEfficientNetB0(10).eval().state_dict(), other)  # new random weights
+
+    def fh(encoder: str, **kw) -> str:
+        return FaceEncoderExtractor(FaceEncoderConfig(encoder=encoder, **kw)).features_hash()
+
+    named = fh(f"emotiefflib:{a}")
+    assert named == fh(f"emotiefflib:{b}") == fh("emotiefflib:enet_b0_8_va_mtl", weights=str(a))
+    assert fh("emotiefflib:enet_b0_8_va_mtl", weights=str(other)) != named
+
+
 def test_applying_a_face_model_refuses_features_of_another_encoder_configuration(tmp_path, caplog):
     """A model trained on one configuration's features, applied to a store made with another, is refused before
     anything runs, naming the store file, the encoder and both features hashes; the same configuration's store is

@@ -206,11 +206,15 @@ class FaceEncoderExtractor(Extractor):
             from vaest.io import file_sha256
 
             w = self.config.weights
+            encoder = str(self.config.encoder)
+            family, _, variant = encoder.partition(":")
+            if w is None and variant and Path(variant).is_file():  # "emotiefflib:/path/to/enet_b0_8_va_mtl.pt"
+                w, encoder = variant, f"{family}:{Path(variant).stem}"  # the model its stem names, as from_option
             if w is None:  # the file the encoder loaded by default (torch and ONNX Runtime builds alike)
                 default = getattr(self.encoder, "default_weights", None)
                 w = default() if callable(default) else getattr(self.encoder, "weights", None)
             weights = file_sha256(w) if w is not None and Path(w).is_file() else w
-            self._features_hash = config_hash({"name": "face", "encoder": self.config.encoder, "weights": weights,
+            self._features_hash = config_hash({"name": "face", "encoder": encoder, "weights": weights,
                                                "framing": [float(x) for x in self.framing], "flip": self.flip})
         return self._features_hash
 
