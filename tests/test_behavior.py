@@ -496,3 +496,34 @@ def test_combined_inputs_carry_every_parts_features_hash(tmp_path):
     assert load_segment_features(store, ids[0], "desc+expr")[2].meta["features_hash"] == "d1+f1"
     assert load_segment_features(store, ids[0], "desc")[2].meta["features_hash"] == "d1"
     assert store.load("behavior-desc", ids[0]).meta["features_hash"] == "d1"  # the stored record is untouched
+
+
+def test_vlm_features_hash_names_the_model_by_content_not_by_folder_or_server(tmp_path):
+    """behavior-vlm's features hash: the same model files in two folders hash the same, other weights of the same
+    names and sizes differ, a hub id is its name; how the model is served (backend, vLLM server) is not in it,
+    though it is in the config hash; per-person VLM records hash like behavior-vlm."""
+    from vaest.features.behavior import BehaviorVLMConfig, BehaviorVLMExtractor
+    from vaest.features.person_behavior import PersonBehaviorVLMConfig, PersonBehaviorVLMExtractor
+
+    rng = np.random.default_rng(0)
+    weights = rng.integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()  # 3 MiB: more than the sampled chunks
+    folders = [tmp_path / n for n in ("a", "b", "c")]
+    for f in folders:
+        (f / "sub").mkdir(parents=True)
+        (f / "config.json").write_text('{"model_type": "qwen3_vl"}')
+        (f / "sub" / "model.safetensors").write_bytes(weights)
+    tuned = bytearray(weights)
+    tuned[1 << 20 : (1 << 20) + 4096] = bytes(4096)  # another fine-tune: same names and size, other middle bytes
+    (folders[2] / "sub" / "model.safetensors").write_bytes(bytes(tuned))
+
+    def ex(model: str, **kw) -> BehaviorVLMExtractor:
+        return BehaviorVLMExtractor(BehaviorVLMConfig(model=model, **kw))
+
+    a, b, c = (ex(str(f)).features_hash() for f in folders)
+    assert a == b and a != c
+    served = ex(str(folders[1]), backend="vllm", vllm_url="http://127.0.0.1:8000/v1")
+    assert served.features_hash() == a and served.config_hash() != ex(str(folders[1])).config_hash()
+    assert ex("Qwen/Qwen3-VL-4B-Instruct").features_hash() != ex("Qwen/Qwen3-VL-8B-Instruct").features_hash()
+    assert ex(str(folders[0]), prompt="another prompt").features_hash() != a  # what is asked changes the space
+    person = PersonBehaviorVLMExtractor(PersonBehaviorVLMConfig(model=str(folders[1]), margin=2.0))
+    assert person.features_hash() == a

@@ -136,3 +136,32 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def folder_fingerprint(folder: str | os.PathLike, samples: int = 16, chunk: int = 1 << 16) -> str:
+    """SHA-256 identity of a model folder (multi-GB weights) that does not depend on where it lies: every
+    ``*.json`` file's bytes, and per weights file its name, size and ``samples`` chunks of ``chunk`` bytes at
+    evenly spaced offsets (1 MiB read per file by default, instead of hashing every byte). Two copies of the same
+    checkpoint give the same value; two fine-tunes of one architecture (same names and sizes) differ in their
+    sampled tensor bytes."""
+    import hashlib
+
+    root = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(root).as_posix()
+        if p.suffix == ".json":
+            h.update(rel.encode() + b"\0" + p.read_bytes())
+        elif p.suffix in WEIGHT_SUFFIXES:
+            size = p.stat().st_size
+            h.update(f"{rel}\0{size}".encode())
+            with open(p, "rb") as f:
+                for k in range(samples):
+                    f.seek(max(0, (size - chunk) * k // max(1, samples - 1)))
+                    h.update(f.read(chunk))
+    return h.hexdigest()

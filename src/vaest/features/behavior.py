@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -134,6 +135,25 @@ class BehaviorVLMExtractor(Extractor):
         if cfg.get("text_branch") == "in-context":  # the default before the setting existed: stores stay valid
             cfg.pop("text_branch")
         return config_hash({"name": self.name, **cfg})
+
+    def features_hash(self) -> str:
+        """Identity of the VLM feature space (see :meth:`Extractor.features_hash`): the settings of the config
+        hash less how the model is served (``backend``, ``vllm_url``, ``vllm_served_model``), with the model
+        named by its content where it is a local folder (:func:`vaest.io.folder_fingerprint`: the same weights
+        hash the same in any folder) and by its hub id otherwise. The per-person VLM records
+        (``persons-behavior-vlm``: each person's crop window) hash like ``behavior-vlm`` of the same settings,
+        as the tracker that found the faces does not change the face encoder's space."""
+        from vaest.io import folder_fingerprint
+
+        own = {f.name for f in dataclasses.fields(BehaviorVLMConfig)}
+        cfg = {k: v for k, v in dataclasses.asdict(self.config).items() if k in own}
+        for k in (*_NOT_HASHED, "backend", "vllm_url", "vllm_served_model"):
+            cfg.pop(k, None)
+        if cfg.get("text_branch") == "in-context":
+            cfg.pop("text_branch")
+        model = str(cfg.pop("model"))
+        ident = f"folder:{folder_fingerprint(model)}" if Path(model).is_dir() else f"hub:{model}"
+        return config_hash({"name": "behavior-vlm", "model": ident, **cfg})
 
     @property
     def vlm(self) -> Any:
