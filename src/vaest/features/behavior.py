@@ -143,6 +143,9 @@ class BehaviorVLMExtractor(Extractor):
         hash the same in any folder) and by its hub id otherwise. The per-person VLM records
         (``persons-behavior-vlm``: each person's crop window) hash like ``behavior-vlm`` of the same settings,
         as the tracker that found the faces does not change the face encoder's space."""
+        done = getattr(self, "_features_hash", None)  # one fingerprint per extractor, not one per record
+        if done is not None:
+            return done
         from vaest.io import folder_fingerprint
 
         own = {f.name for f in dataclasses.fields(BehaviorVLMConfig)}
@@ -153,7 +156,9 @@ class BehaviorVLMExtractor(Extractor):
             cfg.pop("text_branch")
         model = str(cfg.pop("model"))
         ident = f"folder:{folder_fingerprint(model)}" if Path(model).is_dir() else f"hub:{model}"
-        return config_hash({"name": "behavior-vlm", "model": ident, **cfg})
+        h = config_hash({"name": "behavior-vlm", "model": ident, **cfg})
+        self._features_hash = h
+        return h
 
     @property
     def vlm(self) -> Any:
