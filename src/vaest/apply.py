@@ -101,6 +101,20 @@ def _checkpoint(run: Path, device: str) -> tuple[Any, dict[str, Any]]:
     return load_checkpoint(Path(run) / "model.pt", device)
 
 
+def _trained_expect(run: Path, ck: dict[str, Any], who: str, dim: int | None) -> Any:
+    """What a trained model asks of the records it is applied to (one :class:`~vaest.features.store.Expect`
+    for every video): the width ``dim`` and the features hash its checkpoint recorded; records of another are
+    refused, naming the store file, the run and both values. A checkpoint from before features hashes warns once
+    here and is checked for width only."""
+    from vaest.features.store import Expect
+
+    expect = Expect(who, dim, same_hash=False, features_hash=ck.get("inputs", {}).get("features_hash"))
+    if expect.features_hash is None:
+        log.warning("%s: trained before checkpoints recorded their features hash: the extractor configuration of "
+                    "the features it is applied to is not checked (width only)", run)
+    return expect
+
+
 def _then_release(apply: Callable[..., Any]) -> Callable[..., Any]:
     """A model's ``apply`` that hands the C heap's freed pages back when it returns
     (:func:`~vaest.features.base.release_free_memory`): each apply's temporaries (a long video's inputs, their
@@ -139,17 +153,11 @@ class FaceModel:
         self.model, self.ck = _checkpoint(self.run, device)
         self.settings = read_settings(self.run, FaceInputs) or FaceInputs.from_checkpoint(self.ck)
         self.encoder = self.settings.encoder
-        from vaest.inputs.face import face_expect
+        from vaest.features.face_encoders import encoder_feature_dim
 
-        # records of another width, or of another encoder configuration (features hash), than the model was
-        # trained on are refused, naming the store file, the run and both values; one reader for every video
-        inputs = self.ck.get("inputs", {})
-        self.expect = face_expect(self.encoder, dim=inputs.get("emb_dim"), same_hash=False,
-                                  who=f"the face model {self.run} (encoder {self.encoder!r})",
-                                  features_hash=inputs.get("features_hash"))
-        if self.expect.features_hash is None:
-            log.warning("%s: trained before checkpoints recorded their features hash: the encoder configuration of "
-                        "the features it is applied to is not checked (width only)", self.run)
+        dim = self.ck.get("inputs", {}).get("emb_dim")
+        self.expect = _trained_expect(self.run, self.ck, f"the face model {self.run} (encoder {self.encoder!r})",
+                                      dim if dim is not None else encoder_feature_dim(self.encoder))
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
@@ -181,16 +189,9 @@ class BehaviorModel:
         self.run, self.device = Path(run), device
         self.model, self.ck = _checkpoint(self.run, device)
         self.settings = read_settings(self.run, BehaviorInputs) or BehaviorInputs.from_checkpoint(self.ck)
-        from vaest.features.store import Expect
-
-        # segment inputs of another width, or of another extractor configuration (features hash), than the model
-        # was trained on are refused, naming the store file, the run and both values (one reader for every video)
-        st, inputs = self.settings, self.ck.get("inputs", {})
-        self.expect = Expect(f"the behavior model {self.run} (encoder {st.encoder!r}, {st.branch}/{st.pool})",
-                             inputs.get("dim"), same_hash=False, features_hash=inputs.get("features_hash"))
-        if self.expect.features_hash is None:
-            log.warning("%s: trained before checkpoints recorded their features hash: the extractor configuration "
-                        "of the features it is applied to is not checked (width only)", self.run)
+        st = self.settings
+        self.expect = _trained_expect(self.run, self.ck, f"the behavior model {self.run} (encoder {st.encoder!r}, "
+                                      f"{st.branch}/{st.pool})", self.ck.get("inputs", {}).get("dim"))
 
     @_then_release
     def apply(self, store: FeatureStore, video: Video):
@@ -222,16 +223,8 @@ class AudioModel:
         self.run, self.device = Path(run), device
         self.model, self.ck = _checkpoint(self.run, device)
         self.settings = read_settings(self.run, AudioInputs) or AudioInputs.from_checkpoint(self.ck)
-        from vaest.features.store import Expect
-
-        # records of another width, or of another extractor configuration (features hash), than the model was
-        # trained on are refused, naming the store file, the run and both values (one reader for every video)
-        inputs = self.ck.get("inputs", {})
-        self.expect = Expect(f"the audio model {self.run} (encoder {self.settings.encoder!r})", inputs.get("dim"),
-                             same_hash=False, features_hash=inputs.get("features_hash"))
-        if self.expect.features_hash is None:
-            log.warning("%s: trained before checkpoints recorded their features hash: the extractor configuration "
-                        "of the features it is applied to is not checked", self.run)
+        self.expect = _trained_expect(self.run, self.ck, f"the audio model {self.run} (encoder "
+                                      f"{self.settings.encoder!r})", self.ck.get("inputs", {}).get("dim"))
         self.windows: Any = None  # AudioWindows of the last applied video
         self.token_va: np.ndarray | None = None  # (W, 4, 2) per-token audio predictions of the last video
 

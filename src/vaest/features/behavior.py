@@ -128,13 +128,18 @@ class BehaviorVLMExtractor(Extractor):
     def outputs(self) -> list[str]:
         return ["behavior-vlm", "behavior-text"] if (self.config.generate and self.config.embed_texts) else ["behavior-vlm"]
 
-    def config_hash(self) -> str:
+    def _hashed_settings(self) -> dict[str, Any]:
+        """The settings the config hash covers (all but :data:`_NOT_HASHED`; the default ``text_branch`` left out,
+        as before the setting existed, so stores stay valid)."""
         cfg = dataclasses.asdict(self.config)
         for k in _NOT_HASHED:
             cfg.pop(k, None)
-        if cfg.get("text_branch") == "in-context":  # the default before the setting existed: stores stay valid
+        if cfg.get("text_branch") == "in-context":
             cfg.pop("text_branch")
-        return config_hash({"name": self.name, **cfg})
+        return cfg
+
+    def config_hash(self) -> str:
+        return config_hash({"name": self.name, **self._hashed_settings()})
 
     def features_hash(self) -> str:
         """Identity of the VLM feature space (see :meth:`Extractor.features_hash`): the settings of the config
@@ -148,12 +153,8 @@ class BehaviorVLMExtractor(Extractor):
             return done
         from vaest.io import folder_fingerprint
 
-        own = {f.name for f in dataclasses.fields(BehaviorVLMConfig)}
-        cfg = {k: v for k, v in dataclasses.asdict(self.config).items() if k in own}
-        for k in (*_NOT_HASHED, "backend", "vllm_url", "vllm_served_model"):
-            cfg.pop(k, None)
-        if cfg.get("text_branch") == "in-context":
-            cfg.pop("text_branch")
+        own = {f.name for f in dataclasses.fields(BehaviorVLMConfig)} - {"backend", "vllm_url", "vllm_served_model"}
+        cfg = {k: v for k, v in self._hashed_settings().items() if k in own}
         model = str(cfg.pop("model"))
         ident = f"folder:{folder_fingerprint(model)}" if Path(model).is_dir() else f"hub:{model}"
         h = config_hash({"name": "behavior-vlm", "model": ident, **cfg})
